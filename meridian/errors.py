@@ -1,0 +1,76 @@
+"""Meridian's error tree. Every error carries a message a user can act on.
+
+MeridianError
+├── ValidationError        bad input: flow definitions, parameters, selectors, bundles
+│   ├── SelectorError
+│   └── BundleError
+├── NotFound
+├── PermissionDenied
+├── ConnectionFailed       the control plane cannot be reached or its TLS identity is wrong
+├── ConflictError          the request contradicts stored state
+└── StepFailed             a step run ended without a result (raised in the flow body)
+    └── StepCancelled
+
+``Permanent`` is not a MeridianError: step code raises it to say "do not retry this".
+"""
+
+from __future__ import annotations
+
+
+class MeridianError(Exception):
+    """Base of every error Meridian raises on purpose."""
+
+
+class ValidationError(MeridianError):
+    """Input was rejected; the message says what to change."""
+
+
+class SelectorError(ValidationError):
+    """A label selector could not be parsed."""
+
+
+class BundleError(ValidationError):
+    """A code bundle is too large, corrupt, or unsafe to unpack."""
+
+
+class NotFound(MeridianError):
+    """The named run, step, agent or bundle does not exist."""
+
+
+class PermissionDenied(MeridianError):
+    """The caller may not do this."""
+
+
+class ConnectionFailed(MeridianError):
+    """The control plane could not be reached, or its identity could not be verified."""
+
+
+class ConflictError(MeridianError):
+    """The request contradicts what is already recorded."""
+
+
+class StepFailed(MeridianError):
+    """A step run failed. Carries the remote error so the flow body can decide what to do."""
+
+    def __init__(
+        self,
+        step_key: str,
+        error_class: str,
+        error_type: str,
+        message: str,
+        traceback: str = "",
+    ) -> None:
+        super().__init__(f"step {step_key} failed ({error_class}): {error_type}: {message}")
+        self.step_key = step_key
+        self.error_class = error_class
+        self.error_type = error_type
+        self.remote_message = message
+        self.remote_traceback = traceback
+
+
+class StepCancelled(StepFailed):
+    """The step run was cancelled; flow bodies may catch it to run compensation."""
+
+
+class Permanent(Exception):  # noqa: N818 - reads as "raise Permanent(...)" in user code
+    """Raise (or raise from) this inside a step to fail it at once, without retries."""

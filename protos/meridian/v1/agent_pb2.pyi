@@ -1,0 +1,280 @@
+from protos.meridian.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttemptOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTEMPT_OUTCOME_UNSPECIFIED: _ClassVar[AttemptOutcome]
+    ATTEMPT_OUTCOME_SUCCEEDED: _ClassVar[AttemptOutcome]
+    ATTEMPT_OUTCOME_FAILED: _ClassVar[AttemptOutcome]
+    ATTEMPT_OUTCOME_TIMED_OUT: _ClassVar[AttemptOutcome]
+    ATTEMPT_OUTCOME_CANCELLED: _ClassVar[AttemptOutcome]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_ACCEPT: _ClassVar[Verdict]
+    VERDICT_REJECT: _ClassVar[Verdict]
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome
+ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome
+ATTEMPT_OUTCOME_FAILED: AttemptOutcome
+ATTEMPT_OUTCOME_TIMED_OUT: AttemptOutcome
+ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_ACCEPT: Verdict
+VERDICT_REJECT: Verdict
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("join_token", "csr_pem", "name")
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    join_token: str
+    csr_pem: bytes
+    name: str
+    def __init__(self, join_token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "environment", "certificate_pem", "ca_certificate_pem")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    environment: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ...) -> None: ...
+
+class FetchBundleRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class AgentFrame(_message.Message):
+    __slots__ = ("hello", "heartbeat", "reports")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    heartbeat: Heartbeat
+    reports: ReportBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ...) -> None: ...
+
+class ProviderInfo(_message.Message):
+    __slots__ = ("type", "config_schema_json")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    config_schema_json: str
+    def __init__(self, type: _Optional[str] = ..., config_schema_json: _Optional[str] = ...) -> None: ...
+
+class HeldAttempt(_message.Message):
+    __slots__ = ("attempt_id", "fencing_token")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    fencing_token: int
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    labels: _containers.ScalarMap[str, str]
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
+    capacity: int
+    held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
+    hostname: str
+    draining: bool
+    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("in_use", "held_attempts", "draining")
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    in_use: int
+    held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
+    draining: bool
+    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class ReportBatch(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[Report]
+    def __init__(self, reports: _Optional[_Iterable[_Union[Report, _Mapping]]] = ...) -> None: ...
+
+class ProposeRunning(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HandleRecorded(_message.Message):
+    __slots__ = ("handle_json", "resource_id")
+    HANDLE_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    handle_json: str
+    resource_id: str
+    def __init__(self, handle_json: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[_common_pb2.LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[_common_pb2.LogLine, _Mapping]]] = ...) -> None: ...
+
+class AttemptFinished(_message.Message):
+    __slots__ = ("outcome", "result_json", "error", "exit_code")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    outcome: AttemptOutcome
+    result_json: str
+    error: _common_pb2.ErrorInfo
+    exit_code: int
+    def __init__(self, outcome: _Optional[_Union[AttemptOutcome, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("seq", "attempt_id", "fencing_token", "at_unix_ms", "running", "handle", "logs", "finished")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    attempt_id: str
+    fencing_token: int
+    at_unix_ms: int
+    running: ProposeRunning
+    handle: HandleRecorded
+    logs: LogChunk
+    finished: AttemptFinished
+    def __init__(self, seq: _Optional[int] = ..., attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., running: _Optional[_Union[ProposeRunning, _Mapping]] = ..., handle: _Optional[_Union[HandleRecorded, _Mapping]] = ..., logs: _Optional[_Union[LogChunk, _Mapping]] = ..., finished: _Optional[_Union[AttemptFinished, _Mapping]] = ...) -> None: ...
+
+class ControlFrame(_message.Message):
+    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    assign: AssignBatch
+    cancel: Cancel
+    ack: Ack
+    drain: Drain
+    decisions: DecisionBatch
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("agent_id", "environment", "session_id", "heartbeat_interval_s", "lease_timeout_s", "last_applied_seq", "max_frame_bytes")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    environment: str
+    session_id: str
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+    last_applied_seq: int
+    max_frame_bytes: int
+    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+
+class Assign(_message.Message):
+    __slots__ = ("attempt_id", "fencing_token", "flow_run_id", "step_run_id", "step_key", "attempt_number", "spec", "bundle_sha256", "inputs_json")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    fencing_token: int
+    flow_run_id: str
+    step_run_id: str
+    step_key: str
+    attempt_number: int
+    spec: _common_pb2.StepSpec
+    bundle_sha256: str
+    inputs_json: str
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., step_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_number: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+
+class AssignBatch(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assign]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assign, _Mapping]]] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("attempt_id", "fencing_token", "reason", "grace_s")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    fencing_token: int
+    reason: str
+    grace_s: float
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., reason: _Optional[str] = ..., grace_s: _Optional[float] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("up_to_seq",)
+    UP_TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    up_to_seq: int
+    def __init__(self, up_to_seq: _Optional[int] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("attempt_id", "fencing_token", "verdict", "reason")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    fencing_token: int
+    verdict: Verdict
+    reason: str
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecisionBatch(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...

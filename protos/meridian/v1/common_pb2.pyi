@@ -1,0 +1,71 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorInfo(_message.Message):
+    __slots__ = ("error_class", "type", "message", "traceback", "type_mro")
+    ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    TYPE_MRO_FIELD_NUMBER: _ClassVar[int]
+    error_class: str
+    type: str
+    message: str
+    traceback: str
+    type_mro: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, error_class: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., type_mro: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StepSpec(_message.Message):
+    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    RETRY_JITTER_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    module: str
+    function: str
+    target: str
+    provider: str
+    retries: int
+    retry_delay_s: float
+    retry_backoff: float
+    retry_jitter: float
+    timeout_s: float
+    schedule_timeout_s: float
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    options_json: str
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("at_unix_ms", "stream", "text")
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    at_unix_ms: int
+    stream: str
+    text: str
+    def __init__(self, at_unix_ms: _Optional[int] = ..., stream: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class BundleChunk(_message.Message):
+    __slots__ = ("sha256", "total_size", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    total_size: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

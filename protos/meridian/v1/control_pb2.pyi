@@ -1,0 +1,379 @@
+from protos.meridian.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HasBundleRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class HasBundleResponse(_message.Message):
+    __slots__ = ("present", "max_size")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    present: bool
+    max_size: int
+    def __init__(self, present: _Optional[bool] = ..., max_size: _Optional[int] = ...) -> None: ...
+
+class UploadBundleResponse(_message.Message):
+    __slots__ = ("sha256", "size")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size: int
+    def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class CreateRunRequest(_message.Message):
+    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger")
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    flow_name: str
+    entrypoint: str
+    parameters_json: str
+    bundle_sha256: str
+    trigger: str
+    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ...) -> None: ...
+
+class CreateRunResponse(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class StepSubmission(_message.Message):
+    __slots__ = ("key", "spec", "inputs_json")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    spec: _common_pb2.StepSpec
+    inputs_json: str
+    def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+
+class SubmitStepsRequest(_message.Message):
+    __slots__ = ("flow_run_id", "steps")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepSubmission]
+    def __init__(self, flow_run_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSubmission, _Mapping]]] = ...) -> None: ...
+
+class SubmittedStep(_message.Message):
+    __slots__ = ("key", "step_run_id", "state", "existing")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    step_run_id: str
+    state: str
+    existing: bool
+    def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ...) -> None: ...
+
+class SubmitStepsResponse(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[SubmittedStep]
+    def __init__(self, steps: _Optional[_Iterable[_Union[SubmittedStep, _Mapping]]] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("flow_run_id", "after_event_id")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    after_event_id: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ...) -> None: ...
+
+class RunUpdate(_message.Message):
+    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    at_unix_ms: int
+    kind: str
+    step_key: str
+    step_run_id: str
+    attempt_id: str
+    message: str
+    state: str
+    step_outcome: StepOutcome
+    run_state: str
+    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ...) -> None: ...
+
+class StepOutcome(_message.Message):
+    __slots__ = ("step_run_id", "key", "state", "result_json", "error")
+    STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    step_run_id: str
+    key: str
+    state: str
+    result_json: str
+    error: _common_pb2.ErrorInfo
+    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ...) -> None: ...
+
+class FinishRunRequest(_message.Message):
+    __slots__ = ("flow_run_id", "succeeded", "result_json", "error")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    succeeded: bool
+    result_json: str
+    error: _common_pb2.ErrorInfo
+    def __init__(self, flow_run_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ...) -> None: ...
+
+class FinishRunResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class AttemptDetail(_message.Message):
+    __slots__ = ("attempt_id", "number", "state", "environment", "agent_id", "agent_name", "provider", "resource_id", "fencing_token", "queued_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "error", "exit_code", "recovered")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    number: int
+    state: str
+    environment: str
+    agent_id: str
+    agent_name: str
+    provider: str
+    resource_id: str
+    fencing_token: int
+    queued_at_unix_ms: int
+    started_at_unix_ms: int
+    ended_at_unix_ms: int
+    error: _common_pb2.ErrorInfo
+    exit_code: int
+    recovered: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., number: _Optional[int] = ..., state: _Optional[str] = ..., environment: _Optional[str] = ..., agent_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., provider: _Optional[str] = ..., resource_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., queued_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ..., recovered: _Optional[bool] = ...) -> None: ...
+
+class StepRunDetail(_message.Message):
+    __slots__ = ("step_run_id", "key", "name", "state", "target", "provider", "inputs_digest", "result_json", "error", "created_at_unix_ms", "ended_at_unix_ms", "attempts")
+    STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    step_run_id: str
+    key: str
+    name: str
+    state: str
+    target: str
+    provider: str
+    inputs_digest: str
+    result_json: str
+    error: _common_pb2.ErrorInfo
+    created_at_unix_ms: int
+    ended_at_unix_ms: int
+    attempts: _containers.RepeatedCompositeFieldContainer[AttemptDetail]
+    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., inputs_digest: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptDetail, _Mapping]]] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "attempt_id", "from_state", "to_state", "message")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATE_FIELD_NUMBER: _ClassVar[int]
+    TO_STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    event_id: int
+    at_unix_ms: int
+    kind: str
+    step_key: str
+    attempt_id: str
+    from_state: str
+    to_state: str
+    message: str
+    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunDetail(_message.Message):
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    flow_name: str
+    entrypoint: str
+    trigger: str
+    parameters_json: str
+    bundle_sha256: str
+    state: str
+    created_at_unix_ms: int
+    started_at_unix_ms: int
+    ended_at_unix_ms: int
+    result_json: str
+    error: _common_pb2.ErrorInfo
+    steps: _containers.RepeatedCompositeFieldContainer[StepRunDetail]
+    events: _containers.RepeatedCompositeFieldContainer[RunEvent]
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("limit", "state", "flow_name")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    state: str
+    flow_name: str
+    def __init__(self, limit: _Optional[int] = ..., state: _Optional[str] = ..., flow_name: _Optional[str] = ...) -> None: ...
+
+class RunSummary(_message.Message):
+    __slots__ = ("flow_run_id", "flow_name", "state", "created_at_unix_ms", "ended_at_unix_ms", "steps_total", "steps_failed")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    flow_name: str
+    state: str
+    created_at_unix_ms: int
+    ended_at_unix_ms: int
+    steps_total: int
+    steps_failed: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps_failed: _Optional[int] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
+
+class GetLogsRequest(_message.Message):
+    __slots__ = ("flow_run_id", "step_key", "after_id", "limit")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    step_key: str
+    after_id: int
+    limit: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., after_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class StepLogLine(_message.Message):
+    __slots__ = ("id", "step_key", "attempt_number", "line")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    step_key: str
+    attempt_number: int
+    line: _common_pb2.LogLine
+    def __init__(self, id: _Optional[int] = ..., step_key: _Optional[str] = ..., attempt_number: _Optional[int] = ..., line: _Optional[_Union[_common_pb2.LogLine, _Mapping]] = ...) -> None: ...
+
+class GetLogsResponse(_message.Message):
+    __slots__ = ("lines", "next_after_id")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[StepLogLine]
+    next_after_id: int
+    def __init__(self, lines: _Optional[_Iterable[_Union[StepLogLine, _Mapping]]] = ..., next_after_id: _Optional[int] = ...) -> None: ...
+
+class ListAgentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentInfo(_message.Message):
+    __slots__ = ("agent_id", "name", "environment", "labels", "providers", "capacity", "in_use", "version", "last_heartbeat_unix_ms", "status", "hostname")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    environment: str
+    labels: _containers.ScalarMap[str, str]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    capacity: int
+    in_use: int
+    version: str
+    last_heartbeat_unix_ms: int
+    status: str
+    hostname: str
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., in_use: _Optional[int] = ..., version: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., status: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class ListAgentsResponse(_message.Message):
+    __slots__ = ("agents",)
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
