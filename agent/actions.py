@@ -1,0 +1,105 @@
+"""The agent's internal vocabulary for what the control plane tells it.
+
+Every ``ControlFrame`` becomes exactly one ``Action`` value (STYLE.md section 2); the
+conversion lives in ``agent.convert.action_from_proto`` so that nothing past the edge sees a
+protobuf message. These are plain frozen dataclasses so the worker, runners and tests can build
+and compare them freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Verdict = Literal["accept", "reject"]
+
+
+@dataclass(frozen=True)
+class StepSpecValue:
+    """The parts of a step's spec the agent needs to run one attempt."""
+
+    name: str
+    module: str
+    function: str
+    provider: str
+    timeout_s: float = 0.0
+    options_json: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One attempt the control plane hands to this agent, owned through ``fencing_token``."""
+
+    attempt_id: str
+    fencing_token: int
+    flow_run_id: str
+    step_run_id: str
+    step_key: str
+    attempt_number: int
+    spec: StepSpecValue
+    bundle_sha256: str = ""
+    inputs_json: str = ""
+
+
+@dataclass(frozen=True)
+class DecisionValue:
+    """The control plane's answer to a runner's ProposeRunning."""
+
+    attempt_id: str
+    fencing_token: int
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """First frame of every session: who we are and how the session behaves."""
+
+    agent_id: str
+    environment: str
+    session_id: str
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+    last_applied_seq: int
+    max_frame_bytes: int
+
+
+@dataclass(frozen=True)
+class AssignAction:
+    assignments: tuple[Assignment, ...]
+
+
+@dataclass(frozen=True)
+class CancelAction:
+    attempt_id: str
+    fencing_token: int
+    reason: str
+    grace_s: float
+
+
+@dataclass(frozen=True)
+class AckAction:
+    up_to_seq: int
+
+
+@dataclass(frozen=True)
+class DrainAction:
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecisionAction:
+    decisions: tuple[DecisionValue, ...]
+
+
+@dataclass(frozen=True)
+class UnknownAction:
+    """A frame this agent version does not understand; logged and ignored, never fatal."""
+
+    kind: str
+
+
+Action = (
+    Welcome | AssignAction | CancelAction | AckAction | DrainAction | DecisionAction | UnknownAction
+)

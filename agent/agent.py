@@ -1,0 +1,212 @@
+"""The site agent: configuration and lifecycle (STYLE.md section 9).
+
+``Agent.run()`` loads the enrolled identity, opens the journal and handle store, loads the
+configured providers, re-attaches to attempts that survived a restart and keeps the connection
+worker running until ``shutdown(grace)``. Shutdown drains in a fixed order: stop accepting and
+say so, let running steps finish up to ``grace``, cancel the rest, flush reports, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import logging
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from agent import convert
+from agent.bundles import BundleCache, RpcBundleSource
+from agent.channel import secure_channel
+from agent.connection import Connection
+from agent.handles import HandleStore
+from agent.identity import load_identity
+from agent.journal import Journal
+from agent.reporter import Reporter
+from agent.reports import HeartbeatInfo, HelloInfo, ProviderInfo
+from agent.runner import RunnerContext
+from agent.worker import Worker
+from providers.base import Provider
+
+log = logging.getLogger("meridian.agent")
+
+ProviderLoader = Callable[[str, Mapping[str, Any]], Provider]
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+# After draining, how long to wait for the control plane to ack the last reports.
+FLUSH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    control_plane: str
+    data_dir: Path
+    ca_file: Path | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    providers: Sequence[str] = ("process",)
+    provider_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    capacity: int = 4
+    drain_grace_s: float = 30.0
+    reconnect_max_backoff_s: float = 10.0
+
+
+def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
+    from providers.registry import load_provider  # entry-point discovery, only when needed
+
+    return load_provider(provider_type, config)
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("meridian-orchestrator")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class Agent:
+    """One site agent process: connects out, runs assigned attempts, reports back."""
+
+    def __init__(self, config: AgentConfig, *, provider_loader: ProviderLoader | None = None):
+        """``provider_loader`` replaces entry-point discovery (tests, embedding)."""
+        self._config = config
+        self._loader = provider_loader or _default_loader
+        self._providers: dict[str, Provider] = {}
+        self._journal: Journal | None = None
+        self._handles: HandleStore | None = None
+        self._channel: Any = None
+        self._worker: Worker | None = None
+        self._connection: Connection | None = None
+        self._connection_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._running = False
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected
+
+    async def __aenter__(self) -> Agent:
+        self._run_task = asyncio.ensure_future(self.run())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+        await self._run_task
+
+    async def run(self) -> None:
+        """Connect (and reconnect) until ``shutdown()``; raises NotFound when not enrolled."""
+        if self._stop.is_set() or self._running:
+            return
+        self._running = True
+        try:
+            await self._start()
+            await self._stop.wait()
+        finally:
+            await self._close()
+            self._closed.set()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Drain and stop; safe to call more than once and before or after ``run()``."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.ensure_future(self._drain(grace))
+        await asyncio.shield(self._shutdown_task)
+
+    async def _start(self) -> None:
+        cfg = self._config
+        identity = load_identity(cfg.data_dir)
+        ca_pem = Path(cfg.ca_file).read_bytes() if cfg.ca_file else identity.ca_pem
+        for provider_type in cfg.providers:
+            self._providers[provider_type] = self._loader(
+                provider_type, cfg.provider_config.get(provider_type, {})
+            )
+        self._journal = Journal(cfg.data_dir)
+        self._handles = HandleStore(cfg.data_dir)
+        reporter = Reporter(self._journal)
+        self._channel = secure_channel(
+            cfg.control_plane, ca_pem=ca_pem, key_pem=identity.key_pem, cert_pem=identity.cert_pem
+        )
+        stub = convert.new_stub(self._channel)
+        bundles = BundleCache(cfg.data_dir / "bundles", RpcBundleSource(stub), MAX_BUNDLE_BYTES)
+        ctx = RunnerContext(reporter, bundles, self._handles, cfg.data_dir / "work")
+        self._worker = Worker(self._providers, ctx, cfg.capacity)
+        # Re-attach before connecting so Hello already lists the attempts we still hold.
+        await self._worker.recover(self._handles.load_all())
+        self._connection = Connection(
+            stub,
+            self._journal,
+            reporter,
+            self._worker.handle,
+            self._hello,
+            self._heartbeat,
+            max_backoff_s=cfg.reconnect_max_backoff_s,
+        )
+        self._connection_task = asyncio.ensure_future(self._connection.run())
+
+    async def _drain(self, grace: float | None) -> None:
+        grace_s = self._config.drain_grace_s if grace is None else grace
+        worker, connection = self._worker, self._connection
+        if worker is not None and connection is not None:
+            # 1. Stop accepting and tell the control plane right away, not at the next beat.
+            worker.draining = True
+            connection.send_heartbeat_now()
+            # 2. Let running steps finish up to grace; 3. cancel the rest (they report CANCELLED).
+            await worker.drain(grace_s)
+            # 4. Give the control plane a moment to ack the final reports.
+            await connection.flush(FLUSH_TIMEOUT_S)
+        # 5. Wake run(), which closes everything in its finally block.
+        self._stop.set()
+        if self._running:
+            await self._closed.wait()
+
+    async def _close(self) -> None:
+        # Order: stop talking, stop runners, then release what they used.
+        if self._connection_task is not None:
+            self._connection_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connection_task
+        if self._worker is not None:
+            await self._worker.abort()
+        for provider in self._providers.values():
+            try:
+                await provider.close()
+            except Exception:
+                log.exception("closing provider %s failed", provider.type)
+        if self._channel is not None:
+            await self._channel.close()
+        for store in (self._journal, self._handles):
+            if store is not None:
+                store.close()
+
+    def _hello(self) -> HelloInfo:
+        assert self._worker is not None
+        return HelloInfo(
+            version=agent_version(),
+            labels=dict(self._config.labels),
+            providers=tuple(
+                ProviderInfo(t, json.dumps(dict(p.options_schema), sort_keys=True))
+                for t, p in self._providers.items()
+            ),
+            capacity=self._config.capacity,
+            held_attempts=self._worker.held_attempts(),
+            hostname=socket.gethostname(),
+            draining=self._worker.draining,
+        )
+
+    def _heartbeat(self) -> HeartbeatInfo:
+        assert self._worker is not None
+        return HeartbeatInfo(
+            in_use=self._worker.in_use,
+            held_attempts=self._worker.held_attempts(),
+            draining=self._worker.draining,
+        )

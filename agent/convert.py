@@ -1,0 +1,257 @@
+"""The agent's protocol edge: the only module that touches generated protobuf code.
+
+``*_to_proto`` / ``*_from_proto`` pairs turn wire messages into the plain values in
+``agent.actions`` and ``agent.reports`` and back (STYLE.md section 1). Journaled report bodies
+are stored as serialized ``Report`` messages without seq, attempt or token; those are filled in
+when a batch is sent, so a replay is byte-for-byte the report that was first journaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from agent.actions import (
+    AckAction,
+    Action,
+    AssignAction,
+    Assignment,
+    CancelAction,
+    DecisionAction,
+    DecisionValue,
+    DrainAction,
+    StepSpecValue,
+    UnknownAction,
+    Verdict,
+    Welcome,
+)
+from agent.journal import JournalEntry
+from agent.reports import (
+    AttemptFinished,
+    HandleRecorded,
+    HeartbeatInfo,
+    HeldAttempt,
+    HelloInfo,
+    LogChunk,
+    LogLine,
+    ProposeRunning,
+    ReportBody,
+)
+from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from providers.base import ErrorDetail
+
+_OUTCOME_TO_PROTO = {
+    "succeeded": agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    "failed": agent_pb2.ATTEMPT_OUTCOME_FAILED,
+    "timed_out": agent_pb2.ATTEMPT_OUTCOME_TIMED_OUT,
+    "cancelled": agent_pb2.ATTEMPT_OUTCOME_CANCELLED,
+}
+_OUTCOME_FROM_PROTO = {v: k for k, v in _OUTCOME_TO_PROTO.items()}
+
+
+def new_stub(channel: Any) -> Any:
+    """An AgentService client stub on ``channel`` (sync or asyncio)."""
+    return agent_pb2_grpc.AgentServiceStub(channel)
+
+
+# ---- enrollment and bundles -------------------------------------------------------------
+
+
+def enroll_request(join_token: str, csr_pem: bytes, name: str) -> Any:
+    return agent_pb2.EnrollRequest(join_token=join_token, csr_pem=csr_pem, name=name)
+
+
+def enroll_response_from_proto(msg: Any) -> tuple[str, str, bytes, bytes]:
+    """(agent_id, environment, certificate_pem, ca_certificate_pem)."""
+    return (
+        msg.agent_id,
+        msg.environment,
+        bytes(msg.certificate_pem),
+        bytes(msg.ca_certificate_pem),
+    )
+
+
+def fetch_bundle_request(sha256: str) -> Any:
+    return agent_pb2.FetchBundleRequest(sha256=sha256)
+
+
+def bundle_chunk_from_proto(msg: Any) -> tuple[str, int, bytes]:
+    """(sha256, total_size, data); the first two are set on the first chunk only."""
+    return (msg.sha256, int(msg.total_size), bytes(msg.data))
+
+
+# ---- agent frames -----------------------------------------------------------------------
+
+
+def _held_to_proto(held: Sequence[HeldAttempt]) -> list[Any]:
+    return [
+        agent_pb2.HeldAttempt(attempt_id=h.attempt_id, fencing_token=h.fencing_token) for h in held
+    ]
+
+
+def hello_to_proto(info: HelloInfo) -> Any:
+    hello = agent_pb2.Hello(
+        version=info.version,
+        labels=dict(info.labels),
+        providers=[
+            agent_pb2.ProviderInfo(type=p.type, config_schema_json=p.config_schema_json)
+            for p in info.providers
+        ],
+        capacity=info.capacity,
+        held_attempts=_held_to_proto(info.held_attempts),
+        hostname=info.hostname,
+        draining=info.draining,
+    )
+    return agent_pb2.AgentFrame(hello=hello)
+
+
+def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
+    beat = agent_pb2.Heartbeat(
+        in_use=info.in_use, held_attempts=_held_to_proto(info.held_attempts), draining=info.draining
+    )
+    return agent_pb2.AgentFrame(heartbeat=beat)
+
+
+def _error_to_proto(error: ErrorDetail | None) -> Any:
+    if error is None:
+        return common_pb2.ErrorInfo()
+    return common_pb2.ErrorInfo(
+        error_class=error.error_class,
+        type=error.type,
+        message=error.message,
+        traceback=error.traceback,
+        type_mro=list(error.type_mro),
+    )
+
+
+def encode_report(body: ReportBody, at_unix_ms: int) -> tuple[str, bytes]:
+    """(kind, payload) for the journal: the report without seq, attempt id and token."""
+    msg = agent_pb2.Report(at_unix_ms=at_unix_ms)
+    if isinstance(body, ProposeRunning):
+        msg.running.SetInParent()
+    elif isinstance(body, HandleRecorded):
+        msg.handle.handle_json = body.handle_json
+        msg.handle.resource_id = body.resource_id
+    elif isinstance(body, LogChunk):
+        msg.logs.lines.extend(
+            common_pb2.LogLine(at_unix_ms=ln.at_unix_ms, stream=ln.stream, text=ln.text)
+            for ln in body.lines
+        )
+    else:
+        msg.finished.outcome = _OUTCOME_TO_PROTO[body.outcome]
+        msg.finished.result_json = body.result_json
+        msg.finished.exit_code = body.exit_code
+        if body.error is not None:
+            msg.finished.error.CopyFrom(_error_to_proto(body.error))
+    return str(msg.WhichOneof("body")), msg.SerializeToString()
+
+
+def decode_report(payload: bytes) -> tuple[int, ReportBody]:
+    """(at_unix_ms, body) of a journaled payload; the inverse of ``encode_report``."""
+    msg = agent_pb2.Report.FromString(payload)
+    return int(msg.at_unix_ms), report_body_from_proto(msg)
+
+
+def report_body_from_proto(msg: Any) -> ReportBody:
+    kind = msg.WhichOneof("body")
+    if kind == "running":
+        return ProposeRunning()
+    if kind == "handle":
+        return HandleRecorded(
+            handle_json=msg.handle.handle_json, resource_id=msg.handle.resource_id
+        )
+    if kind == "logs":
+        return LogChunk(tuple(LogLine(ln.at_unix_ms, ln.stream, ln.text) for ln in msg.logs.lines))
+    fin = msg.finished
+    error = None
+    if fin.HasField("error") and fin.error.error_class:
+        error = ErrorDetail(
+            error_class=fin.error.error_class,
+            type=fin.error.type,
+            message=fin.error.message,
+            traceback=fin.error.traceback,
+            type_mro=tuple(fin.error.type_mro),
+        )
+    return AttemptFinished(
+        outcome=_OUTCOME_FROM_PROTO.get(fin.outcome, "failed"),  # type: ignore[arg-type]
+        result_json=fin.result_json,
+        error=error,
+        exit_code=int(fin.exit_code),
+    )
+
+
+def report_batch_to_proto(entries: Sequence[JournalEntry]) -> Any:
+    """One ReportBatch frame carrying ``entries`` with their journal seq, attempt and token."""
+    batch = agent_pb2.ReportBatch()
+    for entry in entries:
+        report = batch.reports.add()
+        report.ParseFromString(entry.payload)
+        report.seq = entry.seq
+        report.attempt_id = entry.attempt_id
+        report.fencing_token = entry.fencing_token
+    return agent_pb2.AgentFrame(reports=batch)
+
+
+def frame_size(frame: Any) -> int:
+    return int(frame.ByteSize())
+
+
+# ---- control frames ---------------------------------------------------------------------
+
+
+def action_from_proto(frame: Any) -> Action:
+    """Turn one ControlFrame into one internal Action (STYLE.md section 2)."""
+    kind = frame.WhichOneof("body")
+    if kind == "welcome":
+        w = frame.welcome
+        return Welcome(
+            agent_id=w.agent_id,
+            environment=w.environment,
+            session_id=w.session_id,
+            heartbeat_interval_s=float(w.heartbeat_interval_s),
+            lease_timeout_s=float(w.lease_timeout_s),
+            last_applied_seq=int(w.last_applied_seq),
+            max_frame_bytes=int(w.max_frame_bytes),
+        )
+    if kind == "assign":
+        return AssignAction(tuple(_assignment_from_proto(a) for a in frame.assign.assignments))
+    if kind == "cancel":
+        c = frame.cancel
+        return CancelAction(c.attempt_id, int(c.fencing_token), c.reason, float(c.grace_s))
+    if kind == "ack":
+        return AckAction(int(frame.ack.up_to_seq))
+    if kind == "drain":
+        return DrainAction(frame.drain.reason)
+    if kind == "decisions":
+        return DecisionAction(tuple(_decision_from_proto(d) for d in frame.decisions.decisions))
+    return UnknownAction(str(kind))
+
+
+def _decision_from_proto(d: Any) -> DecisionValue:
+    # Anything but an explicit ACCEPT is a reject: starting infrastructure must be opted into.
+    verdict: Verdict = "accept" if d.verdict == agent_pb2.VERDICT_ACCEPT else "reject"
+    return DecisionValue(d.attempt_id, int(d.fencing_token), verdict, d.reason)
+
+
+def _assignment_from_proto(a: Any) -> Assignment:
+    s = a.spec
+    spec = StepSpecValue(
+        name=s.name,
+        module=s.module,
+        function=s.function,
+        provider=s.provider,
+        timeout_s=float(s.timeout_s),
+        options_json=s.options_json,
+        target=s.target,
+    )
+    return Assignment(
+        attempt_id=a.attempt_id,
+        fencing_token=int(a.fencing_token),
+        flow_run_id=a.flow_run_id,
+        step_run_id=a.step_run_id,
+        step_key=a.step_key,
+        attempt_number=int(a.attempt_number),
+        spec=spec,
+        bundle_sha256=a.bundle_sha256,
+        inputs_json=a.inputs_json,
+    )

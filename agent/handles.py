@@ -1,0 +1,67 @@
+"""Persisted provider handles, one per attempt whose infrastructure this agent started.
+
+A handle is saved as soon as ``provider.submit`` returns and removed only after the attempt's
+finished report is journaled, so an agent that restarts in between finds every attempt it still
+owns and can ``recover`` it instead of leaving infrastructure running unobserved. The table
+lives in the journal's SQLite file; a separate connection keeps the two stores independent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.journal import JOURNAL_FILE, open_database
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS handles (
+    attempt_id TEXT PRIMARY KEY,
+    fencing_token INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    handle_json TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredHandle:
+    attempt_id: str
+    fencing_token: int
+    provider: str
+    handle_json: str
+
+
+class HandleStore:
+    """Durable map attempt id -> (fencing token, provider type, handle JSON)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection = open_database(Path(data_dir) / JOURNAL_FILE)
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def save(self, stored: StoredHandle) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO handles (attempt_id, fencing_token, provider, handle_json) "
+                "VALUES (?, ?, ?, ?)",
+                (stored.attempt_id, stored.fencing_token, stored.provider, stored.handle_json),
+            )
+
+    def remove(self, attempt_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM handles WHERE attempt_id = ?", (attempt_id,))
+
+    def load_all(self) -> list[StoredHandle]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT attempt_id, fencing_token, provider, handle_json FROM handles "
+                "ORDER BY attempt_id"
+            ).fetchall()
+        return [StoredHandle(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,110 @@
+"""The agent's identity on disk: its private key, certificate, the CA it trusts, and who it is.
+
+``data_dir`` holds ``agent.key`` (mode 0600; the key never leaves the machine), ``agent.crt``,
+``ca.crt`` and ``identity.json`` (agent id, environment, control-plane address). The directory
+itself is made 0700. Enrollment writes these; every later start loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meridian.errors import NotFound, ValidationError
+
+KEY_FILE = "agent.key"
+CERT_FILE = "agent.crt"
+CA_FILE = "ca.crt"
+IDENTITY_FILE = "identity.json"
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    agent_id: str
+    environment: str
+    control_plane: str
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+
+def generate_key_and_csr(name: str) -> tuple[bytes, bytes]:
+    """A fresh EC P-256 private key (PEM, PKCS#8) and a CSR for it (PEM).
+
+    The CSR's subject is informational only; the control plane names the agent.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or "agent")]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
+    """Write every identity file; the key is written 0600 and replaced atomically."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    _write_atomic(data_dir / KEY_FILE, identity.key_pem, 0o600)
+    _write_atomic(data_dir / CERT_FILE, identity.cert_pem, 0o644)
+    _write_atomic(data_dir / CA_FILE, identity.ca_pem, 0o644)
+    meta = {
+        "agent_id": identity.agent_id,
+        "environment": identity.environment,
+        "control_plane": identity.control_plane,
+    }
+    _write_atomic(data_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
+
+
+def load_identity(data_dir: Path) -> AgentIdentity:
+    """Load what enrollment stored; NotFound with the fix when the agent is not enrolled."""
+    data_dir = Path(data_dir)
+    paths = [data_dir / n for n in (IDENTITY_FILE, KEY_FILE, CERT_FILE, CA_FILE)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise NotFound(
+            f"agent in {data_dir} is not enrolled (missing {', '.join(missing)}); "
+            "run `meridian agent enroll` first"
+        )
+    try:
+        meta = json.loads((data_dir / IDENTITY_FILE).read_text())
+        return AgentIdentity(
+            agent_id=str(meta["agent_id"]),
+            environment=str(meta["environment"]),
+            control_plane=str(meta.get("control_plane", "")),
+            key_pem=(data_dir / KEY_FILE).read_bytes(),
+            cert_pem=(data_dir / CERT_FILE).read_bytes(),
+            ca_pem=(data_dir / CA_FILE).read_bytes(),
+        )
+    except (ValueError, KeyError) as exc:
+        raise ValidationError(
+            f"{data_dir / IDENTITY_FILE} is corrupt ({exc}); run `meridian agent enroll` again"
+        ) from exc
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    # Create the temp file with its final mode so the key is never readable by others, even
+    # for an instant, then rename so a crash leaves either the old or the new file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -1,0 +1,141 @@
+"""The agent's durable outbox: every report is written here before it is sent.
+
+Reports stay in ``data_dir/journal.sqlite`` until the control plane acks them, and are replayed
+in sequence order after every reconnect. Sequence numbers come from a persisted counter, so a
+number is never reused, even after acks delete rows or the agent restarts (agent.proto header).
+SQLite runs in WAL mode with ``synchronous=FULL``: an appended report survives a power cut.
+
+The journal is used from the event loop; each call is one short transaction guarded by a lock,
+so it is also safe from worker threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+JOURNAL_FILE = "journal.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    attempt_id TEXT NOT NULL,
+    fencing_token INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);
+"""
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating) one of the agent's SQLite files with the durability settings we rely on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves so each call is one transaction.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    seq: int
+    kind: str
+    attempt_id: str
+    fencing_token: int
+    payload: bytes
+
+
+class Journal:
+    """Durable, ordered outbox of reports keyed by a never-reused sequence number."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn = open_database(Path(data_dir) / JOURNAL_FILE)
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def append(self, kind: str, attempt_id: str, fencing_token: int, payload: bytes) -> int:
+        """Store one report durably and return its sequence number."""
+        with self._lock, self._transaction():
+            (last,) = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+            seq = int(last) + 1
+            self._conn.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+            self._conn.execute(
+                "INSERT INTO reports (seq, kind, attempt_id, fencing_token, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (seq, kind, attempt_id, fencing_token, payload),
+            )
+        return seq
+
+    def unacked(self, after_seq: int = 0, limit: int = 1000) -> list[JournalEntry]:
+        """Reports with ``seq > after_seq`` still waiting for an ack, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, kind, attempt_id, fencing_token, payload FROM reports "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [JournalEntry(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])) for r in rows]
+
+    def ack(self, up_to_seq: int) -> int:
+        """Forget every report with ``seq <= up_to_seq``; returns how many were deleted."""
+        with self._lock, self._transaction():
+            cur = self._conn.execute("DELETE FROM reports WHERE seq <= ?", (up_to_seq,))
+        return cur.rowcount
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self._conn.execute("SELECT COUNT(*) FROM reports").fetchone()
+        return int(n)
+
+    def last_seq(self) -> int:
+        """The highest sequence number ever handed out by this journal."""
+        with self._lock:
+            (n,) = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        return int(n)
+
+    def reconcile(self, last_applied_seq: int) -> None:
+        """Apply a Welcome's ``last_applied_seq``.
+
+        Normally that is an ack whose reply was lost. If the control plane has applied numbers
+        this journal never issued, the journal file was lost or replaced while the identity was
+        kept; renumber pending reports above it instead of letting them be dropped as applied.
+        """
+        with self._lock, self._transaction():
+            (last,) = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+            if last_applied_seq <= int(last):
+                self._conn.execute("DELETE FROM reports WHERE seq <= ?", (last_applied_seq,))
+                return
+            offset = last_applied_seq
+            # Negate first so the primary key never collides while rows move up.
+            self._conn.execute("UPDATE reports SET seq = -seq")
+            self._conn.execute("UPDATE reports SET seq = -seq + ?", (offset,))
+            (top,) = self._conn.execute(
+                "SELECT COALESCE(MAX(seq), ?) FROM reports", (offset,)
+            ).fetchone()
+            self._conn.execute("UPDATE meta SET value=? WHERE key='last_seq'", (int(top),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK around one journal operation."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,89 @@
+"""What a runner tells the control plane about one attempt, as plain values.
+
+A report body is journaled (encoded by ``agent.convert``) before it is sent; the journal adds
+the per-agent sequence number, the attempt id and the fencing token. The provider contract's
+``ErrorDetail`` and ``OutcomeState`` are reused so provider outcomes map across unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from providers.base import ErrorDetail, OutcomeState
+
+LogStream = Literal["stdout", "stderr", "agent"]
+
+
+@dataclass(frozen=True)
+class ProposeRunning:
+    """Ask to move the attempt to RUNNING; infrastructure starts only after ACCEPT."""
+
+
+@dataclass(frozen=True)
+class HandleRecorded:
+    handle_json: str
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at_unix_ms: int
+    stream: LogStream
+    text: str
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    lines: tuple[LogLine, ...]
+
+
+@dataclass(frozen=True)
+class AttemptFinished:
+    outcome: OutcomeState
+    result_json: str = ""
+    error: ErrorDetail | None = None
+    exit_code: int = 0
+
+
+ReportBody = ProposeRunning | HandleRecorded | LogChunk | AttemptFinished
+
+
+@dataclass(frozen=True)
+class HeldAttempt:
+    attempt_id: str
+    fencing_token: int
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    type: str
+    config_schema_json: str
+
+
+@dataclass(frozen=True)
+class HelloInfo:
+    """Everything the agent says about itself when a stream opens."""
+
+    version: str
+    labels: dict[str, str]
+    providers: tuple[ProviderInfo, ...]
+    capacity: int
+    held_attempts: tuple[HeldAttempt, ...]
+    hostname: str
+    draining: bool
+
+
+@dataclass(frozen=True)
+class HeartbeatInfo:
+    in_use: int
+    held_attempts: tuple[HeldAttempt, ...]
+    draining: bool
+
+
+def infrastructure_failure(message: str, type_name: str = "meridian.AgentError") -> AttemptFinished:
+    """A FAILED report for problems the agent or provider hit, not the step's own code."""
+    return AttemptFinished(
+        outcome="failed",
+        error=ErrorDetail(error_class="infrastructure", type=type_name, message=message),
+    )

@@ -1,0 +1,297 @@
+"""One attempt from assignment to its final report (STYLE.md sections 3 and 4).
+
+A runner fetches the code bundle, proposes RUNNING and starts infrastructure only after the
+control plane accepts. It then records the provider's handle, streams logs in batches, watches
+for cancellation and reports how the attempt ended. Every report goes through the journal.
+The persisted handle is removed only once the finished report is journaled, so an agent restart
+in between finds the attempt again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.actions import Assignment, DecisionValue
+from agent.bundles import BundleCache
+from agent.handles import HandleStore, StoredHandle
+from agent.logbatch import pump_logs
+from agent.reporter import Reporter
+from agent.reports import (
+    AttemptFinished,
+    HandleRecorded,
+    ProposeRunning,
+    ReportBody,
+    infrastructure_failure,
+)
+from providers.base import (
+    ErrorDetail,
+    ExecutionSpec,
+    Handle,
+    Outcome,
+    Provider,
+    ProviderOptionsError,
+)
+
+log = logging.getLogger("meridian.agent.runner")
+
+# After the attempt ends, give the provider's log stream this long to deliver its last lines.
+LOG_DRAIN_S = 2.0
+# After provider.cancel returns, how long wait() may take to notice before we stop waiting.
+CANCEL_SETTLE_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What every runner of this agent shares."""
+
+    reporter: Reporter
+    bundles: BundleCache
+    handles: HandleStore
+    work_root: Path
+
+
+class Runner:
+    """Runs (or, after a restart, resumes watching) one attempt."""
+
+    def __init__(self, attempt_id: str, fencing_token: int, provider: Provider, ctx: RunnerContext):
+        self.attempt_id = attempt_id
+        self.fencing_token = fencing_token
+        self._provider = provider
+        self._ctx = ctx
+        self._verdict: DecisionValue | None = None
+        self._decided = asyncio.Event()
+        self._cancel_requested = asyncio.Event()
+        self._cancel_reason = ""
+        self._cancel_grace_s = 0.0
+        self._finished = False
+
+    # ---- signals from the worker --------------------------------------------------------
+
+    def decide(self, decision: DecisionValue) -> None:
+        if self._verdict is None:
+            self._verdict = decision
+            self._decided.set()
+
+    def cancel(self, reason: str, grace_s: float) -> None:
+        if not self._cancel_requested.is_set():
+            self._cancel_reason = reason or "cancelled"
+            self._cancel_grace_s = max(0.0, grace_s)
+            self._cancel_requested.set()
+
+    # ---- lifecycles ---------------------------------------------------------------------
+
+    async def run(self, assignment: Assignment) -> None:
+        """Run a fresh assignment to its end; never raises except for task cancellation."""
+        await self._guard(self._run(assignment))
+
+    async def resume(self, handle: Handle) -> None:
+        """Watch infrastructure recovered after an agent restart until it ends."""
+        # Logs are not streamed again: the provider replays them from the start and the
+        # control plane already holds those sent before the restart.
+        await self._guard(self._watch(handle, stream_logs=False))
+
+    async def _guard(self, body: Any) -> None:
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug or a misbehaving provider must not leave the attempt unreported.
+            log.exception("runner for attempt %s failed", self.attempt_id)
+            self._finish(infrastructure_failure(f"agent error while running the step: {exc}"))
+
+    async def _run(self, assignment: Assignment) -> None:
+        bundle_dir = await self._fetch_bundle(assignment.bundle_sha256)
+        if self._finished:
+            return
+        if self._cancel_requested.is_set():
+            return self._finish_cancelled()
+        self._report(ProposeRunning())
+        verdict = await self._await_decision()
+        if verdict == "reject":
+            return  # The control plane forgot this attempt; nothing was started.
+        if verdict == "cancel" or self._cancel_requested.is_set():
+            return self._finish_cancelled()
+        handle = await self._start(assignment, bundle_dir)
+        if handle is not None:
+            await self._watch(handle, stream_logs=True)
+
+    async def _fetch_bundle(self, sha256: str) -> Path | None:
+        if not sha256:
+            return None
+        try:
+            return await self._until_cancelled(self._ctx.bundles.get(sha256))
+        except Exception as exc:
+            self._finish(infrastructure_failure(f"could not fetch code bundle {sha256}: {exc}"))
+            return None
+
+    async def _await_decision(self) -> Literal["accept", "reject", "cancel"]:
+        decided = asyncio.ensure_future(self._decided.wait())
+        cancelled = asyncio.ensure_future(self._cancel_requested.wait())
+        try:
+            await asyncio.wait({decided, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            decided.cancel()
+            cancelled.cancel()
+        if self._verdict is not None:
+            return self._verdict.verdict
+        return "cancel"
+
+    async def _start(self, assignment: Assignment, bundle_dir: Path | None) -> Handle | None:
+        spec = assignment.spec
+        try:
+            options = parse_options(spec.options_json)
+            self._provider.validate_options(options)
+        except (ValueError, ProviderOptionsError) as exc:
+            self._finish(_failure("permanent", "meridian.ProviderOptionsError", str(exc)))
+            return None
+        work_dir = self._ctx.work_root / assignment.attempt_id
+        execution = ExecutionSpec(
+            attempt_id=assignment.attempt_id,
+            flow_run_id=assignment.flow_run_id,
+            step_run_id=assignment.step_run_id,
+            step_key=assignment.step_key,
+            step_name=spec.name,
+            attempt_number=assignment.attempt_number,
+            module=spec.module,
+            function=spec.function,
+            inputs_json=assignment.inputs_json,
+            bundle_dir=bundle_dir,
+            work_dir=work_dir,
+            timeout_s=spec.timeout_s or None,
+            options=options,
+        )
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            handle = await self._provider.submit(execution)
+        except Exception as exc:
+            message = f"provider {self._provider.type!r} could not start the step: {exc}"
+            self._finish(infrastructure_failure(message, _qualname(exc)))
+            return None
+        self._ctx.handles.save(
+            StoredHandle(self.attempt_id, self.fencing_token, self._provider.type, handle.to_json())
+        )
+        self._report(HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id))
+        return handle
+
+    async def _watch(self, handle: Handle, *, stream_logs: bool) -> None:
+        logs = asyncio.ensure_future(self._stream_logs(handle)) if stream_logs else None
+        waiting = asyncio.ensure_future(self._provider.wait(handle))
+        cancelled = asyncio.ensure_future(self._cancel_requested.wait())
+        try:
+            await asyncio.wait({waiting, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                finished = _finished_from(waiting)
+            else:
+                finished = await self._cancel_running(handle, waiting)
+            if logs is not None:
+                await _settle(logs, LOG_DRAIN_S)
+        finally:
+            cancelled.cancel()
+            for task in (logs, waiting):
+                if task is not None and not task.done():
+                    task.cancel()
+        self._finish(finished)
+        self._ctx.handles.remove(self.attempt_id)
+
+    async def _cancel_running(
+        self, handle: Handle, waiting: asyncio.Future[Outcome]
+    ) -> AttemptFinished:
+        try:
+            await self._provider.cancel(handle, self._cancel_grace_s)
+        except Exception:
+            log.exception("provider could not cancel attempt %s", self.attempt_id)
+        await _settle(waiting, self._cancel_grace_s + CANCEL_SETTLE_S)
+        exit_code = 0
+        if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
+            exit_code = waiting.result().exit_code or 0
+        return _cancelled(self._cancel_reason, exit_code)
+
+    async def _stream_logs(self, handle: Handle) -> None:
+        await pump_logs(self._provider.logs(handle), self._report)
+
+    async def _until_cancelled(self, work: Any) -> Any:
+        """Await ``work`` unless a cancel arrives first (then return None)."""
+        task = asyncio.ensure_future(work)
+        cancelled = asyncio.ensure_future(self._cancel_requested.wait())
+        try:
+            await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        return None
+
+    # ---- reporting ----------------------------------------------------------------------
+
+    def _finish_cancelled(self) -> None:
+        self._finish(_cancelled(self._cancel_reason, 0))
+
+    def _finish(self, finished: AttemptFinished) -> None:
+        if not self._finished:
+            self._finished = True
+            self._report(finished)
+
+    def _report(self, body: ReportBody) -> None:
+        self._ctx.reporter.report(self.attempt_id, self.fencing_token, body)
+
+
+def parse_options(options_json: str) -> dict[str, Any]:
+    """Per-step provider options; ValueError unless they are a JSON object."""
+    if not options_json.strip():
+        return {}
+    value = json.loads(options_json)
+    if not isinstance(value, Mapping):
+        raise ValueError("step options must be a JSON object")
+    return dict(value)
+
+
+async def _settle(task: asyncio.Future[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``task`` to end without cancelling it or raising its error."""
+    await asyncio.wait({task}, timeout=timeout)
+
+
+def _finished_from(waiting: asyncio.Future[Outcome]) -> AttemptFinished:
+    exc = waiting.exception()
+    if exc is not None:
+        return infrastructure_failure(f"provider lost track of the step: {exc}", _qualname(exc))
+    outcome = waiting.result()
+    error = outcome.error
+    if error is None and outcome.state != "succeeded":
+        error = ErrorDetail(
+            error_class="infrastructure",
+            type="meridian.ProviderError",
+            message=f"step ended {outcome.state} with exit code {outcome.exit_code}",
+        )
+    return AttemptFinished(
+        outcome=outcome.state,
+        result_json=outcome.result_json or "",
+        error=error,
+        exit_code=outcome.exit_code or 0,
+    )
+
+
+def _cancelled(reason: str, exit_code: int) -> AttemptFinished:
+    return AttemptFinished(
+        outcome="cancelled",
+        error=ErrorDetail(error_class="cancelled", type="meridian.Cancelled", message=reason),
+        exit_code=exit_code,
+    )
+
+
+def _failure(error_class: Literal["permanent"], type_name: str, message: str) -> AttemptFinished:
+    return AttemptFinished(
+        outcome="failed",
+        error=ErrorDetail(error_class=error_class, type=type_name, message=message),
+    )
+
+
+def _qualname(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"

@@ -1,0 +1,156 @@
+"""Turning actions from the control plane into runners, one asyncio task per attempt.
+
+The worker decides whether this agent takes an assignment (capacity, draining, provider
+offered), routes cancels and decisions to the runner holding the attempt and token, and tracks
+what is held for Hello and heartbeats. It never runs a step itself (STYLE.md section 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from agent.actions import (
+    Action,
+    AssignAction,
+    Assignment,
+    CancelAction,
+    DecisionAction,
+    DrainAction,
+    UnknownAction,
+)
+from agent.handles import StoredHandle
+from agent.reports import HeldAttempt, infrastructure_failure
+from agent.runner import Runner, RunnerContext
+from providers.base import Handle, Provider
+
+log = logging.getLogger("meridian.agent.worker")
+
+# How long a runner cancelled at shutdown has to stop its infrastructure and report.
+SHUTDOWN_CANCEL_GRACE_S = 5.0
+
+
+class Worker:
+    """Holds the runners of this agent's attempts."""
+
+    def __init__(
+        self, providers: Mapping[str, Provider], ctx: RunnerContext, capacity: int
+    ) -> None:
+        self._providers = dict(providers)
+        self._ctx = ctx
+        self._capacity = capacity
+        self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
+        self.draining = False
+
+    @property
+    def in_use(self) -> int:
+        return len(self._runners)
+
+    def held_attempts(self) -> tuple[HeldAttempt, ...]:
+        return tuple(HeldAttempt(r.attempt_id, r.fencing_token) for r, _ in self._runners.values())
+
+    def handle(self, action: Action) -> None:
+        """Apply one action from the control plane."""
+        if isinstance(action, AssignAction):
+            for assignment in action.assignments:
+                self._assign(assignment)
+        elif isinstance(action, CancelAction):
+            runner = self._runner(action.attempt_id, action.fencing_token)
+            if runner is not None:
+                runner.cancel(action.reason, action.grace_s)
+        elif isinstance(action, DecisionAction):
+            for decision in action.decisions:
+                runner = self._runner(decision.attempt_id, decision.fencing_token)
+                if runner is not None:
+                    runner.decide(decision)
+        elif isinstance(action, DrainAction):
+            log.info("control plane asked this agent to drain: %s", action.reason)
+            self.draining = True
+        elif isinstance(action, UnknownAction):
+            log.warning("ignoring control frame %r this agent does not understand", action.kind)
+
+    def _assign(self, a: Assignment) -> None:
+        if a.attempt_id in self._runners:
+            # Redelivery after a reconnect: the runner already owns it.
+            return
+        refusal = self._refusal(a)
+        if refusal is not None:
+            self._ctx.reporter.report(
+                a.attempt_id, a.fencing_token, infrastructure_failure(refusal)
+            )
+            return
+        runner = Runner(a.attempt_id, a.fencing_token, self._providers[a.spec.provider], self._ctx)
+        self._track(runner, runner.run(a))
+
+    def _refusal(self, a: Assignment) -> str | None:
+        if self.draining:
+            return "agent is draining"
+        if len(self._runners) >= self._capacity:
+            return "agent at capacity"
+        if a.spec.provider not in self._providers:
+            offered = ", ".join(sorted(self._providers)) or "none"
+            return f"provider {a.spec.provider!r} is not offered by this agent (offered: {offered})"
+        return None
+
+    def _track(self, runner: Runner, body: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(body)
+        self._runners[runner.attempt_id] = (runner, task)
+
+        def forget(_: asyncio.Task[None]) -> None:
+            if self._runners.get(runner.attempt_id, (None, None))[1] is task:
+                del self._runners[runner.attempt_id]
+
+        task.add_done_callback(forget)
+
+    def _runner(self, attempt_id: str, fencing_token: int) -> Runner | None:
+        entry = self._runners.get(attempt_id)
+        if entry is None or entry[0].fencing_token != fencing_token:
+            return None  # finished already, or a stale token: not ours to act on
+        return entry[0]
+
+    async def recover(self, stored: list[StoredHandle]) -> None:
+        """Re-attach to attempts whose handles survived an agent restart."""
+        for item in stored:
+            provider = self._providers.get(item.provider)
+            handle = Handle.from_json(item.handle_json)
+            attached = False
+            if provider is not None:
+                try:
+                    attached = await provider.recover(handle)
+                except NotImplementedError:
+                    attached = False
+                except Exception:
+                    log.exception("recovering attempt %s failed", item.attempt_id)
+            if attached and provider is not None:
+                runner = Runner(item.attempt_id, item.fencing_token, provider, self._ctx)
+                self._track(runner, runner.resume(handle))
+                continue
+            failure = infrastructure_failure("agent restarted and could not re-attach")
+            self._ctx.reporter.report(item.attempt_id, item.fencing_token, failure)
+            self._ctx.handles.remove(item.attempt_id)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work, let runners finish for ``grace_s``, then cancel the rest."""
+        self.draining = True
+        tasks = {task for _, task in self._runners.values()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, grace_s))
+        if not pending:
+            return
+        for runner, task in list(self._runners.values()):
+            if task in pending:
+                runner.cancel("agent is shutting down", SHUTDOWN_CANCEL_GRACE_S)
+        await asyncio.wait(pending, timeout=SHUTDOWN_CANCEL_GRACE_S + 5.0)
+
+    async def abort(self) -> None:
+        """Last resort at close: stop runner tasks; their handles stay for re-attach."""
+        tasks = [task for _, task in self._runners.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

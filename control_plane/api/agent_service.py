@@ -1,0 +1,247 @@
+"""AgentService: enrollment, the agent stream, and bundle download for agents.
+
+The stream handler is thin: it authenticates the peer by its certificate, registers an
+``AgentSession``, then runs a reader (heartbeats, report batches -> orchestration) and a writer
+(outbox -> batched control frames) until either side ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+from sqlalchemy import select
+
+from control_plane.api import convert
+from control_plane.api.errors import abort
+from control_plane.api.services import Services
+from control_plane.auth.enrollment import enroll_agent
+from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
+from control_plane.orchestration.agents import (
+    agent_connected,
+    agent_disconnected,
+    agent_heartbeat,
+)
+from control_plane.orchestration.engine import apply_reports
+from control_plane.orchestration.states import SLOT_HOLDING
+from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut
+from control_plane.store.models import AttemptRow, BundleRow, FlowRunRow
+from meridian.errors import NotFound, PermissionDenied, ValidationError
+from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+MAX_REPORTS_PER_BATCH = 5000
+HELLO_TIMEOUT_S = 30.0
+
+
+class ProtocolError(Exception):
+    """The agent broke the stream protocol; the stream is closed with INVALID_ARGUMENT."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    async def Enroll(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EnrollResponse:
+        if len(request.join_token) > 512 or len(request.csr_pem) > 16384:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "join token or CSR too large")
+        if len(request.name) > 255:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent name too long (max 255)")
+        validity = dt.timedelta(hours=self._s.config.agent_certificate_hours)
+        try:
+            agent, certificate = await self._s.store.run(
+                lambda session: enroll_agent(
+                    session,
+                    self._s.ca,
+                    token=request.join_token,
+                    csr_pem=request.csr_pem,
+                    name=request.name,
+                    now=utcnow(),
+                    validity=validity,
+                )
+            )
+        except PermissionDenied as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except ValidationError as exc:
+            await abort(context, exc)
+        log.info("enrolled agent %s (%s) in %s", agent.name, agent.id, agent.environment)
+        return agent_pb2.EnrollResponse(
+            agent_id=agent.id,
+            environment=agent.environment,
+            certificate_pem=certificate,
+            ca_certificate_pem=self._s.ca.certificate_pem,
+        )
+
+    async def FetchBundle(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.FetchBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.BundleChunk]:
+        identity = await self._identity(context)
+        try:
+            data = await self._s.store.run(_bundle_for_agent, identity.agent_id, request.sha256)
+        except NotFound as exc:
+            await abort(context, exc)
+        for chunk in _chunks(request.sha256, data):
+            yield chunk
+
+    async def Connect(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        identity = await self._identity(context)
+        try:
+            first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 30s")
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be Hello")
+        hello = convert.hello_from_proto(first.hello)
+        if hello.capacity > 10_000 or len(hello.labels) > 64:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "capacity or labels too large")
+        try:
+            connected, effects = await self._s.store.run(
+                agent_connected, identity.agent_id, identity.fingerprint, hello, utcnow()
+            )
+        except (NotFound, PermissionDenied) as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        session = AgentSession(connected, str(uuid.uuid4()))
+        replaced = self._s.registry.add(session)
+        if replaced is not None:
+            replaced.send(CloseOut("a newer connection of this agent took over"))
+        log.info("agent %s (%s) connected", connected.name, connected.environment)
+        await context.write(
+            convert.welcome_frame(
+                connected.agent_id,
+                connected.environment,
+                session.session_id,
+                self._s.config.heartbeat_interval_s,
+                self._s.config.agent_lost_after_s,
+                connected.last_applied_seq,
+                self._s.config.max_frame_bytes,
+            )
+        )
+        self._s.dispatcher.apply(effects)
+        await self._serve(session, context)
+
+    async def _serve(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+        reader = asyncio.create_task(self._read_loop(session, context))
+        try:
+            await self._write_loop(session, context, reader)
+            if reader.done() and reader.exception() is not None:
+                exc = reader.exception()
+                if isinstance(exc, ProtocolError):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.warning("agent %s stream failed: %r", session.agent.name, exc)
+        finally:
+            reader.cancel()
+            if self._s.registry.remove(session):
+                await self._s.store.run(agent_disconnected, session.agent.agent_id, utcnow())
+                log.info("agent %s disconnected", session.agent.name)
+
+    async def _write_loop(
+        self,
+        session: AgentSession,
+        context: grpc.aio.ServicerContext,
+        reader: asyncio.Task[None],
+    ) -> None:
+        max_bytes = self._s.config.max_frame_bytes
+        while True:
+            getter = asyncio.ensure_future(session.outbox.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            items = [getter.result()]
+            while not session.outbox.empty() and len(items) < 1000:
+                items.append(session.outbox.get_nowait())
+            closing = any(convert.is_close(i) for i in items)
+            frames = [convert.outgoing_to_frame(i) for i in items if not convert.is_close(i)]
+            for frame in convert.merge_assign_frames(frames, max_bytes):
+                await context.write(frame)
+            if closing:
+                return
+
+    async def _read_loop(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+        agent_id = session.agent.agent_id
+        while True:
+            frame = await context.read()
+            if frame is grpc.aio.EOF:
+                return
+            body = frame.WhichOneof("body")
+            if body == "heartbeat":
+                session.draining = frame.heartbeat.draining
+                await self._s.store.run(agent_heartbeat, agent_id, session.draining, utcnow())
+                if not session.draining:
+                    self._s.dispatcher.wake()
+            elif body == "reports":
+                await self._apply_reports(session, frame.reports)
+            else:
+                raise ProtocolError(f"unexpected {body or 'empty'} frame after Hello")
+
+    async def _apply_reports(self, session: AgentSession, batch: agent_pb2.ReportBatch) -> None:
+        if len(batch.reports) > MAX_REPORTS_PER_BATCH:
+            raise ProtocolError(f"more than {MAX_REPORTS_PER_BATCH} reports in one batch")
+        now = utcnow()
+        try:
+            reports = [convert.report_from_proto(r, now) for r in batch.reports]
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from exc
+        watermark, decisions, effects = await self._s.store.run(
+            apply_reports, session.agent.agent_id, reports, now
+        )
+        # Acknowledge only after the commit above: the agent may then forget these reports.
+        session.send(AckOut(watermark))
+        if decisions:
+            session.send(decisions)
+        self._s.dispatcher.apply(effects)
+
+    async def _identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity:
+        identity = identity_from_auth_context(context.auth_context())
+        if identity is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this call needs the agent's client certificate; run `meridian agent enroll`",
+            )
+        assert identity is not None
+        return identity
+
+
+def _bundle_for_agent(session, agent_id: str, sha256: str) -> bytes:  # type: ignore[no-untyped-def]
+    held = session.scalar(
+        select(AttemptRow.id)
+        .join(FlowRunRow, FlowRunRow.id == AttemptRow.flow_run_id)
+        .where(
+            AttemptRow.agent_id == agent_id,
+            AttemptRow.state.in_(list(SLOT_HOLDING)),
+            FlowRunRow.bundle_sha256 == sha256,
+        )
+        .limit(1)
+    )
+    if held is None:
+        raise NotFound(f"bundle {sha256[:12]} is not needed by any attempt this agent holds")
+    bundle = session.get(BundleRow, sha256)
+    if bundle is None:
+        raise NotFound(f"bundle {sha256[:12]} does not exist")
+    return bytes(bundle.data)
+
+
+def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
+    for offset in range(0, max(len(data), 1), CHUNK):
+        first = offset == 0
+        yield common_pb2.BundleChunk(
+            sha256=sha256 if first else "",
+            total_size=len(data) if first else 0,
+            data=data[offset : offset + CHUNK],
+        )

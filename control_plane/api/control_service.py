@@ -1,0 +1,227 @@
+"""ControlService: what the CLI and flow runners call. Validates at the edge, then delegates
+to orchestration (writes) or store queries (reads)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+
+from control_plane.api import views
+from control_plane.api.errors import abort, rpc
+from control_plane.api.services import Services
+from control_plane.api.validation import (
+    validate_create_run,
+    validate_error,
+    validate_submissions,
+)
+from control_plane.orchestration.engine import create_run, finish_run, submit_steps
+from control_plane.orchestration.states import TERMINAL_RUN
+from control_plane.orchestration.values import Effects
+from control_plane.store import queries
+from control_plane.store.models import BundleRow
+from meridian.errors import MeridianError, ValidationError
+from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+WATCH_SAFETY_WAKE_S = 15.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ControlService(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, services: Services) -> None:
+        self._s = services
+
+    # ---- bundles ------------------------------------------------------------------------
+
+    @rpc
+    async def HasBundle(  # noqa: N802 - gRPC method name
+        self, request: control_pb2.HasBundleRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.HasBundleResponse:
+        present = await self._s.store.run(
+            lambda session: session.get(BundleRow, request.sha256) is not None
+        )
+        return control_pb2.HasBundleResponse(
+            present=present, max_size=self._s.config.max_bundle_bytes
+        )
+
+    async def UploadBundle(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[common_pb2.BundleChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> control_pb2.UploadBundleResponse:
+        limit = self._s.config.max_bundle_bytes
+        sha256, declared, parts, size = "", 0, [], 0
+        async for chunk in request_iterator:
+            if not parts and not sha256:
+                sha256, declared = chunk.sha256, chunk.total_size
+                if len(sha256) != 64 or declared > limit:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED
+                        if declared > limit
+                        else grpc.StatusCode.INVALID_ARGUMENT,
+                        f"bundle of {declared} bytes exceeds the limit of {limit} bytes"
+                        if declared > limit
+                        else "the first chunk must carry the bundle's sha256",
+                    )
+            size += len(chunk.data)
+            if size > limit or size > declared:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"bundle is larger than declared or than the limit of {limit} bytes",
+                )
+            parts.append(chunk.data)
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != sha256 or size != declared:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bundle content does not match its declared sha256 and size",
+            )
+        await self._s.store.run(_store_bundle, sha256, data, utcnow())
+        return control_pb2.UploadBundleResponse(sha256=sha256, size=size)
+
+    # ---- runs ---------------------------------------------------------------------------
+
+    @rpc
+    async def CreateRun(  # noqa: N802
+        self, request: control_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.CreateRunResponse:
+        validate_create_run(request)
+        effects = Effects()
+        run = await self._s.store.run(
+            lambda session: create_run(
+                session,
+                flow_name=request.flow_name,
+                entrypoint=request.entrypoint,
+                parameters_json=request.parameters_json or "{}",
+                bundle_sha256=request.bundle_sha256,
+                trigger=request.trigger or "api",
+                now=utcnow(),
+                effects=effects,
+            )
+        )
+        self._s.dispatcher.apply(effects)
+        return control_pb2.CreateRunResponse(flow_run_id=run.id)
+
+    @rpc
+    async def SubmitSteps(  # noqa: N802
+        self, request: control_pb2.SubmitStepsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.SubmitStepsResponse:
+        submissions = validate_submissions(request)
+        effects = Effects()
+        submitted = await self._s.store.run(
+            submit_steps, request.flow_run_id, submissions, utcnow(), effects
+        )
+        self._s.dispatcher.apply(effects)
+        return control_pb2.SubmitStepsResponse(
+            steps=[
+                control_pb2.SubmittedStep(
+                    key=s.key, step_run_id=s.step_run_id, state=s.state, existing=s.existing
+                )
+                for s in submitted
+            ]
+        )
+
+    @rpc
+    async def FinishRun(  # noqa: N802
+        self, request: control_pb2.FinishRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.FinishRunResponse:
+        error = validate_error(request.error)
+        if request.succeeded and request.result_json:
+            _require_json(request.result_json, "result_json")
+        effects = Effects()
+        state = await self._s.store.run(
+            lambda session: finish_run(
+                session,
+                request.flow_run_id,
+                succeeded=request.succeeded,
+                result_json=request.result_json or "null",
+                error=error,
+                now=utcnow(),
+                effects=effects,
+            )
+        )
+        self._s.dispatcher.apply(effects)
+        return control_pb2.FinishRunResponse(state=state)
+
+    async def WatchRun(  # noqa: N802
+        self, request: control_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[control_pb2.RunUpdate]:
+        run_id, after = request.flow_run_id, request.after_event_id
+        wake = self._s.notifier.subscribe(run_id)
+        try:
+            while True:
+                wake.clear()
+                try:
+                    state, rows = await self._s.store.run(queries.events_after, run_id, after)
+                except MeridianError as exc:
+                    await abort(context, exc)
+                for event, step in rows:
+                    after = event.id
+                    yield views.run_update(event, step)
+                if not rows and state in TERMINAL_RUN:
+                    return
+                if not rows:
+                    # Woken by the notifier after each commit; the timeout is only a backstop.
+                    try:
+                        await asyncio.wait_for(wake.wait(), WATCH_SAFETY_WAKE_S)
+                    except TimeoutError:
+                        pass
+        finally:
+            self._s.notifier.unsubscribe(run_id, wake)
+
+    # ---- reading ------------------------------------------------------------------------
+
+    @rpc
+    async def GetRun(  # noqa: N802
+        self, request: control_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RunDetail:
+        view = await self._s.store.run(queries.run_view, request.flow_run_id.strip())
+        return views.run_detail(view)
+
+    @rpc
+    async def ListRuns(  # noqa: N802
+        self, request: control_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListRunsResponse:
+        limit = min(request.limit or 50, 1000)
+        rows = await self._s.store.run(queries.list_runs, limit, request.state, request.flow_name)
+        return control_pb2.ListRunsResponse(runs=[views.run_summary(*row) for row in rows])
+
+    @rpc
+    async def GetLogs(  # noqa: N802
+        self, request: control_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.GetLogsResponse:
+        limit = min(request.limit or 10_000, 10_000)
+        rows = await self._s.store.run(
+            queries.logs_page, request.flow_run_id.strip(), request.step_key, request.after_id,
+            limit,
+        )
+        return views.logs_page(rows, request.after_id)
+
+    @rpc
+    async def ListAgents(  # noqa: N802
+        self, request: control_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListAgentsResponse:
+        rows = await self._s.store.run(queries.all_agents)
+        live = {s.agent.agent_id: s for s in self._s.registry.sessions()}
+        return control_pb2.ListAgentsResponse(
+            agents=[views.agent_info(agent, held, live.get(agent.id)) for agent, held in rows]
+        )
+
+
+def _store_bundle(session, sha256: str, data: bytes, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+    if session.get(BundleRow, sha256) is None:
+        session.add(BundleRow(sha256=sha256, size=len(data), data=data, created_at=now))
+
+
+def _require_json(text: str, what: str) -> None:
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc

@@ -1,0 +1,254 @@
+"""The control plane's only translation between protobuf messages and internal values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from control_plane.orchestration.agents import HelloIn
+from control_plane.orchestration.values import (
+    AssignOut,
+    CancelOut,
+    DecisionOut,
+    LogLineIn,
+    ReportIn,
+)
+from control_plane.scheduler.registry import AckOut, CloseOut, DrainOut, Outgoing
+from protos.meridian.v1 import agent_pb2, common_pb2
+
+OUTCOMES = {
+    agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED: "SUCCEEDED",
+    agent_pb2.ATTEMPT_OUTCOME_FAILED: "FAILED",
+    agent_pb2.ATTEMPT_OUTCOME_TIMED_OUT: "TIMED_OUT",
+    agent_pb2.ATTEMPT_OUTCOME_CANCELLED: "CANCELLED",
+}
+SPEC_FIELDS = (
+    "name",
+    "module",
+    "function",
+    "target",
+    "provider",
+    "retries",
+    "retry_delay_s",
+    "retry_backoff",
+    "retry_jitter",
+    "timeout_s",
+    "schedule_timeout_s",
+    "options_json",
+)
+
+
+def ms(value: dt.datetime | None) -> int:
+    return int(value.timestamp() * 1000) if value else 0
+
+
+def from_ms(value: int, default: dt.datetime) -> dt.datetime:
+    if value <= 0:
+        return default
+    try:
+        return dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return default
+
+
+# ---- errors and specs -------------------------------------------------------------------
+
+
+def error_from_proto(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:
+    if not error.error_class and not error.type and not error.message:
+        return None
+    return {
+        "error_class": error.error_class[:32],
+        "type": error.type[:512],
+        "message": error.message[:8192],
+        "traceback": error.traceback[-65536:],
+        "type_mro": [t[:512] for t in error.type_mro[:64]],
+    }
+
+
+def error_to_proto(error: Mapping[str, Any] | None) -> common_pb2.ErrorInfo:
+    if not error:
+        return common_pb2.ErrorInfo()
+    return common_pb2.ErrorInfo(
+        error_class=str(error.get("error_class", "")),
+        type=str(error.get("type", "")),
+        message=str(error.get("message", "")),
+        traceback=str(error.get("traceback", "")),
+        type_mro=[str(t) for t in error.get("type_mro") or ()],
+    )
+
+
+def spec_from_proto(spec: common_pb2.StepSpec) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(spec, name) for name in SPEC_FIELDS}
+    values["retry_on"] = list(spec.retry_on)
+    return values
+
+
+def spec_to_proto(spec: Mapping[str, Any]) -> common_pb2.StepSpec:
+    return common_pb2.StepSpec(
+        **{name: spec[name] for name in SPEC_FIELDS if name in spec},
+        retry_on=list(spec.get("retry_on") or ()),
+    )
+
+
+# ---- agent stream -----------------------------------------------------------------------
+
+
+def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
+    return HelloIn(
+        version=hello.version[:64],
+        labels=dict(hello.labels),
+        providers=tuple(p.type for p in hello.providers),
+        capacity=hello.capacity,
+        held={h.attempt_id: h.fencing_token for h in hello.held_attempts},
+        hostname=hello.hostname[:255],
+        draining=hello.draining,
+    )
+
+
+def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
+    at = from_ms(report.at_unix_ms, now)
+    common = {
+        "seq": report.seq,
+        "attempt_id": report.attempt_id,
+        "fencing_token": report.fencing_token,
+        "at": at,
+    }
+    body = report.WhichOneof("body")
+    if body == "running":
+        return ReportIn(kind="running", **common)
+    if body == "handle":
+        return ReportIn(
+            kind="handle",
+            handle_json=report.handle.handle_json,
+            resource_id=report.handle.resource_id,
+            **common,
+        )
+    if body == "logs":
+        lines = tuple(
+            LogLineIn(from_ms(line.at_unix_ms, at), line.stream, line.text)
+            for line in report.logs.lines
+        )
+        return ReportIn(kind="logs", lines=lines, **common)
+    if body == "finished":
+        finished = report.finished
+        outcome = OUTCOMES.get(finished.outcome)
+        if outcome is None:
+            raise ValueError(f"report {report.seq} has no outcome")
+        return ReportIn(
+            kind="finished",
+            outcome=outcome,
+            result_json=finished.result_json,
+            error=error_from_proto(finished.error),
+            exit_code=finished.exit_code,
+            **common,
+        )
+    raise ValueError(f"report {report.seq} has no body")
+
+
+def assign_to_proto(assign: AssignOut) -> agent_pb2.Assign:
+    return agent_pb2.Assign(
+        attempt_id=assign.attempt_id,
+        fencing_token=assign.fencing_token,
+        flow_run_id=assign.flow_run_id,
+        step_run_id=assign.step_run_id,
+        step_key=assign.step_key,
+        attempt_number=assign.attempt_number,
+        spec=spec_to_proto(assign.spec),
+        bundle_sha256=assign.bundle_sha256,
+        inputs_json=assign.inputs_json,
+    )
+
+
+def welcome_frame(
+    agent_id: str,
+    environment: str,
+    session_id: str,
+    heartbeat_interval_s: float,
+    lease_timeout_s: float,
+    last_applied_seq: int,
+    max_frame_bytes: int,
+) -> agent_pb2.ControlFrame:
+    return agent_pb2.ControlFrame(
+        welcome=agent_pb2.Welcome(
+            agent_id=agent_id,
+            environment=environment,
+            session_id=session_id,
+            heartbeat_interval_s=heartbeat_interval_s,
+            lease_timeout_s=lease_timeout_s,
+            last_applied_seq=last_applied_seq,
+            max_frame_bytes=max_frame_bytes,
+        )
+    )
+
+
+def outgoing_to_frame(item: Outgoing) -> agent_pb2.ControlFrame:
+    if isinstance(item, AssignOut):
+        return agent_pb2.ControlFrame(
+            assign=agent_pb2.AssignBatch(assignments=[assign_to_proto(item)])
+        )
+    if isinstance(item, CancelOut):
+        return agent_pb2.ControlFrame(
+            cancel=agent_pb2.Cancel(
+                attempt_id=item.attempt_id,
+                fencing_token=item.fencing_token,
+                reason=item.reason,
+                grace_s=item.grace_s,
+            )
+        )
+    if isinstance(item, AckOut):
+        return agent_pb2.ControlFrame(ack=agent_pb2.Ack(up_to_seq=item.up_to_seq))
+    if isinstance(item, DrainOut):
+        return agent_pb2.ControlFrame(drain=agent_pb2.Drain(reason=item.reason))
+    if isinstance(item, list):
+        return agent_pb2.ControlFrame(decisions=decisions_to_proto(item))
+    raise TypeError(f"cannot send {item!r}")  # CloseOut is handled by the stream itself
+
+
+def decisions_to_proto(decisions: list[DecisionOut]) -> agent_pb2.DecisionBatch:
+    verdict = {True: agent_pb2.VERDICT_ACCEPT, False: agent_pb2.VERDICT_REJECT}
+    return agent_pb2.DecisionBatch(
+        decisions=[
+            agent_pb2.Decision(
+                attempt_id=d.attempt_id,
+                fencing_token=d.fencing_token,
+                verdict=verdict[d.accept],
+                reason=d.reason,
+            )
+            for d in decisions
+        ]
+    )
+
+
+def merge_assign_frames(
+    frames: list[agent_pb2.ControlFrame], max_bytes: int
+) -> list[agent_pb2.ControlFrame]:
+    """Coalesce consecutive Assign frames into batches no larger than ``max_bytes``."""
+    merged: list[agent_pb2.ControlFrame] = []
+    for frame in frames:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and frame.WhichOneof("body") == "assign"
+            and last.WhichOneof("body") == "assign"
+            and last.ByteSize() + frame.ByteSize() < max_bytes
+        ):
+            last.assign.assignments.extend(frame.assign.assignments)
+        else:
+            merged.append(frame)
+    return merged
+
+
+def is_close(item: Outgoing) -> bool:
+    return isinstance(item, CloseOut)
+
+
+def options_json_is_object(text: str) -> bool:
+    if not text:
+        return True
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False

@@ -1,0 +1,112 @@
+"""Edge validation of control API requests: every field bounded, every message actionable."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from control_plane.api.convert import error_from_proto, spec_from_proto
+from control_plane.orchestration.values import StepSubmission
+from meridian.errors import SelectorError, ValidationError
+from meridian.selectors import parse_selector
+from protos.meridian.v1 import common_pb2, control_pb2
+
+MAX_STEPS_PER_REQUEST = 5000
+MAX_KEY = 512
+MAX_INPUTS_BYTES = 4 * 1024 * 1024
+MAX_OPTIONS_BYTES = 64 * 1024
+MAX_PARAMETERS_BYTES = 1024 * 1024
+MAX_RETRIES = 1000
+MAX_SECONDS = 30 * 24 * 3600.0
+DEFAULT_SCHEDULE_TIMEOUT_S = 600.0
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.<>]{0,511}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
+    if not request.flow_name or len(request.flow_name) > 255:
+        raise ValidationError("flow_name must be 1-255 characters")
+    if len(request.entrypoint) > 1024 or len(request.trigger) > 64:
+        raise ValidationError("entrypoint (max 1024) or trigger (max 64) too long")
+    if not SHA256.match(request.bundle_sha256):
+        raise ValidationError("bundle_sha256 must be 64 lowercase hex characters")
+    if len(request.parameters_json) > MAX_PARAMETERS_BYTES:
+        raise ValidationError(f"parameters exceed {MAX_PARAMETERS_BYTES} bytes")
+    if request.parameters_json:
+        value = _json(request.parameters_json, "parameters_json")
+        if not isinstance(value, dict):
+            raise ValidationError("parameters_json must be a JSON object")
+
+
+def validate_submissions(request: control_pb2.SubmitStepsRequest) -> list[StepSubmission]:
+    if not request.flow_run_id:
+        raise ValidationError("flow_run_id is required")
+    if not request.steps:
+        raise ValidationError("no steps to submit")
+    if len(request.steps) > MAX_STEPS_PER_REQUEST:
+        raise ValidationError(f"at most {MAX_STEPS_PER_REQUEST} steps per request")
+    return [_submission(s) for s in request.steps]
+
+
+def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
+    key = step.key
+    if not key or len(key) > MAX_KEY:
+        raise ValidationError(f"step key must be 1-{MAX_KEY} characters")
+    where = f"step {key!r}"
+    spec = validate_spec(step.spec, where)
+    if len(step.inputs_json) > MAX_INPUTS_BYTES:
+        raise ValidationError(
+            f"{where}: inputs are {len(step.inputs_json)} bytes, above the limit of "
+            f"{MAX_INPUTS_BYTES}; pass a reference (a path or URL) instead of the data"
+        )
+    inputs = _json(step.inputs_json or '{"args": [], "kwargs": {}}', f"{where}: inputs_json")
+    if not isinstance(inputs, dict) or set(inputs) - {"args", "kwargs"}:
+        raise ValidationError(f'{where}: inputs_json must be {{"args": [...], "kwargs": {{...}}}}')
+    return StepSubmission(key=key, spec=spec, inputs_json=step.inputs_json or json.dumps(inputs))
+
+
+def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
+    spec = spec_from_proto(proto)
+    if not spec["name"] or len(spec["name"]) > 255:
+        raise ValidationError(f"{where}: name must be 1-255 characters")
+    for field in ("module", "function"):
+        if not IDENTIFIER_PATH.match(spec[field]):
+            raise ValidationError(f"{where}: {field} {spec[field]!r} is not a dotted Python name")
+    if not PROVIDER_NAME.match(spec["provider"]):
+        raise ValidationError(f"{where}: provider {spec['provider']!r} is not a provider name")
+    try:
+        spec["target"] = str(parse_selector(spec["target"]))
+    except SelectorError as exc:
+        raise ValidationError(f"{where}: {exc}") from exc
+    if not 0 <= spec["retries"] <= MAX_RETRIES:
+        raise ValidationError(f"{where}: retries must be between 0 and {MAX_RETRIES}")
+    for field in ("retry_delay_s", "timeout_s", "schedule_timeout_s"):
+        if not math.isfinite(spec[field]) or not 0 <= spec[field] <= MAX_SECONDS:
+            raise ValidationError(f"{where}: {field} must be between 0 and {MAX_SECONDS:g}")
+    if not math.isfinite(spec["retry_backoff"]) or not 1 <= (spec["retry_backoff"] or 1) <= 100:
+        raise ValidationError(f"{where}: retry_backoff must be between 1 and 100")
+    if not 0 <= spec["retry_jitter"] <= 1:
+        raise ValidationError(f"{where}: retry_jitter must be between 0 and 1")
+    spec["retry_backoff"] = spec["retry_backoff"] or 1.0
+    spec["schedule_timeout_s"] = spec["schedule_timeout_s"] or DEFAULT_SCHEDULE_TIMEOUT_S
+    if len(spec["retry_on"]) > 64 or any(len(t) > 512 for t in spec["retry_on"]):
+        raise ValidationError(f"{where}: retry_on takes at most 64 type names")
+    if len(spec["options_json"]) > MAX_OPTIONS_BYTES:
+        raise ValidationError(f"{where}: options exceed {MAX_OPTIONS_BYTES} bytes")
+    if spec["options_json"] and not isinstance(_json(spec["options_json"], where), dict):
+        raise ValidationError(f"{where}: options must be a JSON object")
+    return spec
+
+
+def validate_error(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:
+    return error_from_proto(error)
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc

@@ -1,0 +1,157 @@
+"""Stored rows -> protobuf messages for the read side of the control API."""
+
+from __future__ import annotations
+
+from control_plane.api.convert import error_to_proto, ms
+from control_plane.orchestration.states import AttemptState, StepState
+from control_plane.scheduler.registry import AgentSession
+from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, LogRow, StepRunRow
+from control_plane.store.queries import RunView
+from protos.meridian.v1 import common_pb2, control_pb2
+
+STEP_END_KINDS = {"step.completed", "step.failed", "step.cancelled"}
+RUN_END_KINDS = {"run.completed", "run.failed", "run.cancelled", "run.crashed"}
+
+
+def run_update(event: EventRow, step: StepRunRow | None) -> control_pb2.RunUpdate:
+    update = control_pb2.RunUpdate(
+        event_id=event.id,
+        at_unix_ms=ms(event.created_at),
+        kind=event.kind,
+        step_key=event.step_key or "",
+        step_run_id=event.step_run_id or "",
+        attempt_id=event.attempt_id or "",
+        message=event.message,
+        state=event.to_state or "",
+    )
+    if step is not None:
+        update.step_outcome.CopyFrom(
+            control_pb2.StepOutcome(
+                step_run_id=step.id,
+                key=step.key,
+                state=step.state,
+                result_json=step.result_json or "",
+                error=error_to_proto(step.error),
+            )
+        )
+    if event.kind in RUN_END_KINDS:
+        update.run_state = event.to_state or ""
+    return update
+
+
+def _attempt(attempt: AttemptRow, step: StepRunRow, names: dict[str, str]) -> control_pb2.AttemptDetail:
+    failed = attempt.state not in (AttemptState.SUCCEEDED, AttemptState.QUEUED,
+                                   AttemptState.ASSIGNED, AttemptState.RUNNING)
+    return control_pb2.AttemptDetail(
+        attempt_id=attempt.id,
+        number=attempt.number,
+        state=attempt.state,
+        environment=attempt.environment or "",
+        agent_id=attempt.agent_id or "",
+        agent_name=names.get(attempt.agent_id or "", ""),
+        provider=attempt.provider,
+        resource_id=attempt.resource_id or "",
+        fencing_token=attempt.fencing_token,
+        queued_at_unix_ms=ms(attempt.queued_at),
+        started_at_unix_ms=ms(attempt.started_at),
+        ended_at_unix_ms=ms(attempt.ended_at),
+        error=error_to_proto(attempt.error),
+        exit_code=attempt.exit_code or 0,
+        recovered=failed and step.state == StepState.COMPLETED,
+    )
+
+
+def run_detail(view: RunView) -> control_pb2.RunDetail:
+    run = view.run
+    return control_pb2.RunDetail(
+        flow_run_id=run.id,
+        flow_name=run.flow_name,
+        entrypoint=run.entrypoint,
+        trigger=run.trigger,
+        parameters_json=run.parameters_json,
+        bundle_sha256=run.bundle_sha256,
+        state=run.state,
+        created_at_unix_ms=ms(run.created_at),
+        started_at_unix_ms=ms(run.started_at),
+        ended_at_unix_ms=ms(run.ended_at),
+        result_json=run.result_json or "",
+        error=error_to_proto(run.error),
+        steps=[
+            control_pb2.StepRunDetail(
+                step_run_id=step.id,
+                key=step.key,
+                name=step.name,
+                state=step.state,
+                target=str(step.spec.get("target", "")),
+                provider=str(step.spec.get("provider", "")),
+                inputs_digest=step.inputs_digest,
+                result_json=step.result_json or "",
+                error=error_to_proto(step.error),
+                created_at_unix_ms=ms(step.created_at),
+                ended_at_unix_ms=ms(step.ended_at),
+                attempts=[_attempt(a, step, view.agent_names) for a in view.attempts.get(step.id, [])],
+            )
+            for step in view.steps
+        ],
+        events=[
+            control_pb2.RunEvent(
+                event_id=e.id,
+                at_unix_ms=ms(e.created_at),
+                kind=e.kind,
+                step_key=e.step_key or "",
+                attempt_id=e.attempt_id or "",
+                from_state=e.from_state or "",
+                to_state=e.to_state or "",
+                message=e.message,
+            )
+            for e in view.events
+        ],
+    )
+
+
+def run_summary(run: FlowRunRow, total: int, failed: int) -> control_pb2.RunSummary:
+    return control_pb2.RunSummary(
+        flow_run_id=run.id,
+        flow_name=run.flow_name,
+        state=run.state,
+        created_at_unix_ms=ms(run.created_at),
+        ended_at_unix_ms=ms(run.ended_at),
+        steps_total=total,
+        steps_failed=failed,
+    )
+
+
+def logs_page(rows: list[LogRow], after_id: int) -> control_pb2.GetLogsResponse:
+    return control_pb2.GetLogsResponse(
+        lines=[
+            control_pb2.StepLogLine(
+                id=row.id,
+                step_key=row.step_key,
+                attempt_number=row.attempt_number,
+                line=common_pb2.LogLine(at_unix_ms=ms(row.at), stream=row.stream, text=row.text),
+            )
+            for row in rows
+        ],
+        next_after_id=rows[-1].id if rows else after_id,
+    )
+
+
+def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control_pb2.AgentInfo:
+    status = agent.status
+    if live is not None:
+        status = "draining" if live.draining else "connected"
+    elif status in ("connected", "draining"):
+        status = "disconnected"
+    return control_pb2.AgentInfo(
+        agent_id=agent.id,
+        name=agent.name,
+        environment=agent.environment,
+        labels=dict(agent.labels),
+        providers=[str(p) for p in agent.providers],
+        capacity=agent.capacity,
+        in_use=held,
+        version=agent.version,
+        last_heartbeat_unix_ms=ms(agent.last_heartbeat_at),
+        status=status,
+        hostname=agent.hostname,
+    )

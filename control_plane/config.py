@@ -1,0 +1,28 @@
+"""The control plane's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from control_plane.store.db import sqlite_url
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    db_url: str | None = None
+    heartbeat_interval_s: float = 5.0
+    agent_lost_after_s: float = 30.0
+    max_bundle_bytes: int = 64 * MiB
+    max_message_bytes: int = 16 * MiB
+    max_frame_bytes: int = 4 * MiB
+    agent_certificate_hours: float = 24.0
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or sqlite_url(self.data_dir / "meridian.db")

@@ -1,0 +1,172 @@
+"""Agent presence: connect (with re-attach of held attempts), heartbeat, disconnect, lost.
+
+The agents table keeps what operators see in ``meridian agents list``; attempts held by an
+agent are reconciled against what the agent says it still runs every time it connects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.orchestration.engine import assign_frame, finish_attempt
+from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
+from control_plane.orchestration.values import CancelOut, Effects, error_dict
+from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
+from meridian.errors import NotFound, PermissionDenied
+
+
+@dataclass(frozen=True)
+class HelloIn:
+    version: str
+    labels: Mapping[str, str]
+    providers: tuple[str, ...]
+    capacity: int
+    held: Mapping[str, int]  # attempt id -> fencing token the agent still runs
+    hostname: str
+    draining: bool
+
+
+@dataclass(frozen=True)
+class ConnectedAgent:
+    agent_id: str
+    name: str
+    environment: str
+    labels: dict[str, str]
+    providers: frozenset[str]
+    capacity: int
+    in_use: int
+    draining: bool
+    last_applied_seq: int
+
+
+def agent_connected(
+    session: Session, agent_id: str, fingerprint: str, hello: HelloIn, now: dt.datetime
+) -> tuple[ConnectedAgent, Effects]:
+    agent = session.get(AgentRow, agent_id, with_for_update=True)
+    if agent is None:
+        raise NotFound(f"agent {agent_id} is not enrolled")
+    if agent.cert_fingerprint and agent.cert_fingerprint != fingerprint:
+        raise PermissionDenied("this certificate is not the one issued to the agent")
+    agent.labels = dict(hello.labels)
+    agent.providers = list(hello.providers)
+    agent.capacity = hello.capacity
+    agent.version = hello.version
+    agent.hostname = hello.hostname
+    agent.status = "draining" if hello.draining else "connected"
+    agent.connected_at = now
+    agent.last_heartbeat_at = now
+    effects = Effects()
+    in_use = _reconcile_held(session, agent, hello.held, now, effects)
+    effects.wake_scheduler = True
+    connected = ConnectedAgent(
+        agent_id=agent.id,
+        name=agent.name,
+        environment=agent.environment,
+        labels=dict(hello.labels),
+        providers=frozenset(hello.providers),
+        capacity=hello.capacity,
+        in_use=in_use,
+        draining=hello.draining,
+        last_applied_seq=agent.last_applied_seq,
+    )
+    return connected, effects
+
+
+def _reconcile_held(
+    session: Session,
+    agent: AgentRow,
+    reported: Mapping[str, int],
+    now: dt.datetime,
+    effects: Effects,
+) -> int:
+    """Match what the agent runs with what we think it holds; returns slots in use."""
+    held = session.scalars(
+        select(AttemptRow).where(
+            AttemptRow.agent_id == agent.id, AttemptRow.state.in_(list(SLOT_HOLDING))
+        )
+    ).all()
+    ours = {a.id: a for a in held}
+    for attempt_id, token in reported.items():
+        attempt = ours.get(attempt_id)
+        if attempt is None or attempt.fencing_token != token:
+            # Reassigned or finished while the agent was away: its copy must stop.
+            effects.cancels.append(
+                CancelOut(agent.id, attempt_id, token, "attempt is no longer held by this agent")
+            )
+    in_use = 0
+    for attempt in held:
+        step = session.get(StepRunRow, attempt.step_run_id)
+        assert step is not None
+        if attempt.id in reported:
+            in_use += 1
+        elif attempt.state == AttemptState.ASSIGNED:
+            # The Assign frame may have been lost with the old stream: send it again.
+            run = session.get(FlowRunRow, attempt.flow_run_id)
+            assert run is not None
+            # Not counted here: sending it through the registry takes the slot.
+            effects.assigns.append(assign_frame(attempt, step, run))
+        else:
+            error = error_dict(
+                "lost_agent",
+                "meridian.AgentLost",
+                f"agent {agent.name} reconnected without attempt {attempt.number} of {step.key}",
+            )
+            finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+    return in_use
+
+
+def agent_heartbeat(session: Session, agent_id: str, draining: bool, now: dt.datetime) -> None:
+    agent = session.get(AgentRow, agent_id)
+    if agent is not None:
+        agent.last_heartbeat_at = now
+        agent.status = "draining" if draining else "connected"
+
+
+def agent_disconnected(session: Session, agent_id: str, now: dt.datetime) -> None:
+    agent = session.get(AgentRow, agent_id)
+    if agent is not None and agent.status in ("connected", "draining"):
+        agent.status = "disconnected"
+        agent.disconnected_at = now
+
+
+def agents_to_declare_lost(
+    session: Session, lost_after_s: float, now: dt.datetime, connected: Sequence[str]
+) -> list[str]:
+    """Agents not connected here whose last heartbeat is older than ``lost_after_s``."""
+    cutoff = now - dt.timedelta(seconds=lost_after_s)
+    rows = session.scalars(
+        select(AgentRow).where(
+            AgentRow.status.in_(["connected", "draining", "disconnected"]),
+            AgentRow.last_heartbeat_at < cutoff,
+        )
+    ).all()
+    return [a.id for a in rows if a.id not in connected]
+
+
+def declare_agent_lost(session: Session, agent_id: str, now: dt.datetime) -> Effects:
+    """Mark an agent lost; its attempts become LOST and follow their retry policy."""
+    effects = Effects()
+    agent = session.get(AgentRow, agent_id, with_for_update=True)
+    if agent is None or agent.status == "lost":
+        return effects
+    agent.status = "lost"
+    held = session.scalars(
+        select(AttemptRow).where(
+            AttemptRow.agent_id == agent_id, AttemptRow.state.in_(list(SLOT_HOLDING))
+        )
+    ).all()
+    for attempt in held:
+        step = session.get(StepRunRow, attempt.step_run_id)
+        assert step is not None
+        error = error_dict(
+            "lost_agent",
+            "meridian.AgentLost",
+            f"agent {agent.name} in {agent.environment} stopped heartbeating",
+        )
+        finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+    return effects

@@ -1,0 +1,130 @@
+"""The three state machines (ARCHITECTURE.md section 6) as data, plus the checks on them.
+
+Pure: no I/O. ``check_transition`` is called by the orchestration engine before every write so
+an illegal jump is a bug report, not silent corruption.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunState(StrEnum):
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+
+
+class StepState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CACHED = "CACHED"
+
+
+class AttemptState(StrEnum):
+    QUEUED = "QUEUED"
+    ASSIGNED = "ASSIGNED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    LOST = "LOST"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_RUN = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.CRASHED}
+)
+TERMINAL_STEP = frozenset(
+    {StepState.COMPLETED, StepState.FAILED, StepState.CANCELLED, StepState.CACHED}
+)
+TERMINAL_ATTEMPT = frozenset(
+    {
+        AttemptState.SUCCEEDED,
+        AttemptState.FAILED,
+        AttemptState.LOST,
+        AttemptState.TIMED_OUT,
+        AttemptState.CANCELLED,
+    }
+)
+# Attempts that hold one of an agent's concurrency slots.
+SLOT_HOLDING = frozenset({AttemptState.ASSIGNED, AttemptState.RUNNING})
+
+_RUN_MOVES: dict[RunState, frozenset[RunState]] = {
+    RunState.SCHEDULED: frozenset({RunState.PENDING, RunState.CANCELLED}),
+    RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED}),
+    RunState.RUNNING: frozenset(
+        {
+            RunState.COMPLETED,
+            RunState.FAILED,
+            RunState.PAUSED,
+            RunState.CANCELLING,
+            RunState.CRASHED,
+        }
+    ),
+    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLING}),
+    RunState.CANCELLING: frozenset({RunState.CANCELLED}),
+    RunState.CRASHED: frozenset({RunState.RUNNING}),  # resume
+}
+_STEP_MOVES: dict[StepState, frozenset[StepState]] = {
+    StepState.PENDING: frozenset(
+        {StepState.RUNNING, StepState.FAILED, StepState.CANCELLED, StepState.CACHED}
+    ),
+    # RUNNING -> PENDING: an attempt failed and a retry is queued.
+    StepState.RUNNING: frozenset(
+        {StepState.PENDING, StepState.COMPLETED, StepState.FAILED, StepState.CANCELLED}
+    ),
+}
+_ATTEMPT_MOVES: dict[AttemptState, frozenset[AttemptState]] = {
+    AttemptState.QUEUED: frozenset(
+        {AttemptState.ASSIGNED, AttemptState.FAILED, AttemptState.CANCELLED}
+    ),
+    AttemptState.ASSIGNED: frozenset(
+        {
+            AttemptState.RUNNING,
+            AttemptState.QUEUED,  # the agent refused or vanished before starting
+            AttemptState.FAILED,
+            AttemptState.LOST,
+            AttemptState.CANCELLED,
+        }
+    ),
+    AttemptState.RUNNING: frozenset(
+        {
+            AttemptState.SUCCEEDED,
+            AttemptState.FAILED,
+            AttemptState.TIMED_OUT,
+            AttemptState.LOST,
+            AttemptState.CANCELLED,
+        }
+    ),
+}
+
+
+class IllegalTransition(Exception):
+    """A state change the state machine does not allow (a bug, never user input)."""
+
+
+def _check(kind: str, moves: dict, current: str, target: str) -> None:
+    if target not in moves.get(current, frozenset()):
+        raise IllegalTransition(f"{kind} cannot move from {current} to {target}")
+
+
+def check_run_transition(current: str, target: str) -> None:
+    _check("flow run", _RUN_MOVES, RunState(current), RunState(target))
+
+
+def check_step_transition(current: str, target: str) -> None:
+    _check("step run", _STEP_MOVES, StepState(current), StepState(target))
+
+
+def check_attempt_transition(current: str, target: str) -> None:
+    _check("attempt", _ATTEMPT_MOVES, AttemptState(current), AttemptState(target))

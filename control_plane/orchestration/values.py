@@ -1,0 +1,115 @@
+"""Plain values passed between the API layer and the orchestration engine (no protobuf here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ReportKind = Literal["running", "handle", "logs", "finished"]
+
+
+@dataclass(frozen=True)
+class StepSubmission:
+    key: str
+    spec: dict[str, Any]  # StepSpec fields, validated by the API layer
+    inputs_json: str
+
+
+@dataclass(frozen=True)
+class SubmittedStep:
+    key: str
+    step_run_id: str
+    state: str
+    existing: bool
+
+
+@dataclass(frozen=True)
+class LogLineIn:
+    at: dt.datetime
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ReportIn:
+    seq: int
+    attempt_id: str
+    fencing_token: int
+    at: dt.datetime
+    kind: ReportKind
+    handle_json: str = ""
+    resource_id: str = ""
+    lines: tuple[LogLineIn, ...] = ()
+    outcome: str = ""  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
+    result_json: str = ""
+    error: dict[str, Any] | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class DecisionOut:
+    attempt_id: str
+    fencing_token: int
+    accept: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AssignOut:
+    agent_id: str
+    attempt_id: str
+    fencing_token: int
+    flow_run_id: str
+    step_run_id: str
+    step_key: str
+    attempt_number: int
+    spec: dict[str, Any]
+    bundle_sha256: str
+    inputs_json: str
+
+
+@dataclass(frozen=True)
+class CancelOut:
+    agent_id: str
+    attempt_id: str
+    fencing_token: int
+    reason: str
+    grace_s: float = 10.0
+
+
+@dataclass
+class Effects:
+    """What must happen after the transaction commits (never before: nothing is sent for a
+    change that might still roll back)."""
+
+    touched_runs: set[str] = field(default_factory=set)
+    wake_scheduler: bool = False
+    assigns: list[AssignOut] = field(default_factory=list)
+    cancels: list[CancelOut] = field(default_factory=list)
+    released_slots: dict[str, int] = field(default_factory=dict)
+
+    def release(self, agent_id: str | None) -> None:
+        if agent_id:
+            self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + 1
+            self.wake_scheduler = True
+
+    def merge(self, other: Effects) -> None:
+        self.touched_runs |= other.touched_runs
+        self.wake_scheduler = self.wake_scheduler or other.wake_scheduler
+        self.assigns.extend(other.assigns)
+        self.cancels.extend(other.cancels)
+        for agent_id, n in other.released_slots.items():
+            self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n
+
+
+def error_dict(
+    error_class: str, type_: str, message: str, traceback: str = "", type_mro: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    return {
+        "error_class": error_class,
+        "type": type_,
+        "message": message,
+        "traceback": traceback,
+        "type_mro": list(type_mro),
+    }

@@ -1,0 +1,120 @@
+"""The dispatcher: wakes on events (new attempt, agent connected, slot freed) or on the next
+stored timer, runs a scheduling pass, and pushes the resulting frames to agents.
+
+There is no polling interval on the dispatch path: a submission wakes the loop directly. The
+only periodic work is the lost-agent sweep, which runs every heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from control_plane.orchestration.agents import agents_to_declare_lost, declare_agent_lost
+from control_plane.orchestration.values import Effects
+from control_plane.scheduler.assign import scheduling_pass
+from control_plane.scheduler.registry import AgentRegistry
+from control_plane.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        registry: AgentRegistry,
+        on_runs_touched: Callable[[set[str]], None],
+        *,
+        sweep_interval_s: float,
+        agent_lost_after_s: float,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._on_runs_touched = on_runs_touched
+        self._sweep_interval_s = sweep_interval_s
+        self._lost_after_s = agent_lost_after_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._next_timer: dt.datetime | None = None
+        self._next_sweep = utcnow()
+        self._passes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatcher")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._seconds_to_next_due())
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._pass()
+            except Exception:  # a bad pass must not stop dispatching for everyone
+                log.exception("scheduling pass failed; retrying shortly")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    def _seconds_to_next_due(self) -> float:
+        now = utcnow()
+        due = [self._next_sweep] + ([self._next_timer] if self._next_timer else [])
+        return max(0.0, min((t - now).total_seconds() for t in due))
+
+    async def _pass(self) -> None:
+        now = utcnow()
+        if now >= self._next_sweep:
+            await self._sweep_lost_agents(now)
+            self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
+        self._passes += 1
+        effects, self._next_timer = await self._store.run(
+            scheduling_pass, self._registry.slots(), now, tiebreak=self._passes
+        )
+        self.apply(effects)
+
+    async def _sweep_lost_agents(self, now: dt.datetime) -> None:
+        connected = self._registry.connected_ids()
+        lost = await self._store.run(agents_to_declare_lost, self._lost_after_s, now, connected)
+        for agent_id in lost:
+            log.warning("agent %s stopped heartbeating; declaring it lost", agent_id)
+            self.apply(await self._store.run(declare_agent_lost, agent_id, now))
+
+    def apply(self, effects: Effects) -> None:
+        """Carry out what a committed transaction decided: send frames, wake watchers."""
+        for assign in effects.assigns:
+            session = self._registry.get(assign.agent_id)
+            if session is None:
+                continue  # re-sent when the agent reconnects (its attempt stays ASSIGNED)
+            session.in_use += 1
+            session.send(assign)
+        for cancel in effects.cancels:
+            session = self._registry.get(cancel.agent_id)
+            if session is not None:
+                session.send(cancel)
+        for agent_id, count in effects.released_slots.items():
+            session = self._registry.get(agent_id)
+            if session is not None:
+                session.in_use = max(0, session.in_use - count)
+        if effects.touched_runs:
+            self._on_runs_touched(effects.touched_runs)
+        if effects.wake_scheduler:
+            self.wake()

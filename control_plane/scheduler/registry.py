@@ -1,0 +1,90 @@
+"""Connected agents held in memory: their advertised slots and an outbox per stream.
+
+The database is the truth for which attempts an agent holds; ``in_use`` here is a cache kept in
+step by the same code paths (set on connect, +1 per assignment sent, -1 per slot released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Union
+
+from control_plane.orchestration.agents import ConnectedAgent
+from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
+from control_plane.scheduler.matching import AgentSlot
+
+
+@dataclasses.dataclass(frozen=True)
+class AckOut:
+    up_to_seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainOut:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CloseOut:
+    """Ends the stream from the server side (a newer connection of the same agent won)."""
+
+    reason: str
+
+
+Outgoing = Union[AssignOut, CancelOut, AckOut, DrainOut, CloseOut, list[DecisionOut]]
+
+
+class AgentSession:
+    def __init__(self, agent: ConnectedAgent, session_id: str) -> None:
+        self.agent = agent
+        self.session_id = session_id
+        self.in_use = agent.in_use
+        self.draining = agent.draining
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+
+    def slot(self) -> AgentSlot:
+        a = self.agent
+        return AgentSlot(
+            agent_id=a.agent_id,
+            name=a.name,
+            environment=a.environment,
+            labels=a.labels,
+            providers=a.providers,
+            capacity=a.capacity,
+            in_use=self.in_use,
+            draining=self.draining,
+        )
+
+    def send(self, item: Outgoing) -> None:
+        self.outbox.put_nowait(item)
+
+
+class AgentRegistry:
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}
+
+    def add(self, session: AgentSession) -> AgentSession | None:
+        """Register a stream; returns the session it replaces (to be closed)."""
+        previous = self._sessions.get(session.agent.agent_id)
+        self._sessions[session.agent.agent_id] = session
+        return previous
+
+    def remove(self, session: AgentSession) -> bool:
+        """Unregister unless a newer stream of the same agent already replaced it."""
+        if self._sessions.get(session.agent.agent_id) is session:
+            del self._sessions[session.agent.agent_id]
+            return True
+        return False
+
+    def get(self, agent_id: str) -> AgentSession | None:
+        return self._sessions.get(agent_id)
+
+    def connected_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def slots(self) -> list[AgentSlot]:
+        return [s.slot() for s in self._sessions.values()]
+
+    def sessions(self) -> list[AgentSession]:
+        return list(self._sessions.values())

@@ -1,0 +1,136 @@
+"""The control plane process: TLS gRPC server, store, dispatcher, with one lifecycle.
+
+Shutdown order (STYLE.md 9): stop accepting (health NOT_SERVING) -> stop the dispatcher so no
+new work is pushed -> stop the gRPC server with a grace period (agent streams end, agents
+reconnect elsewhere or later) -> close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control_plane.api.agent_service import AgentService
+from control_plane.api.control_service import ControlService
+from control_plane.api.services import RunNotifier, Services
+from control_plane.auth.ca import CertificateAuthority
+from control_plane.config import ServerConfig
+from control_plane.scheduler.dispatcher import Dispatcher
+from control_plane.scheduler.registry import AgentRegistry
+from control_plane.store.db import Store
+from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
+)
+
+
+class ControlPlane:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.address = ""
+        self.ca_file = Path(config.data_dir) / "tls" / "ca.crt"
+        self._server: grpc.aio.Server | None = None
+        self._services: Services | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopped = False
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        data_dir = Path(self.config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        ca = CertificateAuthority.load_or_create(data_dir / "tls")
+        cert_path, key_path = ca.ensure_server_certificate(
+            data_dir / "tls", self.config.server_names
+        )
+        self.ca_file = data_dir / "tls" / "ca.crt"
+        store = Store(self.config.database_url)
+        await asyncio.get_running_loop().run_in_executor(None, store.migrate)
+        self._services = self._wire(store, ca)
+        self._server = self._build_server()
+        credentials = grpc.ssl_server_credentials(
+            [(key_path.read_bytes(), cert_path.read_bytes())],
+            root_certificates=ca.certificate_pem,
+            require_client_auth=False,  # agents present certificates; CLI clients need not
+        )
+        port = self._server.add_secure_port(self.config.listen, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        host = self.config.listen.rsplit(":", 1)[0] or "127.0.0.1"
+        self.address = f"{host}:{port}"
+        await self._server.start()
+        self._services.dispatcher.start()
+        for name in (*SERVICE_NAMES, ""):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane serving on %s", self.address)
+
+    def _wire(self, store: Store, ca: CertificateAuthority) -> Services:
+        registry = AgentRegistry()
+        notifier = RunNotifier()
+        dispatcher = Dispatcher(
+            store,
+            registry,
+            notifier.notify,
+            sweep_interval_s=self.config.heartbeat_interval_s,
+            agent_lost_after_s=self.config.agent_lost_after_s,
+        )
+        return Services(self.config, store, ca, registry, dispatcher, notifier)
+
+    def _build_server(self) -> grpc.aio.Server:
+        assert self._services is not None
+        limit = self.config.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_concurrent_streams", 1000),
+            ]
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self._services), server)
+        control_pb2_grpc.add_ControlServiceServicer_to_server(
+            ControlService(self._services), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        if self._stopped or self._server is None or self._services is None:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        await self._services.dispatcher.stop()
+        await self._server.stop(grace)
+        self._services.store.close()
+        log.info("control plane stopped")

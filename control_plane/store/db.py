@@ -1,0 +1,92 @@
+"""Engines, migrations and the executor that keeps blocking database work off the event loop.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` so a commit is on disk before we acknowledge
+it; all writes go through one thread (SQLite has one writer anyway). PostgreSQL gets a small
+pool of threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+class Store:
+    """Runs repository functions in a transaction on a worker thread.
+
+    ``await store.run(fn, *args)`` calls ``fn(session, *args)`` inside ``session.begin()``: the
+    transaction commits when ``fn`` returns, so anything acknowledged after the await is durable.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        workers = 1 if self.is_sqlite else 8
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._sessions() as session, session.begin():
+            return fn(session, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.run_sync, fn, *args)
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, ctx.run, call)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,206 @@
+"""SQLAlchemy 2 models: current state on each row, history in ``events``.
+
+Relationships are declared ``lazy="raise"`` so no query happens behind a handler's back; load
+what you need explicitly in the repository functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+AutoIncrementId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite keeps no time zone, PostgreSQL does."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use datetime.now(UTC)")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class AgentRow(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    environment: Mapped[str] = mapped_column(String(253), index=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    providers: Mapped[list[Any]] = mapped_column(default=list)
+    capacity: Mapped[int] = mapped_column(default=0)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    # connected | disconnected | lost | draining
+    status: Mapped[str] = mapped_column(String(16), default="disconnected")
+    cert_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    enrolled_at: Mapped[dt.datetime]
+    connected_at: Mapped[dt.datetime | None]
+    disconnected_at: Mapped[dt.datetime | None]
+    last_heartbeat_at: Mapped[dt.datetime | None]
+    # Highest report sequence number applied: the journal's exactly-once watermark.
+    last_applied_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JoinTokenRow(Base):
+    __tablename__ = "join_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    environment: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+    used_by_agent_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class BundleRow(Base):
+    __tablename__ = "bundles"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime]
+
+
+class FlowRunRow(Base):
+    __tablename__ = "flow_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    flow_name: Mapped[str] = mapped_column(String(255), index=True)
+    entrypoint: Mapped[str] = mapped_column(String(1024))
+    trigger: Mapped[str] = mapped_column(String(64))
+    parameters_json: Mapped[str] = mapped_column(Text)
+    bundle_sha256: Mapped[str] = mapped_column(ForeignKey("bundles.sha256"))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+    started_at: Mapped[dt.datetime | None]
+    ended_at: Mapped[dt.datetime | None]
+    result_json: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None]
+
+
+class StepRunRow(Base):
+    __tablename__ = "step_runs"
+    __table_args__ = (UniqueConstraint("flow_run_id", "key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(255))
+    spec: Mapped[dict[str, Any]]
+    inputs_json: Mapped[str] = mapped_column(Text)
+    inputs_digest: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    result_json: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+    # Every (re)assignment of any attempt of this step takes the next token.
+    last_fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("step_run_id", "number"),
+        Index("ix_attempts_state_not_before", "state", "not_before"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    step_run_id: Mapped[str] = mapped_column(ForeignKey("step_runs.id"))
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
+    number: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    environment: Mapped[str | None] = mapped_column(String(253))
+    provider: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(512))
+    handle_json: Mapped[str | None] = mapped_column(Text)
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Stored timers: nothing about scheduling lives only in memory.
+    queued_at: Mapped[dt.datetime]
+    not_before: Mapped[dt.datetime]
+    schedule_deadline: Mapped[dt.datetime]
+    assigned_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    ended_at: Mapped[dt.datetime | None]
+    exit_code: Mapped[int | None]
+    error: Mapped[dict[str, Any] | None]
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_flow_run_id_id", "flow_run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    step_run_id: Mapped[str | None] = mapped_column(String(36))
+    attempt_id: Mapped[str | None] = mapped_column(String(36))
+    step_key: Mapped[str | None] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime]
+
+
+class LogRow(Base):
+    __tablename__ = "logs"
+    __table_args__ = (Index("ix_logs_flow_run_id_id", "flow_run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    flow_run_id: Mapped[str] = mapped_column(String(36))
+    step_run_id: Mapped[str] = mapped_column(String(36))
+    attempt_id: Mapped[str] = mapped_column(String(36))
+    step_key: Mapped[str] = mapped_column(String(512))
+    attempt_number: Mapped[int]
+    stream: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[dt.datetime]

@@ -1,0 +1,154 @@
+"""Read-side repository functions (session first; no state changes here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.orm import Session
+
+from control_plane.store.models import (
+    AgentRow,
+    AttemptRow,
+    EventRow,
+    FlowRunRow,
+    LogRow,
+    StepRunRow,
+)
+from meridian.errors import NotFound, ValidationError
+
+FULL_ID_LENGTH = 36
+
+
+@dataclass(frozen=True)
+class RunView:
+    run: FlowRunRow
+    steps: list[StepRunRow]
+    attempts: dict[str, list[AttemptRow]]  # step_run_id -> attempts by number
+    agent_names: dict[str, str]
+    events: list[EventRow]
+
+
+def resolve_run_id(session: Session, run_id: str) -> str:
+    """Accept a full id or a unique prefix (at least 4 characters)."""
+    if len(run_id) >= FULL_ID_LENGTH:
+        if session.get(FlowRunRow, run_id) is None:
+            raise NotFound(f"flow run {run_id} does not exist")
+        return run_id
+    if len(run_id) < 4:
+        raise ValidationError("give at least 4 characters of the run id")
+    matches = session.scalars(
+        select(FlowRunRow.id).where(FlowRunRow.id.startswith(run_id, autoescape=True)).limit(2)
+    ).all()
+    if not matches:
+        raise NotFound(f"no flow run id starts with {run_id!r}")
+    if len(matches) > 1:
+        raise ValidationError(f"run id prefix {run_id!r} is ambiguous; give more characters")
+    return matches[0]
+
+
+def run_view(session: Session, run_id: str, *, max_events: int = 10_000) -> RunView:
+    run_id = resolve_run_id(session, run_id)
+    run = session.get(FlowRunRow, run_id)
+    assert run is not None
+    steps = list(
+        session.scalars(
+            select(StepRunRow)
+            .where(StepRunRow.flow_run_id == run_id)
+            .order_by(StepRunRow.created_at, StepRunRow.key)
+        )
+    )
+    attempts: dict[str, list[AttemptRow]] = {}
+    for attempt in session.scalars(
+        select(AttemptRow).where(AttemptRow.flow_run_id == run_id).order_by(AttemptRow.number)
+    ):
+        attempts.setdefault(attempt.step_run_id, []).append(attempt)
+    agent_ids = {a.agent_id for group in attempts.values() for a in group if a.agent_id}
+    names = dict(
+        session.execute(select(AgentRow.id, AgentRow.name).where(AgentRow.id.in_(agent_ids))).all()
+    )
+    events = list(
+        session.scalars(
+            select(EventRow)
+            .where(EventRow.flow_run_id == run_id)
+            .order_by(EventRow.id)
+            .limit(max_events)
+        )
+    )
+    return RunView(run, steps, attempts, {str(k): str(v) for k, v in names.items()}, events)
+
+
+def events_after(
+    session: Session, run_id: str, after_id: int, limit: int = 500
+) -> tuple[str, list[tuple[EventRow, StepRunRow | None]]]:
+    """Events of a run after ``after_id``, each with its step run when it ended one."""
+    run = session.get(FlowRunRow, run_id)
+    if run is None:
+        raise NotFound(f"flow run {run_id} does not exist")
+    rows = session.scalars(
+        select(EventRow)
+        .where(EventRow.flow_run_id == run_id, EventRow.id > after_id)
+        .order_by(EventRow.id)
+        .limit(limit)
+    ).all()
+    ending = {"step.completed", "step.failed", "step.cancelled"}
+    step_ids = {e.step_run_id for e in rows if e.kind in ending and e.step_run_id}
+    steps = {
+        s.id: s for s in session.scalars(select(StepRunRow).where(StepRunRow.id.in_(step_ids)))
+    }
+    out = [(e, steps.get(e.step_run_id or "") if e.kind in ending else None) for e in rows]
+    return run.state, out
+
+
+def list_runs(
+    session: Session, limit: int, state: str, flow_name: str
+) -> list[tuple[FlowRunRow, int, int]]:
+    query = select(FlowRunRow).order_by(FlowRunRow.created_at.desc()).limit(limit)
+    if state:
+        query = query.where(FlowRunRow.state == state.upper())
+    if flow_name:
+        query = query.where(FlowRunRow.flow_name == flow_name)
+    runs = session.scalars(query).all()
+    counts: dict[str, tuple[int, int]] = {}
+    if runs:
+        rows = session.execute(
+            select(
+                StepRunRow.flow_run_id,
+                func.count(),
+                func.sum(case((StepRunRow.state == "FAILED", 1), else_=0)),
+            )
+            .where(StepRunRow.flow_run_id.in_([r.id for r in runs]))
+            .group_by(StepRunRow.flow_run_id)
+        ).all()
+        counts = {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
+    return [(r, *counts.get(r.id, (0, 0))) for r in runs]
+
+
+def logs_page(
+    session: Session, run_id: str, step: str, after_id: int, limit: int
+) -> list[LogRow]:
+    run_id = resolve_run_id(session, run_id)
+    query = (
+        select(LogRow)
+        .where(LogRow.flow_run_id == run_id, LogRow.id > after_id)
+        .order_by(LogRow.id)
+        .limit(limit)
+    )
+    if step:
+        named = select(StepRunRow.id).where(
+            StepRunRow.flow_run_id == run_id, StepRunRow.name == step
+        )
+        query = query.where(or_(LogRow.step_key == step, LogRow.step_run_id.in_(named)))
+    return list(session.scalars(query))
+
+
+def all_agents(session: Session) -> list[tuple[AgentRow, int]]:
+    agents = session.scalars(select(AgentRow).order_by(AgentRow.environment, AgentRow.name)).all()
+    held = dict(
+        session.execute(
+            select(AttemptRow.agent_id, func.count())
+            .where(AttemptRow.state.in_(["ASSIGNED", "RUNNING"]))
+            .group_by(AttemptRow.agent_id)
+        ).all()
+    )
+    return [(a, int(held.get(a.id, 0))) for a in agents]

@@ -1,0 +1,79 @@
+"""``meridian agents list``: the agents the control plane knows, and how they are doing."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from meridian import models
+from meridian.cli.common import add_client_options, connect
+from meridian.cli.render import format_seconds, iso, seconds_between, table, to_json
+
+HEADERS = (
+    *("NAME", "ENVIRONMENT", "LABELS", "PROVIDERS", "IN USE/CAPACITY"),
+    *("VERSION", "HEARTBEAT", "STATUS"),
+)
+
+
+def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    agents = commands.add_parser("agents", help="inspect enrolled agents", parents=parents)
+    actions = agents.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every agent with its status", parents=parents)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_client_options(listing)
+    listing.set_defaults(func=cmd_list)
+
+
+def heartbeat_age(agent: models.AgentInfo, now: datetime) -> float | None:
+    return seconds_between(agent.last_heartbeat, now)
+
+
+def render_agents(agents: Sequence[models.AgentInfo], now: datetime) -> str:
+    if not agents:
+        return "no agents enrolled (see `meridian tokens create` and `meridian agent enroll`)"
+    rows = []
+    for a in sorted(agents, key=lambda a: (a.environment, a.name)):
+        age = heartbeat_age(a, now)
+        rows.append(
+            [
+                a.name,
+                a.environment,
+                ",".join(f"{k}={v}" for k, v in sorted(a.labels.items())) or "-",
+                ",".join(a.providers) or "-",
+                f"{a.in_use}/{a.capacity}",
+                a.version or "-",
+                f"{format_seconds(age)} ago" if age is not None else "never",
+                a.status,
+            ]
+        )
+    return table(HEADERS, rows)
+
+
+def agents_to_json(agents: Sequence[models.AgentInfo], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "agent_id": a.agent_id,
+            "name": a.name,
+            "environment": a.environment,
+            "labels": dict(sorted(a.labels.items())),
+            "providers": list(a.providers),
+            "capacity": a.capacity,
+            "in_use": a.in_use,
+            "version": a.version,
+            "last_heartbeat": iso(a.last_heartbeat),
+            "heartbeat_age_s": heartbeat_age(a, now),
+            "status": a.status,
+            "hostname": a.hostname,
+        }
+        for a in agents
+    ]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        agents = client.list_agents()
+    now = datetime.now(UTC)
+    print(to_json(agents_to_json(agents, now)) if args.json else render_agents(agents, now))
+    return 0

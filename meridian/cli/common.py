@@ -1,0 +1,214 @@
+"""Helpers shared by the CLI command modules: errors, argument parsing, client set-up, signals.
+
+Command modules import what they need from here and keep heavy imports (the control plane, the
+agent, gRPC) inside their handlers, so ``meridian runs list`` never loads the server code and a
+missing optional piece only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from meridian.client import ControlClient
+
+ENV_CONTROL_PLANE = "MERIDIAN_CONTROL_PLANE"
+ENV_CA_FILE = "MERIDIAN_CA_FILE"
+DEFAULT_CONTROL_PLANE = "127.0.0.1:7443"
+DEFAULT_SERVER_DIR = Path("~/.meridian/server")
+DEFAULT_AGENT_DIR = Path("~/.meridian/agent")
+
+
+class CliError(Exception):
+    """An error the CLI reports as one line; ``exit_code`` is what the process returns."""
+
+    exit_code = 1
+
+
+class UsageError(CliError):
+    """The command line itself is wrong (exit code 2, like argparse)."""
+
+    exit_code = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting.
+
+    ``main`` turns the error into the single ``error: ...`` line every other failure gets;
+    subparsers inherit this class because argparse builds them with ``type(self)``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---- argument values --------------------------------------------------------------------------
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> str:
+    """Validate ``HOST:PORT`` (IPv6 hosts in brackets) and return it unchanged."""
+    match = _HOST_PORT.match(text.strip())
+    low = 0 if allow_port_zero else 1
+    if match is None or not low <= int(match.group("port")) <= 65535:
+        raise UsageError(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7443")
+    return text.strip()
+
+
+_PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_params(values: Iterable[str]) -> dict[str, str]:
+    """``-p key=value`` pairs as raw strings; the flow's signature decides their types."""
+    params: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not _PARAM_KEY.match(key):
+            raise UsageError(
+                f"invalid parameter {item!r}: expected key=value with a Python identifier as key"
+            )
+        if key in params:
+            raise UsageError(f"parameter {key!r} given more than once")
+        params[key] = value
+    return params
+
+
+# Kubernetes label syntax: optional DNS-subdomain prefix + "/" + name; values may be empty.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not _LABEL_PREFIX.match(prefix):
+        return False
+    return bool(_LABEL_NAME.match(name))
+
+
+def parse_labels(values: Iterable[str]) -> dict[str, str]:
+    """``--label k=v`` (repeatable; ``k=v,k2=v2`` also accepted) into a dict."""
+    labels: dict[str, str] = {}
+    for item in values:
+        for pair in (p.strip() for p in item.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not _valid_label_key(key):
+                raise UsageError(
+                    f"invalid label {pair!r}: expected key=value where key is letters, digits, "
+                    "'-', '_', '.' (optionally prefix/), e.g. cloud=aws"
+                )
+            if value and not _LABEL_NAME.match(value):
+                raise UsageError(
+                    f"invalid label value in {pair!r}: at most 63 letters, digits, '-', '_', '.', "
+                    "starting and ending with a letter or digit"
+                )
+            labels[key] = value
+    return labels
+
+
+def expand_path(text: str | Path) -> Path:
+    return Path(text).expanduser()
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for durations."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+# ---- the control-plane client -----------------------------------------------------------------
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """``--control-plane`` and ``--ca-file``, defaulting to the environment variables."""
+    parser.add_argument(
+        "--control-plane",
+        metavar="HOST:PORT",
+        default=os.environ.get(ENV_CONTROL_PLANE) or DEFAULT_CONTROL_PLANE,
+        help=f"control plane address (env {ENV_CONTROL_PLANE}, default {DEFAULT_CONTROL_PLANE})",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=os.environ.get(ENV_CA_FILE) or None,
+        help=f"CA certificate that signed the control plane's certificate (env {ENV_CA_FILE})",
+    )
+
+
+def require_ca_file(value: str | None, *, hint: str) -> Path:
+    """The CA file as a Path, or a clear error when it is not given or does not exist."""
+    if not value:
+        raise UsageError(f"no CA certificate given: {hint}")
+    path = expand_path(value)
+    if not path.is_file():
+        raise CliError(f"CA file not found: {path}")
+    return path
+
+
+def connect(args: argparse.Namespace) -> ControlClient:
+    """A ControlClient for the command's ``--control-plane`` / ``--ca-file``."""
+    from meridian.client import ControlClient
+
+    address = parse_address(args.control_plane)
+    ca_file = require_ca_file(
+        args.ca_file,
+        hint=f"pass --ca-file FILE or set {ENV_CA_FILE} (`meridian server start` prints it)",
+    )
+    return ControlClient(address, ca_file)
+
+
+# ---- long-running commands --------------------------------------------------------------------
+
+
+async def wait_for_stop(*watched: asyncio.Future[Any]) -> str:
+    """Wait for SIGINT/SIGTERM or for any of ``watched`` to finish; return which happened.
+
+    Returns ``"signal"`` or ``"finished"``; the caller still owns (and should await) the
+    watched tasks, so their exceptions surface. Signal handlers are only installed when running in
+    the main thread (tests may call commands from elsewhere); the previous handlers come back
+    on return so a second Ctrl-C during shutdown interrupts as usual.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopper, *watched], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return "signal" if stopper in done else "finished"
+
+
+def one_line(text: str) -> str:
+    """Collapse a possibly multi-line message into one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())

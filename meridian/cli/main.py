@@ -1,0 +1,82 @@
+"""Entry point of the ``meridian`` command: builds the parser and owns error reporting.
+
+Every failure becomes exactly one ``error: ...`` line on stderr and a non-zero exit code (2 for
+usage errors, 1 otherwise); ``--debug`` adds the traceback. ``main`` returns the exit code
+instead of calling ``sys.exit`` so tests (and ``meridian dev``'s own tests) can call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from meridian.cli import agent, agents, dev, run, runs, server, tokens
+from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
+from meridian.errors import ConnectionFailed, MeridianError
+
+COMMAND_MODULES = (server, tokens, agent, run, runs, agents, dev)
+
+
+def build_parser() -> ArgumentParser:
+    """The full command tree; each command module adds its own subcommands."""
+    # --debug is accepted before or after the subcommand; SUPPRESS keeps a subparser's
+    # default from overwriting a value given at the top level.
+    debug_parent = argparse.ArgumentParser(add_help=False)
+    debug_parent.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    parser = ArgumentParser(
+        prog="meridian",
+        description="Run Python workflows across clouds and sites; audit them in one place.",
+    )
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(commands, [debug_parent])
+    return parser
+
+
+def _describe(exc: BaseException, args: argparse.Namespace | None) -> tuple[str, int]:
+    """The one-line message and exit code for an exception."""
+    if isinstance(exc, CliError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 1
+    if isinstance(exc, ConnectionFailed):
+        message = one_line(str(exc))
+        if not message.lower().startswith("cannot "):
+            address = getattr(args, "control_plane", None) or "the control plane"
+            message = f"cannot reach {address}: {message}"
+        return message, 1
+    if isinstance(exc, MeridianError):
+        return one_line(str(exc)) or type(exc).__name__, 1
+    if isinstance(exc, ImportError):
+        return f"a Meridian component is missing ({exc}); reinstall meridian-orchestrator", 1
+    # Anything else is a bug; still one line, and --debug shows where it came from.
+    detail = one_line(str(exc))
+    return f"unexpected {type(exc).__name__}: {detail} (rerun with --debug for details)", 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(arguments)
+        result: int = args.func(args)
+        return result
+    except SystemExit as exc:  # --help / --version from argparse
+        return exc.code if isinstance(exc.code, int) else 0
+    except BaseException as exc:
+        message, code = _describe(exc, args)
+        debug = getattr(args, "debug", False) or "--debug" in arguments
+        if debug and not isinstance(exc, UsageError):
+            traceback.print_exc()
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m meridian`` uses meridian/__main__.py
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Pure rendering of control-plane data for people (text) and for scripts (JSON).
+
+Everything here takes ``meridian.models`` values and returns strings or plain dicts; no I/O, no
+clock reads (``now`` is a parameter), so the audit view can be unit tested from hand-made models.
+The audit view answers, for every attempt of every step: where it ran (environment, agent,
+provider, resource), when, how it ended and why — and separates failures the run recovered from
+the one that ended it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from meridian import models
+
+# Display order for state counts; unknown states sort after these, alphabetically.
+STEP_STATE_ORDER = ("COMPLETED", "CACHED", "RUNNING", "PENDING", "FAILED", "CANCELLED")
+ERROR_WIDTH = 70
+TRACEBACK_LINES = 8
+
+
+# ---- small formatting primitives -------------------------------------------------------------
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO-8601 in UTC with millisecond precision and a ``Z``, or None."""
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def format_datetime(moment: datetime | None) -> str:
+    """``2024-05-01 12:00:01 UTC`` or ``-``."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_clock(moment: datetime | None) -> str:
+    """``12:00:01.234`` (UTC) — compact enough for a timeline column."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Human duration: ``850ms``, ``4.2s``, ``3m04s``, ``2h05m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def truncate(text: str, width: int) -> str:
+    """One line of at most ``width`` characters, with an ellipsis when cut."""
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    return line[: max(0, width - 1)] + "…"
+
+
+def short_type(qualified: str) -> str:
+    """``builtins.ConnectionError`` -> ``ConnectionError``."""
+    return qualified.rsplit(".", 1)[-1]
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is never padded."""
+    all_rows = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(headers))]
+    lines = []
+    for row in all_rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def parse_json_text(text: str) -> Any:
+    """Decode a stored JSON document; keep the raw text when it is not valid JSON."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ---- the audit summary -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailureView:
+    """One failure as the summary shows it."""
+
+    step_key: str
+    attempt: int | None
+    error_class: str
+    error_type: str
+    message: str
+    traceback: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step_key": self.step_key,
+            "attempt": self.attempt,
+            "error_class": self.error_class,
+            "error_type": self.error_type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """Step counts plus failures split by what they did to the run."""
+
+    step_counts: dict[str, int]
+    recovered: tuple[FailureView, ...]
+    # Steps that failed for good but did not end the run: the flow body caught them, or they
+    # failed after (or alongside) the failure that did.
+    other: tuple[FailureView, ...]
+    final_failure: FailureView | None
+
+
+def _failure(step_key: str, attempt: int | None, error: models.ErrorInfo) -> FailureView:
+    return FailureView(
+        step_key=step_key,
+        attempt=attempt,
+        error_class=error.error_class,
+        error_type=error.type,
+        message=error.message,
+        traceback=error.traceback,
+    )
+
+
+def _final_step_error(step: models.StepRunDetail) -> tuple[int | None, models.ErrorInfo | None]:
+    """The error that ended a failed step: its own, else its last failed attempt's."""
+    last_failed = [a for a in step.attempts if a.error is not None]
+    number = last_failed[-1].number if last_failed else None
+    if step.error is not None:
+        return number, step.error
+    return number, (last_failed[-1].error if last_failed else None)
+
+
+def _sort_moment(moment: datetime | None) -> datetime:
+    return moment if moment is not None else datetime.max.replace(tzinfo=UTC)
+
+
+def summarize(detail: models.RunDetail) -> AuditSummary:
+    """Classify every failure of a run.
+
+    *Recovered*: a failed attempt of a step that later COMPLETED. *Final*: when the run did not
+    complete, the earliest step that failed for good (by end time), or the run's own error when
+    the flow body failed outside any step. Every other step that failed for good is *other*
+    (e.g. caught by the flow body in a run that still completed).
+    """
+    counts = Counter(step.state for step in detail.steps)
+    recovered: list[FailureView] = []
+    for step in detail.steps:
+        if step.state != "COMPLETED":
+            continue
+        for attempt in step.attempts:
+            if attempt.error is not None and attempt.state != "SUCCEEDED":
+                recovered.append(_failure(step.key, attempt.number, attempt.error))
+
+    failed_steps = sorted(
+        (s for s in detail.steps if s.state == "FAILED"), key=lambda s: _sort_moment(s.ended_at)
+    )
+    step_failures: list[FailureView] = []
+    for step in failed_steps:
+        number, error = _final_step_error(step)
+        if error is not None:
+            step_failures.append(_failure(step.key, number, error))
+        else:
+            step_failures.append(FailureView(step.key, number, "", "", "failed without details"))
+
+    final: FailureView | None = None
+    other = step_failures
+    if detail.state != "COMPLETED" and step_failures:
+        final, other = step_failures[0], step_failures[1:]
+    elif detail.state != "COMPLETED" and detail.error is not None:
+        final = _failure("(flow body)", None, detail.error)
+    ordered = {s: counts[s] for s in STEP_STATE_ORDER if counts[s]}
+    ordered.update({s: counts[s] for s in sorted(counts) if s not in ordered})
+    return AuditSummary(ordered, tuple(recovered), tuple(other), final)
+
+
+# ---- the audit view: text --------------------------------------------------------------------
+
+
+def _error_cell(error: models.ErrorInfo | None) -> str:
+    if error is None:
+        return ""
+    text = f"{error.error_class}: {short_type(error.type)}: {error.message}"
+    return truncate(text, ERROR_WIDTH)
+
+
+def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for step in detail.steps:
+        if not step.attempts:
+            # CACHED or never-scheduled steps still belong on the timeline.
+            where = ["-", "-", "-", step.provider or "-", "-"]  # attempt..resource
+            when = ["-", format_clock(step.ended_at), "-"]  # start, end, duration
+            rows.append([step.key, *where, *when, step.state, _error_cell(step.error)])
+        for a in step.attempts:
+            rows.append(
+                [
+                    step.key,
+                    str(a.number),
+                    a.environment or "-",
+                    a.agent_name or "-",
+                    a.provider or step.provider or "-",
+                    truncate(a.resource_id, 28) if a.resource_id else "-",
+                    format_clock(a.started_at),
+                    format_clock(a.ended_at),
+                    format_seconds(seconds_between(a.started_at, a.ended_at)),
+                    a.state,
+                    _error_cell(a.error),
+                ]
+            )
+    return rows
+
+
+TIMELINE_HEADERS = (
+    *("STEP", "#", "ENVIRONMENT", "AGENT", "PROVIDER", "RESOURCE"),
+    *("START", "END", "DURATION", "STATE", "ERROR"),
+)
+
+
+def _failure_lines(failure: FailureView, *, with_traceback: bool) -> list[str]:
+    where = failure.step_key
+    if failure.attempt is not None:
+        where += f" attempt {failure.attempt}"
+    lines = [
+        f"  {where}: [{failure.error_class or '?'}] {failure.error_type or '?'}: "
+        f"{truncate(failure.message, 200)}"
+    ]
+    if with_traceback and failure.traceback.strip():
+        tb = failure.traceback.rstrip().splitlines()
+        lines.extend(f"    {line}" for line in tb[:TRACEBACK_LINES])
+        if len(tb) > TRACEBACK_LINES:
+            lines.append(f"    ... ({len(tb) - TRACEBACK_LINES} more lines)")
+    return lines
+
+
+def _header_lines(detail: models.RunDetail) -> list[str]:
+    params = parse_json_text(detail.parameters_json)
+    duration = seconds_between(detail.started_at or detail.created_at, detail.ended_at)
+    return [
+        f"Run         {detail.flow_run_id}",
+        f"Flow        {detail.flow_name}",
+        f"Entrypoint  {detail.entrypoint}",
+        f"Trigger     {detail.trigger}",
+        f"Parameters  {json.dumps(params, sort_keys=True) if params is not None else '{}'}",
+        f"Code        sha256:{detail.bundle_sha256}" if detail.bundle_sha256 else "Code        -",
+        f"State       {detail.state}",
+        f"Created     {format_datetime(detail.created_at)}",
+        f"Ended       {format_datetime(detail.ended_at)}  (took {format_seconds(duration)})",
+    ]
+
+
+def render_run(detail: models.RunDetail) -> str:
+    """The full audit view of one run as text."""
+    summary = summarize(detail)
+    lines = _header_lines(detail)
+    lines += ["", "Timeline (times UTC)"]
+    rows = _timeline_rows(detail)
+    lines.append(table(TIMELINE_HEADERS, rows) if rows else "  (no steps)")
+    counts = ", ".join(f"{n} {state}" for state, n in summary.step_counts.items()) or "none"
+    lines += ["", f"Steps: {counts}", "", "Recovered failures:"]
+    if summary.recovered:
+        for failure in summary.recovered:
+            lines += _failure_lines(failure, with_traceback=False)
+    else:
+        lines.append("  none")
+    lines += ["", "Failure that ended the run:"]
+    if summary.final_failure is not None:
+        lines += _failure_lines(summary.final_failure, with_traceback=True)
+    else:
+        lines.append("  none")
+    if summary.other:
+        lines += ["", "Other failed steps:"]
+        for failure in summary.other:
+            lines += _failure_lines(failure, with_traceback=False)
+    return "\n".join(lines)
+
+
+# ---- the audit view: JSON --------------------------------------------------------------------
+
+
+def error_to_dict(error: models.ErrorInfo | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {
+        "error_class": error.error_class,
+        "type": error.type,
+        "message": error.message,
+        "traceback": error.traceback,
+    }
+
+
+def _attempt_to_dict(a: models.AttemptDetail) -> dict[str, Any]:
+    return {
+        "attempt_id": a.attempt_id,
+        "number": a.number,
+        "state": a.state,
+        "environment": a.environment,
+        "agent_id": a.agent_id,
+        "agent_name": a.agent_name,
+        "provider": a.provider,
+        "resource_id": a.resource_id,
+        "queued_at": iso(a.queued_at),
+        "started_at": iso(a.started_at),
+        "ended_at": iso(a.ended_at),
+        "duration_s": seconds_between(a.started_at, a.ended_at),
+        "exit_code": a.exit_code,
+        "recovered": a.recovered,
+        "error": error_to_dict(a.error),
+    }
+
+
+def _step_to_dict(step: models.StepRunDetail) -> dict[str, Any]:
+    return {
+        "step_run_id": step.step_run_id,
+        "key": step.key,
+        "name": step.name,
+        "state": step.state,
+        "target": step.target,
+        "provider": step.provider,
+        "inputs_digest": step.inputs_digest,
+        "result": parse_json_text(step.result_json),
+        "created_at": iso(step.created_at),
+        "ended_at": iso(step.ended_at),
+        "error": error_to_dict(step.error),
+        "attempts": [_attempt_to_dict(a) for a in step.attempts],
+    }
+
+
+def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
+    """The audit view as one JSON-ready document with stable keys."""
+    summary = summarize(detail)
+    final = summary.final_failure
+    return {
+        "flow_run_id": detail.flow_run_id,
+        "flow_name": detail.flow_name,
+        "entrypoint": detail.entrypoint,
+        "trigger": detail.trigger,
+        "parameters": parse_json_text(detail.parameters_json) or {},
+        "bundle_sha256": detail.bundle_sha256,
+        "state": detail.state,
+        "created_at": iso(detail.created_at),
+        "started_at": iso(detail.started_at),
+        "ended_at": iso(detail.ended_at),
+        "result": parse_json_text(detail.result_json),
+        "error": error_to_dict(detail.error),
+        "steps": [_step_to_dict(s) for s in detail.steps],
+        "summary": {
+            "step_counts": summary.step_counts,
+            "recovered_failures": [f.to_dict() for f in summary.recovered],
+            "final_failure": final.to_dict() if final is not None else None,
+            "other_failures": [f.to_dict() for f in summary.other],
+        },
+    }
+
+
+def to_json(document: Any) -> str:
+    """Stable, readable JSON for ``--json`` outputs."""
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,297 @@
+"""``ControlClient``: the synchronous gRPC client of the control API (control.proto).
+
+It owns the TLS channel, per-call deadlines, bundle chunking and the mapping of gRPC status
+codes to ``meridian.errors`` so that callers (CLI, flow runner) only ever see Meridian errors
+with messages a user can act on. Messages are converted by ``meridian._convert``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from meridian import _convert, models
+from meridian.errors import (
+    BundleError,
+    ConflictError,
+    ConnectionFailed,
+    MeridianError,
+    NotFound,
+    PermissionDenied,
+    ValidationError,
+)
+from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+# Uploads get extra deadline per MiB so a large bundle on a slow link is not cut off by the
+# deadline meant for small calls (assumes at least ~1 MiB/s).
+_UPLOAD_SECONDS_PER_MIB = 1.0
+
+_T = TypeVar("_T")
+
+_TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
+
+
+class BundleLike(Protocol):
+    """What the client needs of ``meridian.bundle.Bundle``."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+def _read_ca(ca_file: Path | str) -> bytes:
+    path = Path(ca_file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot read the CA file {path}: {exc.strerror or exc} "
+            "(check --ca-file / MERIDIAN_CA_FILE)"
+        ) from exc
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValidationError(f"the CA file {path} does not contain a PEM certificate")
+    return data
+
+
+class ControlClient:
+    """Talks to one control plane over TLS, trusting the CA certificate in ``ca_file``.
+
+    Args:
+        address: "host:port" of the control plane.
+        ca_file: PEM file of the CA that signed the control plane's certificate.
+        timeout_s: deadline of every unary call (``watch_run`` has none).
+    """
+
+    def __init__(self, address: str, ca_file: Path | str, *, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.ca_file = Path(ca_file)
+        self.timeout_s = timeout_s
+        credentials = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca_file))
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- bundles -----------------------------------------------------------------------------
+
+    def _bundle_status(self, sha256: str) -> control_pb2.HasBundleResponse:
+        request = control_pb2.HasBundleRequest(sha256=sha256)
+        return self._call(self._stub.HasBundle, request)
+
+    def has_bundle(self, sha256: str) -> bool:
+        return self._bundle_status(sha256).present
+
+    def upload_bundle(self, bundle: BundleLike) -> None:
+        data = bundle.data
+        mib = len(data) / (1024 * 1024)
+        timeout = self.timeout_s + mib * _UPLOAD_SECONDS_PER_MIB
+        self._call(self._stub.UploadBundle, _chunks(bundle.sha256, data), timeout=timeout)
+
+    def ensure_bundle(self, bundle: BundleLike) -> None:
+        """Upload the bundle unless the control plane already has this content hash."""
+        status = self._bundle_status(bundle.sha256)
+        if status.present:
+            return
+        if status.max_size and len(bundle.data) > status.max_size:
+            raise BundleError(
+                f"the code bundle is {len(bundle.data)} bytes but the control plane accepts "
+                f"at most {status.max_size}; exclude large files with .meridianignore"
+            )
+        self.upload_bundle(bundle)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        flow_name: str,
+        entrypoint: str,
+        parameters: Mapping[str, Any],
+        bundle_sha256: str,
+        trigger: str = "manual",
+    ) -> str:
+        request = control_pb2.CreateRunRequest(
+            flow_name=flow_name,
+            entrypoint=entrypoint,
+            parameters_json=json.dumps(dict(parameters)),
+            bundle_sha256=bundle_sha256,
+            trigger=trigger,
+        )
+        return self._call(self._stub.CreateRun, request).flow_run_id
+
+    def submit_steps(
+        self, flow_run_id: str, submissions: Sequence[models.StepSubmission]
+    ) -> list[models.SubmittedStep]:
+        request = control_pb2.SubmitStepsRequest(
+            flow_run_id=flow_run_id,
+            steps=[_convert.submission_to_proto(s) for s in submissions],
+        )
+        response = self._call(self._stub.SubmitSteps, request)
+        return [_convert.submitted_from_proto(s) for s in response.steps]
+
+    def watch_run(self, flow_run_id: str, after_event_id: int = 0) -> RunUpdateStream:
+        """Stream the run's updates after ``after_event_id``; ends when the run is terminal."""
+        request = control_pb2.WatchRunRequest(
+            flow_run_id=flow_run_id, after_event_id=after_event_id
+        )
+        try:
+            call = self._stub.WatchRun(request)
+        except grpc.RpcError as exc:
+            raise self._map_error(exc) from None
+        return RunUpdateStream(call, self)
+
+    def finish_run(
+        self,
+        flow_run_id: str,
+        succeeded: bool,
+        result_json: str = "",
+        error: models.ErrorInfo | None = None,
+    ) -> str:
+        request = control_pb2.FinishRunRequest(
+            flow_run_id=flow_run_id,
+            succeeded=succeeded,
+            result_json=result_json,
+            error=_convert.error_to_proto(error),
+        )
+        return self._call(self._stub.FinishRun, request).state
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_run(self, run_id_or_prefix: str) -> models.RunDetail:
+        request = control_pb2.GetRunRequest(flow_run_id=run_id_or_prefix)
+        return _convert.run_detail_from_proto(self._call(self._stub.GetRun, request))
+
+    def list_runs(
+        self, limit: int = 50, state: str = "", flow_name: str = ""
+    ) -> list[models.RunSummary]:
+        request = control_pb2.ListRunsRequest(limit=limit, state=state, flow_name=flow_name)
+        response = self._call(self._stub.ListRuns, request)
+        return [_convert.run_summary_from_proto(r) for r in response.runs]
+
+    def get_logs(
+        self, run_id: str, step_key: str = "", after_id: int = 0, limit: int = 10000
+    ) -> models.LogPage:
+        request = control_pb2.GetLogsRequest(
+            flow_run_id=run_id, step_key=step_key, after_id=after_id, limit=limit
+        )
+        return _convert.log_page_from_proto(self._call(self._stub.GetLogs, request))
+
+    def list_agents(self) -> list[models.AgentInfo]:
+        response = self._call(self._stub.ListAgents, control_pb2.ListAgentsRequest())
+        return [_convert.agent_from_proto(a) for a in response.agents]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._map_error(exc) from None
+
+    def _map_error(self, exc: grpc.RpcError) -> MeridianError:
+        return map_rpc_error(exc, self.address, self.ca_file)
+
+
+class RunUpdateStream(Iterator[models.RunUpdate]):
+    """The open ``WatchRun`` stream: iterate for updates, ``cancel()`` to stop early."""
+
+    def __init__(self, call: Any, client: ControlClient) -> None:
+        self._call = call
+        self._client = client
+        self._cancelled = False
+
+    def __iter__(self) -> RunUpdateStream:
+        return self
+
+    def __next__(self) -> models.RunUpdate:
+        try:
+            message = next(self._call)
+        except grpc.RpcError as exc:
+            if self._cancelled and _code(exc) == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise self._client._map_error(exc) from None
+        return _convert.update_from_proto(message)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+
+def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
+    # The first chunk names the bundle; an empty bundle is still one (empty) chunk.
+    yield common_pb2.BundleChunk(
+        sha256=sha256, total_size=len(data), data=data[:UPLOAD_CHUNK_BYTES]
+    )
+    for start in range(UPLOAD_CHUNK_BYTES, len(data), UPLOAD_CHUNK_BYTES):
+        yield common_pb2.BundleChunk(data=data[start : start + UPLOAD_CHUNK_BYTES])
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return details or str(exc)
+
+
+def map_rpc_error(exc: grpc.RpcError, address: str, ca_file: Path) -> MeridianError:
+    """Turn a gRPC failure into the Meridian error a user can act on."""
+    code, details = _code(exc), _details(exc)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return _connection_error(code, details, address, ca_file)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ValidationError(details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(details)
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+        return ConflictError(details)
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionDenied(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ValidationError(f"request too large: {details}")
+    name = code.name if code is not None else "UNKNOWN"
+    return MeridianError(f"the control plane at {address} answered {name}: {details}")
+
+
+def _connection_error(
+    code: grpc.StatusCode, details: str, address: str, ca_file: Path
+) -> ConnectionFailed:
+    lowered = details.lower()
+    if any(hint in lowered for hint in _TLS_HINTS):
+        return ConnectionFailed(
+            f"cannot verify the control plane at {address} with the CA file {ca_file}: "
+            f"TLS handshake failed ({details}); check --ca-file / MERIDIAN_CA_FILE"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        details = f"no answer before the deadline ({details})"
+    return ConnectionFailed(
+        f"cannot reach the control plane at {address}: {details} "
+        "(check --control-plane / MERIDIAN_CONTROL_PLANE and --ca-file)"
+    )

@@ -1,0 +1,221 @@
+"""Plain values for everything the control API sends or receives.
+
+These frozen dataclasses mirror the messages of ``protos/meridian/v1/control.proto`` and
+``common.proto`` with the same field names, so code outside ``meridian/client.py`` and
+``meridian/_convert.py`` never touches generated protobuf classes. Two deliberate differences:
+``*_unix_ms`` integers become timezone-aware ``datetime`` values (``None`` when unset) named
+without the suffix, and an empty ``ErrorInfo`` becomes ``None``. Repeated fields are tuples so
+the values stay hashable and immutable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why an attempt, step run or flow run failed (see common.proto for the classes)."""
+
+    error_class: str
+    type: str
+    message: str
+    traceback: str = ""
+    type_mro: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """How a step call is executed; sent with every submission."""
+
+    name: str
+    module: str
+    function: str
+    target: str = ""
+    provider: str = "process"
+    retries: int = 0
+    retry_delay_s: float = 1.0
+    retry_backoff: float = 2.0
+    retry_jitter: float = 0.1
+    timeout_s: float = 0.0
+    schedule_timeout_s: float = 600.0
+    retry_on: tuple[str, ...] = ()
+    options_json: str = ""
+
+
+@dataclass(frozen=True)
+class StepSubmission:
+    """One step call of a flow run: deterministic key, spec and JSON inputs."""
+
+    key: str
+    spec: StepSpec
+    inputs_json: str
+
+
+@dataclass(frozen=True)
+class SubmittedStep:
+    """The control plane's answer for one submission."""
+
+    key: str
+    step_run_id: str
+    state: str
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """The terminal state of a step run, delivered inside a ``RunUpdate``."""
+
+    step_run_id: str
+    key: str
+    state: str
+    result_json: str = ""
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """One event of a run's history as streamed by ``WatchRun``."""
+
+    event_id: int
+    at: datetime | None
+    kind: str
+    step_key: str = ""
+    step_run_id: str = ""
+    attempt_id: str = ""
+    message: str = ""
+    state: str = ""
+    step_outcome: StepOutcome | None = None
+    run_state: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptDetail:
+    """One try of a step run on one agent: where, when, and how it ended."""
+
+    attempt_id: str
+    number: int
+    state: str
+    environment: str = ""
+    agent_id: str = ""
+    agent_name: str = ""
+    provider: str = ""
+    resource_id: str = ""
+    fencing_token: int = 0
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: ErrorInfo | None = None
+    exit_code: int = 0
+    recovered: bool = False
+
+
+@dataclass(frozen=True)
+class StepRunDetail:
+    """One logical step call of a run with all its attempts."""
+
+    step_run_id: str
+    key: str
+    name: str
+    state: str
+    target: str = ""
+    provider: str = ""
+    inputs_digest: str = ""
+    result_json: str = ""
+    error: ErrorInfo | None = None
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+    attempts: tuple[AttemptDetail, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """An immutable record of one state change of a run."""
+
+    event_id: int
+    at: datetime | None
+    kind: str
+    step_key: str = ""
+    attempt_id: str = ""
+    from_state: str = ""
+    to_state: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """Everything recorded about one flow run."""
+
+    flow_run_id: str
+    flow_name: str
+    entrypoint: str
+    trigger: str
+    parameters_json: str
+    bundle_sha256: str
+    state: str
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    result_json: str = ""
+    error: ErrorInfo | None = None
+    steps: tuple[StepRunDetail, ...] = ()
+    events: tuple[RunEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of ``ListRuns``."""
+
+    flow_run_id: str
+    flow_name: str
+    state: str
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+    steps_total: int = 0
+    steps_failed: int = 0
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of step output."""
+
+    at: datetime | None
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
+class StepLogLine:
+    """A log line with the step run and attempt it belongs to."""
+
+    id: int
+    step_key: str
+    attempt_number: int
+    line: LogLine
+
+
+@dataclass(frozen=True)
+class LogPage:
+    """A page of ``GetLogs``; pass ``next_after_id`` back to continue."""
+
+    lines: tuple[StepLogLine, ...]
+    next_after_id: int
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """An agent as the control plane knows it."""
+
+    agent_id: str
+    name: str
+    environment: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    providers: tuple[str, ...] = ()
+    capacity: int = 0
+    in_use: int = 0
+    version: str = ""
+    last_heartbeat: datetime | None = None
+    status: str = ""
+    hostname: str = ""

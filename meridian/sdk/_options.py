@@ -1,0 +1,156 @@
+"""Validation of ``@step(...)`` arguments into a ``models.StepSpec``.
+
+Runs at decoration time, i.e. when the flow module is imported, so a bad target or retry
+policy is reported before any run is created. Every message names the step and where it is
+defined (``module:line``) plus the offending argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meridian import models
+from meridian.errors import SelectorError, ValidationError
+from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.selectors import parse_selector
+
+KeyFunction = Callable[..., str]
+MAX_KEY_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The arguments of ``@step`` exactly as the user gave them (before validation)."""
+
+    name: str | None = None
+    target: str = ""
+    provider: str = "process"
+    retries: int = 0
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_jitter: float = 0.1
+    timeout: float | None = None
+    schedule_timeout: float = 600.0
+    retry_on: Any = ()
+    key: str | KeyFunction | None = None
+    options: Mapping[str, Any] | None = None
+
+
+def location(fn: Callable[..., Any]) -> str:
+    """``module:line`` of a function's definition, for error messages."""
+    code = getattr(fn, "__code__", None)
+    line = f":{code.co_firstlineno}" if code is not None else ""
+    return f"{getattr(fn, '__module__', '?')}{line}"
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
+    """Validate ``opts`` for ``fn`` and return the spec sent with every submission."""
+    fn_name = getattr(fn, "__name__", "?")
+    name = opts.name if opts.name is not None else fn_name
+    # A bad name cannot identify the step in the message; the function name can.
+    _check_name(name, f"step {fn_name!r} ({location(fn)})")
+    where = f"step {name!r} ({location(fn)})"
+    if not isinstance(opts.provider, str) or not opts.provider.strip():
+        raise ValidationError(f"{where}: provider must be a non-empty string")
+    timeout = 0.0 if opts.timeout is None else opts.timeout
+    check_key(opts.key, where, allow_callable=True)
+    return models.StepSpec(
+        name=name,
+        module=fn.__module__,
+        function=fn.__qualname__,
+        target=_check_target(opts.target, where),
+        provider=opts.provider.strip(),
+        retries=_check_retries(opts.retries, where),
+        retry_delay_s=_check_number("retry_delay", opts.retry_delay, where),
+        retry_backoff=_check_number("retry_backoff", opts.retry_backoff, where, low=1.0),
+        retry_jitter=_check_number("retry_jitter", opts.retry_jitter, where, high=1.0),
+        timeout_s=_check_number("timeout", timeout, where),
+        schedule_timeout_s=_check_number("schedule_timeout", opts.schedule_timeout, where),
+        retry_on=_check_retry_on(opts.retry_on, where),
+        options_json=_check_options(opts.options, where),
+    )
+
+
+def _check_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"{where}: name must be a non-empty string")
+    # '#' separates the name from the call number in generated keys.
+    if "#" in name or len(name) > 200:
+        raise ValidationError(f"{where}: name must be at most 200 characters without '#'")
+
+
+def _check_target(target: Any, where: str) -> str:
+    if not isinstance(target, str):
+        raise ValidationError(f"{where}: target must be a selector string, got {target!r}")
+    text = target.strip()
+    if text:
+        try:
+            parse_selector(text)
+        except SelectorError as exc:
+            raise SelectorError(f"{where}: invalid target {text!r}: {exc}") from exc
+    return text
+
+
+def _check_retries(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{where}: retries must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _check_number(
+    arg: str, value: Any, where: str, *, low: float = 0.0, high: float | None = None
+) -> float:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+        and (high is None or value <= high)
+    )
+    if not ok:
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValidationError(f"{where}: {arg} must be a number {bounds}, got {value!r}")
+    return float(value)
+
+
+def _check_retry_on(value: Any, where: str) -> tuple[str, ...]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    names: list[str] = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValidationError(f"{where}: retry_on must list exception classes, got {item!r}")
+        names.append(qualified_name(item))
+    return tuple(names)
+
+
+def _check_options(options: Mapping[str, Any] | None, where: str) -> str:
+    if not options:
+        return ""
+    if not isinstance(options, Mapping):
+        raise ValidationError(f"{where}: options must be a dict, got {type(options).__name__}")
+    problem = describe_non_json(dict(options))
+    if problem:
+        raise ValidationError(f"{where}: options are not JSON-serializable (got {problem})")
+    return dumps(dict(options))
+
+
+def check_key(key: Any, where: str, *, allow_callable: bool) -> None:
+    """An explicit key is a non-empty string (or, at decoration, a function returning one)."""
+    if key is None or (allow_callable and callable(key)):
+        return
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
+        raise ValidationError(
+            f"{where}: key must be a non-empty string of at most {MAX_KEY_LENGTH} characters"
+            + (" or a function returning one" if allow_callable else "")
+            + f", got {key!r}"
+        )
+    # Generated keys are "name#n"; refusing '#' keeps explicit keys from colliding with them.
+    if "#" in key:
+        raise ValidationError(f"{where}: key {key!r} must not contain '#'")

@@ -1,0 +1,155 @@
+"""The flow runner's watcher: one ``WatchRun`` stream that resolves step futures.
+
+It runs in a background thread while the flow body runs in the caller's thread. Each update
+with a ``step_outcome`` resolves the matching future; every update is passed to the
+``on_update`` callback. A broken stream is reopened from the last event id seen (with
+capped, jittered backoff), so no update is lost or delivered twice; only when the control
+plane stays unreachable longer than ``reconnect_timeout_s`` are the pending futures failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from meridian import models
+from meridian.errors import ConnectionFailed, MeridianError, StepCancelled
+from meridian.sdk.context import FlowContext
+
+log = logging.getLogger(__name__)
+
+UpdateCallback = Callable[[models.RunUpdate], None]
+
+
+class WatchClient(Protocol):
+    def watch_run(
+        self, flow_run_id: str, after_event_id: int = 0
+    ) -> Iterator[models.RunUpdate]: ...
+
+
+class RunWatcher:
+    """Background reader of one run's updates; ``start()``, then ``stop()`` when done."""
+
+    def __init__(
+        self,
+        client: WatchClient,
+        context: FlowContext,
+        on_update: UpdateCallback | None = None,
+        *,
+        reconnect_timeout_s: float = 60.0,
+        initial_backoff_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._context = context
+        self._on_update = on_update
+        self._reconnect_timeout_s = reconnect_timeout_s
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._stopping = threading.Event()
+        self._stream: Iterator[models.RunUpdate] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"meridian-watch-{context.flow_run_id}", daemon=True
+        )
+        self.last_event_id = 0
+        self.run_state = ""
+        self.reconnects = 0
+        self._received_since_reconnect = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the stream to end (the run is terminal); True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Close the stream now (idempotent)."""
+        self._stopping.set()
+        stream = self._stream
+        cancel = getattr(stream, "cancel", None)
+        if cancel is not None:
+            cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        backoff = self._initial_backoff_s
+        failing_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                if self._follow_stream():
+                    return
+                problem: MeridianError = ConnectionFailed("the watch stream ended early")
+            except MeridianError as exc:
+                problem = exc
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            if self._received_since_reconnect:
+                failing_since, backoff = None, self._initial_backoff_s
+            failing_since = failing_since if failing_since is not None else now
+            if now - failing_since > self._reconnect_timeout_s:
+                self._give_up(problem)
+                return
+            log.warning(
+                "watch stream of run %s broke (%s); reconnecting",
+                self._context.flow_run_id,
+                problem,
+            )
+            self.reconnects += 1
+            # Full jitter: many runners reconnecting after a control-plane restart spread out.
+            self._stopping.wait(random.uniform(0, backoff))
+            backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _follow_stream(self) -> bool:
+        """Read one stream to its end; True when the run reached a terminal state."""
+        self._received_since_reconnect = False
+        stream = self._client.watch_run(self._context.flow_run_id, self.last_event_id)
+        self._stream = stream
+        if self._stopping.is_set():  # stop() ran before the stream existed to cancel
+            getattr(stream, "cancel", lambda: None)()
+            return True
+        for update in stream:
+            self._received_since_reconnect = True
+            # A reopened stream starts after last_event_id; the check guards servers that
+            # replay the boundary event.
+            if update.event_id and update.event_id <= self.last_event_id:
+                continue
+            self.last_event_id = max(self.last_event_id, update.event_id)
+            self._handle(update)
+            if update.run_state:
+                self._run_ended(update.run_state)
+                return True
+        return self._stopping.is_set()
+
+    def _handle(self, update: models.RunUpdate) -> None:
+        if update.step_outcome is not None:
+            self._context.resolve(update.step_outcome)
+        if self._on_update is not None:
+            try:
+                self._on_update(update)
+            except Exception:
+                # A progress printer must never stop results from reaching the flow body.
+                log.exception("on_update callback failed for event %s", update.event_id)
+
+    def _run_ended(self, state: str) -> None:
+        self.run_state = state
+        self._context.close(
+            lambda f: StepCancelled(
+                f.key, "cancelled", "", f"the flow run ended ({state}) before this step finished"
+            )
+        )
+
+    def _give_up(self, problem: MeridianError) -> None:
+        message = (
+            f"lost the watch stream of run {self._context.flow_run_id} for more than "
+            f"{self._reconnect_timeout_s:.0f}s: {problem}"
+        )
+        log.error("%s", message)
+        self._context.close(lambda f: ConnectionFailed(message))

@@ -1,0 +1,189 @@
+"""The per-run state that step objects use while a flow body runs.
+
+``FlowContext`` owns the deterministic key counter, the futures of submitted step runs and
+the batching of submissions into ``SubmitSteps`` calls. The flow runner activates one context
+(a ``contextvars`` variable) around the flow body and feeds it step outcomes from its watch
+stream; outside a flow no context is active and steps run in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Protocol
+
+from meridian import models
+from meridian.errors import StepCancelled, StepFailed
+from meridian.sdk.futures import StepFuture
+
+# One SubmitSteps RPC carries at most this many submissions, and stays well below the
+# 16 MiB message limit even when inputs are large.
+SUBMIT_CHUNK_SIZE = 500
+SUBMIT_CHUNK_BYTES = 8 * 1024 * 1024
+
+_COMPLETED_STATES = frozenset({"COMPLETED", "CACHED"})
+
+
+class StepSubmitter(Protocol):
+    """The part of ``ControlClient`` a flow context needs."""
+
+    def submit_steps(
+        self, flow_run_id: str, submissions: Sequence[models.StepSubmission]
+    ) -> list[models.SubmittedStep]: ...
+
+
+class FlowContext:
+    """Step bookkeeping of one running flow body."""
+
+    def __init__(
+        self,
+        flow_run_id: str,
+        submitter: StepSubmitter,
+        *,
+        chunk_size: int = SUBMIT_CHUNK_SIZE,
+        chunk_bytes: int = SUBMIT_CHUNK_BYTES,
+    ) -> None:
+        self.flow_run_id = flow_run_id
+        self._submitter = submitter
+        self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
+        self._lock = threading.Lock()
+        self._calls: dict[str, int] = {}
+        self._futures: dict[str, StepFuture] = {}
+        # Outcomes seen on the watch stream before this process registered the key (a
+        # replayed run, or an update racing the SubmitSteps answer).
+        self._early: dict[str, models.StepOutcome] = {}
+        self._closed: Callable[[StepFuture], BaseException] | None = None
+
+    def next_call_number(self, step_name: str) -> int:
+        """Count a call of ``step_name``; the n-th call (1-based) gets key ``name#n``."""
+        with self._lock:
+            number = self._calls.get(step_name, 0) + 1
+            self._calls[step_name] = number
+            return number
+
+    def submit(self, submissions: Sequence[models.StepSubmission]) -> list[StepFuture]:
+        """Register futures and send the submissions in as few RPCs as the limits allow.
+
+        A key already submitted in this run returns the existing future without a new RPC:
+        the control plane treats a resubmitted key as the same step run anyway.
+        """
+        futures: list[StepFuture] = []
+        fresh: list[models.StepSubmission] = []
+        early: list[tuple[StepFuture, models.StepOutcome]] = []
+        with self._lock:
+            for sub in submissions:
+                future = self._futures.get(sub.key)
+                if future is None:
+                    future = StepFuture(sub.key, sub.spec.name)
+                    self._futures[sub.key] = future
+                    fresh.append(sub)
+                    if sub.key in self._early:
+                        early.append((future, self._early.pop(sub.key)))
+                futures.append(future)
+        for future, outcome in early:
+            apply_outcome(future, outcome)
+        closed = self._closed
+        if closed is not None:
+            # Nothing will ever resolve these: the run ended or its stream is gone for good.
+            for future in futures:
+                future._set_exception(closed(future))
+            return futures
+        self._send(fresh)
+        return futures
+
+    def _send(self, fresh: list[models.StepSubmission]) -> None:
+        chunks = list(self._chunks(fresh))
+        for index, chunk in enumerate(chunks):
+            try:
+                answers = self._submitter.submit_steps(self.flow_run_id, chunk)
+            except BaseException:
+                # Nothing from this chunk on reached the control plane: forget those keys so
+                # a retry in the flow body submits them again.
+                with self._lock:
+                    for sub in (s for c in chunks[index:] for s in c):
+                        self._futures.pop(sub.key, None)
+                raise
+            with self._lock:
+                for answer in answers:
+                    future = self._futures.get(answer.key)
+                    if future is not None:
+                        future.step_run_id = answer.step_run_id
+
+    def _chunks(self, subs: list[models.StepSubmission]) -> Iterator[list[models.StepSubmission]]:
+        chunk: list[models.StepSubmission] = []
+        size = 0
+        for sub in subs:
+            sub_size = len(sub.inputs_json) + len(sub.spec.options_json) + 512
+            if chunk and (len(chunk) >= self._chunk_size or size + sub_size > self._chunk_bytes):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(sub)
+            size += sub_size
+        if chunk:
+            yield chunk
+
+    def resolve(self, outcome: models.StepOutcome) -> None:
+        """Resolve the future of ``outcome.key`` (or keep the outcome until it is submitted)."""
+        with self._lock:
+            future = self._futures.get(outcome.key)
+            if future is None:
+                self._early[outcome.key] = outcome
+                return
+        apply_outcome(future, outcome)
+
+    def close(self, make_error: Callable[[StepFuture], BaseException]) -> None:
+        """No more outcomes will arrive: fail pending and later futures with ``make_error``."""
+        with self._lock:
+            self._closed = make_error
+            pending = [f for f in self._futures.values() if not f.done()]
+        for future in pending:
+            future._set_exception(make_error(future))
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return sum(1 for f in self._futures.values() if not f.done())
+
+
+def apply_outcome(future: StepFuture, outcome: models.StepOutcome) -> None:
+    """Resolve ``future`` from a terminal step outcome."""
+    if outcome.state in _COMPLETED_STATES:
+        try:
+            value = json.loads(outcome.result_json) if outcome.result_json else None
+        except ValueError as exc:
+            future._set_exception(
+                StepFailed(outcome.key, "infrastructure", "ValueError", f"bad result JSON: {exc}")
+            )
+            return
+        future._set_result(value)
+        return
+    error = outcome.error or models.ErrorInfo(
+        error_class="cancelled" if outcome.state == "CANCELLED" else "infrastructure",
+        type="",
+        message=f"step run ended in state {outcome.state or 'UNKNOWN'}",
+    )
+    cls = StepCancelled if outcome.state == "CANCELLED" else StepFailed
+    future._set_exception(
+        cls(outcome.key, error.error_class, error.type, error.message, error.traceback)
+    )
+
+
+_current: ContextVar[FlowContext | None] = ContextVar("meridian_flow_context", default=None)
+
+
+def current_context() -> FlowContext | None:
+    """The context of the flow body running in this thread/task, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def activate(context: FlowContext) -> Iterator[FlowContext]:
+    """Make ``context`` current for the duration of the ``with`` block."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)

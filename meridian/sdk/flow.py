@@ -1,0 +1,64 @@
+"""``@flow`` and the ``Flow`` object.
+
+A flow is a plain Python function whose body is orchestration logic: ifs, loops, try/except
+around step calls, fan-out decided at run time. The decorator only records the function and
+its name; ``meridian.sdk.runner.run_flow`` runs the body with a flow context so that step
+calls are dispatched through the control plane. Called directly, a flow is just its function
+(steps then run in-process), which keeps flows unit-testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from meridian.errors import ValidationError
+from meridian.sdk._options import location
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Flow(Generic[P, R]):
+    """A function decorated with ``@flow``."""
+
+    __meridian_flow__ = True
+
+    def __init__(self, fn: Callable[P, R], name: str | None = None) -> None:
+        if not callable(fn):
+            raise ValidationError(f"@flow must decorate a function, got {fn!r}")
+        flow_name = name if name is not None else getattr(fn, "__name__", "")
+        if not isinstance(flow_name, str) or not flow_name.strip() or len(flow_name) > 200:
+            raise ValidationError(
+                f"flow ({location(fn)}): name must be a non-empty string of at most "
+                f"200 characters, got {flow_name!r}"
+            )
+        self.fn = fn
+        self.name = flow_name.strip()
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name} ({location(self.fn)})>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(*, name: str | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name="nightly-etl")``."""
+    if fn is not None:
+        return Flow(fn, name)
+
+    def decorate(func: Callable[P, R]) -> Flow[P, R]:
+        return Flow(func, name)
+
+    return decorate

@@ -1,0 +1,197 @@
+"""The flow runner: run one flow body here, with its steps dispatched through the control plane.
+
+``run_flow`` loads the flow, parses parameters, ships the code bundle, creates the run, opens
+one watch stream (``_watch.RunWatcher``) that resolves step futures, runs the body in the
+calling thread with a ``FlowContext`` active, and reports the body's outcome with
+``FinishRun``. This is what ``meridian run`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from meridian import models
+from meridian.bundle import pack_directory
+from meridian.client import BundleLike
+from meridian.errors import ConflictError, StepCancelled, StepFailed
+from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.sdk._watch import RunWatcher, UpdateCallback
+from meridian.sdk.context import FlowContext, activate
+from meridian.sdk.loader import load_entrypoint
+from meridian.sdk.params import parse_params
+
+log = logging.getLogger(__name__)
+
+MAX_TRACEBACK_CHARS = 64 * 1024
+MAX_MESSAGE_CHARS = 8 * 1024
+# After FinishRun the control plane ends the watch stream with the run's final update; give
+# the watcher this long to deliver it to on_update before closing the stream ourselves.
+FINAL_UPDATE_WAIT_S = 5.0
+
+
+class RunnerClient(Protocol):
+    """The part of ``ControlClient`` the runner uses."""
+
+    def ensure_bundle(self, bundle: BundleLike) -> None: ...
+
+    def create_run(
+        self,
+        flow_name: str,
+        entrypoint: str,
+        parameters: Mapping[str, Any],
+        bundle_sha256: str,
+        trigger: str = "manual",
+    ) -> str: ...
+
+    def submit_steps(
+        self, flow_run_id: str, submissions: Sequence[models.StepSubmission]
+    ) -> list[models.SubmittedStep]: ...
+
+    def watch_run(
+        self, flow_run_id: str, after_event_id: int = 0
+    ) -> Iterator[models.RunUpdate]: ...
+
+    def finish_run(
+        self,
+        flow_run_id: str,
+        succeeded: bool,
+        result_json: str = "",
+        error: models.ErrorInfo | None = None,
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a flow run ended: its final state and the body's result or error."""
+
+    flow_run_id: str
+    state: str
+    result: Any = None
+    error: models.ErrorInfo | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "COMPLETED"
+
+
+def run_flow(
+    client: RunnerClient,
+    entrypoint: str,
+    raw_params: Mapping[str, str],
+    *,
+    on_update: UpdateCallback | None = None,
+    trigger: str = "manual",
+    max_bundle_bytes: int | None = None,
+) -> RunOutcome:
+    """Run the flow named by ``entrypoint`` ("path/to/flows.py:flow_name") to its end.
+
+    Raises (before the run exists): ValidationError/NotFound for a bad entrypoint or
+    parameters, BundleError for a bundle that is too large, ConnectionFailed and the other
+    client errors. Once the run exists, a failing body does not raise: it is reported with
+    FinishRun and returned in the outcome.
+    """
+    loaded = load_entrypoint(entrypoint)
+    params = parse_params(loaded.flow.fn, raw_params)
+    if max_bundle_bytes is None:
+        bundle = pack_directory(loaded.root)
+    else:
+        bundle = pack_directory(loaded.root, max_size=max_bundle_bytes)
+    client.ensure_bundle(bundle)
+    run_id = client.create_run(loaded.flow.name, entrypoint, params, bundle.sha256, trigger)
+    context = FlowContext(run_id, client)
+    watcher = RunWatcher(client, context, on_update)
+    watcher.start()
+    interrupted: BaseException | None = None
+    try:
+        with activate(context):
+            succeeded, result, error = _run_body(loaded.flow.fn, params)
+    except BaseException as exc:  # Ctrl-C or SystemExit: report, then let it propagate
+        succeeded, result, error = False, None, error_info(exc, "cancelled")
+        interrupted = exc
+    try:
+        state = _finish(client, run_id, succeeded, result, error, watcher)
+    finally:
+        if not watcher.join(FINAL_UPDATE_WAIT_S):
+            watcher.stop()
+    if interrupted is not None:
+        raise interrupted
+    return RunOutcome(run_id, state, result if succeeded else None, error)
+
+
+def _run_body(fn: Any, params: dict[str, Any]) -> tuple[bool, Any, models.ErrorInfo | None]:
+    try:
+        result = fn(**params)
+    except Exception as exc:
+        return False, None, error_info(exc)
+    problem = describe_non_json(result)
+    if problem:
+        return (
+            False,
+            None,
+            models.ErrorInfo(
+                error_class="permanent",
+                type="meridian.errors.ValidationError",
+                message=f"the flow's return value is not JSON-serializable (got {problem})",
+            ),
+        )
+    return True, result, None
+
+
+def _finish(
+    client: RunnerClient,
+    run_id: str,
+    succeeded: bool,
+    result: Any,
+    error: models.ErrorInfo | None,
+    watcher: RunWatcher,
+) -> str:
+    result_json = dumps(result) if succeeded else ""
+    try:
+        return client.finish_run(run_id, succeeded, result_json, error)
+    except ConflictError:
+        # The run was ended elsewhere (e.g. cancelled) while the body ran: report that state.
+        if watcher.run_state:
+            return watcher.run_state
+        raise
+
+
+def error_info(exc: BaseException, error_class: str | None = None) -> models.ErrorInfo:
+    """Describe a flow-body exception for FinishRun.
+
+    A ``StepFailed`` that escaped the body keeps the step's error class and appends the
+    remote traceback, so the run record shows both where the flow gave up and why the step
+    failed.
+    """
+    if error_class is None:
+        error_class = "permanent"
+        if isinstance(exc, StepCancelled):
+            error_class = "cancelled"
+        elif isinstance(exc, StepFailed) and exc.error_class:
+            error_class = exc.error_class
+    text = "".join(traceback.format_exception(exc))
+    if isinstance(exc, StepFailed) and exc.remote_traceback:
+        text += f"\nRemote traceback of step {exc.step_key}:\n{exc.remote_traceback}"
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...[traceback truncated]\n" + text[-MAX_TRACEBACK_CHARS:]
+    return models.ErrorInfo(
+        error_class=error_class,
+        type=_qualified(type(exc)),
+        message=_safe_str(exc)[:MAX_MESSAGE_CHARS],
+        traceback=text,
+        type_mro=tuple(_qualified(c) for c in type(exc).__mro__ if c is not object),
+    )
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not hide the failure itself
+        return f"<unprintable {type(exc).__name__}>"

@@ -1,0 +1,182 @@
+"""``@step`` and the ``Step`` object: how a step call becomes a submission.
+
+Inside a running flow (a ``FlowContext`` is active) calling a step submits it to the control
+plane with a deterministic key and blocks for its result; ``submit`` and ``map`` return
+futures instead. Outside a flow a step is an ordinary function call in this process, which
+is what unit tests of step code want.
+
+Keys: the n-th call of a step name in a run gets ``name#n``. An explicit key replaces it:
+``@step(key="load")`` (a fixed key, for a step called once per run), ``@step(key=fn)`` where
+``fn`` receives the call's arguments and returns the key, or per call
+``my_step.with_options(key="load-eu")(...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from meridian import models
+from meridian.errors import ValidationError
+from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.sdk._options import KeyFunction, StepOptions, build_spec, check_key, location
+from meridian.sdk.context import FlowContext, current_context
+from meridian.sdk.futures import StepFuture
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Step(Generic[P, R]):
+    """A function decorated with ``@step``; the agent imports it and runs ``.fn``."""
+
+    __meridian_step__ = True
+
+    def __init__(self, fn: Callable[P, R], options: StepOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self.spec: models.StepSpec = build_spec(fn, options)
+        self.name = self.spec.name
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name} ({location(self.fn)})>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        context = current_context()
+        if context is None:
+            return self.fn(*args, **kwargs)
+        result: R = self._submit_many(context, [(args, kwargs)])[0].result()
+        return result
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> StepFuture:
+        """Submit one call and return its future at once (run steps in parallel)."""
+        context = current_context()
+        if context is None:
+            return _run_locally(self, lambda: self.fn(*args, **kwargs))
+        return self._submit_many(context, [(args, kwargs)])[0]
+
+    def map(self, items: Iterable[Any], **common_kwargs: Any) -> list[StepFuture]:
+        """Fan out: one call per item (as the first argument), submitted in batches."""
+        calls = [((item,), common_kwargs) for item in items]
+        context = current_context()
+        if context is None:
+            return [_run_locally(self, functools.partial(self.fn, *a, **kw)) for a, kw in calls]
+        return self._submit_many(context, calls)
+
+    def with_options(self, **overrides: Any) -> Step[P, R]:
+        """A copy of this step with some ``@step`` arguments replaced (e.g. ``key=``)."""
+        try:
+            options = dataclasses.replace(self.options, **overrides)
+        except TypeError as exc:
+            raise ValidationError(f"{self!r}: with_options: {exc}") from None
+        return Step(self.fn, options)
+
+    # -- submission ------------------------------------------------------------------------
+
+    def _submit_many(
+        self, context: FlowContext, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> list[StepFuture]:
+        self._check_importable()
+        submissions = []
+        for args, kwargs in calls:
+            inputs = self._encode_inputs(args, kwargs)
+            number = context.next_call_number(self.name)
+            key = self._key_for(number, args, kwargs)
+            submissions.append(models.StepSubmission(key=key, spec=self.spec, inputs_json=inputs))
+        return context.submit(submissions)
+
+    def _key_for(self, number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        key: str | KeyFunction | None = self.options.key
+        if callable(key):
+            key = key(*args, **kwargs)
+            check_key(key, f"step {self.name!r}: the key function", allow_callable=False)
+        return key if isinstance(key, str) else f"{self.name}#{number}"
+
+    def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ValidationError(f"step {self.name!r} called with bad arguments: {exc}") from None
+        for name, value in bound.arguments.items():
+            problem = describe_non_json(value)
+            if problem:
+                raise ValidationError(
+                    f"argument {name!r} of step {self.name!r} is not JSON-serializable "
+                    f"(got {problem})"
+                )
+        return dumps({"args": list(args), "kwargs": kwargs})
+
+    def _check_importable(self) -> None:
+        # The agent finds the step as `module.function` inside the bundle; these cannot be.
+        if "<locals>" in self.spec.function or self.spec.module == "__main__":
+            raise ValidationError(
+                f"step {self.name!r} ({location(self.fn)}) cannot be imported by an agent as "
+                f"{self.spec.module}.{self.spec.function}: define steps at module level of a "
+                "file inside the flow's directory"
+            )
+
+
+def _run_locally(step: Step[Any, Any], call: Callable[[], Any]) -> StepFuture:
+    """Outside a flow, submit/map run the function now and return a finished future."""
+    future = StepFuture(step.name, step.name)
+    try:
+        future._set_result(call())
+    except Exception as exc:
+        future._set_exception(exc)
+    return future
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+
+
+@overload
+def step(
+    *,
+    target: str = "",
+    provider: str = "process",
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_backoff: float = 2.0,
+    retry_jitter: float = 0.1,
+    timeout: float | None = None,
+    schedule_timeout: float = 600.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    key: str | KeyFunction | None = None,
+    name: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+
+
+def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
+    """Declare a step: where it runs (``target`` selector, ``provider``) and how it retries.
+
+    Args:
+        target: label selector of the agents that may run it ("" = any agent).
+        provider: provider type on the agent, e.g. "process".
+        retries: retries after the first attempt.
+        retry_delay: seconds before the first retry; multiplied by ``retry_backoff`` (>= 1)
+            for each further retry, randomised by the fraction ``retry_jitter`` (0..1).
+        timeout: seconds an attempt may run (None = no limit).
+        schedule_timeout: seconds an attempt may wait for a matching agent.
+        retry_on: exception classes worth retrying (default: every exception).
+        key: explicit step-run key, or a function of the call's arguments returning it.
+        name: step name (default: the function name).
+        options: provider-specific options (a JSON object).
+    """
+    if fn is not None:
+        if kwargs:
+            raise TypeError("use @step or @step(...), not both")
+        return Step(fn, StepOptions())
+    options = StepOptions(**kwargs)
+
+    def decorate(func: Callable[P, R]) -> Step[P, R]:
+        return Step(func, options)
+
+    return decorate

@@ -1,0 +1,225 @@
+"""The step entrypoint: runs ONE step call in the current process and records how it ended.
+
+Providers start ``python -m meridian.stepexec --work-dir DIR`` (console script ``meridian-step``)
+wherever the step should run. ``DIR/spec.json`` names the step and its inputs; this module
+imports the step from the code bundle, calls it, and writes ``DIR/outcome.json`` atomically so
+that a provider (or a re-attached agent) can read the outcome even after this process is gone.
+
+This module owns the on-disk format of ``spec.json`` and ``outcome.json`` and the exit-code
+contract (0 = succeeded, 1 = failed, 2 = the work dir itself is unusable). It imports only the
+standard library and ``meridian.errors`` so that it starts fast inside a bare bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from meridian.errors import Permanent
+
+SPEC_FILE = "spec.json"
+OUTCOME_FILE = "outcome.json"
+RESULT_MARKER = "::meridian-outcome::"
+MAX_TRACEBACK_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_UNUSABLE = 2
+
+
+class StepSetupError(Exception):
+    """The step could not be found or its inputs decoded: retrying cannot help."""
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _tail_bytes(text: str, limit: int) -> str:
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= limit:
+        return text
+    marker = "...[traceback truncated]\n"
+    keep = raw[len(raw) - (limit - len(marker)) :]
+    return marker + keep.decode("utf-8", errors="ignore")
+
+
+def _head_bytes(text: str, limit: int) -> str:
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= limit:
+        return text
+    marker = "...[message truncated]"
+    return raw[: limit - len(marker)].decode("utf-8", errors="ignore") + marker
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    # Walk the explicit ``raise ... from`` chain only; implicit __context__ is an accident of
+    # where the error happened, not a statement by the step author.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Permanent | StepSetupError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not hide the original failure
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def error_outcome(exc: BaseException) -> dict[str, Any]:
+    """The outcome document of a failed step (StepSetupError reports its original type)."""
+    reported: BaseException = exc
+    if isinstance(exc, StepSetupError) and exc.__cause__ is not None:
+        reported = exc.__cause__  # name the real problem (ModuleNotFoundError, TypeError, ...)
+    message = _safe_str(exc)
+    mro = [qualified_name(c) for c in type(reported).__mro__ if c is not object]
+    tb = "".join(traceback.format_exception(exc))
+    return {
+        "state": "failed",
+        "error": {
+            "error_class": "permanent" if _is_permanent(exc) else "transient",
+            "type": qualified_name(type(reported)),
+            "message": _head_bytes(message, MAX_MESSAGE_BYTES),
+            "traceback": _tail_bytes(tb, MAX_TRACEBACK_BYTES),
+            "type_mro": mro,
+        },
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so readers see either nothing or the whole file, even after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _import_step(module: str, function: str, step_key: str) -> Callable[..., Any]:
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise StepSetupError(
+            f"step {step_key!r}: cannot import module {module!r}: {_safe_str(exc)}"
+        ) from exc
+    for i, part in enumerate(function.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            where = ".".join([module, *function.split(".")[:i]])
+            raise StepSetupError(
+                f"step {step_key!r}: {where!r} has no attribute {part!r} "
+                f"(looking for function {function!r} in module {module!r})"
+            ) from exc
+    if getattr(obj, "__meridian_step__", False):
+        obj = obj.fn
+    if not callable(obj):
+        problem = f"step {step_key!r}: {module}.{function} is a {type(obj).__name__}, not callable"
+        raise StepSetupError(problem) from TypeError(problem)
+    return obj  # type: ignore[no-any-return]
+
+
+def _decode_inputs(inputs_json: str, step_key: str) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        raw = json.loads(inputs_json or '{"args": [], "kwargs": {}}')
+        args = raw.get("args", [])
+        kwargs = raw.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError('expected {"args": [...], "kwargs": {...}}')
+    except (ValueError, AttributeError) as exc:
+        raise StepSetupError(f"step {step_key!r}: cannot decode inputs: {_safe_str(exc)}") from exc
+    return args, kwargs
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _encode_result(result: Any, step_key: str) -> str:
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON and other languages could not read them.
+        return json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StepSetupError(
+            f"step {step_key!r} returned a value of type {type(result).__qualname__!r} "
+            f"that is not JSON-serializable: {_safe_str(exc)}"
+        ) from TypeError(_safe_str(exc))
+
+
+def run_step(spec: dict[str, Any]) -> dict[str, Any]:
+    """Import, call and encode one step; return its outcome document (never raises)."""
+    step_key = str(spec.get("step_key", "?"))
+    try:
+        bundle_dir = spec.get("bundle_dir")
+        if bundle_dir:
+            sys.path.insert(0, str(bundle_dir))
+        fn = _import_step(str(spec["module"]), str(spec["function"]), step_key)
+        args, kwargs = _decode_inputs(str(spec.get("inputs_json", "")), step_key)
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return {"state": "succeeded", "result_json": _encode_result(result, step_key)}
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt in a step are failures too
+        return error_outcome(exc)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="meridian-step", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", required=True, type=Path, help="holds spec.json")
+    parser.add_argument(
+        "--result-marker",
+        action="store_true",
+        help=f"also print the outcome as one '{RESULT_MARKER}<json>' line on stdout",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    work_dir: Path = args.work_dir.resolve()
+    try:
+        spec = json.loads((work_dir / SPEC_FILE).read_text(encoding="utf-8"))
+        if not isinstance(spec, dict):
+            raise ValueError("spec.json must hold a JSON object")
+    except (OSError, ValueError) as exc:
+        print(f"meridian-step: cannot read {work_dir / SPEC_FILE}: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    outcome = run_step(spec)
+    text = json.dumps(outcome)
+    # Flush the step's own output first so logs are complete before the outcome appears.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    write_atomic(work_dir / OUTCOME_FILE, text)
+    if args.result_marker:
+        out = sys.__stdout__ or sys.stdout
+        # Readers look for the last marker, so output the step left unterminated is harmless.
+        out.write(f"{RESULT_MARKER}{text}\n")
+        out.flush()
+    return EXIT_SUCCEEDED if outcome["state"] == "succeeded" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

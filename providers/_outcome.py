@@ -1,0 +1,100 @@
+"""Reading what ``meridian.stepexec`` reports: ``outcome.json`` or its stdout marker line.
+
+Providers that run steps through the step entrypoint share this reader. The file names and the
+marker mirror the constants in ``meridian.stepexec`` (the writer); a test pins them together.
+This module deliberately imports nothing from ``meridian`` beyond the standard library so that
+``providers/`` stays free of SDK imports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+from providers.base import ErrorClass, ErrorDetail, Outcome
+
+SPEC_FILE = "spec.json"
+OUTCOME_FILE = "outcome.json"
+RESULT_MARKER = "::meridian-outcome::"
+
+_ERROR_CLASSES = {
+    "transient",
+    "permanent",
+    "infrastructure",
+    "timeout",
+    "lost_agent",
+    "cancelled",
+    "scheduling",
+}
+
+
+def _unreadable(why: str) -> Outcome:
+    return Outcome(
+        state="failed",
+        error=ErrorDetail(
+            error_class="infrastructure",
+            type="providers.base.ProviderError",
+            message=f"the step's outcome could not be read: {why}",
+        ),
+    )
+
+
+def _error_detail(raw: Any) -> ErrorDetail:
+    if not isinstance(raw, dict):
+        raise ValueError("'error' must be an object")
+    error_class = str(raw.get("error_class", "transient"))
+    if error_class not in _ERROR_CLASSES:
+        raise ValueError(f"unknown error_class {error_class!r}")
+    return ErrorDetail(
+        error_class=cast(ErrorClass, error_class),
+        type=str(raw.get("type", "")),
+        message=str(raw.get("message", "")),
+        traceback=str(raw.get("traceback", "")),
+        type_mro=tuple(str(t) for t in raw.get("type_mro", ())),
+    )
+
+
+def parse_outcome(text: str) -> Outcome:
+    """Turn an outcome document into an Outcome; a malformed one is an infrastructure failure.
+
+    ``exit_code`` is left unset: only the caller knows how the process ended.
+    """
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        if raw.get("state") == "succeeded":
+            result = raw.get("result_json")
+            if not isinstance(result, str):
+                raise ValueError("'result_json' must be a string")
+            return Outcome(state="succeeded", result_json=result)
+        if raw.get("state") == "failed":
+            return Outcome(state="failed", error=_error_detail(raw.get("error")))
+        raise ValueError(f"unknown state {raw.get('state')!r}")
+    except ValueError as exc:
+        return _unreadable(str(exc))
+
+
+def read_outcome(work_dir: Path | str) -> Outcome | None:
+    """The outcome recorded in ``work_dir/outcome.json``, or None when none was written yet."""
+    path = Path(work_dir) / OUTCOME_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _unreadable(f"{path}: {exc}")
+    return parse_outcome(text)
+
+
+def parse_result_marker(output: str) -> Outcome | None:
+    """The outcome from the last ``::meridian-outcome::`` line of captured stdout, if any.
+
+    For providers whose steps run where no shared file system exists (containers, clusters).
+    """
+    at = output.rfind(RESULT_MARKER)
+    if at < 0:
+        return None
+    line = output[at + len(RESULT_MARKER) :].split("\n", 1)[0]
+    return parse_outcome(line)

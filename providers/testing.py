@@ -1,0 +1,392 @@
+"""The provider conformance suite: behaviour every provider must show, whatever it runs on.
+
+Subclass ``ProviderConformance`` in a test module (name it ``Test...``) and supply a
+``provider`` fixture; pytest then runs every check below against that provider::
+
+    class TestProcessConformance(ProviderConformance):
+        @pytest.fixture
+        def provider(self) -> Provider:
+            return ProcessProvider({"kill_grace_s": 1.0})
+
+The suite writes its own small step module (plain functions, no SDK) into a temporary bundle
+dir. Class attributes tune it to the provider: whether steps see this machine's files
+(``shares_filesystem``), which options are valid or invalid, and how long a scenario may take.
+Checks that need a capability the provider does not declare are skipped, never passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+
+from providers.base import (
+    ExecutionSpec,
+    Handle,
+    LogRecord,
+    Outcome,
+    Provider,
+    ProviderOptionsError,
+)
+
+T = TypeVar("T")
+
+STEP_MODULE = "meridian_conformance_steps"
+
+STEP_SOURCE = '''\
+"""Steps used by the provider conformance suite."""
+import asyncio
+import os
+import sys
+import time
+
+
+class StepBoom(ValueError):
+    pass
+
+
+def add(a, b):
+    return a + b
+
+
+async def add_async(a, b):
+    await asyncio.sleep(0)
+    return {"sum": a + b}
+
+
+def fail(message):
+    raise StepBoom(message)
+
+
+def fail_permanent(message, chained):
+    from meridian.errors import Permanent
+
+    if chained:
+        raise ValueError(message) from Permanent("do not retry")
+    raise Permanent(message)
+
+
+def tick(path, seconds):
+    """Append a byte to ``path`` every 50 ms for ``seconds``: proof of life."""
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        if path:
+            with open(path, "a") as fh:
+                fh.write(".")
+        count += 1
+        time.sleep(0.05)
+    return count
+
+
+def chatter(n):
+    for i in range(n):
+        print(f"conformance-out {i}", flush=True)
+        print(f"conformance-err {i}", file=sys.stderr, flush=True)
+        time.sleep(0.01)
+    return n
+
+
+def slow_add(a, b, seconds):
+    time.sleep(seconds)
+    return a + b
+'''
+
+
+def write_step_module(bundle_dir: Path) -> Path:
+    """Write the suite's step module into ``bundle_dir`` and return the dir."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    (bundle_dir / f"{STEP_MODULE}.py").write_text(STEP_SOURCE, encoding="utf-8")
+    return bundle_dir
+
+
+def _result(outcome: Outcome) -> Any:
+    assert outcome.state == "succeeded", f"expected success, got {outcome}"
+    assert outcome.error is None
+    assert outcome.result_json is not None
+    return json.loads(outcome.result_json)
+
+
+class Session:
+    """One scenario's provider(s) and attempts; whatever is left running is cancelled."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.providers = [provider]
+        self.handles: list[tuple[Provider, Handle]] = []
+
+    async def submit(self, provider: Provider, spec: ExecutionSpec) -> Handle:
+        handle = await provider.submit(spec)
+        self.handles.append((provider, handle))
+        return handle
+
+    async def cleanup(self) -> None:
+        for provider, handle in self.handles:
+            if provider.capabilities.cancel:
+                # Cleanup must not hide the assertion that failed.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(provider.cancel(handle, 0.0), 10.0)
+        for provider in self.providers:
+            await provider.close()
+
+
+class ProviderConformance:
+    """Checks every provider must pass. Subclasses supply the ``provider`` fixture."""
+
+    #: the longest one scenario may take, in seconds (raise it for slow engines)
+    scenario_timeout_s: ClassVar[float] = 30.0
+    #: steps run where they can write files this test process reads (tick files prove liveness)
+    shares_filesystem: ClassVar[bool] = True
+    #: grace the suite passes to cancel()
+    cancel_grace_s: ClassVar[float] = 0.5
+    #: a timeout must be reported within timeout + this many seconds
+    timeout_slack_s: ClassVar[float] = 8.0
+    #: per-step options the provider must accept / reject (besides an unknown key)
+    valid_options: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
+    invalid_options: ClassVar[Sequence[Mapping[str, Any]]] = ()
+
+    @pytest.fixture
+    def provider(self) -> Provider:
+        raise NotImplementedError("a ProviderConformance subclass must define a provider fixture")
+
+    @pytest.fixture
+    def bundle(self, tmp_path: Path) -> Path:
+        return self.make_bundle(tmp_path / "bundle")
+
+    # ---- hooks ---------------------------------------------------------------------------
+
+    def make_bundle(self, bundle_dir: Path) -> Path:
+        """Create the code bundle holding ``STEP_MODULE``; override to package it differently."""
+        return write_step_module(bundle_dir)
+
+    def new_provider(self, provider: Provider) -> Provider:
+        """A fresh instance with the same config: what an agent builds after a restart."""
+        return type(provider)(provider.config)
+
+    async def assert_stopped(self, provider: Provider, handle: Handle) -> None:
+        """Assert the attempt's infrastructure is gone; override with a provider-specific look."""
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def make_spec(
+        self,
+        bundle: Path,
+        function: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> ExecutionSpec:
+        attempt_id = uuid.uuid4().hex
+        return ExecutionSpec(
+            attempt_id=attempt_id,
+            flow_run_id="conformance-run",
+            step_run_id=f"step-{attempt_id[:8]}",
+            step_key=f"{function}#1",
+            step_name=function,
+            attempt_number=1,
+            module=STEP_MODULE,
+            function=function,
+            inputs_json=json.dumps({"args": list(args), "kwargs": dict(kwargs or {})}),
+            bundle_dir=bundle,
+            work_dir=bundle.parent / "work" / attempt_id,
+            timeout_s=timeout_s,
+            options=dict(options or {}),
+        )
+
+    def tick_file(self, bundle: Path) -> str | None:
+        return (
+            str(bundle.parent / f"ticks-{uuid.uuid4().hex[:8]}") if self.shares_filesystem else None
+        )
+
+    def run(self, provider: Provider, scenario: Callable[[Session], Awaitable[T]]) -> T:
+        """Run one scenario in its own event loop, bounded in time, cleaning up after it."""
+
+        async def main() -> T:
+            session = Session(provider)
+            try:
+                return await asyncio.wait_for(scenario(session), self.scenario_timeout_s)
+            finally:
+                await session.cleanup()
+
+        return asyncio.run(main())
+
+    async def submit_and_wait(self, session: Session, spec: ExecutionSpec) -> Outcome:
+        provider = session.providers[0]
+        handle = await session.submit(provider, spec)
+        return await provider.wait(handle)
+
+    async def wait_for_ticks(self, path: str | None, timeout_s: float = 10.0) -> None:
+        """Return once the tick step is demonstrably running (or after 0.5 s without files)."""
+        if path is None:
+            await asyncio.sleep(0.5)
+            return
+        deadline = time.monotonic() + timeout_s
+        while not Path(path).exists() or Path(path).stat().st_size < 2:
+            assert time.monotonic() < deadline, "the tick step never started"
+            await asyncio.sleep(0.05)
+
+    async def assert_ticks_stopped(self, path: str | None) -> None:
+        if path is None:
+            return
+        before = Path(path).stat().st_size
+        await asyncio.sleep(0.4)  # the step ticks every 50 ms: 8 missed ticks means it is gone
+        assert Path(path).stat().st_size == before, "the step is still running"
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def test_success_returns_result(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "add", [2], {"b": 3})
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert _result(outcome) == 5
+        assert outcome.exit_code in (0, None)
+
+    def test_async_step_result(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "add_async", [20, 22])
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert _result(outcome) == {"sum": 42}
+
+    def test_exception_reports_class_and_type(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "fail", ["it broke"])
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert outcome.state == "failed"
+        assert outcome.result_json is None
+        assert outcome.exit_code != 0
+        assert outcome.error is not None
+        assert outcome.error.error_class == "transient"
+        assert outcome.error.type == f"{STEP_MODULE}.StepBoom"
+        assert outcome.error.type_mro[:2] == (f"{STEP_MODULE}.StepBoom", "builtins.ValueError")
+        assert "it broke" in outcome.error.message
+        assert "StepBoom" in outcome.error.traceback
+
+    @pytest.mark.parametrize("chained", [False, True], ids=["raised", "raised-from"])
+    def test_permanent_error(self, provider: Provider, bundle: Path, chained: bool) -> None:
+        spec = self.make_spec(bundle, "fail_permanent", ["bad input", chained])
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert outcome.state == "failed"
+        assert outcome.error is not None
+        assert outcome.error.error_class == "permanent"
+        expected = "builtins.ValueError" if chained else "meridian.errors.Permanent"
+        assert outcome.error.type == expected
+        assert "bad input" in outcome.error.message
+
+    def test_missing_function_is_permanent(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "no_such_step")
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert outcome.state == "failed"
+        assert outcome.error is not None
+        assert outcome.error.error_class == "permanent"
+        assert "no_such_step" in outcome.error.message
+
+    def test_timeout_kills_and_reports_timed_out(self, provider: Provider, bundle: Path) -> None:
+        ticks = self.tick_file(bundle)
+        spec = self.make_spec(bundle, "tick", [ticks, 60.0], timeout_s=1.0)
+
+        async def scenario(session: Session) -> float:
+            started = time.monotonic()
+            handle = await session.submit(provider, spec)
+            outcome = await provider.wait(handle)
+            elapsed = time.monotonic() - started
+            assert outcome.state == "timed_out", outcome
+            assert outcome.error is not None and outcome.error.error_class == "timeout"
+            assert re.search(r"\b1(\.0+)? ?s", outcome.error.message), "message names the limit"
+            await self.assert_ticks_stopped(ticks)
+            await self.assert_stopped(provider, handle)
+            return elapsed
+
+        elapsed = self.run(provider, scenario)
+        assert 1.0 <= elapsed < 1.0 + self.timeout_slack_s
+
+    def test_cancel_stops_the_step(self, provider: Provider, bundle: Path) -> None:
+        if not provider.capabilities.cancel:
+            pytest.skip("provider does not declare cancel")
+        ticks = self.tick_file(bundle)
+        spec = self.make_spec(bundle, "tick", [ticks, 60.0])
+
+        async def scenario(session: Session) -> None:
+            handle = await session.submit(provider, spec)
+            await self.wait_for_ticks(ticks)
+            await provider.cancel(handle, self.cancel_grace_s)
+            outcome = await provider.wait(handle)
+            assert outcome.state == "cancelled", outcome
+            assert outcome.error is not None and outcome.error.error_class == "cancelled"
+            await self.assert_ticks_stopped(ticks)
+            await self.assert_stopped(provider, handle)
+            await provider.cancel(handle, self.cancel_grace_s)  # idempotent
+            assert (await provider.wait(handle)).state == "cancelled"
+
+        self.run(provider, scenario)
+
+    def test_logs_arrive_in_order(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "chatter", [5])
+
+        async def collect(records: AsyncIterator[LogRecord]) -> list[LogRecord]:
+            return [r async for r in records]
+
+        async def scenario(session: Session) -> tuple[Outcome, list[LogRecord]]:
+            handle = await session.submit(provider, spec)
+            logs = asyncio.create_task(collect(provider.logs(handle)))
+            outcome = await provider.wait(handle)
+            return outcome, await logs
+
+        outcome, records = self.run(provider, scenario)
+        assert _result(outcome) == 5
+        out = [r.text for r in records if r.stream == "stdout" and "conformance-" in r.text]
+        err = [r.text for r in records if r.stream == "stderr" and "conformance-" in r.text]
+        assert out == [f"conformance-out {i}" for i in range(5)]
+        assert err == [f"conformance-err {i}" for i in range(5)]
+        assert all(r.at_unix_ms > 0 for r in records)
+
+    def test_handle_round_trips_through_json(self, provider: Provider, bundle: Path) -> None:
+        spec = self.make_spec(bundle, "add", [1, 1])
+
+        async def scenario(session: Session) -> None:
+            handle = await session.submit(provider, spec)
+            assert Handle.from_json(handle.to_json()) == handle
+            assert handle.provider == provider.type and handle.resource_id
+            assert _result(await provider.wait(Handle.from_json(handle.to_json()))) == 2
+
+        self.run(provider, scenario)
+
+    def test_recover_after_restart(self, provider: Provider, bundle: Path) -> None:
+        if not provider.capabilities.recover:
+            pytest.skip("provider does not declare recover")
+        spec = self.make_spec(bundle, "slow_add", [2, 3, 1.5])
+
+        async def scenario(session: Session) -> Outcome:
+            started = time.monotonic()
+            saved = (await session.submit(provider, spec)).to_json()
+            await provider.close()  # the agent "restarts": only the persisted handle survives
+            fresh = self.new_provider(provider)
+            session.providers.append(fresh)
+            handle = Handle.from_json(saved)
+            session.handles.append((fresh, handle))
+            assert await fresh.recover(handle), "a running attempt must be recoverable"
+            assert time.monotonic() - started < 1.5, "re-attached too late to prove anything"
+            return await fresh.wait(handle)
+
+        assert _result(self.run(provider, scenario)) == 5
+
+    def test_bad_options_rejected(self, provider: Provider, bundle: Path) -> None:
+        with pytest.raises(ProviderOptionsError, match="no_such_option_xyz"):
+            provider.validate_options({"no_such_option_xyz": 1})
+        for options in self.invalid_options:
+            with pytest.raises(ProviderOptionsError):
+                provider.validate_options(options)
+        for options in self.valid_options:
+            provider.validate_options(options)
+        spec = self.make_spec(bundle, "add", [1, 2], options={"no_such_option_xyz": 1})
+
+        async def scenario(session: Session) -> None:
+            with pytest.raises(ProviderOptionsError):
+                await session.submit(provider, spec)
+
+        self.run(provider, scenario)

@@ -1,0 +1,42 @@
+"""Pins the public names of `meridian` (STYLE.md section 10)."""
+
+from __future__ import annotations
+
+import meridian
+import meridian.sdk
+
+
+def test_meridian_all_is_pinned() -> None:
+    assert sorted(meridian.__all__) == [
+        "BundleError",
+        "ConflictError",
+        "ConnectionFailed",
+        "ControlClient",
+        "Flow",
+        "MeridianError",
+        "NotFound",
+        "Permanent",
+        "PermissionDenied",
+        "SelectorError",
+        "Step",
+        "StepCancelled",
+        "StepFailed",
+        "StepFuture",
+        "ValidationError",
+        "flow",
+        "step",
+        "wait",
+    ]
+    for name in meridian.__all__:
+        assert getattr(meridian, name) is not None
+
+
+def test_sdk_all_is_pinned() -> None:
+    assert sorted(meridian.sdk.__all__) == ["Flow", "Step", "StepFuture", "flow", "step", "wait"]
+
+
+def test_error_tree() -> None:
+    assert issubclass(meridian.StepCancelled, meridian.StepFailed)
+    assert issubclass(meridian.StepFailed, meridian.MeridianError)
+    assert issubclass(meridian.SelectorError, meridian.ValidationError)
+    assert not issubclass(meridian.Permanent, meridian.MeridianError)

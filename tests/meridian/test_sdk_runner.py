@@ -1,0 +1,181 @@
+"""run_flow end to end: loader, bundle, ControlClient and the watcher against the TLS fake."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meridian.client import ControlClient
+from meridian.models import RunUpdate
+from meridian.sdk.runner import run_flow
+from tests.meridian.test_client import FakeServer, client, fake_server, tls  # noqa: F401
+
+FLOWS = """
+import time
+from meridian import StepFailed, flow, step, wait
+
+@step(target="cloud=aws,region=us-east-1")
+def add(a: int, b: int) -> int:
+    return a + b
+
+@step(target="cloud=gcp")
+def slow(x: int) -> int:
+    time.sleep(0.4)
+    return x * 10
+
+@step(target="site=dc1", retries=2)
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+@step
+def square(x: int) -> int:
+    return x * x
+
+@flow
+def sequential(n: int = 4) -> int:
+    total = 0
+    for i in range(n):
+        total = add(total, i)
+    return total
+
+@flow
+def parallel() -> list:
+    futures = [slow.submit(i) for i in range(3)]
+    return [f.result() for f in futures]
+
+@flow
+def fanout(n: int) -> int:
+    return sum(wait(square.map(range(n))))
+
+@flow
+def recovers() -> dict:
+    try:
+        boom("bad input")
+    except StepFailed as exc:
+        return {"type": exc.error_type, "message": exc.remote_message,
+                "has_tb": "ValueError: bad input" in exc.remote_traceback,
+                "after": add(1, 1)}
+    return {}
+
+@flow
+def fails() -> None:
+    add(1, 2)
+    boom("no luck")
+
+@flow
+def returns_junk() -> object:
+    return {1, 2}
+"""
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def flows_file(tmp_path: Path) -> Path:
+    # A fresh module name per test: each test loads its own copy of the file.
+    path = tmp_path / "project" / f"runner_flows_{next(_names)}.py"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(FLOWS))
+    return path
+
+
+def test_sequential_steps(client: ControlClient, fake_server: FakeServer, flows_file: Path) -> None:
+    updates: list[RunUpdate] = []
+    outcome = run_flow(client, f"{flows_file}:sequential", {"n": "4"}, on_update=updates.append)
+    assert outcome.state == "COMPLETED" and outcome.succeeded
+    assert outcome.result == 0 + 1 + 2 + 3
+    fake = fake_server.fake
+    assert fake.submit_calls == [["add#1"], ["add#2"], ["add#3"], ["add#4"]]
+    assert fake.finished[outcome.flow_run_id].result_json == "6"
+    run = fake.runs[outcome.flow_run_id]
+    assert run.flow_name == "sequential" and run.parameters_json == '{"n": 4}'
+    assert run.bundle_sha256 in fake.bundles
+    assert updates[-1].run_state == "COMPLETED"
+    assert [u.event_id for u in updates] == sorted({u.event_id for u in updates})
+
+
+def test_submit_runs_steps_in_parallel(client: ControlClient, flows_file: Path) -> None:
+    started = time.monotonic()
+    outcome = run_flow(client, f"{flows_file}:parallel", {})
+    elapsed = time.monotonic() - started
+    assert outcome.result == [0, 10, 20]
+    assert elapsed < 1.0  # three 0.4 s steps, concurrently
+
+
+def test_map_fans_out_in_one_rpc_per_chunk(
+    client: ControlClient, fake_server: FakeServer, flows_file: Path
+) -> None:
+    outcome = run_flow(client, f"{flows_file}:fanout", {"n": "1100"})
+    assert outcome.result == sum(i * i for i in range(1100))
+    assert [len(keys) for keys in fake_server.fake.submit_calls] == [500, 500, 100]
+    assert fake_server.fake.submit_calls[0][:2] == ["square#1", "square#2"]
+
+
+def test_step_failure_is_catchable_with_remote_traceback(
+    client: ControlClient, flows_file: Path
+) -> None:
+    outcome = run_flow(client, f"{flows_file}:recovers", {})
+    assert outcome.state == "COMPLETED"
+    assert outcome.result == {
+        "type": "builtins.ValueError",
+        "message": "bad input",
+        "has_tb": True,
+        "after": 2,
+    }
+
+
+def test_flow_failure_is_reported_with_finish_run(
+    client: ControlClient, fake_server: FakeServer, flows_file: Path
+) -> None:
+    outcome = run_flow(client, f"{flows_file}:fails", {})
+    assert outcome.state == "FAILED" and outcome.result is None
+    assert outcome.error is not None
+    assert outcome.error.type == "meridian.errors.StepFailed"
+    assert "meridian.errors.MeridianError" in outcome.error.type_mro
+    assert "boom#1" in outcome.error.message
+    recorded = fake_server.fake.finished[outcome.flow_run_id]
+    assert not recorded.succeeded
+    assert recorded.error.error_class == "permanent"
+    assert "Remote traceback of step boom#1" in recorded.error.traceback
+    assert "ValueError: no luck" in recorded.error.traceback
+
+
+def test_non_json_flow_result_fails_the_run(client: ControlClient, flows_file: Path) -> None:
+    outcome = run_flow(client, f"{flows_file}:returns_junk", {})
+    assert outcome.state == "FAILED"
+    assert outcome.error is not None and "not JSON-serializable (got set)" in outcome.error.message
+
+
+def test_watch_stream_reconnects_from_the_last_event(
+    client: ControlClient, fake_server: FakeServer, flows_file: Path
+) -> None:
+    fake_server.fake.break_watch_after = 2
+    updates: list[RunUpdate] = []
+    outcome = run_flow(client, f"{flows_file}:sequential", {"n": "5"}, on_update=updates.append)
+    assert outcome.result == 10
+    calls = fake_server.fake.watch_calls
+    assert len(calls) == 2 and calls[0] == 0 and calls[1] == updates[1].event_id
+    ids = [u.event_id for u in updates]
+    assert ids == sorted(set(ids)) and len(ids) == 6  # five steps + the run's end, once each
+
+
+def test_bad_parameters_fail_before_a_run_exists(
+    client: ControlClient, fake_server: FakeServer, flows_file: Path
+) -> None:
+    from meridian import ValidationError
+
+    with pytest.raises(ValidationError, match="parameter 'n'"):
+        run_flow(client, f"{flows_file}:sequential", {"n": "many"})
+    assert fake_server.fake.runs == {}
+
+
+@pytest.fixture(autouse=True)
+def _bounded() -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    assert time.monotonic() - started < 10
