@@ -338,6 +338,8 @@ def _checked_members(data: bytes, max_unpacked_bytes: int, max_members: int) -> 
             if info is None:
                 return members
             count += 1
+            if _is_root_entry(info):
+                continue
             if count > max_members:
                 raise BundleError(f"bundle has more than {max_members} members (at {info.name!r})")
             name = _safe_name(info.name)
@@ -351,6 +353,11 @@ def _checked_members(data: bytes, max_unpacked_bytes: int, max_members: int) -> 
             _check_placement(members, name, info, kind)
             members[name] = kind
             _register_parents(members, name)
+
+
+def _is_root_entry(info: tarfile.TarInfo) -> bool:
+    """``tar -C dir .`` archives start with a "./" entry; it names dest itself."""
+    return info.isdir() and info.name.strip("/") in ("", ".")
 
 
 def _register_parents(members: dict[str, str], name: str) -> None:
@@ -416,6 +423,8 @@ def _check_placement(members: dict[str, str], name: str, info: tarfile.TarInfo, 
 def _extract(data: bytes, members: dict[str, str], dest: Path) -> None:
     with _open_tar(data) as tar:
         for info in tar:
+            if _is_root_entry(info):
+                continue
             name = _safe_name(info.name)
             path = dest / name
             kind = members[name]

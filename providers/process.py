@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from providers._outcome import OUTCOME_FILE, SPEC_FILE, read_outcome
 from providers.base import (
@@ -472,7 +472,7 @@ class _Tail:
     def __init__(self, stream: str, path: Path) -> None:
         self.stream = stream
         self.path = path
-        self._fh: Any = None
+        self._fh: BinaryIO | None = None
         self._buf = b""
 
     def _record(self, raw: bytes) -> LogRecord:

@@ -90,8 +90,14 @@ class CertificateAuthority:
 
     @classmethod
     def _load(cls, cert_path: Path, key_path: Path) -> CertificateAuthority:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"cannot load the CA from {cert_path.parent}: {exc}") from exc
+        # A key restored from a backup may come back world-readable; close that at once.
+        if key_path.stat().st_mode & 0o077:
+            key_path.chmod(0o600)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValidationError(f"{key_path} is not an EC private key")
         if key.public_key().public_numbers() != _ec_public(cert).public_numbers():
@@ -150,7 +156,10 @@ class CertificateAuthority:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             cert.verify_directly_issued_by(self.certificate)
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+            return False
+        if key.public_key() != cert.public_key():
             return False
         present = {str(n) for n in san.get_values_for_type(x509.DNSName)}
         present |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,18 +36,21 @@ class AgentIdentity:
     not_after: datetime  # UTC
 
 
-def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]]) -> AgentIdentity | None:
+def identity_from_auth_context(
+    auth_context: Mapping[str, Iterable[bytes]],
+) -> AgentIdentity | None:
     """Return the agent identity of the peer, or ``None`` if it presented no agent certificate.
 
     ``auth_context`` is what ``grpc.ServicerContext.auth_context()`` (or the aio equivalent)
     returns. A certificate that parses but carries no Meridian agent URI yields ``None`` too:
     the caller treats both as "not an agent" and refuses agent-only calls.
     """
-    entries = auth_context.get(PEER_CERT_KEY) or ()
-    if not entries:
+    # gRPC gives the leaf first; any further entries would be the rest of the chain.
+    leaf = next(iter(auth_context.get(PEER_CERT_KEY) or ()), None)
+    if not leaf:
         return None
     try:
-        cert = x509.load_pem_x509_certificate(bytes(entries[0]))
+        cert = x509.load_pem_x509_certificate(bytes(leaf))
     except ValueError:
         return None
     return identity_from_certificate(cert)

@@ -121,6 +121,7 @@ def submit_steps(
         )
     }
     result = []
+    created: list[StepRunRow] = []
     for sub in submissions:
         inputs_digest = digest(sub.inputs_json)
         step = known.get(sub.key)
@@ -132,9 +133,13 @@ def submit_steps(
                 )
             result.append(SubmittedStep(sub.key, step.id, step.state, existing=True))
             continue
-        step = _new_step(session, run, sub, inputs_digest, now, effects)
+        step = _new_step(session, run, sub, inputs_digest, now)
         known[sub.key] = step
+        created.append(step)
         result.append(SubmittedStep(sub.key, step.id, step.state, existing=False))
+    session.flush()  # step rows first: attempts reference them
+    for step in created:
+        _queue_attempt(session, step, 1, now, now, effects)
     effects.wake_scheduler = True
     return result
 
@@ -145,7 +150,6 @@ def _new_step(
     sub: StepSubmission,
     inputs_digest: str,
     now: dt.datetime,
-    effects: Effects,
 ) -> StepRunRow:
     step = StepRunRow(
         id=new_id(),
@@ -169,7 +173,6 @@ def _new_step(
         message=f"target {sub.spec.get('target') or '(any)'!r}, "
         f"provider {sub.spec.get('provider')!r}",
     )
-    _queue_attempt(session, step, 1, now, now, effects)
     return step
 
 

@@ -86,13 +86,18 @@ def backoff_delay(policy: RetryPolicy, retry_number: int, rand: float) -> float:
     ``[base * (1 - jitter), base * (1 + jitter)]`` and averages ``base``; the result is capped
     at :data:`MAX_RETRY_DELAY_S` again.
     """
-    if retry_number < 1 or policy.delay_s <= 0:
+    # Written to stay within bounds even for an unvalidated policy (NaN compares false).
+    if retry_number < 1 or not policy.delay_s > 0:
         return 0.0
-    rand = min(max(rand, 0.0), 1.0)
-    # Compare exponents in log space: backoff ** n overflows a float long before n is absurd.
-    log_base = math.log(policy.delay_s) + (retry_number - 1) * math.log(policy.backoff)
+    backoff = policy.backoff if policy.backoff >= 1 else 1.0
+    jitter = policy.jitter if 0 <= policy.jitter <= 1 else 0.0
+    rand = 0.5 if math.isnan(rand) else min(max(rand, 0.0), 1.0)
+    # Work in log space: backoff ** n overflows a float long before n is absurd.
+    log_base = math.log(policy.delay_s)
+    if retry_number > 1:
+        log_base += (retry_number - 1) * math.log(backoff)
     base = MAX_RETRY_DELAY_S if log_base >= math.log(MAX_RETRY_DELAY_S) else math.exp(log_base)
-    jittered = base * (1.0 - policy.jitter + 2.0 * policy.jitter * rand)
+    jittered = base * (1.0 - jitter + 2.0 * jitter * rand)
     return min(jittered, MAX_RETRY_DELAY_S)
 
 

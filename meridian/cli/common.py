@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from meridian.selectors import validate_key, validate_value
+
 if TYPE_CHECKING:
     from meridian.client import ControlClient
 
@@ -82,34 +84,21 @@ def parse_params(values: Iterable[str]) -> dict[str, str]:
     return params
 
 
-# Kubernetes label syntax: optional DNS-subdomain prefix + "/" + name; values may be empty.
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
-
-
-def _valid_label_key(key: str) -> bool:
-    prefix, slash, name = key.rpartition("/")
-    if slash and not _LABEL_PREFIX.match(prefix):
-        return False
-    return bool(_LABEL_NAME.match(name))
-
-
 def parse_labels(values: Iterable[str]) -> dict[str, str]:
-    """``--label k=v`` (repeatable; ``k=v,k2=v2`` also accepted) into a dict."""
+    """``--label k=v`` (repeatable; ``k=v,k2=v2`` also accepted) into a dict.
+
+    Keys and values follow the same Kubernetes-like rules as target selectors
+    (:mod:`meridian.selectors`), so every label an agent advertises can be selected.
+    """
     labels: dict[str, str] = {}
     for item in values:
         for pair in (p.strip() for p in item.split(",")):
             key, sep, value = pair.partition("=")
-            if not sep or not _valid_label_key(key):
-                raise UsageError(
-                    f"invalid label {pair!r}: expected key=value where key is letters, digits, "
-                    "'-', '_', '.' (optionally prefix/), e.g. cloud=aws"
-                )
-            if value and not _LABEL_NAME.match(value):
-                raise UsageError(
-                    f"invalid label value in {pair!r}: at most 63 letters, digits, '-', '_', '.', "
-                    "starting and ending with a letter or digit"
-                )
+            if not sep:
+                raise UsageError(f"invalid label {pair!r}: expected key=value, e.g. cloud=aws")
+            problem = validate_key(key) or validate_value(value)
+            if problem:
+                raise UsageError(f"invalid label {pair!r}: {problem}")
             labels[key] = value
     return labels
 

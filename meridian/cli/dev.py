@@ -103,10 +103,26 @@ class BackgroundLoop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+        """Cancel whatever is left on the loop, then stop it and its thread."""
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.call(_cancel_leftovers(), timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_leftovers() -> None:
+    # Without this, tasks still pending when the loop stops are reported as destroyed.
+    me = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not me]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()
 
 
 async def _construct(factory: Callable[[C], T], config: C) -> T:

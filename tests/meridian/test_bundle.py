@@ -179,7 +179,7 @@ def test_packed_size_limit(project: Path) -> None:
 
 def test_unpacked_size_limit(project: Path) -> None:
     write(project, "zeros.txt", "0" * 100_000)
-    with pytest.raises(BundleError, match="above the 0.0 MiB limit"):
+    with pytest.raises(BundleError, match=r"above the 0\.0 MiB limit"):
         pack_directory(project, max_unpacked_bytes=50_000)
 
 
@@ -203,7 +203,7 @@ def test_round_trip_preserves_content_and_exec_bit(project: Path, tmp_path: Path
 
 def test_hash_mismatch_is_refused_before_reading(project: Path, tmp_path: Path) -> None:
     bundle = pack_directory(project)
-    with pytest.raises(BundleError, match="hash mismatch: expected 00+, got "):
+    with pytest.raises(BundleError, match=r"hash mismatch: expected 0+, got "):
         unpack_bundle(bundle.data, tmp_path / "out", expected_sha256="0" * 64)
     assert not (tmp_path / "out").exists()
 
@@ -223,7 +223,7 @@ def test_non_empty_destination_is_refused(project: Path, tmp_path: Path) -> None
 
 def test_garbage_is_refused(tmp_path: Path) -> None:
     data = b"definitely not gzip"
-    with pytest.raises(BundleError, match="not a valid tar.gz"):
+    with pytest.raises(BundleError, match=r"not a valid tar\.gz"):
         unpack_bundle(data, tmp_path / "out", expected_sha256=bundle_digest(data))
 
 
@@ -244,7 +244,9 @@ def file_member(name: str, data: bytes = b"pwned") -> tuple[tarfile.TarInfo, byt
     return info, data
 
 
-def link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+def link_member(
+    name: str, target: str, kind: bytes = tarfile.SYMTYPE
+) -> tuple[tarfile.TarInfo, None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = target
@@ -316,9 +318,16 @@ def test_zip_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
     # 2 MiB of zeros compresses to a few KiB; the bound is checked before any data is written.
     data = evil(file_member("bomb.bin", bytes(2 * 1024 * 1024)))
     assert len(data) < 10_000
-    with pytest.raises(BundleError, match="'bomb.bin' takes the unpacked size above the limit"):
+    with pytest.raises(BundleError, match=r"'bomb\.bin' takes the unpacked size above the limit"):
         unpack_evil(data, tmp_path / "out", max_unpacked_bytes=1024 * 1024)
     assert not (tmp_path / "out").exists()
+
+
+def test_archives_made_with_tar_dot_are_accepted(tmp_path: Path) -> None:
+    root = tarfile.TarInfo("./")
+    root.type = tarfile.DIRTYPE
+    unpack_evil(evil((root, None), file_member("./flows.py", b"ok")), tmp_path / "out")
+    assert (tmp_path / "out" / "flows.py").read_bytes() == b"ok"
 
 
 def test_too_many_members_is_refused(tmp_path: Path) -> None:
@@ -330,6 +339,6 @@ def test_too_many_members_is_refused(tmp_path: Path) -> None:
 def test_truncated_archive_is_refused(project: Path, tmp_path: Path) -> None:
     write(project, "big.txt", os.urandom(50_000).hex())
     data = pack_directory(project).data[:-2000]
-    with pytest.raises(BundleError, match="not a valid tar.gz"):
+    with pytest.raises(BundleError, match=r"not a valid tar\.gz"):
         unpack_evil(data, tmp_path / "out")
     assert not (tmp_path / "out").exists()

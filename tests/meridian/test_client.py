@@ -8,6 +8,7 @@ an agent reports.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import ipaddress
@@ -270,6 +271,24 @@ class FakeServer:
     tls: Tls
 
 
+@contextlib.contextmanager
+def serve_fake(tls: Tls, directory: Path) -> Iterator[FakeServer]:
+    """Run a FakeControl on a free loopback port with TLS; the CA file goes in ``directory``."""
+    fake = FakeControl()
+    server = grpc.server(ThreadPoolExecutor(max_workers=16))
+    control_pb2_grpc.add_ControlServiceServicer_to_server(fake, server)
+    credentials = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    ca_file = directory / "ca.crt"
+    ca_file.write_bytes(tls.ca_pem)
+    try:
+        yield FakeServer(fake, f"127.0.0.1:{port}", ca_file, tls)
+    finally:
+        server.stop(grace=None)
+        fake._pool.shutdown(wait=False, cancel_futures=True)
+
+
 @pytest.fixture(scope="module")
 def tls() -> Tls:
     return make_tls()
@@ -277,19 +296,8 @@ def tls() -> Tls:
 
 @pytest.fixture
 def fake_server(tls: Tls, tmp_path: Path) -> Iterator[FakeServer]:
-    fake = FakeControl()
-    server = grpc.server(ThreadPoolExecutor(max_workers=16))
-    control_pb2_grpc.add_ControlServiceServicer_to_server(fake, server)
-    credentials = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
-    port = server.add_secure_port("127.0.0.1:0", credentials)
-    server.start()
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(tls.ca_pem)
-    try:
-        yield FakeServer(fake, f"127.0.0.1:{port}", ca_file, tls)
-    finally:
-        server.stop(grace=None)
-        fake._pool.shutdown(wait=False, cancel_futures=True)
+    with serve_fake(tls, tmp_path) as served:
+        yield served
 
 
 @pytest.fixture
@@ -392,9 +400,11 @@ def test_wrong_ca_is_a_connection_failure_naming_the_ca_file(
 ) -> None:
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_bytes(make_tls().ca_pem)
-    with ControlClient(fake_server.address, other_ca, timeout_s=5.0) as c:
-        with pytest.raises(ConnectionFailed) as info:
-            c.list_agents()
+    with (
+        ControlClient(fake_server.address, other_ca, timeout_s=5.0) as c,
+        pytest.raises(ConnectionFailed) as info,
+    ):
+        c.list_agents()
     assert str(other_ca) in str(info.value)
     assert fake_server.address in str(info.value)
 
@@ -403,9 +413,11 @@ def test_unreachable_control_plane_is_a_connection_failure(fake_server: FakeServ
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with ControlClient(f"127.0.0.1:{port}", fake_server.ca_file, timeout_s=5.0) as c:
-        with pytest.raises(ConnectionFailed) as info:
-            c.list_runs()
+    with (
+        ControlClient(f"127.0.0.1:{port}", fake_server.ca_file, timeout_s=5.0) as c,
+        pytest.raises(ConnectionFailed) as info,
+    ):
+        c.list_runs()
     assert f"cannot reach the control plane at 127.0.0.1:{port}" in str(info.value)
     assert "MERIDIAN_CONTROL_PLANE" in str(info.value)
 

@@ -18,7 +18,7 @@ def typed_flow(
     regions: list[str] | None = None,
     config: dict[str, Any] | None = None,
     limit: Optional[int] = None,  # noqa: UP045 - the old spelling must work too
-    anything=None,  # noqa: ANN001 - unannotated on purpose
+    anything=None,  # unannotated on purpose
 ) -> None: ...
 
 

@@ -174,7 +174,7 @@ def test_non_json_argument_is_refused_naming_the_argument() -> None:
         with pytest.raises(ValidationError, match=r"argument 'value' .*set at \['a'\]"):
             echo.submit({"a": {1}})
         with pytest.raises(ValidationError, match="bad arguments"):
-            add.submit(1, 2, 3)
+            add.submit(1, 2, 3)  # type: ignore[call-arg]
     assert submitter.calls == []
 
 
@@ -182,6 +182,8 @@ def test_steps_defined_inside_functions_cannot_be_dispatched() -> None:
     @step
     def local() -> None: ...
 
-    with activate(FlowContext("run-1", RecordingSubmitter())):
-        with pytest.raises(ValidationError, match="module level"):
-            local.submit()
+    with (
+        activate(FlowContext("run-1", RecordingSubmitter())),
+        pytest.raises(ValidationError, match="module level"),
+    ):
+        local.submit()

@@ -134,7 +134,7 @@ def _requirement_texts(draw: st.DrawFn) -> str:
 _selector_texts = st.lists(_requirement_texts(), max_size=5).map(",".join)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(_selector_texts)
 def test_valid_selectors_round_trip_through_canonical_form(text: str) -> None:
     selector = parse_selector(text)
@@ -142,7 +142,7 @@ def test_valid_selectors_round_trip_through_canonical_form(text: str) -> None:
     assert str(parse_selector(str(selector))) == str(selector)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(_selector_texts, st.dictionaries(_keys, _names, max_size=5))
 def test_canonical_form_matches_like_the_original(text: str, labels: dict[str, str]) -> None:
     selector = parse_selector(text)
@@ -152,7 +152,7 @@ def test_canonical_form_matches_like_the_original(text: str, labels: dict[str, s
 _alphabet = st.sampled_from([*"ab=!,() \t-_./9in\nZ", "in", "notin", "!=", "=="])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(st.one_of(st.text(max_size=40), st.lists(_alphabet, max_size=20).map("".join)))
 def test_random_text_raises_only_selector_error(text: str) -> None:
     try:

@@ -53,6 +53,39 @@ def test_ca_certificate_is_a_ten_year_ec_ca(ca: CertificateAuthority) -> None:
     assert timedelta(days=3649) < lifetime < timedelta(days=3651)
 
 
+def test_loose_key_permissions_are_tightened_on_load(tmp_path: Path) -> None:
+    CertificateAuthority.load_or_create(tmp_path)
+    (tmp_path / "ca.key").chmod(0o644)
+    CertificateAuthority.load_or_create(tmp_path)
+    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
+
+
+def test_corrupt_ca_is_reported(tmp_path: Path) -> None:
+    CertificateAuthority.load_or_create(tmp_path)
+    (tmp_path / "ca.crt").write_bytes(b"garbage")
+    with pytest.raises(ValidationError, match="cannot load the CA"):
+        CertificateAuthority.load_or_create(tmp_path)
+
+
+def test_server_key_not_matching_its_certificate_is_replaced(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    cert_path, key_path = ca.ensure_server_certificate(tmp_path, [])
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    key_path.write_bytes(
+        other_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    before = cert_path.read_bytes()
+    ca.ensure_server_certificate(tmp_path, [])
+    assert cert_path.read_bytes() != before
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert key.public_key() == x509.load_pem_x509_certificate(cert_path.read_bytes()).public_key()
+
+
 def test_half_a_ca_is_refused(tmp_path: Path) -> None:
     CertificateAuthority.load_or_create(tmp_path)
     (tmp_path / "ca.key").unlink()

@@ -16,10 +16,12 @@ These tests pin gRPC's behaviour that the security design depends on:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -83,50 +85,56 @@ async def serving(probe: Probe, *credentials: grpc.ServerCredentials) -> AsyncIt
 async def call(target: str, creds: grpc.ChannelCredentials) -> bytes | grpc.StatusCode:
     async with grpc.aio.secure_channel(target, creds) as channel:
         try:
-            response: bytes = await channel.unary_unary(METHOD)(b"", timeout=5)
+            method = channel.unary_unary(
+                METHOD, request_serializer=None, response_deserializer=None
+            )
+            response: bytes = await method(b"", timeout=5)
             return response
         except grpc.aio.AioRpcError as exc:
             return exc.code()
 
 
+@dataclass(frozen=True)
+class Pki:
+    ca: CertificateAuthority
+    server_pair: tuple[bytes, bytes]  # (key, certificate chain) as grpc wants them
+    clients: dict[str, tuple[bytes, bytes]]  # name -> (key, certificate)
+
+
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     base = tmp_path_factory.mktemp("pki")
     ca = CertificateAuthority.load_or_create(base / "ca")
     other = CertificateAuthority.load_or_create(base / "other-ca")
     cert_path, key_path = ca.ensure_server_certificate(base / "server", ["cp.example.internal"])
-    return {
-        "ca": ca,
-        "server_pair": (key_path.read_bytes(), cert_path.read_bytes()),
-        "agent": _agent_credentials(ca, "agent-1"),
-        "foreign_agent": _agent_credentials(other, "intruder"),
-    }
-
-
-def _server_creds(pki: dict[str, object], *, require: bool) -> grpc.ServerCredentials:
-    ca = pki["ca"]
-    assert isinstance(ca, CertificateAuthority)
-    pair = pki["server_pair"]
-    assert isinstance(pair, tuple)
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=ca.certificate_pem, require_client_auth=require
+    return Pki(
+        ca=ca,
+        server_pair=(key_path.read_bytes(), cert_path.read_bytes()),
+        clients={
+            "agent": _agent_credentials(ca, "agent-1"),
+            "foreign_agent": _agent_credentials(other, "intruder"),
+        },
     )
 
 
-def _client(pki: dict[str, object], who: str | None) -> grpc.ChannelCredentials:
-    ca = pki["ca"]
-    assert isinstance(ca, CertificateAuthority)
+def _server_creds(pki: Pki, *, require: bool) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [pki.server_pair], root_certificates=pki.ca.certificate_pem, require_client_auth=require
+    )
+
+
+def _client(pki: Pki, who: str | None) -> grpc.ChannelCredentials:
     if who is None:
-        return grpc.ssl_channel_credentials(root_certificates=ca.certificate_pem)
-    key, cert = pki[who]  # type: ignore[misc]
-    return grpc.ssl_channel_credentials(ca.certificate_pem, key, cert)
+        return grpc.ssl_channel_credentials(root_certificates=pki.ca.certificate_pem)
+    key, cert = pki.clients[who]
+    return grpc.ssl_channel_credentials(pki.ca.certificate_pem, key, cert)
 
 
-def run(coro_fn: Callable[[], object]) -> None:
-    asyncio.run(coro_fn())  # type: ignore[arg-type]
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
 
 
-def test_optional_client_auth_port_never_sees_client_certificates(pki: dict[str, object]) -> None:
+def test_optional_client_auth_port_never_sees_client_certificates(pki: Pki) -> None:
     probe = Probe()
 
     async def scenario() -> None:
@@ -143,7 +151,7 @@ def test_optional_client_auth_port_never_sees_client_certificates(pki: dict[str,
     assert probe.identities == [None, None, None]
 
 
-def test_required_client_auth_port_authenticates_agents(pki: dict[str, object]) -> None:
+def test_required_client_auth_port_authenticates_agents(pki: Pki) -> None:
     probe = Probe()
 
     async def scenario() -> None:
@@ -160,7 +168,7 @@ def test_required_client_auth_port_authenticates_agents(pki: dict[str, object]) 
     assert (identity.agent_id, identity.environment) == ("agent-1", "aws-demo")
 
 
-def test_one_server_two_ports_serves_cli_and_agents(pki: dict[str, object]) -> None:
+def test_one_server_two_ports_serves_cli_and_agents(pki: Pki) -> None:
     probe = Probe()
 
     async def scenario() -> None:
@@ -192,14 +200,12 @@ def _server_pair_without_ip_san(ca: CertificateAuthority) -> tuple[bytes, bytes]
     return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
-def test_dialling_an_ip_verifies_the_ip_san(pki: dict[str, object]) -> None:
-    ca = pki["ca"]
-    assert isinstance(ca, CertificateAuthority)
+def test_dialling_an_ip_verifies_the_ip_san(pki: Pki) -> None:
     probe = Probe()
 
     async def scenario() -> None:
         good = _server_creds(pki, require=False)
-        bad = grpc.ssl_server_credentials([_server_pair_without_ip_san(ca)])
+        bad = grpc.ssl_server_credentials([_server_pair_without_ip_san(pki.ca)])
         async with serving(probe, good, bad) as (good_port, bad_port):
             assert await call(f"127.0.0.1:{good_port}", _client(pki, None)) == b"anonymous"
             assert await call(f"localhost:{good_port}", _client(pki, None)) == b"anonymous"
@@ -209,9 +215,7 @@ def test_dialling_an_ip_verifies_the_ip_san(pki: dict[str, object]) -> None:
     run(scenario)
 
 
-def test_server_certificate_from_another_ca_is_refused(
-    pki: dict[str, object], tmp_path: Path
-) -> None:
+def test_server_certificate_from_another_ca_is_refused(pki: Pki, tmp_path: Path) -> None:
     other = CertificateAuthority.load_or_create(tmp_path / "ca")
     probe = Probe()
 

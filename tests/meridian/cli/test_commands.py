@@ -166,11 +166,10 @@ def test_run_json(cli, fake, monkeypatch, tmp_path: Path) -> None:
 
 def test_parse_helpers() -> None:
     assert parse_params(["a=1", "b=", "c=x=y"]) == {"a": "1", "b": "", "c": "x=y"}
-    assert parse_labels(["cloud=aws,region=us-east-1", "example.com/tier=gold", "empty="]) == {
+    assert parse_labels(["cloud=aws,region=us-east-1", "example.com/tier=gold"]) == {
         "cloud": "aws",
         "region": "us-east-1",
         "example.com/tier": "gold",
-        "empty": "",
     }
 
 
