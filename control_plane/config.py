@@ -14,6 +14,10 @@ MiB = 1024 * 1024
 class ServerConfig:
     data_dir: Path
     listen: str = "127.0.0.1:7443"
+    # Agents connect here with their client certificate (mutual TLS). Port 0 picks a free port.
+    agent_listen: str = "127.0.0.1:7444"
+    # What agents are told to dial when it differs from agent_listen (e.g. behind a proxy).
+    advertise_agent_address: str | None = None
     db_url: str | None = None
     heartbeat_interval_s: float = 5.0
     agent_lost_after_s: float = 30.0

@@ -38,6 +38,7 @@ class ControlPlane:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.address = ""
+        self.agent_address = ""
         self.ca_file = Path(config.data_dir) / "tls" / "ca.crt"
         self._server: grpc.aio.Server | None = None
         self._services: Services | None = None
@@ -69,21 +70,34 @@ class ControlPlane:
         await asyncio.get_running_loop().run_in_executor(None, store.migrate)
         self._services = self._wire(store, ca)
         self._server = self._build_server()
-        credentials = grpc.ssl_server_credentials(
-            [(key_path.read_bytes(), cert_path.read_bytes())],
-            root_certificates=ca.certificate_pem,
-            require_client_auth=False,  # agents present certificates; CLI clients need not
+        key, cert = key_path.read_bytes(), cert_path.read_bytes()
+        # Two listeners: gRPC Python cannot request an *optional* client certificate, so
+        # clients (CLI, flow runners, enrollment) use server TLS and agents use mutual TLS.
+        self.address = self._listen(
+            self.config.listen, grpc.ssl_server_credentials([(key, cert)])
         )
-        port = self._server.add_secure_port(self.config.listen, credentials)
-        if port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
-        host = self.config.listen.rsplit(":", 1)[0] or "127.0.0.1"
-        self.address = f"{host}:{port}"
+        self.agent_address = self._listen(
+            self.config.agent_listen,
+            grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca.certificate_pem, require_client_auth=True
+            ),
+        )
+        self._services.advertised_agent_address = (
+            self.config.advertise_agent_address or ":" + self.agent_address.rsplit(":", 1)[1]
+        )
         await self._server.start()
         self._services.dispatcher.start()
         for name in (*SERVICE_NAMES, ""):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane serving on %s", self.address)
+        log.info("control plane serving clients on %s, agents on %s", self.address, self.agent_address)
+
+    def _listen(self, address: str, credentials: grpc.ServerCredentials) -> str:
+        assert self._server is not None
+        port = self._server.add_secure_port(address, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        host = address.rsplit(":", 1)[0] or "127.0.0.1"
+        return f"{host}:{port}"
 
     def _wire(self, store: Store, ca: CertificateAuthority) -> Services:
         registry = AgentRegistry()

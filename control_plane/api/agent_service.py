@@ -81,6 +81,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             environment=agent.environment,
             certificate_pem=certificate,
             ca_certificate_pem=self._s.ca.certificate_pem,
+            agent_address=self._s.advertised_agent_address,
         )
 
     async def FetchBundle(  # noqa: N802 - gRPC method name

@@ -28,6 +28,7 @@ from meridian.errors import MeridianError, ValidationError
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0
+SERVER_VERSION = "0.1.0"
 
 
 def utcnow() -> dt.datetime:
@@ -37,6 +38,14 @@ def utcnow() -> dt.datetime:
 class ControlService(control_pb2_grpc.ControlServiceServicer):
     def __init__(self, services: Services) -> None:
         self._s = services
+
+    @rpc
+    async def GetServerInfo(  # noqa: N802 - gRPC method name
+        self, request: control_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ServerInfo:
+        return control_pb2.ServerInfo(
+            version=SERVER_VERSION, agent_address=self._s.advertised_agent_address
+        )
 
     # ---- bundles ------------------------------------------------------------------------
 

@@ -45,3 +45,4 @@ class Services:
     registry: AgentRegistry
     dispatcher: Dispatcher
     notifier: RunNotifier
+    advertised_agent_address: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 
@@ -87,7 +88,7 @@ class Dispatcher:
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
         self._passes += 1
         effects, self._next_timer = await self._store.run(
-            scheduling_pass, self._registry.slots(), now, tiebreak=self._passes
+            functools.partial(scheduling_pass, tiebreak=self._passes), self._registry.slots(), now
         )
         self.apply(effects)
 

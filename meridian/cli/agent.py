@@ -24,6 +24,7 @@ from meridian.cli.common import (
     CliError,
     UsageError,
     expand_path,
+    logging_to,
     parse_address,
     parse_labels,
     positive_float,
@@ -226,5 +227,6 @@ def cmd_start(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    asyncio.run(run_agent(config, args.drain_grace))
+    with logging_to(None, debug=args.debug):
+        asyncio.run(run_agent(config, args.drain_grace))
     return 0

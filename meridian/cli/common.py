@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -196,6 +198,29 @@ async def wait_for_stop(*watched: asyncio.Future[Any]) -> str:
         for sig in installed:
             loop.remove_signal_handler(sig)
     return "signal" if stopper in done else "finished"
+
+
+@contextlib.contextmanager
+def logging_to(target: Path | None, *, debug: bool) -> Iterator[None]:
+    """Send the components' logs to ``target`` (a file) or stderr for the command's duration.
+
+    Long-running commands (server, agent, dev) log what happens behind the CLI's own output.
+    The handler is removed afterwards so repeated ``main()`` calls in one process (tests) do
+    not stack handlers.
+    """
+    handler: logging.Handler
+    handler = logging.FileHandler(target) if target else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
 
 
 def one_line(text: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import meridian
-from meridian.cli.common import CliError, expand_path
+from meridian.cli.common import CliError, expand_path, logging_to
 from meridian.cli.render import render_run
 from meridian.cli.run import ProgressPrinter
 
@@ -42,6 +42,7 @@ FLOW_NAME = "cross_cloud_etl"
 CONNECT_TIMEOUT_S = 20.0
 AGENT_DRAIN_S = 5.0
 SERVER_GRACE_S = 2.0
+LOG_FILE = "dev.log"
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,24 @@ def _labels(site: DemoSite) -> str:
     return ",".join(f"{k}={v}" for k, v in site.labels.items())
 
 
+def _stop(estate: DemoEstate, background: BackgroundLoop) -> None:
+    for problem in estate.shutdown():
+        print(f"warning: {problem}", file=sys.stderr)
+    background.close()
+
+
+def _tidy(root: Path, *, remove: bool) -> None:
+    if remove:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    # Kept on failure too: the logs and the database explain what went wrong.
+    print(
+        f"\nstate and logs ({LOG_FILE}) kept in {root}; browse the runs with "
+        f"`meridian server start --data-dir {root / 'server'}`",
+        file=sys.stderr,
+    )
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     example = find_example()
     temporary = args.data_dir is None
@@ -293,19 +312,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
         Path(tempfile.mkdtemp(prefix="meridian-dev-")) if temporary else expand_path(args.data_dir)
     )
     root.mkdir(parents=True, exist_ok=True)
-    background = BackgroundLoop()
-    estate = DemoEstate(root, background)
+    # The components' logs would drown the demo's output; they go to a file unless --debug.
+    log_file = None if args.debug else root / LOG_FILE
+    code = 1
     try:
-        with _sigterm_as_interrupt():
-            return _run_demo(estate, example)
+        with logging_to(log_file, debug=args.debug):
+            background = BackgroundLoop()
+            estate = DemoEstate(root, background)
+            try:
+                with _sigterm_as_interrupt():
+                    code = _run_demo(estate, example)
+            finally:
+                _stop(estate, background)
     finally:
-        for problem in estate.shutdown():
-            print(f"warning: {problem}", file=sys.stderr)
-        background.close()
-        if temporary and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(
-                f"\nstate kept in {root}; browse it with "
-                f"`meridian server start --data-dir {root / 'server'}`"
-            )
+        _tidy(root, remove=temporary and not args.keep and code == 0)
+    return code

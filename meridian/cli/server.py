@@ -12,6 +12,7 @@ from meridian.cli.common import (
     ENV_CA_FILE,
     ENV_CONTROL_PLANE,
     expand_path,
+    logging_to,
     parse_address,
     positive_float,
     wait_for_stop,
@@ -89,5 +90,6 @@ def cmd_start(args: argparse.Namespace) -> int:
     data_dir = expand_path(args.data_dir)
     config = ServerConfig(data_dir=data_dir, listen=listen, db_url=args.db or None)
     data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(config, args.shutdown_grace))
+    with logging_to(None, debug=args.debug):
+        asyncio.run(serve(config, args.shutdown_grace))
     return 0

@@ -41,16 +41,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, join_token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("agent_id", "environment", "certificate_pem", "ca_certificate_pem")
+    __slots__ = ("agent_id", "environment", "certificate_pem", "ca_certificate_pem", "agent_address")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     environment: str
     certificate_pem: bytes
     ca_certificate_pem: bytes
-    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ...) -> None: ...
+    agent_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., agent_address: _Optional[str] = ...) -> None: ...
 
 class FetchBundleRequest(_message.Message):
     __slots__ = ("sha256",)

@@ -35,6 +35,11 @@ class ControlServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetServerInfo = channel.unary_unary(
+                '/meridian.v1.ControlService/GetServerInfo',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ServerInfo.FromString,
+                _registered_method=True)
         self.HasBundle = channel.unary_unary(
                 '/meridian.v1.ControlService/HasBundle',
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.HasBundleRequest.SerializeToString,
@@ -89,6 +94,14 @@ class ControlServiceStub:
 
 class ControlServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def GetServerInfo(self, request, context):
+        """Public: where agents connect. gRPC Python cannot ask for an optional client certificate,
+        so agents use a second, mutually authenticated listener; this tells them its address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def HasBundle(self, request, context):
         """Code bundles, content-addressed: ask first, upload only when missing.
@@ -159,6 +172,11 @@ class ControlServiceServicer:
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ServerInfo.SerializeToString,
+            ),
             'HasBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.HasBundle,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.HasBundleRequest.FromString,
@@ -219,6 +237,33 @@ def add_ControlServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ControlService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/GetServerInfo',
+            protos_dot_meridian_dot_v1_dot_control__pb2.GetServerInfoRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def HasBundle(request,

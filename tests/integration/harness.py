@@ -1,0 +1,174 @@
+"""A real Meridian estate on loopback for integration tests: the control plane and every agent
+run as separate processes started through the `meridian` CLI, talking gRPC over TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from meridian.client import ControlClient
+from meridian.errors import ConnectionFailed
+
+REPO = Path(__file__).resolve().parents[2]
+FLOWS = Path(__file__).resolve().parent / "flows"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def meridian_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meridian", *args]
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("MERIDIAN_CONTROL_PLANE", None)
+    env.pop("MERIDIAN_CA_FILE", None)
+    env.update(extra or {})
+    return env
+
+
+class Estate:
+    """Start with ``start()``, add agents, run flows, and always ``stop()``."""
+
+    def __init__(self, root: Path, *, lost_after_s: float | None = None) -> None:
+        self.root = root
+        self.server_dir = root / "server"
+        self.address = f"127.0.0.1:{free_port()}"
+        self.lost_after_s = lost_after_s
+        self.server: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[Path] = []
+
+    @property
+    def ca_file(self) -> Path:
+        return self.server_dir / "tls" / "ca.crt"
+
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a client command against this estate and capture its output."""
+        result = subprocess.run(
+            meridian_cmd(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(
+                {"MERIDIAN_CONTROL_PLANE": self.address, "MERIDIAN_CA_FILE": str(self.ca_file), **(env or {})}
+            ),
+            cwd=self.root,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"meridian {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}.log"
+        self._logs.append(log)
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                meridian_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+                start_new_session=True,
+            )
+
+    def start(self) -> Estate:
+        args = ["server", "start", "--data-dir", str(self.server_dir), "--listen", self.address]
+        if self.lost_after_s is not None:
+            args += ["--agent-lost-after", str(self.lost_after_s)]
+        self.server = self._spawn("server", args)
+        self._wait(lambda: self.client().list_agents() is not None, "control plane to serve")
+        return self
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.address, self.ca_file, timeout_s=10)
+
+    def add_agent(
+        self, environment: str, labels: Mapping[str, str], *, capacity: int = 4, name: str | None = None
+    ) -> str:
+        name = name or f"{environment}-agent"
+        data_dir = self.root / "agents" / name
+        token = self.cli(
+            "tokens", "create", "--data-dir", str(self.server_dir), "--environment", environment,
+            check=True,
+        ).stdout.strip().splitlines()[-1].strip()
+        self.cli(
+            "agent", "enroll", "--control-plane", self.address, "--ca-file", str(self.ca_file),
+            "--token", token, "--data-dir", str(data_dir), "--name", name, check=True,
+        )
+        self.start_agent(name, environment, labels, capacity=capacity)
+        return name
+
+    def start_agent(
+        self, name: str, environment: str, labels: Mapping[str, str], *, capacity: int = 4
+    ) -> None:
+        data_dir = self.root / "agents" / name
+        args = [
+            "agent", "start", "--control-plane", self.address, "--ca-file", str(self.ca_file),
+            "--environment", environment, "--data-dir", str(data_dir), "--provider", "process",
+            "--capacity", str(capacity), "--drain-grace", "5",
+        ]
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
+        self.agents[name] = self._spawn(f"agent-{name}", args)
+        self._wait(lambda: self._connected(name), f"agent {name} to connect")
+
+    def _connected(self, name: str) -> bool:
+        with self.client() as client:
+            return any(a.name == name and a.status == "connected" for a in client.list_agents())
+
+    def _wait(self, check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server is not None and self.server.poll() is not None:
+                raise AssertionError(f"control plane exited while waiting for {what}\n{self.logs()}")
+            try:
+                if check():
+                    return
+            except ConnectionFailed:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.agents.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def logs(self) -> str:
+        parts = []
+        for log in self._logs:
+            if log.exists():
+                parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            _terminate(proc)
+        self.agents.clear()
+        if self.server is not None:
+            _terminate(self.server)
+            self.server = None
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
