@@ -156,7 +156,7 @@ class Agent:
     async def _drain(self, grace: float | None) -> None:
         grace_s = self._config.drain_grace_s if grace is None else grace
         worker, connection = self._worker, self._connection
-        if worker is not None and connection is not None:
+        if worker is not None and connection is not None and not self._closed.is_set():
             # 1. Stop accepting and tell the control plane right away, not at the next beat.
             worker.draining = True
             connection.send_heartbeat_now()
@@ -171,7 +171,8 @@ class Agent:
 
     async def _close(self) -> None:
         # Order: stop talking, stop runners, then release what they used.
-        if self._connection_task is not None:
+        if self._connection is not None and self._connection_task is not None:
+            self._connection.stop()
             self._connection_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connection_task

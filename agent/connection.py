@@ -99,24 +99,33 @@ class Connection:
         self._beat_now = asyncio.Event()
         self._acked = asyncio.Event()
         self._reset_backoff = False
+        self._stopped = False
         self.connected = False
         self.welcome: Welcome | None = None
 
     async def run(self) -> None:
-        """Connect, serve the session, back off, repeat; returns only when cancelled."""
+        """Connect, serve the session, back off, repeat; returns after ``stop()``."""
         failures = 0
-        while True:
+        while not self._stopped:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # On 3.11 a TaskGroup turns "cancelled while a child failed" into this branch
+                # (the cancellation is consumed), so the stop flag is what ends the loop.
+                if self._stopped:
+                    return
                 log.warning("connection to control plane lost: %s", _describe(exc))
             if self._reset_backoff:  # the last session got as far as Welcome
                 failures = 0
             delay = backoff_delay(failures, self._base_backoff_s, self._max_backoff_s)
             failures += 1
             await asyncio.sleep(delay)
+
+    def stop(self) -> None:
+        """Make ``run()`` end; the caller then cancels its task to interrupt the stream."""
+        self._stopped = True
 
     def send_heartbeat_now(self) -> None:
         """Send a heartbeat at once (e.g. to announce draining) instead of at the next tick."""

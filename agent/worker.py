@@ -43,6 +43,7 @@ class Worker:
         self._ctx = ctx
         self._capacity = capacity
         self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
+        self._detached: set[asyncio.Task[None]] = set()  # rejected runners finishing up
         self.draining = False
 
     @property
@@ -66,6 +67,8 @@ class Worker:
                 runner = self._runner(decision.attempt_id, decision.fencing_token)
                 if runner is not None:
                     runner.decide(decision)
+                    if decision.verdict == "reject":
+                        self._release(decision.attempt_id)
         elif isinstance(action, DrainAction):
             log.info("control plane asked this agent to drain: %s", action.reason)
             self.draining = True
@@ -104,6 +107,13 @@ class Worker:
                 del self._runners[runner.attempt_id]
 
         task.add_done_callback(forget)
+
+    def _release(self, attempt_id: str) -> None:
+        # The control plane frees the slot as soon as it rejects and may assign the next
+        # attempt in the very next frame; the runner's task only ends a loop turn later.
+        _, task = self._runners.pop(attempt_id)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
 
     def _runner(self, attempt_id: str, fencing_token: int) -> Runner | None:
         entry = self._runners.get(attempt_id)
@@ -148,7 +158,7 @@ class Worker:
 
     async def abort(self) -> None:
         """Last resort at close: stop runner tasks; their handles stay for re-attach."""
-        tasks = [task for _, task in self._runners.values()]
+        tasks = [task for _, task in self._runners.values()] + list(self._detached)
         for task in tasks:
             task.cancel()
         for task in tasks:

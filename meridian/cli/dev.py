@@ -158,7 +158,9 @@ class DemoEstate:
     def start_control_plane(self) -> None:
         from control_plane import ControlPlane, ServerConfig
 
-        config = ServerConfig(data_dir=self.root / "server", listen="127.0.0.1:0")
+        config = ServerConfig(
+            data_dir=self.root / "server", listen="127.0.0.1:0", agent_listen="127.0.0.1:0"
+        )
         plane = self._bg.call(_construct(ControlPlane, config))
         self._plane = plane
         self._bg.call(plane.start(), timeout=30)

@@ -33,6 +33,17 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--listen", metavar="HOST:PORT", default="127.0.0.1:7443", help="default 127.0.0.1:7443"
     )
     start.add_argument(
+        "--agent-listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:7444",
+        help="mutual-TLS listener agents connect to (default 127.0.0.1:7444)",
+    )
+    start.add_argument(
+        "--advertise-agent-address",
+        metavar="HOST:PORT",
+        help="agent address to tell agents when it differs (e.g. behind a proxy)",
+    )
+    start.add_argument(
         "--data-dir",
         metavar="DIR",
         default=str(DEFAULT_SERVER_DIR),
@@ -48,10 +59,10 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     start.set_defaults(func=cmd_start)
 
 
-def usage_banner(address: str, ca_file: Path, data_dir: Path) -> list[str]:
+def usage_banner(address: str, agent_address: str, ca_file: Path, data_dir: Path) -> list[str]:
     """What to type next, printed once the server listens."""
     return [
-        f"Meridian control plane listening on {address}",
+        f"Meridian control plane listening on {address} (agents: {agent_address})",
         f"CA certificate: {ca_file}",
         "",
         "Point the CLI at it:",
@@ -59,6 +70,7 @@ def usage_banner(address: str, ca_file: Path, data_dir: Path) -> list[str]:
         f"  export {ENV_CA_FILE}={ca_file}",
         "Create a one-time join token for each agent (on this host):",
         f"  meridian tokens create --data-dir {data_dir} --environment NAME",
+        f"then enroll agents with --control-plane {address}; they find the agent port themselves.",
         "",
         "Press Ctrl-C to stop.",
     ]
@@ -70,25 +82,35 @@ async def serve(config: ServerConfig, grace: float) -> None:
 
     plane = ControlPlane(config)
     await plane.start()
+    terminated = asyncio.ensure_future(plane.wait_for_termination())
     try:
-        print("\n".join(usage_banner(plane.address, plane.ca_file, config.data_dir)), flush=True)
-        terminated = asyncio.ensure_future(plane.wait_for_termination())
-        reason = await wait_for_stop(terminated)
-        if reason == "finished":
-            await terminated  # surfaces the error if the server stopped on its own
-        else:
+        banner = usage_banner(plane.address, plane.agent_address, plane.ca_file, config.data_dir)
+        print("\n".join(banner), flush=True)
+        if await wait_for_stop(terminated) == "signal":
             print("Shutting down...", flush=True)
-            terminated.cancel()
     finally:
+        # Shut down before touching `terminated`: cancelling gRPC's termination wait would
+        # cancel the server's own shutdown with it.
         await plane.shutdown(grace)
+    await asyncio.wait_for(terminated, timeout=grace + 5)  # surfaces a server crash
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     listen = parse_address(args.listen, allow_port_zero=True)
+    agent_listen = parse_address(args.agent_listen, allow_port_zero=True)
+    advertise = args.advertise_agent_address
+    if advertise:
+        parse_address(advertise)
     from control_plane import ServerConfig
 
     data_dir = expand_path(args.data_dir)
-    config = ServerConfig(data_dir=data_dir, listen=listen, db_url=args.db or None)
+    config = ServerConfig(
+        data_dir=data_dir,
+        listen=listen,
+        agent_listen=agent_listen,
+        advertise_agent_address=advertise or None,
+        db_url=args.db or None,
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):
         asyncio.run(serve(config, args.shutdown_grace))

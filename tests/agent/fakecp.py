@@ -124,6 +124,7 @@ class Session:
     reports: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     heartbeats: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     auto_ack: bool = False
+    max_seq: int = 0
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, **body: Any) -> None:
@@ -173,6 +174,12 @@ class Session:
     def ack(self, up_to_seq: int) -> None:
         self.send(ack=agent_pb2.Ack(up_to_seq=up_to_seq))
 
+    def ack_everything(self) -> None:
+        """Ack what arrived so far and everything that arrives from now on."""
+        self.auto_ack = True
+        if self.max_seq:
+            self.ack(self.max_seq)
+
     def drop(self) -> None:
         """End the stream from the server side, as a restarted control plane would."""
         self.outbox.put_nowait(_DROP)
@@ -201,6 +208,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self.bundles = dict(bundles or {})
         self.sessions: asyncio.Queue[Session] = asyncio.Queue()
         self.auto_ack = False
+        self.latest: Session | None = None
         self._server: Any = None
         self._enroll_server: Any = None
         self.address = ""
@@ -257,6 +265,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         if not names:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
         session = Session(peer_cn=names[0].decode(), auto_ack=self.auto_ack)
+        self.latest = session
         self.sessions.put_nowait(session)
         reader = asyncio.ensure_future(self._read(session, request_iterator))
         try:
@@ -280,6 +289,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
             elif kind == "reports":
                 for report in frame.reports.reports:
                     session.reports.put_nowait(report)
+                    session.max_seq = max(session.max_seq, report.seq)
                 if session.auto_ack and frame.reports.reports:
                     session.ack(frame.reports.reports[-1].seq)
 

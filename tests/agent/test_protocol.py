@@ -66,8 +66,11 @@ async def running_agent(
     try:
         yield Harness(cp, agent, provider, config, run_task)
     finally:
+        if cp.latest is not None:
+            cp.latest.ack_everything()  # so shutdown's flush need not wait for acks
         await agent.shutdown(grace=0.5)
-        await run_task
+        if not run_task.cancelled():  # a test may kill the agent on purpose
+            await run_task
         await cp.stop()
 
 

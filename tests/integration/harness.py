@@ -75,6 +75,21 @@ class Estate:
             )
         return result
 
+    def cli_background(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a client command without waiting for it (output goes to a log file)."""
+        log = self.root / f"cli-{len(self._logs)}.log"
+        self._logs.append(log)
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                meridian_cmd(*args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env=child_env(
+                    {"MERIDIAN_CONTROL_PLANE": self.address, "MERIDIAN_CA_FILE": str(self.ca_file)}
+                ),
+            )
+
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
         self._logs.append(log)
