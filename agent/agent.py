@@ -20,10 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent import convert
 from agent.bundles import BundleCache, RpcBundleSource
-from agent.channel import secure_channel
 from agent.connection import Connection
+from agent.endpoint import AgentEndpoint
 from agent.handles import HandleStore
 from agent.identity import load_identity
 from agent.journal import Journal
@@ -78,7 +77,7 @@ class Agent:
         self._providers: dict[str, Provider] = {}
         self._journal: Journal | None = None
         self._handles: HandleStore | None = None
-        self._channel: Any = None
+        self._endpoint: AgentEndpoint | None = None
         self._worker: Worker | None = None
         self._connection: Connection | None = None
         self._connection_task: asyncio.Task[None] | None = None
@@ -133,17 +132,22 @@ class Agent:
         self._journal = Journal(cfg.data_dir)
         self._handles = HandleStore(cfg.data_dir)
         reporter = Reporter(self._journal)
-        self._channel = secure_channel(
-            cfg.control_plane, ca_pem=ca_pem, key_pem=identity.key_pem, cert_pem=identity.cert_pem
+        self._endpoint = AgentEndpoint(
+            cfg.control_plane,
+            ca_pem=ca_pem,
+            key_pem=identity.key_pem,
+            cert_pem=identity.cert_pem,
+            known_agent_address=identity.agent_address,
         )
-        stub = convert.new_stub(self._channel)
-        bundles = BundleCache(cfg.data_dir / "bundles", RpcBundleSource(stub), MAX_BUNDLE_BYTES)
+        bundles = BundleCache(
+            cfg.data_dir / "bundles", RpcBundleSource(self._endpoint), MAX_BUNDLE_BYTES
+        )
         ctx = RunnerContext(reporter, bundles, self._handles, cfg.data_dir / "work")
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(self._handles.load_all())
         self._connection = Connection(
-            stub,
+            self._endpoint,
             self._journal,
             reporter,
             self._worker.handle,
@@ -183,8 +187,8 @@ class Agent:
                 await provider.close()
             except Exception:
                 log.exception("closing provider %s failed", provider.type)
-        if self._channel is not None:
-            await self._channel.close()
+        if self._endpoint is not None:
+            await self._endpoint.close()
         for store in (self._journal, self._handles):
             if store is not None:
                 store.close()

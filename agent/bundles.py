@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from agent import convert
+from meridian.bundle import unpack_bundle
 from meridian.errors import BundleError, ConnectionFailed, ValidationError
 
 # (sha256, total_size, data): the first piece names the bundle and its size.
@@ -93,8 +94,6 @@ class BundleCache:
         return await asyncio.to_thread(self._install, sha256, bytes(data))
 
     def _install(self, sha256: str, data: bytes) -> Path:
-        from meridian.bundle import unpack_bundle  # shared module, imported where it is used
-
         self._root.mkdir(parents=True, exist_ok=True)
         final = self.path_for(sha256)
         staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=self._root))

@@ -149,6 +149,9 @@ class Connection:
 
     async def _session(self) -> None:
         self._reset_backoff = False
+        refresh = getattr(self._stub, "refresh", None)
+        if refresh is not None:  # an AgentEndpoint: find the agent listener first
+            await refresh()
         call = self._stub.Connect()
         try:
             await call.write(convert.hello_to_proto(self._hello()))

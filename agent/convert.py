@@ -37,7 +37,7 @@ from agent.reports import (
     ProposeRunning,
     ReportBody,
 )
-from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2, control_pb2, control_pb2_grpc
 from providers.base import ErrorDetail
 
 _OUTCOME_TO_PROTO = {
@@ -54,6 +54,15 @@ def new_stub(channel: Any) -> Any:
     return agent_pb2_grpc.AgentServiceStub(channel)
 
 
+def new_control_stub(channel: Any) -> Any:
+    """A ControlService stub: the agent only uses its public GetServerInfo call."""
+    return control_pb2_grpc.ControlServiceStub(channel)
+
+
+def server_info_request() -> Any:
+    return control_pb2.GetServerInfoRequest()
+
+
 # ---- enrollment and bundles -------------------------------------------------------------
 
 
@@ -61,13 +70,14 @@ def enroll_request(join_token: str, csr_pem: bytes, name: str) -> Any:
     return agent_pb2.EnrollRequest(join_token=join_token, csr_pem=csr_pem, name=name)
 
 
-def enroll_response_from_proto(msg: Any) -> tuple[str, str, bytes, bytes]:
-    """(agent_id, environment, certificate_pem, ca_certificate_pem)."""
+def enroll_response_from_proto(msg: Any) -> tuple[str, str, bytes, bytes, str]:
+    """(agent_id, environment, certificate_pem, ca_certificate_pem, agent_address)."""
     return (
         msg.agent_id,
         msg.environment,
         bytes(msg.certificate_pem),
         bytes(msg.ca_certificate_pem),
+        msg.agent_address,
     )
 
 
@@ -190,10 +200,6 @@ def report_batch_to_proto(entries: Sequence[JournalEntry]) -> Any:
         report.attempt_id = entry.attempt_id
         report.fencing_token = entry.fencing_token
     return agent_pb2.AgentFrame(reports=batch)
-
-
-def frame_size(frame: Any) -> int:
-    return int(frame.ByteSize())
 
 
 # ---- control frames ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from agent import convert
+from agent.endpoint import join_address
 from agent.identity import AgentIdentity, generate_key_and_csr, save_identity
 from meridian.errors import (
     ConnectionFailed,
@@ -61,7 +62,9 @@ def enroll(
             )
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, control_plane) from exc
-    agent_id, environment, cert_pem, server_ca_pem = convert.enroll_response_from_proto(response)
+    agent_id, environment, cert_pem, server_ca_pem, agent_address = (
+        convert.enroll_response_from_proto(response)
+    )
     identity = AgentIdentity(
         agent_id=agent_id,
         environment=environment,
@@ -70,6 +73,7 @@ def enroll(
         cert_pem=cert_pem,
         # Trust what the server says its CA is, falling back to the file the operator gave us.
         ca_pem=server_ca_pem or ca_pem,
+        agent_address=join_address(control_plane, agent_address) if agent_address else "",
     )
     save_identity(Path(data_dir), identity)
     return EnrollResult(agent_id=agent_id, environment=environment)

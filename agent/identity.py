@@ -33,6 +33,8 @@ class AgentIdentity:
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes
+    # The mutual-TLS agent listener as last learned (docs/decisions/0001).
+    agent_address: str = ""
 
 
 def generate_key_and_csr(name: str) -> tuple[bytes, bytes]:
@@ -66,6 +68,7 @@ def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
         "agent_id": identity.agent_id,
         "environment": identity.environment,
         "control_plane": identity.control_plane,
+        "agent_address": identity.agent_address,
     }
     _write_atomic(data_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
 
@@ -89,6 +92,7 @@ def load_identity(data_dir: Path) -> AgentIdentity:
             key_pem=(data_dir / KEY_FILE).read_bytes(),
             cert_pem=(data_dir / CERT_FILE).read_bytes(),
             ca_pem=(data_dir / CA_FILE).read_bytes(),
+            agent_address=str(meta.get("agent_address", "")),
         )
     except (ValueError, KeyError) as exc:
         raise ValidationError(

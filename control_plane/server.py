@@ -42,7 +42,7 @@ class ControlPlane:
         self.ca_file = Path(config.data_dir) / "tls" / "ca.crt"
         self._server: grpc.aio.Server | None = None
         self._services: Services | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopped = False
 
     async def __aenter__(self) -> ControlPlane:
@@ -73,9 +73,7 @@ class ControlPlane:
         key, cert = key_path.read_bytes(), cert_path.read_bytes()
         # Two listeners: gRPC Python cannot request an *optional* client certificate, so
         # clients (CLI, flow runners, enrollment) use server TLS and agents use mutual TLS.
-        self.address = self._listen(
-            self.config.listen, grpc.ssl_server_credentials([(key, cert)])
-        )
+        self.address = self._listen(self.config.listen, grpc.ssl_server_credentials([(key, cert)]))
         self.agent_address = self._listen(
             self.config.agent_listen,
             grpc.ssl_server_credentials(
@@ -89,7 +87,9 @@ class ControlPlane:
         self._services.dispatcher.start()
         for name in (*SERVICE_NAMES, ""):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("control plane serving clients on %s, agents on %s", self.address, self.agent_address)
+        log.info(
+            "control plane serving clients on %s, agents on %s", self.address, self.agent_address
+        )
 
     def _listen(self, address: str, credentials: grpc.ServerCredentials) -> str:
         assert self._server is not None

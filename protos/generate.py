@@ -20,9 +20,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_dir: Path = ROOT) -> None:
     """Compile every proto into ``out_dir`` (the repository root by default)."""
-    from grpc_tools import protoc  # dev dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [

@@ -177,5 +177,5 @@ class Provider(abc.ABC):
             "its attempts are reported lost instead"
         )
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Release clients and connections held by the provider."""

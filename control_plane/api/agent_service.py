@@ -34,6 +34,8 @@ from meridian.errors import NotFound, PermissionDenied, ValidationError
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
+# The end-of-stream marker of grpc.aio reads (missing from the type stubs).
+EOF = grpc.aio.EOF  # type: ignore[attr-defined]
 CHUNK = 1024 * 1024
 MAX_REPORTS_PER_BATCH = 5000
 HELLO_TIMEOUT_S = 30.0
@@ -51,7 +53,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, services: Services) -> None:
         self._s = services
 
-    async def Enroll(  # noqa: N802 - gRPC method name
+    async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.EnrollResponse:
         if len(request.join_token) > 512 or len(request.csr_pem) > 16384:
@@ -84,7 +86,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             agent_address=self._s.advertised_agent_address,
         )
 
-    async def FetchBundle(  # noqa: N802 - gRPC method name
+    async def FetchBundle(
         self, request: agent_pb2.FetchBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
         identity = await self._identity(context)
@@ -95,7 +97,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         for chunk in _chunks(request.sha256, data):
             yield chunk
 
-    async def Connect(  # noqa: N802
+    async def Connect(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentFrame],
         context: grpc.aio.ServicerContext,
@@ -105,7 +107,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 30s")
-        if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
+        if first is EOF or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be Hello")
         hello = convert.hello_from_proto(first.hello)
         if hello.capacity > 10_000 or len(hello.labels) > 64:
@@ -178,7 +180,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent_id = session.agent.agent_id
         while True:
             frame = await context.read()
-            if frame is grpc.aio.EOF:
+            if frame is EOF:
                 return
             body = frame.WhichOneof("body")
             if body == "heartbeat":

@@ -4,6 +4,7 @@ to orchestration (writes) or store queries (reads)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -40,7 +41,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self._s = services
 
     @rpc
-    async def GetServerInfo(  # noqa: N802 - gRPC method name
+    async def GetServerInfo(
         self, request: control_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ServerInfo:
         return control_pb2.ServerInfo(
@@ -50,7 +51,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     # ---- bundles ------------------------------------------------------------------------
 
     @rpc
-    async def HasBundle(  # noqa: N802 - gRPC method name
+    async def HasBundle(
         self, request: control_pb2.HasBundleRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HasBundleResponse:
         present = await self._s.store.run(
@@ -60,13 +61,14 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             present=present, max_size=self._s.config.max_bundle_bytes
         )
 
-    async def UploadBundle(  # noqa: N802
+    async def UploadBundle(
         self,
         request_iterator: AsyncIterator[common_pb2.BundleChunk],
         context: grpc.aio.ServicerContext,
     ) -> control_pb2.UploadBundleResponse:
         limit = self._s.config.max_bundle_bytes
-        sha256, declared, parts, size = "", 0, [], 0
+        sha256, declared, size = "", 0, 0
+        parts: list[bytes] = []
         async for chunk in request_iterator:
             if not parts and not sha256:
                 sha256, declared = chunk.sha256, chunk.total_size
@@ -98,7 +100,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     # ---- runs ---------------------------------------------------------------------------
 
     @rpc
-    async def CreateRun(  # noqa: N802
+    async def CreateRun(
         self, request: control_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
@@ -119,7 +121,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.CreateRunResponse(flow_run_id=run.id)
 
     @rpc
-    async def SubmitSteps(  # noqa: N802
+    async def SubmitSteps(
         self, request: control_pb2.SubmitStepsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.SubmitStepsResponse:
         submissions = validate_submissions(request)
@@ -138,7 +140,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         )
 
     @rpc
-    async def FinishRun(  # noqa: N802
+    async def FinishRun(
         self, request: control_pb2.FinishRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.FinishRunResponse:
         error = validate_error(request.error)
@@ -159,7 +161,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self._s.dispatcher.apply(effects)
         return control_pb2.FinishRunResponse(state=state)
 
-    async def WatchRun(  # noqa: N802
+    async def WatchRun(
         self, request: control_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.RunUpdate]:
         run_id, after = request.flow_run_id, request.after_event_id
@@ -178,24 +180,22 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     return
                 if not rows:
                     # Woken by the notifier after each commit; the timeout is only a backstop.
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), WATCH_SAFETY_WAKE_S)
-                    except TimeoutError:
-                        pass
         finally:
             self._s.notifier.unsubscribe(run_id, wake)
 
     # ---- reading ------------------------------------------------------------------------
 
     @rpc
-    async def GetRun(  # noqa: N802
+    async def GetRun(
         self, request: control_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunDetail:
         view = await self._s.store.run(queries.run_view, request.flow_run_id.strip())
         return views.run_detail(view)
 
     @rpc
-    async def ListRuns(  # noqa: N802
+    async def ListRuns(
         self, request: control_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListRunsResponse:
         limit = min(request.limit or 50, 1000)
@@ -203,18 +203,21 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.ListRunsResponse(runs=[views.run_summary(*row) for row in rows])
 
     @rpc
-    async def GetLogs(  # noqa: N802
+    async def GetLogs(
         self, request: control_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.GetLogsResponse:
         limit = min(request.limit or 10_000, 10_000)
         rows = await self._s.store.run(
-            queries.logs_page, request.flow_run_id.strip(), request.step_key, request.after_id,
+            queries.logs_page,
+            request.flow_run_id.strip(),
+            request.step_key,
+            request.after_id,
             limit,
         )
         return views.logs_page(rows, request.after_id)
 
     @rpc
-    async def ListAgents(  # noqa: N802
+    async def ListAgents(
         self, request: control_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListAgentsResponse:
         rows = await self._s.store.run(queries.all_agents)

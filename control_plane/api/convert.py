@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -110,40 +111,41 @@ def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
 
 def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
     at = from_ms(report.at_unix_ms, now)
-    common = {
-        "seq": report.seq,
-        "attempt_id": report.attempt_id,
-        "fencing_token": report.fencing_token,
-        "at": at,
-    }
+    base = ReportIn(
+        seq=report.seq,
+        attempt_id=report.attempt_id,
+        fencing_token=report.fencing_token,
+        at=at,
+        kind="running",
+    )
     body = report.WhichOneof("body")
     if body == "running":
-        return ReportIn(kind="running", **common)
+        return base
     if body == "handle":
-        return ReportIn(
+        return dataclasses.replace(
+            base,
             kind="handle",
             handle_json=report.handle.handle_json,
             resource_id=report.handle.resource_id,
-            **common,
         )
     if body == "logs":
         lines = tuple(
             LogLineIn(from_ms(line.at_unix_ms, at), line.stream, line.text)
             for line in report.logs.lines
         )
-        return ReportIn(kind="logs", lines=lines, **common)
+        return dataclasses.replace(base, kind="logs", lines=lines)
     if body == "finished":
         finished = report.finished
         outcome = OUTCOMES.get(finished.outcome)
         if outcome is None:
             raise ValueError(f"report {report.seq} has no outcome")
-        return ReportIn(
+        return dataclasses.replace(
+            base,
             kind="finished",
             outcome=outcome,
             result_json=finished.result_json,
             error=error_from_proto(finished.error),
             exit_code=finished.exit_code,
-            **common,
         )
     raise ValueError(f"report {report.seq} has no body")
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from control_plane.api.convert import error_to_proto, ms
 from control_plane.orchestration.states import AttemptState, StepState
 from control_plane.scheduler.registry import AgentSession
-from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, LogRow, StepRunRow
+from control_plane.store.models import (
+    AgentRow,
+    AttemptRow,
+    EventRow,
+    FlowRunRow,
+    LogRow,
+    StepRunRow,
+)
 from control_plane.store.queries import RunView
 from protos.meridian.v1 import common_pb2, control_pb2
 
@@ -39,9 +46,15 @@ def run_update(event: EventRow, step: StepRunRow | None) -> control_pb2.RunUpdat
     return update
 
 
-def _attempt(attempt: AttemptRow, step: StepRunRow, names: dict[str, str]) -> control_pb2.AttemptDetail:
-    failed = attempt.state not in (AttemptState.SUCCEEDED, AttemptState.QUEUED,
-                                   AttemptState.ASSIGNED, AttemptState.RUNNING)
+def _attempt(
+    attempt: AttemptRow, step: StepRunRow, names: dict[str, str]
+) -> control_pb2.AttemptDetail:
+    failed = attempt.state not in (
+        AttemptState.SUCCEEDED,
+        AttemptState.QUEUED,
+        AttemptState.ASSIGNED,
+        AttemptState.RUNNING,
+    )
     return control_pb2.AttemptDetail(
         attempt_id=attempt.id,
         number=attempt.number,
@@ -89,7 +102,9 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
                 error=error_to_proto(step.error),
                 created_at_unix_ms=ms(step.created_at),
                 ended_at_unix_ms=ms(step.ended_at),
-                attempts=[_attempt(a, step, view.agent_names) for a in view.attempts.get(step.id, [])],
+                attempts=[
+                    _attempt(a, step, view.agent_names) for a in view.attempts.get(step.id, [])
+                ],
             )
             for step in view.steps
         ],

@@ -479,9 +479,7 @@ def finish_attempt(
     attempt.ended_at = now
     attempt.exit_code = exit_code
     attempt.error = error
-    move_attempt(
-        session, attempt, step, outcome, now, effects, _describe(outcome, error), error
-    )
+    move_attempt(session, attempt, step, outcome, now, effects, _describe(outcome, error), error)
     if held:
         effects.release(attempt.agent_id)
     if step.state in TERMINAL_STEP:
@@ -528,8 +526,12 @@ def _after_failure(
             move_step(session, step, StepState.PENDING, now, effects, message)
         else:
             record_event(
-                session, kind="step.retrying", now=now, flow_run_id=step.flow_run_id,
-                step=step, message=message,
+                session,
+                kind="step.retrying",
+                now=now,
+                flow_run_id=step.flow_run_id,
+                step=step,
+                message=message,
             )
         _queue_attempt(session, step, attempt.number + 1, not_before, now, effects)
         return

@@ -23,8 +23,9 @@ class Verdict:
 
 
 class ReportRule(Protocol):
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
-        ...
+    def check(
+        self, agent_id: str, attempt: AttemptRow | None, report: ReportIn
+    ) -> Verdict | None: ...
 
 
 class RejectUnknownAttempt:

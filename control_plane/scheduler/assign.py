@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -73,7 +74,9 @@ def _assign(
         assign_attempt(session, attempt, step, runs[attempt.flow_run_id], agent, now, effects)
 
 
-def _expire(session: Session, slots: Sequence[AgentSlot], now: dt.datetime, effects: Effects) -> None:
+def _expire(
+    session: Session, slots: Sequence[AgentSlot], now: dt.datetime, effects: Effects
+) -> None:
     expired = session.scalars(
         select(AttemptRow).where(
             AttemptRow.state == AttemptState.QUEUED, AttemptRow.schedule_deadline <= now
@@ -107,6 +110,6 @@ def _next_timer(session: Session, now: dt.datetime) -> dt.datetime | None:
     return min(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in candidates)
 
 
-def _by_id(session: Session, model: type, ids: set[str]) -> dict:
-    rows = session.scalars(select(model).where(model.id.in_(list(ids))))  # type: ignore[attr-defined]
+def _by_id(session: Session, model: Any, ids: set[str]) -> dict[str, Any]:
+    rows = session.scalars(select(model).where(model.id.in_(list(ids))))
     return {row.id: row for row in rows}

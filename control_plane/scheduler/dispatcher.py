@@ -8,6 +8,7 @@ only periodic work is the lost-agent sweep, which runs every heartbeat interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -62,10 +63,8 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._seconds_to_next_due())
-            except TimeoutError:
-                pass
             self._wake.clear()
             if self._stopping:
                 return

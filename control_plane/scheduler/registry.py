@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Union
 
 from control_plane.orchestration.agents import ConnectedAgent
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
@@ -32,7 +31,7 @@ class CloseOut:
     reason: str
 
 
-Outgoing = Union[AssignOut, CancelOut, AckOut, DrainOut, CloseOut, list[DecisionOut]]
+Outgoing = AssignOut | CancelOut | AckOut | DrainOut | CloseOut | list[DecisionOut]
 
 
 class AgentSession:

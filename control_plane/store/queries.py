@@ -124,9 +124,7 @@ def list_runs(
     return [(r, *counts.get(r.id, (0, 0))) for r in runs]
 
 
-def logs_page(
-    session: Session, run_id: str, step: str, after_id: int, limit: int
-) -> list[LogRow]:
+def logs_page(session: Session, run_id: str, step: str, after_id: int, limit: int) -> list[LogRow]:
     run_id = resolve_run_id(session, run_id)
     query = (
         select(LogRow)

@@ -188,7 +188,9 @@ class DemoEstate:
 
         for site in SITES:
             config = AgentConfig(
-                control_plane=self.address,
+                # The mTLS agent listener directly: works whether or not the agent discovers
+                # it itself through GetServerInfo (decision 0001); the demo knows it anyway.
+                control_plane=self.plane.agent_address,
                 data_dir=self._agent_dir(site),
                 ca_file=self.ca_file,
                 labels=site.labels,

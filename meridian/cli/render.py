@@ -20,7 +20,7 @@ from meridian import models
 
 # Display order for state counts; unknown states sort after these, alphabetically.
 STEP_STATE_ORDER = ("COMPLETED", "CACHED", "RUNNING", "PENDING", "FAILED", "CANCELLED")
-ERROR_WIDTH = 70
+ERROR_WIDTH = 80
 TRACEBACK_LINES = 8
 
 

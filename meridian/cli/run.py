@@ -71,6 +71,10 @@ def format_update(update: models.RunUpdate) -> str:
     return f"{line} {truncate(detail, 100)}".rstrip()
 
 
+# Always directly follows "attempt.running" for the same step: a line that says nothing new.
+HIDDEN_KINDS = frozenset({"step.running"})
+
+
 class ProgressPrinter:
     """``on_update`` callback for run_flow: prints each event once, in order."""
 
@@ -83,6 +87,8 @@ class ProgressPrinter:
         if update.event_id and update.event_id <= self._last_event_id:
             return
         self._last_event_id = max(self._last_event_id, update.event_id)
+        if update.kind in HIDDEN_KINDS:
+            return
         print(format_update(update), file=self._stream or sys.stdout, flush=True)
 
 

@@ -14,7 +14,7 @@ import ipaddress
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from cryptography import x509
@@ -145,7 +145,11 @@ class Session:
 
     def assign(self, attempt_id: str, token: int, provider: str = "fake", **options: Any) -> None:
         spec = common_pb2.StepSpec(
-            name="step", module="m", function="f", provider=provider, options_json=json.dumps(options)
+            name="step",
+            module="m",
+            function="f",
+            provider=provider,
+            options_json=json.dumps(options),
         )
         assignment = agent_pb2.Assign(
             attempt_id=attempt_id,
@@ -318,7 +322,7 @@ class FakeProvider(Provider):
 
     type = "fake"
     capabilities = Capabilities(recover=True)
-    options_schema: Mapping[str, Any] = {
+    options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "properties": {
             "run_for": {"type": "number"},
@@ -342,7 +346,9 @@ class FakeProvider(Provider):
         run = _Run(spec=spec, logs=asyncio.Queue())
         run.task = asyncio.ensure_future(self._body(run))
         self.runs[spec.attempt_id] = run
-        return Handle(provider=self.type, resource_id=f"fake-{spec.attempt_id}", data={"id": spec.attempt_id})
+        return Handle(
+            provider=self.type, resource_id=f"fake-{spec.attempt_id}", data={"id": spec.attempt_id}
+        )
 
     async def _body(self, run: _Run) -> Outcome:
         opts = run.spec.options

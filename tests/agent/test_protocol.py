@@ -106,7 +106,9 @@ def test_hello_then_assign_accept_runs_to_finished(tmp_path: Path) -> None:
             body = kinds(reports, "a1")
             assert body[:2] == ["running", "handle"] and body[-1] == "finished"
             assert reports[1].handle.resource_id == "fake-a1"
-            lines = [ln.text for r in reports if r.WhichOneof("body") == "logs" for ln in r.logs.lines]
+            lines = [
+                ln.text for r in reports if r.WhichOneof("body") == "logs" for ln in r.logs.lines
+            ]
             assert lines == ["line 0", "line 1", "line 2"]
             finished = reports[-1].finished
             assert finished.outcome == agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED

@@ -45,11 +45,29 @@ def spec(**overrides: object) -> dict:
 def store(db_url: str) -> Iterator[Store]:
     s = Store(db_url)
     s.migrate()
-    s.run_sync(lambda session: session.add(BundleRow(sha256="b" * 64, size=1, data=b"x", created_at=T0)))
-    for agent_id, env, labels in (("a1", "aws-demo", {"cloud": "aws"}), ("g1", "gcp-demo", {"cloud": "gcp"})):
-        s.run_sync(lambda session, i=agent_id, e=env: session.add(
-            AgentRow(id=i, name=i, environment=e, labels={}, providers=[], capacity=0,
-                     status="disconnected", cert_fingerprint="", enrolled_at=T0, last_applied_seq=0)))
+    s.run_sync(
+        lambda session: session.add(BundleRow(sha256="b" * 64, size=1, data=b"x", created_at=T0))
+    )
+    for agent_id, env, labels in (
+        ("a1", "aws-demo", {"cloud": "aws"}),
+        ("g1", "gcp-demo", {"cloud": "gcp"}),
+    ):
+        s.run_sync(
+            lambda session, i=agent_id, e=env: session.add(
+                AgentRow(
+                    id=i,
+                    name=i,
+                    environment=e,
+                    labels={},
+                    providers=[],
+                    capacity=0,
+                    status="disconnected",
+                    cert_fingerprint="",
+                    enrolled_at=T0,
+                    last_applied_seq=0,
+                )
+            )
+        )
         hello = HelloIn("0.1", labels, ("process",), 2, {}, "host", False)
         s.run_sync(agent_connected, agent_id, "", hello, T0)
     yield s
@@ -65,9 +83,16 @@ SLOTS = [
 def new_run(store: Store) -> str:
     def create(session):  # type: ignore[no-untyped-def]
         return engine.create_run(
-            session, flow_name="etl", entrypoint="flows.py:etl", parameters_json="{}",
-            bundle_sha256="b" * 64, trigger="manual", now=T0, effects=Effects(),
+            session,
+            flow_name="etl",
+            entrypoint="flows.py:etl",
+            parameters_json="{}",
+            bundle_sha256="b" * 64,
+            trigger="manual",
+            now=T0,
+            effects=Effects(),
         ).id
+
     return store.run_sync(create)
 
 
@@ -77,13 +102,21 @@ def submit(store: Store, run_id: str, key: str = "extract#1", **kw: object) -> s
 
 
 def attempts(store: Store, step_id: str) -> list[AttemptRow]:
-    return store.run_sync(lambda s: list(s.scalars(
-        select(AttemptRow).where(AttemptRow.step_run_id == step_id).order_by(AttemptRow.number))))
+    return store.run_sync(
+        lambda s: list(
+            s.scalars(
+                select(AttemptRow)
+                .where(AttemptRow.step_run_id == step_id)
+                .order_by(AttemptRow.number)
+            )
+        )
+    )
 
 
 def report(attempt: AttemptRow, seq: int, kind: str, **kw: object) -> ReportIn:
-    return ReportIn(seq=seq, attempt_id=attempt.id, fencing_token=attempt.fencing_token,
-                    at=T0, kind=kind, **kw)  # type: ignore[arg-type]
+    return ReportIn(
+        seq=seq, attempt_id=attempt.id, fencing_token=attempt.fencing_token, at=T0, kind=kind, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_assigns_to_matching_agent_and_completes(store: Store) -> None:
@@ -93,7 +126,9 @@ def test_assigns_to_matching_agent_and_completes(store: Store) -> None:
     assert [a.agent_id for a in effects.assigns] == ["a1"]
     attempt = attempts(store, step_id)[0]
     assert attempt.state == "ASSIGNED" and attempt.fencing_token == 1
-    _, decisions, _ = store.run_sync(engine.apply_reports, "a1", [report(attempt, 1, "running")], T0)
+    _, decisions, _ = store.run_sync(
+        engine.apply_reports, "a1", [report(attempt, 1, "running")], T0
+    )
     assert decisions[0].accept
     done = report(attempt, 2, "finished", outcome="SUCCEEDED", result_json='{"rows": 3}')
     watermark, _, effects = store.run_sync(engine.apply_reports, "a1", [done], T0)
@@ -107,10 +142,19 @@ def test_transient_failure_is_retried_after_backoff_then_final(store: Store) -> 
     step_id = submit(store, run_id, retries=1)
     store.run_sync(scheduling_pass, SLOTS, T0)
     first = attempts(store, step_id)[0]
-    error = {"error_class": "transient", "type": "builtins.ValueError", "message": "boom",
-             "traceback": "tb", "type_mro": ["builtins.ValueError", "builtins.Exception"]}
-    store.run_sync(engine.apply_reports, "a1", [report(first, 1, "running"),
-                   report(first, 2, "finished", outcome="FAILED", error=error)], T0)
+    error = {
+        "error_class": "transient",
+        "type": "builtins.ValueError",
+        "message": "boom",
+        "traceback": "tb",
+        "type_mro": ["builtins.ValueError", "builtins.Exception"],
+    }
+    store.run_sync(
+        engine.apply_reports,
+        "a1",
+        [report(first, 1, "running"), report(first, 2, "finished", outcome="FAILED", error=error)],
+        T0,
+    )
     second = attempts(store, step_id)[1]
     assert second.state == "QUEUED" and second.not_before == T0 + dt.timedelta(seconds=1)
     effects, next_timer = store.run_sync(scheduling_pass, SLOTS, T0)
@@ -119,8 +163,15 @@ def test_transient_failure_is_retried_after_backoff_then_final(store: Store) -> 
     effects, _ = store.run_sync(scheduling_pass, SLOTS, later)
     second = attempts(store, step_id)[1]
     assert second.fencing_token == 2
-    store.run_sync(engine.apply_reports, "a1", [report(second, 3, "running"),
-                   report(second, 4, "finished", outcome="FAILED", error=error)], later)
+    store.run_sync(
+        engine.apply_reports,
+        "a1",
+        [
+            report(second, 3, "running"),
+            report(second, 4, "finished", outcome="FAILED", error=error),
+        ],
+        later,
+    )
     step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
     assert step.state == "FAILED" and step.error["type"] == "builtins.ValueError"
     assert len(attempts(store, step_id)) == 2
@@ -131,10 +182,22 @@ def test_permanent_error_is_not_retried(store: Store) -> None:
     step_id = submit(store, run_id, retries=5)
     store.run_sync(scheduling_pass, SLOTS, T0)
     attempt = attempts(store, step_id)[0]
-    error = {"error_class": "permanent", "type": "meridian.errors.Permanent", "message": "no",
-             "traceback": "", "type_mro": []}
-    store.run_sync(engine.apply_reports, "a1", [report(attempt, 1, "running"),
-                   report(attempt, 2, "finished", outcome="FAILED", error=error)], T0)
+    error = {
+        "error_class": "permanent",
+        "type": "meridian.errors.Permanent",
+        "message": "no",
+        "traceback": "",
+        "type_mro": [],
+    }
+    store.run_sync(
+        engine.apply_reports,
+        "a1",
+        [
+            report(attempt, 1, "running"),
+            report(attempt, 2, "finished", outcome="FAILED", error=error),
+        ],
+        T0,
+    )
     step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
     assert step.state == "FAILED" and len(attempts(store, step_id)) == 1
 
@@ -147,14 +210,18 @@ def test_stale_token_foreign_agent_and_duplicate_seq_are_not_applied(store: Stor
     stale = ReportIn(seq=1, attempt_id=attempt.id, fencing_token=99, at=T0, kind="running")
     _, decisions, _ = store.run_sync(engine.apply_reports, "a1", [stale], T0)
     assert not decisions[0].accept and "stale fencing token" in decisions[0].reason
-    _, decisions, _ = store.run_sync(engine.apply_reports, "g1", [report(attempt, 1, "running")], T0)
+    _, decisions, _ = store.run_sync(
+        engine.apply_reports, "g1", [report(attempt, 1, "running")], T0
+    )
     assert not decisions[0].accept
     store.run_sync(engine.apply_reports, "a1", [report(attempt, 2, "running")], T0)
     done = report(attempt, 3, "finished", outcome="SUCCEEDED", result_json="1")
     store.run_sync(engine.apply_reports, "a1", [done], T0)
     # The same seq again (ack lost): applied once only.
     store.run_sync(engine.apply_reports, "a1", [done], T0)
-    kinds = store.run_sync(lambda s: [e.kind for e in s.scalars(select(EventRow).order_by(EventRow.id))])
+    kinds = store.run_sync(
+        lambda s: [e.kind for e in s.scalars(select(EventRow).order_by(EventRow.id))]
+    )
     assert kinds.count("attempt.succeeded") == 1
     assert kinds.count("report.rejected") == 2
 
@@ -194,8 +261,11 @@ def test_finish_run_cancels_unfinished_steps(store: Store) -> None:
     step_id = submit(store, run_id)
     store.run_sync(scheduling_pass, SLOTS, T0)
     effects = Effects()
-    state = store.run_sync(lambda s: engine.finish_run(
-        s, run_id, succeeded=True, result_json="null", error=None, now=T0, effects=effects))
+    state = store.run_sync(
+        lambda s: engine.finish_run(
+            s, run_id, succeeded=True, result_json="null", error=None, now=T0, effects=effects
+        )
+    )
     assert state == "COMPLETED"
     assert [c.agent_id for c in effects.cancels] == ["a1"]
     step = store.run_sync(lambda s: s.get(StepRunRow, step_id))

@@ -55,7 +55,11 @@ class Estate:
         return self.server_dir / "tls" / "ca.crt"
 
     def cli(
-        self, *args: str, check: bool = False, timeout: float = 60, env: Mapping[str, str] | None = None
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a client command against this estate and capture its output."""
         result = subprocess.run(
@@ -64,7 +68,11 @@ class Estate:
             text=True,
             timeout=timeout,
             env=child_env(
-                {"MERIDIAN_CONTROL_PLANE": self.address, "MERIDIAN_CA_FILE": str(self.ca_file), **(env or {})}
+                {
+                    "MERIDIAN_CONTROL_PLANE": self.address,
+                    "MERIDIAN_CA_FILE": str(self.ca_file),
+                    **(env or {}),
+                }
             ),
             cwd=self.root,
         )
@@ -95,7 +103,10 @@ class Estate:
         self._logs.append(log)
         with open(log, "wb") as out:
             return subprocess.Popen(
-                meridian_cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+                meridian_cmd(*args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
                 start_new_session=True,
             )
 
@@ -111,17 +122,43 @@ class Estate:
         return ControlClient(self.address, self.ca_file, timeout_s=10)
 
     def add_agent(
-        self, environment: str, labels: Mapping[str, str], *, capacity: int = 4, name: str | None = None
+        self,
+        environment: str,
+        labels: Mapping[str, str],
+        *,
+        capacity: int = 4,
+        name: str | None = None,
     ) -> str:
         name = name or f"{environment}-agent"
         data_dir = self.root / "agents" / name
-        token = self.cli(
-            "tokens", "create", "--data-dir", str(self.server_dir), "--environment", environment,
-            check=True,
-        ).stdout.strip().splitlines()[-1].strip()
+        token = (
+            self.cli(
+                "tokens",
+                "create",
+                "--data-dir",
+                str(self.server_dir),
+                "--environment",
+                environment,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+            .strip()
+        )
         self.cli(
-            "agent", "enroll", "--control-plane", self.address, "--ca-file", str(self.ca_file),
-            "--token", token, "--data-dir", str(data_dir), "--name", name, check=True,
+            "agent",
+            "enroll",
+            "--control-plane",
+            self.address,
+            "--ca-file",
+            str(self.ca_file),
+            "--token",
+            token,
+            "--data-dir",
+            str(data_dir),
+            "--name",
+            name,
+            check=True,
         )
         self.start_agent(name, environment, labels, capacity=capacity)
         return name
@@ -131,9 +168,22 @@ class Estate:
     ) -> None:
         data_dir = self.root / "agents" / name
         args = [
-            "agent", "start", "--control-plane", self.address, "--ca-file", str(self.ca_file),
-            "--environment", environment, "--data-dir", str(data_dir), "--provider", "process",
-            "--capacity", str(capacity), "--drain-grace", "5",
+            "agent",
+            "start",
+            "--control-plane",
+            self.address,
+            "--ca-file",
+            str(self.ca_file),
+            "--environment",
+            environment,
+            "--data-dir",
+            str(data_dir),
+            "--provider",
+            "process",
+            "--capacity",
+            str(capacity),
+            "--drain-grace",
+            "5",
         ]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
@@ -148,7 +198,9 @@ class Estate:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server is not None and self.server.poll() is not None:
-                raise AssertionError(f"control plane exited while waiting for {what}\n{self.logs()}")
+                raise AssertionError(
+                    f"control plane exited while waiting for {what}\n{self.logs()}"
+                )
             try:
                 if check():
                     return

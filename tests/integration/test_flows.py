@@ -31,7 +31,11 @@ def test_fan_out_across_three_environments(estate: Estate) -> None:
     code, output, detail = run(estate, "fan_out", "n=4")
     assert code == 0, output
     assert detail["state"] == "COMPLETED"
-    assert json.loads(detail["result_json"]) == {"aws": "first", "squares": [0, 1, 4, 9], "total": 14}
+    assert json.loads(detail["result_json"]) == {
+        "aws": "first",
+        "squares": [0, 1, 4, 9],
+        "total": 14,
+    }
     envs = {s["key"]: {a["environment"] for a in s["attempts"]} for s in detail["steps"]}
     assert envs["on_aws#1"] == {"aws-demo"}
     assert all(envs[f"on_gcp#{i}"] == {"gcp-demo"} for i in range(1, 5))

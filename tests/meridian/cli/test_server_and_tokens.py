@@ -1,0 +1,92 @@
+"""``server start`` (as a real subprocess, stopped with SIGINT) and ``tokens create``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meridian.cli import server
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _control_plane_ready() -> bool:
+    try:
+        import control_plane
+    except ImportError:
+        return False
+    return hasattr(control_plane, "ControlPlane")
+
+
+def test_banner_tells_what_to_type_next(tmp_path: Path) -> None:
+    lines = server.usage_banner("127.0.0.1:7443", "127.0.0.1:7444", tmp_path / "ca.crt", tmp_path)
+    text = "\n".join(lines)
+    assert "export MERIDIAN_CONTROL_PLANE=127.0.0.1:7443" in text
+    assert f"export MERIDIAN_CA_FILE={tmp_path / 'ca.crt'}" in text
+    assert f"meridian tokens create --data-dir {tmp_path} --environment NAME" in text
+
+
+def test_tokens_create_prints_only_the_token_on_stdout(cli, monkeypatch, tmp_path) -> None:
+    calls = []
+
+    def create_join_token(data_dir, environment, *, ttl_s=3600.0, db_url=None):
+        calls.append((data_dir, environment, ttl_s, db_url))
+        return "mjt_0123456789abcdef.secret"
+
+    monkeypatch.setattr("control_plane.create_join_token", create_join_token, raising=False)
+    result = cli(
+        "tokens", "create", "--data-dir", str(tmp_path), "--environment", "aws", "--ttl", "60"
+    )
+    assert result.code == 0
+    assert result.out == "mjt_0123456789abcdef.secret\n"
+    assert calls == [(tmp_path, "aws", 60.0, None)]
+    assert "meridian agent enroll" in result.err
+
+
+@pytest.mark.skipif(not _control_plane_ready(), reason="control_plane.ControlPlane missing")
+def test_server_start_serves_until_sigint(cli, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "meridian",
+        "server",
+        "start",
+        "--data-dir",
+        str(tmp_path),
+        "--listen",
+        "127.0.0.1:0",
+        "--agent-listen",
+        "127.0.0.1:0",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+    try:
+        banner = []
+        deadline = time.monotonic() + 30
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            banner.append(line)
+            if "Press Ctrl-C" in line or not line:
+                break
+        text = "".join(banner)
+        address = re.search(r"MERIDIAN_CONTROL_PLANE=(\S+)", text)
+        ca_file = re.search(r"MERIDIAN_CA_FILE=(\S+)", text)
+        assert address and ca_file, text
+        listed = cli("agents", "list", "--control-plane", address[1], "--ca-file", ca_file[1])
+        assert listed.code == 0 and "no agents" in listed.out
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Shutting down" in out
+    assert "Traceback" not in err
