@@ -192,7 +192,9 @@ class Connection:
     async def _send_heartbeats(self, call: Any) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self._heartbeat_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                async with asyncio.timeout(self._heartbeat_s):
+                    await self._beat_now.wait()
             self._beat_now.clear()
             await self._write(call, convert.heartbeat_to_proto(self._heartbeat()))
 

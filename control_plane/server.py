@@ -1,8 +1,8 @@
 """The control plane process: TLS gRPC server, store, dispatcher, with one lifecycle.
 
 Shutdown order (STYLE.md 9): stop accepting (health NOT_SERVING) -> stop the dispatcher so no
-new work is pushed -> stop the gRPC server with a grace period (agent streams end, agents
-reconnect elsewhere or later) -> close the store.
+new work is pushed -> close agent streams (agents keep running their steps and reconnect
+later) -> stop the gRPC server with a grace period for in-flight calls -> close the store.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from control_plane.api.services import RunNotifier, Services
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
 from control_plane.scheduler.dispatcher import Dispatcher
-from control_plane.scheduler.registry import AgentRegistry
+from control_plane.scheduler.registry import AgentRegistry, CloseOut
 from control_plane.store.db import Store
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
 
@@ -145,6 +145,9 @@ class ControlPlane:
         self._stopped = True
         await self._health.enter_graceful_shutdown()
         await self._services.dispatcher.stop()
+        # Agent streams never end on their own: close them so stop() need not wait out grace.
+        for session in self._services.registry.sessions():
+            session.send(CloseOut("the control plane is shutting down"))
         await self._server.stop(grace)
         self._services.store.close()
         log.info("control plane stopped")

@@ -181,7 +181,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 if not rows:
                     # Woken by the notifier after each commit; the timeout is only a backstop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), WATCH_SAFETY_WAKE_S)
+                        async with asyncio.timeout(WATCH_SAFETY_WAKE_S):
+                            await wake.wait()
         finally:
             self._s.notifier.unsubscribe(run_id, wake)
 

@@ -64,7 +64,8 @@ class Dispatcher:
     async def _loop(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._seconds_to_next_due())
+                async with asyncio.timeout(self._seconds_to_next_due()):
+                    await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 return

@@ -188,9 +188,9 @@ class DemoEstate:
 
         for site in SITES:
             config = AgentConfig(
-                # The mTLS agent listener directly: works whether or not the agent discovers
-                # it itself through GetServerInfo (decision 0001); the demo knows it anyway.
-                control_plane=self.plane.agent_address,
+                # The client address, like a real agent: it finds the mTLS agent listener
+                # through GetServerInfo (decision 0001), also after a restart on new ports.
+                control_plane=self.address,
                 data_dir=self._agent_dir(site),
                 ca_file=self.ca_file,
                 labels=site.labels,

@@ -1,17 +1,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.integration.harness import Estate
 
 
-@pytest.fixture
-def estate(tmp_path: Path) -> Iterator[Estate]:
-    """A control plane and three agents (aws-demo, gcp-demo, onprem-demo) as real processes."""
-    e = Estate(tmp_path).start()
+@pytest.fixture(scope="module")
+def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
+    """A control plane and three agents (aws-demo, gcp-demo, onprem-demo) as real processes,
+    shared by the tests of one module (each test runs its own flow run)."""
+    e = Estate(tmp_path_factory.mktemp("estate")).start()
     try:
         e.add_agent("aws-demo", {"cloud": "aws", "region": "us-east-1"})
         e.add_agent("gcp-demo", {"cloud": "gcp", "region": "europe-west1"})

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from meridian.client import ControlClient
-from meridian.errors import ConnectionFailed
+from meridian.errors import ConnectionFailed, ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).resolve().parent / "flows"
@@ -204,7 +204,7 @@ class Estate:
             try:
                 if check():
                     return
-            except ConnectionFailed:
+            except (ConnectionFailed, ValidationError):  # not listening / CA not written yet
                 pass
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")

@@ -195,7 +195,6 @@ def test_agent_start_environment_must_match(cli, tmp_path: Path) -> None:
 
 
 def test_agent_config_from_options(tmp_path: Path) -> None:
-    pytest.importorskip("agent", reason="agent package missing")
     from meridian.cli.main import build_parser
 
     data_dir = enrolled_dir(tmp_path)
@@ -236,7 +235,6 @@ def test_write_identity_keeps_extra_keys(tmp_path: Path) -> None:
 
 
 def test_agent_enroll_unreachable(cli, ca_file: Path, closed_port: int, tmp_path) -> None:
-    pytest.importorskip("agent", reason="agent package missing")
     result = cli(
         "agent",
         "enroll",

@@ -5,19 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from meridian.cli import dev
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _control_plane_ready() -> bool:
-    try:
-        import control_plane
-    except ImportError:
-        return False
-    return hasattr(control_plane, "ControlPlane")
 
 
 def test_find_example_in_the_source_tree() -> None:
@@ -45,7 +37,6 @@ def test_example_runs_in_process_without_meridian() -> None:
     assert report["rows_written"] == 3 and report["table"] == "sales_daily"
 
 
-@pytest.mark.skipif(not _control_plane_ready(), reason="control_plane.ControlPlane missing")
 def test_dev_demo_end_to_end(cli, tmp_path: Path) -> None:
     started = time.monotonic()
     result = cli("dev", "--data-dir", str(tmp_path / "demo"))

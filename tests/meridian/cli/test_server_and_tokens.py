@@ -10,19 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from meridian.cli import server
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _control_plane_ready() -> bool:
-    try:
-        import control_plane
-    except ImportError:
-        return False
-    return hasattr(control_plane, "ControlPlane")
 
 
 def test_banner_tells_what_to_type_next(tmp_path: Path) -> None:
@@ -50,7 +42,6 @@ def test_tokens_create_prints_only_the_token_on_stdout(cli, monkeypatch, tmp_pat
     assert "meridian agent enroll" in result.err
 
 
-@pytest.mark.skipif(not _control_plane_ready(), reason="control_plane.ControlPlane missing")
 def test_server_start_serves_until_sigint(cli, tmp_path: Path) -> None:
     command = [
         sys.executable,
