@@ -72,5 +72,5 @@ class StepCancelled(StepFailed):
     """The step run was cancelled; flow bodies may catch it to run compensation."""
 
 
-class Permanent(Exception):  # noqa: N818 - reads as "raise Permanent(...)" in user code
+class Permanent(Exception):
     """Raise (or raise from) this inside a step to fail it at once, without retries."""

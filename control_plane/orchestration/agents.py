@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.orchestration.engine import assign_frame, finish_attempt
 from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
-from control_plane.orchestration.values import CancelOut, Effects, error_dict
+from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from meridian.errors import NotFound, PermissionDenied
 
@@ -104,6 +104,12 @@ def _reconcile_held(
         assert step is not None
         if attempt.id in reported:
             in_use += 1
+            if attempt.state == AttemptState.RUNNING:
+                # Its ACCEPT may have been lost with the old stream after the proposal was
+                # acked; saying it again is harmless (runners ignore repeated decisions).
+                effects.decisions.append(
+                    DecisionOut(attempt.id, attempt.fencing_token, True, agent_id=agent.id)
+                )
         elif attempt.state == AttemptState.ASSIGNED:
             # The Assign frame may have been lost with the old stream: send it again.
             run = session.get(FlowRunRow, attempt.flow_run_id)

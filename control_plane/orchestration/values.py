@@ -53,6 +53,7 @@ class DecisionOut:
     fencing_token: int
     accept: bool
     reason: str = ""
+    agent_id: str = ""  # set when sent outside a report batch's reply
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Effects:
     wake_scheduler: bool = False
     assigns: list[AssignOut] = field(default_factory=list)
     cancels: list[CancelOut] = field(default_factory=list)
+    decisions: list[DecisionOut] = field(default_factory=list)  # agent id on the attempt
     released_slots: dict[str, int] = field(default_factory=dict)
 
     def release(self, agent_id: str | None) -> None:
@@ -99,6 +101,7 @@ class Effects:
         self.wake_scheduler = self.wake_scheduler or other.wake_scheduler
         self.assigns.extend(other.assigns)
         self.cancels.extend(other.cancels)
+        self.decisions.extend(other.decisions)
         for agent_id, n in other.released_slots.items():
             self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n
 

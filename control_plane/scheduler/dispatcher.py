@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from control_plane.orchestration.agents import agents_to_declare_lost, declare_agent_lost
-from control_plane.orchestration.values import Effects
+from control_plane.orchestration.values import DecisionOut, Effects
 from control_plane.scheduler.assign import scheduling_pass
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
@@ -111,6 +111,13 @@ class Dispatcher:
             session = self._registry.get(cancel.agent_id)
             if session is not None:
                 session.send(cancel)
+        by_agent: dict[str, list[DecisionOut]] = {}
+        for decision in effects.decisions:
+            by_agent.setdefault(decision.agent_id, []).append(decision)
+        for agent_id, decisions in by_agent.items():
+            session = self._registry.get(agent_id)
+            if session is not None:
+                session.send(decisions)
         for agent_id, count in effects.released_slots.items():
             session = self._registry.get(agent_id)
             if session is not None:

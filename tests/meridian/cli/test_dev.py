@@ -10,8 +10,6 @@ from meridian.cli import dev
 REPO = Path(__file__).resolve().parents[3]
 
 
-
-
 def test_find_example_in_the_source_tree() -> None:
     assert dev.find_example() == REPO / "examples" / "cross_cloud_etl.py"
 

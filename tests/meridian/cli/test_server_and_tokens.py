@@ -15,8 +15,6 @@ from meridian.cli import server
 REPO = Path(__file__).resolve().parents[3]
 
 
-
-
 def test_banner_tells_what_to_type_next(tmp_path: Path) -> None:
     lines = server.usage_banner("127.0.0.1:7443", "127.0.0.1:7444", tmp_path / "ca.crt", tmp_path)
     text = "\n".join(lines)
