@@ -17,7 +17,15 @@ from providers.base import Provider, ProviderError
 
 ENTRY_POINT_GROUP = "meridian.providers"
 
-_BUILTIN: Mapping[str, str] = {"process": "providers.process:ProcessProvider"}
+_BUILTIN: Mapping[str, str] = {
+    "process": "providers.process:ProcessProvider",
+    "slurm": "providers.slurm:SlurmProvider",
+    "ray": "providers.ray:RayProvider",
+    "kubernetes": "providers.kubernetes:KubernetesProvider",
+    "aws-ecs": "providers.aws_ecs:EcsProvider",
+    "gcp-cloud-run": "providers.gcp_cloud_run:CloudRunProvider",
+    "azure-aci": "providers.azure_aci:AciProvider",
+}
 
 
 def _targets() -> dict[str, str]:
