@@ -187,7 +187,14 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="meridian-step", description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", required=True, type=Path, help="holds spec.json")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--work-dir", type=Path, help="holds spec.json; outcome.json is written")
+    source.add_argument(
+        "--spec-env",
+        metavar="VAR",
+        help="read the spec (JSON) from this environment variable: for containers, where the "
+        "code is baked into the image and the outcome travels as the result marker",
+    )
     parser.add_argument(
         "--result-marker",
         action="store_true",
@@ -196,15 +203,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
+    if args.spec_env:
+        text, origin = os.environ.get(args.spec_env, ""), f"${args.spec_env}"
+    else:
+        origin = str(args.work_dir.resolve() / SPEC_FILE)
+        text = Path(origin).read_text(encoding="utf-8")
+    spec = json.loads(text) if text else None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{origin} must hold a JSON object")
+    return spec
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    work_dir: Path = args.work_dir.resolve()
     try:
-        spec = json.loads((work_dir / SPEC_FILE).read_text(encoding="utf-8"))
-        if not isinstance(spec, dict):
-            raise ValueError("spec.json must hold a JSON object")
+        spec = _load_spec(args)
     except (OSError, ValueError) as exc:
-        print(f"meridian-step: cannot read {work_dir / SPEC_FILE}: {exc}", file=sys.stderr)
+        print(f"meridian-step: cannot read the step spec: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     outcome = run_step(spec)
     text = json.dumps(outcome)
@@ -212,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    write_atomic(work_dir / OUTCOME_FILE, text)
-    if args.result_marker:
+    if args.work_dir is not None:
+        write_atomic(args.work_dir.resolve() / OUTCOME_FILE, text)
+    if args.result_marker or args.spec_env:
         out = sys.__stdout__ or sys.stdout
         # Readers look for the last marker, so output the step left unterminated is harmless.
         out.write(f"{RESULT_MARKER}{text}\n")
