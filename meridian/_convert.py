@@ -60,6 +60,8 @@ def spec_to_proto(spec: models.StepSpec) -> common_pb2.StepSpec:
         schedule_timeout_s=spec.schedule_timeout_s,
         retry_on=list(spec.retry_on),
         options_json=spec.options_json,
+        on_agent_lost=spec.on_agent_lost,
+        lost_after_s=spec.lost_after_s,
     )
 
 
@@ -78,6 +80,8 @@ def spec_from_proto(msg: common_pb2.StepSpec) -> models.StepSpec:
         schedule_timeout_s=msg.schedule_timeout_s,
         retry_on=tuple(msg.retry_on),
         options_json=msg.options_json,
+        on_agent_lost=msg.on_agent_lost or "retry",
+        lost_after_s=msg.lost_after_s,
     )
 
 

@@ -43,6 +43,8 @@ class StepSpec:
     schedule_timeout_s: float = 600.0
     retry_on: tuple[str, ...] = ()
     options_json: str = ""
+    on_agent_lost: str = "retry"
+    lost_after_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             data = await self._s.store.run(_bundle_for_agent, identity.agent_id, request.sha256)
         except NotFound as exc:
             await abort(context, exc)
-        for chunk in _chunks(request.sha256, data):
+        for chunk in bundle_chunks(request.sha256, data):
             yield chunk
 
     async def Connect(
@@ -240,7 +240,7 @@ def _bundle_for_agent(session, agent_id: str, sha256: str) -> bytes:  # type: ig
     return bytes(bundle.data)
 
 
-def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
+def bundle_chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
     for offset in range(0, max(len(data), 1), CHUNK):
         first = offset == 0
         yield common_pb2.BundleChunk(

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from control_plane.api import views
+from control_plane.api import convert, views
+from control_plane.api.agent_service import bundle_chunks
 from control_plane.api.errors import abort, rpc
 from control_plane.api.services import Services
 from control_plane.api.validation import (
@@ -21,6 +22,12 @@ from control_plane.api.validation import (
     validate_submissions,
 )
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
+from control_plane.orchestration.lifecycle import (
+    cancel_run,
+    renew_runner_lease,
+    resume_run,
+    retry_run,
+)
 from control_plane.orchestration.states import TERMINAL_RUN
 from control_plane.orchestration.values import Effects
 from control_plane.store import queries
@@ -130,14 +137,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             submit_steps, request.flow_run_id, submissions, utcnow(), effects
         )
         self._s.dispatcher.apply(effects)
-        return control_pb2.SubmitStepsResponse(
-            steps=[
-                control_pb2.SubmittedStep(
-                    key=s.key, step_run_id=s.step_run_id, state=s.state, existing=s.existing
-                )
-                for s in submitted
-            ]
-        )
+        return control_pb2.SubmitStepsResponse(steps=[views.submitted_step(s) for s in submitted])
 
     @rpc
     async def FinishRun(
@@ -160,6 +160,60 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         )
         self._s.dispatcher.apply(effects)
         return control_pb2.FinishRunResponse(state=state)
+
+    @rpc
+    async def RenewRunnerLease(
+        self, request: control_pb2.RenewRunnerLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RenewRunnerLeaseResponse:
+        state, expires = await self._s.store.run(
+            renew_runner_lease, request.flow_run_id, request.lease_s or 30.0, utcnow()
+        )
+        return control_pb2.RenewRunnerLeaseResponse(
+            state=state, expires_at_unix_ms=convert.ms(expires)
+        )
+
+    @rpc
+    async def CancelRun(
+        self, request: control_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.CancelRunResponse:
+        if len(request.reason) > 1000:
+            raise ValidationError("cancel reason is limited to 1000 characters")
+        run, waiting, effects = await self._s.store.run(
+            cancel_run, request.flow_run_id.strip(), request.reason, utcnow()
+        )
+        self._s.dispatcher.apply(effects)
+        return control_pb2.CancelRunResponse(
+            flow_run_id=run.id, state=run.state, attempts_to_confirm=waiting
+        )
+
+    @rpc
+    async def ResumeRun(
+        self, request: control_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RunToExecute:
+        run, watermark, effects = await self._s.store.run(
+            resume_run, request.flow_run_id.strip(), utcnow()
+        )
+        self._s.dispatcher.apply(effects)
+        return views.run_to_execute(run, watermark)
+
+    @rpc
+    async def RetryRun(
+        self, request: control_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.RunToExecute:
+        run, effects = await self._s.store.run(retry_run, request.flow_run_id.strip(), utcnow())
+        self._s.dispatcher.apply(effects)
+        return views.run_to_execute(run)
+
+    async def DownloadBundle(
+        self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.BundleChunk]:
+        bundle = await self._s.store.run(lambda session: session.get(BundleRow, request.sha256))
+        if bundle is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"bundle {request.sha256[:12]} does not exist"
+            )
+        for chunk in bundle_chunks(request.sha256, bytes(bundle.data)):
+            yield chunk
 
     async def WatchRun(
         self, request: control_pb2.WatchRunRequest, context: grpc.aio.ServicerContext

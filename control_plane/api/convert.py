@@ -38,6 +38,8 @@ SPEC_FIELDS = (
     "timeout_s",
     "schedule_timeout_s",
     "options_json",
+    "on_agent_lost",
+    "lost_after_s",
 )
 
 

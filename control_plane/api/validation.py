@@ -83,13 +83,16 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
         raise ValidationError(f"{where}: {exc}") from exc
     if not 0 <= spec["retries"] <= MAX_RETRIES:
         raise ValidationError(f"{where}: retries must be between 0 and {MAX_RETRIES}")
-    for field in ("retry_delay_s", "timeout_s", "schedule_timeout_s"):
+    for field in ("retry_delay_s", "timeout_s", "schedule_timeout_s", "lost_after_s"):
         if not math.isfinite(spec[field]) or not 0 <= spec[field] <= MAX_SECONDS:
             raise ValidationError(f"{where}: {field} must be between 0 and {MAX_SECONDS:g}")
     if not math.isfinite(spec["retry_backoff"]) or not 1 <= (spec["retry_backoff"] or 1) <= 100:
         raise ValidationError(f"{where}: retry_backoff must be between 1 and 100")
     if not 0 <= spec["retry_jitter"] <= 1:
         raise ValidationError(f"{where}: retry_jitter must be between 0 and 1")
+    if spec["on_agent_lost"] not in ("", "retry", "fail", "wait"):
+        raise ValidationError(f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait'")
+    spec["on_agent_lost"] = spec["on_agent_lost"] or "retry"
     spec["retry_backoff"] = spec["retry_backoff"] or 1.0
     spec["schedule_timeout_s"] = spec["schedule_timeout_s"] or DEFAULT_SCHEDULE_TIMEOUT_S
     if len(spec["retry_on"]) > 64 or any(len(t) > 512 for t in spec["retry_on"]):

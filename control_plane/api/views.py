@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from control_plane.api.convert import error_to_proto, ms
-from control_plane.orchestration.states import AttemptState, StepState
+from control_plane.orchestration.states import TERMINAL_STEP, AttemptState, StepState
+from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
 from control_plane.store.models import (
     AgentRow,
@@ -89,6 +90,8 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
         ended_at_unix_ms=ms(run.ended_at),
         result_json=run.result_json or "",
         error=error_to_proto(run.error),
+        retry_of=run.retry_of or "",
+        resumed_at_unix_ms=ms(run.resumed_at),
         steps=[
             control_pb2.StepRunDetail(
                 step_run_id=step.id,
@@ -121,6 +124,35 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
             )
             for e in view.events
         ],
+    )
+
+
+def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
+    answer = control_pb2.SubmittedStep(
+        key=step.key, step_run_id=step.step_run_id, state=step.state, existing=step.existing
+    )
+    if step.state in TERMINAL_STEP:
+        answer.outcome.CopyFrom(
+            control_pb2.StepOutcome(
+                step_run_id=step.step_run_id,
+                key=step.key,
+                state=step.state,
+                result_json=step.result_json,
+                error=error_to_proto(step.error),
+            )
+        )
+    return answer
+
+
+def run_to_execute(run: FlowRunRow, watch_after_event_id: int = 0) -> control_pb2.RunToExecute:
+    return control_pb2.RunToExecute(
+        watch_after_event_id=watch_after_event_id,
+        flow_run_id=run.id,
+        flow_name=run.flow_name,
+        entrypoint=run.entrypoint,
+        parameters_json=run.parameters_json,
+        bundle_sha256=run.bundle_sha256,
+        state=run.state,
     )
 
 

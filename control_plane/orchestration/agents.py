@@ -7,7 +7,7 @@ agent are reconciled against what the agent says it still runs every time it con
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -140,39 +140,51 @@ def agent_disconnected(session: Session, agent_id: str, now: dt.datetime) -> Non
         agent.disconnected_at = now
 
 
-def agents_to_declare_lost(
-    session: Session, lost_after_s: float, now: dt.datetime, connected: Sequence[str]
-) -> list[str]:
-    """Agents not connected here whose last heartbeat is older than ``lost_after_s``."""
-    cutoff = now - dt.timedelta(seconds=lost_after_s)
-    rows = session.scalars(
-        select(AgentRow).where(
-            AgentRow.status.in_(["connected", "draining", "disconnected"]),
-            AgentRow.last_heartbeat_at < cutoff,
-        )
-    ).all()
-    return [a.id for a in rows if a.id not in connected]
+def expire_agent_leases(
+    session: Session, now: dt.datetime, default_lost_after_s: float, started_at: dt.datetime
+) -> Effects:
+    """Attempts whose agent stopped heartbeating become LOST and follow their step's policy.
 
-
-def declare_agent_lost(session: Session, agent_id: str, now: dt.datetime) -> Effects:
-    """Mark an agent lost; its attempts become LOST and follow their retry policy."""
+    An agent's heartbeats renew the leases of every attempt it holds. Each step says how long
+    to wait (``lost_after_s``) and what then happens (``on_agent_lost``: retry, fail, wait).
+    Heartbeats could not arrive while this control plane was down, so leases count from
+    ``started_at`` at the earliest.
+    """
     effects = Effects()
-    agent = session.get(AgentRow, agent_id, with_for_update=True)
-    if agent is None or agent.status == "lost":
-        return effects
-    agent.status = "lost"
-    held = session.scalars(
-        select(AttemptRow).where(
-            AttemptRow.agent_id == agent_id, AttemptRow.state.in_(list(SLOT_HOLDING))
-        )
+    rows = session.execute(
+        select(AttemptRow, AgentRow)
+        .join(AgentRow, AgentRow.id == AttemptRow.agent_id)
+        .where(AttemptRow.state.in_(list(SLOT_HOLDING)))
     ).all()
-    for attempt in held:
+    for attempt, agent in rows:
         step = session.get(StepRunRow, attempt.step_run_id)
         assert step is not None
+        if step.spec.get("on_agent_lost") == "wait":
+            continue
+        lost_after = float(step.spec.get("lost_after_s") or default_lost_after_s)
+        silent = (now - _last_sign_of_life(agent, started_at)).total_seconds()
+        if silent < lost_after:
+            continue
         error = error_dict(
             "lost_agent",
             "meridian.AgentLost",
-            f"agent {agent.name} in {agent.environment} stopped heartbeating",
+            f"agent {agent.name} in {agent.environment} sent no heartbeat for {silent:.0f}s "
+            f"(lost_after {lost_after:g}s)",
         )
         finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+    _mark_silent_agents_lost(session, now, default_lost_after_s, started_at)
     return effects
+
+
+def _last_sign_of_life(agent: AgentRow, started_at: dt.datetime) -> dt.datetime:
+    return max(agent.last_heartbeat_at or agent.enrolled_at, started_at)
+
+
+def _mark_silent_agents_lost(
+    session: Session, now: dt.datetime, lost_after_s: float, started_at: dt.datetime
+) -> None:
+    for agent in session.scalars(
+        select(AgentRow).where(AgentRow.status.in_(["connected", "draining", "disconnected"]))
+    ):
+        if (now - _last_sign_of_life(agent, started_at)).total_seconds() >= lost_after_s:
+            agent.status = "lost"

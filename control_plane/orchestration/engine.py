@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.retry import RetryPolicy, decide_retry
@@ -49,6 +49,7 @@ from control_plane.store.models import (
 from meridian.errors import ConflictError, NotFound
 
 MAX_LOG_LINE = 16 * 1024
+DEFAULT_RUNNER_LEASE_S = 60.0
 OUTCOME_TO_ERROR_CLASS = {"TIMED_OUT": "timeout", "CANCELLED": "cancelled", "LOST": "lost_agent"}
 
 
@@ -97,6 +98,7 @@ def create_run(
         message=f"{trigger} run of {flow_name} ({entrypoint})",
     )
     run.started_at = now
+    run.runner_lease_expires_at = now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
     move_run(session, run, RunState.RUNNING, now, effects, "flow runner started")
     return run
 
@@ -129,9 +131,20 @@ def submit_steps(
             if step.inputs_digest != inputs_digest:
                 raise ConflictError(
                     f"step key {sub.key!r} was already submitted in run {run_id} with different "
-                    "inputs; give calls with different inputs different keys"
+                    "inputs (a changed input digest is never silently reused); give calls with "
+                    "different inputs different keys"
                 )
-            result.append(SubmittedStep(sub.key, step.id, step.state, existing=True))
+            _reopen_after_resume(session, run, step, now, effects)
+            result.append(
+                SubmittedStep(
+                    sub.key,
+                    step.id,
+                    step.state,
+                    existing=True,
+                    result_json=(step.result_json or "") if step.state in TERMINAL_STEP else "",
+                    error=step.error if step.state in TERMINAL_STEP else None,
+                )
+            )
             continue
         step = _new_step(session, run, sub, inputs_digest, now)
         known[sub.key] = step
@@ -142,6 +155,25 @@ def submit_steps(
         _queue_attempt(session, step, 1, now, now, effects)
     effects.wake_scheduler = True
     return result
+
+
+def _reopen_after_resume(
+    session: Session, run: FlowRunRow, step: StepRunRow, now: dt.datetime, effects: Effects
+) -> bool:
+    """A step that failed before the run was resumed runs again when the body reaches it;
+    completed steps keep their stored result (that is what makes resume cheap and safe)."""
+    if step.state not in (StepState.FAILED, StepState.CANCELLED) or run.resumed_at is None:
+        return False
+    if step.ended_at is not None and step.ended_at > run.resumed_at:
+        return False
+    attempts = session.scalar(
+        select(func.max(AttemptRow.number)).where(AttemptRow.step_run_id == step.id)
+    )
+    step.ended_at = None
+    step.error = None
+    move_step(session, step, StepState.PENDING, now, effects, "run resumed: running it again")
+    _queue_attempt(session, step, int(attempts or 0) + 1, now, now, effects)
+    return True
 
 
 def _new_step(
@@ -228,12 +260,15 @@ def finish_run(
     if run is None:
         raise NotFound(f"flow run {run_id} does not exist")
     target = RunState.COMPLETED if succeeded else RunState.FAILED
+    if run.state in (RunState.CANCELLING, RunState.CANCELLED):
+        return run.state  # the runner ends its body after a cancel: nothing to decide
     if run.state in TERMINAL_RUN:
         if run.state == target:
             return run.state  # a retried FinishRun call
         raise ConflictError(f"flow run {run_id} already ended as {run.state}")
-    _cancel_unfinished_steps(session, run, now, effects, "the flow body finished without it")
+    cancel_live_attempts(session, run, now, effects, "the flow body finished without it")
     run.ended_at = now
+    run.runner_lease_expires_at = None
     run.result_json = result_json if succeeded else None
     run.error = None if succeeded else error
     message = "" if succeeded or not error else f"{error.get('type')}: {error.get('message')}"
@@ -241,27 +276,33 @@ def finish_run(
     return run.state
 
 
-def _cancel_unfinished_steps(
+def cancel_live_attempts(
     session: Session, run: FlowRunRow, now: dt.datetime, effects: Effects, reason: str
-) -> None:
+) -> int:
+    """Cancel every unfinished attempt of ``run``; returns how many agents must confirm.
+
+    Queued attempts end at once. Attempts an agent holds stay held until it confirms (its
+    provider has stopped the infrastructure) or the agent is declared lost.
+    """
     steps = session.scalars(
         select(StepRunRow).where(
             StepRunRow.flow_run_id == run.id, StepRunRow.state.not_in(list(TERMINAL_STEP))
         )
     ).all()
+    waiting = 0
     for step in steps:
         for attempt in _live_attempts(session, step.id):
             if attempt.state == AttemptState.QUEUED:
-                attempt.ended_at = now
-                move_attempt(session, attempt, step, AttemptState.CANCELLED, now, effects, reason)
+                error = error_dict("cancelled", "meridian.StepCancelled", reason)
+                finish_attempt(
+                    session, attempt, step, AttemptState.CANCELLED, now, effects, error=error
+                )
             elif attempt.agent_id:
-                # The attempt stays held until its agent confirms the cancel.
+                waiting += 1
                 effects.cancels.append(
                     CancelOut(attempt.agent_id, attempt.id, attempt.fencing_token, reason)
                 )
-        step.ended_at = now
-        step.error = error_dict("cancelled", "meridian.StepCancelled", reason)
-        move_step(session, step, StepState.CANCELLED, now, effects, reason)
+    return waiting
 
 
 def _live_attempts(session: Session, step_run_id: str) -> list[AttemptRow]:
@@ -482,8 +523,24 @@ def finish_attempt(
     move_attempt(session, attempt, step, outcome, now, effects, _describe(outcome, error), error)
     if held:
         effects.release(attempt.agent_id)
-    if step.state in TERMINAL_STEP:
-        return  # e.g. a cancel confirmation after the run already ended
+    try:
+        if step.state in TERMINAL_STEP:
+            return  # e.g. a cancel confirmation after the run already ended
+        _decide_step(session, attempt, step, outcome, now, effects, result_json, error)
+    finally:
+        complete_cancel_if_confirmed(session, attempt.flow_run_id, now, effects)
+
+
+def _decide_step(
+    session: Session,
+    attempt: AttemptRow,
+    step: StepRunRow,
+    outcome: str,
+    now: dt.datetime,
+    effects: Effects,
+    result_json: str,
+    error: dict[str, Any] | None,
+) -> None:
     if outcome == AttemptState.SUCCEEDED:
         step.result_json = result_json or "null"
         step.ended_at = now
@@ -491,6 +548,38 @@ def finish_attempt(
         return
     assert error is not None
     _after_failure(session, attempt, step, outcome, error, now, effects)
+
+
+def complete_cancel_if_confirmed(
+    session: Session, run_id: str, now: dt.datetime, effects: Effects
+) -> None:
+    """CANCELLING -> CANCELLED once no attempt of the run is live any more."""
+    run = session.get(FlowRunRow, run_id)
+    if run is None or run.state != RunState.CANCELLING:
+        return
+    session.flush()
+    live = session.scalar(
+        select(AttemptRow.id)
+        .where(
+            AttemptRow.flow_run_id == run_id,
+            AttemptRow.state.in_(
+                [AttemptState.QUEUED, AttemptState.ASSIGNED, AttemptState.RUNNING]
+            ),
+        )
+        .limit(1)
+    )
+    if live is not None:
+        return
+    for step in session.scalars(
+        select(StepRunRow).where(
+            StepRunRow.flow_run_id == run_id, StepRunRow.state.not_in(list(TERMINAL_STEP))
+        )
+    ):
+        step.ended_at = now
+        move_step(session, step, StepState.CANCELLED, now, effects, "run cancelled")
+    run.ended_at = now
+    run.runner_lease_expires_at = None
+    move_run(session, run, RunState.CANCELLED, now, effects, "every attempt confirmed")
 
 
 def _after_failure(
@@ -504,10 +593,15 @@ def _after_failure(
 ) -> None:
     run = session.get(FlowRunRow, attempt.flow_run_id)
     assert run is not None
-    if outcome == AttemptState.CANCELLED or run.state != RunState.RUNNING:
+    if outcome == AttemptState.CANCELLED or run.state not in (RunState.RUNNING, RunState.CRASHED):
         step.ended_at = now
         step.error = error
         move_step(session, step, StepState.CANCELLED, now, effects, "cancelled")
+        return
+    if outcome == AttemptState.LOST and step.spec.get("on_agent_lost") == "fail":
+        step.ended_at = now
+        step.error = error
+        move_step(session, step, StepState.FAILED, now, effects, "agent lost; on_agent_lost=fail")
         return
     decision = decide_retry(
         policy_from_spec(step.spec),

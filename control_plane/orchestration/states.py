@@ -73,7 +73,10 @@ _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
     ),
     RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLING}),
     RunState.CANCELLING: frozenset({RunState.CANCELLED}),
-    RunState.CRASHED: frozenset({RunState.RUNNING}),  # resume
+    # Resume: continue from the point of failure.
+    RunState.CRASHED: frozenset({RunState.RUNNING, RunState.CANCELLING}),
+    RunState.FAILED: frozenset({RunState.RUNNING}),
+    RunState.CANCELLED: frozenset({RunState.RUNNING}),
 }
 _STEP_MOVES: dict[StepState, frozenset[StepState]] = {
     StepState.PENDING: frozenset(
@@ -83,6 +86,9 @@ _STEP_MOVES: dict[StepState, frozenset[StepState]] = {
     StepState.RUNNING: frozenset(
         {StepState.PENDING, StepState.COMPLETED, StepState.FAILED, StepState.CANCELLED}
     ),
+    # A resumed run runs its failed or cancelled steps again when the body reaches them.
+    StepState.FAILED: frozenset({StepState.PENDING}),
+    StepState.CANCELLED: frozenset({StepState.PENDING}),
 }
 _ATTEMPT_MOVES: dict[AttemptState, frozenset[AttemptState]] = {
     AttemptState.QUEUED: frozenset(

@@ -22,6 +22,8 @@ class SubmittedStep:
     step_run_id: str
     state: str
     existing: bool
+    result_json: str = ""  # set with error when the step run had already ended
+    error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

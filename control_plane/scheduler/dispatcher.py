@@ -14,7 +14,8 @@ import functools
 import logging
 from collections.abc import Callable
 
-from control_plane.orchestration.agents import agents_to_declare_lost, declare_agent_lost
+from control_plane.orchestration.agents import expire_agent_leases
+from control_plane.orchestration.lifecycle import crash_runs_with_lapsed_leases
 from control_plane.orchestration.values import DecisionOut, Effects
 from control_plane.scheduler.assign import scheduling_pass
 from control_plane.scheduler.registry import AgentRegistry
@@ -36,6 +37,7 @@ class Dispatcher:
         *,
         sweep_interval_s: float,
         agent_lost_after_s: float,
+        runner_grace_s: float = 60.0,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -46,6 +48,8 @@ class Dispatcher:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_timer: dt.datetime | None = None
+        self._started_at = utcnow()
+        self._runner_grace_s = runner_grace_s
         self._next_sweep = utcnow()
         self._passes = 0
 
@@ -84,7 +88,7 @@ class Dispatcher:
     async def _pass(self) -> None:
         now = utcnow()
         if now >= self._next_sweep:
-            await self._sweep_lost_agents(now)
+            await self._sweep_leases(now)
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
         self._passes += 1
         effects, self._next_timer = await self._store.run(
@@ -92,12 +96,16 @@ class Dispatcher:
         )
         self.apply(effects)
 
-    async def _sweep_lost_agents(self, now: dt.datetime) -> None:
-        connected = self._registry.connected_ids()
-        lost = await self._store.run(agents_to_declare_lost, self._lost_after_s, now, connected)
-        for agent_id in lost:
-            log.warning("agent %s stopped heartbeating; declaring it lost", agent_id)
-            self.apply(await self._store.run(declare_agent_lost, agent_id, now))
+    async def _sweep_leases(self, now: dt.datetime) -> None:
+        """Stored leases, checked every sweep interval: agents' attempts, runners' runs."""
+        self.apply(
+            await self._store.run(expire_agent_leases, now, self._lost_after_s, self._started_at)
+        )
+        self.apply(
+            await self._store.run(
+                crash_runs_with_lapsed_leases, now, self._started_at, self._runner_grace_s
+            )
+        )
 
     def apply(self, effects: Effects) -> None:
         """Carry out what a committed transaction decided: send frames, wake watchers."""

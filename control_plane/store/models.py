@@ -123,6 +123,10 @@ class FlowRunRow(Base):
     ended_at: Mapped[dt.datetime | None]
     result_json: Mapped[str | None] = mapped_column(Text)
     error: Mapped[dict[str, Any] | None]
+    # The flow runner's lease: a RUNNING run whose lease lapses becomes CRASHED.
+    runner_lease_expires_at: Mapped[dt.datetime | None]
+    resumed_at: Mapped[dt.datetime | None]
+    retry_of: Mapped[str | None] = mapped_column(String(36))
 
 
 class StepRunRow(Base):

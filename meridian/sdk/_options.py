@@ -37,6 +37,8 @@ class StepOptions:
     retry_on: Any = ()
     key: str | KeyFunction | None = None
     options: Mapping[str, Any] | None = None
+    on_agent_lost: str = "retry"
+    lost_after: float | None = None
 
 
 def location(fn: Callable[..., Any]) -> str:
@@ -75,7 +77,17 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         schedule_timeout_s=_check_number("schedule_timeout", opts.schedule_timeout, where),
         retry_on=_check_retry_on(opts.retry_on, where),
         options_json=_check_options(opts.options, where),
+        on_agent_lost=_check_on_agent_lost(opts.on_agent_lost, where),
+        lost_after_s=_check_number("lost_after", opts.lost_after or 0.0, where),
     )
+
+
+def _check_on_agent_lost(value: Any, where: str) -> str:
+    if value not in ("retry", "fail", "wait"):
+        raise ValidationError(
+            f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait' (got {value!r})"
+        )
+    return str(value)
 
 
 def _check_name(name: Any, where: str) -> None:

@@ -151,6 +151,8 @@ def step(
     key: str | KeyFunction | None = None,
     name: str | None = None,
     options: dict[str, Any] | None = None,
+    on_agent_lost: str = "retry",
+    lost_after: float | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -169,6 +171,11 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
         key: explicit step-run key, or a function of the call's arguments returning it.
         name: step name (default: the function name).
         options: provider-specific options (a JSON object).
+        on_agent_lost: when the agent running an attempt stops heartbeating for
+            ``lost_after`` seconds: "retry" it on any matching agent (default), "fail" the
+            step, or "wait" for that agent to come back.
+        lost_after: seconds of silence before an agent's attempt counts as lost (None = the
+            control plane's default).
     """
     if fn is not None:
         if kwargs:

@@ -4,119 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 
 from control_plane.orchestration import engine
-from control_plane.orchestration.agents import HelloIn, agent_connected, declare_agent_lost
+from control_plane.orchestration.agents import expire_agent_leases
 from control_plane.orchestration.values import Effects, ReportIn, StepSubmission
 from control_plane.scheduler.assign import scheduling_pass
-from control_plane.scheduler.matching import AgentSlot
 from control_plane.store.db import Store
-from control_plane.store.models import AgentRow, AttemptRow, BundleRow, EventRow, StepRunRow
+from control_plane.store.models import AgentRow, EventRow, StepRunRow
 from meridian.errors import ConflictError
-
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-def spec(**overrides: object) -> dict:
-    base = {
-        "name": "extract",
-        "module": "flows",
-        "function": "extract",
-        "target": "cloud=aws",
-        "provider": "process",
-        "retries": 2,
-        "retry_delay_s": 1.0,
-        "retry_backoff": 2.0,
-        "retry_jitter": 0.0,
-        "timeout_s": 0.0,
-        "schedule_timeout_s": 60.0,
-        "retry_on": [],
-        "options_json": "",
-    }
-    base.update(overrides)
-    return base
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    s.run_sync(
-        lambda session: session.add(BundleRow(sha256="b" * 64, size=1, data=b"x", created_at=T0))
-    )
-    for agent_id, env, labels in (
-        ("a1", "aws-demo", {"cloud": "aws"}),
-        ("g1", "gcp-demo", {"cloud": "gcp"}),
-    ):
-        s.run_sync(
-            lambda session, i=agent_id, e=env: session.add(
-                AgentRow(
-                    id=i,
-                    name=i,
-                    environment=e,
-                    labels={},
-                    providers=[],
-                    capacity=0,
-                    status="disconnected",
-                    cert_fingerprint="",
-                    enrolled_at=T0,
-                    last_applied_seq=0,
-                )
-            )
-        )
-        hello = HelloIn("0.1", labels, ("process",), 2, {}, "host", False)
-        s.run_sync(agent_connected, agent_id, "", hello, T0)
-    yield s
-    s.close()
-
-
-SLOTS = [
-    AgentSlot("a1", "a1", "aws-demo", {"cloud": "aws"}, frozenset({"process"}), 2, 0),
-    AgentSlot("g1", "g1", "gcp-demo", {"cloud": "gcp"}, frozenset({"process"}), 2, 0),
-]
-
-
-def new_run(store: Store) -> str:
-    def create(session):  # type: ignore[no-untyped-def]
-        return engine.create_run(
-            session,
-            flow_name="etl",
-            entrypoint="flows.py:etl",
-            parameters_json="{}",
-            bundle_sha256="b" * 64,
-            trigger="manual",
-            now=T0,
-            effects=Effects(),
-        ).id
-
-    return store.run_sync(create)
-
-
-def submit(store: Store, run_id: str, key: str = "extract#1", **kw: object) -> str:
-    sub = StepSubmission(key=key, spec=spec(**kw), inputs_json='{"args": [1], "kwargs": {}}')
-    return store.run_sync(engine.submit_steps, run_id, [sub], T0, Effects())[0].step_run_id
-
-
-def attempts(store: Store, step_id: str) -> list[AttemptRow]:
-    return store.run_sync(
-        lambda s: list(
-            s.scalars(
-                select(AttemptRow)
-                .where(AttemptRow.step_run_id == step_id)
-                .order_by(AttemptRow.number)
-            )
-        )
-    )
-
-
-def report(attempt: AttemptRow, seq: int, kind: str, **kw: object) -> ReportIn:
-    return ReportIn(
-        seq=seq, attempt_id=attempt.id, fencing_token=attempt.fencing_token, at=T0, kind=kind, **kw
-    )  # type: ignore[arg-type]
+from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, spec, submit
 
 
 def test_assigns_to_matching_agent_and_completes(store: Store) -> None:
@@ -245,15 +144,43 @@ def test_unschedulable_target_fails_with_known_environments(store: Store) -> Non
     assert "aws-demo" in step.error["message"] and "gcp-demo" in step.error["message"]
 
 
+def lose_agent(store: Store, seconds: float = 31.0) -> Effects:
+    later = T0 + dt.timedelta(seconds=seconds)
+    return store.run_sync(expire_agent_leases, later, 30.0, T0)
+
+
 def test_lost_agent_attempt_is_retried(store: Store) -> None:
     run_id = new_run(store)
     step_id = submit(store, run_id)
     store.run_sync(scheduling_pass, SLOTS, T0)
-    effects = store.run_sync(declare_agent_lost, "a1", T0)
+    assert not lose_agent(store, 29.0).released_slots  # within lost_after: keeps its attempt
+    effects = lose_agent(store)
     assert effects.released_slots == {"a1": 1}
     first, second = attempts(store, step_id)
     assert first.state == "LOST" and first.error["error_class"] == "lost_agent"
     assert second.state == "QUEUED"
+    agent = store.run_sync(lambda s: s.get(AgentRow, "a1"))
+    assert agent.status == "lost"
+
+
+def test_lost_agent_policy_fail_and_wait(store: Store) -> None:
+    run_id = new_run(store)
+    failing = submit(store, run_id, key="a#1", on_agent_lost="fail")
+    waiting = submit(store, run_id, key="b#1", on_agent_lost="wait")
+    store.run_sync(scheduling_pass, SLOTS, T0)
+    lose_agent(store)
+    assert store.run_sync(lambda s: s.get(StepRunRow, failing)).state == "FAILED"
+    assert [a.state for a in attempts(store, waiting)] == ["ASSIGNED"]
+
+
+def test_per_step_lost_after(store: Store) -> None:
+    run_id = new_run(store)
+    step_id = submit(store, run_id, lost_after_s=120.0)
+    store.run_sync(scheduling_pass, SLOTS, T0)
+    lose_agent(store, 60.0)
+    assert [a.state for a in attempts(store, step_id)] == ["ASSIGNED"]
+    lose_agent(store, 121.0)
+    assert attempts(store, step_id)[0].state == "LOST"
 
 
 def test_finish_run_cancels_unfinished_steps(store: Store) -> None:
@@ -268,5 +195,10 @@ def test_finish_run_cancels_unfinished_steps(store: Store) -> None:
     )
     assert state == "COMPLETED"
     assert [c.agent_id for c in effects.cancels] == ["a1"]
-    step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
-    assert step.state == "CANCELLED"
+    # The step ends only when its agent confirms the cancel.
+    assert store.run_sync(lambda s: s.get(StepRunRow, step_id)).state == "PENDING"
+    attempt = attempts(store, step_id)[0]
+    store.run_sync(
+        engine.apply_reports, "a1", [report(attempt, 1, "finished", outcome="CANCELLED")], T0
+    )
+    assert store.run_sync(lambda s: s.get(StepRunRow, step_id)).state == "CANCELLED"

@@ -80,16 +80,18 @@ class SubmitStepsRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSubmission, _Mapping]]] = ...) -> None: ...
 
 class SubmittedStep(_message.Message):
-    __slots__ = ("key", "step_run_id", "state", "existing")
+    __slots__ = ("key", "step_run_id", "state", "existing", "outcome")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     key: str
     step_run_id: str
     state: str
     existing: bool
-    def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ...) -> None: ...
+    outcome: StepOutcome
+    def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ..., outcome: _Optional[_Union[StepOutcome, _Mapping]] = ...) -> None: ...
 
 class SubmitStepsResponse(_message.Message):
     __slots__ = ("steps",)
@@ -160,6 +162,76 @@ class FinishRunResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     state: str
     def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class RenewRunnerLeaseRequest(_message.Message):
+    __slots__ = ("flow_run_id", "lease_s")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    lease_s: float
+    def __init__(self, flow_run_id: _Optional[str] = ..., lease_s: _Optional[float] = ...) -> None: ...
+
+class RenewRunnerLeaseResponse(_message.Message):
+    __slots__ = ("state", "expires_at_unix_ms")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    expires_at_unix_ms: int
+    def __init__(self, state: _Optional[str] = ..., expires_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("flow_run_id", "reason")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    reason: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelRunResponse(_message.Message):
+    __slots__ = ("flow_run_id", "state", "attempts_to_confirm")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_TO_CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    state: str
+    attempts_to_confirm: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., state: _Optional[str] = ..., attempts_to_confirm: _Optional[int] = ...) -> None: ...
+
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class RetryRunRequest(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class RunToExecute(_message.Message):
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WATCH_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    flow_name: str
+    entrypoint: str
+    parameters_json: str
+    bundle_sha256: str
+    state: str
+    watch_after_event_id: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ...) -> None: ...
+
+class DownloadBundleRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("flow_run_id",)
@@ -250,7 +322,7 @@ class RunEvent(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunDetail(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +337,8 @@ class RunDetail(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_OF_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -279,7 +353,9 @@ class RunDetail(_message.Message):
     error: _common_pb2.ErrorInfo
     steps: _containers.RepeatedCompositeFieldContainer[StepRunDetail]
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
+    retry_of: str
+    resumed_at_unix_ms: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "state", "flow_name")

@@ -70,6 +70,31 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunResponse.FromString,
                 _registered_method=True)
+        self.RenewRunnerLease = channel.unary_unary(
+                '/meridian.v1.ControlService/RenewRunnerLease',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/meridian.v1.ControlService/CancelRun',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/meridian.v1.ControlService/ResumeRun',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
+                _registered_method=True)
+        self.RetryRun = channel.unary_unary(
+                '/meridian.v1.ControlService/RetryRun',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
+                _registered_method=True)
+        self.DownloadBundle = channel.unary_stream(
+                '/meridian.v1.ControlService/DownloadBundle',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DownloadBundleRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/meridian.v1.ControlService/GetRun',
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetRunRequest.SerializeToString,
@@ -144,6 +169,41 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewRunnerLease(self, request, context):
+        """The flow runner's lease: renew it while the body runs. A RUNNING run whose lease lapses
+        becomes CRASHED (its steps keep running; `ResumeRun` continues it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Resilience: cancel a run (cleans up every attempt), resume it from the point of failure
+        (completed step runs return their stored results), or retry it from scratch as a new run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadBundle(self, request, context):
+        """The code bundle of a run, for a runner that resumes or retries it on another machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRun(self, request, context):
         """Reading.
         """
@@ -206,6 +266,31 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.FinishRun,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunResponse.SerializeToString,
+            ),
+            'RenewRunnerLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewRunnerLease,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ResumeRunRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.SerializeToString,
+            ),
+            'RetryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRun,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.SerializeToString,
+            ),
+            'DownloadBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadBundle,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DownloadBundleRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
@@ -417,6 +502,141 @@ class ControlService:
             '/meridian.v1.ControlService/FinishRun',
             protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.FinishRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewRunnerLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/RenewRunnerLease',
+            protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.RenewRunnerLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/CancelRun',
+            protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ResumeRun',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ResumeRunRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/RetryRun',
+            protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meridian.v1.ControlService/DownloadBundle',
+            protos_dot_meridian_dot_v1_dot_control__pb2.DownloadBundleRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.FromString,
             options,
             channel_credentials,
             insecure,
