@@ -99,7 +99,11 @@ def submission_from_proto(msg: control_pb2.StepSubmission) -> models.StepSubmiss
 
 def submitted_from_proto(msg: control_pb2.SubmittedStep) -> models.SubmittedStep:
     return models.SubmittedStep(
-        key=msg.key, step_run_id=msg.step_run_id, state=msg.state, existing=msg.existing
+        key=msg.key,
+        step_run_id=msg.step_run_id,
+        state=msg.state,
+        existing=msg.existing,
+        outcome=outcome_from_proto(msg.outcome) if msg.HasField("outcome") else None,
     )
 
 
@@ -240,4 +244,16 @@ def agent_from_proto(msg: control_pb2.AgentInfo) -> models.AgentInfo:
         last_heartbeat=time_from_ms(msg.last_heartbeat_unix_ms),
         status=msg.status,
         hostname=msg.hostname,
+    )
+
+
+def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExecute:
+    return models.RunToExecute(
+        flow_run_id=msg.flow_run_id,
+        flow_name=msg.flow_name,
+        entrypoint=msg.entrypoint,
+        parameters_json=msg.parameters_json,
+        bundle_sha256=msg.bundle_sha256,
+        state=msg.state,
+        watch_after_event_id=msg.watch_after_event_id,
     )

@@ -8,6 +8,8 @@ with messages a user can act on. Messages are converted by ``meridian._convert``
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +28,9 @@ from meridian.errors import (
     ValidationError,
 )
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
+
+# How long idempotent calls keep retrying while the control plane restarts.
+RESTART_TOLERANCE_S = 60.0
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -75,6 +80,7 @@ class ControlClient:
         self.address = address
         self.ca_file = Path(ca_file)
         self.timeout_s = timeout_s
+        self._reached = False  # set after the first answer: later UNAVAILABLE = restarting
         credentials = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca_file))
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -152,7 +158,7 @@ class ControlClient:
             flow_run_id=flow_run_id,
             steps=[_convert.submission_to_proto(s) for s in submissions],
         )
-        response = self._call(self._stub.SubmitSteps, request)
+        response = self._call(self._stub.SubmitSteps, request, idempotent=True)
         return [_convert.submitted_from_proto(s) for s in response.steps]
 
     def watch_run(self, flow_run_id: str, after_event_id: int = 0) -> RunUpdateStream:
@@ -179,19 +185,21 @@ class ControlClient:
             result_json=result_json,
             error=_convert.error_to_proto(error),
         )
-        return self._call(self._stub.FinishRun, request).state
+        return self._call(self._stub.FinishRun, request, idempotent=True).state
 
     # -- reading -----------------------------------------------------------------------------
 
     def get_run(self, run_id_or_prefix: str) -> models.RunDetail:
         request = control_pb2.GetRunRequest(flow_run_id=run_id_or_prefix)
-        return _convert.run_detail_from_proto(self._call(self._stub.GetRun, request))
+        return _convert.run_detail_from_proto(
+            self._call(self._stub.GetRun, request, idempotent=True)
+        )
 
     def list_runs(
         self, limit: int = 50, state: str = "", flow_name: str = ""
     ) -> list[models.RunSummary]:
         request = control_pb2.ListRunsRequest(limit=limit, state=state, flow_name=flow_name)
-        response = self._call(self._stub.ListRuns, request)
+        response = self._call(self._stub.ListRuns, request, idempotent=True)
         return [_convert.run_summary_from_proto(r) for r in response.runs]
 
     def get_logs(
@@ -200,19 +208,78 @@ class ControlClient:
         request = control_pb2.GetLogsRequest(
             flow_run_id=run_id, step_key=step_key, after_id=after_id, limit=limit
         )
-        return _convert.log_page_from_proto(self._call(self._stub.GetLogs, request))
+        return _convert.log_page_from_proto(
+            self._call(self._stub.GetLogs, request, idempotent=True)
+        )
+
+    # -- resilience --------------------------------------------------------------------------
+
+    def renew_runner_lease(self, flow_run_id: str, lease_s: float) -> str:
+        """Keep the run's runner lease alive; returns the run's state."""
+        request = control_pb2.RenewRunnerLeaseRequest(flow_run_id=flow_run_id, lease_s=lease_s)
+        return self._call(self._stub.RenewRunnerLease, request, idempotent=True).state
+
+    def cancel_run(self, run_id_or_prefix: str, reason: str = "") -> models.CancelResult:
+        request = control_pb2.CancelRunRequest(flow_run_id=run_id_or_prefix, reason=reason)
+        answer = self._call(self._stub.CancelRun, request, idempotent=True)
+        return models.CancelResult(answer.flow_run_id, answer.state, answer.attempts_to_confirm)
+
+    def resume_run(self, run_id_or_prefix: str) -> models.RunToExecute:
+        request = control_pb2.ResumeRunRequest(flow_run_id=run_id_or_prefix)
+        return _convert.run_to_execute_from_proto(self._call(self._stub.ResumeRun, request))
+
+    def retry_run(self, run_id_or_prefix: str) -> models.RunToExecute:
+        request = control_pb2.RetryRunRequest(flow_run_id=run_id_or_prefix)
+        return _convert.run_to_execute_from_proto(self._call(self._stub.RetryRun, request))
+
+    def download_bundle(self, sha256: str) -> bytes:
+        """The code bundle of a run (to resume or retry it here)."""
+        request = control_pb2.DownloadBundleRequest(sha256=sha256)
+        try:
+            chunks = [
+                c.data for c in self._stub.DownloadBundle(request, timeout=self.timeout_s * 4)
+            ]
+        except grpc.RpcError as exc:
+            raise self._map_error(exc) from None
+        return b"".join(chunks)
 
     def list_agents(self) -> list[models.AgentInfo]:
-        response = self._call(self._stub.ListAgents, control_pb2.ListAgentsRequest())
+        response = self._call(
+            self._stub.ListAgents, control_pb2.ListAgentsRequest(), idempotent=True
+        )
         return [_convert.agent_from_proto(a) for a in response.agents]
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _call(self, method: Any, request: Any, *, timeout: float | None = None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout_s)
-        except grpc.RpcError as exc:
-            raise self._map_error(exc) from None
+    def _call(
+        self,
+        method: Any,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """One RPC. Idempotent calls ride out a control-plane restart: once this client has
+        reached the server, UNAVAILABLE is retried with jittered backoff for a while."""
+        deadline = time.monotonic() + RESTART_TOLERANCE_S
+        delay = 0.2
+        while True:
+            try:
+                response = method(request, timeout=timeout or self.timeout_s)
+            except grpc.RpcError as exc:
+                retry = (
+                    idempotent
+                    and self._reached
+                    and _code(exc) == grpc.StatusCode.UNAVAILABLE
+                    and time.monotonic() + delay < deadline
+                )
+                if not retry:
+                    raise self._map_error(exc) from None
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+                continue
+            self._reached = True
+            return response
 
     def _map_error(self, exc: grpc.RpcError) -> MeridianError:
         return map_rpc_error(exc, self.address, self.ca_file)

@@ -64,6 +64,7 @@ class SubmittedStep:
     step_run_id: str
     state: str
     existing: bool = False
+    outcome: StepOutcome | None = None  # set when the step run had already ended
 
 
 @dataclass(frozen=True)
@@ -221,3 +222,23 @@ class AgentInfo:
     last_heartbeat: datetime | None = None
     status: str = ""
     hostname: str = ""
+
+
+@dataclass(frozen=True)
+class RunToExecute:
+    """What a runner needs to resume or retry a run's flow body."""
+
+    flow_run_id: str
+    flow_name: str
+    entrypoint: str
+    parameters_json: str
+    bundle_sha256: str
+    state: str
+    watch_after_event_id: int = 0
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    flow_run_id: str
+    state: str  # CANCELLING until every attempt confirmed, then CANCELLED
+    attempts_to_confirm: int

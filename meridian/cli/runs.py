@@ -1,4 +1,7 @@
-"""``meridian runs list|show|logs``: read runs, their audit view and their step logs."""
+"""``meridian runs list|show|logs``: read runs, their audit view and their step logs.
+
+``cancel``, ``resume`` and ``retry`` live in ``meridian.cli.recovery``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from meridian import models
+from meridian.cli import recovery
 from meridian.cli.common import add_client_options, connect, positive_int
 from meridian.cli.render import (
     format_clock,
@@ -50,6 +54,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
                       help="only this step (a key like load#1, or a step name)")  # fmt: skip
     add_client_options(logs)
     logs.set_defaults(func=cmd_logs)
+
+    recovery.register(actions, parents)
 
 
 # ---- pure formatting --------------------------------------------------------------------------

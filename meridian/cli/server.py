@@ -56,6 +56,21 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=5.0,
         help="how long in-flight calls may finish on shutdown (default 5)",
     )
+    start.add_argument(
+        "--heartbeat-interval",
+        metavar="SECONDS",
+        type=positive_float,
+        default=5.0,
+        help="how often agents heartbeat (default 5)",
+    )
+    start.add_argument(
+        "--agent-lost-after",
+        metavar="SECONDS",
+        type=positive_float,
+        default=30.0,
+        help="silence after which an agent's attempts are lost, unless a step says otherwise "
+        "(default 30)",
+    )
     start.set_defaults(func=cmd_start)
 
 
@@ -110,6 +125,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         agent_listen=agent_listen,
         advertise_agent_address=advertise or None,
         db_url=args.db or None,
+        heartbeat_interval_s=args.heartbeat_interval,
+        agent_lost_after_s=args.agent_lost_after,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):

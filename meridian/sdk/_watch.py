@@ -40,6 +40,7 @@ class RunWatcher:
         context: FlowContext,
         on_update: UpdateCallback | None = None,
         *,
+        after_event_id: int = 0,
         reconnect_timeout_s: float = 60.0,
         initial_backoff_s: float = 0.05,
         max_backoff_s: float = 2.0,
@@ -55,7 +56,7 @@ class RunWatcher:
         self._thread = threading.Thread(
             target=self._run, name=f"meridian-watch-{context.flow_run_id}", daemon=True
         )
-        self.last_event_id = 0
+        self.last_event_id = after_event_id
         self.run_state = ""
         self.reconnects = 0
         self._received_since_reconnect = False

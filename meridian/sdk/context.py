@@ -107,11 +107,18 @@ class FlowContext:
                     for sub in (s for c in chunks[index:] for s in c):
                         self._futures.pop(sub.key, None)
                 raise
+            ended: list[tuple[StepFuture, models.StepOutcome]] = []
             with self._lock:
                 for answer in answers:
                     future = self._futures.get(answer.key)
                     if future is not None:
                         future.step_run_id = answer.step_run_id
+                        if answer.outcome is not None:
+                            ended.append((future, answer.outcome))
+            # A resumed run: the step had already ended, its stored outcome is the answer.
+            for future, outcome in ended:
+                if not future.done():
+                    apply_outcome(future, outcome)
 
     def _chunks(self, subs: list[models.StepSubmission]) -> Iterator[list[models.StepSubmission]]:
         chunk: list[models.StepSubmission] = []

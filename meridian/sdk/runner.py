@@ -8,20 +8,26 @@ calling thread with a ``FlowContext`` active, and reports the body's outcome wit
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import tempfile
+import threading
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from meridian import models
-from meridian.bundle import pack_directory
+from meridian.bundle import pack_directory, unpack_bundle
 from meridian.client import BundleLike
-from meridian.errors import ConflictError, StepCancelled, StepFailed
+from meridian.errors import ConflictError, MeridianError, StepCancelled, StepFailed
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
-from meridian.sdk.loader import load_entrypoint
+from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,10 @@ MAX_MESSAGE_CHARS = 8 * 1024
 # After FinishRun the control plane ends the watch stream with the run's final update; give
 # the watcher this long to deliver it to on_update before closing the stream ourselves.
 FINAL_UPDATE_WAIT_S = 5.0
+# The runner renews its lease every RUNNER_LEASE_RENEW_S for RUNNER_LEASE_S: a runner gone
+# for longer than the lease marks its run CRASHED.
+RUNNER_LEASE_RENEW_S = 5.0
+RUNNER_LEASE_S = 20.0
 
 
 class RunnerClient(Protocol):
@@ -62,6 +72,18 @@ class RunnerClient(Protocol):
         result_json: str = "",
         error: models.ErrorInfo | None = None,
     ) -> str: ...
+
+    def renew_runner_lease(self, flow_run_id: str, lease_s: float) -> str: ...
+
+
+class ExecutingClient(RunnerClient, Protocol):
+    """What resuming or retrying a stored run needs on top of running a new one."""
+
+    def resume_run(self, run_id_or_prefix: str) -> models.RunToExecute: ...
+
+    def retry_run(self, run_id_or_prefix: str) -> models.RunToExecute: ...
+
+    def download_bundle(self, sha256: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -102,24 +124,151 @@ def run_flow(
         bundle = pack_directory(loaded.root, max_size=max_bundle_bytes)
     client.ensure_bundle(bundle)
     run_id = client.create_run(loaded.flow.name, entrypoint, params, bundle.sha256, trigger)
+    return execute_body(client, run_id, loaded.flow.fn, params, on_update=on_update)
+
+
+def execute_body(
+    client: RunnerClient,
+    run_id: str,
+    fn: Any,
+    params: dict[str, Any],
+    *,
+    on_update: UpdateCallback | None = None,
+    watch_after_event_id: int = 0,
+) -> RunOutcome:
+    """Run the body of an existing run here: watch its steps, hold its runner lease, and
+    report the body's outcome."""
     context = FlowContext(run_id, client)
-    watcher = RunWatcher(client, context, on_update)
+    watcher = RunWatcher(client, context, on_update, after_event_id=watch_after_event_id)
     watcher.start()
+    lease = RunnerLease(client, run_id)
+    lease.start()
     interrupted: BaseException | None = None
     try:
         with activate(context):
-            succeeded, result, error = _run_body(loaded.flow.fn, params)
+            succeeded, result, error = _run_body(fn, params)
     except BaseException as exc:  # Ctrl-C or SystemExit: report, then let it propagate
         succeeded, result, error = False, None, error_info(exc, "cancelled")
         interrupted = exc
     try:
         state = _finish(client, run_id, succeeded, result, error, watcher)
     finally:
+        lease.stop()
         if not watcher.join(FINAL_UPDATE_WAIT_S):
             watcher.stop()
     if interrupted is not None:
         raise interrupted
     return RunOutcome(run_id, state, result if succeeded else None, error)
+
+
+class RunnerLease:
+    """Renews the run's runner lease in the background while the body runs.
+
+    If this process dies the lease lapses and the control plane marks the run CRASHED; its
+    steps keep running and ``meridian runs resume`` continues it. A renewal that fails (the
+    control plane restarting) is simply tried again at the next tick.
+    """
+
+    def __init__(
+        self,
+        client: RunnerClient,
+        run_id: str,
+        *,
+        interval_s: float = RUNNER_LEASE_RENEW_S,
+        lease_s: float = RUNNER_LEASE_S,
+    ) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._interval_s = interval_s
+        self._lease_s = lease_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"meridian-lease-{run_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                self._client.renew_runner_lease(self._run_id, self._lease_s)
+            except MeridianError as exc:
+                log.debug("runner lease renewal failed (will retry): %s", exc)
+
+
+def resume_flow(
+    client: ExecutingClient,
+    run_id: str,
+    *,
+    on_update: UpdateCallback | None = None,
+    cache_dir: Path | None = None,
+) -> RunOutcome:
+    """Continue a CRASHED/FAILED/CANCELLED run from the point of failure: the body runs
+    again and every step run that already COMPLETED returns its stored result."""
+    target = client.resume_run(run_id)
+    return _execute_stored(client, target, on_update, cache_dir, target.watch_after_event_id)
+
+
+def retry_flow(
+    client: ExecutingClient,
+    run_id: str,
+    *,
+    on_update: UpdateCallback | None = None,
+    cache_dir: Path | None = None,
+) -> RunOutcome:
+    """Run the same flow version with the same parameters again, as a new run."""
+    target = client.retry_run(run_id)
+    return _execute_stored(client, target, on_update, cache_dir, 0)
+
+
+def _execute_stored(
+    client: ExecutingClient,
+    target: models.RunToExecute,
+    on_update: UpdateCallback | None,
+    cache_dir: Path | None,
+    watch_after_event_id: int,
+) -> RunOutcome:
+    # The run's own code bundle, not whatever is on disk now: resume runs the same code.
+    root = fetch_bundle(client, target.bundle_sha256, cache_dir or default_cache_dir())
+    file_part, flow_name = split_entrypoint(target.entrypoint)
+    entry = f"{root / file_part.name}:{flow_name}" if flow_name else str(root / file_part.name)
+    loaded = load_entrypoint(entry)
+    params = json.loads(target.parameters_json or "{}")
+    return execute_body(
+        client,
+        target.flow_run_id,
+        loaded.flow.fn,
+        params,
+        on_update=on_update,
+        watch_after_event_id=watch_after_event_id,
+    )
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MERIDIAN_CACHE_DIR", Path.home() / ".cache" / "meridian"))
+
+
+def fetch_bundle(client: ExecutingClient, sha256: str, cache_dir: Path) -> Path:
+    """Download and unpack a bundle once per content hash; returns its directory."""
+    dest = cache_dir / "bundles" / sha256
+    if dest.is_dir():
+        return dest
+    data = client.download_bundle(sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=dest.parent))
+    shutil.rmtree(staging)
+    unpack_bundle(data, staging, expected_sha256=sha256)
+    try:
+        staging.rename(dest)
+    except OSError:  # another runner unpacked it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def _run_body(fn: Any, params: dict[str, Any]) -> tuple[bool, Any, models.ErrorInfo | None]:

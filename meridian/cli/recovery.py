@@ -1,0 +1,82 @@
+"""``meridian runs cancel|resume|retry``: stop a run cleanly, continue it, or run it again."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from meridian.cli.common import add_client_options, connect, positive_float
+from meridian.cli.render import to_json
+from meridian.cli.run import ProgressPrinter, finish_lines, outcome_to_dict
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def register(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    cancel = actions.add_parser(
+        "cancel", help="cancel a run; its steps are stopped on their agents", parents=parents
+    )
+    cancel.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+    cancel.add_argument("--reason", default="", help="recorded in the run's history")
+    cancel.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=positive_float,
+        default=0.0,
+        help="wait up to this long until every agent confirmed (the run is CANCELLED)",
+    )
+    add_client_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+    for name, text in (
+        ("resume", "continue a crashed or failed run: completed steps are not run again"),
+        ("retry", "run the same flow version with the same parameters again, as a new run"),
+    ):
+        parser = actions.add_parser(name, help=text, parents=parents)
+        parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+        parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        add_client_options(parser)
+        parser.set_defaults(func=cmd_resume if name == "resume" else cmd_retry)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = client.cancel_run(args.run, args.reason)
+        state = result.state
+        deadline = time.monotonic() + args.wait
+        while state == "CANCELLING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            state = client.get_run(result.flow_run_id).state
+    if state == "CANCELLING":
+        print(
+            f"Run {result.flow_run_id} is CANCELLING: waiting for "
+            f"{result.attempts_to_confirm} attempt(s) to confirm their cleanup"
+        )
+    else:
+        print(f"Run {result.flow_run_id} is {state}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from meridian.sdk.runner import resume_flow
+
+    return _execute(args, resume_flow)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from meridian.sdk.runner import retry_flow
+
+    return _execute(args, retry_flow)
+
+
+def _execute(args: argparse.Namespace, how: Any) -> int:
+    progress = sys.stderr if args.json else sys.stdout
+    with connect(args) as client:
+        outcome = how(client, args.run, on_update=ProgressPrinter(progress))
+    if args.json:
+        print(to_json(outcome_to_dict(outcome)))
+    else:
+        print("\n".join(finish_lines(outcome)))
+    return 0 if outcome.state == "COMPLETED" else 1
