@@ -21,6 +21,9 @@ class ServerConfig:
     db_url: str | None = None
     heartbeat_interval_s: float = 5.0
     agent_lost_after_s: float = 30.0
+    # After a start, runs whose runner lease lapsed are not declared CRASHED for this long:
+    # runners could not renew while the control plane was down.
+    runner_grace_s: float = 30.0
     max_bundle_bytes: int = 64 * MiB
     max_message_bytes: int = 16 * MiB
     max_frame_bytes: int = 4 * MiB

@@ -108,6 +108,7 @@ class ControlPlane:
             notifier.notify,
             sweep_interval_s=self.config.heartbeat_interval_s,
             agent_lost_after_s=self.config.agent_lost_after_s,
+            runner_grace_s=self.config.runner_grace_s,
         )
         return Services(self.config, store, ca, registry, dispatcher, notifier)
 

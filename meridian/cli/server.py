@@ -71,6 +71,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="silence after which an agent's attempts are lost, unless a step says otherwise "
         "(default 30)",
     )
+    start.add_argument(
+        "--runner-grace",
+        metavar="SECONDS",
+        type=positive_float,
+        default=30.0,
+        help="after a start, how long flow runners get to renew their leases before their "
+        "runs count as CRASHED (default 30)",
+    )
     start.set_defaults(func=cmd_start)
 
 
@@ -127,6 +135,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         db_url=args.db or None,
         heartbeat_interval_s=args.heartbeat_interval,
         agent_lost_after_s=args.agent_lost_after,
+        runner_grace_s=args.runner_grace,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):

@@ -39,8 +39,8 @@ MAX_MESSAGE_CHARS = 8 * 1024
 FINAL_UPDATE_WAIT_S = 5.0
 # The runner renews its lease every RUNNER_LEASE_RENEW_S for RUNNER_LEASE_S: a runner gone
 # for longer than the lease marks its run CRASHED.
-RUNNER_LEASE_RENEW_S = 5.0
-RUNNER_LEASE_S = 20.0
+RUNNER_LEASE_S = float(os.environ.get("MERIDIAN_RUNNER_LEASE_S", "20"))
+RUNNER_LEASE_RENEW_S = RUNNER_LEASE_S / 4
 
 
 class RunnerClient(Protocol):

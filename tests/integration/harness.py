@@ -41,14 +41,30 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Estate:
     """Start with ``start()``, add agents, run flows, and always ``stop()``."""
 
-    def __init__(self, root: Path, *, lost_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lost_after_s: float | None = None,
+        heartbeat_s: float | None = None,
+        runner_grace_s: float | None = None,
+        advertise_agent_address: str | None = None,
+        db_url: str | None = None,
+    ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.server_dir = root / "server"
         self.address = f"127.0.0.1:{free_port()}"
+        self.agent_address = f"127.0.0.1:{free_port()}"
         self.lost_after_s = lost_after_s
+        self.heartbeat_s = heartbeat_s
+        self.runner_grace_s = runner_grace_s
+        self.advertise_agent_address = advertise_agent_address
+        self.db_url = db_url
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Path] = []
+        self._agent_labels: dict[str, dict[str, str]] = {}
 
     @property
     def ca_file(self) -> Path:
@@ -100,8 +116,9 @@ class Estate:
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
-        self._logs.append(log)
-        with open(log, "wb") as out:
+        if log not in self._logs:
+            self._logs.append(log)
+        with open(log, "ab") as out:
             return subprocess.Popen(
                 meridian_cmd(*args),
                 stdout=out,
@@ -111,12 +128,42 @@ class Estate:
             )
 
     def start(self) -> Estate:
-        args = ["server", "start", "--data-dir", str(self.server_dir), "--listen", self.address]
-        if self.lost_after_s is not None:
-            args += ["--agent-lost-after", str(self.lost_after_s)]
-        self.server = self._spawn("server", args)
-        self._wait(lambda: self.client().list_agents() is not None, "control plane to serve")
+        self.server = self._spawn("server", self._server_args())
+        self.wait_until(lambda: self.client().list_agents() is not None, "control plane to serve")
         return self
+
+    def _server_args(self) -> list[str]:
+        args = [
+            "server",
+            "start",
+            "--data-dir",
+            str(self.server_dir),
+            "--listen",
+            self.address,
+            "--agent-listen",
+            self.agent_address,
+        ]
+        for flag, value in (
+            ("--agent-lost-after", self.lost_after_s),
+            ("--heartbeat-interval", self.heartbeat_s),
+            ("--runner-grace", self.runner_grace_s),
+            ("--advertise-agent-address", self.advertise_agent_address),
+            ("--db", self.db_url),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+    def kill_server(self) -> None:
+        """SIGKILL the control plane: no shutdown, no flush beyond what was committed."""
+        assert self.server is not None
+        self.server.kill()
+        self.server.wait(timeout=30)
+        self.server = None
+
+    def restart_server(self) -> None:
+        """Start the control plane again on the same data, database and ports."""
+        self.start()
 
     def client(self) -> ControlClient:
         return ControlClient(self.address, self.ca_file, timeout_s=10)
@@ -187,14 +234,16 @@ class Estate:
         ]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
+        self._agent_labels[name] = dict(labels)
         self.agents[name] = self._spawn(f"agent-{name}", args)
-        self._wait(lambda: self._connected(name), f"agent {name} to connect")
+        self.wait_until(lambda: self._connected(name), f"agent {name} to connect")
 
     def _connected(self, name: str) -> bool:
         with self.client() as client:
             return any(a.name == name and a.status == "connected" for a in client.list_agents())
 
-    def _wait(self, check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    def wait_until(self, check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+        """Poll ``check`` until it is true; fail with every process's log when it never is."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server is not None and self.server.poll() is not None:
@@ -210,9 +259,41 @@ class Estate:
         raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the agent process only (its step processes live in their own groups)."""
         proc = self.agents.pop(name)
         proc.send_signal(sig)
         proc.wait(timeout=30)
+
+    def agent_labels(self, name: str) -> dict[str, str]:
+        return self._agent_labels[name]
+
+    def run_background(self, flow_file: Path, flow: str, *params: str) -> subprocess.Popen[bytes]:
+        """`meridian run` in the background (a flow runner we can kill)."""
+        args = ["run", f"{flow_file}:{flow}"]
+        for p in params:
+            args += ["-p", p]
+        return self.cli_background(*args)
+
+    def latest_run_id(self, flow: str, timeout: float = 30.0) -> str:
+        found: list[str] = []
+
+        def created() -> bool:
+            runs = self.client().list_runs(limit=1, flow_name=flow)
+            found[:] = [runs[0].flow_run_id] if runs else []
+            return bool(found)
+
+        self.wait_until(created, f"a run of {flow} to exist", timeout)
+        return found[0]
+
+    def wait_for_state(self, run_id: str, states: set[str], timeout: float = 60.0) -> str:
+        seen: list[str] = []
+
+        def reached() -> bool:
+            seen[:] = [self.client().get_run(run_id).state]
+            return seen[0] in states
+
+        self.wait_until(reached, f"run {run_id} to reach {sorted(states)}", timeout)
+        return seen[0]
 
     def logs(self) -> str:
         parts = []
