@@ -199,6 +199,8 @@ def run_detail_from_proto(msg: control_pb2.RunDetail) -> models.RunDetail:
         error=error_from_proto(msg.error),
         steps=tuple(step_run_from_proto(s) for s in msg.steps),
         events=tuple(event_from_proto(e) for e in msg.events),
+        retry_of=msg.retry_of,
+        resumed_at=time_from_ms(msg.resumed_at_unix_ms),
     )
 
 

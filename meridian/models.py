@@ -165,6 +165,8 @@ class RunDetail:
     error: ErrorInfo | None = None
     steps: tuple[StepRunDetail, ...] = ()
     events: tuple[RunEvent, ...] = ()
+    retry_of: str = ""  # the run this one retries
+    resumed_at: datetime | None = None  # last time the run was resumed
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,9 @@ def _header_lines(detail: models.RunDetail) -> list[str]:
         f"Run         {detail.flow_run_id}",
         f"Flow        {detail.flow_name}",
         f"Entrypoint  {detail.entrypoint}",
-        f"Trigger     {detail.trigger}",
+        f"Trigger     {detail.trigger}"
+        + (f" (retry of {detail.retry_of})" if detail.retry_of else "")
+        + (f", resumed {format_datetime(detail.resumed_at)}" if detail.resumed_at else ""),
         f"Parameters  {json.dumps(params, sort_keys=True) if params is not None else '{}'}",
         f"Code        sha256:{detail.bundle_sha256}" if detail.bundle_sha256 else "Code        -",
         f"State       {detail.state}",
@@ -365,6 +367,8 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "flow_name": detail.flow_name,
         "entrypoint": detail.entrypoint,
         "trigger": detail.trigger,
+        "retry_of": detail.retry_of or None,
+        "resumed_at": iso(detail.resumed_at),
         "parameters": parse_json_text(detail.parameters_json) or {},
         "bundle_sha256": detail.bundle_sha256,
         "state": detail.state,

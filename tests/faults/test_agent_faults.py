@@ -66,9 +66,7 @@ def test_agent_restarted_within_lost_after_reattaches(tmp_path: Path) -> None:
     work = tmp_path
     try:
         estate.add_agent("aws-a", {"cloud": "aws"}, name="aws-a")
-        runner = estate.run_background(
-            FLOWS, "survives_agent_restart", f"work={work}", "seconds=4"
-        )
+        runner = estate.run_background(FLOWS, "survives_agent_restart", f"work={work}", "seconds=4")
         run_id = estate.latest_run_id("survives_agent_restart")
         wait_running(estate, run_id, "reattachable#1")
         estate.kill_agent("aws-a")

@@ -99,7 +99,9 @@ class Estate:
             )
         return result
 
-    def cli_background(self, *args: str) -> subprocess.Popen[bytes]:
+    def cli_background(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a client command without waiting for it (output goes to a log file)."""
         log = self.root / f"cli-{len(self._logs)}.log"
         self._logs.append(log)
@@ -110,7 +112,11 @@ class Estate:
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
                 env=child_env(
-                    {"MERIDIAN_CONTROL_PLANE": self.address, "MERIDIAN_CA_FILE": str(self.ca_file)}
+                    {
+                        "MERIDIAN_CONTROL_PLANE": self.address,
+                        "MERIDIAN_CA_FILE": str(self.ca_file),
+                        **(env or {}),
+                    }
                 ),
             )
 
