@@ -117,11 +117,13 @@ class FailureView:
     error_type: str
     message: str
     traceback: str = ""
+    at: datetime | None = None  # when it happened (the attempt's or step's end)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step_key": self.step_key,
             "attempt": self.attempt,
+            "at": iso(self.at),
             "error_class": self.error_class,
             "error_type": self.error_type,
             "message": self.message,
@@ -141,7 +143,9 @@ class AuditSummary:
     final_failure: FailureView | None
 
 
-def _failure(step_key: str, attempt: int | None, error: models.ErrorInfo) -> FailureView:
+def _failure(
+    step_key: str, attempt: int | None, error: models.ErrorInfo, at: datetime | None = None
+) -> FailureView:
     return FailureView(
         step_key=step_key,
         attempt=attempt,
@@ -149,7 +153,30 @@ def _failure(step_key: str, attempt: int | None, error: models.ErrorInfo) -> Fai
         error_type=error.type,
         message=error.message,
         traceback=error.traceback,
+        at=at,
     )
+
+
+def attempt_marks(detail: models.RunDetail) -> dict[str, tuple[str, ...]]:
+    """Attempt id -> how its failure counts: "lost-agent" (its agent went silent), and
+    "recovered" (retried, then the step succeeded) or "final" (it ended the goal)."""
+    final = summarize(detail).final_failure
+    marks: dict[str, tuple[str, ...]] = {}
+    for step in detail.steps:
+        for attempt in step.attempts:
+            if attempt.error is None or attempt.state == "SUCCEEDED":
+                continue
+            found = ["lost-agent"] if attempt.error.error_class == "lost_agent" else []
+            if step.state == "COMPLETED":
+                found.append("recovered")
+            elif final is not None and (final.step_key, final.attempt) == (
+                step.key,
+                attempt.number,
+            ):
+                found.append("final")
+            if found:
+                marks[attempt.attempt_id] = tuple(found)
+    return marks
 
 
 def _final_step_error(step: models.StepRunDetail) -> tuple[int | None, models.ErrorInfo | None]:
@@ -180,7 +207,9 @@ def summarize(detail: models.RunDetail) -> AuditSummary:
             continue
         for attempt in step.attempts:
             if attempt.error is not None and attempt.state != "SUCCEEDED":
-                recovered.append(_failure(step.key, attempt.number, attempt.error))
+                recovered.append(
+                    _failure(step.key, attempt.number, attempt.error, attempt.ended_at)
+                )
 
     failed_steps = sorted(
         (s for s in detail.steps if s.state == "FAILED"), key=lambda s: _sort_moment(s.ended_at)
@@ -189,16 +218,18 @@ def summarize(detail: models.RunDetail) -> AuditSummary:
     for step in failed_steps:
         number, error = _final_step_error(step)
         if error is not None:
-            step_failures.append(_failure(step.key, number, error))
+            step_failures.append(_failure(step.key, number, error, step.ended_at))
         else:
-            step_failures.append(FailureView(step.key, number, "", "", "failed without details"))
+            step_failures.append(
+                FailureView(step.key, number, "", "", "failed without details", at=step.ended_at)
+            )
 
     final: FailureView | None = None
     other = step_failures
     if detail.state != "COMPLETED" and step_failures:
         final, other = step_failures[0], step_failures[1:]
     elif detail.state != "COMPLETED" and detail.error is not None:
-        final = _failure("(flow body)", None, detail.error)
+        final = _failure("(flow body)", None, detail.error, detail.ended_at)
     ordered = {s: counts[s] for s in STEP_STATE_ORDER if counts[s]}
     ordered.update({s: counts[s] for s in sorted(counts) if s not in ordered})
     return AuditSummary(ordered, tuple(recovered), tuple(other), final)
@@ -207,15 +238,16 @@ def summarize(detail: models.RunDetail) -> AuditSummary:
 # ---- the audit view: text --------------------------------------------------------------------
 
 
-def _error_cell(error: models.ErrorInfo | None) -> str:
+def _error_cell(error: models.ErrorInfo | None, marks: tuple[str, ...] = ()) -> str:
     if error is None:
         return ""
     text = f"{error.error_class}: {short_type(error.type)}: {error.message}"
-    return truncate(text, ERROR_WIDTH)
+    return truncate(f"[{', '.join(marks)}] {text}" if marks else text, ERROR_WIDTH)
 
 
 def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
     rows: list[list[str]] = []
+    marks = attempt_marks(detail)
     for step in detail.steps:
         if not step.attempts:
             # CACHED or never-scheduled steps still belong on the timeline.
@@ -235,7 +267,7 @@ def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
                     format_clock(a.ended_at),
                     format_seconds(seconds_between(a.started_at, a.ended_at)),
                     a.state,
-                    _error_cell(a.error),
+                    _error_cell(a.error, marks.get(a.attempt_id, ())),
                 ]
             )
     return rows
@@ -297,6 +329,10 @@ def render_run(detail: models.RunDetail) -> str:
         lines.append("  none")
     lines += ["", "Failure that ended the run:"]
     if summary.final_failure is not None:
+        if summary.final_failure.at is not None:
+            lines.append(
+                f"  first moment of true failure: {format_datetime(summary.final_failure.at)}"
+            )
         lines += _failure_lines(summary.final_failure, with_traceback=True)
     else:
         lines.append("  none")
@@ -321,8 +357,9 @@ def error_to_dict(error: models.ErrorInfo | None) -> dict[str, Any] | None:
     }
 
 
-def _attempt_to_dict(a: models.AttemptDetail) -> dict[str, Any]:
+def _attempt_to_dict(a: models.AttemptDetail, marks: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
+        "marks": list(marks),
         "attempt_id": a.attempt_id,
         "number": a.number,
         "state": a.state,
@@ -341,7 +378,7 @@ def _attempt_to_dict(a: models.AttemptDetail) -> dict[str, Any]:
     }
 
 
-def _step_to_dict(step: models.StepRunDetail) -> dict[str, Any]:
+def _step_to_dict(step: models.StepRunDetail, marks: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     return {
         "step_run_id": step.step_run_id,
         "key": step.key,
@@ -354,7 +391,7 @@ def _step_to_dict(step: models.StepRunDetail) -> dict[str, Any]:
         "created_at": iso(step.created_at),
         "ended_at": iso(step.ended_at),
         "error": error_to_dict(step.error),
-        "attempts": [_attempt_to_dict(a) for a in step.attempts],
+        "attempts": [_attempt_to_dict(a, marks.get(a.attempt_id, ())) for a in step.attempts],
     }
 
 
@@ -362,6 +399,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
     """The audit view as one JSON-ready document with stable keys."""
     summary = summarize(detail)
     final = summary.final_failure
+    marks = attempt_marks(detail)
     return {
         "flow_run_id": detail.flow_run_id,
         "flow_name": detail.flow_name,
@@ -377,7 +415,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "ended_at": iso(detail.ended_at),
         "result": parse_json_text(detail.result_json),
         "error": error_to_dict(detail.error),
-        "steps": [_step_to_dict(s) for s in detail.steps],
+        "steps": [_step_to_dict(s, marks) for s in detail.steps],
         "summary": {
             "step_counts": summary.step_counts,
             "recovered_failures": [f.to_dict() for f in summary.recovered],

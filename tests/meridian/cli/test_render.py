@@ -217,3 +217,25 @@ def test_formatting_primitives() -> None:
     assert render.truncate("abcdef", 4) == "abc…"
     assert render.parse_json_text("not json") == "not json"
     assert render.table(("A", "B"), [["x", "y"]]) == "A  B\nx  y"
+
+
+def test_attempts_are_marked_recovered_final_or_lost_agent() -> None:
+    lost = models.ErrorInfo("lost_agent", "meridian.AgentLost", "agent went silent")
+    run = failed_run()
+    relocated = step(
+        "extract#1",
+        "COMPLETED",
+        attempt(1, "LOST", "aws-demo", 0.2, 0.5, lost),
+        attempt(2, "SUCCEEDED", "aws-demo", 0.6, 0.8),
+    )
+    run = replace(run, steps=(relocated, *run.steps[1:]))
+    marks = render.attempt_marks(run)
+    assert marks["att-aws-demo-1"] == ("lost-agent", "recovered")
+    assert marks["att-onprem-demo-1"] == ("final",) or marks["att-onprem-demo-2"] == ("final",)
+    text = render.render_run(run)
+    assert "[lost-agent, recovered]" in text and "[final]" in text
+    assert "first moment of true failure" in text
+    document = render.run_to_dict(run)
+    extract = next(s for s in document["steps"] if s["key"] == "extract#1")
+    assert extract["attempts"][0]["marks"] == ["lost-agent", "recovered"]
+    assert document["summary"]["final_failure"]["at"] is not None
