@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meridian.cli.agent_config import load_agent_config_file
 from meridian.cli.common import (
     DEFAULT_AGENT_DIR,
     DEFAULT_CONTROL_PLANE,
@@ -94,6 +95,11 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     _add_data_dir(start)
     start.add_argument("--ca-file", metavar="FILE", help="default: the CA saved at enrollment")
+    start.add_argument(
+        "--config",
+        metavar="FILE",
+        help="agent config (TOML or JSON) with a [providers.TYPE] section per provider",
+    )
     start.add_argument(
         "--drain-grace",
         metavar="SECONDS",
@@ -192,6 +198,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     if not address:
         raise UsageError("no control plane address: pass --control-plane HOST:PORT")
     ca_file = require_ca_file(args.ca_file, hint="") if args.ca_file else None
+    provider_config = load_agent_config_file(expand_path(args.config)) if args.config else {}
     from agent import AgentConfig
 
     return AgentConfig(
@@ -199,7 +206,12 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         data_dir=data_dir,
         ca_file=ca_file,
         labels=labels,
-        providers=tuple(dict.fromkeys(args.provider or ["process"])),
+        providers=tuple(
+            dict.fromkeys(
+                [*(args.provider or ([] if provider_config else ["process"])), *provider_config]
+            )
+        ),
+        provider_config=provider_config,
         capacity=args.capacity,
         drain_grace_s=args.drain_grace,
     )

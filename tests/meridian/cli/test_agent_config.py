@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meridian.cli.agent_config import load_agent_config_file
+from meridian.errors import ValidationError
+
+
+def test_toml_sections_become_provider_configs(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[providers.aws-ecs]\ncluster = "c1"\n[providers.slurm]\npartition = "p"\n')
+    assert load_agent_config_file(path) == {
+        "aws-ecs": {"cluster": "c1"},
+        "slurm": {"partition": "p"},
+    }
+
+
+def test_json_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "agent.json"
+    path.write_text('{"providers": {"ray": {"address": "http://127.0.0.1:8265"}}}')
+    assert load_agent_config_file(path) == {"ray": {"address": "http://127.0.0.1:8265"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[labels]\ncloud = 'aws'\n", "unknown section"),
+        ("providers = 3\n", "one table per provider"),
+        ("[providers\n", "not valid"),
+    ],
+)
+def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError, match=message):
+        load_agent_config_file(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="cannot read"):
+        load_agent_config_file(tmp_path / "nope.toml")
