@@ -19,6 +19,7 @@ from control_plane.api.services import Services
 from control_plane.api.validation import (
     validate_create_run,
     validate_error,
+    validate_options,
     validate_submissions,
 )
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
@@ -132,6 +133,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.SubmitStepsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.SubmitStepsResponse:
         submissions = validate_submissions(request)
+        validate_options(submissions, self._s.registry.option_schema)
         effects = Effects()
         submitted = await self._s.store.run(
             submit_steps, request.flow_run_id, submissions, utcnow(), effects

@@ -99,8 +99,29 @@ def spec_to_proto(spec: Mapping[str, Any]) -> common_pb2.StepSpec:
 # ---- agent stream -----------------------------------------------------------------------
 
 
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+def _schemas(hello: agent_pb2.Hello) -> dict[str, dict[str, Any]]:
+    """Advertised option schemas; one that is oversized or not a JSON object is skipped (the
+    agent still validates options itself before running anything)."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for provider in hello.providers:
+        text = provider.config_schema_json
+        if not text or len(text) > MAX_SCHEMA_BYTES:
+            continue
+        try:
+            schema = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(schema, dict):
+            schemas[provider.type] = schema
+    return schemas
+
+
 def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
     return HelloIn(
+        provider_schemas=_schemas(hello),
         version=hello.version[:64],
         labels=dict(hello.labels),
         providers=tuple(p.type for p in hello.providers),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from control_plane.api.convert import error_from_proto, spec_from_proto
+from control_plane.api.json_schema import first_problem
 from control_plane.orchestration.values import StepSubmission
 from meridian.errors import SelectorError, ValidationError
 from meridian.selectors import parse_selector
@@ -102,6 +104,26 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
     if spec["options_json"] and not isinstance(_json(spec["options_json"], where), dict):
         raise ValidationError(f"{where}: options must be a JSON object")
     return spec
+
+
+def validate_options(
+    submissions: list[StepSubmission],
+    schema_for: Callable[[str], Mapping[str, Any] | None],
+) -> None:
+    """Check each step's options against its provider's advertised schema, so a bad option
+    fails the submission instead of the attempt on a remote agent. Providers no connected
+    agent offers are checked by the agent before it runs anything."""
+    for sub in submissions:
+        schema = schema_for(str(sub.spec["provider"]))
+        if schema is None:
+            continue
+        options = json.loads(sub.spec["options_json"]) if sub.spec["options_json"] else {}
+        problem = first_problem(schema, options)
+        if problem:
+            raise ValidationError(
+                f"step {sub.key!r}: provider {sub.spec['provider']!r} rejects its options: "
+                f"{problem}"
+            )
 
 
 def validate_error(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +30,8 @@ class HelloIn:
     held: Mapping[str, int]  # attempt id -> fencing token the agent still runs
     hostname: str
     draining: bool
+    # provider type -> JSON schema of its per-step options, as the agent advertised it
+    provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class ConnectedAgent:
     in_use: int
     draining: bool
     last_applied_seq: int
+    provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def agent_connected(
@@ -73,6 +77,7 @@ def agent_connected(
         in_use=in_use,
         draining=hello.draining,
         last_applied_seq=agent.last_applied_seq,
+        provider_schemas=hello.provider_schemas,
     )
     return connected, effects
 

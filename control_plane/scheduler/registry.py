@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from control_plane.orchestration.agents import ConnectedAgent
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
@@ -87,3 +89,11 @@ class AgentRegistry:
 
     def sessions(self) -> list[AgentSession]:
         return list(self._sessions.values())
+
+    def option_schema(self, provider: str) -> Mapping[str, Any] | None:
+        """The per-step option schema a connected agent advertised for ``provider``."""
+        for session in self._sessions.values():
+            schema = session.agent.provider_schemas.get(provider)
+            if schema is not None:
+                return schema
+        return None

@@ -119,3 +119,11 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_invalid_provider_options_fail_the_submission(estate: Estate) -> None:
+    code, output, detail = run(estate, "bad_options")
+    assert code != 0
+    assert "provider 'process' rejects its options" in output
+    assert detail["state"] == "FAILED"
+    assert detail["steps"] == []  # refused at submission: nothing was queued or run

@@ -98,3 +98,13 @@ def on_azure() -> str:
 @flow
 def impossible_target() -> str:
     return on_azure()
+
+
+@step(target="cloud=aws", options={"cwd": 3, "colour": "blue"})
+def misconfigured() -> str:
+    return "never runs"
+
+
+@flow
+def bad_options() -> str:
+    return misconfigured()
