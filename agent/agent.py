@@ -27,7 +27,7 @@ from agent.handles import HandleStore
 from agent.identity import load_identity
 from agent.journal import Journal
 from agent.reporter import Reporter
-from agent.reports import HeartbeatInfo, HelloInfo, ProviderInfo
+from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.runner import RunnerContext
 from agent.worker import Worker
 from providers.base import Provider
@@ -203,10 +203,19 @@ class Agent:
                 for t, p in self._providers.items()
             ),
             capacity=self._config.capacity,
-            held_attempts=self._worker.held_attempts(),
+            held_attempts=self._held_attempts(),
             hostname=socket.gethostname(),
             draining=self._worker.draining,
         )
+
+    def _held_attempts(self) -> tuple[HeldAttempt, ...]:
+        """Running attempts, plus finished ones whose reports still wait in the journal: the
+        control plane must not count those as lost before the replay delivers their outcome."""
+        assert self._worker is not None and self._journal is not None
+        held = {h.attempt_id: h for h in self._worker.held_attempts()}
+        for attempt_id, token in self._journal.pending_attempts().items():
+            held.setdefault(attempt_id, HeldAttempt(attempt_id, token))
+        return tuple(held.values())
 
     def _heartbeat(self) -> HeartbeatInfo:
         assert self._worker is not None

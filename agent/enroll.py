@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from agent import convert
 from agent.endpoint import join_address
@@ -47,10 +48,7 @@ def enroll(
         PermissionDenied: the join token is unknown, used or expired.
         ConnectionFailed: the control plane cannot be reached or its identity is wrong.
     """
-    try:
-        ca_pem = Path(ca_file).read_bytes()
-    except OSError as exc:
-        raise ValidationError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
+    ca_pem = read_ca_file(ca_file)
     agent_name = name or socket.gethostname()
     key_pem, csr_pem = generate_key_and_csr(agent_name)
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
@@ -61,7 +59,7 @@ def enroll(
                 convert.enroll_request(token, csr_pem, agent_name), timeout=ENROLL_TIMEOUT_S
             )
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, control_plane) from exc
+            raise map_rpc_error(exc, control_plane, ca_file) from exc
     agent_id, environment, cert_pem, server_ca_pem, agent_address = (
         convert.enroll_response_from_proto(response)
     )
@@ -79,7 +77,7 @@ def enroll(
     return EnrollResult(agent_id=agent_id, environment=environment)
 
 
-def map_rpc_error(exc: grpc.RpcError, target: str) -> MeridianError:
+def map_rpc_error(exc: grpc.RpcError, target: str, ca_file: Path | None = None) -> MeridianError:
     """Our error for a failed RPC, keeping the server's message (it says what to fix)."""
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
@@ -89,6 +87,32 @@ def map_rpc_error(exc: grpc.RpcError, target: str) -> MeridianError:
         return ValidationError(details)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details)
+    if code == grpc.StatusCode.UNAVAILABLE and ca_file is not None and _tls_failure(details):
+        return ConnectionFailed(
+            f"the control plane at {target} did not present a certificate signed by the CA in "
+            f"{ca_file}; check --ca-file (use the CA that `meridian server start` printed)"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ConnectionFailed(f"cannot reach control plane at {target}: {details}")
     return MeridianError(f"control plane at {target} failed: {code.name}: {details}")
+
+
+def _tls_failure(details: str) -> bool:
+    lowered = details.lower()
+    return any(mark in lowered for mark in ("certificate", "handshake", "ssl", "tls"))
+
+
+def read_ca_file(ca_file: Path) -> bytes:
+    """The CA certificate(s) in ``ca_file``; ValidationError naming the file otherwise."""
+    try:
+        data = Path(ca_file).read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValidationError(
+            f"CA file {ca_file} holds no PEM certificate; pass the ca.crt the control plane "
+            "printed at start"
+        ) from exc
+    return data

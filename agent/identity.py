@@ -38,6 +38,8 @@ class AgentIdentity:
 
 
 def generate_key_and_csr(name: str) -> tuple[bytes, bytes]:
+    # The CSR's subject is informational (the server names the agent); X.509 caps a common
+    # name at 64 characters, so a longer agent name is cut here and kept whole on the server.
     """A fresh EC P-256 private key (PEM, PKCS#8) and a CSR for it (PEM).
 
     The CSR's subject is informational only; the control plane names the agent.
@@ -45,7 +47,7 @@ def generate_key_and_csr(name: str) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or "agent")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (name or "agent")[:64])]))
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

@@ -88,6 +88,15 @@ class Journal:
             cur = self._conn.execute("DELETE FROM reports WHERE seq <= ?", (up_to_seq,))
         return cur.rowcount
 
+    def pending_attempts(self) -> dict[str, int]:
+        """Attempts with reports not yet acked (attempt id -> fencing token): the control plane
+        must not think the agent lost them, since their outcome may still be in here."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT attempt_id, MAX(fencing_token) FROM reports GROUP BY attempt_id"
+            ).fetchall()
+        return {str(attempt_id): int(token) for attempt_id, token in rows}
+
     def count(self) -> int:
         with self._lock:
             (n,) = self._conn.execute("SELECT COUNT(*) FROM reports").fetchone()

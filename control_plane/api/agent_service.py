@@ -19,6 +19,7 @@ from sqlalchemy import select
 from control_plane.api import convert
 from control_plane.api.errors import abort
 from control_plane.api.services import Services
+from control_plane.api.validation import validate_hello
 from control_plane.auth.enrollment import enroll_agent
 from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
 from control_plane.orchestration.agents import (
@@ -110,8 +111,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if first is EOF or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be Hello")
         hello = convert.hello_from_proto(first.hello)
-        if hello.capacity > 10_000 or len(hello.labels) > 64:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "capacity or labels too large")
+        try:
+            validate_hello(hello)
+        except ValidationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Hello refused: {exc}")
         try:
             connected, effects = await self._s.store.run(
                 agent_connected, identity.agent_id, identity.fingerprint, hello, utcnow()
@@ -182,6 +185,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             frame = await context.read()
             if frame is EOF:
                 return
+            session.seen()
             body = frame.WhichOneof("body")
             if body == "heartbeat":
                 session.draining = frame.heartbeat.draining

@@ -294,3 +294,5 @@ def _require_json(text: str, what: str) -> None:
         json.loads(text)
     except ValueError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValidationError(f"{what} is nested too deeply") from exc

@@ -10,9 +10,10 @@ from typing import Any
 
 from control_plane.api.convert import error_from_proto, spec_from_proto
 from control_plane.api.json_schema import first_problem
+from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import StepSubmission
 from meridian.errors import SelectorError, ValidationError
-from meridian.selectors import parse_selector
+from meridian.selectors import parse_selector, validate_key, validate_value
 from protos.meridian.v1 import common_pb2, control_pb2
 
 MAX_STEPS_PER_REQUEST = 5000
@@ -126,6 +127,27 @@ def validate_options(
             )
 
 
+MAX_LABELS = 64
+MAX_PROVIDERS = 32
+
+
+def validate_hello(hello: HelloIn) -> None:
+    """An agent's self-description: labels must be ones a selector can match."""
+    if len(hello.labels) > MAX_LABELS or len(hello.providers) > MAX_PROVIDERS:
+        raise ValidationError(
+            f"an agent may have at most {MAX_LABELS} labels and {MAX_PROVIDERS} providers"
+        )
+    if not 0 < hello.capacity <= 10_000:
+        raise ValidationError("capacity must be between 1 and 10000")
+    for key, value in hello.labels.items():
+        problem = validate_key(key) or validate_value(value)
+        if problem:
+            raise ValidationError(f"label {key}={value[:80]!r}: {problem}")
+    for provider in hello.providers:
+        if not PROVIDER_NAME.match(provider):
+            raise ValidationError(f"provider {provider[:80]!r} is not a provider name")
+
+
 def validate_error(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:
     return error_from_proto(error)
 
@@ -135,3 +157,5 @@ def _json(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValidationError(f"{what} is nested too deeply") from exc

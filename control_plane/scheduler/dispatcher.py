@@ -49,6 +49,8 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._next_timer: dt.datetime | None = None
         self._started_at = utcnow()
+        # An agent that missed this many heartbeats gets no new work (it may be cut off).
+        self._max_silence_s = 3 * sweep_interval_s
         self._runner_grace_s = runner_grace_s
         self._next_sweep = utcnow()
         self._passes = 0
@@ -92,7 +94,9 @@ class Dispatcher:
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
         self._passes += 1
         effects, self._next_timer = await self._store.run(
-            functools.partial(scheduling_pass, tiebreak=self._passes), self._registry.slots(), now
+            functools.partial(scheduling_pass, tiebreak=self._passes),
+            self._registry.slots(max_silence_s=self._max_silence_s),
+            now,
         )
         self.apply(effects)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,15 @@ class AgentSession:
         self.in_use = agent.in_use
         self.draining = agent.draining
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        # Monotonic time of the last frame from the agent. A stream can look open long after
+        # its peer went silent (a black-holed network): such an agent gets no new work.
+        self.last_seen = time.monotonic()
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_seen
 
     def slot(self) -> AgentSlot:
         a = self.agent
@@ -84,8 +94,9 @@ class AgentRegistry:
     def connected_ids(self) -> list[str]:
         return list(self._sessions)
 
-    def slots(self) -> list[AgentSlot]:
-        return [s.slot() for s in self._sessions.values()]
+    def slots(self, max_silence_s: float = float("inf")) -> list[AgentSlot]:
+        """Slots of connected agents heard from within ``max_silence_s``."""
+        return [s.slot() for s in self._sessions.values() if s.silent_for() <= max_silence_s]
 
     def sessions(self) -> list[AgentSession]:
         return list(self._sessions.values())

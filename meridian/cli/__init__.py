@@ -6,6 +6,14 @@ The CLI talks to the control plane only through :mod:`meridian.client` and :mod:
 
 from __future__ import annotations
 
+import os
+import sys
+
+# gRPC's C core logs handshake failures and the like on stderr, next to our one-line errors;
+# keep it to real errors unless the user asked for --debug. Set before grpc is imported.
+if "--debug" not in sys.argv:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 # Nothing is re-exported: ``meridian.cli.main`` must stay the module (the console script's
 # target), not be shadowed by its ``main`` function.
 __all__: list[str] = []
