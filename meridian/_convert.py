@@ -62,6 +62,7 @@ def spec_to_proto(spec: models.StepSpec) -> common_pb2.StepSpec:
         options_json=spec.options_json,
         on_agent_lost=spec.on_agent_lost,
         lost_after_s=spec.lost_after_s,
+        secrets=dict(spec.secrets),
     )
 
 
@@ -82,6 +83,7 @@ def spec_from_proto(msg: common_pb2.StepSpec) -> models.StepSpec:
         options_json=msg.options_json,
         on_agent_lost=msg.on_agent_lost or "retry",
         lost_after_s=msg.lost_after_s,
+        secrets=tuple(sorted(msg.secrets.items())),
     )
 
 

@@ -45,6 +45,7 @@ class StepSpec:
     options_json: str = ""
     on_agent_lost: str = "retry"
     lost_after_s: float = 0.0
+    secrets: tuple[tuple[str, str], ...] = ()  # (env var name, secret reference)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ def error_to_proto(error: Mapping[str, Any] | None) -> common_pb2.ErrorInfo:
 def spec_from_proto(spec: common_pb2.StepSpec) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(spec, name) for name in SPEC_FIELDS}
     values["retry_on"] = list(spec.retry_on)
+    values["secrets"] = dict(spec.secrets)
     return values
 
 
@@ -93,6 +94,7 @@ def spec_to_proto(spec: Mapping[str, Any]) -> common_pb2.StepSpec:
     return common_pb2.StepSpec(
         **{name: spec[name] for name in SPEC_FIELDS if name in spec},
         retry_on=list(spec.get("retry_on") or ()),
+        secrets=dict(spec.get("secrets") or {}),
     )
 
 

@@ -13,6 +13,7 @@ from control_plane.api.json_schema import first_problem
 from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import StepSubmission
 from meridian.errors import SelectorError, ValidationError
+from meridian.secrets import check_secret_references
 from meridian.selectors import parse_selector, validate_key, validate_value
 from protos.meridian.v1 import common_pb2, control_pb2
 
@@ -96,6 +97,7 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
     if spec["on_agent_lost"] not in ("", "retry", "fail", "wait"):
         raise ValidationError(f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait'")
     spec["on_agent_lost"] = spec["on_agent_lost"] or "retry"
+    spec["secrets"] = check_secret_references(spec["secrets"], where)
     spec["retry_backoff"] = spec["retry_backoff"] or 1.0
     spec["schedule_timeout_s"] = spec["schedule_timeout_s"] or DEFAULT_SCHEDULE_TIMEOUT_S
     if len(spec["retry_on"]) > 64 or any(len(t) > 512 for t in spec["retry_on"]):

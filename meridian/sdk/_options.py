@@ -15,6 +15,7 @@ from typing import Any
 from meridian import models
 from meridian.errors import SelectorError, ValidationError
 from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.secrets import check_secret_references
 from meridian.selectors import parse_selector
 
 KeyFunction = Callable[..., str]
@@ -39,6 +40,7 @@ class StepOptions:
     options: Mapping[str, Any] | None = None
     on_agent_lost: str = "retry"
     lost_after: float | None = None
+    secrets: Mapping[str, str] | None = None
 
 
 def location(fn: Callable[..., Any]) -> str:
@@ -79,6 +81,7 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         options_json=_check_options(opts.options, where),
         on_agent_lost=_check_on_agent_lost(opts.on_agent_lost, where),
         lost_after_s=_check_number("lost_after", opts.lost_after or 0.0, where),
+        secrets=tuple(sorted(check_secret_references(opts.secrets or {}, where).items())),
     )
 
 

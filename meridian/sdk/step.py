@@ -153,6 +153,7 @@ def step(
     options: dict[str, Any] | None = None,
     on_agent_lost: str = "retry",
     lost_after: float | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -176,6 +177,9 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             step, or "wait" for that agent to come back.
         lost_after: seconds of silence before an agent's attempt counts as lost (None = the
             control plane's default).
+        secrets: environment variable name -> secret reference resolved by the agent at the
+            site ("env:NAME", "file:/path", "aws-sm:name", "gcp-sm:projects/.../versions/v",
+            "azure-kv:vault/name"); values never pass through the control plane.
     """
     if fn is not None:
         if kwargs:

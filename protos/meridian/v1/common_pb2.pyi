@@ -1,7 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -21,7 +21,14 @@ class ErrorInfo(_message.Message):
     def __init__(self, error_class: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., type_mro: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepSpec(_message.Message):
-    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s")
+    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets")
+    class SecretsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +44,7 @@ class StepSpec(_message.Message):
     OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     ON_AGENT_LOST_FIELD_NUMBER: _ClassVar[int]
     LOST_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: str
     function: str
@@ -52,7 +60,8 @@ class StepSpec(_message.Message):
     options_json: str
     on_agent_lost: str
     lost_after_s: float
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ...) -> None: ...
+    secrets: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("at_unix_ms", "stream", "text")
