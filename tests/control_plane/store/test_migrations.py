@@ -38,10 +38,7 @@ def test_upgrade_from_the_first_revision_keeps_rows(db_url: str) -> None:
             config.attributes["connection"] = conn
             command.upgrade(config, "0001")
             conn.execute(
-                text(
-                    "INSERT INTO bundles (sha256, size, data, created_at) "
-                    "VALUES (:s, 1, :d, :t)"
-                ),
+                text("INSERT INTO bundles (sha256, size, data, created_at) VALUES (:s, 1, :d, :t)"),
                 {"s": "a" * 64, "d": b"x", "t": dt.datetime(2026, 1, 1)},
             )
         store.migrate()
