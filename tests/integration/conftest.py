@@ -1,17 +1,31 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import POSTGRES_ENV, _postgres_database
 from tests.integration.harness import Estate
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def estate_db(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The control plane's database: SQLite in its data dir, and PostgreSQL when configured."""
+    if request.param == "sqlite":
+        yield None
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"set {POSTGRES_ENV} to run integration tests against PostgreSQL")
+    yield from _postgres_database(base)
+
+
 @pytest.fixture(scope="module")
-def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
+def estate(tmp_path_factory: pytest.TempPathFactory, estate_db: str | None) -> Iterator[Estate]:
     """A control plane and three agents (aws-demo, gcp-demo, onprem-demo) as real processes,
     shared by the tests of one module (each test runs its own flow run)."""
-    e = Estate(tmp_path_factory.mktemp("estate")).start()
+    e = Estate(tmp_path_factory.mktemp("estate"), db_url=estate_db).start()
     try:
         e.add_agent("aws-demo", {"cloud": "aws", "region": "us-east-1"})
         e.add_agent("gcp-demo", {"cloud": "gcp", "region": "europe-west1"})

@@ -184,20 +184,7 @@ class Estate:
     ) -> str:
         name = name or f"{environment}-agent"
         data_dir = self.root / "agents" / name
-        token = (
-            self.cli(
-                "tokens",
-                "create",
-                "--data-dir",
-                str(self.server_dir),
-                "--environment",
-                environment,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-            .strip()
-        )
+        token = self.new_token(environment)
         self.cli(
             "agent",
             "enroll",
@@ -215,6 +202,21 @@ class Estate:
         )
         self.start_agent(name, environment, labels, capacity=capacity)
         return name
+
+    def new_token(self, environment: str, *extra: str) -> str:
+        """A one-time join token, issued on the control-plane host (its data dir / database)."""
+        args = [
+            "tokens",
+            "create",
+            "--data-dir",
+            str(self.server_dir),
+            "--environment",
+            environment,
+        ]
+        if self.db_url:
+            args += ["--db", self.db_url]
+        output = self.cli(*args, *extra, check=True).stdout
+        return output.strip().splitlines()[-1].strip()
 
     def start_agent(
         self, name: str, environment: str, labels: Mapping[str, str], *, capacity: int = 4
