@@ -8,7 +8,8 @@ and compare them freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 Verdict = Literal["accept", "reject"]
@@ -25,6 +26,8 @@ class StepSpecValue:
     timeout_s: float = 0.0
     options_json: str = ""
     target: str = ""
+    # Env var name -> secret reference; resolved at the site, values never travel.
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

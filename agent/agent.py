@@ -29,6 +29,7 @@ from agent.journal import Journal
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.runner import RunnerContext
+from agent.secrets import SecretStore
 from agent.worker import Worker
 from providers.base import Provider
 
@@ -52,6 +53,9 @@ class AgentConfig:
     capacity: int = 4
     drain_grace_s: float = 30.0
     reconnect_max_backoff_s: float = 10.0
+    # Secret resolver settings by scheme, e.g. {"aws-sm": {"region": "eu-west-1"}};
+    # see docs/secrets.md. Checked when the agent starts.
+    secrets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -124,6 +128,8 @@ class Agent:
     async def _start(self) -> None:
         cfg = self._config
         identity = load_identity(cfg.data_dir)
+        # Before anything opens: a bad secrets configuration must stop the agent at once.
+        secrets = SecretStore.from_config(cfg.secrets)
         ca_pem = Path(cfg.ca_file).read_bytes() if cfg.ca_file else identity.ca_pem
         for provider_type in cfg.providers:
             self._providers[provider_type] = self._loader(
@@ -142,7 +148,7 @@ class Agent:
         bundles = BundleCache(
             cfg.data_dir / "bundles", RpcBundleSource(self._endpoint), MAX_BUNDLE_BYTES
         )
-        ctx = RunnerContext(reporter, bundles, self._handles, cfg.data_dir / "work")
+        ctx = RunnerContext(reporter, bundles, self._handles, cfg.data_dir / "work", secrets)
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(self._handles.load_all())

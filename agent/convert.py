@@ -249,6 +249,7 @@ def _assignment_from_proto(a: Any) -> Assignment:
         timeout_s=float(s.timeout_s),
         options_json=s.options_json,
         target=s.target,
+        secrets=dict(s.secrets),
     )
     return Assignment(
         attempt_id=a.attempt_id,

@@ -27,8 +27,13 @@ async def pump_logs(
     max_lines: int = MAX_LINES,
     max_delay_s: float = MAX_DELAY_S,
     max_bytes: int = MAX_CHUNK_BYTES,
+    scrub: Callable[[str], str] | None = None,
 ) -> None:
-    """Read ``records`` to the end, emitting batched chunks; flushes what it holds on cancel."""
+    """Read ``records`` to the end, emitting batched chunks; flushes what it holds on cancel.
+
+    ``scrub`` (the attempt's secret redaction) runs on each whole line before it is cut to
+    ``MAX_LINE_CHARS``, so a cut can never leave half of a secret unrecognised.
+    """
     queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
     # A separate reader task: timing out a wait on the queue is safe, timing out a pending
     # __anext__ of the provider's async generator would close the generator.
@@ -49,9 +54,8 @@ async def pump_logs(
                     break
                 if not buffer:
                     deadline = loop.time() + max_delay_s
-                buffer.append(
-                    LogLine(record.at_unix_ms, record.stream, record.text[:MAX_LINE_CHARS])
-                )
+                text = scrub(record.text) if scrub is not None else record.text
+                buffer.append(LogLine(record.at_unix_ms, record.stream, text[:MAX_LINE_CHARS]))
                 size += len(buffer[-1].text)
             if buffer and (
                 len(buffer) >= max_lines or size >= max_bytes or loop.time() >= deadline

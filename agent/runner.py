@@ -5,6 +5,10 @@ control plane accepts. It then records the provider's handle, streams logs in ba
 for cancellation and reports how the attempt ended. Every report goes through the journal.
 The persisted handle is removed only once the finished report is journaled, so an agent restart
 in between finds the attempt again.
+
+Secret references are resolved after ACCEPT and just before the provider starts the step; a
+failure to resolve ends the attempt without starting anything. The values go only into the
+step's environment: every report (journaled, then sent) is scrubbed of them first.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +34,9 @@ from agent.reports import (
     ReportBody,
     infrastructure_failure,
 )
+from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
 from providers.base import (
+    ErrorClass,
     ErrorDetail,
     ExecutionSpec,
     Handle,
@@ -54,6 +61,7 @@ class RunnerContext:
     bundles: BundleCache
     handles: HandleStore
     work_root: Path
+    secrets: SecretStore = field(default_factory=SecretStore)
 
 
 class Runner:
@@ -70,6 +78,9 @@ class Runner:
         self._cancel_reason = ""
         self._cancel_grace_s = 0.0
         self._finished = False
+        # Empty until this attempt's secrets are resolved. After an agent restart (resume) it
+        # stays empty: values are never persisted, so they cannot be scrubbed then.
+        self._redactor = Redactor()
 
     # ---- signals from the worker --------------------------------------------------------
 
@@ -103,7 +114,7 @@ class Runner:
             raise
         except Exception as exc:
             # A bug or a misbehaving provider must not leave the attempt unreported.
-            log.exception("runner for attempt %s failed", self.attempt_id)
+            self._log_exception("runner for attempt %s failed")
             self._finish(infrastructure_failure(f"agent error while running the step: {exc}"))
 
     async def _run(self, assignment: Assignment) -> None:
@@ -151,6 +162,9 @@ class Runner:
         except (ValueError, ProviderOptionsError) as exc:
             self._finish(_failure("permanent", "meridian.ProviderOptionsError", str(exc)))
             return None
+        secrets = await self._resolve_secrets(spec.secrets)
+        if secrets is None:
+            return None
         work_dir = self._ctx.work_root / assignment.attempt_id
         execution = ExecutionSpec(
             attempt_id=assignment.attempt_id,
@@ -166,6 +180,7 @@ class Runner:
             work_dir=work_dir,
             timeout_s=spec.timeout_s or None,
             options=options,
+            env=secrets.env,
         )
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +194,22 @@ class Runner:
         )
         self._report(HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id))
         return handle
+
+    async def _resolve_secrets(self, references: Mapping[str, str]) -> ResolvedSecrets | None:
+        """This attempt's secrets, or None once the attempt has been finished instead."""
+        if not references:
+            return ResolvedSecrets()
+        try:
+            resolved = await self._until_cancelled(self._ctx.secrets.resolve(references))
+        except SecretError as exc:
+            # The message names the env var and reference only; resolvers never put values in.
+            self._finish(_failure(exc.error_class, f"meridian.{type(exc).__name__}", str(exc)))
+            return None
+        if resolved is None:
+            self._finish_cancelled()
+            return None
+        self._redactor = resolved.redactor
+        return resolved
 
     async def _watch(self, handle: Handle, *, stream_logs: bool) -> None:
         logs = asyncio.ensure_future(self._stream_logs(handle)) if stream_logs else None
@@ -206,7 +237,7 @@ class Runner:
         try:
             await self._provider.cancel(handle, self._cancel_grace_s)
         except Exception:
-            log.exception("provider could not cancel attempt %s", self.attempt_id)
+            self._log_exception("provider could not cancel attempt %s")
         await _settle(waiting, self._cancel_grace_s + CANCEL_SETTLE_S)
         exit_code = 0
         if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
@@ -214,7 +245,7 @@ class Runner:
         return _cancelled(self._cancel_reason, exit_code)
 
     async def _stream_logs(self, handle: Handle) -> None:
-        await pump_logs(self._provider.logs(handle), self._report)
+        await pump_logs(self._provider.logs(handle), self._report, scrub=self._redactor.scrub)
 
     async def _until_cancelled(self, work: Any) -> Any:
         """Await ``work`` unless a cancel arrives first (then return None)."""
@@ -229,6 +260,12 @@ class Runner:
         task.cancel()
         return None
 
+    def _log_exception(self, message: str) -> None:
+        # The agent's own log outlives the attempt and is often collected centrally; a provider
+        # error may quote the step's environment, so the traceback is scrubbed like a report.
+        trace = self._redactor.scrub(traceback.format_exc())
+        log.error(message + "\n%s", self.attempt_id, trace)
+
     # ---- reporting ----------------------------------------------------------------------
 
     def _finish_cancelled(self) -> None:
@@ -240,6 +277,8 @@ class Runner:
             self._report(finished)
 
     def _report(self, body: ReportBody) -> None:
+        # The one door to the journal and the control plane: nothing passes it unscrubbed.
+        body = redact_report(body, self._redactor)
         self._ctx.reporter.report(self.attempt_id, self.fencing_token, body)
 
 
@@ -286,7 +325,7 @@ def _cancelled(reason: str, exit_code: int) -> AttemptFinished:
     )
 
 
-def _failure(error_class: Literal["permanent"], type_name: str, message: str) -> AttemptFinished:
+def _failure(error_class: ErrorClass, type_name: str, message: str) -> AttemptFinished:
     return AttemptFinished(
         outcome="failed",
         error=ErrorDetail(error_class=error_class, type=type_name, message=message),
