@@ -6,7 +6,7 @@ This module and ``meridian/client.py`` are the only SDK modules that import ``*_
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from meridian import models
 from protos.meridian.v1 import common_pb2, control_pb2
@@ -260,4 +260,37 @@ def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExec
         bundle_sha256=msg.bundle_sha256,
         state=msg.state,
         watch_after_event_id=msg.watch_after_event_id,
+    )
+
+
+def ms_from_time(value: datetime | None) -> int:
+    """Aware datetime -> Unix milliseconds; None -> 0 (unset)."""
+    if value is None:
+        return 0
+    return int(value.timestamp() * 1000)
+
+
+def audit_record_from_proto(msg: control_pb2.AuditRecord) -> models.AuditRecord:
+    # Integer microseconds -> datetime without a float in between: the value is hashed.
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=msg.at_unix_us)
+    return models.AuditRecord(
+        id=msg.id,
+        at=at,
+        actor=msg.actor,
+        action=msg.action,
+        subject=msg.subject,
+        details_json=msg.details_json,
+        prev_hash=msg.prev_hash,
+        hash=msg.hash,
+    )
+
+
+def audit_verification_from_proto(msg: control_pb2.VerifyAuditResponse) -> models.AuditVerification:
+    return models.AuditVerification(
+        ok=msg.ok,
+        records=msg.records,
+        head_id=msg.head_id,
+        head_hash=msg.head_hash,
+        first_bad_id=msg.first_bad_id or None,
+        problem=msg.problem,
     )

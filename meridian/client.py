@@ -11,6 +11,7 @@ import json
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -39,6 +40,8 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 _UPLOAD_SECONDS_PER_MIB = 1.0
 
 _T = TypeVar("_T")
+# Verifying rereads the whole log: give it longer than an ordinary call.
+_VERIFY_TIMEOUT_S = 300.0
 
 _TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
 
@@ -248,6 +251,49 @@ class ControlClient:
             self._stub.ListAgents, control_pb2.ListAgentsRequest(), idempotent=True
         )
         return [_convert.agent_from_proto(a) for a in response.agents]
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def list_audit_records(
+        self,
+        *,
+        since: datetime | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+        newest: bool = False,
+    ) -> list[models.AuditRecord]:
+        """One page of the audit log in chain order (``limit`` is capped at 1000 by the
+        server); page on with ``after_id`` = the last record's id."""
+        request = control_pb2.ListAuditRecordsRequest(
+            since_unix_ms=_convert.ms_from_time(since),
+            limit=limit,
+            after_id=after_id,
+            newest=newest,
+        )
+        response = self._call(self._stub.ListAuditRecords, request, idempotent=True)
+        return [_convert.audit_record_from_proto(r) for r in response.records]
+
+    def iter_audit_records(
+        self, *, since: datetime | None = None, page: int = 1000
+    ) -> Iterator[models.AuditRecord]:
+        """Every record from ``since`` on, fetched page by page."""
+        after_id = 0
+        while True:
+            records = self.list_audit_records(since=since, limit=page, after_id=after_id)
+            yield from records
+            if len(records) < page:
+                return
+            after_id = records[-1].id
+
+    def verify_audit(self) -> models.AuditVerification:
+        """Ask the control plane to recheck the whole chain (reads every record)."""
+        response = self._call(
+            self._stub.VerifyAudit,
+            control_pb2.VerifyAuditRequest(),
+            timeout=max(self.timeout_s, _VERIFY_TIMEOUT_S),
+            idempotent=True,
+        )
+        return _convert.audit_verification_from_proto(response)
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ the values stay hashable and immutable.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -245,3 +247,38 @@ class CancelResult:
     flow_run_id: str
     state: str  # CANCELLING until every attempt confirmed, then CANCELLED
     attempts_to_confirm: int
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One record of the control plane's hash-chained audit log (docs/audit.md).
+
+    ``details_json`` is kept as the exact canonical text that was hashed; ``details`` is the
+    same content parsed.
+    """
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details_json: str
+    prev_hash: str
+    hash: str
+
+    @property
+    def details(self) -> dict[str, Any]:
+        value = json.loads(self.details_json or "{}")
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The answer of ``VerifyAudit``: intact or not, the first bad record, the head to anchor."""
+
+    ok: bool
+    records: int
+    head_id: int
+    head_hash: str
+    first_bad_id: int | None = None
+    problem: str = ""

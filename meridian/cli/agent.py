@@ -198,7 +198,8 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     if not address:
         raise UsageError("no control plane address: pass --control-plane HOST:PORT")
     ca_file = require_ca_file(args.ca_file, hint="") if args.ca_file else None
-    provider_config = load_agent_config_file(expand_path(args.config)) if args.config else {}
+    file_config = load_agent_config_file(expand_path(args.config)) if args.config else None
+    provider_config = file_config.providers if file_config else {}
     from agent import AgentConfig
 
     return AgentConfig(
@@ -212,6 +213,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
             )
         ),
         provider_config=provider_config,
+        secrets=file_config.secrets if file_config else {},
         capacity=args.capacity,
         drain_grace_s=args.drain_grace,
     )

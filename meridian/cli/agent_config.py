@@ -10,24 +10,35 @@ TOML (or JSON, by extension)::
     [providers.slurm]
     partition = "batch"
 
+    [secrets.aws-sm]
+    region = "eu-west-1"
+
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
+``[secrets.SCHEME]`` sections configure the site's secret resolvers (docs/secrets.md).
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meridian.errors import ValidationError
 
-KNOWN_SECTIONS = {"providers"}
+KNOWN_SECTIONS = {"providers", "secrets"}
 
 
-def load_agent_config_file(path: Path) -> dict[str, dict[str, Any]]:
-    """Provider type -> its config mapping, from a TOML or JSON file."""
+@dataclass(frozen=True)
+class AgentFileConfig:
+    providers: dict[str, dict[str, Any]]  # provider type -> its config
+    secrets: dict[str, dict[str, Any]]  # secret scheme -> resolver settings
+
+
+def load_agent_config_file(path: Path) -> AgentFileConfig:
+    """The provider and secret-resolver sections of a TOML or JSON agent config file."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -44,11 +55,14 @@ def load_agent_config_file(path: Path) -> dict[str, dict[str, Any]]:
             f"agent config {path}: unknown section(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(KNOWN_SECTIONS))}"
         )
-    providers = raw.get("providers", {})
-    if not isinstance(providers, dict) or not all(
-        isinstance(section, dict) for section in providers.values()
-    ):
-        raise ValidationError(
-            f"agent config {path}: [providers] must hold one table per provider type"
-        )
-    return {str(kind): dict(section) for kind, section in providers.items()}
+    return AgentFileConfig(
+        providers=_tables(raw, "providers", "provider type", path),
+        secrets=_tables(raw, "secrets", "secret scheme", path),
+    )
+
+
+def _tables(raw: dict[str, Any], section: str, what: str, path: Path) -> dict[str, dict[str, Any]]:
+    tables = raw.get(section, {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ValidationError(f"agent config {path}: [{section}] must hold one table per {what}")
+    return {str(kind): dict(table) for kind, table in tables.items()}

@@ -12,11 +12,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from meridian.cli import agent, agents, dev, run, runs, server, tokens
+from meridian.cli import agent, agents, audit, dev, run, runs, server, tokens
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.errors import ConnectionFailed, MeridianError
 
-COMMAND_MODULES = (server, tokens, agent, run, runs, agents, dev)
+COMMAND_MODULES = (server, tokens, agent, run, runs, agents, audit, dev)
 
 
 def build_parser() -> ArgumentParser:

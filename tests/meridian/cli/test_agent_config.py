@@ -11,7 +11,7 @@ from meridian.errors import ValidationError
 def test_toml_sections_become_provider_configs(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text('[providers.aws-ecs]\ncluster = "c1"\n[providers.slurm]\npartition = "p"\n')
-    assert load_agent_config_file(path) == {
+    assert load_agent_config_file(path).providers == {
         "aws-ecs": {"cluster": "c1"},
         "slurm": {"partition": "p"},
     }
@@ -20,13 +20,21 @@ def test_toml_sections_become_provider_configs(tmp_path: Path) -> None:
 def test_json_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "agent.json"
     path.write_text('{"providers": {"ray": {"address": "http://127.0.0.1:8265"}}}')
-    assert load_agent_config_file(path) == {"ray": {"address": "http://127.0.0.1:8265"}}
+    assert load_agent_config_file(path).providers == {"ray": {"address": "http://127.0.0.1:8265"}}
+
+
+def test_secret_resolver_sections(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[secrets.aws-sm]\nregion = "eu-west-1"\n')
+    config = load_agent_config_file(path)
+    assert config.secrets == {"aws-sm": {"region": "eu-west-1"}} and config.providers == {}
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[labels]\ncloud = 'aws'\n", "unknown section"),
+        ("[secrets]\nx = 1\n", "one table per secret scheme"),
         ("providers = 3\n", "one table per provider"),
         ("[providers\n", "not valid"),
     ],
