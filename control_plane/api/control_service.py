@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from control_plane import audit
 from control_plane.api import convert, views
 from control_plane.api.agent_service import bundle_chunks
 from control_plane.api.errors import abort, rpc
@@ -38,6 +39,7 @@ from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0
 SERVER_VERSION = "0.1.0"
+MAX_AUDIT_PAGE = 1000
 
 
 def utcnow() -> dt.datetime:
@@ -282,6 +284,41 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.ListAgentsResponse(
             agents=[views.agent_info(agent, held, live.get(agent.id)) for agent, held in rows]
         )
+
+    # ---- audit --------------------------------------------------------------------------
+
+    @rpc
+    async def ListAuditRecords(
+        self, request: control_pb2.ListAuditRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListAuditRecordsResponse:
+        if request.after_id < 0:
+            raise ValidationError("after_id must not be negative")
+        since = _audit_since(request.since_unix_ms)
+        rows = await self._s.store.run(
+            lambda session: audit.list_records(
+                session,
+                since=since,
+                after_id=request.after_id,
+                limit=min(request.limit or 100, MAX_AUDIT_PAGE),
+                newest=request.newest,
+            )
+        )
+        return views.audit_page(rows)
+
+    @rpc
+    async def VerifyAudit(
+        self, request: control_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.VerifyAuditResponse:
+        return views.verify_report(await self._s.store.run(audit.verify_chain))
+
+
+def _audit_since(value_ms: int) -> dt.datetime | None:
+    if value_ms == 0:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(value_ms / 1000, dt.UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValidationError(f"since_unix_ms {value_ms} is not a representable time") from exc
 
 
 def _store_bundle(session, sha256: str, data: bytes, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]

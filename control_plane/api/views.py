@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+
 from control_plane.api.convert import error_to_proto, ms
+from control_plane.audit import VerifyReport
 from control_plane.orchestration.states import TERMINAL_STEP, AttemptState, StepState
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
 from control_plane.store.models import (
     AgentRow,
     AttemptRow,
+    AuditRecordRow,
     EventRow,
     FlowRunRow,
     LogRow,
@@ -19,6 +24,8 @@ from protos.meridian.v1 import common_pb2, control_pb2
 
 STEP_END_KINDS = {"step.completed", "step.failed", "step.cancelled"}
 RUN_END_KINDS = {"run.completed", "run.failed", "run.cancelled", "run.crashed"}
+# Integer arithmetic from the epoch: a float timestamp would round away microseconds.
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def run_update(event: EventRow, step: StepRunRow | None) -> control_pb2.RunUpdate:
@@ -201,4 +208,34 @@ def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control
         last_heartbeat_unix_ms=ms(agent.last_heartbeat_at),
         status=status,
         hostname=agent.hostname,
+    )
+
+
+def audit_record(row: AuditRecordRow) -> control_pb2.AuditRecord:
+    return control_pb2.AuditRecord(
+        id=row.id,
+        at_unix_us=(row.at - _EPOCH) // dt.timedelta(microseconds=1),
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        details_json=row.details,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def audit_page(rows: Sequence[AuditRecordRow]) -> control_pb2.ListAuditRecordsResponse:
+    return control_pb2.ListAuditRecordsResponse(
+        records=[audit_record(r) for r in rows], next_after_id=rows[-1].id if rows else 0
+    )
+
+
+def verify_report(report: VerifyReport) -> control_pb2.VerifyAuditResponse:
+    return control_pb2.VerifyAuditResponse(
+        ok=report.ok,
+        records=report.records,
+        head_id=report.head_id,
+        head_hash=report.head_hash,
+        first_bad_id=report.first_bad_id or 0,
+        problem=report.problem,
     )

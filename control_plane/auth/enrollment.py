@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from control_plane import audit
 from control_plane.auth.ca import CertificateAuthority, fingerprint_sha256
 from control_plane.auth.join_tokens import new_join_token, parse_join_token, verify_secret
 from control_plane.store.models import AgentRow, JoinTokenRow
@@ -25,15 +26,16 @@ def create_join_token_row(
     if ttl_s <= 0:
         raise ValidationError("token lifetime must be positive")
     token_id, plaintext, secret_hash = new_join_token()
-    session.add(
-        JoinTokenRow(
-            id=token_id,
-            secret_hash=secret_hash,
-            environment=environment,
-            created_at=now,
-            expires_at=now + dt.timedelta(seconds=ttl_s),
-        )
+    row = JoinTokenRow(
+        id=token_id,
+        secret_hash=secret_hash,
+        environment=environment,
+        created_at=now,
+        expires_at=now + dt.timedelta(seconds=ttl_s),
     )
+    session.add(row)
+    # Tokens are minted on the control-plane host with the `meridian tokens` CLI.
+    audit.records.token_created(session, row, actor=audit.CLI)
     return plaintext
 
 
@@ -81,6 +83,7 @@ def enroll_agent(
         last_applied_seq=0,
     )
     session.add(agent)
+    audit.records.agent_enrolled(session, agent, token_id)
     return agent, certificate
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control_plane import audit
 from control_plane.orchestration.retry import RetryPolicy, decide_retry
 from control_plane.orchestration.rules import judge_report
 from control_plane.orchestration.states import (
@@ -100,6 +101,8 @@ def create_run(
     run.started_at = now
     run.runner_lease_expires_at = now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
     move_run(session, run, RunState.RUNNING, now, effects, "flow runner started")
+    # No API authentication yet: every run is started through the CLI or its SDK runner.
+    audit.records.run_triggered(session, run, actor=audit.CLI)
     return run
 
 
@@ -464,6 +467,7 @@ def _apply_one(
             result_json=report.result_json,
             error=report.error,
             exit_code=report.exit_code,
+            actor=audit.agent_actor(agent_id),
         )
     return None
 
@@ -511,8 +515,12 @@ def finish_attempt(
     result_json: str = "",
     error: dict[str, Any] | None = None,
     exit_code: int | None = None,
+    actor: str = audit.SYSTEM,
 ) -> None:
-    """End an attempt and decide its step's next move: complete, retry later, or fail."""
+    """End an attempt and decide its step's next move: complete, retry later, or fail.
+
+    ``actor`` is who ended it for the audit log: the reporting agent, or the control plane.
+    """
     held = attempt.state in SLOT_HOLDING
     if outcome != AttemptState.SUCCEEDED and error is None:
         error_class = OUTCOME_TO_ERROR_CLASS.get(outcome, "infrastructure")
@@ -521,6 +529,7 @@ def finish_attempt(
     attempt.exit_code = exit_code
     attempt.error = error
     move_attempt(session, attempt, step, outcome, now, effects, _describe(outcome, error), error)
+    audit.records.attempt_finished(session, attempt, step, result_json=result_json, actor=actor)
     if held:
         effects.release(attempt.agent_id)
     try:

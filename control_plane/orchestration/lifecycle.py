@@ -11,6 +11,7 @@ import datetime as dt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from control_plane import audit
 from control_plane.orchestration.engine import (
     cancel_live_attempts,
     complete_cancel_if_confirmed,
@@ -87,6 +88,10 @@ def cancel_run(
     if run.state in TERMINAL_RUN and run.state != RunState.CRASHED:
         raise ConflictError(f"flow run {run.id} already ended as {run.state}")
     message = reason or "cancelled by request"
+    # Recorded first, so the attempts this cancel ends follow it in the audit log.
+    audit.records.run_changed(
+        session, "run.cancelled", run, now, reason=message, previous_state=run.state
+    )
     move_run(session, run, RunState.CANCELLING, now, effects, message)
     waiting = cancel_live_attempts(session, run, now, effects, message)
     complete_cancel_if_confirmed(session, run.id, now, effects)
@@ -101,6 +106,7 @@ def resume_run(session: Session, run_id: str, now: dt.datetime) -> tuple[FlowRun
         raise ConflictError(
             f"flow run {run.id} is {run.state}; only CRASHED, FAILED or CANCELLED runs resume"
         )
+    audit.records.run_changed(session, "run.resumed", run, now, previous_state=run.state)
     run.resumed_at = now
     run.ended_at = None
     run.error = None
@@ -133,4 +139,5 @@ def retry_run(session: Session, run_id: str, now: dt.datetime) -> tuple[FlowRunR
         flow_run_id=original.id,
         message=f"retried as run {run.id}",
     )
+    audit.records.run_changed(session, "run.retried", original, now, retried_as=run.id)
     return run, effects

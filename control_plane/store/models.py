@@ -208,3 +208,26 @@ class LogRow(Base):
     stream: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[dt.datetime]
+
+
+class AuditRecordRow(Base):
+    """One link of the hash-chained audit log (see ``control_plane.audit``).
+
+    Rows are only ever inserted. ``id`` is assigned by the appender as the previous id + 1
+    under the chain lock instead of by a sequence: sequences skip values when a transaction
+    rolls back, and a gap must mean "a record was removed". ``details`` is canonical JSON text,
+    stored verbatim so the hash covers exactly the bytes kept.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))
+    details: Mapped[str] = mapped_column(Text)
+    # Unique: two records can never claim the same predecessor, so even a broken lock could
+    # not fork the chain silently (the second insert fails instead).
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -115,6 +115,16 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/meridian.v1.ControlService/ListAuditRecords',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/meridian.v1.ControlService/VerifyAudit',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -229,6 +239,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditRecords(self, request, context):
+        """The hash-chained audit log (docs/audit.md): read it in chain order, and check that no
+        record was edited, removed or reordered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +335,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -745,6 +779,60 @@ class ControlService:
             '/meridian.v1.ControlService/ListAgents',
             protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListAuditRecords',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/VerifyAudit',
+            protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
