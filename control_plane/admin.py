@@ -2,21 +2,72 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from control_plane.auth.enrollment import create_join_token_row
+from control_plane.auth.enrollment import (
+    create_join_token_row,
+    list_join_tokens,
+    revoke_join_token,
+)
 from control_plane.store.db import Store, sqlite_url
+from control_plane.store.models import JoinTokenRow
 
 
 def create_join_token(
     data_dir: Path, environment: str, *, ttl_s: float = 3600.0, db_url: str | None = None
 ) -> str:
     """Issue a one-time join token for ``environment``; only its hash is stored."""
+    with _store(data_dir, db_url) as store:
+        now = dt.datetime.now(dt.UTC)
+        return store.run_sync(create_join_token_row, environment, ttl_s, now)
+
+
+@dataclass(frozen=True)
+class JoinTokenInfo:
+    token_id: str
+    environment: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    state: str  # unused | used | expired | revoked
+    used_by_agent_id: str | None
+
+
+def _info(row: JoinTokenRow, now: dt.datetime) -> JoinTokenInfo:
+    if row.revoked_at is not None:
+        state = "revoked"
+    elif row.used_at is not None:
+        state = "used"
+    elif row.expires_at <= now:
+        state = "expired"
+    else:
+        state = "unused"
+    return JoinTokenInfo(
+        row.id, row.environment, row.created_at, row.expires_at, state, row.used_by_agent_id
+    )
+
+
+def join_tokens(data_dir: Path, *, db_url: str | None = None) -> list[JoinTokenInfo]:
+    """Every join token ever issued (never a secret: only ids, environments and states)."""
+    now = dt.datetime.now(dt.UTC)
+    with _store(data_dir, db_url) as store:
+        return store.run_sync(lambda s: [_info(r, now) for r in list_join_tokens(s)])
+
+
+def revoke_token(data_dir: Path, token_id: str, *, db_url: str | None = None) -> JoinTokenInfo:
+    now = dt.datetime.now(dt.UTC)
+    with _store(data_dir, db_url) as store:
+        return store.run_sync(lambda s: _info(revoke_join_token(s, token_id, now), now))
+
+
+@contextlib.contextmanager
+def _store(data_dir: Path, db_url: str | None) -> Iterator[Store]:
     store = Store(db_url or sqlite_url(Path(data_dir) / "meridian.db"))
     try:
         store.migrate()
-        now = dt.datetime.now(dt.UTC)
-        return store.run_sync(create_join_token_row, environment, ttl_s, now)
+        yield store
     finally:
         store.close()

@@ -246,6 +246,14 @@ class ControlClient:
             raise self._map_error(exc) from None
         return b"".join(chunks)
 
+    def revoke_agent(self, agent: str, reason: str = "") -> models.AgentInfo:
+        request = control_pb2.AgentRequest(agent=agent, reason=reason)
+        return _convert.agent_from_proto(self._call(self._stub.RevokeAgent, request))
+
+    def drain_agent(self, agent: str, reason: str = "") -> models.AgentInfo:
+        request = control_pb2.AgentRequest(agent=agent, reason=reason)
+        return _convert.agent_from_proto(self._call(self._stub.DrainAgent, request))
+
     def list_agents(self) -> list[models.AgentInfo]:
         response = self._call(
             self._stub.ListAgents, control_pb2.ListAgentsRequest(), idempotent=True

@@ -29,7 +29,7 @@ from control_plane.orchestration.agents import (
 )
 from control_plane.orchestration.engine import apply_reports
 from control_plane.orchestration.states import SLOT_HOLDING
-from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut
+from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
 from control_plane.store.models import AttemptRow, BundleRow, FlowRunRow
 from meridian.errors import NotFound, PermissionDenied, ValidationError
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -138,6 +138,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         )
         self._s.dispatcher.apply(effects)
+        if connected.drain_requested:
+            session.send(DrainOut("an operator drained this agent"))
         await self._serve(session, context)
 
     async def _serve(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
@@ -188,7 +190,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session.seen()
             body = frame.WhichOneof("body")
             if body == "heartbeat":
-                session.draining = frame.heartbeat.draining
+                session.draining = frame.heartbeat.draining or session.drain_requested
                 await self._s.store.run(agent_heartbeat, agent_id, session.draining, utcnow())
                 if not session.draining:
                     self._s.dispatcher.wake()

@@ -23,6 +23,7 @@ from control_plane.api.validation import (
     validate_options,
     validate_submissions,
 )
+from control_plane.orchestration.agent_admin import drain_agent, revoke_agent
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
 from control_plane.orchestration.lifecycle import (
     cancel_run,
@@ -32,6 +33,7 @@ from control_plane.orchestration.lifecycle import (
 )
 from control_plane.orchestration.states import TERMINAL_RUN
 from control_plane.orchestration.values import Effects
+from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
 from control_plane.store.models import BundleRow
 from meridian.errors import MeridianError, ValidationError
@@ -243,6 +245,33 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                             await wake.wait()
         finally:
             self._s.notifier.unsubscribe(run_id, wake)
+
+    # ---- agents -------------------------------------------------------------------------
+
+    @rpc
+    async def RevokeAgent(
+        self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.AgentInfo:
+        agent, effects = await self._s.store.run(
+            revoke_agent, request.agent, request.reason[:1000], utcnow()
+        )
+        self._s.dispatcher.apply(effects)
+        session = self._s.registry.get(agent.id)
+        if session is not None:
+            # Close the stream now; its certificate is refused at every later connection.
+            session.send(CloseOut("this agent was revoked"))
+        return views.agent_info(agent, 0, None)
+
+    @rpc
+    async def DrainAgent(
+        self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.AgentInfo:
+        agent = await self._s.store.run(drain_agent, request.agent, request.reason[:1000], utcnow())
+        session = self._s.registry.get(agent.id)
+        if session is not None:
+            session.drain_requested = session.draining = True
+            session.send(DrainOut(request.reason or "an operator drained this agent"))
+        return views.agent_info(agent, session.in_use if session else 0, session)
 
     # ---- reading ------------------------------------------------------------------------
 

@@ -192,7 +192,9 @@ def logs_page(rows: list[LogRow], after_id: int) -> control_pb2.GetLogsResponse:
 
 def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control_pb2.AgentInfo:
     status = agent.status
-    if live is not None:
+    if agent.revoked_at is not None:
+        status = "revoked"
+    elif live is not None:
         status = "draining" if live.draining else "connected"
     elif status in ("connected", "draining"):
         status = "disconnected"

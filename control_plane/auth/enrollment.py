@@ -12,7 +12,7 @@ from control_plane import audit
 from control_plane.auth.ca import CertificateAuthority, fingerprint_sha256
 from control_plane.auth.join_tokens import new_join_token, parse_join_token, verify_secret
 from control_plane.store.models import AgentRow, JoinTokenRow
-from meridian.errors import PermissionDenied, ValidationError
+from meridian.errors import NotFound, PermissionDenied, ValidationError
 
 MAX_AGENT_NAME = 255
 
@@ -54,6 +54,8 @@ def enroll_agent(
     row = session.get(JoinTokenRow, token_id)
     if row is None or not verify_secret(secret, row.secret_hash):
         raise PermissionDenied("join token is not valid")
+    if row.revoked_at is not None:
+        raise PermissionDenied("join token was revoked; create a new one")
     if row.used_at is not None:
         raise PermissionDenied("join token was already used; create a new one")
     if row.expires_at <= now:
@@ -89,3 +91,21 @@ def enroll_agent(
 
 def list_join_tokens(session: Session) -> list[JoinTokenRow]:
     return list(session.scalars(select(JoinTokenRow).order_by(JoinTokenRow.created_at)))
+
+
+def revoke_join_token(session: Session, token_id: str, now: dt.datetime) -> JoinTokenRow:
+    """Make an unused token worthless (a used one already is)."""
+    row = session.get(JoinTokenRow, token_id.strip())
+    if row is None:
+        raise NotFound(f"no join token has the id {token_id!r} (see `meridian tokens list`)")
+    if row.revoked_at is None:
+        row.revoked_at = now
+        audit.append(
+            session,
+            actor=audit.CLI,
+            action="token.revoked",
+            subject=row.id,
+            details={"environment": row.environment, "was_used": row.used_at is not None},
+            now=now,
+        )
+    return row

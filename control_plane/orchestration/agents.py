@@ -46,6 +46,7 @@ class ConnectedAgent:
     draining: bool
     last_applied_seq: int
     provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    drain_requested: bool = False  # by an operator: survives the agent's own heartbeats
 
 
 def agent_connected(
@@ -56,12 +57,19 @@ def agent_connected(
         raise NotFound(f"agent {agent_id} is not enrolled")
     if agent.cert_fingerprint and agent.cert_fingerprint != fingerprint:
         raise PermissionDenied("this certificate is not the one issued to the agent")
+    if agent.revoked_at is not None:
+        raise PermissionDenied(
+            f"agent {agent.name} was revoked at {agent.revoked_at:%Y-%m-%d %H:%M:%S} UTC; "
+            "enroll a new identity with a new join token"
+        )
+    # An operator's drain outlasts reconnects: the agent gets no new work until re-enrolled.
+    draining = hello.draining or agent.drain_requested_at is not None
     agent.labels = dict(hello.labels)
     agent.providers = list(hello.providers)
     agent.capacity = hello.capacity
     agent.version = hello.version
     agent.hostname = hello.hostname
-    agent.status = "draining" if hello.draining else "connected"
+    agent.status = "draining" if draining else "connected"
     agent.connected_at = now
     agent.last_heartbeat_at = now
     effects = Effects()
@@ -75,9 +83,10 @@ def agent_connected(
         providers=frozenset(hello.providers),
         capacity=hello.capacity,
         in_use=in_use,
-        draining=hello.draining,
+        draining=draining,
         last_applied_seq=agent.last_applied_seq,
         provider_schemas=hello.provider_schemas,
+        drain_requested=agent.drain_requested_at is not None,
     )
     return connected, effects
 
@@ -133,9 +142,10 @@ def _reconcile_held(
 
 def agent_heartbeat(session: Session, agent_id: str, draining: bool, now: dt.datetime) -> None:
     agent = session.get(AgentRow, agent_id)
-    if agent is not None:
+    if agent is not None and agent.revoked_at is None:
         agent.last_heartbeat_at = now
-        agent.status = "draining" if draining else "connected"
+        drained = draining or agent.drain_requested_at is not None
+        agent.status = "draining" if drained else "connected"
 
 
 def agent_disconnected(session: Session, agent_id: str, now: dt.datetime) -> None:

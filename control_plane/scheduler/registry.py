@@ -43,6 +43,7 @@ class AgentSession:
         self.session_id = session_id
         self.in_use = agent.in_use
         self.draining = agent.draining
+        self.drain_requested = agent.drain_requested
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         # Monotonic time of the last frame from the agent. A stream can look open long after
         # its peer went silent (a black-holed network): such an agent gets no new work.

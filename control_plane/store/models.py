@@ -85,6 +85,9 @@ class AgentRow(Base):
     last_heartbeat_at: Mapped[dt.datetime | None]
     # Highest report sequence number applied: the journal's exactly-once watermark.
     last_applied_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Revoked agents are refused at every connection; draining ones get no new work.
+    revoked_at: Mapped[dt.datetime | None]
+    drain_requested_at: Mapped[dt.datetime | None]
 
 
 class JoinTokenRow(Base):
@@ -97,6 +100,7 @@ class JoinTokenRow(Base):
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
     used_by_agent_id: Mapped[str | None] = mapped_column(String(36))
+    revoked_at: Mapped[dt.datetime | None]
 
 
 class BundleRow(Base):

@@ -24,6 +24,29 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     add_client_options(listing)
     listing.set_defaults(func=cmd_list)
+    for name, text in (
+        ("revoke", "close the agent's stream now and refuse its certificate from then on"),
+        ("drain", "stop new assignments to the agent; running steps finish"),
+    ):
+        parser = actions.add_parser(name, help=text, parents=parents)
+        parser.add_argument("agent", metavar="AGENT", help="agent id, id prefix or name")
+        parser.add_argument("--reason", default="", help="recorded in the audit log")
+        add_client_options(parser)
+        parser.set_defaults(func=cmd_revoke if name == "revoke" else cmd_drain)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        agent = client.revoke_agent(args.agent, args.reason)
+    print(f"agent {agent.name} ({agent.agent_id}) in {agent.environment} is {agent.status}")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        agent = client.drain_agent(args.agent, args.reason)
+    print(f"agent {agent.name} ({agent.agent_id}) in {agent.environment} is {agent.status}")
+    return 0
 
 
 def heartbeat_age(agent: models.AgentInfo, now: datetime) -> float | None:

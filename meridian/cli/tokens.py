@@ -1,4 +1,4 @@
-"""``meridian tokens create``: mint a one-time join token on the control-plane host.
+"""``meridian tokens create|list|revoke``: join tokens, on the control-plane host.
 
 It works on the server's data directory (and database) directly rather than over gRPC: whoever
 can read that directory already holds the CA, so no extra credential is needed to bootstrap.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from meridian.cli.common import (
@@ -17,6 +18,7 @@ from meridian.cli.common import (
     expand_path,
     positive_float,
 )
+from meridian.cli.render import format_datetime, iso, table, to_json
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -42,6 +44,17 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--db", metavar="URL", help="database URL if not the default SQLite")
     create.set_defaults(func=cmd_create)
 
+    listing = actions.add_parser("list", help="join tokens and their state", parents=parents)
+    revoke = actions.add_parser("revoke", help="make an unused join token worthless",
+                                parents=parents)  # fmt: skip
+    revoke.add_argument("token_id", metavar="TOKEN_ID", help="the id shown by `tokens list`")
+    for parser in (listing, revoke):
+        parser.add_argument("--data-dir", metavar="DIR", default=str(DEFAULT_SERVER_DIR))
+        parser.add_argument("--db", metavar="URL", help="database URL if not the default SQLite")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_list)
+    revoke.set_defaults(func=cmd_revoke)
+
 
 def cmd_create(args: argparse.Namespace) -> int:
     environment = args.environment.strip()
@@ -63,4 +76,47 @@ def cmd_create(args: argparse.Namespace) -> int:
         "  meridian agent enroll --control-plane HOST:PORT --ca-file CA_FILE --token TOKEN",
         file=sys.stderr,
     )
+    return 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    data_dir = expand_path(args.data_dir)
+    if not data_dir.is_dir():
+        raise CliError(f"no control-plane data directory at {data_dir}")
+    return data_dir
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from control_plane.admin import join_tokens
+
+    tokens = join_tokens(_data_dir(args), db_url=args.db or None)
+    if args.json:
+        print(to_json([
+            {
+                "token_id": t.token_id,
+                "environment": t.environment,
+                "state": t.state,
+                "created_at": iso(t.created_at),
+                "expires_at": iso(t.expires_at),
+                "used_by_agent_id": t.used_by_agent_id,
+            }
+            for t in tokens
+        ]))  # fmt: skip
+        return 0
+    rows = [
+        [t.token_id, t.environment, t.state, format_datetime(t.expires_at),
+         t.used_by_agent_id or "-"]
+        for t in tokens
+    ]  # fmt: skip
+    print(table(("TOKEN", "ENVIRONMENT", "STATE", "EXPIRES", "USED BY"), rows) if rows
+          else "no join tokens")  # fmt: skip
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from control_plane.admin import revoke_token
+
+    token_id = args.token_id.strip().removeprefix("mjt_").split(".", 1)[0]
+    info = revoke_token(_data_dir(args), token_id, db_url=args.db or None)
+    print(f"join token {info.token_id} ({info.environment}) is {info.state}")
     return 0

@@ -525,3 +525,11 @@ class VerifyAuditResponse(_message.Message):
     first_bad_id: int
     problem: str
     def __init__(self, ok: _Optional[bool] = ..., records: _Optional[int] = ..., head_id: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_id: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class AgentRequest(_message.Message):
+    __slots__ = ("agent", "reason")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    reason: str
+    def __init__(self, agent: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -125,6 +125,16 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.RevokeAgent = channel.unary_unary(
+                '/meridian.v1.ControlService/RevokeAgent',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
+                _registered_method=True)
+        self.DrainAgent = channel.unary_unary(
+                '/meridian.v1.ControlService/DrainAgent',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -253,6 +263,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAgent(self, request, context):
+        """Agent lifecycle. Revoking closes the agent's stream at once and refuses its certificate
+        from then on; its attempts are treated as lost. Draining stops new assignments.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +369,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'RevokeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgent,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.SerializeToString,
+            ),
+            'DrainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAgent,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -833,6 +867,60 @@ class ControlService:
             '/meridian.v1.ControlService/VerifyAudit',
             protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/RevokeAgent',
+            protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/DrainAgent',
+            protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
             options,
             channel_credentials,
             insecure,

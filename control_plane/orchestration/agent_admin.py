@@ -1,0 +1,99 @@
+"""Operators act on agents: revoke an identity (its attempts are lost at once) or drain it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane import audit
+from control_plane.orchestration.engine import finish_attempt
+from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
+from control_plane.orchestration.values import Effects, error_dict
+from control_plane.store.models import AgentRow, AttemptRow, StepRunRow
+from meridian.errors import NotFound, ValidationError
+
+
+def resolve_agent(session: Session, ref: str) -> AgentRow:
+    """An agent by id, unique id prefix (4+ characters) or unique name."""
+    ref = ref.strip()
+    if not ref:
+        raise ValidationError("name the agent by id, id prefix or name")
+    agent = session.get(AgentRow, ref)
+    if agent is not None:
+        return agent
+    by_name = session.scalars(select(AgentRow).where(AgentRow.name == ref).limit(2)).all()
+    by_prefix = (
+        session.scalars(
+            select(AgentRow).where(AgentRow.id.startswith(ref, autoescape=True)).limit(2)
+        ).all()
+        if len(ref) >= 4
+        else []
+    )
+    matches = {a.id: a for a in (*by_name, *by_prefix)}
+    if not matches:
+        raise NotFound(f"no agent has the id, id prefix or name {ref!r}")
+    if len(matches) > 1:
+        raise ValidationError(f"{ref!r} names more than one agent; use its id")
+    return next(iter(matches.values()))
+
+
+def revoke_agent(
+    session: Session, ref: str, reason: str, now: dt.datetime
+) -> tuple[AgentRow, Effects]:
+    """Refuse the agent's certificate from now on; the attempts it holds are lost (and retried
+    elsewhere by their step's policy) because nothing it reports will be accepted again."""
+    effects = Effects()
+    agent = resolve_agent(session, ref)
+    if agent.revoked_at is not None:
+        return agent, effects
+    agent.revoked_at = now
+    agent.status = "revoked"
+    message = f"agent {agent.name} in {agent.environment} was revoked" + (
+        f": {reason}" if reason else ""
+    )
+    held = session.scalars(
+        select(AttemptRow).where(
+            AttemptRow.agent_id == agent.id, AttemptRow.state.in_(list(SLOT_HOLDING))
+        )
+    ).all()
+    for attempt in held:
+        step = session.get(StepRunRow, attempt.step_run_id)
+        assert step is not None
+        error = error_dict("lost_agent", "meridian.AgentRevoked", message)
+        finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+    audit.append(
+        session,
+        actor=audit.CLI,
+        action="agent.revoked",
+        subject=agent.id,
+        details={
+            "environment": agent.environment,
+            "fingerprint": agent.cert_fingerprint,
+            "reason": reason,
+            "attempts_lost": len(held),
+        },
+        now=now,
+    )
+    return agent, effects
+
+
+def drain_agent(session: Session, ref: str, reason: str, now: dt.datetime) -> AgentRow:
+    """Stop new assignments to the agent; what it runs finishes normally."""
+    agent = resolve_agent(session, ref)
+    if agent.revoked_at is not None:
+        raise ValidationError(f"agent {agent.name} is revoked")
+    if agent.drain_requested_at is None:
+        agent.drain_requested_at = now
+        audit.append(
+            session,
+            actor=audit.CLI,
+            action="agent.drained",
+            subject=agent.id,
+            details={"environment": agent.environment, "reason": reason},
+            now=now,
+        )
+    if agent.status in ("connected", "disconnected"):
+        agent.status = "draining"
+    return agent
