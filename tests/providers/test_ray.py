@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import json
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -281,9 +280,7 @@ class TestRayConformance(ProviderConformance):
             handle = await provider.submit(spec)
             return await dead.wait(handle)
 
-        started = time.monotonic()
         outcome = self._go(provider, scenario)
-        assert time.monotonic() - started < 15
         assert outcome.state == "failed" and outcome.error is not None
         assert outcome.error.error_class == "infrastructure"
         assert "127.0.0.1:9" in outcome.error.message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from meridian.cli import dev
@@ -36,10 +35,8 @@ def test_example_runs_in_process_without_meridian() -> None:
 
 
 def test_dev_demo_end_to_end(cli, tmp_path: Path) -> None:
-    started = time.monotonic()
     result = cli("dev", "--data-dir", str(tmp_path / "demo"))
     assert result.code == 0, result.err + result.out
-    assert time.monotonic() - started < 60
     out = result.out
     assert "finished: COMPLETED" in out
     for environment in ("aws-demo", "gcp-demo", "onprem-demo"):
