@@ -245,7 +245,15 @@ class Runner:
         return _cancelled(self._cancel_reason, exit_code)
 
     async def _stream_logs(self, handle: Handle) -> None:
-        await pump_logs(self._provider.logs(handle), self._report, scrub=self._redactor.scrub)
+        # Logs are best effort: a provider that cannot read them (e.g. no log credentials) must
+        # not fail the attempt, whose outcome comes from wait(); say so once, in its own log.
+        try:
+            await pump_logs(self._provider.logs(handle), self._report, scrub=self._redactor.scrub)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = self._redactor.scrub(f"{type(exc).__name__}: {exc}")
+            log.warning("attempt %s: cannot read its logs: %s", self.attempt_id, message)
 
     async def _until_cancelled(self, work: Any) -> Any:
         """Await ``work`` unless a cancel arrives first (then return None)."""
