@@ -104,7 +104,8 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
         raise ValidationError(f"{where}: retry_on takes at most 64 type names")
     if len(spec["options_json"]) > MAX_OPTIONS_BYTES:
         raise ValidationError(f"{where}: options exceed {MAX_OPTIONS_BYTES} bytes")
-    if spec["options_json"] and not isinstance(_json(spec["options_json"], where), dict):
+    options_where = f"{where}: options_json"
+    if spec["options_json"] and not isinstance(_json(spec["options_json"], options_where), dict):
         raise ValidationError(f"{where}: options must be a JSON object")
     return spec
 
@@ -144,7 +145,8 @@ def validate_hello(hello: HelloIn) -> None:
     for key, value in hello.labels.items():
         problem = validate_key(key) or validate_value(value)
         if problem:
-            raise ValidationError(f"label {key}={value[:80]!r}: {problem}")
+            # Bounded: a status message rides in gRPC metadata, limited to 16 KiB.
+            raise ValidationError(f"label {key[:80]!r}: {problem[:300]}")
     for provider in hello.providers:
         if not PROVIDER_NAME.match(provider):
             raise ValidationError(f"provider {provider[:80]!r} is not a provider name")

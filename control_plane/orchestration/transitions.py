@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.states import (
@@ -20,6 +21,37 @@ from control_plane.orchestration.values import Effects
 from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, StepRunRow
 
 MAX_EVENT_MESSAGE = 4000
+_PENDING_EVENTS = "meridian.pending_events"
+# pg_advisory_xact_lock key for "events are inserted in commit order"; "MRDNEVTS" as an int.
+_EVENTS_LOCK_KEY = int.from_bytes(b"MRDNEVTS", "big") >> 1
+
+
+def _insert_events_in_commit_order(session: Session) -> None:
+    """Insert the transaction's events last, under a lock held until commit.
+
+    Watchers read a run's events by increasing id. On PostgreSQL several transactions run at
+    once and ids are taken at insert time, so without this an event could commit after a
+    higher id had already been streamed and never be delivered. Taking the lock as the last
+    thing before commit (after the change's own row locks) keeps the lock order the same
+    everywhere, so it cannot deadlock. SQLite has one writer: no lock needed.
+    """
+    rows: list[EventRow] | None = session.info.pop(_PENDING_EVENTS, None)
+    if not rows:
+        return
+    session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK_KEY})
+    session.add_all(rows)
+    session.flush()
+
+
+def _discard_events(session: Session) -> None:
+    session.info.pop(_PENDING_EVENTS, None)
+
+
+if not event.contains(Session, "before_commit", _insert_events_in_commit_order):
+    event.listen(Session, "before_commit", _insert_events_in_commit_order)
+    event.listen(Session, "after_rollback", _discard_events)
 
 
 def record_event(
@@ -35,7 +67,7 @@ def record_event(
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
+    session.info.setdefault(_PENDING_EVENTS, []).append(
         EventRow(
             flow_run_id=flow_run_id,
             step_run_id=step.id if step else (attempt.step_run_id if attempt else None),
