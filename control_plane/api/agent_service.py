@@ -167,9 +167,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         max_bytes = self._s.config.max_frame_bytes
         while True:
             getter = asyncio.ensure_future(session.outbox.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():  # the stream ended or the handler was cancelled
+                    getter.cancel()
             if getter not in done:
-                getter.cancel()
                 return
             items = [getter.result()]
             while not session.outbox.empty() and len(items) < 1000:

@@ -424,14 +424,17 @@ def _apply_one(
     attempt = session.get(AttemptRow, report.attempt_id, with_for_update=True)
     verdict = judge_report(agent_id, attempt, report)
     if verdict is not None:
-        if verdict.action == "reject":
+        # A late outcome (e.g. the copy of a lost attempt finishing) is not applied, but the
+        # history says it arrived: at-least-once execution made visible.
+        if verdict.action == "reject" or report.kind == "finished":
             record_event(
                 session,
-                kind="report.rejected",
+                kind="report.rejected" if verdict.action == "reject" else "report.ignored",
                 now=now,
                 flow_run_id=attempt.flow_run_id if attempt else None,
                 attempt=attempt,
-                message=f"{report.kind} report from agent {agent_id} rejected: {verdict.reason}",
+                message=f"{report.kind} report from agent {agent_id} "
+                f"{verdict.action}ed: {verdict.reason}",
                 details={"agent_id": agent_id, "token": report.fencing_token, "seq": report.seq},
             )
         if report.kind == "running":
