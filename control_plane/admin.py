@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from control_plane.auth.api_token_store import (
+    issue_api_token,
+    list_api_tokens,
+    revoke_api_token,
+)
 from control_plane.auth.enrollment import (
     create_join_token_row,
     list_join_tokens,
     revoke_join_token,
 )
 from control_plane.store.db import Store, sqlite_url
-from control_plane.store.models import JoinTokenRow
+from control_plane.store.models import ApiTokenRow, JoinTokenRow
 
 
 def create_join_token(
@@ -71,3 +76,71 @@ def _store(data_dir: Path, db_url: str | None) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class ApiTokenInfo:
+    token_id: str
+    name: str
+    role: str
+    environments: tuple[str, ...]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    state: str  # active | expired | revoked
+
+
+def create_api_token(
+    data_dir: Path,
+    role: str,
+    *,
+    name: str = "",
+    environments: Sequence[str] = (),
+    ttl_s: float | None = None,
+    db_url: str | None = None,
+) -> str:
+    """Issue an API token (viewer, operator or admin); only its hash is stored."""
+    with _store(data_dir, db_url) as store:
+        return store.run_sync(
+            lambda s: issue_api_token(
+                s,
+                role=role,
+                name=name,
+                environments=environments,
+                ttl_s=ttl_s,
+                now=dt.datetime.now(dt.UTC),
+            )
+        )
+
+
+def api_tokens(data_dir: Path, *, db_url: str | None = None) -> list[ApiTokenInfo]:
+    now = dt.datetime.now(dt.UTC)
+    with _store(data_dir, db_url) as store:
+        return store.run_sync(lambda s: [_api_info(r, now) for r in list_api_tokens(s)])
+
+
+def revoke_api_token_by_id(
+    data_dir: Path, token_id: str, *, db_url: str | None = None
+) -> ApiTokenInfo:
+    now = dt.datetime.now(dt.UTC)
+    with _store(data_dir, db_url) as store:
+        return store.run_sync(lambda s: _api_info(revoke_api_token(s, token_id, now), now))
+
+
+def _api_info(row: ApiTokenRow, now: dt.datetime) -> ApiTokenInfo:
+    if row.revoked_at is not None:
+        state = "revoked"
+    elif row.expires_at is not None and row.expires_at <= now:
+        state = "expired"
+    else:
+        state = "active"
+    return ApiTokenInfo(
+        row.id,
+        row.name,
+        row.role,
+        tuple(row.environments or ()),
+        row.created_at,
+        row.expires_at,
+        row.last_used_at,
+        state,
+    )

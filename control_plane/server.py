@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_plane.api.agent_service import AgentService
+from control_plane.api.authz import ApiTokenAuth
 from control_plane.api.control_service import ControlService
 from control_plane.api.services import RunNotifier, Services
 from control_plane.auth.ca import CertificateAuthority
@@ -116,6 +117,7 @@ class ControlPlane:
         assert self._services is not None
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
+            interceptors=[ApiTokenAuth(self._services.store)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -124,7 +126,7 @@ class ControlPlane:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_concurrent_streams", 1000),
-            ]
+            ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(self._services), server)
         control_pb2_grpc.add_ControlServiceServicer_to_server(

@@ -260,6 +260,7 @@ def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExec
         bundle_sha256=msg.bundle_sha256,
         state=msg.state,
         watch_after_event_id=msg.watch_after_event_id,
+        runner_token=msg.runner_token,
     )
 
 

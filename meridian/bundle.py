@@ -325,15 +325,42 @@ def _open_tar(data: bytes) -> tarfile.TarFile:
         raise BundleError(f"bundle is not a valid tar.gz archive: {exc}") from exc
 
 
+class _CappedReader(io.RawIOBase):
+    """The decompressed archive, refusing any single read beyond what may be unpacked: a
+    header that declares an absurd size (PAX/GNU long names) fails here instead of making
+    tarfile allocate it."""
+
+    def __init__(self, source: gzip.GzipFile, limit: int) -> None:
+        self._source = source
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > self._left:
+            raise BundleError("bundle declares more data than a bundle may unpack")
+        chunk = self._source.read(size)
+        self._left -= len(chunk)
+        return chunk
+
+
 def _checked_members(data: bytes, max_unpacked_bytes: int, max_members: int) -> dict[str, str]:
     """Validate every header; return ``{normalised name: kind}`` in archive order."""
     members: dict[str, str] = {}
     total = count = 0
-    with _open_tar(data) as tar:
+    # Headers are 512-byte blocks: the archive may hold that much beyond the file contents.
+    limit = max_unpacked_bytes + 1024 * (max_members + 4)
+    try:
+        gz = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+        tar = tarfile.open(fileobj=_CappedReader(gz, limit), mode="r|")  # noqa: SIM115 - closed by the with below
+    except (*_CORRUPT, OSError) as exc:
+        raise BundleError(f"bundle is not a valid tar.gz archive: {exc}") from exc
+    with tar:
         while True:
             try:
                 info = tar.next()
-            except _CORRUPT as exc:
+            except (*_CORRUPT, OverflowError, MemoryError, ValueError) as exc:
                 raise BundleError(f"bundle is not a valid tar.gz archive: {exc}") from exc
             if info is None:
                 return members
@@ -376,6 +403,8 @@ def _safe_name(raw: str) -> str:
         raise BundleError(f"bundle member {raw!r} has a '..' path component")
     if not parts:
         raise BundleError(f"bundle member {raw!r} has an empty path")
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(raw) > 4096:
+        raise BundleError(f"bundle member {raw[:120]!r} has a path part longer than 255 bytes")
     return "/".join(parts)
 
 

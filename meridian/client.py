@@ -7,6 +7,7 @@ with messages a user can act on. Messages are converted by ``meridian._convert``
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -79,11 +80,24 @@ class ControlClient:
         timeout_s: deadline of every unary call (``watch_run`` has none).
     """
 
-    def __init__(self, address: str, ca_file: Path | str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        ca_file: Path | str,
+        *,
+        timeout_s: float = 30.0,
+        token: str | None = None,
+    ) -> None:
         self.address = address
         self.ca_file = Path(ca_file)
         self.timeout_s = timeout_s
+        # Sent as `authorization: Bearer ...` on every call (docs/security.md).
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token.strip()}"),) if token else ()
+        )
         self._reached = False  # set after the first answer: later UNAVAILABLE = restarting
+        # CreateRun answers with a token that may drive that run only; the runner uses it.
+        self.runner_tokens: dict[str, str] = {}
         credentials = grpc.ssl_channel_credentials(root_certificates=_read_ca(ca_file))
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -91,6 +105,12 @@ class ControlClient:
         ]
         self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = control_pb2_grpc.ControlServiceStub(self._channel)
+
+    def with_token(self, token: str) -> ControlClient:
+        """The same connection, calling with another API token (e.g. a run's runner token)."""
+        other = copy.copy(self)
+        other._metadata = (("authorization", f"Bearer {token.strip()}"),)
+        return other
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,7 +172,9 @@ class ControlClient:
             bundle_sha256=bundle_sha256,
             trigger=trigger,
         )
-        return self._call(self._stub.CreateRun, request).flow_run_id
+        answer = self._call(self._stub.CreateRun, request)
+        self.runner_tokens[answer.flow_run_id] = answer.runner_token
+        return answer.flow_run_id
 
     def submit_steps(
         self, flow_run_id: str, submissions: Sequence[models.StepSubmission]
@@ -170,7 +192,7 @@ class ControlClient:
             flow_run_id=flow_run_id, after_event_id=after_event_id
         )
         try:
-            call = self._stub.WatchRun(request)
+            call = self._stub.WatchRun(request, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise self._map_error(exc) from None
         return RunUpdateStream(call, self)
@@ -240,7 +262,10 @@ class ControlClient:
         request = control_pb2.DownloadBundleRequest(sha256=sha256)
         try:
             chunks = [
-                c.data for c in self._stub.DownloadBundle(request, timeout=self.timeout_s * 4)
+                c.data
+                for c in self._stub.DownloadBundle(
+                    request, timeout=self.timeout_s * 4, metadata=self._metadata
+                )
             ]
         except grpc.RpcError as exc:
             raise self._map_error(exc) from None
@@ -319,7 +344,9 @@ class ControlClient:
         delay = 0.2
         while True:
             try:
-                response = method(request, timeout=timeout or self.timeout_s)
+                response = method(
+                    request, timeout=timeout or self.timeout_s, metadata=self._metadata
+                )
             except grpc.RpcError as exc:
                 retry = (
                     idempotent

@@ -240,6 +240,7 @@ class RunToExecute:
     bundle_sha256: str
     state: str
     watch_after_event_id: int = 0
+    runner_token: str = ""  # may drive this run only; the runner calls with it
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,15 @@ def _postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _no_saved_profiles(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests never read (or write) the developer's own ~/.config/meridian profiles."""
+    monkeypatch.setenv("MERIDIAN_CONFIG_DIR", str(tmp_path_factory.mktemp("meridian-config")))
+    monkeypatch.delenv("MERIDIAN_TOKEN", raising=False)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every store test runs on SQLite, and on PostgreSQL when MERIDIAN_TEST_POSTGRES_URL is set."""

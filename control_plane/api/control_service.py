@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -23,6 +24,7 @@ from control_plane.api.validation import (
     validate_options,
     validate_submissions,
 )
+from control_plane.auth.api_token_store import issue_runner_token
 from control_plane.orchestration.agent_admin import drain_agent, revoke_agent
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
 from control_plane.orchestration.lifecycle import (
@@ -117,20 +119,24 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
         effects = Effects()
-        run = await self._s.store.run(
-            lambda session: create_run(
+
+        def create(session: Any) -> tuple[str, str]:
+            now = utcnow()
+            run = create_run(
                 session,
                 flow_name=request.flow_name,
                 entrypoint=request.entrypoint,
                 parameters_json=request.parameters_json or "{}",
                 bundle_sha256=request.bundle_sha256,
                 trigger=request.trigger or "api",
-                now=utcnow(),
+                now=now,
                 effects=effects,
             )
-        )
+            return run.id, issue_runner_token(session, run.id, now)
+
+        run_id, runner_token = await self._s.store.run(create)
         self._s.dispatcher.apply(effects)
-        return control_pb2.CreateRunResponse(flow_run_id=run.id)
+        return control_pb2.CreateRunResponse(flow_run_id=run_id, runner_token=runner_token)
 
     @rpc
     async def SubmitSteps(
@@ -196,19 +202,25 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def ResumeRun(
         self, request: control_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
-        run, watermark, effects = await self._s.store.run(
-            resume_run, request.flow_run_id.strip(), utcnow()
-        )
+        def resume(session: Any) -> tuple[Any, int, Effects, str]:
+            run, watermark, effects = resume_run(session, request.flow_run_id.strip(), utcnow())
+            return run, watermark, effects, issue_runner_token(session, run.id, utcnow())
+
+        run, watermark, effects, token = await self._s.store.run(resume)
         self._s.dispatcher.apply(effects)
-        return views.run_to_execute(run, watermark)
+        return views.run_to_execute(run, watermark, token)
 
     @rpc
     async def RetryRun(
         self, request: control_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
-        run, effects = await self._s.store.run(retry_run, request.flow_run_id.strip(), utcnow())
+        def retry(session: Any) -> tuple[Any, Effects, str]:
+            run, effects = retry_run(session, request.flow_run_id.strip(), utcnow())
+            return run, effects, issue_runner_token(session, run.id, utcnow())
+
+        run, effects, token = await self._s.store.run(retry)
         self._s.dispatcher.apply(effects)
-        return views.run_to_execute(run)
+        return views.run_to_execute(run, 0, token)
 
     async def DownloadBundle(
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext

@@ -134,7 +134,12 @@ def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
     )
 
 
+MAX_SEQ = 2**63 - 1  # stored in a signed 64-bit column
+
+
 def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
+    if not 0 < report.seq <= MAX_SEQ or report.fencing_token > MAX_SEQ:
+        raise ValueError(f"report seq and fencing token must be between 1 and {MAX_SEQ}")
     at = from_ms(report.at_unix_ms, now)
     base = ReportIn(
         seq=report.seq,

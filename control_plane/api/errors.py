@@ -20,6 +20,7 @@ from meridian.errors import (
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+MAX_STATUS_MESSAGE = 2000
 
 CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -42,8 +43,14 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     if code == grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
         await context.abort(code, "internal error in the control plane; see its log")
-    await context.abort(code, str(exc))
+    # Bounded: a status message travels in gRPC metadata (8 KiB soft, 16 KiB hard limit), and
+    # messages may quote the (hostile) input that caused them.
+    await context.abort(code, bounded(str(exc)))
     raise AssertionError("unreachable")  # context.abort always raises
+
+
+def bounded(message: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    return message if len(message) <= limit else message[: limit - 20] + "... (truncated)"
 
 
 def rpc(

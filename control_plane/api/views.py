@@ -151,9 +151,12 @@ def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
     return answer
 
 
-def run_to_execute(run: FlowRunRow, watch_after_event_id: int = 0) -> control_pb2.RunToExecute:
+def run_to_execute(
+    run: FlowRunRow, watch_after_event_id: int = 0, runner_token: str = ""
+) -> control_pb2.RunToExecute:
     return control_pb2.RunToExecute(
         watch_after_event_id=watch_after_event_id,
+        runner_token=runner_token,
         flow_run_id=run.id,
         flow_name=run.flow_name,
         entrypoint=run.entrypoint,

@@ -7,7 +7,15 @@ edited, removed or reordered. docs/audit.md explains what is recorded and its li
 
 from control_plane.audit import _records as records
 from control_plane.audit._chain import GENESIS_HASH, canonical_json, format_at, record_hash
-from control_plane.audit._log import CLI, SYSTEM, agent_actor, append, list_records, token_actor
+from control_plane.audit._log import (
+    CLI,
+    SYSTEM,
+    acting_as,
+    agent_actor,
+    append,
+    list_records,
+    token_actor,
+)
 from control_plane.audit._verify import VerifyReport, verify_chain
 
 __all__ = [
@@ -15,6 +23,7 @@ __all__ = [
     "GENESIS_HASH",
     "SYSTEM",
     "VerifyReport",
+    "acting_as",
     "agent_actor",
     "append",
     "canonical_json",

@@ -13,6 +13,7 @@ records as the last statements of that same transaction. Two reasons:
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,17 @@ class _Pending:
     details: str
 
 
+_ACTING_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "meridian_audit_actor", default=None
+)
+
+
+def acting_as(actor: str) -> None:
+    """Name the caller of the current request (set by the API's auth layer); records that
+    would say "cli" name it instead. Store.run carries the context into its thread."""
+    _ACTING_AS.set(actor)
+
+
 def append(
     session: Session,
     *,
@@ -67,6 +79,8 @@ def append(
     """
     if now.tzinfo is None:
         raise ValueError("audit timestamps must be timezone-aware")
+    if actor == CLI:
+        actor = _ACTING_AS.get() or actor
     pending = _Pending(
         at=now,
         actor=actor[:MAX_ACTOR],

@@ -7,6 +7,7 @@ submissions; resuming replays the flow body against the stored step results.
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from control_plane.orchestration.transitions import move_run, record_event
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import EventRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
-from meridian.errors import ConflictError, NotFound
+from meridian.errors import ConflictError, NotFound, ValidationError
 
 MAX_RUNNER_LEASE_S = 600.0
 RESUMABLE = (RunState.CRASHED, RunState.FAILED, RunState.CANCELLED)
@@ -41,6 +42,8 @@ def renew_runner_lease(
     run = session.get(FlowRunRow, run_id, with_for_update=True)
     if run is None:
         raise NotFound(f"flow run {run_id} does not exist")
+    if not math.isfinite(lease_s):
+        raise ValidationError("lease_s must be a finite number of seconds")
     if run.state == RunState.RUNNING:
         lease = min(max(lease_s, 1.0), MAX_RUNNER_LEASE_S)
         run.runner_lease_expires_at = now + dt.timedelta(seconds=lease)

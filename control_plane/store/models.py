@@ -103,6 +103,23 @@ class JoinTokenRow(Base):
     revoked_at: Mapped[dt.datetime | None]
 
 
+class ApiTokenRow(Base):
+    """Tokens people and automation present as ``authorization: Bearer mat_...``."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # viewer | operator | admin | runner
+    environments: Mapped[list[Any]] = mapped_column(default=list)  # empty = all
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))  # runner tokens only
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
 class BundleRow(Base):
     __tablename__ = "bundles"
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 ENV_CONTROL_PLANE = "MERIDIAN_CONTROL_PLANE"
 ENV_CA_FILE = "MERIDIAN_CA_FILE"
+ENV_TOKEN = "MERIDIAN_TOKEN"
+ENV_PROFILE = "MERIDIAN_PROFILE"
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7443"
 DEFAULT_SERVER_DIR = Path("~/.meridian/server")
 DEFAULT_AGENT_DIR = Path("~/.meridian/agent")
@@ -135,11 +137,12 @@ def positive_int(text: str) -> int:
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """``--control-plane`` and ``--ca-file``, defaulting to the environment variables."""
+    """``--control-plane``, ``--ca-file``, ``--token`` and ``--profile``: flags, then the
+    environment variables, then the saved profile (`meridian login`)."""
     parser.add_argument(
         "--control-plane",
         metavar="HOST:PORT",
-        default=os.environ.get(ENV_CONTROL_PLANE) or DEFAULT_CONTROL_PLANE,
+        default=os.environ.get(ENV_CONTROL_PLANE) or None,
         help=f"control plane address (env {ENV_CONTROL_PLANE}, default {DEFAULT_CONTROL_PLANE})",
     )
     parser.add_argument(
@@ -147,6 +150,18 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default=os.environ.get(ENV_CA_FILE) or None,
         help=f"CA certificate that signed the control plane's certificate (env {ENV_CA_FILE})",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get(ENV_TOKEN) or None,
+        help=f"API token (env {ENV_TOKEN}; `meridian login` saves one in a profile)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=os.environ.get(ENV_PROFILE) or "default",
+        help=f"saved connection profile (env {ENV_PROFILE}, default 'default')",
     )
 
 
@@ -162,14 +177,19 @@ def require_ca_file(value: str | None, *, hint: str) -> Path:
 
 def connect(args: argparse.Namespace) -> ControlClient:
     """A ControlClient for the command's ``--control-plane`` / ``--ca-file``."""
+    from meridian.cli.profiles import profile
     from meridian.client import ControlClient
 
-    address = parse_address(args.control_plane)
+    saved = profile(args.profile) if getattr(args, "profile", None) else {}
+    address = parse_address(
+        args.control_plane or saved.get("control_plane") or DEFAULT_CONTROL_PLANE
+    )
     ca_file = require_ca_file(
-        args.ca_file,
+        args.ca_file or saved.get("ca_file"),
         hint=f"pass --ca-file FILE or set {ENV_CA_FILE} (`meridian server start` prints it)",
     )
-    return ControlClient(address, ca_file)
+    token = getattr(args, "token", None) or saved.get("token")
+    return ControlClient(address, ca_file, token=token)
 
 
 # ---- long-running commands --------------------------------------------------------------------

@@ -275,7 +275,11 @@ def _run_demo(estate: DemoEstate, example: Path) -> int:
     print(f"control plane listening on {estate.address} (data in {estate.root})", flush=True)
     estate.enroll_agents()
     estate.start_agents()
-    with ControlClient(estate.address, estate.ca_file) as client:
+    from control_plane import create_api_token
+
+    # The demo acts as an operator: every client call carries an API token, as in production.
+    token = create_api_token(estate.root / "server", "operator", name="meridian dev")
+    with ControlClient(estate.address, estate.ca_file, token=token) as client:
         took = estate.wait_until_connected(client)
         sites = ", ".join(f"{s.environment} [{_labels(s)}]" for s in SITES)
         print(f"3 agents connected in {took:.1f}s: {sites}", flush=True)

@@ -12,11 +12,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from meridian.cli import agent, agents, audit, dev, run, runs, server, tokens
+from meridian.cli import access, agent, agents, audit, dev, run, runs, server, tokens
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.errors import ConnectionFailed, MeridianError
 
-COMMAND_MODULES = (server, tokens, agent, run, runs, agents, audit, dev)
+COMMAND_MODULES = (server, tokens, access, agent, run, runs, agents, audit, dev)
 
 
 def build_parser() -> ArgumentParser:
@@ -47,7 +47,7 @@ def _describe(exc: BaseException, args: argparse.Namespace | None) -> tuple[str,
     if isinstance(exc, ConnectionFailed):
         message = one_line(str(exc))
         if not message.lower().startswith("cannot "):
-            address = getattr(args, "control_plane", None) or "the control plane"
+            address = getattr(args, "control_plane", None) or _profile_address(args)
             message = f"cannot reach {address}: {message}"
         return message, 1
     if isinstance(exc, MeridianError):
@@ -80,3 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m meridian`` uses meridian/__main__.py
     sys.exit(main())
+
+
+def _profile_address(args: argparse.Namespace | None) -> str:
+    """The address a client command used when no flag or variable gave one."""
+    from meridian.cli.common import DEFAULT_CONTROL_PLANE
+    from meridian.cli.profiles import profile
+
+    try:
+        saved = profile(getattr(args, "profile", "default") or "default")
+    except MeridianError:
+        saved = {}
+    return str(saved.get("control_plane") or DEFAULT_CONTROL_PLANE)

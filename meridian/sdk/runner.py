@@ -124,7 +124,15 @@ def run_flow(
         bundle = pack_directory(loaded.root, max_size=max_bundle_bytes)
     client.ensure_bundle(bundle)
     run_id = client.create_run(loaded.flow.name, entrypoint, params, bundle.sha256, trigger)
-    return execute_body(client, run_id, loaded.flow.fn, params, on_update=on_update)
+    token = getattr(client, "runner_tokens", {}).get(run_id, "")
+    runner = _as_runner(client, token)
+    return execute_body(runner, run_id, loaded.flow.fn, params, on_update=on_update)
+
+
+def _as_runner(client: Any, runner_token: str) -> Any:
+    """The client the body runs with: least privilege, its run's own token when there is one."""
+    with_token = getattr(client, "with_token", None)
+    return with_token(runner_token) if runner_token and with_token is not None else client
 
 
 def execute_body(
@@ -241,7 +249,7 @@ def _execute_stored(
     loaded = load_entrypoint(entry)
     params = json.loads(target.parameters_json or "{}")
     return execute_body(
-        client,
+        _as_runner(client, target.runner_token),
         target.flow_run_id,
         loaded.flow.fn,
         params,

@@ -25,6 +25,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
 def meridian_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "meridian", *args]
 
@@ -34,6 +41,9 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("MERIDIAN_CONTROL_PLANE", None)
     env.pop("MERIDIAN_CA_FILE", None)
+    env.pop("MERIDIAN_TOKEN", None)
+    # Never read the developer's own saved profiles.
+    env["MERIDIAN_CONFIG_DIR"] = str(Path(env.get("TMPDIR", "/tmp")) / "meridian-test-no-profiles")
     env.update(extra or {})
     return env
 
@@ -64,6 +74,7 @@ class Estate:
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Path] = []
+        self.token = ""  # an admin API token, issued once the control plane first listens
         self._agent_labels: dict[str, dict[str, str]] = {}
 
     @property
@@ -87,6 +98,7 @@ class Estate:
                 {
                     "MERIDIAN_CONTROL_PLANE": self.address,
                     "MERIDIAN_CA_FILE": str(self.ca_file),
+                    "MERIDIAN_TOKEN": self.token,
                     **(env or {}),
                 }
             ),
@@ -115,6 +127,7 @@ class Estate:
                     {
                         "MERIDIAN_CONTROL_PLANE": self.address,
                         "MERIDIAN_CA_FILE": str(self.ca_file),
+                        "MERIDIAN_TOKEN": self.token,
                         **(env or {}),
                     }
                 ),
@@ -135,8 +148,22 @@ class Estate:
 
     def start(self) -> Estate:
         self.server = self._spawn("server", self._server_args())
+        # Listening means migrated; then an admin API token (kept across restarts) for every
+        # client call the tests make, exactly as an operator would get one.
+        self.wait_until(lambda: _listening(self.address), "control plane to listen")
+        if not self.token:
+            self.token = self.new_api_token("admin", name="tests")
         self.wait_until(lambda: self.client().list_agents() is not None, "control plane to serve")
         return self
+
+    def new_api_token(self, role: str, *extra: str, name: str = "") -> str:
+        args = ["api-tokens", "create", "--data-dir", str(self.server_dir), "--role", role]
+        if name:
+            args += ["--name", name]
+        if self.db_url:
+            args += ["--db", self.db_url]
+        output = self.cli(*args, *extra, check=True).stdout
+        return output.strip().splitlines()[-1].strip()
 
     def _server_args(self) -> list[str]:
         args = [
@@ -171,8 +198,8 @@ class Estate:
         """Start the control plane again on the same data, database and ports."""
         self.start()
 
-    def client(self) -> ControlClient:
-        return ControlClient(self.address, self.ca_file, timeout_s=10)
+    def client(self, token: str | None = None) -> ControlClient:
+        return ControlClient(self.address, self.ca_file, timeout_s=10, token=token or self.token)
 
     def add_agent(
         self,

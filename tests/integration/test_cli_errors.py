@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane import ControlPlane, ServerConfig
+from control_plane import ControlPlane, ServerConfig, create_api_token
 from control_plane.auth.ca import CertificateAuthority
 from meridian.client import ControlClient
 from meridian.errors import BundleError
@@ -404,17 +404,22 @@ def test_bundle_above_the_server_limit_is_refused_by_meridian_run(tmp_path: Path
     )
     flows = write_flow_with_payload(tmp_path / "big", 2 * limit)
     with ThreadedControlPlane(config) as plane:
+        token = create_api_token(config.data_dir, "operator")
         result = subprocess.run(
             meridian_cmd("run", f"{flows}:beta"),
             capture_output=True,
             text=True,
             timeout=60,
             env=child_env(
-                {"MERIDIAN_CONTROL_PLANE": plane.address, "MERIDIAN_CA_FILE": str(plane.ca_file)}
+                {
+                    "MERIDIAN_CONTROL_PLANE": plane.address,
+                    "MERIDIAN_CA_FILE": str(plane.ca_file),
+                    "MERIDIAN_TOKEN": token,
+                }
             ),
             cwd=tmp_path,
         )
-        with ControlClient(plane.address, plane.ca_file, timeout_s=10) as client:
+        with ControlClient(plane.address, plane.ca_file, timeout_s=10, token=token) as client:
             runs = client.list_runs()
     assert result.returncode == 1
     assert_one_error_line(result, f"at most {limit}", ".meridianignore")

@@ -130,6 +130,12 @@ def moto_ecs() -> Iterator[MotoEcs]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
+        # moto keeps its backends in this process: start from a clean account every time, or
+        # resources another test module created (with the same names) would still be there.
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+            timeout=10,
+        ).close()
         env = MotoEcs(f"http://127.0.0.1:{port}", "", "", "")
         ec2 = env.client("ec2")
         vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]

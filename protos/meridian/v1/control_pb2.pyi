@@ -56,10 +56,12 @@ class CreateRunRequest(_message.Message):
     def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
-    __slots__ = ("flow_run_id",)
+    __slots__ = ("flow_run_id", "runner_token")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
-    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+    runner_token: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., runner_token: _Optional[str] = ...) -> None: ...
 
 class StepSubmission(_message.Message):
     __slots__ = ("key", "spec", "inputs_json")
@@ -210,7 +212,7 @@ class RetryRunRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
 
 class RunToExecute(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id", "runner_token")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +220,7 @@ class RunToExecute(_message.Message):
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     WATCH_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -225,7 +228,8 @@ class RunToExecute(_message.Message):
     bundle_sha256: str
     state: str
     watch_after_event_id: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ...) -> None: ...
+    runner_token: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ...) -> None: ...
 
 class DownloadBundleRequest(_message.Message):
     __slots__ = ("sha256",)

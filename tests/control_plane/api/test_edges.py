@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.orm import Session
 
 from agent.identity import generate_key_and_csr
-from control_plane import ControlPlane, ServerConfig, create_join_token
+from control_plane import ControlPlane, ServerConfig, create_api_token, create_join_token
 from control_plane.api.control_service import utcnow
 from control_plane.api.validation import MAX_INPUTS_BYTES, MAX_RETRIES
 from control_plane.orchestration.transitions import record_event
@@ -38,6 +38,7 @@ from protos.meridian.v1 import (
     control_pb2,
     control_pb2_grpc,
 )
+from tests.auth_helpers import with_bearer
 from tests.conftest import POSTGRES_ENV, _postgres_database
 
 MAX_BUNDLE = 64 * 1024
@@ -118,10 +119,14 @@ def edge(
     server = ThreadedControlPlane(config)
     plane = server.start()
     ca_pem = plane.ca_file.read_bytes()
-    channel = grpc.secure_channel(
-        plane.address,
-        grpc.ssl_channel_credentials(root_certificates=ca_pem),
-        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+    admin_token = create_api_token(config.data_dir, "admin", db_url=config.db_url)
+    channel = with_bearer(
+        grpc.secure_channel(
+            plane.address,
+            grpc.ssl_channel_credentials(root_certificates=ca_pem),
+            options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+        ),
+        admin_token,
     )
     edge = Edge(
         config,

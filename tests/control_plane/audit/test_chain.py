@@ -28,6 +28,7 @@ def test_public_names_are_pinned() -> None:
         "GENESIS_HASH",
         "SYSTEM",
         "VerifyReport",
+        "acting_as",
         "agent_actor",
         "append",
         "canonical_json",

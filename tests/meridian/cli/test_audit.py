@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from control_plane import ServerConfig, create_join_token
+from control_plane import ServerConfig, create_api_token, create_join_token
 from control_plane.audit import record_hash
 from control_plane.audit._chain import canonical_json, parse_at
 from meridian import models
@@ -148,12 +148,16 @@ def test_real_log_lists_exports_verifies_and_catches_tampering(
     for environment in ("aws-prod", "gcp-prod", "onprem"):
         create_join_token(config.data_dir, environment, ttl_s=60, db_url=config.db_url)
     ca = str(config.data_dir / "tls" / "ca.crt")
-    client = ["--control-plane", address, "--ca-file", ca]
+    token = create_api_token(config.data_dir, "viewer", name="auditor", db_url=config.db_url)
+    client = ["--control-plane", address, "--ca-file", ca, "--token", token]
     assert Path(ca).exists()
 
     listed = json.loads(cli("audit", "list", "--json", *client).out)
-    assert [(r["id"], r["action"]) for r in listed] == [(i, "token.created") for i in (1, 2, 3)]
-    assert [r["details"]["environment"] for r in listed] == ["aws-prod", "gcp-prod", "onprem"]
+    assert [(r["id"], r["action"]) for r in listed] == [
+        *[(i, "token.created") for i in (1, 2, 3)],
+        (4, "api_token.created"),
+    ]
+    assert [r["details"]["environment"] for r in listed[:3]] == ["aws-prod", "gcp-prod", "onprem"]
 
     export = tmp_path / "audit.jsonl"
     assert cli("audit", "export", "--output", str(export), *client).code == 0
@@ -168,7 +172,7 @@ def test_real_log_lists_exports_verifies_and_catches_tampering(
         prev = r["hash"]
 
     ok = cli("audit", "verify", *client)
-    assert ok.code == 0 and f"head: record 3 {prev}" in ok.out
+    assert ok.code == 0 and f"head: record 4 {prev}" in ok.out
 
     _tamper(config, """UPDATE audit_log SET details = '{"environment":"x"}' WHERE id = 2""")
     bad = cli("audit", "verify", *client)

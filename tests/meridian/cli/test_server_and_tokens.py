@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parents[3]
 def test_banner_tells_what_to_type_next(tmp_path: Path) -> None:
     lines = server.usage_banner("127.0.0.1:7443", "127.0.0.1:7444", tmp_path / "ca.crt", tmp_path)
     text = "\n".join(lines)
-    assert "export MERIDIAN_CONTROL_PLANE=127.0.0.1:7443" in text
-    assert f"export MERIDIAN_CA_FILE={tmp_path / 'ca.crt'}" in text
+    assert "MERIDIAN_CONTROL_PLANE=127.0.0.1:7443" in text
+    assert f"MERIDIAN_CA_FILE={tmp_path / 'ca.crt'}" in text
+    assert f"meridian api-tokens create --data-dir {tmp_path} --role admin" in text
+    assert f"meridian login --control-plane 127.0.0.1:7443 --ca-file {tmp_path / 'ca.crt'}" in text
     assert f"meridian tokens create --data-dir {tmp_path} --environment NAME" in text
 
 
@@ -71,7 +73,12 @@ def test_server_start_serves_until_sigint(cli, tmp_path: Path) -> None:
         address = re.search(r"MERIDIAN_CONTROL_PLANE=(\S+)", text)
         ca_file = re.search(r"MERIDIAN_CA_FILE=(\S+)", text)
         assert address and ca_file, text
-        listed = cli("agents", "list", "--control-plane", address[1], "--ca-file", ca_file[1])
+        client = ["--control-plane", address[1], "--ca-file", ca_file[1]]
+        refused = cli("agents", "list", *client)
+        assert refused.code == 1 and "needs an API token" in refused.err
+        token = cli("api-tokens", "create", "--data-dir", str(tmp_path), "--role", "viewer")
+        assert token.code == 0, token.err
+        listed = cli("agents", "list", *client, "--token", token.out.strip())
         assert listed.code == 0 and "no agents" in listed.out
     finally:
         process.send_signal(signal.SIGINT)

@@ -1,0 +1,111 @@
+"""API tokens for people and automation: format, roles, and what each role may call.
+
+Format ``mat_<token_id>.<secret>``; only the SHA-256 of the secret is stored (as for join
+tokens: 256 random bits need no slow hash). Roles nest: ``viewer`` reads, ``operator`` also
+runs, cancels, resumes and retries flows, ``admin`` also manages agents. A ``runner`` token is
+minted by ``CreateRun`` for one flow run and may only drive that run (submit and wait for its
+steps, renew its lease, finish it). Pure: the store and the interceptor use these tables.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from enum import IntEnum
+
+from control_plane.auth.join_tokens import hash_secret
+from meridian.errors import PermissionDenied
+
+TOKEN_PREFIX = "mat_"
+_TOKEN_RE = re.compile(r"^mat_(?P<id>[0-9a-f]{16})\.(?P<secret>[A-Za-z0-9_-]{43})$")
+
+
+class Role(IntEnum):
+    RUNNER = 0  # one flow run only (checked separately)
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+
+ROLES = {"viewer": Role.VIEWER, "operator": Role.OPERATOR, "admin": Role.ADMIN}
+SERVICE = "/meridian.v1.ControlService/"
+
+# Minimum role per ControlService method. Methods not listed here and not public are refused:
+# a new RPC must be given a role on purpose.
+REQUIRED_ROLE: dict[str, Role] = {
+    **{
+        SERVICE + m: Role.VIEWER
+        for m in (
+            "GetRun",
+            "ListRuns",
+            "GetLogs",
+            "ListAgents",
+            "WatchRun",
+            "ListAuditRecords",
+            "VerifyAudit",
+            "HasBundle",
+            "DownloadBundle",
+        )
+    },
+    **{
+        SERVICE + m: Role.OPERATOR
+        for m in (
+            "UploadBundle",
+            "CreateRun",
+            "SubmitSteps",
+            "FinishRun",
+            "RenewRunnerLease",
+            "CancelRun",
+            "ResumeRun",
+            "RetryRun",
+        )
+    },
+    SERVICE + "RevokeAgent": Role.ADMIN,
+    SERVICE + "DrainAgent": Role.ADMIN,
+}
+# What a runner token may do, always for its own run only.
+RUNNER_METHODS = frozenset(
+    SERVICE + m for m in ("SubmitSteps", "WatchRun", "FinishRun", "RenewRunnerLease", "GetRun")
+)
+PUBLIC_PREFIXES = (
+    SERVICE + "GetServerInfo",
+    "/meridian.v1.AgentService/",  # Enroll by join token; the rest by client certificate
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+)
+
+
+def new_api_token() -> tuple[str, str, str]:
+    """``(token_id, plaintext, secret_hash)``: show the plaintext once, store the hash."""
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return token_id, f"{TOKEN_PREFIX}{token_id}.{secret}", hash_secret(secret)
+
+
+def parse_api_token(text: str) -> tuple[str, str]:
+    """``(token_id, secret)``; never echoes the input, which may be a real secret."""
+    match = _TOKEN_RE.match(text.strip())
+    if match is None:
+        raise PermissionDenied("malformed API token: expected 'mat_<id>.<secret>'")
+    return match["id"], match["secret"]
+
+
+def is_public(method: str) -> bool:
+    return method.startswith(PUBLIC_PREFIXES)
+
+
+def check_role(method: str, role: Role, scoped_run: str | None, request_run: str | None) -> None:
+    """Raise PermissionDenied unless a token with ``role`` may call ``method``."""
+    if role == Role.RUNNER:
+        if method not in RUNNER_METHODS:
+            raise PermissionDenied("a flow runner's token may only drive its own run")
+        if not request_run or request_run != scoped_run:
+            raise PermissionDenied("a flow runner's token is valid for its own run only")
+        return
+    needed = REQUIRED_ROLE.get(method)
+    if needed is None:
+        raise PermissionDenied(f"{method} is not open to API tokens")
+    if role < needed:
+        raise PermissionDenied(
+            f"this call needs the {needed.name.lower()} role; the token is {role.name.lower()}"
+        )
