@@ -10,7 +10,6 @@ Linux only (it reads ``/proc``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -21,9 +20,11 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
+from providers._filetail import FileTail
 from providers._outcome import OUTCOME_FILE, SPEC_FILE, read_outcome
+from providers._proctree import group_members, killpg, leader_alive, owns_group, read_stat
 from providers.base import (
     Capabilities,
     ErrorDetail,
@@ -39,7 +40,6 @@ from providers.base import (
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
 ENDED_BY_FILE = "ended_by"  # "cancelled" | "timed_out": written before we signal the group
-MAX_LOG_LINE_BYTES = 16 * 1024
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4 * 1024
 _POLL_S = 0.2
@@ -90,61 +90,6 @@ class _Attempt:
             return None
         elapsed = max(0.0, time.time() - self.started_at_ms / 1000)
         return time.monotonic() + self.timeout_s - elapsed
-
-
-# ---- /proc: telling our processes from recycled pids ---------------------------------------
-
-
-@dataclass(frozen=True)
-class _Stat:
-    state: str
-    pgid: int
-    start_time: int  # clock ticks after boot (field 22): unique per pid incarnation
-
-
-def read_stat(pid: int) -> _Stat | None:
-    """The parts of /proc/<pid>/stat we need, or None when no such process exists."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("utf-8", errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return _Stat(state=fields[0], pgid=int(fields[2]), start_time=int(fields[19]))
-
-
-def leader_alive(pid: int, start_time: int | None) -> bool:
-    """Whether the step process itself still runs (a zombie has ended)."""
-    stat = read_stat(pid)
-    return (
-        stat is not None
-        and start_time is not None
-        and stat.start_time == start_time
-        and stat.state not in ("Z", "X")
-    )
-
-
-def owns_group(pid: int, start_time: int | None) -> bool:
-    """Whether process group ``pid`` can still be ours.
-
-    Linux never hands out a pid while it still names a process group, so when the leader's pid
-    is free, the group's remaining members are the step's children; when the pid belongs to a
-    process with another start time, our group is necessarily gone.
-    """
-    stat = read_stat(pid)
-    return stat is None or (start_time is not None and stat.start_time == start_time)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in group ``pgid``."""
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = read_stat(int(name))
-            if stat is not None and stat.pgid == pgid and stat.state not in ("Z", "X"):
-                members.append(int(name))
-    return members
 
 
 def _meridian_root() -> str:
@@ -392,13 +337,13 @@ class ProcessProvider(Provider):
             return  # the pid now belongs to an unrelated process: never signal it
         if not group_members(attempt.pgid):
             return
-        _killpg(attempt.pgid, signal.SIGTERM)
+        killpg(attempt.pgid, signal.SIGTERM)
         deadline = time.monotonic() + max(0.0, grace_s)
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             if not group_members(attempt.pgid):
                 return
-        _killpg(attempt.pgid, signal.SIGKILL)
+        killpg(attempt.pgid, signal.SIGKILL)
         for _ in range(100):  # SIGKILL is not instant: wait until the kernel tore them down
             if not group_members(attempt.pgid):
                 return
@@ -417,8 +362,8 @@ class ProcessProvider(Provider):
     async def logs(self, handle: Handle) -> AsyncIterator[LogRecord]:
         attempt = _Attempt.of(handle)
         tails = [
-            _Tail("stdout", attempt.work_dir / STDOUT_LOG),
-            _Tail("stderr", attempt.work_dir / STDERR_LOG),
+            FileTail("stdout", attempt.work_dir / STDOUT_LOG),
+            FileTail("stderr", attempt.work_dir / STDERR_LOG),
         ]
         try:
             while True:
@@ -450,11 +395,6 @@ class ProcessProvider(Provider):
         self._procs.clear()
 
 
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 def _string_map(value: Any, what: str, error: type[ProviderError]) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise error(f"{what} must be an object of strings, not {type(value).__name__}")
@@ -464,55 +404,3 @@ def _string_map(value: Any, what: str, error: type[ProviderError]) -> dict[str, 
         if not isinstance(item, str) or "\0" in item:
             raise error(f"{what}: the value of {key!r} must be a string, not {item!r}")
     return dict(value)
-
-
-class _Tail:
-    """Follows one log file, yielding whole lines (bounded) as they appear."""
-
-    def __init__(self, stream: str, path: Path) -> None:
-        self.stream = stream
-        self.path = path
-        self._fh: BinaryIO | None = None
-        self._buf = b""
-
-    def _record(self, raw: bytes) -> LogRecord:
-        text = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        return LogRecord(
-            stream="stdout" if self.stream == "stdout" else "stderr",
-            text=text,
-            at_unix_ms=int(time.time() * 1000),
-        )
-
-    def read(self) -> list[LogRecord]:
-        if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open across reads
-            except FileNotFoundError:
-                return []
-        self._buf += self._fh.read()
-        records = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if 0 <= nl <= MAX_LOG_LINE_BYTES:
-                records.append(self._record(self._buf[:nl]))
-                self._buf = self._buf[nl + 1 :]
-            elif len(self._buf) > MAX_LOG_LINE_BYTES:
-                cut = MAX_LOG_LINE_BYTES
-                while cut > 0 and (self._buf[cut] & 0xC0) == 0x80:
-                    cut -= 1  # do not split a UTF-8 character across two records
-                records.append(self._record(self._buf[:cut]))
-                self._buf = self._buf[cut:]
-            else:
-                return records
-
-    def finish(self) -> list[LogRecord]:
-        records = self.read()
-        if self._buf:
-            records.append(self._record(self._buf))
-            self._buf = b""
-        return records
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
