@@ -8,6 +8,7 @@ revocation takes effect within ``CACHE_S``), checks the role table in
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,18 @@ from control_plane.store.db import Store
 from meridian.errors import MeridianError, PermissionDenied
 
 CACHE_S = 5.0
+# The caller of the request being handled (handlers read it for environment scoping).
+CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "meridian_principal", default=None
+)
+
+
+def allowed_environments() -> tuple[str, ...]:
+    """Environments the caller's token is limited to; empty = all."""
+    principal = CURRENT_PRINCIPAL.get()
+    return principal.environments if principal is not None else ()
+
+
 HINT = "pass --token, set MERIDIAN_TOKEN, or run `meridian login`"
 
 
@@ -54,6 +67,7 @@ class ApiTokenAuth(grpc.aio.ServerInterceptor):
         except PermissionDenied as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         acting_as(principal.actor)
+        CURRENT_PRINCIPAL.set(principal)
 
     async def _principal(self, token: str, context: Any) -> Principal:
         cached = self._cache.get(token)

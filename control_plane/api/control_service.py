@@ -16,6 +16,7 @@ import grpc
 from control_plane import audit
 from control_plane.api import convert, views
 from control_plane.api.agent_service import bundle_chunks
+from control_plane.api.authz import allowed_environments
 from control_plane.api.errors import abort, rpc
 from control_plane.api.services import Services
 from control_plane.api.validation import (
@@ -265,7 +266,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.AgentInfo:
         agent, effects = await self._s.store.run(
-            revoke_agent, request.agent, request.reason[:1000], utcnow()
+            revoke_agent, request.agent, request.reason[:1000], utcnow(), allowed_environments()
         )
         self._s.dispatcher.apply(effects)
         session = self._s.registry.get(agent.id)
@@ -278,7 +279,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def DrainAgent(
         self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.AgentInfo:
-        agent = await self._s.store.run(drain_agent, request.agent, request.reason[:1000], utcnow())
+        agent = await self._s.store.run(
+            drain_agent, request.agent, request.reason[:1000], utcnow(), allowed_environments()
+        )
         session = self._s.registry.get(agent.id)
         if session is not None:
             session.drain_requested = session.draining = True
@@ -321,6 +324,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListAgentsResponse:
         rows = await self._s.store.run(queries.all_agents)
+        scope = allowed_environments()
+        if scope:
+            rows = [(agent, held) for agent, held in rows if agent.environment in scope]
         live = {s.agent.agent_id: s for s in self._s.registry.sessions()}
         return control_pb2.ListAgentsResponse(
             agents=[views.agent_info(agent, held, live.get(agent.id)) for agent, held in rows]

@@ -197,6 +197,8 @@ def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control
     status = agent.status
     if agent.revoked_at is not None:
         status = "revoked"
+    elif agent.drain_requested_at is not None:
+        status = "draining"  # an operator's drain holds until the agent is re-enrolled
     elif live is not None:
         status = "draining" if live.draining else "connected"
     elif status in ("connected", "draining"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,8 +16,16 @@ from control_plane.store.models import AgentRow, AttemptRow, StepRunRow
 from meridian.errors import NotFound, ValidationError
 
 
-def resolve_agent(session: Session, ref: str) -> AgentRow:
-    """An agent by id, unique id prefix (4+ characters) or unique name."""
+def resolve_agent(session: Session, ref: str, environments: Sequence[str] = ()) -> AgentRow:
+    """An agent by id, unique id prefix (4+ characters) or unique name; a caller limited to
+    ``environments`` cannot act on (or learn about) agents elsewhere."""
+    agent = _resolve(session, ref)
+    if environments and agent.environment not in environments:
+        raise NotFound(f"no agent has the id, id prefix or name {ref.strip()!r}")
+    return agent
+
+
+def _resolve(session: Session, ref: str) -> AgentRow:
     ref = ref.strip()
     if not ref:
         raise ValidationError("name the agent by id, id prefix or name")
@@ -40,12 +49,16 @@ def resolve_agent(session: Session, ref: str) -> AgentRow:
 
 
 def revoke_agent(
-    session: Session, ref: str, reason: str, now: dt.datetime
+    session: Session,
+    ref: str,
+    reason: str,
+    now: dt.datetime,
+    environments: Sequence[str] = (),
 ) -> tuple[AgentRow, Effects]:
     """Refuse the agent's certificate from now on; the attempts it holds are lost (and retried
     elsewhere by their step's policy) because nothing it reports will be accepted again."""
     effects = Effects()
-    agent = resolve_agent(session, ref)
+    agent = resolve_agent(session, ref, environments)
     if agent.revoked_at is not None:
         return agent, effects
     agent.revoked_at = now
@@ -79,9 +92,11 @@ def revoke_agent(
     return agent, effects
 
 
-def drain_agent(session: Session, ref: str, reason: str, now: dt.datetime) -> AgentRow:
+def drain_agent(
+    session: Session, ref: str, reason: str, now: dt.datetime, environments: Sequence[str] = ()
+) -> AgentRow:
     """Stop new assignments to the agent; what it runs finishes normally."""
-    agent = resolve_agent(session, ref)
+    agent = resolve_agent(session, ref, environments)
     if agent.revoked_at is not None:
         raise ValidationError(f"agent {agent.name} is revoked")
     if agent.drain_requested_at is None:

@@ -19,7 +19,7 @@ from control_plane.admin import revoke_api_token_by_id
 from control_plane.auth.api_tokens import REQUIRED_ROLE, RUNNER_METHODS, Role
 from meridian.bundle import pack_directory
 from meridian.client import ControlClient
-from meridian.errors import PermissionDenied
+from meridian.errors import NotFound, PermissionDenied
 from tests.control_plane.api.test_edges import ThreadedControlPlane
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
@@ -116,3 +116,25 @@ def test_runner_tokens_drive_only_their_own_run(
         runner.list_runs()
     assert all(m in REQUIRED_ROLE for m in RUNNER_METHODS)
     operator.close()
+
+
+def test_environment_scoped_tokens_see_and_administer_only_their_agents(
+    plane: tuple[ServerConfig, str, Path], tmp_path: Path
+) -> None:
+    from agent import enroll
+    from control_plane import create_join_token
+
+    config, address, ca_file = plane
+    for environment in ("scope-a", "scope-b"):
+        token = create_join_token(config.data_dir, environment)
+        enroll(address, ca_file, token, tmp_path / environment, name=f"{environment}-agent")
+    scoped = ControlClient(
+        address,
+        ca_file,
+        token=create_api_token(config.data_dir, "admin", environments=["scope-a"]),
+    )
+    assert {a.environment for a in scoped.list_agents()} == {"scope-a"}
+    assert scoped.drain_agent("scope-a-agent").status == "draining"
+    with pytest.raises(NotFound):
+        scoped.revoke_agent("scope-b-agent")
+    scoped.close()
