@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from providers._outcome import cancelled_detail, timeout_detail
 from providers.base import ErrorDetail, Handle, Outcome, ProviderError
 
 PROVIDER_TYPE = "aws-ecs"
@@ -21,13 +22,6 @@ CANCEL_REASON = "meridian: cancelled"
 TIMEOUT_REASON = "meridian: timed out"
 OUR_REASONS = "meridian:"
 _TAG_UNSAFE = re.compile(r"[^\w\s+\-=.:/@]")
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 _INFRA = "providers.base.ProviderError"
 
 
@@ -97,10 +91,10 @@ def ended_by_us(attempt: EcsAttempt, reason: str, rc: int | None) -> Outcome | N
     if reason.startswith(TIMEOUT_REASON):
         limit = f"{attempt.timeout_s:g}" if attempt.timeout_s is not None else "?"
         message = f"step exceeded its timeout of {limit} s; ECS task stopped"
-        detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+        detail = timeout_detail(message)
         return Outcome(state="timed_out", exit_code=rc, error=detail)
     if reason.startswith(CANCEL_REASON):
-        detail = ErrorDetail("cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO)
+        detail = cancelled_detail()
         return Outcome(state="cancelled", exit_code=rc, error=detail)
     return None
 

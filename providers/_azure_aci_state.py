@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers._outcome import parse_result_marker
+from providers._outcome import cancelled_detail, parse_result_marker, timeout_detail
 from providers.base import ErrorDetail, Handle, Outcome, ProviderError
 
 PROVIDER_TYPE = "azure-aci"
@@ -25,13 +25,6 @@ ENDED_BY_FILE = "aci-ended-by"  # "cancelled" | "timed_out", written before the 
 OUTCOME_FILE = "aci-outcome.json"  # the outcome read from the group, kept after its deletion
 LOGS_FILE = "aci-logs.txt"  # the final container log, kept for logs() after the deletion
 _TERMINAL_GROUP_STATES = {"Succeeded", "Failed", "Stopped"}
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 
 
 def azure_message(exc: BaseException) -> str:
@@ -107,12 +100,10 @@ class Attempt:
             if reason == "timed_out":
                 limit = f"{self.timeout_s:g}" if self.timeout_s is not None else "?"
                 message = f"step exceeded its timeout of {limit} s; its container group was deleted"
-                detail = ErrorDetail("timeout", _TIMEOUT_MRO[0], message, "", _TIMEOUT_MRO)
+                detail = timeout_detail(message)
                 return Outcome(state="timed_out", error=detail)
             if reason == "cancelled":
-                detail = ErrorDetail(
-                    "cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO
-                )
+                detail = cancelled_detail()
                 return Outcome(state="cancelled", error=detail)
         with contextlib.suppress(FileNotFoundError):
             raw = json.loads((self.work_dir / OUTCOME_FILE).read_text(encoding="utf-8"))

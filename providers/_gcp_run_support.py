@@ -13,16 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers._gcp_run_config import CloudRunConfig
+from providers._outcome import cancelled_detail, timeout_detail
 from providers.base import ErrorDetail, Handle, Outcome, ProviderError
 
 TYPE = "gcp-cloud-run"
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 
 
 @dataclass(frozen=True)
@@ -165,10 +159,10 @@ def make_clients(settings: CloudRunConfig, run_v2: Any) -> Clients:
 
 def timed_out(attempt: Attempt, how: str, exit_code: int | None = None) -> Outcome:
     message = f"step exceeded its timeout of {attempt.timeout_s:g} s and {how}"
-    detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+    detail = timeout_detail(message)
     return Outcome(state="timed_out", exit_code=exit_code, error=detail)
 
 
 def cancelled() -> Outcome:
-    detail = ErrorDetail("cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO)
+    detail = cancelled_detail()
     return Outcome(state="cancelled", error=detail)

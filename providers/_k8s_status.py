@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from providers._outcome import parse_result_marker
+from providers._outcome import cancelled_detail, parse_result_marker, timeout_detail
 from providers.base import ErrorDetail, Handle, Outcome, ProviderError
 
 ENDED_BY_FILE = "ended_by"  # "cancelled" | "timed_out": written before the Job is deleted
@@ -30,13 +30,6 @@ PULL_FAILURES = frozenset(
 )
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 _INFRA_TYPE = "providers.base.ProviderError"
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 _OOM_MRO = ("builtins.MemoryError", "builtins.Exception")
 
 
@@ -135,9 +128,9 @@ def stopped(reason: str, attempt: Attempt, how: str = "the Job was deleted") -> 
     if reason == "timed_out":
         limit = f"{attempt.timeout_s:g}" if attempt.timeout_s is not None else "?"
         message = f"step exceeded its timeout of {limit} s and was killed ({how})"
-        detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+        detail = timeout_detail(message)
         return Outcome(state="timed_out", error=detail)
-    detail = ErrorDetail("cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO)
+    detail = cancelled_detail()
     return Outcome(state="cancelled", error=detail)
 
 

@@ -98,3 +98,22 @@ def parse_result_marker(output: str) -> Outcome | None:
         return None
     line = output[at + len(RESULT_MARKER) :].split("\n", 1)[0]
     return parse_outcome(line)
+
+
+TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
+CANCEL_MRO = (
+    "meridian.errors.StepCancelled",
+    "meridian.errors.StepFailed",
+    "meridian.errors.MeridianError",
+    "builtins.Exception",
+)
+
+
+def timeout_detail(message: str) -> ErrorDetail:
+    """How every provider reports an attempt it stopped for running past its timeout."""
+    return ErrorDetail("timeout", TIMEOUT_MRO[0], message, "", TIMEOUT_MRO)
+
+
+def cancelled_detail(message: str = "step was cancelled") -> ErrorDetail:
+    """How every provider reports an attempt it stopped because it was cancelled."""
+    return ErrorDetail("cancelled", CANCEL_MRO[0], message, "", CANCEL_MRO)

@@ -11,17 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from providers import _slurm_job as job
-from providers._outcome import OUTCOME_FILE, read_outcome
+from providers._outcome import OUTCOME_FILE, cancelled_detail, read_outcome, timeout_detail
 from providers._slurm_tail import Tail
 from providers.base import ErrorDetail, Handle, Outcome, ProviderError
 
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 PROVIDER_ERROR = "providers.base.ProviderError"
 
 
@@ -94,10 +87,10 @@ def conclude(attempt: Attempt, info: job.JobInfo | None) -> Outcome:
             message = f"step exceeded its timeout of {limit} s; its Slurm job was cancelled"
         else:
             message = f"Slurm stopped job {attempt.job_id} at its time limit (TIMEOUT)"
-        detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+        detail = timeout_detail(message)
         return Outcome(state="timed_out", exit_code=rc, error=detail)
     if ended_by == "cancelled":
-        detail = ErrorDetail("cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO)
+        detail = cancelled_detail()
         return Outcome(state="cancelled", exit_code=rc, error=detail)
     if info is not None and (info.state in job.INFRA_STATES or info.state == "CANCELLED"):
         # Nobody in Meridian asked for CANCELLED: an administrator or a policy did.

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from providers._filetail import FileTail
-from providers._outcome import OUTCOME_FILE, SPEC_FILE, read_outcome
+from providers._outcome import (
+    OUTCOME_FILE,
+    SPEC_FILE,
+    cancelled_detail,
+    read_outcome,
+    timeout_detail,
+)
 from providers._proctree import group_members, killpg, leader_alive, owns_group, read_stat
 from providers.base import (
     Capabilities,
@@ -44,14 +50,6 @@ STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4 * 1024
 _POLL_S = 0.2
 _LOG_POLL_S = 0.1
-
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 
 
 @dataclass(frozen=True)
@@ -308,10 +306,10 @@ class ProcessProvider(Provider):
         if ended_by == "timed_out":
             limit = f"{attempt.timeout_s:g}" if attempt.timeout_s is not None else "?"
             message = f"step exceeded its timeout of {limit} s and was killed"
-            detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+            detail = timeout_detail(message)
             return Outcome(state="timed_out", exit_code=rc, error=detail)
         if ended_by == "cancelled":
-            detail = ErrorDetail("cancelled", _CANCEL_MRO[0], "step was cancelled", "", _CANCEL_MRO)
+            detail = cancelled_detail()
             return Outcome(state="cancelled", exit_code=rc, error=detail)
         outcome = read_outcome(attempt.work_dir)
         if outcome is not None:

@@ -22,7 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, Literal
 
-from providers._outcome import OUTCOME_FILE, RESULT_MARKER, parse_result_marker, read_outcome
+from providers._outcome import (
+    OUTCOME_FILE,
+    RESULT_MARKER,
+    cancelled_detail,
+    parse_result_marker,
+    read_outcome,
+    timeout_detail,
+)
 from providers._ray_config import OPTIONS_SCHEMA, RayConfig, job_request, validate_options
 from providers._ray_entry import STDERR_TAG
 from providers._ray_handle import RayJob as _Job
@@ -40,13 +47,6 @@ from providers.base import (
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 MESSAGE_TAIL_CHARS = 4096
 _API_ATTEMPTS = 3  # consecutive failed status polls before wait() gives up on the job server
-_TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
-_CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
-    "builtins.Exception",
-)
 
 
 def _job_client_class() -> Any:
@@ -205,13 +205,13 @@ class RayProvider(Provider):
         if ended_by == "timed_out":
             limit = f"{job.timeout_s:g}" if job.timeout_s is not None else "?"
             message = f"step exceeded its timeout of {limit} s; its Ray job was stopped"
-            detail = ErrorDetail("timeout", "builtins.TimeoutError", message, "", _TIMEOUT_MRO)
+            detail = timeout_detail(message)
             return Outcome(state="timed_out", exit_code=rc, error=detail)
         if ended_by == "cancelled" or status == "STOPPED":
             message = "step was cancelled" if ended_by else f"Ray job was stopped: {info.message}"
             if status == "PENDING":
                 message += " before its Ray job started"
-            detail = ErrorDetail("cancelled", _CANCEL_MRO[0], message, "", _CANCEL_MRO)
+            detail = cancelled_detail(message)
             return Outcome(state="cancelled", exit_code=rc, error=detail)
         if job.command:
             if status == "SUCCEEDED":
