@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.engine import assign_frame, finish_attempt
-from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
+from control_plane.orchestration.states import SLOT_HOLDING, AttemptState, RunState
 from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from meridian.errors import NotFound, PermissionDenied
@@ -115,19 +115,29 @@ def _reconcile_held(
     in_use = 0
     for attempt in held:
         step = session.get(StepRunRow, attempt.step_run_id)
-        assert step is not None
+        run = session.get(FlowRunRow, attempt.flow_run_id)
+        assert step is not None and run is not None
+        # A Cancel sent while the agent was away went down with its old stream: say it again.
+        unwanted = run.state not in (RunState.RUNNING, RunState.CRASHED)
         if attempt.id in reported:
             in_use += 1
-            if attempt.state == AttemptState.RUNNING:
+            if unwanted:
+                effects.cancels.append(
+                    CancelOut(agent.id, attempt.id, attempt.fencing_token, f"run is {run.state}")
+                )
+            elif attempt.state == AttemptState.RUNNING:
                 # Its ACCEPT may have been lost with the old stream after the proposal was
                 # acked; saying it again is harmless (runners ignore repeated decisions).
                 effects.decisions.append(
                     DecisionOut(attempt.id, attempt.fencing_token, True, agent_id=agent.id)
                 )
+        elif attempt.state == AttemptState.ASSIGNED and unwanted:
+            error = error_dict("cancelled", "meridian.StepCancelled", f"run is {run.state}")
+            finish_attempt(
+                session, attempt, step, AttemptState.CANCELLED, now, effects, error=error
+            )
         elif attempt.state == AttemptState.ASSIGNED:
             # The Assign frame may have been lost with the old stream: send it again.
-            run = session.get(FlowRunRow, attempt.flow_run_id)
-            assert run is not None
             # Not counted here: sending it through the registry takes the slot.
             effects.assigns.append(assign_frame(attempt, step, run))
         else:

@@ -125,3 +125,23 @@ def test_retry_is_a_new_run_that_reuses_nothing(store: Store) -> None:
         lambda s: s.scalars(select(StepRunRow).where(StepRunRow.flow_run_id == new.id)).all()
     )
     assert steps == []
+
+
+def test_reconnecting_agent_is_told_again_to_stop_work_of_a_cancelled_run(store: Store) -> None:
+    from control_plane.orchestration.agents import HelloIn, agent_connected
+
+    run_id = new_run(store)
+    running = submit(store, run_id, key="running#1")
+    queued_for_agent = submit(store, run_id, key="assigned#1")
+    store.run_sync(scheduling_pass, SLOTS, T0)
+    held = attempts(store, running)[0]
+    store.run_sync(engine.apply_reports, held.agent_id, [report(held, 1, "running")], T0)
+    # The Cancel frames of this cancel are lost: the agent's stream is gone.
+    store.run_sync(cancel_run, run_id, "operator", T0)
+    hello = HelloIn("0.1", {"cloud": "aws"}, ("process",), 2, {held.id: held.fencing_token},
+                    "host", False)  # fmt: skip
+    _, effects = store.run_sync(agent_connected, held.agent_id, "", hello, T0)
+    assert [(c.attempt_id, c.reason) for c in effects.cancels] == [(held.id, "run is CANCELLING")]
+    assert not effects.decisions and not effects.assigns
+    # The assignment it never received is not sent again: it ends as cancelled.
+    assert attempts(store, queued_for_agent)[0].state == "CANCELLED"
