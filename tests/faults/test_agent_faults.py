@@ -29,11 +29,13 @@ def twin_agents(tmp_path: Path) -> Iterator[Estate]:
 
 
 def wait_running(estate: Estate, run_id: str, key: str):  # type: ignore[no-untyped-def]
+    """Until the attempt runs *and* its process exists (the agent recorded its handle): a kill
+    before that finds nothing to re-attach to, and the attempt is rightly retried instead."""
     found: list = []
 
     def running() -> bool:
         found[:] = [running_attempt(estate.client().get_run(run_id), key)]
-        return found[0] is not None
+        return found[0] is not None and bool(found[0].resource_id)
 
     estate.wait_until(running, f"{key} to run", timeout=30)
     return found[0]
