@@ -8,22 +8,21 @@ flow directory so that bundles and runs do not mix.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from control_plane import ControlPlane, ServerConfig, create_api_token
+from control_plane import ServerConfig, create_api_token
 from control_plane.auth.ca import CertificateAuthority
 from meridian.client import ControlClient
 from meridian.errors import BundleError
 from meridian.sdk.runner import run_flow
 from tests.integration.harness import Estate, child_env, free_port, meridian_cmd
+from tests.threaded_plane import ThreadedControlPlane
 
 ENV = "errors-env"
 
@@ -371,27 +370,6 @@ def write_flow_with_payload(directory: Path, size: int) -> Path:
     flows = write_flows(directory)
     (directory / "payload.bin").write_bytes(os.urandom(size))
     return flows
-
-
-class ThreadedControlPlane:
-    """An in-process control plane on its own event loop thread (for non-default limits the
-    CLI does not expose, such as ``max_bundle_bytes``)."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.plane = ControlPlane(config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ControlPlane:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(timeout=60)
-        return self.plane
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.plane.shutdown(1.0), self._loop).result(timeout=60)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
 
 
 def test_bundle_above_the_server_limit_is_refused_by_meridian_run(tmp_path: Path) -> None:

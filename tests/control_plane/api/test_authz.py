@@ -20,7 +20,7 @@ from control_plane.auth.api_tokens import REQUIRED_ROLE, RUNNER_METHODS, Role
 from meridian.bundle import pack_directory
 from meridian.client import ControlClient
 from meridian.errors import NotFound, PermissionDenied
-from tests.control_plane.api.test_edges import ThreadedControlPlane
+from tests.threaded_plane import ThreadedControlPlane
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 STREAMING_RESPONSE = {"WatchRun", "DownloadBundle"}

@@ -9,7 +9,6 @@ on PostgreSQL, since most refusals are decided against the store.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -40,43 +39,13 @@ from protos.meridian.v1 import (
 )
 from tests.auth_helpers import with_bearer
 from tests.conftest import POSTGRES_ENV, _postgres_database
+from tests.threaded_plane import ThreadedControlPlane
 
 MAX_BUNDLE = 64 * 1024
 CALL_TIMEOUT_S = 20.0
 
 
 # ---- the control plane under test ---------------------------------------------------------
-
-
-class ThreadedControlPlane:
-    """A ControlPlane on a private event loop thread, so tests can use blocking stubs."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.plane = ControlPlane(config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> ControlPlane:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(timeout=60)
-        return self.plane
-
-    async def _shutdown(self) -> None:
-        await self.plane.shutdown(1.0)
-        # Handlers of streams the server cut off may leave helper tasks behind; end them
-        # here so closing the loop does not leave coroutines unfinished.
-        current = asyncio.current_task()
-        leftovers = [t for t in asyncio.all_tasks() if t is not current]
-        for task in leftovers:
-            task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
 
 
 @dataclass

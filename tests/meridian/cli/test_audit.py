@@ -19,7 +19,7 @@ from control_plane.audit._chain import canonical_json, parse_at
 from meridian import models
 from meridian.cli import audit as audit_cmd
 from tests.conftest import POSTGRES_ENV, _postgres_database
-from tests.control_plane.api.test_edges import ThreadedControlPlane
+from tests.threaded_plane import ThreadedControlPlane
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
