@@ -66,6 +66,8 @@ class Welcome:
     lease_timeout_s: float
     last_applied_seq: int
     max_frame_bytes: int
+    # Seconds until the certificate this stream uses should be rotated (0: no rotation).
+    certificate_renew_in_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,16 @@ class DecisionAction:
 
 
 @dataclass(frozen=True)
+class CertificateAction:
+    """The answer to a renewal: a new certificate, or a refusal and when to ask again."""
+
+    certificate_pem: bytes
+    renew_in_s: float
+    refused: str = ""
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class UnknownAction:
     """A frame this agent version does not understand; logged and ignored, never fatal."""
 
@@ -104,5 +116,12 @@ class UnknownAction:
 
 
 Action = (
-    Welcome | AssignAction | CancelAction | AckAction | DrainAction | DecisionAction | UnknownAction
+    Welcome
+    | AssignAction
+    | CancelAction
+    | AckAction
+    | DrainAction
+    | DecisionAction
+    | CertificateAction
+    | UnknownAction
 )

@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,13 +25,15 @@ from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
 from agent.endpoint import AgentEndpoint
 from agent.handles import HandleStore
-from agent.identity import load_identity
+from agent.identity import certificate_not_after, load_identity
 from agent.journal import Journal
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
+from agent.rotation import CertificateRotator
 from agent.runner import RunnerContext
 from agent.secrets import SecretStore
 from agent.worker import Worker
+from meridian.sealing import KeyRing
 from providers.base import Provider
 
 log = logging.getLogger("meridian.agent")
@@ -56,12 +59,27 @@ class AgentConfig:
     # Secret resolver settings by scheme, e.g. {"aws-sm": {"region": "eu-west-1"}};
     # see docs/secrets.md. Checked when the agent starts.
     secrets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Sealing keys of the key groups this agent's environment belongs to (docs/security.md).
+    seal_keys: KeyRing = field(default_factory=KeyRing)
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
     from providers.registry import load_provider  # entry-point discovery, only when needed
 
     return load_provider(provider_type, config)
+
+
+def _warn_if_expired(cert_pem: bytes, data_dir: Path) -> None:
+    # Rotation keeps a connected agent's certificate fresh; one that was offline past its
+    # expiry cannot connect any more and needs a new identity.
+    not_after = certificate_not_after(cert_pem)
+    if not_after is not None and not_after <= datetime.now(UTC):
+        log.error(
+            "the agent certificate in %s expired at %s; the control plane will refuse it. "
+            "Enroll again with a new join token (`meridian agent enroll`)",
+            data_dir,
+            f"{not_after:%Y-%m-%d %H:%M:%S} UTC",
+        )
 
 
 def agent_version() -> str:
@@ -128,6 +146,7 @@ class Agent:
     async def _start(self) -> None:
         cfg = self._config
         identity = load_identity(cfg.data_dir)
+        _warn_if_expired(identity.cert_pem, cfg.data_dir)
         # Before anything opens: a bad secrets configuration must stop the agent at once.
         secrets = SecretStore.from_config(cfg.secrets)
         ca_pem = Path(cfg.ca_file).read_bytes() if cfg.ca_file else identity.ca_pem
@@ -148,7 +167,9 @@ class Agent:
         bundles = BundleCache(
             cfg.data_dir / "bundles", RpcBundleSource(self._endpoint), MAX_BUNDLE_BYTES
         )
-        ctx = RunnerContext(reporter, bundles, self._handles, cfg.data_dir / "work", secrets)
+        ctx = RunnerContext(
+            reporter, bundles, self._handles, cfg.data_dir / "work", secrets, cfg.seal_keys
+        )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(self._handles.load_all())
@@ -160,6 +181,7 @@ class Agent:
             self._hello,
             self._heartbeat,
             max_backoff_s=cfg.reconnect_max_backoff_s,
+            rotator=CertificateRotator(cfg.data_dir, self._endpoint, socket.gethostname()),
         )
         self._connection_task = asyncio.ensure_future(self._connection.run())
 

@@ -29,18 +29,23 @@ BundlePiece = tuple[str, int, bytes]
 BundleSource = Callable[[str], AsyncIterator[BundlePiece]]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_DOWNLOADS_IN_FLIGHT = 4
 
 
 class RpcBundleSource:
     """Streams a bundle's chunks from ``AgentService.FetchBundle``."""
 
-    def __init__(self, stub: Any) -> None:
+    def __init__(self, stub: Any, max_in_flight: int = MAX_DOWNLOADS_IN_FLIGHT) -> None:
         self._stub = stub
+        # The control plane refuses more concurrent downloads per agent than this.
+        self._slots = asyncio.Semaphore(max_in_flight)
 
     async def __call__(self, sha256: str) -> AsyncIterator[BundlePiece]:
         try:
-            async for chunk in self._stub.FetchBundle(convert.fetch_bundle_request(sha256)):
-                yield convert.bundle_chunk_from_proto(chunk)
+            async with self._slots:
+                request = convert.fetch_bundle_request(sha256)
+                async for chunk in self._stub.FetchBundle(request):
+                    yield convert.bundle_chunk_from_proto(chunk)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise ConnectionFailed(f"control plane unavailable: {exc.details()}") from exc

@@ -19,10 +19,11 @@ from typing import Any
 import grpc
 
 from agent import convert
-from agent.actions import AckAction, Action, Welcome
+from agent.actions import AckAction, Action, CertificateAction, Welcome
 from agent.journal import Journal, JournalEntry
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HelloInfo
+from agent.rotation import CertificateRotator
 from meridian.errors import ConnectionFailed
 
 log = logging.getLogger("meridian.agent.connection")
@@ -84,6 +85,7 @@ class Connection:
         *,
         base_backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
+        rotator: CertificateRotator | None = None,
     ) -> None:
         self._stub = stub
         self._journal = journal
@@ -93,6 +95,7 @@ class Connection:
         self._heartbeat = heartbeat
         self._base_backoff_s = base_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._rotator = rotator
         self._heartbeat_s = DEFAULT_HEARTBEAT_S
         self._max_batch_bytes = MAX_BATCH_BYTES
         self._write_lock = asyncio.Lock()
@@ -166,6 +169,8 @@ class Connection:
                 group.create_task(self._send_heartbeats(call))
                 group.create_task(self._send_reports(call))
                 group.create_task(self._receive(call))
+                if self._rotator is not None:
+                    group.create_task(self._rotate(call, self._rotator))
         finally:
             self.connected = False
             call.cancel()
@@ -177,6 +182,8 @@ class Connection:
             self._heartbeat_s = welcome.heartbeat_interval_s
         limit = welcome.max_frame_bytes or MAX_BATCH_BYTES
         self._max_batch_bytes = min(MAX_BATCH_BYTES, limit)
+        if self._rotator is not None:
+            self._rotator.schedule(welcome.certificate_renew_in_s)
         self.welcome = welcome
         self.connected = True
         self._reset_backoff = True
@@ -212,6 +219,11 @@ class Connection:
                 await self._write(call, convert.report_batch_to_proto(batch))
                 cursor = batch[-1].seq
 
+    async def _rotate(self, call: Any, rotator: CertificateRotator) -> None:
+        while True:
+            await rotator.wait_due()
+            await self._write(call, convert.renew_certificate_frame(rotator.request()))
+
     async def _receive(self, call: Any) -> None:
         while True:
             frame = await call.read()
@@ -221,6 +233,9 @@ class Connection:
             if isinstance(action, AckAction):
                 self._journal.ack(action.up_to_seq)
                 self._acked.set()
+            elif isinstance(action, CertificateAction):
+                if self._rotator is not None:
+                    self._rotator.answer(action)
             elif isinstance(action, Welcome):
                 log.warning("ignoring a second Welcome on session %s", action.session_id)
             else:

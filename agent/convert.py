@@ -17,6 +17,7 @@ from agent.actions import (
     AssignAction,
     Assignment,
     CancelAction,
+    CertificateAction,
     DecisionAction,
     DecisionValue,
     DrainAction,
@@ -202,6 +203,10 @@ def report_batch_to_proto(entries: Sequence[JournalEntry]) -> Any:
     return agent_pb2.AgentFrame(reports=batch)
 
 
+def renew_certificate_frame(csr_pem: bytes) -> Any:
+    return agent_pb2.AgentFrame(renew_certificate=agent_pb2.RenewCertificate(csr_pem=csr_pem))
+
+
 # ---- control frames ---------------------------------------------------------------------
 
 
@@ -218,6 +223,7 @@ def action_from_proto(frame: Any) -> Action:
             lease_timeout_s=float(w.lease_timeout_s),
             last_applied_seq=int(w.last_applied_seq),
             max_frame_bytes=int(w.max_frame_bytes),
+            certificate_renew_in_s=float(w.certificate_renew_in_s),
         )
     if kind == "assign":
         return AssignAction(tuple(_assignment_from_proto(a) for a in frame.assign.assignments))
@@ -230,6 +236,11 @@ def action_from_proto(frame: Any) -> Action:
         return DrainAction(frame.drain.reason)
     if kind == "decisions":
         return DecisionAction(tuple(_decision_from_proto(d) for d in frame.decisions.decisions))
+    if kind == "certificate":
+        c = frame.certificate
+        return CertificateAction(
+            bytes(c.certificate_pem), float(c.renew_in_s), c.refused, float(c.retry_in_s)
+        )
     return UnknownAction(str(kind))
 
 

@@ -9,6 +9,7 @@ the given address itself) is used.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,7 @@ from agent.channel import channel_options, secure_channel
 
 log = logging.getLogger("meridian.agent.endpoint")
 DISCOVERY_TIMEOUT_S = 5.0
+RETIRE_GRACE_S = 30.0
 
 
 def join_address(dialled: str, advertised: str) -> str:
@@ -50,14 +52,25 @@ class AgentEndpoint:
         self.address = known_agent_address
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
+        self._credentials_changed = False
+        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+
+    def use_certificate(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Present this key pair from the next connection on (after a rotation).
+
+        The open channel, and the stream on it, stay as they are: nothing running is cut.
+        """
+        self._key_pem, self._cert_pem = key_pem, cert_pem
+        self._credentials_changed = True
 
     async def refresh(self) -> None:
         """Find the agent listener again and (re)build the channel if it moved."""
         # Without discovery (an older server, or a proxy that only forwards the agent port)
         # the given address itself is the best guess.
         address = await self._discover() or self.address or self._control_plane
-        if address != self.address or self._channel is None:
-            await self.close()
+        if address != self.address or self._channel is None or self._credentials_changed:
+            self._retire_channel()
+            self._credentials_changed = False
             self.address = address
             self._channel = secure_channel(
                 address, ca_pem=self._ca_pem, key_pem=self._key_pem, cert_pem=self._cert_pem
@@ -89,7 +102,20 @@ class AgentEndpoint:
             raise RuntimeError("AgentEndpoint.refresh() must run before the first call")
         return self._stub
 
+    def _retire_channel(self) -> None:
+        # A bundle download may still be using the old channel: let it finish.
+        channel = self._channel
+        if channel is not None:
+            task = asyncio.ensure_future(channel.close(RETIRE_GRACE_S))
+            self._retiring[channel] = task
+            task.add_done_callback(lambda _: self._retiring.pop(channel, None))
+            self._channel = None
+            self._stub = None
+
     async def close(self) -> None:
+        for channel, task in list(self._retiring.items()):
+            await channel.close(None)  # ends the grace period at once
+            await asyncio.gather(task, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None

@@ -4,6 +4,8 @@ A handle is saved as soon as ``provider.submit`` returns and removed only after 
 finished report is journaled, so an agent that restarts in between finds every attempt it still
 owns and can ``recover`` it instead of leaving infrastructure running unobserved. The table
 lives in the journal's SQLite file; a separate connection keeps the two stores independent.
+A sealed step's handle also records how to seal its outcome (``agent.sealing.AttemptSeal``), so
+a re-attached attempt never reports its result in plaintext.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ CREATE TABLE IF NOT EXISTS handles (
     attempt_id TEXT PRIMARY KEY,
     fencing_token INTEGER NOT NULL,
     provider TEXT NOT NULL,
-    handle_json TEXT NOT NULL
+    handle_json TEXT NOT NULL,
+    seal_json TEXT NOT NULL DEFAULT ''
 );
 """
+# Added after the first release: a journal created before it gets the column on open.
+_ADD_SEAL_COLUMN = "ALTER TABLE handles ADD COLUMN seal_json TEXT NOT NULL DEFAULT ''"
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class StoredHandle:
     fencing_token: int
     provider: str
     handle_json: str
+    seal_json: str = ""  # AttemptSeal of a sealed step, "" otherwise
 
 
 class HandleStore:
@@ -41,13 +47,23 @@ class HandleStore:
         self._conn: sqlite3.Connection = open_database(Path(data_dir) / JOURNAL_FILE)
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(handles)")}
+            if "seal_json" not in columns:
+                self._conn.execute(_ADD_SEAL_COLUMN)
 
     def save(self, stored: StoredHandle) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO handles (attempt_id, fencing_token, provider, handle_json) "
-                "VALUES (?, ?, ?, ?)",
-                (stored.attempt_id, stored.fencing_token, stored.provider, stored.handle_json),
+                "INSERT OR REPLACE INTO handles "
+                "(attempt_id, fencing_token, provider, handle_json, seal_json) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    stored.attempt_id,
+                    stored.fencing_token,
+                    stored.provider,
+                    stored.handle_json,
+                    stored.seal_json,
+                ),
             )
 
     def remove(self, attempt_id: str) -> None:
@@ -57,10 +73,10 @@ class HandleStore:
     def load_all(self) -> list[StoredHandle]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT attempt_id, fencing_token, provider, handle_json FROM handles "
+                "SELECT attempt_id, fencing_token, provider, handle_json, seal_json FROM handles "
                 "ORDER BY attempt_id"
             ).fetchall()
-        return [StoredHandle(str(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+        return [StoredHandle(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,10 @@
 ``data_dir`` holds ``agent.key`` (mode 0600; the key never leaves the machine), ``agent.crt``,
 ``ca.crt`` and ``identity.json`` (agent id, environment, control-plane address). The directory
 itself is made 0700. Enrollment writes these; every later start loads them.
+
+Certificate rotation (``agent.rotation``) replaces the key and certificate together: the new
+pair is first written whole beside the old one (``*.next``), then moved into place. A crash at
+any point leaves a matching pair, and the next load finishes an interrupted move.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +28,8 @@ KEY_FILE = "agent.key"
 CERT_FILE = "agent.crt"
 CA_FILE = "ca.crt"
 IDENTITY_FILE = "identity.json"
+NEXT_KEY_FILE = "agent.key.next"
+NEXT_CERT_FILE = "agent.crt.next"
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,66 @@ def save_identity(data_dir: Path, identity: AgentIdentity) -> None:
     _write_atomic(data_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode() + b"\n", 0o644)
 
 
+def save_rotated(data_dir: Path, key_pem: bytes, cert_pem: bytes) -> None:
+    """Install a rotated key pair; ValidationError if the certificate is not for the key."""
+    if not key_matches_certificate(key_pem, cert_pem):
+        raise ValidationError("the rotated certificate is not for the key this agent made")
+    data_dir = Path(data_dir)
+    _write_atomic(data_dir / NEXT_KEY_FILE, key_pem, 0o600)
+    _write_atomic(data_dir / NEXT_CERT_FILE, cert_pem, 0o644)
+    _fsync_dir(data_dir)
+    _promote_next(data_dir)
+
+
+def key_matches_certificate(key_pem: bytes, cert_pem: bytes) -> bool:
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except (ValueError, TypeError):
+        return False
+    return bool(key.public_key() == cert.public_key())
+
+
+def certificate_not_after(cert_pem: bytes) -> datetime | None:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+    except ValueError:
+        return None
+
+
+def _promote_next(data_dir: Path) -> None:
+    """Move a complete ``*.next`` pair into place; drop an incomplete one (the old pair is
+    then still whole, and the agent rotates again)."""
+    next_key, next_cert = data_dir / NEXT_KEY_FILE, data_dir / NEXT_CERT_FILE
+    if not (next_key.exists() or next_cert.exists()):
+        return
+    cert_pem = next_cert.read_bytes() if next_cert.is_file() else b""
+    # Key first: between the two renames the pair on disk mismatches, and a crash there
+    # leaves only the certificate to move, which the next load does.
+    key_path = next_key if next_key.is_file() else data_dir / KEY_FILE
+    if cert_pem and key_matches_certificate(key_path.read_bytes(), cert_pem):
+        if key_path == next_key:
+            os.replace(next_key, data_dir / KEY_FILE)
+        os.replace(next_cert, data_dir / CERT_FILE)
+        _fsync_dir(data_dir)
+        return
+    next_key.unlink(missing_ok=True)
+    next_cert.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_identity(data_dir: Path) -> AgentIdentity:
     """Load what enrollment stored; NotFound with the fix when the agent is not enrolled."""
     data_dir = Path(data_dir)
+    if (data_dir / IDENTITY_FILE).is_file():
+        _promote_next(data_dir)
     paths = [data_dir / n for n in (IDENTITY_FILE, KEY_FILE, CERT_FILE, CA_FILE)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

@@ -9,6 +9,11 @@ in between finds the attempt again.
 Secret references are resolved after ACCEPT and just before the provider starts the step; a
 failure to resolve ends the attempt without starting anything. The values go only into the
 step's environment: every report (journaled, then sent) is scrubbed of them first.
+
+Sealed inputs (``agent.sealing``) are opened at the same point with this agent's key for the
+group named in them; the outcome is sealed with that group before it is journaled, also after
+a re-attach (the seal is persisted with the handle). An attempt whose inputs cannot be opened
+fails permanently with a message naming the key group, and nothing is started.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from agent.reports import (
     ReportBody,
     infrastructure_failure,
 )
+from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finished
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
+from meridian.errors import SealError
+from meridian.sealing import KeyRing
 from providers.base import (
     ErrorClass,
     ErrorDetail,
@@ -62,6 +70,8 @@ class RunnerContext:
     handles: HandleStore
     work_root: Path
     secrets: SecretStore = field(default_factory=SecretStore)
+    # Sealing keys by key group: opens sealed inputs, seals results (agent.sealing).
+    keys: KeyRing = field(default_factory=KeyRing)
 
 
 class Runner:
@@ -81,6 +91,7 @@ class Runner:
         # Empty until this attempt's secrets are resolved. After an agent restart (resume) it
         # stays empty: values are never persisted, so they cannot be scrubbed then.
         self._redactor = Redactor()
+        self._seal: AttemptSeal | None = None  # set when the attempt's inputs were sealed
 
     # ---- signals from the worker --------------------------------------------------------
 
@@ -101,8 +112,9 @@ class Runner:
         """Run a fresh assignment to its end; never raises except for task cancellation."""
         await self._guard(self._run(assignment))
 
-    async def resume(self, handle: Handle) -> None:
+    async def resume(self, handle: Handle, seal: AttemptSeal | None = None) -> None:
         """Watch infrastructure recovered after an agent restart until it ends."""
+        self._seal = seal
         # Logs are not streamed again: the provider replays them from the start and the
         # control plane already holds those sent before the restart.
         await self._guard(self._watch(handle, stream_logs=False))
@@ -162,6 +174,11 @@ class Runner:
         except (ValueError, ProviderOptionsError) as exc:
             self._finish(_failure("permanent", "meridian.ProviderOptionsError", str(exc)))
             return None
+        try:
+            inputs_json, self._seal = open_assignment(self._ctx.keys, assignment)
+        except SealError as exc:
+            self._finish(seal_failure(exc))
+            return None
         secrets = await self._resolve_secrets(spec.secrets)
         if secrets is None:
             return None
@@ -175,7 +192,7 @@ class Runner:
             attempt_number=assignment.attempt_number,
             module=spec.module,
             function=spec.function,
-            inputs_json=assignment.inputs_json,
+            inputs_json=inputs_json,
             bundle_dir=bundle_dir,
             work_dir=work_dir,
             timeout_s=spec.timeout_s or None,
@@ -189,8 +206,15 @@ class Runner:
             message = f"provider {self._provider.type!r} could not start the step: {exc}"
             self._finish(infrastructure_failure(message, _qualname(exc)))
             return None
+        seal_json = self._seal.to_json() if self._seal is not None else ""
         self._ctx.handles.save(
-            StoredHandle(self.attempt_id, self.fencing_token, self._provider.type, handle.to_json())
+            StoredHandle(
+                self.attempt_id,
+                self.fencing_token,
+                self._provider.type,
+                handle.to_json(),
+                seal_json,
+            )
         )
         self._report(HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id))
         return handle
@@ -228,8 +252,20 @@ class Runner:
             for task in (logs, waiting):
                 if task is not None and not task.done():
                     task.cancel()
-        self._finish(finished)
+        self._finish(self._sealed(finished))
         self._ctx.handles.remove(self.attempt_id)
+
+    def _sealed(self, finished: AttemptFinished) -> AttemptFinished:
+        """The outcome of a sealed step as it may leave the site: scrubbed of secrets first
+        (a sealed text cannot be scrubbed later), then sealed."""
+        if self._seal is None:
+            return finished
+        scrubbed = redact_report(finished, self._redactor)
+        assert isinstance(scrubbed, AttemptFinished)
+        try:
+            return seal_finished(self._ctx.keys, self._seal, scrubbed)
+        except SealError as exc:
+            return seal_failure(exc)
 
     async def _cancel_running(
         self, handle: Handle, waiting: asyncio.Future[Outcome]

@@ -25,6 +25,7 @@ from agent.actions import (
 from agent.handles import StoredHandle
 from agent.reports import HeldAttempt, infrastructure_failure
 from agent.runner import Runner, RunnerContext
+from agent.sealing import AttemptSeal
 from providers.base import Handle, Provider
 
 log = logging.getLogger("meridian.agent.worker")
@@ -136,7 +137,7 @@ class Worker:
                     log.exception("recovering attempt %s failed", item.attempt_id)
             if attached and provider is not None:
                 runner = Runner(item.attempt_id, item.fencing_token, provider, self._ctx)
-                self._track(runner, runner.resume(handle))
+                self._track(runner, runner.resume(handle, AttemptSeal.from_json(item.seal_json)))
                 continue
             failure = infrastructure_failure("agent restarted and could not re-attach")
             self._ctx.reporter.report(item.attempt_id, item.fencing_token, failure)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.auth.api_token_store import (
@@ -23,12 +23,20 @@ from control_plane.store.models import ApiTokenRow, JoinTokenRow
 
 
 def create_join_token(
-    data_dir: Path, environment: str, *, ttl_s: float = 3600.0, db_url: str | None = None
+    data_dir: Path,
+    environment: str,
+    *,
+    ttl_s: float = 3600.0,
+    db_url: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Issue a one-time join token for ``environment``; only its hash is stored."""
+    """Issue a one-time join token for ``environment``; only its hash is stored.
+
+    ``labels`` are pinned: the agent it enrolls carries exactly these and no others.
+    """
     with _store(data_dir, db_url) as store:
         now = dt.datetime.now(dt.UTC)
-        return store.run_sync(create_join_token_row, environment, ttl_s, now)
+        return store.run_sync(create_join_token_row, environment, ttl_s, now, labels)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class JoinTokenInfo:
     expires_at: dt.datetime
     state: str  # unused | used | expired | revoked
     used_by_agent_id: str | None
+    labels: Mapping[str, str] = field(default_factory=dict)  # pinned on the agent it enrolls
 
 
 def _info(row: JoinTokenRow, now: dt.datetime) -> JoinTokenInfo:
@@ -51,7 +60,13 @@ def _info(row: JoinTokenRow, now: dt.datetime) -> JoinTokenInfo:
     else:
         state = "unused"
     return JoinTokenInfo(
-        row.id, row.environment, row.created_at, row.expires_at, state, row.used_by_agent_id
+        row.id,
+        row.environment,
+        row.created_at,
+        row.expires_at,
+        state,
+        row.used_by_agent_id,
+        dict(row.labels or {}),
     )
 
 

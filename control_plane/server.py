@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from control_plane.api.agent_service import AgentService
 from control_plane.api.authz import ApiTokenAuth
 from control_plane.api.control_service import ControlService
+from control_plane.api.decoding import RejectUndecodable
 from control_plane.api.services import RunNotifier, Services
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
@@ -117,7 +118,8 @@ class ControlPlane:
         assert self._services is not None
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ApiTokenAuth(self._services.store)],
+            # The decoding guard is innermost, so the token check still runs first.
+            interceptors=[ApiTokenAuth(self._services.store), RejectUndecodable()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -8,6 +8,8 @@ MeridianError
 ├── PermissionDenied
 ├── ConnectionFailed       the control plane cannot be reached or its TLS identity is wrong
 ├── ConflictError          the request contradicts stored state
+├── SealError              a sealed value cannot be made or opened (key missing, wrong or
+│                          altered ciphertext, bad key file); never names key material
 └── StepFailed             a step run ended without a result (raised in the flow body)
     └── StepCancelled
 
@@ -49,6 +51,10 @@ class ConflictError(MeridianError):
     """The request contradicts what is already recorded."""
 
 
+class SealError(MeridianError):
+    """A value could not be sealed or opened; the message names the key group, never a key."""
+
+
 class StepFailed(MeridianError):
     """A step run failed. Carries the remote error so the flow body can decide what to do."""
 
@@ -59,6 +65,8 @@ class StepFailed(MeridianError):
         error_type: str,
         message: str,
         traceback: str = "",
+        *,
+        sealed_with: str = "",
     ) -> None:
         super().__init__(f"step {step_key} failed ({error_class}): {error_type}: {message}")
         self.step_key = step_key
@@ -66,6 +74,9 @@ class StepFailed(MeridianError):
         self.error_type = error_type
         self.remote_message = message
         self.remote_traceback = traceback
+        # The key group of a sealed step: its message and traceback were opened here and must
+        # not reach the control plane in plaintext (see meridian.sdk.runner.error_info).
+        self.sealed_with = sealed_with
 
 
 class StepCancelled(StepFailed):

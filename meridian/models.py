@@ -227,6 +227,8 @@ class AgentInfo:
     last_heartbeat: datetime | None = None
     status: str = ""
     hostname: str = ""
+    cert_fingerprint: str = ""
+    cert_not_after: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,10 @@ def _import_step(module: str, function: str, step_key: str) -> Callable[..., Any
 def _decode_inputs(inputs_json: str, step_key: str) -> tuple[list[Any], dict[str, Any]]:
     try:
         raw = json.loads(inputs_json or '{"args": [], "kwargs": {}}')
+        if isinstance(raw, dict) and "sealed" in raw:
+            # The agent opens sealed inputs before a provider ever sees them; running the step
+            # with the envelope's empty args instead would be silently wrong.
+            raise ValueError("the inputs are still sealed (the agent must open them first)")
         args = raw.get("args", [])
         kwargs = raw.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):

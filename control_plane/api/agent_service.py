@@ -18,10 +18,12 @@ from sqlalchemy import select
 
 from control_plane.api import convert
 from control_plane.api.errors import abort
+from control_plane.api.limits import InFlightLimit
 from control_plane.api.services import Services
 from control_plane.api.validation import validate_hello
 from control_plane.auth.enrollment import enroll_agent
 from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
+from control_plane.auth.rotation import issued_at, renew_in_s, rotate_certificate
 from control_plane.orchestration.agents import (
     agent_connected,
     agent_disconnected,
@@ -40,6 +42,9 @@ EOF = grpc.aio.EOF  # type: ignore[attr-defined]
 CHUNK = 1024 * 1024
 MAX_REPORTS_PER_BATCH = 5000
 HELLO_TIMEOUT_S = 30.0
+MIN_RENEWAL_INTERVAL_S = 1.0
+MAX_DOWNLOADS_PER_AGENT = 4
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 class ProtocolError(Exception):
@@ -53,6 +58,7 @@ def utcnow() -> dt.datetime:
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, services: Services) -> None:
         self._s = services
+        self._downloads = InFlightLimit(MAX_DOWNLOADS_PER_AGENT)
 
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: grpc.aio.ServicerContext
@@ -91,12 +97,23 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.FetchBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
         identity = await self._identity(context)
+        # Each download holds a whole bundle in memory: bound how many one agent runs at once,
+        # so a misbehaving agent cannot exhaust the server for everyone else.
+        if not self._downloads.try_acquire(identity.agent_id):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this agent has {self._downloads.limit} bundle downloads in flight already "
+                "(the most it may); retry when one finishes",
+            )
         try:
-            data = await self._s.store.run(_bundle_for_agent, identity.agent_id, request.sha256)
-        except NotFound as exc:
-            await abort(context, exc)
-        for chunk in bundle_chunks(request.sha256, data):
-            yield chunk
+            try:
+                data = await self._s.store.run(_bundle_for_agent, identity.agent_id, request.sha256)
+            except NotFound as exc:
+                await abort(context, exc)
+            for chunk in bundle_chunks(request.sha256, data):
+                yield chunk
+        finally:
+            self._downloads.release(identity.agent_id)
 
     async def Connect(
         self,
@@ -135,24 +152,41 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self._s.config.agent_lost_after_s,
                 connected.last_applied_seq,
                 self._s.config.max_frame_bytes,
+                renew_in_s(issued_at(identity), identity.not_after, utcnow()),
             )
         )
         self._s.dispatcher.apply(effects)
         if connected.drain_requested:
             session.send(DrainOut("an operator drained this agent"))
-        await self._serve(session, context)
+        await self._serve(session, identity, context)
 
-    async def _serve(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
-        reader = asyncio.create_task(self._read_loop(session, context))
+    async def _serve(
+        self, session: AgentSession, identity: AgentIdentity, context: grpc.aio.ServicerContext
+    ) -> None:
+        reader = asyncio.create_task(self._read_loop(session, identity, context))
+        # TLS checks expiry only at the handshake: a stream must not outlive its certificate.
+        # The agent reconnects with the certificate it rotated to; its steps keep running.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, (identity.not_after - utcnow()).total_seconds()),
+            session.send,
+            CloseOut("the certificate of this stream expired"),
+        )
         try:
-            await self._write_loop(session, context, reader)
+            closed = await self._write_loop(session, context, reader)
+            if closed is not None:
+                # A status with the reason, not a silent end: the agent logs why it reconnects.
+                code = grpc.StatusCode.PERMISSION_DENIED if closed.refused else UNAVAILABLE
+                await context.abort(code, closed.reason)
             if reader.done() and reader.exception() is not None:
                 exc = reader.exception()
                 if isinstance(exc, ProtocolError):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                if not isinstance(exc, asyncio.CancelledError):
+                # AbortError: the call was already aborted with its status (an undecodable
+                # frame, control_plane/api/decoding.py); nothing failed here.
+                if not isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
                     log.warning("agent %s stream failed: %r", session.agent.name, exc)
         finally:
+            expiry.cancel()
             reader.cancel()
             if self._s.registry.remove(session):
                 await self._s.store.run(agent_disconnected, session.agent.agent_id, utcnow())
@@ -163,7 +197,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         session: AgentSession,
         context: grpc.aio.ServicerContext,
         reader: asyncio.Task[None],
-    ) -> None:
+    ) -> CloseOut | None:
+        """Send the outbox until the reader ends (None) or a CloseOut asks to end (returned)."""
         max_bytes = self._s.config.max_frame_bytes
         while True:
             getter = asyncio.ensure_future(session.outbox.get())
@@ -173,19 +208,25 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if not getter.done():  # the stream ended or the handler was cancelled
                     getter.cancel()
             if getter not in done:
-                return
+                return None
             items = [getter.result()]
             while not session.outbox.empty() and len(items) < 1000:
                 items.append(session.outbox.get_nowait())
-            closing = any(convert.is_close(i) for i in items)
+            closing = next((i for i in items if isinstance(i, CloseOut)), None)
             frames = [convert.outgoing_to_frame(i) for i in items if not convert.is_close(i)]
             for frame in convert.merge_assign_frames(frames, max_bytes):
                 await context.write(frame)
-            if closing:
-                return
+            if closing is not None:
+                return closing
 
-    async def _read_loop(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+    async def _read_loop(
+        self,
+        session: AgentSession,
+        identity: AgentIdentity,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         agent_id = session.agent.agent_id
+        last_renewal = -float("inf")
         while True:
             frame = await context.read()
             if frame is EOF:
@@ -199,8 +240,29 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self._s.dispatcher.wake()
             elif body == "reports":
                 await self._apply_reports(session, frame.reports)
+            elif body == "renew_certificate":
+                # One signing per interval per stream, however fast a broken agent asks.
+                now_s = asyncio.get_running_loop().time()
+                if now_s - last_renewal < MIN_RENEWAL_INTERVAL_S:
+                    raise ProtocolError("certificate renewals are too frequent")
+                last_renewal = now_s
+                await self._renew(session, identity, frame.renew_certificate.csr_pem)
             else:
                 raise ProtocolError(f"unexpected {body or 'empty'} frame after Hello")
+
+    async def _renew(self, session: AgentSession, identity: AgentIdentity, csr_pem: bytes) -> None:
+        validity = dt.timedelta(hours=self._s.config.agent_certificate_hours)
+        try:
+            renewal = await self._s.store.run(
+                rotate_certificate, self._s.ca, identity, csr_pem, utcnow(), validity
+            )
+        except ValidationError as exc:
+            raise ProtocolError(f"certificate renewal refused: {exc}") from exc
+        if renewal.certificate_pem:
+            log.info("agent %s rotated its certificate", session.agent.name)
+        else:
+            log.warning("agent %s: renewal refused: %s", session.agent.name, renewal.refused)
+        session.send(renewal)
 
     async def _apply_reports(self, session: AgentSession, batch: agent_pb2.ReportBatch) -> None:
         if len(batch.reports) > MAX_REPORTS_PER_BATCH:

@@ -26,6 +26,7 @@ from control_plane.api.validation import (
     validate_submissions,
 )
 from control_plane.auth.api_token_store import issue_runner_token
+from control_plane.auth.scopes import check_step_targets
 from control_plane.orchestration.agent_admin import drain_agent, revoke_agent
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
 from control_plane.orchestration.lifecycle import (
@@ -39,7 +40,7 @@ from control_plane.orchestration.values import Effects
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
 from control_plane.store.models import BundleRow
-from meridian.errors import MeridianError, ValidationError
+from meridian.errors import MeridianError, PermissionDenied, ValidationError
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0
@@ -62,6 +63,21 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         return control_pb2.ServerInfo(
             version=SERVER_VERSION, agent_address=self._s.advertised_agent_address
         )
+
+    async def _visible_run(self, run_id: str, *, prefix: bool = False) -> str:
+        """The full id of a run the caller may see (``prefix``: given as a unique prefix).
+
+        A run outside a scoped caller's environments is NOT_FOUND, exactly like a missing one,
+        so a scoped token learns nothing about other tenants' runs. Unscoped callers pass
+        through (the handler's own lookup reports a missing run).
+        """
+        caller = allowed_environments()
+        if not caller:
+            return run_id
+        if prefix:
+            return await self._s.store.run(queries.resolve_run_id, run_id, caller)
+        await self._s.store.run(queries.run_scope, run_id, caller)
+        return run_id
 
     # ---- bundles ------------------------------------------------------------------------
 
@@ -120,6 +136,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
         effects = Effects()
+        scope = allowed_environments()
 
         def create(session: Any) -> tuple[str, str]:
             now = utcnow()
@@ -132,8 +149,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 trigger=request.trigger or "api",
                 now=now,
                 effects=effects,
+                scope=scope,
             )
-            return run.id, issue_runner_token(session, run.id, now)
+            return run.id, issue_runner_token(session, run.id, now, scope)
 
         run_id, runner_token = await self._s.store.run(create)
         self._s.dispatcher.apply(effects)
@@ -145,6 +163,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.SubmitStepsResponse:
         submissions = validate_submissions(request)
         validate_options(submissions, self._s.registry.option_schema)
+        caller = allowed_environments()
+        scope = await self._s.store.run(queries.run_scope, request.flow_run_id, caller)
+        # Steps stay inside the run's scope, whoever submits them (or the caller's own scope,
+        # should a scoped caller ever reach an unscoped run).
+        check_step_targets(((s.key, str(s.spec["target"])) for s in submissions), scope or caller)
         effects = Effects()
         submitted = await self._s.store.run(
             submit_steps, request.flow_run_id, submissions, utcnow(), effects
@@ -159,6 +182,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         error = validate_error(request.error)
         if request.succeeded and request.result_json:
             _require_json(request.result_json, "result_json")
+        await self._visible_run(request.flow_run_id)
         effects = Effects()
         state = await self._s.store.run(
             lambda session: finish_run(
@@ -178,6 +202,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def RenewRunnerLease(
         self, request: control_pb2.RenewRunnerLeaseRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RenewRunnerLeaseResponse:
+        await self._visible_run(request.flow_run_id)
         state, expires = await self._s.store.run(
             renew_runner_lease, request.flow_run_id, request.lease_s or 30.0, utcnow()
         )
@@ -191,8 +216,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.CancelRunResponse:
         if len(request.reason) > 1000:
             raise ValidationError("cancel reason is limited to 1000 characters")
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
         run, waiting, effects = await self._s.store.run(
-            cancel_run, request.flow_run_id.strip(), request.reason, utcnow()
+            cancel_run, run_id, request.reason, utcnow()
         )
         self._s.dispatcher.apply(effects)
         return control_pb2.CancelRunResponse(
@@ -203,9 +229,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def ResumeRun(
         self, request: control_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
+
         def resume(session: Any) -> tuple[Any, int, Effects, str]:
-            run, watermark, effects = resume_run(session, request.flow_run_id.strip(), utcnow())
-            return run, watermark, effects, issue_runner_token(session, run.id, utcnow())
+            run, watermark, effects = resume_run(session, run_id, utcnow())
+            return run, watermark, effects, issue_runner_token(session, run.id, utcnow(), run.scope)
 
         run, watermark, effects, token = await self._s.store.run(resume)
         self._s.dispatcher.apply(effects)
@@ -215,9 +243,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def RetryRun(
         self, request: control_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
+
         def retry(session: Any) -> tuple[Any, Effects, str]:
-            run, effects = retry_run(session, request.flow_run_id.strip(), utcnow())
-            return run, effects, issue_runner_token(session, run.id, utcnow())
+            run, effects = retry_run(session, run_id, utcnow())
+            return run, effects, issue_runner_token(session, run.id, utcnow(), run.scope)
 
         run, effects, token = await self._s.store.run(retry)
         self._s.dispatcher.apply(effects)
@@ -238,6 +268,10 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.RunUpdate]:
         run_id, after = request.flow_run_id, request.after_event_id
+        try:
+            await self._visible_run(run_id)
+        except MeridianError as exc:
+            await abort(context, exc)
         wake = self._s.notifier.subscribe(run_id)
         try:
             while True:
@@ -272,7 +306,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         session = self._s.registry.get(agent.id)
         if session is not None:
             # Close the stream now; its certificate is refused at every later connection.
-            session.send(CloseOut("this agent was revoked"))
+            session.send(CloseOut("this agent was revoked", refused=True))
         return views.agent_info(agent, 0, None)
 
     @rpc
@@ -294,7 +328,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def GetRun(
         self, request: control_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunDetail:
-        view = await self._s.store.run(queries.run_view, request.flow_run_id.strip())
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
+        view = await self._s.store.run(queries.run_view, run_id)
         return views.run_detail(view)
 
     @rpc
@@ -302,7 +337,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListRunsResponse:
         limit = min(request.limit or 50, 1000)
-        rows = await self._s.store.run(queries.list_runs, limit, request.state, request.flow_name)
+        rows = await self._s.store.run(
+            queries.list_runs, limit, request.state, request.flow_name, allowed_environments()
+        )
         return control_pb2.ListRunsResponse(runs=[views.run_summary(*row) for row in rows])
 
     @rpc
@@ -310,9 +347,10 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.GetLogsResponse:
         limit = min(request.limit or 10_000, 10_000)
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
         rows = await self._s.store.run(
             queries.logs_page,
-            request.flow_run_id.strip(),
+            run_id,
             request.step_key,
             request.after_id,
             limit,
@@ -338,6 +376,13 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def ListAuditRecords(
         self, request: control_pb2.ListAuditRecordsRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.ListAuditRecordsResponse:
+        if allowed_environments():
+            # Records of every environment share one hash chain; a filtered page could be
+            # neither verified nor paged reliably, so scoped tokens do not read it.
+            raise PermissionDenied(
+                "the audit log spans every environment; reading it needs an API token that "
+                "is not scoped to environments"
+            )
         if request.after_id < 0:
             raise ValidationError("after_id must not be negative")
         since = _audit_since(request.since_unix_ms)

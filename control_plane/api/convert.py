@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from control_plane.auth.rotation import Renewal
 from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import (
     AssignOut,
@@ -202,6 +203,7 @@ def welcome_frame(
     lease_timeout_s: float,
     last_applied_seq: int,
     max_frame_bytes: int,
+    certificate_renew_in_s: float = 0.0,
 ) -> agent_pb2.ControlFrame:
     return agent_pb2.ControlFrame(
         welcome=agent_pb2.Welcome(
@@ -212,6 +214,7 @@ def welcome_frame(
             lease_timeout_s=lease_timeout_s,
             last_applied_seq=last_applied_seq,
             max_frame_bytes=max_frame_bytes,
+            certificate_renew_in_s=certificate_renew_in_s,
         )
     )
 
@@ -236,6 +239,15 @@ def outgoing_to_frame(item: Outgoing) -> agent_pb2.ControlFrame:
         return agent_pb2.ControlFrame(drain=agent_pb2.Drain(reason=item.reason))
     if isinstance(item, list):
         return agent_pb2.ControlFrame(decisions=decisions_to_proto(item))
+    if isinstance(item, Renewal):
+        return agent_pb2.ControlFrame(
+            certificate=agent_pb2.CertificateRenewal(
+                certificate_pem=item.certificate_pem,
+                renew_in_s=item.renew_in_s,
+                refused=item.refused,
+                retry_in_s=item.retry_in_s,
+            )
+        )
     raise TypeError(f"cannot send {item!r}")  # CloseOut is handled by the stream itself
 
 

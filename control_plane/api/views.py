@@ -215,6 +215,8 @@ def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control
         last_heartbeat_unix_ms=ms(agent.last_heartbeat_at),
         status=status,
         hostname=agent.hostname,
+        cert_fingerprint=agent.cert_fingerprint,
+        cert_not_after_unix_ms=ms(agent.cert_not_after),
     )
 
 

@@ -33,7 +33,11 @@ def token_created(session: Session, token: JoinTokenRow, *, actor: str = CLI) ->
         actor=actor,
         action="token.created",
         subject=token.id,
-        details={"environment": token.environment, "expires_at": _iso(token.expires_at)},
+        details={
+            "environment": token.environment,
+            "labels": dict(token.labels or {}),
+            "expires_at": _iso(token.expires_at),
+        },
         now=token.created_at,
     )
 
@@ -49,6 +53,7 @@ def agent_enrolled(session: Session, agent: AgentRow, token_id: str) -> None:
             "name": agent.name,
             "environment": agent.environment,
             "cert_fingerprint": agent.cert_fingerprint,
+            "pinned_labels": dict(agent.pinned_labels or {}),
             "join_token_id": token_id,
         },
         now=agent.enrolled_at,
@@ -67,6 +72,8 @@ def run_triggered(session: Session, run: FlowRunRow, *, actor: str = CLI) -> Non
             "trigger": run.trigger,
             "parameters_digest": digest_text(run.parameters_json),
             "bundle_sha256": run.bundle_sha256,
+            # Only scoped runs say so, so unscoped records keep their established shape.
+            **({"scope": list(run.scope)} if run.scope else {}),
         },
         now=run.created_at,
     )

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from control_plane import audit
 from control_plane.auth.api_tokens import ROLES, Role, new_api_token, parse_api_token
 from control_plane.auth.join_tokens import verify_secret
+from control_plane.auth.scopes import normalize
 from control_plane.store.models import ApiTokenRow
 from meridian.errors import NotFound, PermissionDenied, ValidationError
 
@@ -48,6 +49,7 @@ def issue_api_token(
     if ttl_s is not None and ttl_s <= 0:
         raise ValidationError("token lifetime must be positive")
     expires = now + dt.timedelta(seconds=ttl_s) if ttl_s else None
+    environments = normalize(environments)
     token_id, plaintext = _store(session, role, name, list(environments), None, expires, now)
     audit.append(
         session,
@@ -60,9 +62,13 @@ def issue_api_token(
     return plaintext
 
 
-def issue_runner_token(session: Session, flow_run_id: str, now: dt.datetime) -> str:
-    """A token that may drive one flow run only (minted by CreateRun for its runner)."""
-    _, plaintext = _store(session, "runner", "", [], flow_run_id, now + RUNNER_TOKEN_TTL, now)
+def issue_runner_token(
+    session: Session, flow_run_id: str, now: dt.datetime, scope: Sequence[str] = ()
+) -> str:
+    """A token that may drive one flow run only (minted by CreateRun for its runner); it
+    carries the run's environment ``scope``, so its steps are held to the same limits."""
+    expires = now + RUNNER_TOKEN_TTL
+    _, plaintext = _store(session, "runner", "", list(scope), flow_run_id, expires, now)
     return plaintext
 
 

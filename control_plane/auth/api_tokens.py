@@ -5,6 +5,7 @@ tokens: 256 random bits need no slow hash). Roles nest: ``viewer`` reads, ``oper
 runs, cancels, resumes and retries flows, ``admin`` also manages agents. A ``runner`` token is
 minted by ``CreateRun`` for one flow run and may only drive that run (submit and wait for its
 steps, renew its lease, finish it). Pure: the store and the interceptor use these tables.
+What a token scoped to environments may see and do is ruled in ``scopes.py``.
 """
 
 from __future__ import annotations

@@ -247,6 +247,11 @@ class CertificateAuthority:
         return builder.sign(self.private_key, hashes.SHA256())
 
 
+def validate_csr(csr_pem: bytes) -> None:
+    """Raise ValidationError unless ``csr_pem`` is a well-formed, self-signed, strong CSR."""
+    _load_csr_public_key(csr_pem)
+
+
 def _load_csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
     if len(csr_pem) > _MAX_CSR_BYTES:
         raise ValidationError(f"certificate signing request is larger than {_MAX_CSR_BYTES} bytes")

@@ -4,32 +4,47 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane import audit
-from control_plane.auth.ca import CertificateAuthority, fingerprint_sha256
+from control_plane.auth.ca import CertificateAuthority
 from control_plane.auth.join_tokens import new_join_token, parse_join_token, verify_secret
+from control_plane.auth.rotation import record_issued
 from control_plane.store.models import AgentRow, JoinTokenRow
 from meridian.errors import NotFound, PermissionDenied, ValidationError
+from meridian.selectors import validate_key, validate_value
 
 MAX_AGENT_NAME = 255
+MAX_PINNED_LABELS = 64
 
 
 def create_join_token_row(
-    session: Session, environment: str, ttl_s: float, now: dt.datetime
+    session: Session,
+    environment: str,
+    ttl_s: float,
+    now: dt.datetime,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Store a new one-time token (only its hash) and return the plaintext once."""
+    """Store a new one-time token (only its hash) and return the plaintext once.
+
+    ``labels`` are pinned: the agent enrolled with the token always carries exactly these
+    values for these keys and may claim no other labels (``pinned_labels_problem``).
+    """
     if not environment or len(environment) > 253:
         raise ValidationError("environment must be 1-253 characters")
     if ttl_s <= 0:
         raise ValidationError("token lifetime must be positive")
+    pinned = dict(labels or {})
+    _validate_labels(pinned)
     token_id, plaintext, secret_hash = new_join_token()
     row = JoinTokenRow(
         id=token_id,
         secret_hash=secret_hash,
         environment=environment,
+        labels=pinned,
         created_at=now,
         expires_at=now + dt.timedelta(seconds=ttl_s),
     )
@@ -76,17 +91,47 @@ def enroll_agent(
         id=agent_id,
         name=(name or agent_id[:8])[:MAX_AGENT_NAME],
         environment=row.environment,
-        labels={},
+        labels=dict(row.labels or {}),
+        pinned_labels=dict(row.labels or {}),
         providers=[],
         capacity=0,
         status="disconnected",
-        cert_fingerprint=fingerprint_sha256(certificate),
         enrolled_at=now,
         last_applied_seq=0,
     )
+    record_issued(agent, certificate)
     session.add(agent)
     audit.records.agent_enrolled(session, agent, token_id)
     return agent, certificate
+
+
+def pinned_labels_problem(pinned: Mapping[str, str], claimed: Mapping[str, str]) -> str | None:
+    """Why an agent whose token pinned ``pinned`` may not claim ``claimed`` (None: it may).
+
+    An agent may leave pinned labels out (they apply anyway), but may not change their values
+    nor add labels of its own: selectors route work by labels, so an agent that could claim
+    any label could attract work meant for another site of its environment.
+    """
+    if not pinned:
+        return None
+    changed = sorted(k for k, v in claimed.items() if k in pinned and pinned[k] != v)
+    extra = sorted(k for k in claimed if k not in pinned)
+    if not changed and not extra:
+        return None
+    fixed = ", ".join(f"{k}={v}" for k, v in sorted(pinned.items()))
+    wrong = ", ".join(changed + extra)
+    return (f"labels {wrong} are not allowed: this agent's join token fixed its labels to {fixed}")[
+        :1000
+    ]
+
+
+def _validate_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_PINNED_LABELS:
+        raise ValidationError(f"a join token may pin at most {MAX_PINNED_LABELS} labels")
+    for key, value in labels.items():
+        problem = validate_key(key) or validate_value(value)
+        if problem:
+            raise ValidationError(f"label {key[:80]!r}: {problem[:300]}")
 
 
 def list_join_tokens(session: Session) -> list[JoinTokenRow]:

@@ -34,6 +34,7 @@ class AgentIdentity:
     environment: str
     fingerprint: str  # lowercase hex SHA-256 of the certificate DER, for revocation checks
     not_after: datetime  # UTC
+    not_before: datetime  # UTC; the CA back-dates it by ``ca.CLOCK_SKEW``
 
 
 def identity_from_auth_context(
@@ -71,5 +72,6 @@ def identity_from_certificate(cert: x509.Certificate) -> AgentIdentity | None:
                 environment=match["env"],
                 fingerprint=hashlib.sha256(der).hexdigest(),
                 not_after=cert.not_valid_after_utc,
+                not_before=cert.not_valid_before_utc,
             )
     return None

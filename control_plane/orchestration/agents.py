@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.auth.enrollment import pinned_labels_problem
+from control_plane.auth.rotation import accepts_certificate
 from control_plane.orchestration.engine import assign_frame, finish_attempt
 from control_plane.orchestration.states import SLOT_HOLDING, AttemptState, RunState
 from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
@@ -55,16 +57,23 @@ def agent_connected(
     agent = session.get(AgentRow, agent_id, with_for_update=True)
     if agent is None:
         raise NotFound(f"agent {agent_id} is not enrolled")
-    if agent.cert_fingerprint and agent.cert_fingerprint != fingerprint:
-        raise PermissionDenied("this certificate is not the one issued to the agent")
+    if not accepts_certificate(agent, fingerprint, now):
+        raise PermissionDenied(
+            "this certificate is not the one issued to the agent (it was superseded by a "
+            "rotation); enroll again with a new join token"
+        )
     if agent.revoked_at is not None:
         raise PermissionDenied(
             f"agent {agent.name} was revoked at {agent.revoked_at:%Y-%m-%d %H:%M:%S} UTC; "
             "enroll a new identity with a new join token"
         )
+    problem = pinned_labels_problem(agent.pinned_labels or {}, hello.labels)
+    if problem:
+        raise PermissionDenied(problem)
+    labels = {**hello.labels, **(agent.pinned_labels or {})}
     # An operator's drain outlasts reconnects: the agent gets no new work until re-enrolled.
     draining = hello.draining or agent.drain_requested_at is not None
-    agent.labels = dict(hello.labels)
+    agent.labels = labels
     agent.providers = list(hello.providers)
     agent.capacity = hello.capacity
     agent.version = hello.version
@@ -79,7 +88,7 @@ def agent_connected(
         agent_id=agent.id,
         name=agent.name,
         environment=agent.environment,
-        labels=dict(hello.labels),
+        labels=dict(labels),
         providers=frozenset(hello.providers),
         capacity=hello.capacity,
         in_use=in_use,

@@ -75,6 +75,7 @@ def create_run(
     trigger: str,
     now: dt.datetime,
     effects: Effects,
+    scope: Sequence[str] = (),
 ) -> FlowRunRow:
     if session.get(BundleRow, bundle_sha256) is None:
         raise NotFound(f"code bundle {bundle_sha256[:12]} has not been uploaded")
@@ -87,6 +88,7 @@ def create_run(
         bundle_sha256=bundle_sha256,
         state=RunState.PENDING,
         created_at=now,
+        scope=list(scope),
     )
     session.add(run)
     session.flush()

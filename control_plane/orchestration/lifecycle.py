@@ -133,6 +133,7 @@ def retry_run(session: Session, run_id: str, now: dt.datetime) -> tuple[FlowRunR
         trigger="retry",
         now=now,
         effects=effects,
+        scope=original.scope,
     )
     run.retry_of = original.id
     record_event(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from control_plane.auth.rotation import Renewal
 from control_plane.orchestration.agents import ConnectedAgent
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
 from control_plane.scheduler.matching import AgentSlot
@@ -29,12 +30,17 @@ class DrainOut:
 
 @dataclasses.dataclass(frozen=True)
 class CloseOut:
-    """Ends the stream from the server side (a newer connection of the same agent won)."""
+    """Ends the stream from the server side, with the reason as its status message.
+
+    ``refused``: the agent may not come back (revoked); otherwise it should reconnect
+    (a newer connection won, its certificate expired, the server is shutting down).
+    """
 
     reason: str
+    refused: bool = False
 
 
-Outgoing = AssignOut | CancelOut | AckOut | DrainOut | CloseOut | list[DecisionOut]
+Outgoing = AssignOut | CancelOut | AckOut | DrainOut | CloseOut | Renewal | list[DecisionOut]
 
 
 class AgentSession:

@@ -72,6 +72,8 @@ class AgentRow(Base):
     name: Mapped[str] = mapped_column(String(255))
     environment: Mapped[str] = mapped_column(String(253), index=True)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Labels fixed by the join token: the agent cannot claim other values or other keys.
+    pinned_labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     providers: Mapped[list[Any]] = mapped_column(default=list)
     capacity: Mapped[int] = mapped_column(default=0)
     version: Mapped[str] = mapped_column(String(64), default="")
@@ -79,6 +81,13 @@ class AgentRow(Base):
     # connected | disconnected | lost | draining
     status: Mapped[str] = mapped_column(String(16), default="disconnected")
     cert_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    # The current certificate's lifetime, for the rotation schedule and its rate limit.
+    cert_issued_at: Mapped[dt.datetime | None]
+    cert_not_after: Mapped[dt.datetime | None]
+    # The certificate rotation replaced: still accepted until it expires, so an agent that
+    # crashed before saving its new certificate can reconnect and rotate again.
+    previous_cert_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    previous_cert_not_after: Mapped[dt.datetime | None]
     enrolled_at: Mapped[dt.datetime]
     connected_at: Mapped[dt.datetime | None]
     disconnected_at: Mapped[dt.datetime | None]
@@ -96,6 +105,8 @@ class JoinTokenRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(String(128))
     environment: Mapped[str] = mapped_column(String(253))
+    # Labels every agent enrolled with this token must carry, and the only ones it may.
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime]
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
@@ -148,6 +159,9 @@ class FlowRunRow(Base):
     runner_lease_expires_at: Mapped[dt.datetime | None]
     resumed_at: Mapped[dt.datetime | None]
     retry_of: Mapped[str | None] = mapped_column(String(36))
+    # The environment scope of the token that triggered the run (empty = not scoped): its
+    # steps must target these environments and only tokens covering them see the run.
+    scope: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class StepRunRow(Base):

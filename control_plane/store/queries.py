@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
+from control_plane.auth.scopes import Scope, covers
 from control_plane.store.models import (
     AgentRow,
     AttemptRow,
@@ -29,17 +31,38 @@ class RunView:
     events: list[EventRow]
 
 
-def resolve_run_id(session: Session, run_id: str) -> str:
-    """Accept a full id or a unique prefix (at least 4 characters)."""
+def covered_by(session: Session, caller: Sequence[str]) -> ColumnElement[bool]:
+    """SQL for ``scopes.covers(caller, run.scope)``: the run's scope is not empty and has no
+    environment outside ``caller`` (which must not be empty)."""
+    if session.get_bind().dialect.name == "postgresql":
+        elements = func.json_array_elements_text(FlowRunRow.scope).table_valued("value")
+    else:
+        elements = func.json_each(FlowRunRow.scope).table_valued("value")
+    outside = select(elements.c.value).where(elements.c.value.not_in(list(caller))).exists()
+    return and_(func.json_array_length(FlowRunRow.scope) > 0, ~outside)
+
+
+def run_scope(session: Session, run_id: str, caller: Sequence[str] = ()) -> Scope:
+    """The scope of run ``run_id`` (a full id); NOT_FOUND, exactly as for a missing run, when
+    a caller scoped to ``caller`` may not see it."""
+    run = session.get(FlowRunRow, run_id)
+    if run is None or not covers(caller, run.scope):
+        raise NotFound(f"flow run {run_id} does not exist")
+    return tuple(run.scope)
+
+
+def resolve_run_id(session: Session, run_id: str, caller: Sequence[str] = ()) -> str:
+    """Accept a full id or a unique prefix (at least 4 characters) of a run ``caller`` (an
+    environment scope; empty = all) may see; other runs are as good as absent."""
     if len(run_id) >= FULL_ID_LENGTH:
-        if session.get(FlowRunRow, run_id) is None:
-            raise NotFound(f"flow run {run_id} does not exist")
+        run_scope(session, run_id, caller)
         return run_id
     if len(run_id) < 4:
         raise ValidationError("give at least 4 characters of the run id")
-    matches = session.scalars(
-        select(FlowRunRow.id).where(FlowRunRow.id.startswith(run_id, autoescape=True)).limit(2)
-    ).all()
+    query = select(FlowRunRow.id).where(FlowRunRow.id.startswith(run_id, autoescape=True))
+    if caller:
+        query = query.where(covered_by(session, caller))
+    matches = session.scalars(query.limit(2)).all()
     if not matches:
         raise NotFound(f"no flow run id starts with {run_id!r}")
     if len(matches) > 1:
@@ -101,9 +124,11 @@ def events_after(
 
 
 def list_runs(
-    session: Session, limit: int, state: str, flow_name: str
+    session: Session, limit: int, state: str, flow_name: str, caller: Sequence[str] = ()
 ) -> list[tuple[FlowRunRow, int, int]]:
     query = select(FlowRunRow).order_by(FlowRunRow.created_at.desc()).limit(limit)
+    if caller:
+        query = query.where(covered_by(session, caller))
     if state:
         query = query.where(FlowRunRow.state == state.upper())
     if flow_name:

@@ -34,7 +34,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
     create.add_argument("--name", default="", help="who or what it is for")
     create.add_argument("--environment", action="append", default=[], metavar="NAME",
-                        help="limit agent administration to these environments")  # fmt: skip
+                        help="scope the token to this environment (repeatable)")  # fmt: skip
     create.add_argument("--ttl", metavar="SECONDS", type=positive_float, default=None)
     listing = actions.add_parser("list", help="API tokens and their state", parents=parents)
     listing.add_argument("--json", action="store_true")

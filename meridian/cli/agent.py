@@ -33,6 +33,7 @@ from meridian.cli.common import (
     require_ca_file,
     wait_for_stop,
 )
+from meridian.sealing import KeyRing
 
 if TYPE_CHECKING:
     from agent import AgentConfig
@@ -98,7 +99,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     start.add_argument(
         "--config",
         metavar="FILE",
-        help="agent config (TOML or JSON) with a [providers.TYPE] section per provider",
+        help="agent config (TOML or JSON): [providers.TYPE], [secrets.SCHEME] and [sealing.keys]",
     )
     start.add_argument(
         "--drain-grace",
@@ -200,6 +201,8 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     ca_file = require_ca_file(args.ca_file, hint="") if args.ca_file else None
     file_config = load_agent_config_file(expand_path(args.config)) if args.config else None
     provider_config = file_config.providers if file_config else {}
+    # Key files are read now: a missing or too-open one stops the agent before it connects.
+    seal_keys = KeyRing.from_references(file_config.seal_keys if file_config else {})
     from agent import AgentConfig
 
     return AgentConfig(
@@ -214,6 +217,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         ),
         provider_config=provider_config,
         secrets=file_config.secrets if file_config else {},
+        seal_keys=seal_keys,
         capacity=args.capacity,
         drain_grace_s=args.drain_grace,
     )
@@ -232,12 +236,19 @@ async def run_agent(config: AgentConfig, grace: float) -> None:
     await running  # surfaces the error if the agent stopped on its own
 
 
+def _sealing_note(keys: KeyRing) -> str:
+    if not keys:
+        return ""
+    return "; sealing key groups " + ", ".join(f"{g} ({keys.fingerprint(g)})" for g in keys.groups)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     config = build_agent_config(args)
     labels = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items())) or "(none)"
     print(
         f"agent for environment {args.environment!r} connecting to {config.control_plane} "
-        f"(labels {labels}; providers {', '.join(config.providers)}; capacity {config.capacity})",
+        f"(labels {labels}; providers {', '.join(config.providers)}; capacity {config.capacity}"
+        f"{_sealing_note(config.seal_keys)})",
         file=sys.stderr,
         flush=True,
     )

@@ -13,28 +13,34 @@ TOML (or JSON, by extension)::
     [secrets.aws-sm]
     region = "eu-west-1"
 
+    [sealing.keys]
+    eu-sites = "file:/etc/meridian/eu-sites.key"
+
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
 ``[secrets.SCHEME]`` sections configure the site's secret resolvers (docs/secrets.md).
+``[sealing.keys]`` names the key file of each key group this agent opens sealed step inputs
+and seals results with (docs/security.md); the files are read when the agent starts.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meridian.errors import ValidationError
 
-KNOWN_SECTIONS = {"providers", "secrets"}
+KNOWN_SECTIONS = {"providers", "secrets", "sealing"}
 
 
 @dataclass(frozen=True)
 class AgentFileConfig:
     providers: dict[str, dict[str, Any]]  # provider type -> its config
     secrets: dict[str, dict[str, Any]]  # secret scheme -> resolver settings
+    seal_keys: dict[str, str] = field(default_factory=dict)  # key group -> "file:/path"
 
 
 def load_agent_config_file(path: Path) -> AgentFileConfig:
@@ -58,7 +64,21 @@ def load_agent_config_file(path: Path) -> AgentFileConfig:
     return AgentFileConfig(
         providers=_tables(raw, "providers", "provider type", path),
         secrets=_tables(raw, "secrets", "secret scheme", path),
+        seal_keys=_seal_keys(raw, path),
     )
+
+
+def _seal_keys(raw: dict[str, Any], path: Path) -> dict[str, str]:
+    section = raw.get("sealing", {})
+    usage = (
+        f'agent config {path}: [sealing] holds one table, [sealing.keys], of GROUP = "file:/path"'
+    )
+    if not isinstance(section, dict) or set(section) - {"keys"}:
+        raise ValidationError(usage)
+    keys = section.get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise ValidationError(usage)
+    return {str(group): reference for group, reference in keys.items()}
 
 
 def _tables(raw: dict[str, Any], section: str, what: str, path: Path) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from meridian.cli.render import format_seconds, iso, seconds_between, table, to_
 
 HEADERS = (
     *("NAME", "ENVIRONMENT", "LABELS", "PROVIDERS", "IN USE/CAPACITY"),
-    *("VERSION", "HEARTBEAT", "STATUS"),
+    *("VERSION", "HEARTBEAT", "STATUS", "CERT EXPIRES"),
 )
 
 
@@ -69,9 +69,17 @@ def render_agents(agents: Sequence[models.AgentInfo], now: datetime) -> str:
                 a.version or "-",
                 f"{format_seconds(age)} ago" if age is not None else "never",
                 a.status,
+                _expires(a, now),
             ]
         )
     return table(HEADERS, rows)
+
+
+def _expires(agent: models.AgentInfo, now: datetime) -> str:
+    left = seconds_between(now, agent.cert_not_after)
+    if left is None:
+        return "-"
+    return f"in {format_seconds(left)}" if left > 0 else "expired"
 
 
 def agents_to_json(agents: Sequence[models.AgentInfo], now: datetime) -> list[dict[str, Any]]:
@@ -89,6 +97,8 @@ def agents_to_json(agents: Sequence[models.AgentInfo], now: datetime) -> list[di
             "heartbeat_age_s": heartbeat_age(a, now),
             "status": a.status,
             "hostname": a.hostname,
+            "cert_fingerprint": a.cert_fingerprint,
+            "cert_not_after": iso(a.cert_not_after),
         }
         for a in agents
     ]

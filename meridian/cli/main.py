@@ -12,11 +12,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from meridian.cli import access, agent, agents, audit, dev, run, runs, server, tokens
+from meridian.cli import access, agent, agents, audit, dev, run, runs, sealkeys, server, tokens
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.errors import ConnectionFailed, MeridianError
 
-COMMAND_MODULES = (server, tokens, access, agent, run, runs, agents, audit, dev)
+COMMAND_MODULES = (server, tokens, access, agent, run, runs, agents, audit, sealkeys, dev)
 
 
 def build_parser() -> ArgumentParser:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meridian import models
+from meridian.sealing import describe_sealed, mask_sealed
 
 # Display order for state counts; unknown states sort after these, alphabetically.
 STEP_STATE_ORDER = ("COMPLETED", "CACHED", "RUNNING", "PENDING", "FAILED", "CANCELLED")
@@ -104,6 +105,13 @@ def parse_json_text(text: str) -> Any:
         return text
 
 
+def stored_value(text: str) -> Any:
+    """A stored result for display: a sealed one as ``{"sealed": {key_group, sha256, bytes}}``
+    (the digest is the one the audit records keep)."""
+    sealed = describe_sealed(text)
+    return {"sealed": sealed} if sealed is not None else parse_json_text(text)
+
+
 # ---- the audit summary -----------------------------------------------------------------------
 
 
@@ -151,8 +159,8 @@ def _failure(
         attempt=attempt,
         error_class=error.error_class,
         error_type=error.type,
-        message=error.message,
-        traceback=error.traceback,
+        message=mask_sealed(error.message),
+        traceback=mask_sealed(error.traceback),
         at=at,
     )
 
@@ -241,7 +249,7 @@ def summarize(detail: models.RunDetail) -> AuditSummary:
 def _error_cell(error: models.ErrorInfo | None, marks: tuple[str, ...] = ()) -> str:
     if error is None:
         return ""
-    text = f"{error.error_class}: {short_type(error.type)}: {error.message}"
+    text = f"{error.error_class}: {short_type(error.type)}: {mask_sealed(error.message)}"
     return truncate(f"[{', '.join(marks)}] {text}" if marks else text, ERROR_WIDTH)
 
 
@@ -340,7 +348,24 @@ def render_run(detail: models.RunDetail) -> str:
         lines += ["", "Other failed steps:"]
         for failure in summary.other:
             lines += _failure_lines(failure, with_traceback=False)
-    return "\n".join(lines)
+    return "\n".join(lines + _sealed_lines(detail))
+
+
+def _sealed_lines(detail: models.RunDetail) -> list[str]:
+    """Which results are sealed, by key group: only runners and agents holding it read them."""
+    groups: dict[str, list[str]] = {}
+    for step in detail.steps:
+        sealed = describe_sealed(step.result_json)
+        if sealed is not None:
+            groups.setdefault(sealed["key_group"], []).append(step.key)
+    run_sealed = describe_sealed(detail.result_json)
+    if run_sealed is not None:
+        groups.setdefault(run_sealed["key_group"], []).append("(flow result)")
+    if not groups:
+        return []
+    lines = ["", "Sealed results (readable only where the key group's key is held):"]
+    lines += [f"  {group}: {', '.join(keys)}" for group, keys in sorted(groups.items())]
+    return lines
 
 
 # ---- the audit view: JSON --------------------------------------------------------------------
@@ -352,8 +377,8 @@ def error_to_dict(error: models.ErrorInfo | None) -> dict[str, Any] | None:
     return {
         "error_class": error.error_class,
         "type": error.type,
-        "message": error.message,
-        "traceback": error.traceback,
+        "message": mask_sealed(error.message),
+        "traceback": mask_sealed(error.traceback),
     }
 
 
@@ -387,7 +412,7 @@ def _step_to_dict(step: models.StepRunDetail, marks: dict[str, tuple[str, ...]])
         "target": step.target,
         "provider": step.provider,
         "inputs_digest": step.inputs_digest,
-        "result": parse_json_text(step.result_json),
+        "result": stored_value(step.result_json),
         "created_at": iso(step.created_at),
         "ended_at": iso(step.ended_at),
         "error": error_to_dict(step.error),
@@ -413,7 +438,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "created_at": iso(detail.created_at),
         "started_at": iso(detail.started_at),
         "ended_at": iso(detail.ended_at),
-        "result": parse_json_text(detail.result_json),
+        "result": stored_value(detail.result_json),
         "error": error_to_dict(detail.error),
         "steps": [_step_to_dict(s, marks) for s in detail.steps],
         "summary": {

@@ -21,6 +21,7 @@ from meridian.cli.render import (
     to_json,
     truncate,
 )
+from meridian.sealing import mask_sealed
 
 if TYPE_CHECKING:
     from meridian.sdk.runner import RunOutcome
@@ -68,7 +69,7 @@ def format_update(update: models.RunUpdate) -> str:
     if update.run_state:
         what, detail = "run.finished", f"{update.run_state} {detail}".strip()
     line = f"{format_clock(update.at)}  {(update.step_key or '-'):<20} {what:<18}"
-    return f"{line} {truncate(detail, 100)}".rstrip()
+    return f"{line} {truncate(mask_sealed(detail), 100)}".rstrip()
 
 
 # Always directly follows "attempt.running" for the same step: a line that says nothing new.

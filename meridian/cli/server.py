@@ -44,6 +44,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="agent address to tell agents when it differs (e.g. behind a proxy)",
     )
     start.add_argument(
+        "--server-name",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="DNS name or IP address clients and agents dial, added to the server certificate "
+        "(repeatable; localhost and 127.0.0.1 are always included)",
+    )
+    start.add_argument(
         "--data-dir",
         metavar="DIR",
         default=str(DEFAULT_SERVER_DIR),
@@ -79,13 +87,43 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="after a start, how long flow runners get to renew their leases before their "
         "runs count as CRASHED (default 30)",
     )
+    start.add_argument(
+        "--agent-certificate-hours",
+        metavar="HOURS",
+        type=certificate_hours,
+        default=24.0,
+        help="lifetime of agent certificates; agents rotate them over their stream after two "
+        "thirds of it (default 24)",
+    )
     start.set_defaults(func=cmd_start)
+
+
+MIN_CERT_HOURS = 10 / 3600
+MAX_CERT_HOURS = 24 * 365
+
+
+def certificate_hours(text: str) -> float:
+    """Agent certificate lifetime: at least 10 seconds (rotation needs time), at most a year."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not MIN_CERT_HOURS <= hours <= MAX_CERT_HOURS:
+        raise argparse.ArgumentTypeError(
+            f"must be between {MIN_CERT_HOURS:.4f} (10 seconds) and {MAX_CERT_HOURS:.0f} hours"
+        )
+    return hours
 
 
 def usage_banner(address: str, agent_address: str, ca_file: Path, data_dir: Path) -> list[str]:
     """What to type next, printed once the server listens."""
+    listening = address
+    host, _, port = address.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        # Bound to every interface: clients must dial a real name (one in --server-name).
+        address = f"HOST:{port}"
     return [
-        f"Meridian control plane listening on {address} (agents: {agent_address})",
+        f"Meridian control plane listening on {listening} (agents: {agent_address})",
         f"CA certificate: {ca_file}",
         "",
         "Issue an API token (on this host) and point the CLI at the control plane:",
@@ -138,6 +176,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat_interval,
         agent_lost_after_s=args.agent_lost_after,
         runner_grace_s=args.runner_grace,
+        agent_certificate_hours=args.agent_certificate_hours,
+        server_names=(*args.server_name, *ServerConfig.server_names),
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from meridian.cli.common import (
     CliError,
     UsageError,
     expand_path,
+    parse_labels,
     positive_float,
 )
 from meridian.cli.render import format_datetime, iso, table, to_json
@@ -40,6 +42,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=positive_float,
         default=3600.0,
         help="how long the token stays valid (default 3600)",
+    )
+    create.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="pin a label (repeatable): the enrolled agent always carries it and may claim no "
+        "labels of its own",
     )
     create.add_argument("--db", metavar="URL", help="database URL if not the default SQLite")
     create.set_defaults(func=cmd_create)
@@ -68,15 +78,24 @@ def cmd_create(args: argparse.Namespace) -> int:
         )
     from control_plane import create_join_token
 
-    token = create_join_token(data_dir, environment, ttl_s=args.ttl, db_url=args.db or None)
+    labels = parse_labels(args.label)
+    token = create_join_token(
+        data_dir, environment, ttl_s=args.ttl, db_url=args.db or None, labels=labels
+    )
     # The token alone goes to stdout so `TOKEN=$(meridian tokens create ...)` works.
     print(token)
+    pinned = f" with labels {format_labels(labels)} pinned" if labels else ""
     print(
-        f"one-time join token for environment {environment!r}, valid {args.ttl:g}s; enroll with:\n"
+        f"one-time join token for environment {environment!r}{pinned}, valid {args.ttl:g}s; "
+        "enroll with:\n"
         "  meridian agent enroll --control-plane HOST:PORT --ca-file CA_FILE --token TOKEN",
         file=sys.stderr,
     )
     return 0
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -96,6 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "token_id": t.token_id,
                 "environment": t.environment,
                 "state": t.state,
+                "labels": dict(sorted(t.labels.items())),
                 "created_at": iso(t.created_at),
                 "expires_at": iso(t.expires_at),
                 "used_by_agent_id": t.used_by_agent_id,
@@ -104,11 +124,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         ]))  # fmt: skip
         return 0
     rows = [
-        [t.token_id, t.environment, t.state, format_datetime(t.expires_at),
-         t.used_by_agent_id or "-"]
+        [t.token_id, t.environment, format_labels(t.labels) or "-", t.state,
+         format_datetime(t.expires_at), t.used_by_agent_id or "-"]
         for t in tokens
     ]  # fmt: skip
-    print(table(("TOKEN", "ENVIRONMENT", "STATE", "EXPIRES", "USED BY"), rows) if rows
+    headers = ("TOKEN", "ENVIRONMENT", "PINNED LABELS", "STATE", "EXPIRES", "USED BY")
+    print(table(headers, rows) if rows
           else "no join tokens")  # fmt: skip
     return 0
 

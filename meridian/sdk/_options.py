@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from meridian import models
-from meridian.errors import SelectorError, ValidationError
+from meridian.errors import SealError, SelectorError, ValidationError
 from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.sealing import check_key_group
 from meridian.secrets import check_secret_references
 from meridian.selectors import parse_selector
 
@@ -41,6 +42,8 @@ class StepOptions:
     on_agent_lost: str = "retry"
     lost_after: float | None = None
     secrets: Mapping[str, str] | None = None
+    # Key group sealing inputs and results; None = the flow's default, False = never sealed.
+    seal: str | bool | None = None
 
 
 def location(fn: Callable[..., Any]) -> str:
@@ -83,6 +86,18 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         lost_after_s=_check_number("lost_after", opts.lost_after or 0.0, where),
         secrets=tuple(sorted(check_secret_references(opts.secrets or {}, where).items())),
     )
+
+
+def check_seal(value: Any, where: str, *, allow_false: bool) -> str | bool | None:
+    """``seal=``: a key group name, None (not sealed / the flow's default) or, for a step,
+    False (never sealed, even in a sealed flow)."""
+    if value is None or (allow_false and value is False):
+        return value  # type: ignore[no-any-return]
+    try:
+        return check_key_group(value, f"{where}: seal")
+    except SealError as exc:
+        # A bad option is a definition error like any other ``@step`` argument.
+        raise ValidationError(str(exc)) from None
 
 
 def _check_on_agent_lost(value: Any, where: str) -> str:

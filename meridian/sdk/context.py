@@ -4,6 +4,10 @@
 the batching of submissions into ``SubmitSteps`` calls. The flow runner activates one context
 (a ``contextvars`` variable) around the flow body and feeds it step outcomes from its watch
 stream; outside a flow no context is active and steps run in-process.
+
+It also holds the run's sealing state: the flow's default key group, the keys (read from
+``MERIDIAN_SEAL_KEYS`` the first time a sealed step needs them) and which step keys were
+submitted sealed, so that their results are opened, and required to be sealed, on the way back.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
-from meridian import models
-from meridian.errors import StepCancelled, StepFailed
+from meridian import models, sealing
+from meridian.errors import SealError, StepCancelled, StepFailed
+from meridian.sdk._sealed import open_outcome
 from meridian.sdk.futures import StepFuture
+from meridian.sealing import KeyRing
 
 # One SubmitSteps RPC carries at most this many submissions, and stays well below the
 # 16 MiB message limit even when inputs are large.
@@ -45,8 +51,12 @@ class FlowContext:
         *,
         chunk_size: int = SUBMIT_CHUNK_SIZE,
         chunk_bytes: int = SUBMIT_CHUNK_BYTES,
+        keys: KeyRing | None = None,
+        seal: str | None = None,
     ) -> None:
         self.flow_run_id = flow_run_id
+        self.seal = seal  # the flow's default key group
+        self._keys = keys
         self._submitter = submitter
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
@@ -57,6 +67,7 @@ class FlowContext:
         # replayed run, or an update racing the SubmitSteps answer).
         self._early: dict[str, models.StepOutcome] = {}
         self._closed: Callable[[StepFuture], BaseException] | None = None
+        self._sealed: dict[str, str] = {}  # step key -> key group of its sealed inputs
 
     def next_call_number(self, step_name: str) -> int:
         """Count a call of ``step_name``; the n-th call (1-based) gets key ``name#n``."""
@@ -64,6 +75,43 @@ class FlowContext:
             number = self._calls.get(step_name, 0) + 1
             self._calls[step_name] = number
             return number
+
+    # -- sealing ---------------------------------------------------------------------------
+
+    def keys(self) -> KeyRing:
+        """The runner's sealing keys (SealError for a bad ``MERIDIAN_SEAL_KEYS``)."""
+        with self._lock:
+            if self._keys is None:
+                self._keys = KeyRing.from_env()
+            return self._keys
+
+    def seal_group(self, step_seal: str | bool | None) -> str | None:
+        """The key group a step call uses: its own, else the flow's; None when not sealed."""
+        if step_seal is False:
+            return None
+        return step_seal if isinstance(step_seal, str) else self.seal
+
+    def seal_inputs(self, group: str, key: str, inputs_json: str) -> str:
+        """Seal one call's inputs; its result must then come back sealed with ``group``."""
+        sealed = sealing.seal_inputs(self.keys(), group, inputs_json, self.flow_run_id, key)
+        with self._lock:
+            self._sealed.setdefault(key, group)
+        return sealed
+
+    def _resolve(self, future: StepFuture, outcome: models.StepOutcome) -> None:
+        with self._lock:
+            group = self._sealed.get(outcome.key, "")
+        if group:
+            try:
+                outcome = open_outcome(self.keys(), outcome, self.flow_run_id, group)
+            except SealError as exc:
+                future._set_exception(
+                    StepFailed(outcome.key, "permanent", "meridian.errors.SealError", str(exc))
+                )
+                return
+        apply_outcome(future, outcome, sealed_with=group)
+
+    # -- submission --------------------------------------------------------------------------
 
     def submit(self, submissions: Sequence[models.StepSubmission]) -> list[StepFuture]:
         """Register futures and send the submissions in as few RPCs as the limits allow.
@@ -85,7 +133,7 @@ class FlowContext:
                         early.append((future, self._early.pop(sub.key)))
                 futures.append(future)
         for future, outcome in early:
-            apply_outcome(future, outcome)
+            self._resolve(future, outcome)
         closed = self._closed
         if closed is not None:
             # Nothing will ever resolve these: the run ended or its stream is gone for good.
@@ -118,7 +166,7 @@ class FlowContext:
             # A resumed run: the step had already ended, its stored outcome is the answer.
             for future, outcome in ended:
                 if not future.done():
-                    apply_outcome(future, outcome)
+                    self._resolve(future, outcome)
 
     def _chunks(self, subs: list[models.StepSubmission]) -> Iterator[list[models.StepSubmission]]:
         chunk: list[models.StepSubmission] = []
@@ -140,7 +188,7 @@ class FlowContext:
             if future is None:
                 self._early[outcome.key] = outcome
                 return
-        apply_outcome(future, outcome)
+        self._resolve(future, outcome)
 
     def close(self, make_error: Callable[[StepFuture], BaseException]) -> None:
         """No more outcomes will arrive: fail pending and later futures with ``make_error``."""
@@ -155,8 +203,10 @@ class FlowContext:
             return sum(1 for f in self._futures.values() if not f.done())
 
 
-def apply_outcome(future: StepFuture, outcome: models.StepOutcome) -> None:
-    """Resolve ``future`` from a terminal step outcome."""
+def apply_outcome(
+    future: StepFuture, outcome: models.StepOutcome, *, sealed_with: str = ""
+) -> None:
+    """Resolve ``future`` from a terminal step outcome (already opened if it was sealed)."""
     if outcome.state in _COMPLETED_STATES:
         try:
             value = json.loads(outcome.result_json) if outcome.result_json else None
@@ -174,7 +224,14 @@ def apply_outcome(future: StepFuture, outcome: models.StepOutcome) -> None:
     )
     cls = StepCancelled if outcome.state == "CANCELLED" else StepFailed
     future._set_exception(
-        cls(outcome.key, error.error_class, error.type, error.message, error.traceback)
+        cls(
+            outcome.key,
+            error.error_class,
+            error.type,
+            error.message,
+            error.traceback,
+            sealed_with=sealed_with,
+        )
     )
 
 

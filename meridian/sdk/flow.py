@@ -1,10 +1,10 @@
 """``@flow`` and the ``Flow`` object.
 
 A flow is a plain Python function whose body is orchestration logic: ifs, loops, try/except
-around step calls, fan-out decided at run time. The decorator only records the function and
-its name; ``meridian.sdk.runner.run_flow`` runs the body with a flow context so that step
-calls are dispatched through the control plane. Called directly, a flow is just its function
-(steps then run in-process), which keeps flows unit-testable.
+around step calls, fan-out decided at run time. The decorator only records the function, its
+name and its sealing key group (``seal``); ``meridian.sdk.runner.run_flow`` runs the body with a
+flow context so that step calls are dispatched through the control plane. Called directly, a
+flow is just its function (steps then run in-process), which keeps flows unit-testable.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian.errors import ValidationError
-from meridian.sdk._options import location
+from meridian.sdk._options import check_seal, location
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,7 +24,9 @@ class Flow(Generic[P, R]):
 
     __meridian_flow__ = True
 
-    def __init__(self, fn: Callable[P, R], name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[P, R], name: str | None = None, seal: str | None = None
+    ) -> None:
         if not callable(fn):
             raise ValidationError(f"@flow must decorate a function, got {fn!r}")
         flow_name = name if name is not None else getattr(fn, "__name__", "")
@@ -35,6 +37,10 @@ class Flow(Generic[P, R]):
             )
         self.fn = fn
         self.name = flow_name.strip()
+        checked = check_seal(seal, f"flow {self.name!r} ({location(fn)})", allow_false=False)
+        # The key group of every step that does not choose its own, and of the run's own
+        # result and error (docs/security.md).
+        self.seal: str | None = checked if isinstance(checked, str) else None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -50,15 +56,28 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 
 @overload
-def flow(*, name: str | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(
+    *, name: str | None = None, seal: str | None = None
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
-def flow(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-    """Declare a flow: ``@flow`` or ``@flow(name="nightly-etl")``."""
+def flow(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    seal: str | None = None,
+) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name="nightly-etl", seal="eu-sites")``.
+
+    ``seal`` names the key group that seals every step's inputs and results (unless a step
+    says ``seal=...`` itself) and the flow run's own result and error, so the control plane
+    stores only ciphertext for them.
+    """
     if fn is not None:
-        return Flow(fn, name)
+        return Flow(fn, name, seal)
 
     def decorate(func: Callable[P, R]) -> Flow[P, R]:
-        return Flow(func, name)
+        return Flow(func, name, seal)
 
     return decorate

@@ -4,10 +4,14 @@
 one watch stream (``_watch.RunWatcher``) that resolves step futures, runs the body in the
 calling thread with a ``FlowContext`` active, and reports the body's outcome with
 ``FinishRun``. This is what ``meridian run`` does.
+
+A sealed flow (``@flow(seal=...)``) reports its result and its error's texts sealed; any flow
+keeps the opened error texts of sealed steps out of the error it reports (docs/security.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,12 +27,15 @@ from typing import Any, Protocol
 from meridian import models
 from meridian.bundle import pack_directory, unpack_bundle
 from meridian.client import BundleLike
-from meridian.errors import ConflictError, MeridianError, StepCancelled, StepFailed
+from meridian.errors import ConflictError, MeridianError, SealError, StepCancelled, StepFailed
 from meridian.sdk._jsonvalues import describe_non_json, dumps
+from meridian.sdk._sealed import mask_opened_texts, seal_flow_error, sealed_failures
 from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
+from meridian.sealing import FLOW as FLOW_STEP
+from meridian.sealing import RESULT, KeyRing, seal_text
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,7 @@ def run_flow(
     """
     loaded = load_entrypoint(entrypoint)
     params = parse_params(loaded.flow.fn, raw_params)
+    keys = _flow_keys(loaded.flow.seal)
     if max_bundle_bytes is None:
         bundle = pack_directory(loaded.root)
     else:
@@ -126,7 +134,24 @@ def run_flow(
     run_id = client.create_run(loaded.flow.name, entrypoint, params, bundle.sha256, trigger)
     token = getattr(client, "runner_tokens", {}).get(run_id, "")
     runner = _as_runner(client, token)
-    return execute_body(runner, run_id, loaded.flow.fn, params, on_update=on_update)
+    return execute_body(
+        runner,
+        run_id,
+        loaded.flow.fn,
+        params,
+        on_update=on_update,
+        seal=loaded.flow.seal,
+        keys=keys,
+    )
+
+
+def _flow_keys(seal: str | None) -> KeyRing | None:
+    """A sealed flow's keys, checked before anything is created; None: load when needed."""
+    if seal is None:
+        return None
+    keys = KeyRing.from_env()
+    keys.require(seal, "this flow runner")
+    return keys
 
 
 def _as_runner(client: Any, runner_token: str) -> Any:
@@ -143,10 +168,13 @@ def execute_body(
     *,
     on_update: UpdateCallback | None = None,
     watch_after_event_id: int = 0,
+    seal: str | None = None,
+    keys: KeyRing | None = None,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
-    report the body's outcome."""
-    context = FlowContext(run_id, client)
+    report the body's outcome. ``seal`` is the flow's key group; ``keys`` default to
+    ``MERIDIAN_SEAL_KEYS``."""
+    context = FlowContext(run_id, client, keys=keys, seal=seal)
     watcher = RunWatcher(client, context, on_update, after_event_id=watch_after_event_id)
     watcher.start()
     lease = RunnerLease(client, run_id)
@@ -154,12 +182,16 @@ def execute_body(
     interrupted: BaseException | None = None
     try:
         with activate(context):
-            succeeded, result, error = _run_body(fn, params)
+            succeeded, result, error, shared = _run_body(fn, params)
     except BaseException as exc:  # Ctrl-C or SystemExit: report, then let it propagate
-        succeeded, result, error = False, None, error_info(exc, "cancelled")
+        succeeded, result = False, None
+        error, shared = error_info(exc, "cancelled"), error_info(exc, "cancelled", shared=True)
         interrupted = exc
+    report = _sealed_report(_FinishReport(succeeded, result, error if seal else shared), context)
+    if succeeded and not report.succeeded:  # the result could not be sealed
+        succeeded, error = False, report.error
     try:
-        state = _finish(client, run_id, succeeded, result, error, watcher)
+        state = _finish(client, run_id, report, watcher)
     finally:
         lease.stop()
         if not watcher.join(FINAL_UPDATE_WAIT_S):
@@ -255,6 +287,7 @@ def _execute_stored(
         params,
         on_update=on_update,
         watch_after_event_id=watch_after_event_id,
+        seal=loaded.flow.seal,
     )
 
 
@@ -279,36 +312,58 @@ def fetch_bundle(client: ExecutingClient, sha256: str, cache_dir: Path) -> Path:
     return dest
 
 
-def _run_body(fn: Any, params: dict[str, Any]) -> tuple[bool, Any, models.ErrorInfo | None]:
+_BodyEnd = tuple[bool, Any, models.ErrorInfo | None, models.ErrorInfo | None]
+
+
+def _run_body(fn: Any, params: dict[str, Any]) -> _BodyEnd:
+    """(succeeded, result, error as shown here, error as the control plane may store it)."""
     try:
         result = fn(**params)
     except Exception as exc:
-        return False, None, error_info(exc)
+        return False, None, error_info(exc), error_info(exc, shared=True)
     problem = describe_non_json(result)
     if problem:
-        return (
-            False,
-            None,
-            models.ErrorInfo(
-                error_class="permanent",
-                type="meridian.errors.ValidationError",
-                message=f"the flow's return value is not JSON-serializable (got {problem})",
-            ),
+        error = models.ErrorInfo(
+            error_class="permanent",
+            type="meridian.errors.ValidationError",
+            message=f"the flow's return value is not JSON-serializable (got {problem})",
         )
-    return True, result, None
+        return False, None, error, error
+    return True, result, None, None
 
 
-def _finish(
-    client: RunnerClient,
-    run_id: str,
-    succeeded: bool,
-    result: Any,
-    error: models.ErrorInfo | None,
-    watcher: RunWatcher,
-) -> str:
-    result_json = dumps(result) if succeeded else ""
+@dataclass(frozen=True)
+class _FinishReport:
+    """What FinishRun sends: the result's JSON text (sealed or not) and the error."""
+
+    succeeded: bool
+    result: Any
+    error: models.ErrorInfo | None
+    result_json: str = ""
+
+
+def _sealed_report(report: _FinishReport, context: FlowContext) -> _FinishReport:
+    """The report of a sealed flow with its result and error texts sealed; a report that
+    cannot be sealed (no key, too large) becomes a failure saying why, without plaintext."""
+    result_json = dumps(report.result) if report.succeeded else ""
+    group = context.seal
+    if group is None:
+        return dataclasses.replace(report, result_json=result_json)
+    run_id = context.flow_run_id
     try:
-        return client.finish_run(run_id, succeeded, result_json, error)
+        keys = context.keys()
+        sealed_json = seal_text(keys, group, result_json, RESULT, run_id, FLOW_STEP)
+        error = report.error
+        if error is not None:
+            error = seal_flow_error(keys, group, run_id, error)
+    except SealError as exc:
+        return _FinishReport(False, None, error_info(exc))
+    return dataclasses.replace(report, result_json=sealed_json, error=error)
+
+
+def _finish(client: RunnerClient, run_id: str, report: _FinishReport, watcher: RunWatcher) -> str:
+    try:
+        return client.finish_run(run_id, report.succeeded, report.result_json, report.error)
     except ConflictError:
         # The run was ended elsewhere (e.g. cancelled) while the body ran: report that state.
         if watcher.run_state:
@@ -316,12 +371,15 @@ def _finish(
         raise
 
 
-def error_info(exc: BaseException, error_class: str | None = None) -> models.ErrorInfo:
+def error_info(
+    exc: BaseException, error_class: str | None = None, *, shared: bool = False
+) -> models.ErrorInfo:
     """Describe a flow-body exception for FinishRun.
 
     A ``StepFailed`` that escaped the body keeps the step's error class and appends the
     remote traceback, so the run record shows both where the flow gave up and why the step
-    failed.
+    failed. ``shared``: the version the control plane may store in plaintext, without the
+    opened error texts of sealed steps.
     """
     if error_class is None:
         error_class = "permanent"
@@ -332,12 +390,16 @@ def error_info(exc: BaseException, error_class: str | None = None) -> models.Err
     text = "".join(traceback.format_exception(exc))
     if isinstance(exc, StepFailed) and exc.remote_traceback:
         text += f"\nRemote traceback of step {exc.step_key}:\n{exc.remote_traceback}"
+    message = _safe_str(exc)
+    failures = sealed_failures(exc) if shared else []
+    if failures:  # before truncation, so that no fragment escapes the masking
+        text, message = mask_opened_texts(text, failures), mask_opened_texts(message, failures)
     if len(text) > MAX_TRACEBACK_CHARS:
         text = "...[traceback truncated]\n" + text[-MAX_TRACEBACK_CHARS:]
     return models.ErrorInfo(
         error_class=error_class,
         type=_qualified(type(exc)),
-        message=_safe_str(exc)[:MAX_MESSAGE_CHARS],
+        message=message[:MAX_MESSAGE_CHARS],
         traceback=text,
         type_mro=tuple(_qualified(c) for c in type(exc).__mro__ if c is not object),
     )

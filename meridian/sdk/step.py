@@ -9,6 +9,10 @@ Keys: the n-th call of a step name in a run gets ``name#n``. An explicit key rep
 ``@step(key="load")`` (a fixed key, for a step called once per run), ``@step(key=fn)`` where
 ``fn`` receives the call's arguments and returns the key, or per call
 ``my_step.with_options(key="load-eu")(...)``.
+
+Sealing: ``@step(seal="eu-sites")`` (or ``@flow(seal=...)`` for every step of a flow) seals the
+call's inputs with that key group before they leave this process, and only agents holding the
+key can open them; ``seal=False`` opts a step out of its flow's default (docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,14 +24,22 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian import models
-from meridian.errors import ValidationError
+from meridian.errors import SealError, ValidationError
 from meridian.sdk._jsonvalues import describe_non_json, dumps
-from meridian.sdk._options import KeyFunction, StepOptions, build_spec, check_key, location
+from meridian.sdk._options import (
+    KeyFunction,
+    StepOptions,
+    build_spec,
+    check_key,
+    check_seal,
+    location,
+)
 from meridian.sdk.context import FlowContext, current_context
 from meridian.sdk.futures import StepFuture
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Step(Generic[P, R]):
@@ -40,6 +52,9 @@ class Step(Generic[P, R]):
         self.options = options
         self.spec: models.StepSpec = build_spec(fn, options)
         self.name = self.spec.name
+        self.seal = check_seal(
+            options.seal, f"step {self.name!r} ({location(fn)})", allow_false=True
+        )
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -83,13 +98,28 @@ class Step(Generic[P, R]):
         self, context: FlowContext, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
     ) -> list[StepFuture]:
         self._check_importable()
+        group = context.seal_group(self.seal)
+        if group is not None:
+            # Before any call is numbered: a missing key must not shift later keys.
+            self._guard_seal(lambda: context.keys().require(group, "this flow runner"))
         submissions = []
         for args, kwargs in calls:
             inputs = self._encode_inputs(args, kwargs)
             number = context.next_call_number(self.name)
             key = self._key_for(number, args, kwargs)
+            if group is not None:
+                inputs = self._seal_inputs(context, group, key, inputs)
             submissions.append(models.StepSubmission(key=key, spec=self.spec, inputs_json=inputs))
         return context.submit(submissions)
+
+    def _seal_inputs(self, context: FlowContext, group: str, key: str, inputs: str) -> str:
+        return self._guard_seal(lambda: context.seal_inputs(group, key, inputs))
+
+    def _guard_seal(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except SealError as exc:
+            raise SealError(f"step {self.name!r} ({location(self.fn)}): {exc}") from None
 
     def _key_for(self, number: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         key: str | KeyFunction | None = self.options.key
@@ -154,6 +184,7 @@ def step(
     on_agent_lost: str = "retry",
     lost_after: float | None = None,
     secrets: dict[str, str] | None = None,
+    seal: str | bool | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -180,6 +211,10 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
         secrets: environment variable name -> secret reference resolved by the agent at the
             site ("env:NAME", "file:/path", "aws-sm:name", "gcp-sm:projects/.../versions/v",
             "azure-kv:vault/name"); values never pass through the control plane.
+        seal: key group (e.g. "eu-sites") that seals the step's inputs, result and error
+            texts end to end: the control plane stores only ciphertext and digests. The flow
+            runner reads its keys from ``MERIDIAN_SEAL_KEYS``, agents from their config.
+            None = the flow's ``seal`` (if any); False = not sealed even in a sealed flow.
     """
     if fn is not None:
         if kwargs:

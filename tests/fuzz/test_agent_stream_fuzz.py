@@ -376,6 +376,78 @@ def test_bug_seq_above_int64_is_refused(estate: Estate) -> None:
     assert not server_failures(estate.plane, mark)
 
 
+def test_bug_undecodable_agent_requests_are_invalid_argument(estate: Estate) -> None:
+    """Bodies that are not protobuf, on every AgentService RPC (and as the first or a later
+    frame of the stream): INVALID_ARGUMENT naming the message, not gRPC's UNKNOWN."""
+    plane, garbage = estate.plane, b"\xff\xff\xff"
+    key_pem, csr_pem = generate_key_and_csr("undecodable-agent")
+    enrolled = plane.public_agent.Enroll(
+        enroll_request(plane.token("fuzz-env"), csr_pem, "undecodable-agent"),
+        timeout=CALL_TIMEOUT_S,
+    )
+    agent_channel = plane.agent_channel(key_pem, enrolled.certificate_pem)
+    service = "/meridian.v1.AgentService/"
+    calls = {
+        "EnrollRequest": lambda: plane.channel.unary_unary(service + "Enroll")(
+            garbage, timeout=CALL_TIMEOUT_S
+        ),
+        "FetchBundleRequest": lambda: list(
+            agent_channel.unary_stream(service + "FetchBundle")(garbage, timeout=CALL_TIMEOUT_S)
+        ),
+        "AgentFrame": lambda: list(
+            agent_channel.stream_stream(service + "Connect")(
+                iter([garbage]), timeout=CALL_TIMEOUT_S
+            )
+        ),
+    }
+    after_hello = [hello().SerializeToString(), garbage]
+    connect = agent_channel.stream_stream(service + "Connect")
+    mark = plane.logs.mark()
+    for name, make_call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            make_call()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+        assert raised.value.details() == f"request is not a valid {name} protobuf"
+    with pytest.raises(grpc.RpcError) as raised:
+        list(connect(iter(after_hello), timeout=STREAM_TIMEOUT_S))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+    assert raised.value.details() == "request is not a valid AgentFrame protobuf"
+    # (A frame after Hello is read by the stream's reader task, which may log the abort as a
+    # WARNING "stream failed"; never an error.)
+    assert not [line for line in plane.logs.since(mark) if line.startswith("ERROR")]
+    plane.assert_healthy()
+
+
+def renewal(csr_pem: bytes) -> agent_pb2.AgentFrame:
+    return agent_pb2.AgentFrame(renew_certificate=agent_pb2.RenewCertificate(csr_pem=csr_pem))
+
+
+def test_certificate_renewals_are_validated_and_rate_limited(estate: Estate) -> None:
+    """A hand-crafted agent cannot make the CA sign junk, sign early, or sign in a loop."""
+    agent_id, stub = new_fuzz_agent(estate.plane)
+    estate.fuzz_agent_ids.append(agent_id)
+    mark = estate.plane.logs.mark()
+    before = snapshot(estate.db, (*GUARDED_TABLES, "audit_log"))
+    junk = drive(stub, [hello(), renewal(b"-----BEGIN CERTIFICATE REQUEST-----junk")])
+    assert junk.code == grpc.StatusCode.INVALID_ARGUMENT, junk
+    assert "certificate signing request" in junk.details
+
+    _, csr = generate_key_and_csr("fuzz-agent")
+    early = drive(stub, [hello(), renewal(csr)])
+    assert early.code == grpc.StatusCode.OK, early
+    answers = [f.certificate for f in early.frames if f.WhichOneof("body") == "certificate"]
+    assert [(a.certificate_pem, "too new" in a.refused) for a in answers] == [(b"", True)]
+    assert answers[0].retry_in_s > 0
+
+    flood = drive(stub, [hello(), renewal(csr), renewal(csr)])
+    assert flood.code == grpc.StatusCode.INVALID_ARGUMENT, flood
+    assert "too frequent" in flood.details
+    assert not server_failures(estate.plane, mark)
+    # Nothing was issued, so nothing was recorded: no run touched, no audit record added.
+    assert snapshot(estate.db, (*GUARDED_TABLES, "audit_log")) == before
+    estate.plane.assert_healthy()
+
+
 # ---- a private event loop for the real agent ------------------------------------------------
 
 

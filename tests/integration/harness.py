@@ -60,6 +60,7 @@ class Estate:
         runner_grace_s: float | None = None,
         advertise_agent_address: str | None = None,
         db_url: str | None = None,
+        agent_certificate_hours: float | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,7 @@ class Estate:
         self.runner_grace_s = runner_grace_s
         self.advertise_agent_address = advertise_agent_address
         self.db_url = db_url
+        self.agent_certificate_hours = agent_certificate_hours
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Path] = []
@@ -182,6 +184,7 @@ class Estate:
             ("--runner-grace", self.runner_grace_s),
             ("--advertise-agent-address", self.advertise_agent_address),
             ("--db", self.db_url),
+            ("--agent-certificate-hours", self.agent_certificate_hours),
         ):
             if value is not None:
                 args += [flag, str(value)]
@@ -208,6 +211,7 @@ class Estate:
         *,
         capacity: int = 4,
         name: str | None = None,
+        config: Path | None = None,
     ) -> str:
         name = name or f"{environment}-agent"
         data_dir = self.root / "agents" / name
@@ -227,7 +231,10 @@ class Estate:
             name,
             check=True,
         )
-        self.start_agent(name, environment, labels, capacity=capacity)
+        if config is None:  # subclasses may override start_agent without ``config``
+            self.start_agent(name, environment, labels, capacity=capacity)
+        else:
+            self.start_agent(name, environment, labels, capacity=capacity, config=config)
         return name
 
     def new_token(self, environment: str, *extra: str) -> str:
@@ -246,8 +253,15 @@ class Estate:
         return output.strip().splitlines()[-1].strip()
 
     def start_agent(
-        self, name: str, environment: str, labels: Mapping[str, str], *, capacity: int = 4
+        self,
+        name: str,
+        environment: str,
+        labels: Mapping[str, str],
+        *,
+        capacity: int = 4,
+        config: Path | None = None,
     ) -> None:
+        """``config``: an agent config file (``--config``), e.g. with ``[sealing.keys]``."""
         data_dir = self.root / "agents" / name
         args = [
             "agent",
@@ -269,6 +283,8 @@ class Estate:
         ]
         for key, value in labels.items():
             args += ["--label", f"{key}={value}"]
+        if config is not None:
+            args += ["--config", str(config)]
         self._agent_labels[name] = dict(labels)
         self.agents[name] = self._spawn(f"agent-{name}", args)
         self.wait_until(lambda: self._connected(name), f"agent {name} to connect")

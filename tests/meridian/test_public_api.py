@@ -17,6 +17,7 @@ def test_meridian_all_is_pinned() -> None:
         "NotFound",
         "Permanent",
         "PermissionDenied",
+        "SealError",
         "SelectorError",
         "Step",
         "StepCancelled",
@@ -39,4 +40,5 @@ def test_error_tree() -> None:
     assert issubclass(meridian.StepCancelled, meridian.StepFailed)
     assert issubclass(meridian.StepFailed, meridian.MeridianError)
     assert issubclass(meridian.SelectorError, meridian.ValidationError)
+    assert issubclass(meridian.SealError, meridian.MeridianError)
     assert not issubclass(meridian.Permanent, meridian.MeridianError)

@@ -204,7 +204,16 @@ def test_unresolvable_step_is_permanent(
     assert needle in error["message"] and module in error["message"]
 
 
-@pytest.mark.parametrize("inputs", ["not json", "[1, 2]", '{"args": {}, "kwargs": {}}'])
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        "not json",
+        "[1, 2]",
+        '{"args": {}, "kwargs": {}}',
+        # Sealed inputs reach a step only if the agent failed to open them: never run with [].
+        '{"args": [], "kwargs": {}, "sealed": {"v": 1, "key": "eu", "ct": "AAAA"}}',
+    ],
+)
 def test_undecodable_inputs_are_permanent(tmp_path: Path, bundle: Path, inputs: str) -> None:
     _, outcome = run_step(tmp_path, bundle, "double", inputs_json=inputs)
     assert outcome["error"]["error_class"] == "permanent"

@@ -61,14 +61,22 @@ class FetchBundleRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "heartbeat", "reports")
+    __slots__ = ("hello", "heartbeat", "reports", "renew_certificate")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
+    RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     reports: ReportBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ...) -> None: ...
+    renew_certificate: RenewCertificate
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ...) -> None: ...
+
+class RenewCertificate(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("type", "config_schema_json")
@@ -178,23 +186,37 @@ class Report(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., running: _Optional[_Union[ProposeRunning, _Mapping]] = ..., handle: _Optional[_Union[HandleRecorded, _Mapping]] = ..., logs: _Optional[_Union[LogChunk, _Mapping]] = ..., finished: _Optional[_Union[AttemptFinished, _Mapping]] = ...) -> None: ...
 
 class ControlFrame(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions")
+    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions", "certificate")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: AssignBatch
     cancel: Cancel
     ack: Ack
     drain: Drain
     decisions: DecisionBatch
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ...) -> None: ...
+    certificate: CertificateRenewal
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ..., certificate: _Optional[_Union[CertificateRenewal, _Mapping]] = ...) -> None: ...
+
+class CertificateRenewal(_message.Message):
+    __slots__ = ("certificate_pem", "renew_in_s", "refused", "retry_in_s")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    RENEW_IN_S_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_S_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: bytes
+    renew_in_s: float
+    refused: str
+    retry_in_s: float
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., renew_in_s: _Optional[float] = ..., refused: _Optional[str] = ..., retry_in_s: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "environment", "session_id", "heartbeat_interval_s", "lease_timeout_s", "last_applied_seq", "max_frame_bytes")
+    __slots__ = ("agent_id", "environment", "session_id", "heartbeat_interval_s", "lease_timeout_s", "last_applied_seq", "max_frame_bytes", "certificate_renew_in_s")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +224,7 @@ class Welcome(_message.Message):
     LEASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_RENEW_IN_S_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     environment: str
     session_id: str
@@ -209,7 +232,8 @@ class Welcome(_message.Message):
     lease_timeout_s: float
     last_applied_seq: int
     max_frame_bytes: int
-    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    certificate_renew_in_s: float
+    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., certificate_renew_in_s: _Optional[float] = ...) -> None: ...
 
 class Assign(_message.Message):
     __slots__ = ("attempt_id", "fencing_token", "flow_run_id", "step_run_id", "step_key", "attempt_number", "spec", "bundle_sha256", "inputs_json")

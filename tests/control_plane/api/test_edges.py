@@ -60,9 +60,15 @@ class Edge:
     public_agent: agent_pb2_grpc.AgentServiceStub  # AgentService on the server-TLS listener
     closers: list[Callable[[], None]] = field(default_factory=list)
 
-    def token(self, environment: str, ttl_s: float = 600.0) -> str:
+    def token(
+        self, environment: str, ttl_s: float = 600.0, labels: dict[str, str] | None = None
+    ) -> str:
         return create_join_token(
-            self.config.data_dir, environment, ttl_s=ttl_s, db_url=self.config.db_url
+            self.config.data_dir,
+            environment,
+            ttl_s=ttl_s,
+            db_url=self.config.db_url,
+            labels=labels,
         )
 
 
@@ -573,10 +579,13 @@ class EnrolledAgent:
     stub: agent_pb2_grpc.AgentServiceStub
 
 
-def enrolled_agent(edge: Edge, environment: str) -> EnrolledAgent:
+def enrolled_agent(
+    edge: Edge, environment: str, pinned: dict[str, str] | None = None
+) -> EnrolledAgent:
     key_pem, csr_pem = generate_key_and_csr(f"{environment}-agent")
+    token = edge.token(environment, labels=pinned)
     response = edge.public_agent.Enroll(
-        enroll_request(edge.token(environment), csr_pem, f"{environment}-agent"), timeout=10
+        enroll_request(token, csr_pem, f"{environment}-agent"), timeout=10
     )
     credentials = grpc.ssl_channel_credentials(
         root_certificates=edge.ca_pem,
@@ -710,6 +719,51 @@ def test_connect_closes_the_stream_on_an_unexpected_frame(edge: Edge) -> None:
         assert_status(error, grpc.StatusCode.INVALID_ARGUMENT, "unexpected empty frame")
     finally:
         stream.close()
+
+
+@pytest.mark.parametrize(
+    ("claimed", "needles"),
+    [
+        ({"site": "core"}, ("site", "fixed its labels to site=pinned")),
+        ({"site": "pinned", "gpu": "a100"}, ("gpu",)),
+    ],
+    ids=["changed-value", "extra-label"],
+)
+def test_an_agent_cannot_claim_labels_beyond_what_its_token_pinned(
+    edge: Edge, claimed: dict[str, str], needles: tuple[str, ...]
+) -> None:
+    """A hand-crafted agent whose join token pinned site=pinned can claim neither another
+    site (to attract that site's work) nor extra labels."""
+    agent = enrolled_agent(edge, "edge-pin", pinned={"site": "pinned"})
+    bad = agent_pb2.AgentFrame(hello=agent_pb2.Hello(version="t", labels=claimed, capacity=1))
+    error = refused(lambda: list(agent.stub.Connect(iter([bad]), timeout=10)))
+    assert_status(error, grpc.StatusCode.PERMISSION_DENIED, *needles)
+
+
+def test_pinned_labels_apply_even_when_the_agent_leaves_them_out(edge: Edge) -> None:
+    agent = enrolled_agent(edge, "edge-pin2", pinned={"site": "pinned2", "zone": "z1"})
+    stream = AgentStream(agent.stub)
+    try:
+        stream.send(
+            agent_pb2.AgentFrame(
+                hello=agent_pb2.Hello(
+                    version="t",
+                    labels={"zone": "z1"},
+                    providers=[agent_pb2.ProviderInfo(type="process")],
+                    capacity=1,
+                )
+            )
+        )
+        assert stream.recv().WhichOneof("body") == "welcome"
+        run_id = new_run(edge)
+        submit(edge, run_id, submission("pin#1", target="site=pinned2,zone=z1"))
+        (assign,) = stream.recv_until("assign").assign.assignments
+        assert assign.step_key == "pin#1"
+    finally:
+        stream.close()
+    listed = edge.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=10).agents
+    (info,) = [a for a in listed if a.agent_id == agent.agent_id]
+    assert dict(info.labels) == {"site": "pinned2", "zone": "z1"}
 
 
 def test_bundles_and_reports_are_confined_to_the_agent_holding_the_attempt(edge: Edge) -> None:

@@ -156,7 +156,7 @@ def test_token_creation_and_enrollment_never_record_the_secret(
         "cli",
         "token.created",
         token_id,
-        {"environment": "aws-prod", "expires_at": expires},
+        {"environment": "aws-prod", "labels": {}, "expires_at": expires},
     )
     assert enrolled[:3] == (f"token:{token_id}", "agent.enrolled", agent.id)
     assert enrolled[3]["cert_fingerprint"] == agent.cert_fingerprint != ""

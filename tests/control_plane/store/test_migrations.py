@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from control_plane.store.db import MIGRATIONS_DIR, Store
-from control_plane.store.models import Base
+from control_plane.store.models import Base, FlowRunRow
 
 
 def alembic_config() -> Config:
@@ -46,5 +46,33 @@ def test_upgrade_from_the_first_revision_keeps_rows(db_url: str) -> None:
             assert conn.execute(text("SELECT count(*) FROM bundles")).scalar() == 1
             columns = conn.execute(text("SELECT resumed_at, retry_of FROM flow_runs")).all()
             assert columns == []
+    finally:
+        store.close()
+
+
+def test_runs_from_before_scoping_become_unscoped(db_url: str) -> None:
+    """0007 adds ``flow_runs.scope``; existing runs get ``[]`` (visible to unscoped tokens)."""
+    store = Store(db_url)
+    config = alembic_config()
+    try:
+        with store.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0006")
+            at = dt.datetime(2026, 1, 1)
+            conn.execute(
+                text("INSERT INTO bundles (sha256, size, data, created_at) VALUES (:s, 1, :d, :t)"),
+                {"s": "a" * 64, "d": b"x", "t": at},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO flow_runs (id, flow_name, entrypoint, trigger, parameters_json, "
+                    "bundle_sha256, state, created_at) "
+                    "VALUES ('r1', 'f', 'f.py:f', 'api', '{}', :s, 'COMPLETED', :t)"
+                ),
+                {"s": "a" * 64, "t": at},
+            )
+        store.migrate()
+        run = store.run_sync(lambda session: session.get(FlowRunRow, "r1"))
+        assert run is not None and run.scope == []
     finally:
         store.close()

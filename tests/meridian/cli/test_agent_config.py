@@ -49,3 +49,21 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, messag
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="cannot read"):
         load_agent_config_file(tmp_path / "nope.toml")
+
+
+def test_sealing_keys_section(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[sealing.keys]\neu-sites = "file:/etc/meridian/eu.key"\n')
+    config = load_agent_config_file(path)
+    assert config.seal_keys == {"eu-sites": "file:/etc/meridian/eu.key"}
+    assert load_agent_config_file(tmp_path / "agent.toml").providers == {}
+
+
+@pytest.mark.parametrize(
+    "text", ["[sealing]\neu = 'file:/k'\n", "[sealing.keys]\neu = 3\n", "sealing = 1\n"]
+)
+def test_bad_sealing_sections_say_what_is_expected(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError, match=r"\[sealing.keys\], of GROUP"):
+        load_agent_config_file(path)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from meridian import models
+from meridian import models, sealing
 from meridian.cli import render
+from meridian.sealing import KeyRing
 
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -240,3 +242,48 @@ def test_attempts_are_marked_recovered_final_or_lost_agent() -> None:
     extract = next(s for s in document["steps"] if s["key"] == "extract#1")
     assert extract["attempts"][0]["marks"] == ["lost-agent", "recovered"]
     assert document["summary"]["final_failure"]["at"] is not None
+
+
+def sealed_run() -> models.RunDetail:
+    """A run whose result, one step result and one step error are sealed (eu-sites)."""
+    keys = KeyRing({"eu-sites": bytes(64)})
+    result = sealing.seal_text(keys, "eu-sites", '{"iban": "DE89"}', sealing.RESULT, "r", "")
+    step_result = sealing.seal_text(keys, "eu-sites", '"DE89"', sealing.RESULT, "r", "load#1")
+    message, traceback = sealing.seal_error_texts(
+        keys, "eu-sites", "bad iban DE89", "Traceback: DE89", "r", "load#1"
+    )
+    sealed_error = replace(RESET, message=message, traceback=traceback)
+    load = step(
+        "load#1",
+        "COMPLETED",
+        attempt(1, "FAILED", "onprem-demo", 1.4, 1.6, sealed_error),
+        attempt(2, "SUCCEEDED", "onprem-demo", 1.9, 2.4),
+    )
+    return replace(
+        completed_run(),
+        result_json=result,
+        steps=(*completed_run().steps[:3], replace(load, result_json=step_result)),
+    )
+
+
+def test_sealed_values_show_key_group_and_digest_never_ciphertext() -> None:
+    detail = sealed_run()
+    text = render.render_run(detail)
+    document = render.run_to_dict(detail)
+    dumped = render.to_json(document)
+    for shown in (text, dumped):
+        assert "DE89" not in shown and '"$sealed"' not in shown and "ct" not in shown.split()
+    assert "[sealed: eu-sites]" in text
+    assert "Sealed results (readable only where the key group's key is held):" in text
+    assert "  eu-sites: load#1, (flow result)" in text
+    load = next(s for s in document["steps"] if s["key"] == "load#1")
+    assert load["result"]["sealed"]["key_group"] == "eu-sites"
+    assert (
+        load["result"]["sealed"]["sha256"]
+        == hashlib.sha256(detail.steps[-1].result_json.encode()).hexdigest()
+    )
+    assert document["result"]["sealed"]["key_group"] == "eu-sites"
+    assert load["attempts"][0]["error"]["message"] == "[sealed: eu-sites]"
+    assert document["summary"]["recovered_failures"][0]["message"] == "[sealed: eu-sites]"
+    # Plain values render as before.
+    assert render.run_to_dict(completed_run())["result"] == {"revenue_eur": 1234.5}

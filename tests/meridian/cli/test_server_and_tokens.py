@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,21 +26,39 @@ def test_banner_tells_what_to_type_next(tmp_path: Path) -> None:
     assert f"meridian tokens create --data-dir {tmp_path} --environment NAME" in text
 
 
-def test_tokens_create_prints_only_the_token_on_stdout(cli, monkeypatch, tmp_path) -> None:
-    calls = []
+def test_banner_on_every_interface_names_no_unreachable_address(tmp_path: Path) -> None:
+    text = "\n".join(server.usage_banner("0.0.0.0:7443", "0.0.0.0:7444", tmp_path / "ca", tmp_path))
+    assert "listening on 0.0.0.0:7443" in text
+    assert "--control-plane HOST:7443" in text and "--control-plane 0.0.0.0" not in text
 
-    def create_join_token(data_dir, environment, *, ttl_s=3600.0, db_url=None):
-        calls.append((data_dir, environment, ttl_s, db_url))
-        return "mjt_0123456789abcdef.secret"
 
-    monkeypatch.setattr("control_plane.create_join_token", create_join_token, raising=False)
+def test_tokens_create_prints_only_the_token_on_stdout(cli, tmp_path) -> None:
     result = cli(
         "tokens", "create", "--data-dir", str(tmp_path), "--environment", "aws", "--ttl", "60"
     )
-    assert result.code == 0
-    assert result.out == "mjt_0123456789abcdef.secret\n"
-    assert calls == [(tmp_path, "aws", 60.0, None)]
-    assert "meridian agent enroll" in result.err
+    assert result.code == 0, result.err
+    assert re.fullmatch(r"mjt_[0-9a-f]{16}\.[A-Za-z0-9_-]{43}\n", result.out)
+    assert "valid 60s" in result.err and "meridian agent enroll" in result.err
+
+
+def test_tokens_can_pin_labels_and_list_them(cli, tmp_path) -> None:
+    created = cli(
+        "tokens", "create", "--data-dir", str(tmp_path), "--environment", "lab",
+        "--label", "site=edge", "--label", "zone=a",
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    assert "with labels site=edge,zone=a pinned" in created.err
+    listed = json.loads(cli("tokens", "list", "--data-dir", str(tmp_path), "--json").out)
+    assert [(t["environment"], t["labels"], t["state"]) for t in listed] == [
+        ("lab", {"site": "edge", "zone": "a"}, "unused")
+    ]
+    table = cli("tokens", "list", "--data-dir", str(tmp_path)).out
+    assert "PINNED LABELS" in table and "site=edge,zone=a" in table
+    bad = cli(
+        "tokens", "create", "--data-dir", str(tmp_path), "--environment", "lab",
+        "--label", "Bad Key=x",
+    )  # fmt: skip
+    assert bad.code != 0 and "invalid label" in bad.err
 
 
 def test_server_start_serves_until_sigint(cli, tmp_path: Path) -> None:
