@@ -30,6 +30,8 @@ BundleSource = Callable[[str], AsyncIterator[BundlePiece]]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_DOWNLOADS_IN_FLIGHT = 4
+# A 64 MiB bundle over a slow site link; a hung download fails the attempt instead of hanging.
+DOWNLOAD_TIMEOUT_S = 600.0
 
 
 class RpcBundleSource:
@@ -44,7 +46,7 @@ class RpcBundleSource:
         try:
             async with self._slots:
                 request = convert.fetch_bundle_request(sha256)
-                async for chunk in self._stub.FetchBundle(request):
+                async for chunk in self._stub.FetchBundle(request, timeout=DOWNLOAD_TIMEOUT_S):
                     yield convert.bundle_chunk_from_proto(chunk)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:

@@ -94,8 +94,8 @@ class AgentEndpoint:
     def Connect(self) -> Any:
         return self._require().Connect()
 
-    def FetchBundle(self, request: Any) -> Any:
-        return self._require().FetchBundle(request)
+    def FetchBundle(self, request: Any, timeout: float | None = None) -> Any:
+        return self._require().FetchBundle(request, timeout=timeout)
 
     def _require(self) -> Any:
         if self._stub is None:

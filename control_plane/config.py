@@ -28,6 +28,8 @@ class ServerConfig:
     max_message_bytes: int = 16 * MiB
     max_frame_bytes: int = 4 * MiB
     agent_certificate_hours: float = 24.0
+    # Longest a unary or upload call may run on the server (control_plane/api/budgets.py).
+    call_budget_s: float = 60.0
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
 
     @property

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from control_plane.api.agent_service import AgentService
 from control_plane.api.authz import ApiTokenAuth
+from control_plane.api.budgets import CallBudgets
 from control_plane.api.control_service import ControlService
 from control_plane.api.decoding import RejectUndecodable
 from control_plane.api.services import RunNotifier, Services
@@ -119,7 +120,11 @@ class ControlPlane:
         limit = self.config.max_message_bytes
         server = grpc.aio.server(
             # The decoding guard is innermost, so the token check still runs first.
-            interceptors=[ApiTokenAuth(self._services.store), RejectUndecodable()],
+            interceptors=[
+                CallBudgets(self.config.call_budget_s),
+                ApiTokenAuth(self._services.store),
+                RejectUndecodable(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
