@@ -1,13 +1,15 @@
 """Meridian: write flows as plain Python, run their steps on agents in any cloud or site.
 
-    from meridian import flow, step
+    from meridian import approve, flow, step
 
     @step(target="cloud=aws,region=us-east-1", retries=3)
     def extract(day: str) -> list[dict]: ...
 
     @flow
     def nightly(day: str) -> int:
-        return len(extract(day))
+        rows = extract(day)
+        approve("publish", message=f"{len(rows)} rows; publish them?")  # waits for a person
+        return len(rows)
 
 This file re-exports the public names; ``ControlClient`` is imported lazily so that importing
 ``meridian`` (as every step module does on an agent) does not load gRPC.
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from meridian.errors import (
+    ApprovalRejected,
+    ApprovalTimedOut,
     BundleError,
     ConflictError,
     ConnectionFailed,
@@ -31,12 +35,15 @@ from meridian.errors import (
     StepFailed,
     ValidationError,
 )
-from meridian.sdk import Flow, Step, StepFuture, flow, step, wait
+from meridian.sdk import Approval, Flow, Step, StepFuture, approve, flow, step, wait
 
 if TYPE_CHECKING:
     from meridian.client import ControlClient
 
 __all__ = [
+    "Approval",
+    "ApprovalRejected",
+    "ApprovalTimedOut",
     "BundleError",
     "ConflictError",
     "ConnectionFailed",
@@ -53,6 +60,7 @@ __all__ = [
     "StepFailed",
     "StepFuture",
     "ValidationError",
+    "approve",
     "flow",
     "step",
     "wait",

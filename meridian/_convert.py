@@ -119,8 +119,27 @@ def outcome_from_proto(msg: control_pb2.StepOutcome) -> models.StepOutcome:
     )
 
 
+def approval_from_proto(msg: control_pb2.ApprovalInfo) -> models.ApprovalInfo:
+    return models.ApprovalInfo(
+        flow_run_id=msg.flow_run_id,
+        key=msg.key,
+        state=msg.state,
+        message=msg.message,
+        requested_at=time_from_ms(msg.requested_at_unix_ms),
+        decided_at=time_from_ms(msg.decided_at_unix_ms),
+        decided_by=msg.decided_by,
+        reason=msg.reason,
+        deadline=time_from_ms(msg.deadline_unix_ms),
+    )
+
+
+def approval_state_from_proto(msg: control_pb2.ApprovalState) -> models.ApprovalState:
+    return models.ApprovalState(approval_from_proto(msg.approval), msg.run_state)
+
+
 def update_from_proto(msg: control_pb2.RunUpdate) -> models.RunUpdate:
     outcome = outcome_from_proto(msg.step_outcome) if msg.HasField("step_outcome") else None
+    approval = approval_from_proto(msg.approval) if msg.HasField("approval") else None
     return models.RunUpdate(
         event_id=msg.event_id,
         at=time_from_ms(msg.at_unix_ms),
@@ -132,6 +151,7 @@ def update_from_proto(msg: control_pb2.RunUpdate) -> models.RunUpdate:
         state=msg.state,
         step_outcome=outcome,
         run_state=msg.run_state,
+        approval=approval,
     )
 
 
@@ -203,6 +223,7 @@ def run_detail_from_proto(msg: control_pb2.RunDetail) -> models.RunDetail:
         events=tuple(event_from_proto(e) for e in msg.events),
         retry_of=msg.retry_of,
         resumed_at=time_from_ms(msg.resumed_at_unix_ms),
+        approvals=tuple(approval_from_proto(a) for a in msg.approvals),
     )
 
 

@@ -257,6 +257,29 @@ class ControlClient:
         request = control_pb2.RetryRunRequest(flow_run_id=run_id_or_prefix)
         return _convert.run_to_execute_from_proto(self._call(self._stub.RetryRun, request))
 
+    # -- approvals ---------------------------------------------------------------------------
+
+    def request_approval(
+        self, flow_run_id: str, key: str, message: str = "", timeout_s: float = 0.0
+    ) -> models.ApprovalState:
+        """Ask for approval ``key`` of a run (idempotent on the key); the run is PAUSED
+        until it is decided. ``timeout_s`` 0 = no timeout."""
+        request = control_pb2.RequestApprovalRequest(
+            flow_run_id=flow_run_id, key=key, message=message, timeout_s=timeout_s
+        )
+        answer = self._call(self._stub.RequestApproval, request, idempotent=True)
+        return _convert.approval_state_from_proto(answer)
+
+    def decide_approval(
+        self, run_id_or_prefix: str, key: str, approve: bool, reason: str = ""
+    ) -> models.ApprovalState:
+        """Approve or reject a pending approval; repeating the same decision is a no-op."""
+        request = control_pb2.DecideApprovalRequest(
+            flow_run_id=run_id_or_prefix, key=key, approve=approve, reason=reason
+        )
+        answer = self._call(self._stub.DecideApproval, request, idempotent=True)
+        return _convert.approval_state_from_proto(answer)
+
     def download_bundle(self, sha256: str) -> bytes:
         """The code bundle of a run (to resume or retry it here)."""
         request = control_pb2.DownloadBundleRequest(sha256=sha256)

@@ -10,8 +10,10 @@ MeridianError
 ├── ConflictError          the request contradicts stored state
 ├── SealError              a sealed value cannot be made or opened (key missing, wrong or
 │                          altered ciphertext, bad key file); never names key material
+├── ApprovalRejected       an operator rejected an approval (raised by ``approve`` in the body)
+│   └── ApprovalTimedOut   nobody decided before the approval's timeout: not approved either
 └── StepFailed             a step run ended without a result (raised in the flow body)
-    └── StepCancelled
+    └── StepCancelled      also raised by ``approve`` when the run is cancelled while it waits
 
 ``Permanent`` is not a MeridianError: step code raises it to say "do not retry this".
 """
@@ -53,6 +55,28 @@ class ConflictError(MeridianError):
 
 class SealError(MeridianError):
     """A value could not be sealed or opened; the message names the key group, never a key."""
+
+
+class ApprovalRejected(MeridianError):
+    """An approval the flow body waited for was not given; catch it to take another branch.
+
+    ``decided_by`` is the audit actor that decided (``token:<id>``; ``system`` for a timeout).
+    """
+
+    def __init__(self, key: str, decided_by: str, reason: str, message: str = "") -> None:
+        super().__init__(
+            message or f"approval {key} was rejected by {decided_by or 'an operator'}: {reason}"
+        )
+        self.key = key
+        self.decided_by = decided_by
+        self.reason = reason
+
+
+class ApprovalTimedOut(ApprovalRejected):
+    """Nobody decided the approval before its timeout (enforced by the control plane)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(key, "system", reason, f"approval {key} timed out: {reason}")
 
 
 class StepFailed(MeridianError):

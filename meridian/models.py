@@ -82,6 +82,33 @@ class StepOutcome:
 
 
 @dataclass(frozen=True)
+class ApprovalInfo:
+    """A human approval a flow body asked for (``meridian.approve``), and its decision."""
+
+    flow_run_id: str
+    key: str
+    state: str  # pending | approved | rejected | timed_out
+    message: str = ""
+    requested_at: datetime | None = None
+    decided_at: datetime | None = None
+    decided_by: str = ""  # the audit actor, e.g. "token:<id>"; "system" for a timeout
+    reason: str = ""
+    deadline: datetime | None = None  # when it times out; None = never
+
+    @property
+    def decided(self) -> bool:
+        return self.state != "pending"
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    """The answer of ``RequestApproval`` / ``DecideApproval``."""
+
+    approval: ApprovalInfo
+    run_state: str
+
+
+@dataclass(frozen=True)
 class RunUpdate:
     """One event of a run's history as streamed by ``WatchRun``."""
 
@@ -95,6 +122,7 @@ class RunUpdate:
     state: str = ""
     step_outcome: StepOutcome | None = None
     run_state: str = ""
+    approval: ApprovalInfo | None = None  # set on "approval.*" events
 
 
 @dataclass(frozen=True)
@@ -170,6 +198,7 @@ class RunDetail:
     events: tuple[RunEvent, ...] = ()
     retry_of: str = ""  # the run this one retries
     resumed_at: datetime | None = None  # last time the run was resumed
+    approvals: tuple[ApprovalInfo, ...] = ()
 
 
 @dataclass(frozen=True)

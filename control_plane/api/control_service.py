@@ -20,7 +20,9 @@ from control_plane.api.authz import allowed_environments
 from control_plane.api.errors import abort, rpc
 from control_plane.api.services import Services
 from control_plane.api.validation import (
+    validate_approval_request,
     validate_create_run,
+    validate_decision,
     validate_error,
     validate_options,
     validate_submissions,
@@ -28,6 +30,7 @@ from control_plane.api.validation import (
 from control_plane.auth.api_token_store import issue_runner_token
 from control_plane.auth.scopes import check_step_targets
 from control_plane.orchestration.agent_admin import drain_agent, revoke_agent
+from control_plane.orchestration.approvals import decide_approval, request_approval
 from control_plane.orchestration.engine import create_run, finish_run, submit_steps
 from control_plane.orchestration.lifecycle import (
     cancel_run,
@@ -253,6 +256,35 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self._s.dispatcher.apply(effects)
         return views.run_to_execute(run, 0, token)
 
+    @rpc
+    async def RequestApproval(
+        self, request: control_pb2.RequestApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ApprovalState:
+        validate_approval_request(request)
+        await self._visible_run(request.flow_run_id)
+        approval, run_state, effects = await self._s.store.run(
+            request_approval,
+            request.flow_run_id,
+            request.key,
+            request.message,
+            request.timeout_s,
+            utcnow(),
+        )
+        self._s.dispatcher.apply(effects)
+        return views.approval_state(approval, run_state)
+
+    @rpc
+    async def DecideApproval(
+        self, request: control_pb2.DecideApprovalRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ApprovalState:
+        validate_decision(request)
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
+        approval, run_state, effects = await self._s.store.run(
+            decide_approval, run_id, request.key, request.approve, request.reason, utcnow()
+        )
+        self._s.dispatcher.apply(effects)
+        return views.approval_state(approval, run_state)
+
     async def DownloadBundle(
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
@@ -280,9 +312,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                     state, rows = await self._s.store.run(queries.events_after, run_id, after)
                 except MeridianError as exc:
                     await abort(context, exc)
-                for event, step in rows:
-                    after = event.id
-                    yield views.run_update(event, step)
+                for row in rows:
+                    after = row.event.id
+                    yield views.run_update(row)
                 if not rows and state in TERMINAL_RUN:
                     return
                 if not rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -134,6 +135,55 @@ def validate_options(
                 f"step {sub.key!r}: provider {sub.spec['provider']!r} rejects its options: "
                 f"{problem}"
             )
+
+
+MAX_APPROVAL_MESSAGE_BYTES = 4 * 1024
+MAX_APPROVAL_REASON_BYTES = 1024
+MIN_APPROVAL_TIMEOUT_S = 1.0
+
+
+def validate_approval_request(request: control_pb2.RequestApprovalRequest) -> None:
+    if not request.flow_run_id:
+        raise ValidationError("flow_run_id is required")
+    validate_approval_key(request.key)
+    size = len(request.message.encode())
+    if size > MAX_APPROVAL_MESSAGE_BYTES:
+        raise ValidationError(
+            f"approval message is {size} bytes, above the limit of "
+            f"{MAX_APPROVAL_MESSAGE_BYTES} (4 KiB); link to details instead"
+        )
+    timeout = request.timeout_s
+    if not math.isfinite(timeout) or (
+        timeout != 0 and not MIN_APPROVAL_TIMEOUT_S <= timeout <= MAX_SECONDS
+    ):
+        raise ValidationError(
+            f"approval timeout_s must be 0 (no timeout) or between {MIN_APPROVAL_TIMEOUT_S:g} "
+            f"and {MAX_SECONDS:.0f} seconds (30 days), got {timeout!r}"
+        )
+
+
+def validate_decision(request: control_pb2.DecideApprovalRequest) -> None:
+    if not request.flow_run_id.strip():
+        raise ValidationError("flow_run_id is required")
+    validate_approval_key(request.key)
+    size = len(request.reason.encode())
+    if size > MAX_APPROVAL_REASON_BYTES:
+        raise ValidationError(
+            f"reason is {size} bytes, above the limit of {MAX_APPROVAL_REASON_BYTES} (1 KiB)"
+        )
+    if not request.approve and not request.reason.strip():
+        raise ValidationError("a rejection needs a reason: say why (--reason)")
+
+
+def validate_approval_key(key: str) -> None:
+    """Keys are step-key-like: ``name#n`` or an explicit key, 1-512 visible characters."""
+    if not key or len(key) > MAX_KEY:
+        raise ValidationError(f"approval key must be 1-{MAX_KEY} characters")
+    if key != key.strip() or any(unicodedata.category(c).startswith("C") for c in key):
+        raise ValidationError(
+            "approval key must not contain control or format characters, nor start or end "
+            "with whitespace"
+        )
 
 
 MAX_LABELS = 64

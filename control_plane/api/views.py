@@ -12,14 +12,14 @@ from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
 from control_plane.store.models import (
     AgentRow,
+    ApprovalRow,
     AttemptRow,
     AuditRecordRow,
-    EventRow,
     FlowRunRow,
     LogRow,
     StepRunRow,
 )
-from control_plane.store.queries import RunView
+from control_plane.store.queries import EventView, RunView
 from protos.meridian.v1 import common_pb2, control_pb2
 
 STEP_END_KINDS = {"step.completed", "step.failed", "step.cancelled"}
@@ -28,7 +28,26 @@ RUN_END_KINDS = {"run.completed", "run.failed", "run.cancelled", "run.crashed"}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def run_update(event: EventRow, step: StepRunRow | None) -> control_pb2.RunUpdate:
+def approval_info(approval: ApprovalRow) -> control_pb2.ApprovalInfo:
+    return control_pb2.ApprovalInfo(
+        flow_run_id=approval.flow_run_id,
+        key=approval.key,
+        message=approval.message,
+        state=approval.state,
+        requested_at_unix_ms=ms(approval.requested_at),
+        decided_at_unix_ms=ms(approval.decided_at),
+        decided_by=approval.decided_by,
+        reason=approval.reason,
+        deadline_unix_ms=ms(approval.deadline),
+    )
+
+
+def approval_state(approval: ApprovalRow, run_state: str) -> control_pb2.ApprovalState:
+    return control_pb2.ApprovalState(approval=approval_info(approval), run_state=run_state)
+
+
+def run_update(view: EventView) -> control_pb2.RunUpdate:
+    event, step = view.event, view.step
     update = control_pb2.RunUpdate(
         event_id=event.id,
         at_unix_ms=ms(event.created_at),
@@ -49,6 +68,8 @@ def run_update(event: EventRow, step: StepRunRow | None) -> control_pb2.RunUpdat
                 error=error_to_proto(step.error),
             )
         )
+    if view.approval is not None:
+        update.approval.CopyFrom(approval_info(view.approval))
     if event.kind in RUN_END_KINDS:
         update.run_state = event.to_state or ""
     return update
@@ -131,6 +152,7 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
             )
             for e in view.events
         ],
+        approvals=[approval_info(a) for a in view.approvals],
     )
 
 

@@ -13,6 +13,7 @@ from control_plane.audit._log import (
     acting_as,
     agent_actor,
     append,
+    current_actor,
     list_records,
     token_actor,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "agent_actor",
     "append",
     "canonical_json",
+    "current_actor",
     "format_at",
     "list_records",
     "record_hash",

@@ -63,6 +63,12 @@ def acting_as(actor: str) -> None:
     _ACTING_AS.set(actor)
 
 
+def current_actor() -> str:
+    """Who the current request acts as (``token:<id>``), or ``cli`` on the host itself; for
+    rows that name their decider next to the audit record that does."""
+    return _ACTING_AS.get() or CLI
+
+
 def append(
     session: Session,
     *,

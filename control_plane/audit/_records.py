@@ -88,7 +88,8 @@ def run_changed(
     actor: str = CLI,
     **details: Any,
 ) -> None:
-    """``run.cancelled`` / ``run.resumed`` / ``run.retried``: who asked, and what came of it."""
+    """``run.cancelled`` / ``run.resumed`` / ``run.retried`` / ``run.approved`` /
+    ``run.rejected``: who asked, and what came of it."""
     append(
         session,
         actor=actor,

@@ -2,10 +2,11 @@
 
 Format ``mat_<token_id>.<secret>``; only the SHA-256 of the secret is stored (as for join
 tokens: 256 random bits need no slow hash). Roles nest: ``viewer`` reads, ``operator`` also
-runs, cancels, resumes and retries flows, ``admin`` also manages agents. A ``runner`` token is
-minted by ``CreateRun`` for one flow run and may only drive that run (submit and wait for its
-steps, renew its lease, finish it). Pure: the store and the interceptor use these tables.
-What a token scoped to environments may see and do is ruled in ``scopes.py``.
+runs, cancels, resumes, retries and approves flows, ``admin`` also manages agents. A ``runner``
+token is minted by ``CreateRun`` for one flow run and may only drive that run (submit and wait
+for its steps, ask for its approvals, renew its lease, finish it). Pure: the store and the
+interceptor use these tables. What a token scoped to environments may see and do is ruled in
+``scopes.py``.
 """
 
 from __future__ import annotations
@@ -59,14 +60,25 @@ REQUIRED_ROLE: dict[str, Role] = {
             "CancelRun",
             "ResumeRun",
             "RetryRun",
+            "RequestApproval",
+            "DecideApproval",
         )
     },
     SERVICE + "RevokeAgent": Role.ADMIN,
     SERVICE + "DrainAgent": Role.ADMIN,
 }
 # What a runner token may do, always for its own run only.
+# A runner asks for approvals of its run but never decides them: that is a person's call.
 RUNNER_METHODS = frozenset(
-    SERVICE + m for m in ("SubmitSteps", "WatchRun", "FinishRun", "RenewRunnerLease", "GetRun")
+    SERVICE + m
+    for m in (
+        "SubmitSteps",
+        "WatchRun",
+        "FinishRun",
+        "RenewRunnerLease",
+        "GetRun",
+        "RequestApproval",
+    )
 )
 PUBLIC_PREFIXES = (
     SERVICE + "GetServerInfo",

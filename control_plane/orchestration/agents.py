@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from control_plane.auth.enrollment import pinned_labels_problem
 from control_plane.auth.rotation import accepts_certificate
 from control_plane.orchestration.engine import assign_frame, finish_attempt
-from control_plane.orchestration.states import SLOT_HOLDING, AttemptState, RunState
+from control_plane.orchestration.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from meridian.errors import NotFound, PermissionDenied
@@ -127,7 +127,7 @@ def _reconcile_held(
         run = session.get(FlowRunRow, attempt.flow_run_id)
         assert step is not None and run is not None
         # A Cancel sent while the agent was away went down with its old stream: say it again.
-        unwanted = run.state not in (RunState.RUNNING, RunState.CRASHED)
+        unwanted = run.state not in LIVE_RUN
         if attempt.id in reported:
             in_use += 1
             if unwanted:

@@ -21,6 +21,7 @@ from control_plane import audit
 from control_plane.orchestration.retry import RetryPolicy, decide_retry
 from control_plane.orchestration.rules import judge_report
 from control_plane.orchestration.states import (
+    LIVE_RUN,
     SLOT_HOLDING,
     TERMINAL_RUN,
     TERMINAL_STEP,
@@ -607,7 +608,7 @@ def _after_failure(
 ) -> None:
     run = session.get(FlowRunRow, attempt.flow_run_id)
     assert run is not None
-    if outcome == AttemptState.CANCELLED or run.state not in (RunState.RUNNING, RunState.CRASHED):
+    if outcome == AttemptState.CANCELLED or run.state not in LIVE_RUN:
         step.ended_at = now
         step.error = error
         move_step(session, step, StepState.CANCELLED, now, effects, "cancelled")

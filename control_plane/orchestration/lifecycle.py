@@ -27,6 +27,8 @@ from meridian.errors import ConflictError, NotFound, ValidationError
 
 MAX_RUNNER_LEASE_S = 600.0
 RESUMABLE = (RunState.CRASHED, RunState.FAILED, RunState.CANCELLED)
+# States in which a live runner drives the run and holds its lease.
+HELD_BY_RUNNER = (RunState.RUNNING, RunState.PAUSED)
 
 
 def _run(session: Session, run_id: str) -> FlowRunRow:
@@ -44,7 +46,7 @@ def renew_runner_lease(
         raise NotFound(f"flow run {run_id} does not exist")
     if not math.isfinite(lease_s):
         raise ValidationError("lease_s must be a finite number of seconds")
-    if run.state == RunState.RUNNING:
+    if run.state in HELD_BY_RUNNER:
         lease = min(max(lease_s, 1.0), MAX_RUNNER_LEASE_S)
         run.runner_lease_expires_at = now + dt.timedelta(seconds=lease)
     return run.state, run.runner_lease_expires_at
@@ -53,7 +55,11 @@ def renew_runner_lease(
 def crash_runs_with_lapsed_leases(
     session: Session, now: dt.datetime, started_at: dt.datetime, grace_s: float
 ) -> Effects:
-    """RUNNING runs whose runner stopped renewing its lease become CRASHED.
+    """RUNNING or PAUSED runs whose runner stopped renewing its lease become CRASHED.
+
+    A PAUSED run's runner waits for an approval and keeps renewing; one that died while
+    waiting crashes the run like any other (its pending approvals stay answerable, and a
+    resumed runner asks again or finds the decision).
 
     For ``grace_s`` after this control plane started (``started_at``) nothing is declared
     crashed: runners could not renew while it was down, and need a moment to reconnect.
@@ -63,7 +69,7 @@ def crash_runs_with_lapsed_leases(
         return effects
     runs = session.scalars(
         select(FlowRunRow).where(
-            FlowRunRow.state == RunState.RUNNING,
+            FlowRunRow.state.in_(list(HELD_BY_RUNNER)),
             FlowRunRow.runner_lease_expires_at < now,
         )
     ).all()

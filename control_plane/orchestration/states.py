@@ -56,6 +56,8 @@ TERMINAL_ATTEMPT = frozenset(
         AttemptState.CANCELLED,
     }
 )
+# Runs whose body may still be driven by a runner: their steps run, retry and are re-attached.
+LIVE_RUN = frozenset({RunState.RUNNING, RunState.PAUSED, RunState.CRASHED})
 # Attempts that hold one of an agent's concurrency slots.
 SLOT_HOLDING = frozenset({AttemptState.ASSIGNED, AttemptState.RUNNING})
 
@@ -71,7 +73,17 @@ _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
             RunState.CRASHED,
         }
     ),
-    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLING}),
+    # PAUSED: the flow body waits for an approval (orchestration/approvals.py). Its runner
+    # may still die (CRASHED) or end the body anyway (e.g. interrupted: FAILED).
+    RunState.PAUSED: frozenset(
+        {
+            RunState.RUNNING,
+            RunState.CANCELLING,
+            RunState.CRASHED,
+            RunState.COMPLETED,
+            RunState.FAILED,
+        }
+    ),
     RunState.CANCELLING: frozenset({RunState.CANCELLED}),
     # Resume: continue from the point of failure.
     RunState.CRASHED: frozenset({RunState.RUNNING, RunState.CANCELLING}),

@@ -66,13 +66,16 @@ def record_event(
     to_state: str | None = None,
     message: str = "",
     details: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> None:
+    """Queue an event; ``key`` names what it is about when that is not a step run (an
+    approval's key), and is shown where a step's key would be."""
     session.info.setdefault(_PENDING_EVENTS, []).append(
         EventRow(
             flow_run_id=flow_run_id,
             step_run_id=step.id if step else (attempt.step_run_id if attempt else None),
             attempt_id=attempt.id if attempt else None,
-            step_key=step.key if step else None,
+            step_key=step.key if step else key,
             kind=kind,
             from_state=from_state,
             to_state=to_state,

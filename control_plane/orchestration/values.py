@@ -92,6 +92,8 @@ class Effects:
     cancels: list[CancelOut] = field(default_factory=list)
     decisions: list[DecisionOut] = field(default_factory=list)  # agent id on the attempt
     released_slots: dict[str, int] = field(default_factory=dict)
+    # Stored timers a change created (approval deadlines): the dispatcher wakes for them.
+    timers: list[dt.datetime] = field(default_factory=list)
 
     def release(self, agent_id: str | None) -> None:
         if agent_id:
@@ -104,6 +106,7 @@ class Effects:
         self.assigns.extend(other.assigns)
         self.cancels.extend(other.cancels)
         self.decisions.extend(other.decisions)
+        self.timers.extend(other.timers)
         for agent_id, n in other.released_slots.items():
             self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n
 

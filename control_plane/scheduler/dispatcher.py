@@ -2,7 +2,10 @@
 stored timer, runs a scheduling pass, and pushes the resulting frames to agents.
 
 There is no polling interval on the dispatch path: a submission wakes the loop directly. The
-only periodic work is the lost-agent sweep, which runs every heartbeat interval.
+only periodic work is the lost-agent sweep, which runs every heartbeat interval. Approval
+deadlines are stored timers too: checked when the next one falls due (learnt from the
+database at every sweep, so a restart or another replica's approvals are found) and when a
+new one is created here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from control_plane.orchestration.agents import expire_agent_leases
+from control_plane.orchestration.approvals import expire_approvals
 from control_plane.orchestration.lifecycle import crash_runs_with_lapsed_leases
 from control_plane.orchestration.values import DecisionOut, Effects
 from control_plane.scheduler.assign import scheduling_pass
@@ -53,6 +57,7 @@ class Dispatcher:
         self._max_silence_s = 3 * sweep_interval_s
         self._runner_grace_s = runner_grace_s
         self._next_sweep = utcnow()
+        self._next_approval: dt.datetime | None = None  # known at the first sweep
         self._passes = 0
 
     def start(self) -> None:
@@ -84,7 +89,7 @@ class Dispatcher:
 
     def _seconds_to_next_due(self) -> float:
         now = utcnow()
-        due = [self._next_sweep] + ([self._next_timer] if self._next_timer else [])
+        due = [self._next_sweep] + [t for t in (self._next_timer, self._next_approval) if t]
         return max(0.0, min((t - now).total_seconds() for t in due))
 
     async def _pass(self) -> None:
@@ -92,6 +97,8 @@ class Dispatcher:
         if now >= self._next_sweep:
             await self._sweep_leases(now)
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
+        elif self._next_approval is not None and now >= self._next_approval:
+            await self._expire_approvals(now)
         self._passes += 1
         effects, self._next_timer = await self._store.run(
             functools.partial(scheduling_pass, tiebreak=self._passes),
@@ -110,6 +117,15 @@ class Dispatcher:
                 crash_runs_with_lapsed_leases, now, self._started_at, self._runner_grace_s
             )
         )
+        await self._expire_approvals(now)
+
+    async def _expire_approvals(self, now: dt.datetime) -> None:
+        effects, found = await self._store.run(expire_approvals, now)
+        # A deadline created while this ran may be missing from ``found``: keep a known
+        # future one (at worst it wakes a pass that finds nothing due).
+        known = self._next_approval if self._next_approval and self._next_approval > now else None
+        self._next_approval = min((t for t in (found, known) if t), default=None)
+        self.apply(effects)
 
     def apply(self, effects: Effects) -> None:
         """Carry out what a committed transaction decided: send frames, wake watchers."""
@@ -134,6 +150,11 @@ class Dispatcher:
             session = self._registry.get(agent_id)
             if session is not None:
                 session.in_use = max(0, session.in_use - count)
+        if effects.timers:
+            due = min(effects.timers)
+            if self._next_approval is None or due < self._next_approval:
+                self._next_approval = due
+                self._wake.set()
         if effects.touched_runs:
             self._on_runs_touched(effects.touched_runs)
         if effects.wake_scheduler:

@@ -213,6 +213,34 @@ class AttemptRow(Base):
     error: Mapped[dict[str, Any] | None]
 
 
+class ApprovalRow(Base):
+    """A human approval asked for by a flow body (``meridian.approve``), keyed like a step.
+
+    ``deadline`` is a stored timer (like ``attempts.schedule_deadline``): the dispatcher times
+    the approval out even when its runner is gone or the control plane restarted meanwhile.
+    ``asked_at`` is the last time a runner asked for it: after a resume, only approvals the
+    new runner asked for again keep the run PAUSED.
+    """
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("flow_run_id", "key"),
+        Index("ix_approvals_state_deadline", "state", "deadline"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(512))
+    message: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | timed_out
+    requested_at: Mapped[dt.datetime]
+    asked_at: Mapped[dt.datetime]
+    deadline: Mapped[dt.datetime | None]
+    decided_at: Mapped[dt.datetime | None]
+    decided_by: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_flow_run_id_id", "flow_run_id", "id"),)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from control_plane.auth.scopes import Scope, covers
 from control_plane.store.models import (
     AgentRow,
+    ApprovalRow,
     AttemptRow,
     EventRow,
     FlowRunRow,
@@ -29,6 +30,16 @@ class RunView:
     attempts: dict[str, list[AttemptRow]]  # step_run_id -> attempts by number
     agent_names: dict[str, str]
     events: list[EventRow]
+    approvals: list[ApprovalRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One event for a watcher, with the step run it ended or the approval it changed."""
+
+    event: EventRow
+    step: StepRunRow | None = None
+    approval: ApprovalRow | None = None
 
 
 def covered_by(session: Session, caller: Sequence[str]) -> ColumnElement[bool]:
@@ -98,13 +109,22 @@ def run_view(session: Session, run_id: str, *, max_events: int = 10_000) -> RunV
             .limit(max_events)
         )
     )
-    return RunView(run, steps, attempts, {str(k): str(v) for k, v in names.items()}, events)
+    approvals = list(
+        session.scalars(
+            select(ApprovalRow)
+            .where(ApprovalRow.flow_run_id == run_id)
+            .order_by(ApprovalRow.requested_at, ApprovalRow.key)
+        )
+    )
+    names_by_id = {str(k): str(v) for k, v in names.items()}
+    return RunView(run, steps, attempts, names_by_id, events, approvals)
 
 
 def events_after(
     session: Session, run_id: str, after_id: int, limit: int = 500
-) -> tuple[str, list[tuple[EventRow, StepRunRow | None]]]:
-    """Events of a run after ``after_id``, each with its step run when it ended one."""
+) -> tuple[str, list[EventView]]:
+    """Events of a run after ``after_id``, each with its step run when it ended one, or its
+    approval (as it is now) for ``approval.*`` events."""
     run = session.get(FlowRunRow, run_id)
     if run is None:
         raise NotFound(f"flow run {run_id} does not exist")
@@ -119,7 +139,23 @@ def events_after(
     steps = {
         s.id: s for s in session.scalars(select(StepRunRow).where(StepRunRow.id.in_(step_ids)))
     }
-    out = [(e, steps.get(e.step_run_id or "") if e.kind in ending else None) for e in rows]
+    approval_keys = {e.step_key for e in rows if e.kind.startswith("approval.") and e.step_key}
+    approvals = {
+        a.key: a
+        for a in session.scalars(
+            select(ApprovalRow).where(
+                ApprovalRow.flow_run_id == run_id, ApprovalRow.key.in_(approval_keys)
+            )
+        )
+    }
+    out = [
+        EventView(
+            e,
+            steps.get(e.step_run_id or "") if e.kind in ending else None,
+            approvals.get(e.step_key or "") if e.kind.startswith("approval.") else None,
+        )
+        for e in rows
+    ]
     return run.state, out
 
 

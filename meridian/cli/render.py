@@ -321,6 +321,32 @@ def _header_lines(detail: models.RunDetail) -> list[str]:
     ]
 
 
+APPROVAL_HEADERS = ("APPROVAL", "STATE", "REQUESTED", "DECIDED", "BY", "REASON / MESSAGE")
+
+
+def _approval_lines(detail: models.RunDetail) -> list[str]:
+    """The run's approvals: who decided what and why; how to decide the pending ones."""
+    if not detail.approvals:
+        return []
+    rows = []
+    for a in detail.approvals:
+        decided = format_datetime(a.decided_at)
+        if a.state == "pending" and a.deadline is not None:
+            decided = f"(times out {format_datetime(a.deadline)})"
+        text = a.reason if a.decided else a.message
+        rows.append(
+            [a.key, a.state, format_datetime(a.requested_at), decided, a.decided_by or "-",
+             truncate(text, ERROR_WIDTH) or "-"]
+        )  # fmt: skip
+    lines = ["", "Approvals", table(APPROVAL_HEADERS, rows)]
+    if any(a.state == "pending" for a in detail.approvals):
+        lines.append(
+            f"  decide: meridian runs approve {detail.flow_run_id} KEY [--reason TEXT]"
+            f" | meridian runs reject {detail.flow_run_id} KEY --reason TEXT"
+        )
+    return lines
+
+
 def render_run(detail: models.RunDetail) -> str:
     """The full audit view of one run as text."""
     summary = summarize(detail)
@@ -328,6 +354,7 @@ def render_run(detail: models.RunDetail) -> str:
     lines += ["", "Timeline (times UTC)"]
     rows = _timeline_rows(detail)
     lines.append(table(TIMELINE_HEADERS, rows) if rows else "  (no steps)")
+    lines += _approval_lines(detail)
     counts = ", ".join(f"{n} {state}" for state, n in summary.step_counts.items()) or "none"
     lines += ["", f"Steps: {counts}", "", "Recovered failures:"]
     if summary.recovered:
@@ -420,6 +447,19 @@ def _step_to_dict(step: models.StepRunDetail, marks: dict[str, tuple[str, ...]])
     }
 
 
+def approval_to_dict(approval: models.ApprovalInfo) -> dict[str, Any]:
+    return {
+        "key": approval.key,
+        "state": approval.state,
+        "message": approval.message,
+        "requested_at": iso(approval.requested_at),
+        "deadline": iso(approval.deadline),
+        "decided_at": iso(approval.decided_at),
+        "decided_by": approval.decided_by or None,
+        "reason": approval.reason,
+    }
+
+
 def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
     """The audit view as one JSON-ready document with stable keys."""
     summary = summarize(detail)
@@ -441,6 +481,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "result": stored_value(detail.result_json),
         "error": error_to_dict(detail.error),
         "steps": [_step_to_dict(s, marks) for s in detail.steps],
+        "approvals": [approval_to_dict(a) for a in detail.approvals],
         "summary": {
             "step_counts": summary.step_counts,
             "recovered_failures": [f.to_dict() for f in summary.recovered],

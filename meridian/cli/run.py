@@ -76,8 +76,22 @@ def format_update(update: models.RunUpdate) -> str:
 HIDDEN_KINDS = frozenset({"step.running"})
 
 
+def approval_hint(approval: models.ApprovalInfo) -> list[str]:
+    """What to run to decide a pending approval (printed when a run starts waiting)."""
+    run, key = approval.flow_run_id, approval.key
+    when = ""
+    if approval.deadline is not None:
+        when = f" (it times out at {format_clock(approval.deadline)} UTC)"
+    return [
+        f"  The run waits for approval {key}{when}. Decide it with:",
+        f"    meridian runs approve {run} {key} [--reason TEXT]",
+        f"    meridian runs reject {run} {key} --reason TEXT",
+    ]
+
+
 class ProgressPrinter:
-    """``on_update`` callback for run_flow: prints each event once, in order."""
+    """``on_update`` callback for run_flow: prints each event once, in order, and how to
+    decide an approval the run starts waiting for."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -90,7 +104,11 @@ class ProgressPrinter:
         self._last_event_id = max(self._last_event_id, update.event_id)
         if update.kind in HIDDEN_KINDS:
             return
-        print(format_update(update), file=self._stream or sys.stdout, flush=True)
+        lines = [format_update(update)]
+        approval = update.approval
+        if update.kind == "approval.requested" and approval is not None and not approval.decided:
+            lines += approval_hint(approval)
+        print("\n".join(lines), file=self._stream or sys.stdout, flush=True)
 
 
 def finish_lines(outcome: RunOutcome) -> list[str]:

@@ -1,6 +1,7 @@
 """``meridian runs list|show|logs``: read runs, their audit view and their step logs.
 
-``cancel``, ``resume`` and ``retry`` live in ``meridian.cli.recovery``.
+``cancel``, ``resume`` and ``retry`` live in ``meridian.cli.recovery``; ``approve`` and
+``reject`` in ``meridian.cli.approvals``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from meridian import models
-from meridian.cli import recovery
+from meridian.cli import approvals, recovery
 from meridian.cli.common import add_client_options, connect, positive_int
 from meridian.cli.render import (
     format_clock,
@@ -30,7 +31,7 @@ LOG_PAGE = 5000
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    runs = commands.add_parser("runs", help="list runs, show their audit view, read logs",
+    runs = commands.add_parser("runs", help="list, show, cancel, resume and approve runs",
                                parents=parents)  # fmt: skip
     actions = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -56,6 +57,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     logs.set_defaults(func=cmd_logs)
 
     recovery.register(actions, parents)
+    approvals.register(actions, parents)
 
 
 # ---- pure formatting --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The flow runner's watcher: one ``WatchRun`` stream that resolves step futures.
+"""The flow runner's watcher: one ``WatchRun`` stream that resolves step futures and approvals.
 
 It runs in a background thread while the flow body runs in the caller's thread. Each update
-with a ``step_outcome`` resolves the matching future; every update is passed to the
+with a ``step_outcome`` resolves the matching future, each with an ``approval`` the matching
+``approve`` call (a cancel fails the approvals still waiting); every update is passed to the
 ``on_update`` callback. A broken stream is reopened from the last event id seen (with
 capped, jittered backoff), so no update is lost or delivered twice; only when the control
 plane stays unreachable longer than ``reconnect_timeout_s`` are the pending futures failed.
@@ -132,6 +133,15 @@ class RunWatcher:
     def _handle(self, update: models.RunUpdate) -> None:
         if update.step_outcome is not None:
             self._context.resolve(update.step_outcome)
+        if update.approval is not None:
+            self._context.approvals.offer(update.approval)
+        if update.kind == "run.cancelling":
+            # Nobody can decide for a cancelled run: an approve() that waits raises now.
+            self._context.approvals.close(
+                lambda key: StepCancelled(
+                    key, "cancelled", "", f"the flow run was cancelled while waiting for {key}"
+                )
+            )
         if self._on_update is not None:
             try:
                 self._on_update(update)
@@ -146,6 +156,11 @@ class RunWatcher:
                 f.key, "cancelled", "", f"the flow run ended ({state}) before this step finished"
             )
         )
+        self._context.approvals.close(
+            lambda key: StepCancelled(
+                key, "cancelled", "", f"the flow run ended ({state}) before {key} was decided"
+            )
+        )
 
     def _give_up(self, problem: MeridianError) -> None:
         message = (
@@ -154,3 +169,4 @@ class RunWatcher:
         )
         log.error("%s", message)
         self._context.close(lambda f: ConnectionFailed(message))
+        self._context.approvals.close(lambda key: ConnectionFailed(message))

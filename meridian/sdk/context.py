@@ -5,7 +5,10 @@ the batching of submissions into ``SubmitSteps`` calls. The flow runner activate
 (a ``contextvars`` variable) around the flow body and feeds it step outcomes from its watch
 stream; outside a flow no context is active and steps run in-process.
 
-It also holds the run's sealing state: the flow's default key group, the keys (read from
+It also holds the approvals the body waits for (``ApprovalWaits``, resolved from the same
+watch stream as step outcomes) and their call counter (``approve("deploy")`` -> ``deploy#n``).
+
+It holds the run's sealing state too: the flow's default key group, the keys (read from
 ``MERIDIAN_SEAL_KEYS`` the first time a sealed step needs them) and which step keys were
 submitted sealed, so that their results are opened, and required to be sealed, on the way back.
 """
@@ -21,6 +24,7 @@ from typing import Protocol
 
 from meridian import models, sealing
 from meridian.errors import SealError, StepCancelled, StepFailed
+from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk._sealed import open_outcome
 from meridian.sdk.futures import StepFuture
 from meridian.sealing import KeyRing
@@ -68,12 +72,26 @@ class FlowContext:
         self._early: dict[str, models.StepOutcome] = {}
         self._closed: Callable[[StepFuture], BaseException] | None = None
         self._sealed: dict[str, str] = {}  # step key -> key group of its sealed inputs
+        self._approval_calls: dict[str, int] = {}
+        self.approvals = ApprovalWaits()
+
+    @property
+    def client(self) -> StepSubmitter:
+        """The runner's client (its run's own token); ``approve`` asks through it."""
+        return self._submitter
 
     def next_call_number(self, step_name: str) -> int:
         """Count a call of ``step_name``; the n-th call (1-based) gets key ``name#n``."""
         with self._lock:
             number = self._calls.get(step_name, 0) + 1
             self._calls[step_name] = number
+            return number
+
+    def next_approval_number(self, name: str) -> int:
+        """Count an ``approve(name)``: approvals are numbered apart from steps."""
+        with self._lock:
+            number = self._approval_calls.get(name, 0) + 1
+            self._approval_calls[name] = number
             return number
 
     # -- sealing ---------------------------------------------------------------------------

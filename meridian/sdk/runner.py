@@ -82,6 +82,10 @@ class RunnerClient(Protocol):
 
     def renew_runner_lease(self, flow_run_id: str, lease_s: float) -> str: ...
 
+    def request_approval(
+        self, flow_run_id: str, key: str, message: str = "", timeout_s: float = 0.0
+    ) -> models.ApprovalState: ...
+
 
 class ExecutingClient(RunnerClient, Protocol):
     """What resuming or retrying a stored run needs on top of running a new one."""
@@ -202,7 +206,8 @@ def execute_body(
 
 
 class RunnerLease:
-    """Renews the run's runner lease in the background while the body runs.
+    """Renews the run's runner lease in the background while the body runs (also while it
+    waits for an approval: a PAUSED run is alive as long as its runner is).
 
     If this process dies the lease lapses and the control plane marks the run CRASHED; its
     steps keep running and ``meridian runs resume`` continues it. A renewal that fails (the
@@ -235,11 +240,15 @@ class RunnerLease:
             self._thread.join(2.0)
 
     def _run(self) -> None:
-        while not self._stopping.wait(self._interval_s):
+        # Renew at once: until then the run holds the control plane's initial lease (60 s),
+        # and a runner that dies early should be noticed within its own, shorter lease.
+        while True:
             try:
                 self._client.renew_runner_lease(self._run_id, self._lease_s)
             except MeridianError as exc:
                 log.debug("runner lease renewal failed (will retry): %s", exc)
+            if self._stopping.wait(self._interval_s):
+                return
 
 
 def resume_flow(

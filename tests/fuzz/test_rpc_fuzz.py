@@ -45,7 +45,7 @@ WATCH_WINDOW_S = 0.5
 # Filled by the module fixture, read lazily by the strategies (indices, so examples stay
 # reproducible even though the server picks the ids).
 M = TypeVar("M", bound=Message)
-KNOWN: dict[str, list[str]] = {"run": [], "sha": []}
+KNOWN: dict[str, list[str]] = {"run": [], "sha": [], "approval_run": []}
 
 
 # ---- strategies -----------------------------------------------------------------------------
@@ -354,6 +354,34 @@ def plausible_runs(draw: st.DrawFn) -> control_pb2.CreateRunRequest:
     )
 
 
+def plausible_approval_calls(method_name: str) -> st.SearchStrategy[Any]:
+    """Approval calls aimed at a run kept for them (never cancelled by the other fuzzing),
+    with keys it has, so the store sees hostile messages, reasons, timeouts and decisions."""
+    run = st.integers(0, 10).map(lambda i: _known("approval_run", i))
+    keys = st.one_of(st.sampled_from(["gate#1", "gate#2", "gate", "gate#"]), text_for("key"))
+    if method_name == "RequestApproval":
+        timeouts = st.one_of(FLOATS, st.sampled_from([0.0, 1.0, 2592000.0, 2592000.5]))
+        messages_ = st.one_of(any_text(), sized_text((4096, 4097)))
+        return st.builds(
+            lambda r, k, m, t: control_pb2.RequestApprovalRequest(
+                flow_run_id=r, key=k, message=m, timeout_s=t
+            ),
+            run,
+            keys,
+            messages_,
+            timeouts,
+        )
+    return st.builds(
+        lambda r, k, a, why: control_pb2.DecideApprovalRequest(
+            flow_run_id=r, key=k, approve=a, reason=why
+        ),
+        st.one_of(run, run.map(lambda r: r[:8])),
+        keys,
+        st.booleans(),
+        st.one_of(any_text(), sized_text((1024, 1025))),
+    )
+
+
 def _with_known_run(request: Any) -> Any:
     request.flow_run_id = _known("run", request.ByteSize())
     return request
@@ -368,6 +396,8 @@ def requests_for(method: MethodDescriptor) -> st.SearchStrategy[Any]:
         generic = st.one_of(generic, generic.map(_with_known_run))
     if method.name == "CreateRun":
         generic = st.one_of(generic, plausible_runs())
+    if method.name in ("RequestApproval", "DecideApproval"):
+        generic = st.one_of(generic, plausible_approval_calls(method.name))
     if method.client_streaming:
         return st.lists(generic, max_size=3)
     return generic
@@ -434,8 +464,8 @@ def check_answer(
 @pytest.fixture(scope="module")
 def plane(fuzz_plane: FuzzPlane) -> Iterator[FuzzPlane]:
     """The module's control plane with two bundles and a few RUNNING runs to aim at."""
-    KNOWN["run"].clear()
-    KNOWN["sha"].clear()
+    for values in KNOWN.values():
+        values.clear()
     for size in (10, 2000):
         data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
         sha = hashlib.sha256(data).hexdigest()
@@ -460,6 +490,15 @@ def plane(fuzz_plane: FuzzPlane) -> Iterator[FuzzPlane]:
         ),
         timeout=CALL_TIMEOUT_S,
     )
+    gated = fuzz_plane.control.CreateRun(
+        control_pb2.CreateRunRequest(flow_name="fuzz_gate", bundle_sha256=KNOWN["sha"][0]),
+        timeout=CALL_TIMEOUT_S,
+    )
+    fuzz_plane.control.RequestApproval(
+        control_pb2.RequestApprovalRequest(flow_run_id=gated.flow_run_id, key="gate#1"),
+        timeout=CALL_TIMEOUT_S,
+    )
+    KNOWN["approval_run"].append(gated.flow_run_id)
     yield fuzz_plane
 
 
@@ -490,7 +529,13 @@ def test_every_rpc_answers_hostile_messages_with_a_refusal_or_ok(
         check_answer(plane, method, code, details, mark)
 
     # The RPCs with the most to validate get the most examples.
-    examples = {"SubmitSteps": 150, "CreateRun": 60, "FinishRun": 60}.get(method_name, 35)
+    examples = {
+        "SubmitSteps": 150,
+        "CreateRun": 60,
+        "FinishRun": 60,
+        "RequestApproval": 60,
+        "DecideApproval": 60,
+    }.get(method_name, 35)
     settings(FUZZ, max_examples=examples)(fuzz)()
 
 

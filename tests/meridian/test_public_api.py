@@ -8,6 +8,9 @@ import meridian.sdk
 
 def test_meridian_all_is_pinned() -> None:
     assert sorted(meridian.__all__) == [
+        "Approval",
+        "ApprovalRejected",
+        "ApprovalTimedOut",
         "BundleError",
         "ConflictError",
         "ConnectionFailed",
@@ -24,6 +27,7 @@ def test_meridian_all_is_pinned() -> None:
         "StepFailed",
         "StepFuture",
         "ValidationError",
+        "approve",
         "flow",
         "step",
         "wait",
@@ -33,7 +37,16 @@ def test_meridian_all_is_pinned() -> None:
 
 
 def test_sdk_all_is_pinned() -> None:
-    assert sorted(meridian.sdk.__all__) == ["Flow", "Step", "StepFuture", "flow", "step", "wait"]
+    assert sorted(meridian.sdk.__all__) == [
+        "Approval",
+        "Flow",
+        "Step",
+        "StepFuture",
+        "approve",
+        "flow",
+        "step",
+        "wait",
+    ]
 
 
 def test_error_tree() -> None:
@@ -41,4 +54,7 @@ def test_error_tree() -> None:
     assert issubclass(meridian.StepFailed, meridian.MeridianError)
     assert issubclass(meridian.SelectorError, meridian.ValidationError)
     assert issubclass(meridian.SealError, meridian.MeridianError)
+    assert issubclass(meridian.ApprovalRejected, meridian.MeridianError)
+    assert issubclass(meridian.ApprovalTimedOut, meridian.ApprovalRejected)
+    assert not issubclass(meridian.ApprovalRejected, meridian.StepFailed)
     assert not issubclass(meridian.Permanent, meridian.MeridianError)

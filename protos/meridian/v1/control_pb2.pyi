@@ -110,7 +110,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
-    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state")
+    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state", "approval")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class RunUpdate(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     at_unix_ms: int
     kind: str
@@ -131,7 +132,8 @@ class RunUpdate(_message.Message):
     state: str
     step_outcome: StepOutcome
     run_state: str
-    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ...) -> None: ...
+    approval: ApprovalInfo
+    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ...) -> None: ...
 
 class StepOutcome(_message.Message):
     __slots__ = ("step_run_id", "key", "state", "result_json", "error")
@@ -231,6 +233,60 @@ class RunToExecute(_message.Message):
     runner_token: str
     def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ...) -> None: ...
 
+class RequestApprovalRequest(_message.Message):
+    __slots__ = ("flow_run_id", "key", "message", "timeout_s")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    key: str
+    message: str
+    timeout_s: float
+    def __init__(self, flow_run_id: _Optional[str] = ..., key: _Optional[str] = ..., message: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class DecideApprovalRequest(_message.Message):
+    __slots__ = ("flow_run_id", "key", "approve", "reason")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    key: str
+    approve: bool
+    reason: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., key: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ApprovalInfo(_message.Message):
+    __slots__ = ("flow_run_id", "key", "message", "state", "requested_at_unix_ms", "decided_at_unix_ms", "decided_by", "reason", "deadline_unix_ms")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    key: str
+    message: str
+    state: str
+    requested_at_unix_ms: int
+    decided_at_unix_ms: int
+    decided_by: str
+    reason: str
+    deadline_unix_ms: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., key: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., requested_at_unix_ms: _Optional[int] = ..., decided_at_unix_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., reason: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ApprovalState(_message.Message):
+    __slots__ = ("approval", "run_state")
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    approval: ApprovalInfo
+    run_state: str
+    def __init__(self, approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ..., run_state: _Optional[str] = ...) -> None: ...
+
 class DownloadBundleRequest(_message.Message):
     __slots__ = ("sha256",)
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -326,7 +382,7 @@ class RunEvent(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunDetail(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms", "approvals")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +399,7 @@ class RunDetail(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     RETRY_OF_FIELD_NUMBER: _ClassVar[int]
     RESUMED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -359,7 +416,8 @@ class RunDetail(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     retry_of: str
     resumed_at_unix_ms: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ...) -> None: ...
+    approvals: _containers.RepeatedCompositeFieldContainer[ApprovalInfo]
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ..., approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "state", "flow_name")

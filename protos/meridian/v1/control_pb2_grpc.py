@@ -90,6 +90,16 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
                 _registered_method=True)
+        self.RequestApproval = channel.unary_unary(
+                '/meridian.v1.ControlService/RequestApproval',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RequestApprovalRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/meridian.v1.ControlService/DecideApproval',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.FromString,
+                _registered_method=True)
         self.DownloadBundle = channel.unary_stream(
                 '/meridian.v1.ControlService/DownloadBundle',
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DownloadBundleRequest.SerializeToString,
@@ -217,6 +227,23 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestApproval(self, request, context):
+        """Human approvals inside a flow body (`meridian.approve`). The runner asks, idempotently on
+        (flow_run_id, key): the run is PAUSED until an operator decides or the approval's stored
+        timer fires. A decided approval answers with its decision at once (resume by replay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approve or reject a pending approval (operators). Repeating the same decision is a no-op;
+        a different decision, or deciding a timed-out approval, is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadBundle(self, request, context):
         """The code bundle of a run, for a runner that resumes or retries it on another machine.
         """
@@ -334,6 +361,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.RetryRun,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.SerializeToString,
+            ),
+            'RequestApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestApproval,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RequestApprovalRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.SerializeToString,
             ),
             'DownloadBundle': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadBundle,
@@ -678,6 +715,60 @@ class ControlService:
             '/meridian.v1.ControlService/RetryRun',
             protos_dot_meridian_dot_v1_dot_control__pb2.RetryRunRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.RunToExecute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/RequestApproval',
+            protos_dot_meridian_dot_v1_dot_control__pb2.RequestApprovalRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/DecideApproval',
+            protos_dot_meridian_dot_v1_dot_control__pb2.DecideApprovalRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ApprovalState.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,8 +114,25 @@ def test_runner_tokens_drive_only_their_own_run(
         runner.renew_runner_lease(run_b, 30)
     with pytest.raises(PermissionDenied, match="its own run"):
         runner.list_runs()
+    # A runner asks for its own run's approvals, never another's, and never decides one.
+    assert runner.request_approval(run_a, "deploy#1").run_state == "PAUSED"
+    with pytest.raises(PermissionDenied, match="its own run"):
+        runner.request_approval(run_b, "deploy#1")
+    with pytest.raises(PermissionDenied, match="its own run"):
+        runner.decide_approval(run_a, "deploy#1", True)
+    assert operator.decide_approval(run_a, "deploy#1", True).run_state == "RUNNING"
     assert all(m in REQUIRED_ROLE for m in RUNNER_METHODS)
     operator.close()
+
+
+def test_approval_calls_have_the_roles_of_the_docs() -> None:
+    """Runners (and operators, like SubmitSteps) ask; operators and admins decide; viewers
+    only read approvals through GetRun."""
+    service = "/meridian.v1.ControlService/"
+    assert REQUIRED_ROLE[service + "RequestApproval"] == Role.OPERATOR
+    assert REQUIRED_ROLE[service + "DecideApproval"] == Role.OPERATOR
+    assert service + "RequestApproval" in RUNNER_METHODS
+    assert service + "DecideApproval" not in RUNNER_METHODS
 
 
 def test_environment_scoped_tokens_see_and_administer_only_their_agents(

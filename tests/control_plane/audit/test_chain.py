@@ -32,6 +32,7 @@ def test_public_names_are_pinned() -> None:
         "agent_actor",
         "append",
         "canonical_json",
+        "current_actor",
         "format_at",
         "list_records",
         "record_hash",
