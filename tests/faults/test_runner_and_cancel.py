@@ -20,16 +20,10 @@ FLOWS = Path(__file__).resolve().parent / "flows" / "fault_flows.py"
 
 @pytest.fixture
 def estate(tmp_path: Path) -> Iterator[Estate]:
-    e = Estate(tmp_path / "estate", heartbeat_s=0.5, runner_grace_s=1.0).start()
-    try:
+    with Estate(tmp_path / "estate", heartbeat_s=0.5, runner_grace_s=1.0) as e:
         e.add_agent("aws-demo", {"cloud": "aws"})
         e.add_agent("gcp-demo", {"cloud": "gcp"})
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 def test_killed_runner_crashes_the_run_and_resume_reuses_completed_steps(

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 
 from meridian.client import ControlClient
 from meridian.errors import ConnectionFailed, ValidationError
@@ -352,6 +353,25 @@ class Estate:
             if log.exists():
                 parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
         return "\n".join(parts)
+
+    def __enter__(self) -> Estate:
+        """``with Estate(...) as e:`` starts it, prints every log if setting up fails, and
+        always stops every process."""
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            print(self.logs())
+        self.stop()
 
     def stop(self) -> None:
         for proc in self.agents.values():

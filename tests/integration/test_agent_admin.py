@@ -15,15 +15,9 @@ FLOW = FLOWS / "admin_flows.py"
 
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
-    e = Estate(tmp_path_factory.mktemp("admin"), heartbeat_s=0.5).start()
-    try:
+    with Estate(tmp_path_factory.mktemp("admin"), heartbeat_s=0.5) as e:
         e.add_agent("edge", {"site": "edge"}, name="edge-1")
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 def status_of(estate: Estate, name: str) -> str:

@@ -21,17 +21,11 @@ FLOW_FILE = FLOWS / "approval_flows.py"
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory, estate_db: str | None) -> Iterator[Estate]:
     """Short heartbeats and runner grace, so a dead runner is noticed within seconds."""
-    e = Estate(
+    with Estate(
         tmp_path_factory.mktemp("approvals"), heartbeat_s=0.5, runner_grace_s=1.0, db_url=estate_db
-    ).start()
-    try:
+    ) as e:
         e.add_agent("aws-demo", {"cloud": "aws"})
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 def token_id(token: str) -> str:

@@ -26,18 +26,12 @@ LIFETIME_S = 12.0
 
 @pytest.fixture
 def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
-    e = Estate(
+    with Estate(
         tmp_path_factory.mktemp("rotation"),
         heartbeat_s=0.5,
         agent_certificate_hours=LIFETIME_S / 3600,
-    ).start()
-    try:
+    ) as e:
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 def fingerprint(pem: bytes) -> str:

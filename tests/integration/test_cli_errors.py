@@ -126,14 +126,8 @@ def run_count(estate: Estate, flow_name: str) -> int:
 
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
-    e = Estate(tmp_path_factory.mktemp("errors-estate")).start()
-    try:
+    with Estate(tmp_path_factory.mktemp("errors-estate")) as e:
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 @pytest.fixture(scope="module")

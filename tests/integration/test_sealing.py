@@ -40,16 +40,10 @@ def estate(
     root = tmp_path_factory.mktemp("sealed")
     config = root / "agent-eu.toml"
     config.write_text(f'[sealing.keys]\neu-sites = "file:{keyfile}"\n')
-    e = Estate(root, db_url=estate_db, heartbeat_s=0.5, runner_grace_s=1.0).start()
-    try:
+    with Estate(root, db_url=estate_db, heartbeat_s=0.5, runner_grace_s=1.0) as e:
         e.add_agent("eu-demo", {"site": "eu"}, config=config)
         e.add_agent("us-demo", {"site": "us"})  # holds no sealing key
         yield e
-    except BaseException:
-        print(e.logs())
-        raise
-    finally:
-        e.stop()
 
 
 @pytest.fixture
