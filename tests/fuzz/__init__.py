@@ -120,12 +120,14 @@ class FuzzPlane:
         self.closers.append(channel.close)
         return channel
 
-    def agent_channel(self, key_pem: bytes, cert_pem: bytes) -> grpc.Channel:
+    def agent_channel(self, key_pem: bytes, cert_pem: bytes, *, keep: bool = True) -> grpc.Channel:
+        """A mutual-TLS channel to the agent listener; closed with the plane when ``keep``."""
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
         channel = grpc.secure_channel(self.plane.agent_address, credentials, CLIENT_OPTIONS)
-        self.closers.append(channel.close)
+        if keep:
+            self.closers.append(channel.close)
         return channel
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import textwrap
 import threading
@@ -110,10 +111,10 @@ def estate(fuzz_plane: FuzzPlane) -> Iterator[Estate]:
     )
     decoys = [a.attempt_id for s in detail.steps for a in s.attempts]
     assert decoys, "the decoy step has no queued attempt to aim at"
-    agent_id, stub = new_fuzz_agent(plane)
     db = make_engine(plane.config.database_url)
     try:
-        yield Estate(plane, db, agent_id, stub, decoys, snapshot(db, GUARDED_TABLES))
+        with new_fuzz_agent(plane) as (agent_id, stub):
+            yield Estate(plane, db, agent_id, stub, decoys, snapshot(db, GUARDED_TABLES))
     finally:
         db.dispose()
 
@@ -226,14 +227,22 @@ def _small_seqs(frame: agent_pb2.AgentFrame) -> bool:
     return all(r.seq <= I64 for r in frame.reports.reports)
 
 
-def new_fuzz_agent(plane: FuzzPlane) -> tuple[str, agent_pb2_grpc.AgentServiceStub]:
-    """A freshly enrolled agent of environment fuzz-env (so its report watermark is 0)."""
+@contextlib.contextmanager
+def new_fuzz_agent(plane: FuzzPlane) -> Iterator[tuple[str, agent_pb2_grpc.AgentServiceStub]]:
+    """A freshly enrolled agent of environment fuzz-env (so its report watermark is 0).
+
+    Its channel is closed on leaving: hypothesis may run thousands of examples while it
+    shrinks a failure, and a channel per example left open would exhaust memory.
+    """
     key_pem, csr_pem = generate_key_and_csr("fuzz-agent")
     enrolled = plane.public_agent.Enroll(
         enroll_request(plane.token("fuzz-env"), csr_pem, "fuzz-agent"), timeout=CALL_TIMEOUT_S
     )
-    channel = plane.agent_channel(key_pem, enrolled.certificate_pem)
-    return enrolled.agent_id, agent_pb2_grpc.AgentServiceStub(channel)
+    channel = plane.agent_channel(key_pem, enrolled.certificate_pem, keep=False)
+    try:
+        yield enrolled.agent_id, agent_pb2_grpc.AgentServiceStub(channel)
+    finally:
+        channel.close()
 
 
 # ---- driving a stream -----------------------------------------------------------------------
@@ -297,10 +306,10 @@ def test_random_frames_after_hello_are_served_or_refused(estate: Estate) -> None
 
     @given(sent=sends)
     def fuzz(sent: list[agent_pb2.AgentFrame]) -> None:
-        agent_id, stub = new_fuzz_agent(estate.plane)
-        estate.fuzz_agent_ids.append(agent_id)
-        mark = estate.plane.logs.mark()
-        result = drive(stub, sent)
+        with new_fuzz_agent(estate.plane) as (agent_id, stub):
+            estate.fuzz_agent_ids.append(agent_id)
+            mark = estate.plane.logs.mark()
+            result = drive(stub, sent)
         assert result.code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), (
             result.code,
             result.details,
@@ -424,22 +433,20 @@ def renewal(csr_pem: bytes) -> agent_pb2.AgentFrame:
 
 def test_certificate_renewals_are_validated_and_rate_limited(estate: Estate) -> None:
     """A hand-crafted agent cannot make the CA sign junk, sign early, or sign in a loop."""
-    agent_id, stub = new_fuzz_agent(estate.plane)
-    estate.fuzz_agent_ids.append(agent_id)
-    mark = estate.plane.logs.mark()
-    before = snapshot(estate.db, (*GUARDED_TABLES, "audit_log"))
-    junk = drive(stub, [hello(), renewal(b"-----BEGIN CERTIFICATE REQUEST-----junk")])
+    with new_fuzz_agent(estate.plane) as (agent_id, stub):
+        estate.fuzz_agent_ids.append(agent_id)
+        mark = estate.plane.logs.mark()
+        before = snapshot(estate.db, (*GUARDED_TABLES, "audit_log"))
+        junk = drive(stub, [hello(), renewal(b"-----BEGIN CERTIFICATE REQUEST-----junk")])
+        _, csr = generate_key_and_csr("fuzz-agent")
+        early = drive(stub, [hello(), renewal(csr)])
+        flood = drive(stub, [hello(), renewal(csr), renewal(csr)])
     assert junk.code == grpc.StatusCode.INVALID_ARGUMENT, junk
     assert "certificate signing request" in junk.details
-
-    _, csr = generate_key_and_csr("fuzz-agent")
-    early = drive(stub, [hello(), renewal(csr)])
     assert early.code == grpc.StatusCode.OK, early
     answers = [f.certificate for f in early.frames if f.WhichOneof("body") == "certificate"]
     assert [(a.certificate_pem, "too new" in a.refused) for a in answers] == [(b"", True)]
     assert answers[0].retry_in_s > 0
-
-    flood = drive(stub, [hello(), renewal(csr), renewal(csr)])
     assert flood.code == grpc.StatusCode.INVALID_ARGUMENT, flood
     assert "too frequent" in flood.details
     assert not server_failures(estate.plane, mark)
