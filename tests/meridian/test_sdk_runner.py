@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from meridian.client import ControlClient
 from meridian.models import RunUpdate
 from meridian.sdk.runner import run_flow
-from tests.meridian.test_client import FakeServer, Tls, make_tls, serve_fake
+from tests.meridian.test_client import FakeServer
 
 FLOWS = """
 import time
@@ -72,23 +71,6 @@ def returns_junk() -> object:
 """
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def tls_material() -> Tls:
-    return make_tls()
-
-
-@pytest.fixture
-def fake_server(tls_material: Tls, tmp_path: Path) -> Iterator[FakeServer]:
-    with serve_fake(tls_material, tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def client(fake_server: FakeServer) -> Iterator[ControlClient]:
-    with ControlClient(fake_server.address, fake_server.ca_file, timeout_s=5.0) as c:
-        yield c
 
 
 @pytest.fixture

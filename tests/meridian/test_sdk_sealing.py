@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from meridian.errors import SealError
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.runner import error_info, run_flow
 from meridian.sealing import RESULT, KeyRing
-from tests.meridian.test_client import FakeServer, Tls, make_tls, serve_fake
+from tests.meridian.test_client import FakeServer
 from tests.meridian.test_sdk_step import RecordingSubmitter
 
 SECRET = "acct-DE89-3704-0044"
@@ -222,23 +221,6 @@ def sealed_failure() -> None:
 def open_total() -> str:
     return "plain"
 """
-
-
-@pytest.fixture(scope="module")
-def tls_material() -> Tls:
-    return make_tls()
-
-
-@pytest.fixture
-def fake_server(tls_material: Tls, tmp_path: Path) -> Iterator[FakeServer]:
-    with serve_fake(tls_material, tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def client(fake_server: FakeServer) -> Iterator[ControlClient]:
-    with ControlClient(fake_server.address, fake_server.ca_file, timeout_s=5.0) as c:
-        yield c
 
 
 @pytest.fixture
