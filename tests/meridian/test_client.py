@@ -289,21 +289,7 @@ def serve_fake(tls: Tls, directory: Path) -> Iterator[FakeServer]:
         fake._pool.shutdown(wait=False, cancel_futures=True)
 
 
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return make_tls()
-
-
-@pytest.fixture
-def fake_server(tls: Tls, tmp_path: Path) -> Iterator[FakeServer]:
-    with serve_fake(tls, tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def client(fake_server: FakeServer) -> Iterator[ControlClient]:
-    with ControlClient(fake_server.address, fake_server.ca_file, timeout_s=5.0) as c:
-        yield c
+# The fixtures ``fake_server`` and ``client`` come from tests/meridian/conftest.py.
 
 
 # -- tests -------------------------------------------------------------------------------------
