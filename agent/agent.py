@@ -33,7 +33,7 @@ from agent.rotation import CertificateRotator
 from agent.runner import RunnerContext
 from agent.secrets import SecretStore
 from agent.worker import Worker
-from meridian.sealing import KeyRing
+from meridian.core.sealing import KeyRing
 from providers.base import Provider
 
 log = logging.getLogger("meridian.agent")

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 
 from agent import convert
-from meridian.bundle import unpack_bundle
-from meridian.errors import BundleError, ConnectionFailed, ValidationError
+from meridian.core.bundle import unpack_bundle
+from meridian.core.errors import BundleError, ConnectionFailed, ValidationError
 
 # (sha256, total_size, data): the first piece names the bundle and its size.
 BundlePiece = tuple[str, int, bytes]

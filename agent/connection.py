@@ -24,7 +24,7 @@ from agent.journal import Journal, JournalEntry
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HelloInfo
 from agent.rotation import CertificateRotator
-from meridian.errors import ConnectionFailed
+from meridian.core.errors import ConnectionFailed
 
 log = logging.getLogger("meridian.agent.connection")
 

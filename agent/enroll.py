@@ -17,7 +17,7 @@ from cryptography import x509
 from agent import convert
 from agent.endpoint import join_address
 from agent.identity import AgentIdentity, generate_key_and_csr, save_identity
-from meridian.errors import (
+from meridian.core.errors import (
     ConnectionFailed,
     MeridianError,
     NotFound,

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meridian.errors import NotFound, ValidationError
+from meridian.core.errors import NotFound, ValidationError
 
 KEY_FILE = "agent.key"
 CERT_FILE = "agent.crt"

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from agent.actions import CertificateAction
 from agent.identity import generate_key_and_csr, save_rotated
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 log = logging.getLogger("meridian.agent.rotation")
 

@@ -41,8 +41,8 @@ from agent.reports import (
 )
 from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finished
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
-from meridian.errors import SealError
-from meridian.sealing import KeyRing
+from meridian.core.errors import SealError
+from meridian.core.sealing import KeyRing
 from providers.base import (
     ErrorClass,
     ErrorDetail,

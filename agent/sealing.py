@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from agent.actions import Assignment
 from agent.reports import AttemptFinished
-from meridian import sealing
-from meridian.errors import SealError
-from meridian.sealing import KeyRing
+from meridian.core import sealing
+from meridian.core.errors import SealError
+from meridian.core.sealing import KeyRing
 from providers.base import ErrorDetail
 
 # Error classes of failures raised by the step's own code (meridian.stepexec); their texts
@@ -83,6 +83,6 @@ def seal_failure(exc: SealError) -> AttemptFinished:
     return AttemptFinished(
         outcome="failed",
         error=ErrorDetail(
-            error_class="permanent", type="meridian.errors.SealError", message=str(exc)
+            error_class="permanent", type="meridian.core.errors.SealError", message=str(exc)
         ),
     )

@@ -51,7 +51,7 @@ from typing import Any
 
 from meridian import models
 from meridian.client import ControlClient
-from meridian.errors import ConnectionFailed, ValidationError
+from meridian.core.errors import ConnectionFailed, ValidationError
 from meridian.sdk.runner import run_flow
 
 REPO = Path(__file__).resolve().parents[1]

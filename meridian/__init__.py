@@ -11,34 +11,66 @@
         approve("publish", message=f"{len(rows)} rows; publish them?")  # waits for a person
         return len(rows)
 
-This file re-exports the public names; ``ControlClient`` is imported lazily so that importing
-``meridian`` (as every step module does on an agent) does not load gRPC.
+Every public name is imported on first use (PEP 562): ``import meridian`` loads nothing else,
+so the control plane, the agent and step processes, which import ``meridian.core`` through
+this package, never pay for the SDK, the CLI or gRPC.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from meridian.errors import (
-    ApprovalRejected,
-    ApprovalTimedOut,
-    BundleError,
-    ConflictError,
-    ConnectionFailed,
-    MeridianError,
-    NotFound,
-    Permanent,
-    PermissionDenied,
-    SealError,
-    SelectorError,
-    StepCancelled,
-    StepFailed,
-    ValidationError,
-)
-from meridian.sdk import Approval, Flow, Step, StepFuture, approve, flow, step, wait
 
 if TYPE_CHECKING:
     from meridian.client import ControlClient
+    from meridian.core.errors import (
+        ApprovalRejected,
+        ApprovalTimedOut,
+        BundleError,
+        ConflictError,
+        ConnectionFailed,
+        MeridianError,
+        NotFound,
+        Permanent,
+        PermissionDenied,
+        SealError,
+        SelectorError,
+        StepCancelled,
+        StepFailed,
+        ValidationError,
+    )
+    from meridian.sdk.approval import Approval, approve
+    from meridian.sdk.flow import Flow, flow
+    from meridian.sdk.futures import StepFuture, wait
+    from meridian.sdk.step import Step, step
+
+_ERRORS = "meridian.core.errors"
+# Public name -> the module that defines it.
+_HOMES = {
+    "Approval": "meridian.sdk.approval",
+    "ApprovalRejected": _ERRORS,
+    "ApprovalTimedOut": _ERRORS,
+    "BundleError": _ERRORS,
+    "ConflictError": _ERRORS,
+    "ConnectionFailed": _ERRORS,
+    "ControlClient": "meridian.client",
+    "Flow": "meridian.sdk.flow",
+    "MeridianError": _ERRORS,
+    "NotFound": _ERRORS,
+    "Permanent": _ERRORS,
+    "PermissionDenied": _ERRORS,
+    "SealError": _ERRORS,
+    "SelectorError": _ERRORS,
+    "Step": "meridian.sdk.step",
+    "StepCancelled": _ERRORS,
+    "StepFailed": _ERRORS,
+    "StepFuture": "meridian.sdk.futures",
+    "ValidationError": _ERRORS,
+    "approve": "meridian.sdk.approval",
+    "flow": "meridian.sdk.flow",
+    "step": "meridian.sdk.step",
+    "wait": "meridian.sdk.futures",
+}
 
 __all__ = [
     "Approval",
@@ -68,8 +100,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ControlClient":
-        from meridian.client import ControlClient
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'meridian' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return ControlClient
-    raise AttributeError(f"module 'meridian' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

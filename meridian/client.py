@@ -1,7 +1,7 @@
 """``ControlClient``: the synchronous gRPC client of the control API (control.proto).
 
 It owns the TLS channel, per-call deadlines, bundle chunking and the mapping of gRPC status
-codes to ``meridian.errors`` so that callers (CLI, flow runner) only ever see Meridian errors
+codes to ``meridian.core.errors`` so that callers (CLI, flow runner) only ever see Meridian errors
 with messages a user can act on. Messages are converted by ``meridian._convert``.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from meridian import _convert, models
-from meridian.errors import (
+from meridian.core.errors import (
     BundleError,
     ConflictError,
     ConnectionFailed,
@@ -48,7 +48,7 @@ _TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
 
 
 class BundleLike(Protocol):
-    """What the client needs of ``meridian.bundle.Bundle``."""
+    """What the client needs of ``meridian.core.bundle.Bundle``."""
 
     @property
     def sha256(self) -> str: ...

@@ -7,7 +7,7 @@ that a provider (or a re-attached agent) can read the outcome even after this pr
 
 This module owns the on-disk format of ``spec.json`` and ``outcome.json`` and the exit-code
 contract (0 = succeeded, 1 = failed, 2 = the work dir itself is unusable). It imports only the
-standard library and ``meridian.errors`` so that it starts fast inside a bare bundle.
+standard library and ``meridian.core.errors`` so that it starts fast inside a bare bundle.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from meridian.errors import Permanent
+from meridian.core.errors import Permanent
 
 SPEC_FILE = "spec.json"
 OUTCOME_FILE = "outcome.json"

@@ -102,9 +102,9 @@ def parse_result_marker(output: str) -> Outcome | None:
 
 TIMEOUT_MRO = ("builtins.TimeoutError", "builtins.OSError", "builtins.Exception")
 CANCEL_MRO = (
-    "meridian.errors.StepCancelled",
-    "meridian.errors.StepFailed",
-    "meridian.errors.MeridianError",
+    "meridian.core.errors.StepCancelled",
+    "meridian.core.errors.StepFailed",
+    "meridian.core.errors.MeridianError",
     "builtins.Exception",
 )
 

@@ -67,7 +67,7 @@ def fail(message):
 
 
 def fail_permanent(message, chained):
-    from meridian.errors import Permanent
+    from meridian.core.errors import Permanent
 
     if chained:
         raise ValueError(message) from Permanent("do not retry")
@@ -276,7 +276,7 @@ class ProviderConformance:
         assert outcome.state == "failed"
         assert outcome.error is not None
         assert outcome.error.error_class == "permanent"
-        expected = "builtins.ValueError" if chained else "meridian.errors.Permanent"
+        expected = "builtins.ValueError" if chained else "meridian.core.errors.Permanent"
         assert outcome.error.type == expected
         assert "bad input" in outcome.error.message
 

@@ -1,6 +1,6 @@
 """Secrets stay at the site: the agent resolves a step's secret references locally.
 
-A step names ``{ENV_NAME: "scheme:what"}`` (``meridian.secrets`` validates the syntax). Only
+A step names ``{ENV_NAME: "scheme:what"}`` (``meridian.core.secrets`` validates the syntax). Only
 the references travel through the control plane; the runner asks the ``SecretStore`` for the
 values just before the provider starts the step, puts them in the step's environment and
 scrubs them (``Redactor``) from every log line and error it reports. See docs/secrets.md.

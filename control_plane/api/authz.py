@@ -20,7 +20,7 @@ from control_plane.audit import acting_as
 from control_plane.auth.api_token_store import Principal, authenticate
 from control_plane.auth.api_tokens import check_role, is_public
 from control_plane.store.db import Store
-from meridian.errors import MeridianError, PermissionDenied
+from meridian.core.errors import MeridianError, PermissionDenied
 
 CACHE_S = 5.0
 # The caller of the request being handled (handlers read it for environment scoping).

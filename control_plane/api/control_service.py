@@ -43,7 +43,7 @@ from control_plane.orchestration.values import Effects
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
 from control_plane.store.models import BundleRow
-from meridian.errors import MeridianError, PermissionDenied, ValidationError
+from meridian.core.errors import MeridianError, PermissionDenied, ValidationError
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0

@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from control_plane.orchestration.states import IllegalTransition
-from meridian.errors import (
+from meridian.core.errors import (
     ConflictError,
     MeridianError,
     NotFound,

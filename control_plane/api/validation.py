@@ -13,10 +13,10 @@ from control_plane.api.convert import error_from_proto, spec_from_proto
 from control_plane.api.json_schema import first_problem
 from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import StepSubmission
-from meridian.errors import SelectorError, ValidationError
-from meridian.sealing import sealed_inputs_problem
-from meridian.secrets import check_secret_references
-from meridian.selectors import parse_selector, validate_key, validate_value
+from meridian.core.errors import SelectorError, ValidationError
+from meridian.core.sealing import sealed_inputs_problem
+from meridian.core.secrets import check_secret_references
+from meridian.core.selectors import parse_selector, validate_key, validate_value
 from protos.meridian.v1 import common_pb2, control_pb2
 
 MAX_STEPS_PER_REQUEST = 5000
@@ -71,7 +71,7 @@ def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
     inputs = _json(step.inputs_json or '{"args": [], "kwargs": {}}', f"{where}: inputs_json")
     if not isinstance(inputs, dict) or set(inputs) - {"args", "kwargs", "sealed"}:
         raise ValidationError(f'{where}: inputs_json must be {{"args": [...], "kwargs": {{...}}}}')
-    # Inputs sealed by the flow runner (meridian.sealing): stored and passed on as they are,
+    # Inputs sealed by the flow runner (meridian.core.sealing): stored and passed on as they are,
     # only the envelope's shape can be checked here; the key never reaches the control plane.
     problem = sealed_inputs_problem(inputs) if "sealed" in inputs else None
     if problem:

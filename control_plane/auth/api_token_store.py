@@ -14,7 +14,7 @@ from control_plane.auth.api_tokens import ROLES, Role, new_api_token, parse_api_
 from control_plane.auth.join_tokens import verify_secret
 from control_plane.auth.scopes import normalize
 from control_plane.store.models import ApiTokenRow
-from meridian.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.errors import NotFound, PermissionDenied, ValidationError
 
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 RUNNER_TOKEN_TTL = dt.timedelta(days=7)

@@ -16,7 +16,7 @@ import secrets
 from enum import IntEnum
 
 from control_plane.auth.join_tokens import hash_secret
-from meridian.errors import PermissionDenied
+from meridian.core.errors import PermissionDenied
 
 TOKEN_PREFIX = "mat_"
 _TOKEN_RE = re.compile(r"^mat_(?P<id>[0-9a-f]{16})\.(?P<secret>[A-Za-z0-9_-]{43})$")

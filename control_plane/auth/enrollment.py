@@ -14,8 +14,8 @@ from control_plane.auth.ca import CertificateAuthority
 from control_plane.auth.join_tokens import new_join_token, parse_join_token, verify_secret
 from control_plane.auth.rotation import record_issued
 from control_plane.store.models import AgentRow, JoinTokenRow
-from meridian.errors import NotFound, PermissionDenied, ValidationError
-from meridian.selectors import validate_key, validate_value
+from meridian.core.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.selectors import validate_key, validate_value
 
 MAX_AGENT_NAME = 255
 MAX_PINNED_LABELS = 64

@@ -13,7 +13,7 @@ import hmac
 import re
 import secrets
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 TOKEN_PREFIX = "mjt_"
 _SECRET_BYTES = 32

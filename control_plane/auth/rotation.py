@@ -27,7 +27,7 @@ from control_plane.auth.ca import (
 )
 from control_plane.auth.identity import AgentIdentity
 from control_plane.store.models import AgentRow
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 RENEW_AT_FRACTION = 2 / 3
 # A certificate younger than this fraction of its lifetime is not renewed again (rate limit).

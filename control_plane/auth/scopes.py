@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from control_plane.scheduler.matching import ENVIRONMENT_LABEL
-from meridian.errors import PermissionDenied
-from meridian.selectors import Selector, parse_selector
+from meridian.core.errors import PermissionDenied
+from meridian.core.selectors import ENVIRONMENT_LABEL, Selector, parse_selector
 
 Scope = tuple[str, ...]
 

@@ -13,7 +13,7 @@ from control_plane.orchestration.engine import finish_attempt
 from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
 from control_plane.orchestration.values import Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, StepRunRow
-from meridian.errors import NotFound, ValidationError
+from meridian.core.errors import NotFound, ValidationError
 
 
 def resolve_agent(session: Session, ref: str, environments: Sequence[str] = ()) -> AgentRow:

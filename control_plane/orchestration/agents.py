@@ -20,7 +20,7 @@ from control_plane.orchestration.engine import assign_frame, finish_attempt
 from control_plane.orchestration.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
-from meridian.errors import NotFound, PermissionDenied
+from meridian.core.errors import NotFound, PermissionDenied
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from control_plane.store.models import (
     LogRow,
     StepRunRow,
 )
-from meridian.errors import ConflictError, NotFound
+from meridian.core.errors import ConflictError, NotFound
 
 MAX_LOG_LINE = 16 * 1024
 DEFAULT_RUNNER_LEASE_S = 60.0

@@ -23,7 +23,7 @@ from control_plane.orchestration.transitions import move_run, record_event
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import EventRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
-from meridian.errors import ConflictError, NotFound, ValidationError
+from meridian.core.errors import ConflictError, NotFound, ValidationError
 
 MAX_RUNNER_LEASE_S = 600.0
 RESUMABLE = (RunState.CRASHED, RunState.FAILED, RunState.CANCELLED)

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 MAX_RETRY_DELAY_S = 3600.0
 MAX_RETRIES = 1000

@@ -17,7 +17,7 @@ from control_plane.orchestration.states import AttemptState
 from control_plane.orchestration.values import Effects
 from control_plane.scheduler.matching import AgentSlot, choose_agent, explain_no_match
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
-from meridian.selectors import Selector, parse_selector
+from meridian.core.selectors import Selector, parse_selector
 
 
 @functools.lru_cache(maxsize=4096)

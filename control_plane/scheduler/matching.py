@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from meridian.selectors import Selector
+from meridian.core.selectors import ENVIRONMENT_LABEL, Selector
 
-ENVIRONMENT_LABEL = "environment"
 _MAX_ENVIRONMENTS_SHOWN = 10
 _MAX_LABELS_SHOWN = 8
 _MAX_TEXT = 60

@@ -18,7 +18,7 @@ from control_plane.store.models import (
     LogRow,
     StepRunRow,
 )
-from meridian.errors import NotFound, ValidationError
+from meridian.core.errors import NotFound, ValidationError
 
 FULL_ID_LENGTH = 36
 

@@ -33,7 +33,7 @@ from meridian.cli.common import (
     require_ca_file,
     wait_for_stop,
 )
-from meridian.sealing import KeyRing
+from meridian.core.sealing import KeyRing
 
 if TYPE_CHECKING:
     from agent import AgentConfig

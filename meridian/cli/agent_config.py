@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 KNOWN_SECTIONS = {"providers", "secrets", "sealing"}
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from meridian.selectors import validate_key, validate_value
+from meridian.core.selectors import validate_key, validate_value
 
 if TYPE_CHECKING:
     from meridian.client import ControlClient
@@ -92,7 +92,7 @@ def parse_labels(values: Iterable[str]) -> dict[str, str]:
     """``--label k=v`` (repeatable; ``k=v,k2=v2`` also accepted) into a dict.
 
     Keys and values follow the same Kubernetes-like rules as target selectors
-    (:mod:`meridian.selectors`), so every label an agent advertises can be selected.
+    (:mod:`meridian.core.selectors`), so every label an agent advertises can be selected.
     """
     labels: dict[str, str] = {}
     for item in values:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from meridian.cli import access, agent, agents, audit, dev, run, runs, sealkeys, server, tokens
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
-from meridian.errors import ConnectionFailed, MeridianError
+from meridian.core.errors import ConnectionFailed, MeridianError
 
 COMMAND_MODULES = (server, tokens, access, agent, run, runs, agents, audit, sealkeys, dev)
 

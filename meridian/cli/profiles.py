@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 ENV_CONFIG_DIR = "MERIDIAN_CONFIG_DIR"
 

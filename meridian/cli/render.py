@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meridian import models
-from meridian.sealing import describe_sealed, mask_sealed
+from meridian.core.sealing import describe_sealed, mask_sealed
 
 # Display order for state counts; unknown states sort after these, alphabetically.
 STEP_STATE_ORDER = ("COMPLETED", "CACHED", "RUNNING", "PENDING", "FAILED", "CANCELLED")

@@ -21,7 +21,7 @@ from meridian.cli.render import (
     to_json,
     truncate,
 )
-from meridian.sealing import mask_sealed
+from meridian.core.sealing import mask_sealed
 
 if TYPE_CHECKING:
     from meridian.sdk.runner import RunOutcome

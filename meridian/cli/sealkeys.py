@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from meridian.cli.common import expand_path
-from meridian.sealing import fingerprint, generate_key_file, read_key_file
+from meridian.core.sealing import fingerprint, generate_key_file, read_key_file
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:

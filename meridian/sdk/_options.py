@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from meridian import models
-from meridian.errors import SealError, SelectorError, ValidationError
+from meridian.core.errors import SealError, SelectorError, ValidationError
+from meridian.core.sealing import check_key_group
+from meridian.core.secrets import check_secret_references
+from meridian.core.selectors import parse_selector
 from meridian.sdk._jsonvalues import describe_non_json, dumps
-from meridian.sealing import check_key_group
-from meridian.secrets import check_secret_references
-from meridian.selectors import parse_selector
 
 KeyFunction = Callable[..., str]
 MAX_KEY_LENGTH = 256

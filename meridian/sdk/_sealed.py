@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from meridian import models, sealing
-from meridian.errors import StepFailed
-from meridian.sealing import KeyRing
+from meridian import models
+from meridian.core import sealing
+from meridian.core.errors import StepFailed
+from meridian.core.sealing import KeyRing
 
 _COMPLETED_STATES = frozenset({"COMPLETED", "CACHED"})
 SEALED_NOTE = "[sealed: {group}]"

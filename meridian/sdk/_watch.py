@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from meridian import models
-from meridian.errors import ConnectionFailed, MeridianError, StepCancelled
+from meridian.core.errors import ConnectionFailed, MeridianError, StepCancelled
 from meridian.sdk.context import FlowContext
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from meridian import models
-from meridian.errors import (
+from meridian.core.errors import (
     ApprovalRejected,
     ApprovalTimedOut,
     ConflictError,

@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
-from meridian import models, sealing
-from meridian.errors import SealError, StepCancelled, StepFailed
+from meridian import models
+from meridian.core import sealing
+from meridian.core.errors import SealError, StepCancelled, StepFailed
+from meridian.core.sealing import KeyRing
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk._sealed import open_outcome
 from meridian.sdk.futures import StepFuture
-from meridian.sealing import KeyRing
 
 # One SubmitSteps RPC carries at most this many submissions, and stays well below the
 # 16 MiB message limit even when inputs are large.
@@ -124,7 +125,7 @@ class FlowContext:
                 outcome = open_outcome(self.keys(), outcome, self.flow_run_id, group)
             except SealError as exc:
                 future._set_exception(
-                    StepFailed(outcome.key, "permanent", "meridian.errors.SealError", str(exc))
+                    StepFailed(outcome.key, "permanent", "meridian.core.errors.SealError", str(exc))
                 )
                 return
         apply_outcome(future, outcome, sealed_with=group)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 from meridian.sdk._options import check_seal, location
 
 P = ParamSpec("P")

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from meridian.errors import MeridianError, NotFound, ValidationError
+from meridian.core.errors import MeridianError, NotFound, ValidationError
 from meridian.sdk.flow import Flow
 
 

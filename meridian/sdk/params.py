@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 from meridian.sdk._jsonvalues import describe_non_json
 
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})

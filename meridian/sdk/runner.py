@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meridian import models
-from meridian.bundle import pack_directory, unpack_bundle
 from meridian.client import BundleLike
-from meridian.errors import ConflictError, MeridianError, SealError, StepCancelled, StepFailed
+from meridian.core.bundle import pack_directory, unpack_bundle
+from meridian.core.errors import ConflictError, MeridianError, SealError, StepCancelled, StepFailed
+from meridian.core.sealing import FLOW as FLOW_STEP
+from meridian.core.sealing import RESULT, KeyRing, seal_text
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._sealed import mask_opened_texts, seal_flow_error, sealed_failures
 from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
-from meridian.sealing import FLOW as FLOW_STEP
-from meridian.sealing import RESULT, KeyRing, seal_text
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def _run_body(fn: Any, params: dict[str, Any]) -> _BodyEnd:
     if problem:
         error = models.ErrorInfo(
             error_class="permanent",
-            type="meridian.errors.ValidationError",
+            type="meridian.core.errors.ValidationError",
             message=f"the flow's return value is not JSON-serializable (got {problem})",
         )
         return False, None, error, error

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian import models
-from meridian.errors import SealError, ValidationError
+from meridian.core.errors import SealError, ValidationError
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._options import (
     KeyFunction,

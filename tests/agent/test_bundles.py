@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.bundles import BundleCache, BundlePiece
-from meridian.bundle import pack_directory
-from meridian.errors import BundleError, ValidationError
+from meridian.core.bundle import pack_directory
+from meridian.core.errors import BundleError, ValidationError
 
 
 class FakeSource:

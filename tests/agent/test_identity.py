@@ -11,7 +11,7 @@ import pytest
 import agent
 from agent import enroll
 from agent.identity import AgentIdentity, generate_key_and_csr, load_identity, save_identity
-from meridian.errors import ConnectionFailed, NotFound, PermissionDenied
+from meridian.core.errors import ConnectionFailed, NotFound, PermissionDenied
 from tests.agent.fakecp import FakeControlPlane, TestPKI
 
 

@@ -25,7 +25,7 @@ from agent.identity import (
 )
 from agent.rotation import ANSWER_TIMEOUT_S, MIN_RETRY_S, CertificateRotator
 from control_plane.auth.ca import CertificateAuthority
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from agent import Agent, AgentConfig, enroll
 from agent.handles import HandleStore, StoredHandle
 from agent.journal import JOURNAL_FILE
 from agent.sealing import AttemptSeal
-from meridian import sealing
-from meridian.sealing import KeyRing
+from meridian.core import sealing
+from meridian.core.sealing import KeyRing
 from protos.meridian.v1 import agent_pb2, common_pb2
 from providers.base import ExecutionSpec, Handle, Provider
 from providers.process import ProcessProvider
@@ -212,7 +212,7 @@ def test_inputs_this_agent_cannot_open_fail_permanent_naming_the_group(
             finished = reports[-1].finished
             assert finished.outcome == agent_pb2.ATTEMPT_OUTCOME_FAILED
             assert finished.error.error_class == "permanent"  # never retried
-            assert finished.error.type == "meridian.errors.SealError"
+            assert finished.error.type == "meridian.core.errors.SealError"
             assert "key group 'eu-sites'" in finished.error.message
             if problem == "no-key":
                 assert "this agent has no key" in finished.error.message

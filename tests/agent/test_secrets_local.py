@@ -180,7 +180,7 @@ def test_unknown_scheme_is_permanent() -> None:
 
 
 def test_default_store_knows_every_scheme_of_the_sdk() -> None:
-    from meridian.secrets import SCHEMES
+    from meridian.core.secrets import SCHEMES
 
     store = SecretStore.from_config({})
     assert sorted(store._resolvers) == sorted(SCHEMES)

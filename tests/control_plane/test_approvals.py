@@ -25,7 +25,7 @@ from control_plane.orchestration.values import Effects
 from control_plane.scheduler.assign import scheduling_pass
 from control_plane.store.db import Store
 from control_plane.store.models import ApprovalRow, AuditRecordRow, EventRow, FlowRunRow
-from meridian.errors import ConflictError, NotFound
+from meridian.core.errors import ConflictError, NotFound
 from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, submit
 
 

@@ -14,7 +14,7 @@ from control_plane.orchestration.values import Effects, ReportIn, StepSubmission
 from control_plane.scheduler.assign import scheduling_pass
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, EventRow, StepRunRow
-from meridian.errors import ConflictError
+from meridian.core.errors import ConflictError
 from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, spec, submit
 
 
@@ -83,7 +83,7 @@ def test_permanent_error_is_not_retried(store: Store) -> None:
     attempt = attempts(store, step_id)[0]
     error = {
         "error_class": "permanent",
-        "type": "meridian.errors.Permanent",
+        "type": "meridian.core.errors.Permanent",
         "message": "no",
         "traceback": "",
         "type_mro": [],

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
-from meridian.bundle import unpack_bundle
-from meridian.errors import BundleError
+from meridian.core.bundle import unpack_bundle
+from meridian.core.errors import BundleError
 from tests.fuzz import FUZZ
 
 OUTSIDE = "@OUTSIDE@"  # replaced by the absolute path of a directory next to the destination

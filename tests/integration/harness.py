@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meridian.client import ControlClient
-from meridian.errors import ConnectionFailed, ValidationError
+from meridian.core.errors import ConnectionFailed, ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).resolve().parent / "flows"

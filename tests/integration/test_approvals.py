@@ -99,7 +99,7 @@ def test_a_rejection_fails_the_run_with_the_reason(estate: Estate, tmp_path: Pat
     assert runner.wait(timeout=60) == 1
     detail = estate.client().get_run(run_id)
     assert detail.state == "FAILED" and detail.error is not None
-    assert detail.error.type == "meridian.errors.ApprovalRejected"
+    assert detail.error.type == "meridian.core.errors.ApprovalRejected"
     assert "change freeze" in detail.error.message
     assert not starts(tmp_path, "release")
 

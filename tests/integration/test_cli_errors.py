@@ -19,7 +19,7 @@ import pytest
 from control_plane import ServerConfig, create_api_token
 from control_plane.auth.ca import CertificateAuthority
 from meridian.client import ControlClient
-from meridian.errors import BundleError
+from meridian.core.errors import BundleError
 from meridian.sdk.runner import run_flow
 from tests.integration.harness import Estate, child_env, free_port, meridian_cmd
 from tests.threaded_plane import ThreadedControlPlane

@@ -69,7 +69,7 @@ def test_permanent_failure_reports_error_and_traceback(estate: Estate) -> None:
 def test_flow_body_can_catch_a_step_failure(estate: Estate) -> None:
     code, output, detail = run(estate, "compensates")
     assert code == 0, output
-    assert detail["result"] == "caught meridian.errors.Permanent"
+    assert detail["result"] == "caught meridian.core.errors.Permanent"
 
 
 def test_timeout_kills_the_step_process_and_is_retried_as_timeout(

@@ -168,7 +168,7 @@ def test_an_agent_without_the_key_fails_the_attempt_once_naming_the_group(
     (attempt,) = step["attempts"]  # permanent: not retried despite retries=2
     assert attempt["environment"] == "us-demo"
     error = attempt["error"]
-    assert (error["error_class"], error["type"]) == ("permanent", "meridian.errors.SealError")
+    assert (error["error_class"], error["type"]) == ("permanent", "meridian.core.errors.SealError")
     assert "this agent has no key for key group 'eu-sites'" in error["message"]
     assert "[sealing.keys]" in error["message"]
     assert "SealError" in shown

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meridian.bundle import (
+from meridian.core.bundle import (
     Bundle,
     bundle_digest,
     is_ignored,
@@ -15,7 +15,7 @@ from meridian.bundle import (
     parse_ignore_rules,
     unpack_bundle,
 )
-from meridian.errors import BundleError
+from meridian.core.errors import BundleError
 
 
 def write(root: Path, rel: str, content: str = "x", mode: int = 0o644) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from control_plane import ServerConfig, create_api_token
 from meridian import models
 from meridian.client import ControlClient
-from meridian.errors import ApprovalRejected, StepCancelled, ValidationError
+from meridian.core.errors import ApprovalRejected, StepCancelled, ValidationError
 from meridian.sdk import approve
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk.runner import RunOutcome, run_flow
@@ -151,14 +151,14 @@ def test_an_uncaught_rejection_fails_the_run(plane: Plane) -> None:
     plane.client("operator").decide_approval(run_id, "deploy#1", False, "wrong build")
     outcome = runner.result()
     assert outcome.state == "FAILED" and outcome.error is not None
-    assert outcome.error.type == "meridian.errors.ApprovalRejected"
+    assert outcome.error.type == "meridian.core.errors.ApprovalRejected"
     assert "wrong build" in outcome.error.message
 
 
 def test_nobody_deciding_in_time_raises_approval_timed_out(plane: Plane) -> None:
     outcome = Runner(plane, "twice", timeout="1").result()
     assert outcome.state == "FAILED" and outcome.error is not None
-    assert outcome.error.type == "meridian.errors.ApprovalTimedOut"
+    assert outcome.error.type == "meridian.core.errors.ApprovalTimedOut"
     assert "no decision within 1s" in outcome.error.message
 
 
@@ -168,7 +168,7 @@ def test_cancelling_a_waiting_run_raises_the_cancellation_in_the_body(plane: Pla
     plane.client("operator").cancel_run(run_id, "changed plans")
     outcome = runner.result()
     assert outcome.state == "CANCELLED"
-    assert outcome.error is not None and outcome.error.type == "meridian.errors.StepCancelled"
+    assert outcome.error is not None and outcome.error.type == "meridian.core.errors.StepCancelled"
     assert "while waiting for deploy#1" in outcome.error.message
 
 

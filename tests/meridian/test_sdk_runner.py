@@ -134,8 +134,8 @@ def test_flow_failure_is_reported_with_finish_run(
     outcome = run_flow(client, f"{flows_file}:fails", {})
     assert outcome.state == "FAILED" and outcome.result is None
     assert outcome.error is not None
-    assert outcome.error.type == "meridian.errors.StepFailed"
-    assert "meridian.errors.MeridianError" in outcome.error.type_mro
+    assert outcome.error.type == "meridian.core.errors.StepFailed"
+    assert "meridian.core.errors.MeridianError" in outcome.error.type_mro
     assert "boom#1" in outcome.error.message
     recorded = fake_server.fake.finished[outcome.flow_run_id]
     assert not recorded.succeeded

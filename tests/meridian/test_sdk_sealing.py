@@ -1,7 +1,7 @@
 """Sealing in the SDK: ``@step(seal=...)``/``@flow(seal=...)``, sealed submissions, opening
 what comes back, and what the flow runner reports for the run itself.
 
-The agent's side is played by ``agent_outcome`` with the real ``meridian.sealing`` functions
+The agent's side is played by ``agent_outcome`` with the real ``meridian.core.sealing`` functions
 the agent uses; the flow runner tests use the TLS fake control plane of ``test_client``.
 """
 
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from meridian import StepFailed, ValidationError, flow, models, sealing, step
+from meridian import StepFailed, ValidationError, flow, models, step
 from meridian.client import ControlClient
-from meridian.errors import SealError
+from meridian.core import sealing
+from meridian.core.errors import SealError
+from meridian.core.sealing import RESULT, KeyRing
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.runner import error_info, run_flow
-from meridian.sealing import RESULT, KeyRing
 from tests.meridian.test_client import FakeServer
 from tests.meridian.test_sdk_step import RecordingSubmitter
 
@@ -157,7 +158,7 @@ def test_a_result_not_sealed_for_this_step_is_refused(ring: KeyRing, swap: str) 
     context.resolve(outcome)
     with pytest.raises(StepFailed) as info:
         future.result(0)
-    assert info.value.error_type == "meridian.errors.SealError"
+    assert info.value.error_type == "meridian.core.errors.SealError"
     assert "eu-sites" in info.value.remote_message
 
 

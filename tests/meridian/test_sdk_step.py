@@ -126,7 +126,7 @@ def test_single_exception_class_and_permanent_in_retry_on() -> None:
     @step(retry_on=Permanent, name="custom-name", options={"cpu": 2})
     def s() -> None: ...
 
-    assert s.spec.retry_on == ("meridian.errors.Permanent",)
+    assert s.spec.retry_on == ("meridian.core.errors.Permanent",)
     assert s.name == "custom-name" and s.spec.function.endswith("s")
     assert json.loads(s.spec.options_json) == {"cpu": 2}
 

@@ -1,4 +1,4 @@
-"""meridian.sealing: envelopes, AES-SIV sealing bound to its context, key rings and key files."""
+"""meridian.core.sealing: envelopes, AES-SIV sealing bound to its context, key rings, key files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from control_plane.api.convert import error_from_proto
 from control_plane.api.validation import MAX_INPUTS_BYTES
-from meridian import sealing
-from meridian.errors import SealError
-from meridian.sealing import (
+from meridian.core import sealing
+from meridian.core.errors import SealError
+from meridian.core.sealing import (
     ERROR_MESSAGE,
     RESULT,
     Envelope,

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meridian.errors import SelectorError
-from meridian.selectors import Requirement, Selector, parse_selector
+from meridian.core.errors import SelectorError
+from meridian.core.selectors import Requirement, Selector, parse_selector
 
 LABELS = {"cloud": "aws", "region": "eu-west-1", "gpu": "true", "example.com/tier": "gold"}
 

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = """\
 import asyncio
-from meridian.errors import Permanent
+from meridian.core.errors import Permanent
 
 
 class Marker:

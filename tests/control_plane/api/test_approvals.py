@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from control_plane import ServerConfig, create_api_token
-from meridian.bundle import pack_directory
 from meridian.client import ControlClient
-from meridian.errors import ConflictError, NotFound, PermissionDenied, ValidationError
+from meridian.core.bundle import pack_directory
+from meridian.core.errors import ConflictError, NotFound, PermissionDenied, ValidationError
 from tests.conftest import POSTGRES_ENV, _postgres_database
 from tests.threaded_plane import ThreadedControlPlane
 

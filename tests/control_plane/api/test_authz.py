@@ -17,9 +17,9 @@ import pytest
 from control_plane import ServerConfig, create_api_token
 from control_plane.admin import revoke_api_token_by_id
 from control_plane.auth.api_tokens import REQUIRED_ROLE, RUNNER_METHODS, Role
-from meridian.bundle import pack_directory
 from meridian.client import ControlClient
-from meridian.errors import NotFound, PermissionDenied
+from meridian.core.bundle import pack_directory
+from meridian.core.errors import NotFound, PermissionDenied
 from tests.threaded_plane import ThreadedControlPlane
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}

@@ -20,9 +20,9 @@ from sqlalchemy import select
 from control_plane import ServerConfig, create_api_token
 from control_plane.store.db import Store
 from control_plane.store.models import ApiTokenRow
-from meridian.bundle import pack_directory
 from meridian.client import ControlClient
-from meridian.errors import NotFound, PermissionDenied
+from meridian.core.bundle import pack_directory
+from meridian.core.errors import NotFound, PermissionDenied
 from meridian.models import StepSpec, StepSubmission
 from tests.conftest import POSTGRES_ENV, _postgres_database
 from tests.threaded_plane import ThreadedControlPlane

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from control_plane.api.validation import validate_submissions
-from meridian import sealing
-from meridian.errors import ValidationError
-from meridian.sealing import KeyRing
+from meridian.core import sealing
+from meridian.core.errors import ValidationError
+from meridian.core.sealing import KeyRing
 from protos.meridian.v1 import common_pb2, control_pb2
 
 

@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control_plane.auth.ca import CertificateAuthority, fingerprint_sha256
 from control_plane.auth.identity import identity_from_auth_context, identity_from_certificate
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from control_plane.auth.join_tokens import (
     parse_join_token,
     verify_secret,
 )
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 
 def test_new_token_parses_back_and_verifies() -> None:

@@ -21,7 +21,7 @@ from control_plane.auth.rotation import (
 )
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, AuditRecordRow
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 LIFETIME = dt.timedelta(hours=3)
 

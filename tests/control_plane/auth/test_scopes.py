@@ -10,8 +10,8 @@ from control_plane.auth.scopes import (
     normalize,
     reachable_environments,
 )
-from meridian.errors import PermissionDenied
-from meridian.selectors import parse_selector
+from meridian.core.errors import PermissionDenied
+from meridian.core.selectors import parse_selector
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from control_plane.orchestration.retry import (
     retry_on_matches,
     validate_policy,
 )
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 VALUE_ERROR_MRO = ("builtins.ValueError", "builtins.Exception", "builtins.BaseException")
 

@@ -9,7 +9,7 @@ from control_plane.scheduler.matching import (
     explain_no_match,
     has_potential_match,
 )
-from meridian.selectors import parse_selector
+from meridian.core.selectors import parse_selector
 
 
 def slot(

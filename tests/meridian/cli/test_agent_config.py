@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from meridian.cli.agent_config import load_agent_config_file
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 
 def test_toml_sections_become_provider_configs(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from meridian import models
 from meridian.cli import approvals as approvals_cmd
 from meridian.cli import render
 from meridian.cli import run as run_cmd
-from meridian.errors import ConflictError, PermissionDenied
+from meridian.core.errors import ConflictError, PermissionDenied
 
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 RUN = "0f3c5b1e-0000-4000-8000-000000000001"

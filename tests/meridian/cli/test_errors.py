@@ -8,7 +8,7 @@ import pytest
 
 from meridian.cli import main as main_module
 from meridian.cli import runs
-from meridian.errors import ConnectionFailed, NotFound, ValidationError
+from meridian.core.errors import ConnectionFailed, NotFound, ValidationError
 
 
 def assert_one_error_line(err: str, contains: str) -> None:

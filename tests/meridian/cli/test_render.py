@@ -7,9 +7,10 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from meridian import models, sealing
+from meridian import models
 from meridian.cli import render
-from meridian.sealing import KeyRing
+from meridian.core import sealing
+from meridian.core.sealing import KeyRing
 
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -102,7 +103,9 @@ def failed_run() -> models.RunDetail:
         completed_run(),
         state="FAILED",
         steps=(*completed_run().steps[:3], later, load),
-        error=models.ErrorInfo("permanent", "meridian.errors.StepFailed", "step load#1 failed"),
+        error=models.ErrorInfo(
+            "permanent", "meridian.core.errors.StepFailed", "step load#1 failed"
+        ),
     )
 
 

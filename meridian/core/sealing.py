@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meridian._sealkeys import expand_key, fingerprint, read_key_file
-from meridian._sealkeys import generate_key_file as generate_key_file
-from meridian.errors import SealError
+from meridian.core._sealkeys import expand_key, fingerprint, read_key_file
+from meridian.core._sealkeys import generate_key_file as generate_key_file
+from meridian.core.errors import SealError
 
 ENV_KEYS = "MERIDIAN_SEAL_KEYS"
 VERSION = 1

@@ -23,10 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
-from meridian.errors import SelectorError
+from meridian.core.errors import SelectorError
 
 Operator = Literal["=", "!=", "in", "notin", "exists", "!"]
 
+# Every agent carries this label, set from its certificate: targets can name an environment.
+ENVIRONMENT_LABEL = "environment"
 MAX_SELECTOR_LENGTH = 4096
 MAX_NAME_LENGTH = 63
 MAX_PREFIX_LENGTH = 253

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meridian.errors import BundleError
+from meridian.core.errors import BundleError
 
 DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024

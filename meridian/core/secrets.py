@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from meridian.errors import ValidationError
+from meridian.core.errors import ValidationError
 
 SCHEMES = ("env", "file", "aws-sm", "gcp-sm", "azure-kv")
 MAX_SECRETS = 64

@@ -1,4 +1,4 @@
-"""Sealing key material: key files, key expansion and fingerprints (see ``meridian.sealing``).
+"""Sealing key material: key files, key expansion and fingerprints (see ``meridian.core.sealing``).
 
 A key file holds the base64 (or hex) encoding of 32 or 64 random bytes and must be readable by
 its owner only; ``generate_key_file`` writes one that is. Error messages name the key group and
@@ -18,7 +18,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from meridian.errors import SealError
+from meridian.core.errors import SealError
 
 KEY_BYTES = 64  # AES-256-SIV: two 256-bit AES keys
 ACCEPTED_KEY_BYTES = (32, 64)
