@@ -8,26 +8,12 @@ and compare them freely.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+from meridian.core.spec import StepSpec
+
 Verdict = Literal["accept", "reject"]
-
-
-@dataclass(frozen=True)
-class StepSpecValue:
-    """The parts of a step's spec the agent needs to run one attempt."""
-
-    name: str
-    module: str
-    function: str
-    provider: str
-    timeout_s: float = 0.0
-    options_json: str = ""
-    target: str = ""
-    # Env var name -> secret reference; resolved at the site, values never travel.
-    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,7 +26,7 @@ class Assignment:
     step_run_id: str
     step_key: str
     attempt_number: int
-    spec: StepSpecValue
+    spec: StepSpec
     bundle_sha256: str = ""
     inputs_json: str = ""
 

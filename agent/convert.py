@@ -21,7 +21,6 @@ from agent.actions import (
     DecisionAction,
     DecisionValue,
     DrainAction,
-    StepSpecValue,
     UnknownAction,
     Verdict,
     Welcome,
@@ -38,8 +37,9 @@ from agent.reports import (
     ProposeRunning,
     ReportBody,
 )
+from meridian.core.convert import error_to_proto, spec_from_proto
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2, control_pb2, control_pb2_grpc
-from providers.base import ErrorDetail
+from providers.base import ErrorInfo
 
 _OUTCOME_TO_PROTO = {
     "succeeded": agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
@@ -123,18 +123,6 @@ def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
     return agent_pb2.AgentFrame(heartbeat=beat)
 
 
-def _error_to_proto(error: ErrorDetail | None) -> Any:
-    if error is None:
-        return common_pb2.ErrorInfo()
-    return common_pb2.ErrorInfo(
-        error_class=error.error_class,
-        type=error.type,
-        message=error.message,
-        traceback=error.traceback,
-        type_mro=list(error.type_mro),
-    )
-
-
 def encode_report(body: ReportBody, at_unix_ms: int) -> tuple[str, bytes]:
     """(kind, payload) for the journal: the report without seq, attempt id and token."""
     msg = agent_pb2.Report(at_unix_ms=at_unix_ms)
@@ -153,7 +141,7 @@ def encode_report(body: ReportBody, at_unix_ms: int) -> tuple[str, bytes]:
         msg.finished.result_json = body.result_json
         msg.finished.exit_code = body.exit_code
         if body.error is not None:
-            msg.finished.error.CopyFrom(_error_to_proto(body.error))
+            msg.finished.error.CopyFrom(error_to_proto(body.error))
     return str(msg.WhichOneof("body")), msg.SerializeToString()
 
 
@@ -176,7 +164,7 @@ def report_body_from_proto(msg: Any) -> ReportBody:
     fin = msg.finished
     error = None
     if fin.HasField("error") and fin.error.error_class:
-        error = ErrorDetail(
+        error = ErrorInfo(
             error_class=fin.error.error_class,
             type=fin.error.type,
             message=fin.error.message,
@@ -251,17 +239,6 @@ def _decision_from_proto(d: Any) -> DecisionValue:
 
 
 def _assignment_from_proto(a: Any) -> Assignment:
-    s = a.spec
-    spec = StepSpecValue(
-        name=s.name,
-        module=s.module,
-        function=s.function,
-        provider=s.provider,
-        timeout_s=float(s.timeout_s),
-        options_json=s.options_json,
-        target=s.target,
-        secrets=dict(s.secrets),
-    )
     return Assignment(
         attempt_id=a.attempt_id,
         fencing_token=int(a.fencing_token),
@@ -269,7 +246,7 @@ def _assignment_from_proto(a: Any) -> Assignment:
         step_run_id=a.step_run_id,
         step_key=a.step_key,
         attempt_number=int(a.attempt_number),
-        spec=spec,
+        spec=spec_from_proto(a.spec),
         bundle_sha256=a.bundle_sha256,
         inputs_json=a.inputs_json,
     )

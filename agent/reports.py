@@ -2,7 +2,7 @@
 
 A report body is journaled (encoded by ``agent.convert``) before it is sent; the journal adds
 the per-agent sequence number, the attempt id and the fencing token. The provider contract's
-``ErrorDetail`` and ``OutcomeState`` are reused so provider outcomes map across unchanged.
+``ErrorInfo`` and ``OutcomeState`` are reused so provider outcomes map across unchanged.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from providers.base import ErrorDetail, OutcomeState
+from providers.base import ErrorInfo, OutcomeState
 
 LogStream = Literal["stdout", "stderr", "agent"]
 
@@ -42,7 +42,7 @@ class LogChunk:
 class AttemptFinished:
     outcome: OutcomeState
     result_json: str = ""
-    error: ErrorDetail | None = None
+    error: ErrorInfo | None = None
     exit_code: int = 0
 
 
@@ -85,5 +85,5 @@ def infrastructure_failure(message: str, type_name: str = "meridian.AgentError")
     """A FAILED report for problems the agent or provider hit, not the step's own code."""
     return AttemptFinished(
         outcome="failed",
-        error=ErrorDetail(error_class="infrastructure", type=type_name, message=message),
+        error=ErrorInfo(error_class="infrastructure", type=type_name, message=message),
     )

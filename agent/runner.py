@@ -44,8 +44,7 @@ from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, r
 from meridian.core.errors import SealError
 from meridian.core.sealing import KeyRing
 from providers.base import (
-    ErrorClass,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     Outcome,
@@ -179,7 +178,7 @@ class Runner:
         except SealError as exc:
             self._finish(seal_failure(exc))
             return None
-        secrets = await self._resolve_secrets(spec.secrets)
+        secrets = await self._resolve_secrets(spec.secret_map)
         if secrets is None:
             return None
         work_dir = self._ctx.work_root / assignment.attempt_id
@@ -348,7 +347,7 @@ def _finished_from(waiting: asyncio.Future[Outcome]) -> AttemptFinished:
     outcome = waiting.result()
     error = outcome.error
     if error is None and outcome.state != "succeeded":
-        error = ErrorDetail(
+        error = ErrorInfo(
             error_class="infrastructure",
             type="meridian.ProviderError",
             message=f"step ended {outcome.state} with exit code {outcome.exit_code}",
@@ -364,15 +363,15 @@ def _finished_from(waiting: asyncio.Future[Outcome]) -> AttemptFinished:
 def _cancelled(reason: str, exit_code: int) -> AttemptFinished:
     return AttemptFinished(
         outcome="cancelled",
-        error=ErrorDetail(error_class="cancelled", type="meridian.Cancelled", message=reason),
+        error=ErrorInfo(error_class="cancelled", type="meridian.Cancelled", message=reason),
         exit_code=exit_code,
     )
 
 
-def _failure(error_class: ErrorClass, type_name: str, message: str) -> AttemptFinished:
+def _failure(error_class: str, type_name: str, message: str) -> AttemptFinished:
     return AttemptFinished(
         outcome="failed",
-        error=ErrorDetail(error_class=error_class, type=type_name, message=message),
+        error=ErrorInfo(error_class=error_class, type=type_name, message=message),
     )
 
 

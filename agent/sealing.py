@@ -21,7 +21,7 @@ from agent.reports import AttemptFinished
 from meridian.core import sealing
 from meridian.core.errors import SealError
 from meridian.core.sealing import KeyRing
-from providers.base import ErrorDetail
+from providers.base import ErrorInfo
 
 # Error classes of failures raised by the step's own code (meridian.stepexec); their texts
 # may quote the step's data.
@@ -82,7 +82,7 @@ def seal_failure(exc: SealError) -> AttemptFinished:
     """The permanent failure of an attempt whose values cannot be opened or sealed."""
     return AttemptFinished(
         outcome="failed",
-        error=ErrorDetail(
+        error=ErrorInfo(
             error_class="permanent", type="meridian.core.errors.SealError", message=str(exc)
         ),
     )

@@ -9,93 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from meridian import models
-from protos.meridian.v1 import common_pb2, control_pb2
-
-
-def time_from_ms(value: int) -> datetime | None:
-    """Unix milliseconds -> aware UTC datetime; 0 (unset) -> None."""
-    if not value:
-        return None
-    return datetime.fromtimestamp(value / 1000.0, tz=UTC)
-
-
-def error_to_proto(error: models.ErrorInfo | None) -> common_pb2.ErrorInfo:
-    if error is None:
-        return common_pb2.ErrorInfo()
-    return common_pb2.ErrorInfo(
-        error_class=error.error_class,
-        type=error.type,
-        message=error.message,
-        traceback=error.traceback,
-        type_mro=list(error.type_mro),
-    )
-
-
-def error_from_proto(msg: common_pb2.ErrorInfo) -> models.ErrorInfo | None:
-    # proto3 has no presence for sub-messages we can rely on across servers: treat an
-    # all-empty ErrorInfo as "no error".
-    if not (msg.error_class or msg.type or msg.message or msg.traceback):
-        return None
-    return models.ErrorInfo(
-        error_class=msg.error_class,
-        type=msg.type,
-        message=msg.message,
-        traceback=msg.traceback,
-        type_mro=tuple(msg.type_mro),
-    )
-
-
-def spec_to_proto(spec: models.StepSpec) -> common_pb2.StepSpec:
-    return common_pb2.StepSpec(
-        name=spec.name,
-        module=spec.module,
-        function=spec.function,
-        target=spec.target,
-        provider=spec.provider,
-        retries=spec.retries,
-        retry_delay_s=spec.retry_delay_s,
-        retry_backoff=spec.retry_backoff,
-        retry_jitter=spec.retry_jitter,
-        timeout_s=spec.timeout_s,
-        schedule_timeout_s=spec.schedule_timeout_s,
-        retry_on=list(spec.retry_on),
-        options_json=spec.options_json,
-        on_agent_lost=spec.on_agent_lost,
-        lost_after_s=spec.lost_after_s,
-        secrets=dict(spec.secrets),
-    )
-
-
-def spec_from_proto(msg: common_pb2.StepSpec) -> models.StepSpec:
-    return models.StepSpec(
-        name=msg.name,
-        module=msg.module,
-        function=msg.function,
-        target=msg.target,
-        provider=msg.provider,
-        retries=msg.retries,
-        retry_delay_s=msg.retry_delay_s,
-        retry_backoff=msg.retry_backoff,
-        retry_jitter=msg.retry_jitter,
-        timeout_s=msg.timeout_s,
-        schedule_timeout_s=msg.schedule_timeout_s,
-        retry_on=tuple(msg.retry_on),
-        options_json=msg.options_json,
-        on_agent_lost=msg.on_agent_lost or "retry",
-        lost_after_s=msg.lost_after_s,
-        secrets=tuple(sorted(msg.secrets.items())),
-    )
+from meridian.core.convert import (
+    error_from_proto,
+    spec_to_proto,
+    time_from_ms,
+)
+from protos.meridian.v1 import control_pb2
 
 
 def submission_to_proto(sub: models.StepSubmission) -> control_pb2.StepSubmission:
     return control_pb2.StepSubmission(
         key=sub.key, spec=spec_to_proto(sub.spec), inputs_json=sub.inputs_json
-    )
-
-
-def submission_from_proto(msg: control_pb2.StepSubmission) -> models.StepSubmission:
-    return models.StepSubmission(
-        key=msg.key, spec=spec_from_proto(msg.spec), inputs_json=msg.inputs_json
     )
 
 
@@ -285,13 +209,6 @@ def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExec
         watch_after_event_id=msg.watch_after_event_id,
         runner_token=msg.runner_token,
     )
-
-
-def ms_from_time(value: datetime | None) -> int:
-    """Aware datetime -> Unix milliseconds; None -> 0 (unset)."""
-    if value is None:
-        return 0
-    return int(value.timestamp() * 1000)
 
 
 def audit_record_from_proto(msg: control_pb2.AuditRecord) -> models.AuditRecord:

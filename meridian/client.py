@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from meridian import _convert, models
+from meridian.core import convert as core_convert
 from meridian.core.errors import (
     BundleError,
     ConflictError,
@@ -208,7 +209,7 @@ class ControlClient:
             flow_run_id=flow_run_id,
             succeeded=succeeded,
             result_json=result_json,
-            error=_convert.error_to_proto(error),
+            error=core_convert.error_to_proto(error),
         )
         return self._call(self._stub.FinishRun, request, idempotent=True).state
 
@@ -321,7 +322,7 @@ class ControlClient:
         """One page of the audit log in chain order (``limit`` is capped at 1000 by the
         server); page on with ``after_id`` = the last record's id."""
         request = control_pb2.ListAuditRecordsRequest(
-            since_unix_ms=_convert.ms_from_time(since),
+            since_unix_ms=core_convert.ms_from_time(since),
             limit=limit,
             after_id=after_id,
             newest=newest,

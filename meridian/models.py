@@ -16,38 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    """Why an attempt, step run or flow run failed (see common.proto for the classes)."""
-
-    error_class: str
-    type: str
-    message: str
-    traceback: str = ""
-    type_mro: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """How a step call is executed; sent with every submission."""
-
-    name: str
-    module: str
-    function: str
-    target: str = ""
-    provider: str = "process"
-    retries: int = 0
-    retry_delay_s: float = 1.0
-    retry_backoff: float = 2.0
-    retry_jitter: float = 0.1
-    timeout_s: float = 0.0
-    schedule_timeout_s: float = 600.0
-    retry_on: tuple[str, ...] = ()
-    options_json: str = ""
-    on_agent_lost: str = "retry"
-    lost_after_s: float = 0.0
-    secrets: tuple[tuple[str, str], ...] = ()  # (env var name, secret reference)
+# The shared vocabulary, re-exported: SDK code names them as ``models.ErrorInfo`` too.
+from meridian.core.errorinfo import ErrorInfo as ErrorInfo
+from meridian.core.spec import StepSpec as StepSpec
 
 
 @dataclass(frozen=True)

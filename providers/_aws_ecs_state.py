@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers._outcome import cancelled_detail, timeout_detail
-from providers.base import ErrorDetail, Handle, Outcome, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
 
 PROVIDER_TYPE = "aws-ecs"
 CANCEL_REASON = "meridian: cancelled"
@@ -78,7 +78,7 @@ class EcsAttempt:
 
 
 def infra(message: str, exit_code: int | None = None) -> Outcome:
-    return Outcome("failed", exit_code, None, ErrorDetail("infrastructure", _INFRA, message))
+    return Outcome("failed", exit_code, None, ErrorInfo("infrastructure", _INFRA, message))
 
 
 def ecs_tag(key: str, value: str) -> dict[str, str]:
@@ -148,4 +148,4 @@ def outcome_from_exit(
             exit_code=0,
         )
     message = f"container {attempt.container!r} exited with code {rc} ({_why(attempt, task)})"
-    return Outcome("failed", rc, None, ErrorDetail("transient", _INFRA, message))
+    return Outcome("failed", rc, None, ErrorInfo("transient", _INFRA, message))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from providers._outcome import cancelled_detail, parse_result_marker, timeout_detail
-from providers.base import ErrorDetail, Handle, Outcome, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
 
 PROVIDER_TYPE = "azure-aci"
 ENDED_BY_FILE = "aci-ended-by"  # "cancelled" | "timed_out", written before the group is deleted
@@ -109,7 +109,7 @@ class Attempt:
             raw = json.loads((self.work_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
             error = raw.get("error")
             if error is not None:
-                error = ErrorDetail(**{**error, "type_mro": tuple(error.get("type_mro", ()))})
+                error = ErrorInfo(**{**error, "type_mro": tuple(error.get("type_mro", ()))})
             return Outcome(**{**raw, "error": error})
         return None
 
@@ -121,7 +121,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def infrastructure(message: str, exit_code: int | None = None) -> Outcome:
-    detail = ErrorDetail("infrastructure", "providers.base.ProviderError", message)
+    detail = ErrorInfo("infrastructure", "providers.base.ProviderError", message)
     return Outcome(state="failed", exit_code=exit_code, error=detail)
 
 
@@ -179,6 +179,6 @@ def outcome_of(attempt: Attempt, group: Any, text: str) -> Outcome:
         if exit_code in (None, 0):
             outcome = infrastructure(message, exit_code)
         else:
-            detail_ = ErrorDetail("transient", "providers.base.ProviderError", message)
+            detail_ = ErrorInfo("transient", "providers.base.ProviderError", message)
             outcome = Outcome(state="failed", exit_code=exit_code, error=detail_)
     return outcome

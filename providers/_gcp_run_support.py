@@ -14,7 +14,7 @@ from typing import Any
 
 from providers._gcp_run_config import CloudRunConfig
 from providers._outcome import cancelled_detail, timeout_detail
-from providers.base import ErrorDetail, Handle, Outcome, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
 
 TYPE = "gcp-cloud-run"
 
@@ -118,7 +118,7 @@ def condition_message(execution: Any) -> str:
 
 
 def infrastructure(message: str, exit_code: int | None = None) -> Outcome:
-    detail = ErrorDetail("infrastructure", "providers.base.ProviderError", message)
+    detail = ErrorInfo("infrastructure", "providers.base.ProviderError", message)
     return Outcome(state="failed", exit_code=exit_code, error=detail)
 
 

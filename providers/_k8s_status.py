@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from providers._outcome import cancelled_detail, parse_result_marker, timeout_detail
-from providers.base import ErrorDetail, Handle, Outcome, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
 
 ENDED_BY_FILE = "ended_by"  # "cancelled" | "timed_out": written before the Job is deleted
 RECORD_FILE = "k8s-outcome.json"
@@ -100,7 +100,7 @@ class Attempt:
             return None
         error = raw.pop("error", None)
         if error is not None:
-            error = ErrorDetail(**{**error, "type_mro": tuple(error.get("type_mro", ()))})
+            error = ErrorInfo(**{**error, "type_mro": tuple(error.get("type_mro", ()))})
         return Outcome(**raw, error=error)
 
     def saved_log(self) -> str | None:
@@ -120,7 +120,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def infrastructure(message: str, exit_code: int | None = None) -> Outcome:
-    return Outcome("failed", exit_code, None, ErrorDetail("infrastructure", _INFRA_TYPE, message))
+    return Outcome("failed", exit_code, None, ErrorInfo("infrastructure", _INFRA_TYPE, message))
 
 
 def stopped(reason: str, attempt: Attempt, how: str = "the Job was deleted") -> Outcome:
@@ -215,7 +215,7 @@ def conclude(attempt: Attempt, condition: tuple[str, str, str], pod: Any, log: s
             f"container was OOMKilled (exit code {exit_code}): the step used more than its "
             "memory limit; raise option 'memory'"
         )
-        detail = ErrorDetail("transient", "builtins.MemoryError", message, tail, _OOM_MRO)
+        detail = ErrorInfo("transient", "builtins.MemoryError", message, tail, _OOM_MRO)
         return Outcome(state="failed", exit_code=exit_code, error=detail)
     if exit_code == 0 and not attempt.python_step:
         return Outcome(state="succeeded", exit_code=0, result_json="null")
@@ -225,5 +225,5 @@ def conclude(attempt: Attempt, condition: tuple[str, str, str], pod: Any, log: s
     message = f"container exited with code {exit_code}{reason} without reporting an outcome"
     if tail:
         message += f"; last log lines:\n{tail}"
-    detail = ErrorDetail("transient", "providers.kubernetes.ContainerExit", message)
+    detail = ErrorInfo("transient", "providers.kubernetes.ContainerExit", message)
     return Outcome(state="failed", exit_code=exit_code, error=detail)

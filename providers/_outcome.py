@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from providers.base import ErrorClass, ErrorDetail, Outcome
+from providers.base import ErrorInfo, Outcome
 
 SPEC_FILE = "spec.json"
 OUTCOME_FILE = "outcome.json"
@@ -32,7 +32,7 @@ _ERROR_CLASSES = {
 def _unreadable(why: str) -> Outcome:
     return Outcome(
         state="failed",
-        error=ErrorDetail(
+        error=ErrorInfo(
             error_class="infrastructure",
             type="providers.base.ProviderError",
             message=f"the step's outcome could not be read: {why}",
@@ -40,14 +40,14 @@ def _unreadable(why: str) -> Outcome:
     )
 
 
-def _error_detail(raw: Any) -> ErrorDetail:
+def _error_detail(raw: Any) -> ErrorInfo:
     if not isinstance(raw, dict):
         raise ValueError("'error' must be an object")
     error_class = str(raw.get("error_class", "transient"))
     if error_class not in _ERROR_CLASSES:
         raise ValueError(f"unknown error_class {error_class!r}")
-    return ErrorDetail(
-        error_class=cast(ErrorClass, error_class),
+    return ErrorInfo(
+        error_class=error_class,
         type=str(raw.get("type", "")),
         message=str(raw.get("message", "")),
         traceback=str(raw.get("traceback", "")),
@@ -109,11 +109,11 @@ CANCEL_MRO = (
 )
 
 
-def timeout_detail(message: str) -> ErrorDetail:
+def timeout_detail(message: str) -> ErrorInfo:
     """How every provider reports an attempt it stopped for running past its timeout."""
-    return ErrorDetail("timeout", TIMEOUT_MRO[0], message, "", TIMEOUT_MRO)
+    return ErrorInfo("timeout", TIMEOUT_MRO[0], message, "", TIMEOUT_MRO)
 
 
-def cancelled_detail(message: str = "step was cancelled") -> ErrorDetail:
+def cancelled_detail(message: str = "step was cancelled") -> ErrorInfo:
     """How every provider reports an attempt it stopped because it was cancelled."""
-    return ErrorDetail("cancelled", CANCEL_MRO[0], message, "", CANCEL_MRO)
+    return ErrorInfo("cancelled", CANCEL_MRO[0], message, "", CANCEL_MRO)

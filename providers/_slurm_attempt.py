@@ -13,7 +13,7 @@ from pathlib import Path
 from providers import _slurm_job as job
 from providers._outcome import OUTCOME_FILE, cancelled_detail, read_outcome, timeout_detail
 from providers._slurm_tail import Tail
-from providers.base import ErrorDetail, Handle, Outcome, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
 
 PROVIDER_ERROR = "providers.base.ProviderError"
 
@@ -97,7 +97,7 @@ def conclude(attempt: Attempt, info: job.JobInfo | None) -> Outcome:
         why = "cancelled outside Meridian (scancel?)" if state == "CANCELLED" else info.state
         reason = f" (reason: {info.reason})" if info.reason not in ("", "None") else ""
         message = f"Slurm job {attempt.job_id} ended {why}{reason}"
-        detail = ErrorDetail("infrastructure", PROVIDER_ERROR, message)
+        detail = ErrorInfo("infrastructure", PROVIDER_ERROR, message)
         return Outcome(state="failed", exit_code=rc, error=detail)
     return _from_step(attempt, rc, state)
 
@@ -121,10 +121,10 @@ def _from_step(attempt: Attempt, rc: int | None, state: str | None) -> Outcome:
         message += f" without writing {attempt.file(OUTCOME_FILE)}"
         if rc == 0:  # exit 0 and no outcome: we are not looking at the dir the job wrote to
             message += "; is the job dir on a filesystem shared with the compute nodes?"
-            detail = ErrorDetail("infrastructure", PROVIDER_ERROR, message)
+            detail = ErrorInfo("infrastructure", PROVIDER_ERROR, message)
             return Outcome(state="failed", exit_code=rc, error=detail)
     tail = Tail.last_lines(attempt.file(job.STDERR_LOG))
     if tail:
         message += f"; last stderr lines:\n{tail}"
-    detail = ErrorDetail("transient", PROVIDER_ERROR, message)
+    detail = ErrorInfo("transient", PROVIDER_ERROR, message)
     return Outcome(state="failed", exit_code=rc, error=detail)

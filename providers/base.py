@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-ErrorClass = Literal[
-    "transient", "permanent", "infrastructure", "timeout", "lost_agent", "cancelled", "scheduling"
-]
+from meridian.core.errorinfo import ErrorInfo
+
 OutcomeState = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
 
@@ -87,24 +86,13 @@ class Handle:
 
 
 @dataclass(frozen=True)
-class ErrorDetail:
-    """Why an attempt failed, in the words the control plane records."""
-
-    error_class: ErrorClass
-    type: str
-    message: str
-    traceback: str = ""
-    type_mro: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended. ``result_json`` is set only when ``state == "succeeded"``."""
 
     state: OutcomeState
     exit_code: int | None = None
     result_json: str | None = None
-    error: ErrorDetail | None = None
+    error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True)

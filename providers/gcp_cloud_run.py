@@ -51,7 +51,7 @@ from providers._gcp_run_support import (
 from providers._outcome import RESULT_MARKER, parse_result_marker
 from providers.base import (
     Capabilities,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -262,7 +262,7 @@ class CloudRunProvider(Provider):
         if exit_code is None:
             return infrastructure(f"Cloud Run execution {attempt.execution} failed: {why}")
         message = f"Cloud Run execution {attempt.execution} exited with code {exit_code}: {why}"
-        detail = ErrorDetail("transient", "providers.base.ProviderError", message)
+        detail = ErrorInfo("transient", "providers.base.ProviderError", message)
         return Outcome(state="failed", exit_code=exit_code, error=detail)
 
     async def _exit_code(self, clients: Clients, execution: str) -> int | None:

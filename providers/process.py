@@ -33,7 +33,7 @@ from providers._outcome import (
 from providers._proctree import group_members, killpg, leader_alive, owns_group, read_stat
 from providers.base import (
     Capabilities,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -320,7 +320,7 @@ class ProcessProvider(Provider):
         tail = _stderr_tail(attempt.work_dir)
         if tail:
             message += f"; last stderr lines:\n{tail}"
-        detail = ErrorDetail("infrastructure", "providers.base.ProviderError", message)
+        detail = ErrorInfo("infrastructure", "providers.base.ProviderError", message)
         return Outcome(state="failed", exit_code=rc, error=detail)
 
     async def cancel(self, handle: Handle, grace_s: float) -> None:

@@ -35,7 +35,7 @@ from providers._ray_entry import STDERR_TAG
 from providers._ray_handle import RayJob as _Job
 from providers.base import (
     Capabilities,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -192,7 +192,7 @@ class RayProvider(Provider):
     def _infrastructure(message: str) -> Outcome:
         return Outcome(
             state="failed",
-            error=ErrorDetail("infrastructure", "providers.base.ProviderError", message),
+            error=ErrorInfo("infrastructure", "providers.base.ProviderError", message),
         )
 
     async def _conclude(self, job: _Job, status: str) -> Outcome:
@@ -246,7 +246,7 @@ class RayProvider(Provider):
             if error_type.startswith("JOB_ENTRYPOINT_COMMAND_ERROR")
             else "infrastructure"
         )
-        detail = ErrorDetail(error_class, f"ray.job_submission.{error_type or 'FAILED'}", message)
+        detail = ErrorInfo(error_class, f"ray.job_submission.{error_type or 'FAILED'}", message)
         return Outcome(state="failed", exit_code=rc, error=detail)
 
     async def cancel(self, handle: Handle, grace_s: float) -> None:

@@ -24,7 +24,7 @@ from providers._slurm_config import OPTIONS_SCHEMA, SlurmConfig, string_map, val
 from providers._slurm_tail import Tail
 from providers.base import (
     Capabilities,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -156,7 +156,7 @@ class SlurmProvider(Provider):
                 # slurmctld restarts and fails over: tolerate a short outage, then say why.
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > _QUERY_ERROR_BUDGET_S:
-                    detail = ErrorDetail("infrastructure", PROVIDER_ERROR, str(exc))
+                    detail = ErrorInfo("infrastructure", PROVIDER_ERROR, str(exc))
                     return Outcome(state="failed", error=detail)
             await asyncio.sleep(self.settings.poll_interval_s)
 

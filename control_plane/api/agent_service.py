@@ -30,10 +30,10 @@ from control_plane.orchestration.agents import (
     agent_heartbeat,
 )
 from control_plane.orchestration.engine import apply_reports
-from control_plane.orchestration.states import SLOT_HOLDING
 from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
 from control_plane.store.models import AttemptRow, BundleRow, FlowRunRow
 from meridian.core.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.states import SLOT_HOLDING
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)

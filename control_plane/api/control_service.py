@@ -38,12 +38,12 @@ from control_plane.orchestration.lifecycle import (
     resume_run,
     retry_run,
 )
-from control_plane.orchestration.states import TERMINAL_RUN
 from control_plane.orchestration.values import Effects
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
 from control_plane.store.models import BundleRow
 from meridian.core.errors import MeridianError, PermissionDenied, ValidationError
+from meridian.core.states import TERMINAL_RUN
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0

@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from control_plane.orchestration.states import IllegalTransition
+from control_plane.orchestration.machines import IllegalTransition
 from meridian.core.errors import (
     ConflictError,
     MeridianError,

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from control_plane.api.convert import error_to_proto, ms
 from control_plane.audit import VerifyReport
-from control_plane.orchestration.states import TERMINAL_STEP, AttemptState, StepState
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
 from control_plane.store.models import (
@@ -20,6 +19,7 @@ from control_plane.store.models import (
     StepRunRow,
 )
 from control_plane.store.queries import EventView, RunView
+from meridian.core.states import TERMINAL_STEP, AttemptState, StepState
 from protos.meridian.v1 import common_pb2, control_pb2
 
 STEP_END_KINDS = {"step.completed", "step.failed", "step.cancelled"}

@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from control_plane import audit
 from control_plane.orchestration.engine import finish_attempt
-from control_plane.orchestration.states import SLOT_HOLDING, AttemptState
 from control_plane.orchestration.values import Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, StepRunRow
 from meridian.core.errors import NotFound, ValidationError
+from meridian.core.states import SLOT_HOLDING, AttemptState
 
 
 def resolve_agent(session: Session, ref: str, environments: Sequence[str] = ()) -> AgentRow:

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from control_plane.auth.enrollment import pinned_labels_problem
 from control_plane.auth.rotation import accepts_certificate
 from control_plane.orchestration.engine import assign_frame, finish_attempt
-from control_plane.orchestration.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from meridian.core.errors import NotFound, PermissionDenied
+from meridian.core.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 
 from control_plane import audit
 from control_plane.orchestration.engine import new_id
-from control_plane.orchestration.states import LIVE_RUN, RunState
 from control_plane.orchestration.transitions import move_run, record_event
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import ApprovalRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
 from meridian.core.errors import ConflictError, NotFound
+from meridian.core.states import LIVE_RUN, RunState
 
 PENDING, APPROVED, REJECTED, TIMED_OUT = "pending", "approved", "rejected", "timed_out"
 # Only a body that runs can ask. Decisions (and timeouts) are taken while a runner drives the

@@ -20,15 +20,6 @@ from sqlalchemy.orm import Session
 from control_plane import audit
 from control_plane.orchestration.retry import RetryPolicy, decide_retry
 from control_plane.orchestration.rules import judge_report
-from control_plane.orchestration.states import (
-    LIVE_RUN,
-    SLOT_HOLDING,
-    TERMINAL_RUN,
-    TERMINAL_STEP,
-    AttemptState,
-    RunState,
-    StepState,
-)
 from control_plane.orchestration.transitions import move_attempt, move_run, move_step, record_event
 from control_plane.orchestration.values import (
     AssignOut,
@@ -49,6 +40,15 @@ from control_plane.store.models import (
     StepRunRow,
 )
 from meridian.core.errors import ConflictError, NotFound
+from meridian.core.states import (
+    LIVE_RUN,
+    SLOT_HOLDING,
+    TERMINAL_RUN,
+    TERMINAL_STEP,
+    AttemptState,
+    RunState,
+    StepState,
+)
 
 MAX_LOG_LINE = 16 * 1024
 DEFAULT_RUNNER_LEASE_S = 60.0

@@ -18,12 +18,12 @@ from control_plane.orchestration.engine import (
     complete_cancel_if_confirmed,
     create_run,
 )
-from control_plane.orchestration.states import TERMINAL_RUN, RunState
 from control_plane.orchestration.transitions import move_run, record_event
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import EventRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
 from meridian.core.errors import ConflictError, NotFound, ValidationError
+from meridian.core.states import TERMINAL_RUN, RunState
 
 MAX_RUNNER_LEASE_S = 600.0
 RESUMABLE = (RunState.CRASHED, RunState.FAILED, RunState.CANCELLED)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from control_plane.orchestration.states import TERMINAL_ATTEMPT, AttemptState
 from control_plane.orchestration.values import ReportIn
 from control_plane.store.models import AttemptRow
+from meridian.core.states import TERMINAL_ATTEMPT, AttemptState
 
 Action = Literal["reject", "ignore"]
 

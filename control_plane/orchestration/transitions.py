@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from control_plane.orchestration.states import (
+from control_plane.orchestration.machines import (
     check_attempt_transition,
     check_run_transition,
     check_step_transition,

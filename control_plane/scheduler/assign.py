@@ -13,11 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.engine import assign_attempt, fail_unschedulable
-from control_plane.orchestration.states import AttemptState
 from control_plane.orchestration.values import Effects
 from control_plane.scheduler.matching import AgentSlot, choose_agent, explain_no_match
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from meridian.core.selectors import Selector, parse_selector
+from meridian.core.states import AttemptState
 
 
 @functools.lru_cache(maxsize=4096)

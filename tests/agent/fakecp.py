@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from providers.base import (
     Capabilities,
-    ErrorDetail,
+    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -363,7 +363,7 @@ class FakeProvider(Provider):
         code = int(opts.get("exit_code", 0))
         if code == 0:
             return Outcome(state="succeeded", exit_code=0, result_json='{"ok": true}')
-        error = ErrorDetail("transient", "builtins.RuntimeError", f"exit {code}")
+        error = ErrorInfo("transient", "builtins.RuntimeError", f"exit {code}")
         return Outcome(state="failed", exit_code=code, error=error)
 
     def _run(self, handle: Handle) -> _Run:

@@ -25,7 +25,7 @@ from agent.reports import (
     ReportBody,
 )
 from protos.meridian.v1 import agent_pb2, common_pb2
-from providers.base import ErrorDetail
+from providers.base import ErrorInfo
 
 
 def test_welcome() -> None:
@@ -109,7 +109,7 @@ def test_report_bodies_round_trip_and_batch_with_seq() -> None:
         AttemptFinished("succeeded", result_json="42", exit_code=0),
         AttemptFinished(
             "failed",
-            error=ErrorDetail("transient", "builtins.ValueError", "bad", "tb", ("a.B", "a.C")),
+            error=ErrorInfo("transient", "builtins.ValueError", "bad", "tb", ("a.B", "a.C")),
             exit_code=1,
         ),
     ]

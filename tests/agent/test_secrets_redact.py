@@ -16,7 +16,7 @@ from agent.reports import AttemptFinished, HandleRecorded, LogChunk, LogLine, Pr
 from agent.secrets import Redactor, redact_report
 from agent.secrets.redact import MASK, MIN_REDACT_CHARS, encodings
 from protos.meridian.v1 import agent_pb2, common_pb2
-from providers.base import ErrorDetail, LogRecord
+from providers.base import ErrorInfo, LogRecord
 
 SECRET = 'p@ss/w"rd+1 é'
 
@@ -78,7 +78,7 @@ def test_reports_are_scrubbed_in_every_text_field() -> None:
     finished = AttemptFinished(
         outcome="failed",
         result_json='{"x": 1}',
-        error=ErrorDetail("transient", "builtins.ValueError", "bad hunter22", "tb hunter22"),
+        error=ErrorInfo("transient", "builtins.ValueError", "bad hunter22", "tb hunter22"),
         exit_code=1,
     )
     scrubbed = redact_report(finished, r)
@@ -114,4 +114,4 @@ def test_assignments_carry_references_only() -> None:
     )
     action = convert.action_from_proto(frame)
     assert isinstance(action, AssignAction)
-    assert action.assignments[0].spec.secrets == {"DB_PASSWORD": "aws-sm:prod/db#password"}
+    assert action.assignments[0].spec.secret_map == {"DB_PASSWORD": "aws-sm:prod/db#password"}

@@ -1,65 +1,12 @@
-"""The three state machines (ARCHITECTURE.md section 6) as data, plus the checks on them.
+"""The three state machines (docs/architecture.md, "States") as data, plus the checks on them.
 
-Pure: no I/O. ``check_transition`` is called by the orchestration engine before every write so
-an illegal jump is a bug report, not silent corruption.
+Pure: no I/O. A check runs before every write of a state, so an illegal jump is a bug report,
+not silent corruption.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-
-class RunState(StrEnum):
-    SCHEDULED = "SCHEDULED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    CANCELLING = "CANCELLING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    CRASHED = "CRASHED"
-
-
-class StepState(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    CACHED = "CACHED"
-
-
-class AttemptState(StrEnum):
-    QUEUED = "QUEUED"
-    ASSIGNED = "ASSIGNED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    LOST = "LOST"
-    TIMED_OUT = "TIMED_OUT"
-    CANCELLED = "CANCELLED"
-
-
-TERMINAL_RUN = frozenset(
-    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.CRASHED}
-)
-TERMINAL_STEP = frozenset(
-    {StepState.COMPLETED, StepState.FAILED, StepState.CANCELLED, StepState.CACHED}
-)
-TERMINAL_ATTEMPT = frozenset(
-    {
-        AttemptState.SUCCEEDED,
-        AttemptState.FAILED,
-        AttemptState.LOST,
-        AttemptState.TIMED_OUT,
-        AttemptState.CANCELLED,
-    }
-)
-# Runs whose body may still be driven by a runner: their steps run, retry and are re-attached.
-LIVE_RUN = frozenset({RunState.RUNNING, RunState.PAUSED, RunState.CRASHED})
-# Attempts that hold one of an agent's concurrency slots.
-SLOT_HOLDING = frozenset({AttemptState.ASSIGNED, AttemptState.RUNNING})
+from meridian.core.states import AttemptState, RunState, StepState
 
 _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
     RunState.SCHEDULED: frozenset({RunState.PENDING, RunState.CANCELLED}),
