@@ -1,26 +1,21 @@
 """A small fake control plane for agent tests: a real grpc.aio server over loopback mTLS.
 
-It implements AgentService (Enroll, Connect, FetchBundle) with a test CA created here, and lets
-a test drive each Connect session by hand: read the agent's Hello, send Welcome, Assign,
-Decision, Cancel, Ack, and drop the stream. Also holds ``FakeProvider``, a real Provider whose
-"infrastructure" is an in-process coroutine configured by per-step options.
+It implements AgentService (Enroll, Connect, FetchBundle) with a throwaway test CA
+(``tests.support.tls.TestPKI``), and lets a test drive each Connect session by hand: read the
+agent's Hello, send Welcome, Assign, Decision, Cancel, Ack, and drop the stream. Also holds
+``FakeProvider``, a real Provider whose "infrastructure" is an in-process coroutine configured
+by per-step options.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from providers.base import (
@@ -33,79 +28,10 @@ from providers.base import (
     Provider,
     ProviderError,
 )
+from tests.support.deadlines import DEADLINE_S
+from tests.support.tls import TestPKI
 
 JOIN_TOKEN = "good-token"
-REPORT_WAIT_S = 5.0
-
-
-# ---- test PKI -----------------------------------------------------------------------------
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-class TestPKI:
-    """A throwaway CA, a server certificate for loopback, and CSR signing for agents."""
-
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-        self.ca_cert = (
-            self._builder(name, name, self.ca_key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.ca_key, hashes.SHA256())
-        )
-        self.ca_pem = self.ca_cert.public_bytes(serialization.Encoding.PEM)
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        server_cert = (
-            self._builder(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]),
-                name,
-                server_key.public_key(),
-            )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self.ca_key, hashes.SHA256())
-        )
-        self.server_key_pem = _pem_key(server_key)
-        self.server_cert_pem = server_cert.public_bytes(serialization.Encoding.PEM)
-
-    def _builder(self, subject: x509.Name, issuer: x509.Name, public_key: Any) -> Any:
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-        )
-
-    def sign_csr(self, csr_pem: bytes, agent_id: str) -> bytes:
-        csr = x509.load_pem_x509_csr(csr_pem)
-        cert = (
-            self._builder(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id)]),
-                self.ca_cert.subject,
-                csr.public_key(),
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.ca_key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM)
 
 
 # ---- sessions -----------------------------------------------------------------------------
@@ -188,7 +114,7 @@ class Session:
         """End the stream from the server side, as a restarted control plane would."""
         self.outbox.put_nowait(_DROP)
 
-    async def next_report(self, timeout: float = REPORT_WAIT_S) -> Any:
+    async def next_report(self, timeout: float = DEADLINE_S) -> Any:
         return await asyncio.wait_for(self.reports.get(), timeout)
 
     async def reports_until_finished(self, attempt_id: str) -> list[Any]:
@@ -200,7 +126,7 @@ class Session:
             if report.attempt_id == attempt_id and report.WhichOneof("body") == "finished":
                 return seen
 
-    async def next_heartbeat(self, timeout: float = REPORT_WAIT_S) -> Any:
+    async def next_heartbeat(self, timeout: float = DEADLINE_S) -> Any:
         return await asyncio.wait_for(self.heartbeats.get(), timeout)
 
 
@@ -248,7 +174,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
             if server is not None:
                 await server.stop(0)
 
-    async def next_session(self, timeout: float = REPORT_WAIT_S) -> Session:
+    async def next_session(self, timeout: float = DEADLINE_S) -> Session:
         session = await asyncio.wait_for(self.sessions.get(), timeout)
         await asyncio.wait_for(session.hello_seen.wait(), timeout)
         return session

@@ -5,15 +5,13 @@ resolver makes, as the public REST reference documents it (paths, query, auth he
 and error bodies). The real auth libraries drive the requests: google-auth's service-account
 credentials fetch their token from the GCP fake's token endpoint (the fake checks the signed
 JWT assertion), and azure-core's bearer token policy authenticates to the Azure fake, which
-speaks HTTPS with a throwaway self-signed certificate because azure-core refuses to send bearer
+speaks HTTPS with a certificate from a throwaway test CA because azure-core refuses to send bearer
 tokens over plain HTTP. No emulator exists for either service, hence "contract" fakes.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import secrets
 import ssl
@@ -27,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from tests.support.tls import TestPKI
 
 # ---- plumbing -----------------------------------------------------------------------------
 
@@ -100,32 +98,15 @@ def _pem_private(key: rsa.RSAPrivateKey) -> bytes:
 
 def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
     """A server TLS context for localhost/127.0.0.1 and the CA bundle that trusts it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    pki = TestPKI()
     cert_path, key_path = directory / "fake-kv.pem", directory / "fake-kv.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_private(key))
+    ca_path = directory / "fake-kv-ca.pem"
+    cert_path.write_bytes(pki.server_cert_pem)
+    key_path.write_bytes(pki.server_key_pem)
+    ca_path.write_bytes(pki.ca_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
-    return context, cert_path
+    return context, ca_path
 
 
 # ---- Google Secret Manager ------------------------------------------------------------------

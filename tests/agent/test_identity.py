@@ -12,7 +12,8 @@ import agent
 from agent import enroll
 from agent.identity import AgentIdentity, generate_key_and_csr, load_identity, save_identity
 from meridian.core.errors import ConnectionFailed, NotFound, PermissionDenied
-from tests.agent.fakecp import FakeControlPlane, TestPKI
+from tests.agent.fakecp import FakeControlPlane
+from tests.support.tls import TestPKI
 
 
 def test_public_api_is_pinned() -> None:

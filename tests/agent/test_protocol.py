@@ -15,7 +15,8 @@ import pytest
 from agent import Agent, AgentConfig, enroll
 from agent.journal import Journal
 from protos.meridian.v1 import agent_pb2
-from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session, TestPKI
+from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session
+from tests.support.tls import TestPKI
 
 TEST_TIMEOUT_S = 10.0
 

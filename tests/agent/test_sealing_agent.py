@@ -30,7 +30,8 @@ from meridian.core.sealing import KeyRing
 from protos.meridian.v1 import agent_pb2, common_pb2
 from providers.base import ExecutionSpec, Handle, Provider
 from providers.process import ProcessProvider
-from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session, TestPKI
+from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session
+from tests.support.tls import TestPKI
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,8 @@ from agent import Agent, AgentConfig, enroll
 from protos.meridian.v1 import agent_pb2, common_pb2
 from providers.base import ExecutionSpec, Handle
 from providers.process import ProcessProvider
-from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, Session, TestPKI
+from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, Session
+from tests.support.tls import TestPKI
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,7 +26,7 @@ from tests.deploy.artefacts import (
     image_entrypoint,
     parse_cli,
 )
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
 
 HEALTHCHECK = DOCKERFILE.parent / "healthcheck.py"
 DOCKERIGNORE = DOCKERFILE.parent / "Dockerfile.dockerignore"

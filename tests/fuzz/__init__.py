@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 
 from control_plane import ControlPlane, ServerConfig, create_api_token, create_join_token
 from protos.meridian.v1 import agent_pb2_grpc, control_pb2, control_pb2_grpc
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
 
 # Every fuzz test derives its settings from this one; max_examples is set per test so the
 # whole directory stays within about a minute on two cores.

@@ -1,24 +1,20 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import POSTGRES_ENV, _postgres_database
 from tests.integration.harness import Estate
+from tests.support.databases import DATABASES, postgres_database, postgres_server
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DATABASES)
 def estate_db(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """The control plane's database: SQLite in its data dir, and PostgreSQL when configured."""
     if request.param == "sqlite":
         yield None
         return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"set {POSTGRES_ENV} to run integration tests against PostgreSQL")
-    yield from _postgres_database(base)
+    yield from postgres_database(postgres_server("integration tests"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from meridian.client import ControlClient
 from meridian.core.errors import BundleError
 from meridian.sdk.runner import run_flow
 from tests.integration.harness import Estate, child_env, free_port, meridian_cmd
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
 
 ENV = "errors-env"
 

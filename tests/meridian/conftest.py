@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from meridian.client import ControlClient
-from tests.meridian.test_client import FakeServer, Tls, make_tls, serve_fake
+from tests.meridian.test_client import FakeServer, serve_fake
+from tests.support.deadlines import DEADLINE_S
+from tests.support.tls import Tls, make_tls
 
 
 @pytest.fixture(scope="module")
@@ -25,5 +27,5 @@ def fake_server(tls_material: Tls, tmp_path: Path) -> Iterator[FakeServer]:
 
 @pytest.fixture
 def client(fake_server: FakeServer) -> Iterator[ControlClient]:
-    with ControlClient(fake_server.address, fake_server.ca_file, timeout_s=5.0) as c:
+    with ControlClient(fake_server.address, fake_server.ca_file, timeout_s=DEADLINE_S) as c:
         yield c

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
-import ipaddress
 import itertools
 import socket
 import threading
@@ -24,10 +23,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meridian import (
     BundleError,
@@ -40,58 +35,8 @@ from meridian import (
 from meridian.client import ControlClient
 from meridian.models import ErrorInfo, StepSpec, StepSubmission
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
-
-# -- TLS material ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tls:
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_tls() -> Tls:
-    """A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("test ca"))
-        .issuer_name(_name("test ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    return Tls(
-        ca_pem=ca_cert.public_bytes(pem),
-        cert_pem=cert.public_bytes(pem),
-        key_pem=key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-
+from tests.support.deadlines import DEADLINE_S
+from tests.support.tls import Tls, make_tls
 
 # -- the fake control plane --------------------------------------------------------------------
 
@@ -387,7 +332,7 @@ def test_wrong_ca_is_a_connection_failure_naming_the_ca_file(
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_bytes(make_tls().ca_pem)
     with (
-        ControlClient(fake_server.address, other_ca, timeout_s=5.0) as c,
+        ControlClient(fake_server.address, other_ca, timeout_s=DEADLINE_S) as c,
         pytest.raises(ConnectionFailed) as info,
     ):
         c.list_agents()
@@ -400,7 +345,7 @@ def test_unreachable_control_plane_is_a_connection_failure(fake_server: FakeServ
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with (
-        ControlClient(f"127.0.0.1:{port}", fake_server.ca_file, timeout_s=5.0) as c,
+        ControlClient(f"127.0.0.1:{port}", fake_server.ca_file, timeout_s=DEADLINE_S) as c,
         pytest.raises(ConnectionFailed) as info,
     ):
         c.list_runs()

@@ -21,7 +21,7 @@ from meridian.core.errors import ApprovalRejected, StepCancelled, ValidationErro
 from meridian.sdk import approve
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk.runner import RunOutcome, run_flow
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
 
 FLOWS = """
 from meridian import ApprovalRejected, approve, flow

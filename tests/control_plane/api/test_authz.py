@@ -20,7 +20,7 @@ from control_plane.auth.api_tokens import REQUIRED_ROLE, RUNNER_METHODS, Role
 from meridian.client import ControlClient
 from meridian.core.bundle import pack_directory
 from meridian.core.errors import NotFound, PermissionDenied
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
 
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 STREAMING_RESPONSE = {"WatchRun", "DownloadBundle"}

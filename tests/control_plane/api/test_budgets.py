@@ -12,8 +12,8 @@ import pytest
 from control_plane import ServerConfig, create_api_token
 from control_plane.api.budgets import DEFAULT_BUDGET_S, LONG_CALLS, CallBudgets
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
-from tests.auth_helpers import with_bearer
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.plane import ThreadedControlPlane
+from tests.support.tls import with_bearer
 
 BUDGET_S = 0.2  # so the upload budget here is 2 s
 

@@ -37,9 +37,10 @@ from protos.meridian.v1 import (
     control_pb2,
     control_pb2_grpc,
 )
-from tests.auth_helpers import with_bearer
-from tests.conftest import POSTGRES_ENV, _postgres_database
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.databases import POSTGRES_ENV
+from tests.support.databases import postgres_database as _postgres_database
+from tests.support.plane import ThreadedControlPlane
+from tests.support.tls import with_bearer
 
 MAX_BUNDLE = 64 * 1024
 CALL_TIMEOUT_S = 20.0

@@ -24,8 +24,9 @@ from meridian.client import ControlClient
 from meridian.core.bundle import pack_directory
 from meridian.core.errors import NotFound, PermissionDenied
 from meridian.models import StepSpec, StepSubmission
-from tests.conftest import POSTGRES_ENV, _postgres_database
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.databases import POSTGRES_ENV
+from tests.support.databases import postgres_database as _postgres_database
+from tests.support.plane import ThreadedControlPlane
 
 
 @dataclass

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from meridian.cli.common import ENV_CA_FILE, ENV_CONTROL_PLANE
 from meridian.cli.main import main
+from tests.support.tls import TestPKI
 
 
 @dataclass
@@ -44,23 +40,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
 @pytest.fixture(scope="session")
 def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real self-signed CA certificate (PEM), so the client accepts the file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """A real CA certificate (PEM), so the client accepts the file."""
     path = tmp_path_factory.mktemp("ca") / "ca.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(TestPKI().ca_pem)
     return path
 
 

@@ -4,7 +4,6 @@ control plane (SQLite and PostgreSQL) whose database is tampered with directly."
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,8 +17,8 @@ from control_plane.audit import record_hash
 from control_plane.audit._chain import canonical_json, parse_at
 from meridian import models
 from meridian.cli import audit as audit_cmd
-from tests.conftest import POSTGRES_ENV, _postgres_database
-from tests.threaded_plane import ThreadedControlPlane
+from tests.support.databases import DATABASES, postgres_database, postgres_server
+from tests.support.plane import ThreadedControlPlane
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
@@ -111,15 +110,12 @@ def test_verify_exit_codes(cli, fake: FakeClient) -> None:
 # ---- against a real control plane ------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=DATABASES)
 def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServerConfig, str]]:
     dbs: Iterator[str] | None = None
     db_url = None
     if request.param == "postgres":
-        base = os.environ.get(POSTGRES_ENV)
-        if not base:
-            pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
-        dbs = _postgres_database(base)
+        dbs = postgres_database(postgres_server("the audit CLI tests"))
         db_url = next(dbs)
     config = ServerConfig(data_dir=tmp_path / "server", listen="127.0.0.1:0",
                           agent_listen="127.0.0.1:0", db_url=db_url)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Test helper: a real ControlPlane on a private event-loop thread, for blocking clients."""
+"""A real ControlPlane on a private event-loop thread, so tests can use blocking clients and
+stubs against it (``ThreadedControlPlane``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import threading
 
 from control_plane import ControlPlane, ServerConfig
+from tests.support.deadlines import DEADLINE_S
 
 
 class ThreadedControlPlane:
@@ -19,7 +21,7 @@ class ThreadedControlPlane:
 
     def start(self) -> ControlPlane:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(timeout=60)
+        asyncio.run_coroutine_threadsafe(self.plane.start(), self._loop).result(timeout=DEADLINE_S)
         return self.plane
 
     async def _shutdown(self) -> None:
@@ -39,7 +41,7 @@ class ThreadedControlPlane:
         self.stop()
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=DEADLINE_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=DEADLINE_S)
         self._loop.close()
