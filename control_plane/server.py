@@ -113,6 +113,7 @@ class ControlPlane:
             agent_lost_after_s=self.config.agent_lost_after_s,
             runner_grace_s=self.config.runner_grace_s,
         )
+        store.after_commit(dispatcher.apply)  # every committed use case's effects
         return Services(self.config, store, ca, registry, dispatcher, notifier)
 
     def _build_server(self) -> grpc.aio.Server:

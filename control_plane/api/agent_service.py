@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-from sqlalchemy import select
 
 from control_plane.api import convert
 from control_plane.api.errors import abort
@@ -24,16 +23,15 @@ from control_plane.api.validation import validate_hello
 from control_plane.auth.enrollment import enroll_agent
 from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
 from control_plane.auth.rotation import issued_at, renew_in_s, rotate_certificate
-from control_plane.orchestration.agents import (
+from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
+from control_plane.usecases.agents import (
     agent_connected,
     agent_disconnected,
     agent_heartbeat,
 )
-from control_plane.orchestration.engine import apply_reports
-from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
-from control_plane.store.models import AttemptRow, BundleRow, FlowRunRow
+from control_plane.usecases.attempts import apply_reports
+from control_plane.usecases.bundles import bundle_for_agent
 from meridian.core.errors import NotFound, PermissionDenied, ValidationError
-from meridian.core.states import SLOT_HOLDING
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -49,10 +47,6 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 class ProtocolError(Exception):
     """The agent broke the stream protocol; the stream is closed with INVALID_ARGUMENT."""
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -76,7 +70,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     token=request.join_token,
                     csr_pem=request.csr_pem,
                     name=request.name,
-                    now=utcnow(),
+                    now=self._s.store.clock(),
                     validity=validity,
                 )
             )
@@ -107,7 +101,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         try:
             try:
-                data = await self._s.store.run(_bundle_for_agent, identity.agent_id, request.sha256)
+                data = await self._s.store.run(bundle_for_agent, identity.agent_id, request.sha256)
             except NotFound as exc:
                 await abort(context, exc)
             for chunk in bundle_chunks(request.sha256, data):
@@ -133,8 +127,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except ValidationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Hello refused: {exc}")
         try:
-            connected, effects = await self._s.store.run(
-                agent_connected, identity.agent_id, identity.fingerprint, hello, utcnow()
+            connected, effects = await self._s.store.transact_collect(
+                agent_connected, identity.agent_id, identity.fingerprint, hello
             )
         except (NotFound, PermissionDenied) as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -152,10 +146,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self._s.config.agent_lost_after_s,
                 connected.last_applied_seq,
                 self._s.config.max_frame_bytes,
-                renew_in_s(issued_at(identity), identity.not_after, utcnow()),
+                renew_in_s(issued_at(identity), identity.not_after, self._s.store.clock()),
             )
         )
-        self._s.dispatcher.apply(effects)
+        self._s.store.apply_effects(effects)
         if connected.drain_requested:
             session.send(DrainOut("an operator drained this agent"))
         await self._serve(session, identity, context)
@@ -167,7 +161,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # TLS checks expiry only at the handshake: a stream must not outlive its certificate.
         # The agent reconnects with the certificate it rotated to; its steps keep running.
         expiry = asyncio.get_running_loop().call_later(
-            max(0.0, (identity.not_after - utcnow()).total_seconds()),
+            max(0.0, (identity.not_after - self._s.store.clock()).total_seconds()),
             session.send,
             CloseOut("the certificate of this stream expired"),
         )
@@ -189,7 +183,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             expiry.cancel()
             reader.cancel()
             if self._s.registry.remove(session):
-                await self._s.store.run(agent_disconnected, session.agent.agent_id, utcnow())
+                await self._s.store.transact(agent_disconnected, session.agent.agent_id)
                 log.info("agent %s disconnected", session.agent.name)
 
     async def _write_loop(
@@ -235,7 +229,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             body = frame.WhichOneof("body")
             if body == "heartbeat":
                 session.draining = frame.heartbeat.draining or session.drain_requested
-                await self._s.store.run(agent_heartbeat, agent_id, session.draining, utcnow())
+                await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
                 if not session.draining:
                     self._s.dispatcher.wake()
             elif body == "reports":
@@ -254,7 +248,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         validity = dt.timedelta(hours=self._s.config.agent_certificate_hours)
         try:
             renewal = await self._s.store.run(
-                rotate_certificate, self._s.ca, identity, csr_pem, utcnow(), validity
+                rotate_certificate, self._s.ca, identity, csr_pem, self._s.store.clock(), validity
             )
         except ValidationError as exc:
             raise ProtocolError(f"certificate renewal refused: {exc}") from exc
@@ -267,19 +261,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def _apply_reports(self, session: AgentSession, batch: agent_pb2.ReportBatch) -> None:
         if len(batch.reports) > MAX_REPORTS_PER_BATCH:
             raise ProtocolError(f"more than {MAX_REPORTS_PER_BATCH} reports in one batch")
-        now = utcnow()
+        now = self._s.store.clock()
         try:
             reports = [convert.report_from_proto(r, now) for r in batch.reports]
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
-        watermark, decisions, effects = await self._s.store.run(
-            apply_reports, session.agent.agent_id, reports, now
+        watermark, decisions = await self._s.store.transact(
+            apply_reports, session.agent.agent_id, reports
         )
         # Acknowledge only after the commit above: the agent may then forget these reports.
         session.send(AckOut(watermark))
         if decisions:
             session.send(decisions)
-        self._s.dispatcher.apply(effects)
 
     async def _identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity:
         identity = identity_from_auth_context(context.auth_context())
@@ -290,25 +283,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             )
         assert identity is not None
         return identity
-
-
-def _bundle_for_agent(session, agent_id: str, sha256: str) -> bytes:  # type: ignore[no-untyped-def]
-    held = session.scalar(
-        select(AttemptRow.id)
-        .join(FlowRunRow, FlowRunRow.id == AttemptRow.flow_run_id)
-        .where(
-            AttemptRow.agent_id == agent_id,
-            AttemptRow.state.in_(list(SLOT_HOLDING)),
-            FlowRunRow.bundle_sha256 == sha256,
-        )
-        .limit(1)
-    )
-    if held is None:
-        raise NotFound(f"bundle {sha256[:12]} is not needed by any attempt this agent holds")
-    bundle = session.get(BundleRow, sha256)
-    if bundle is None:
-        raise NotFound(f"bundle {sha256[:12]} does not exist")
-    return bytes(bundle.data)
 
 
 def bundle_chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:

@@ -9,12 +9,11 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
 from control_plane import audit
-from control_plane.api import convert, views
+from control_plane.api import views
 from control_plane.api.agent_service import bundle_chunks
 from control_plane.api.authz import allowed_environments
 from control_plane.api.errors import abort, rpc
@@ -25,23 +24,25 @@ from control_plane.api.validation import (
     validate_decision,
     validate_error,
     validate_options,
+    validate_reason,
     validate_submissions,
 )
-from control_plane.auth.api_token_store import issue_runner_token
-from control_plane.auth.scopes import check_step_targets
-from control_plane.orchestration.agent_admin import drain_agent, revoke_agent
-from control_plane.orchestration.approvals import decide_approval, request_approval
-from control_plane.orchestration.engine import create_run, finish_run, submit_steps
-from control_plane.orchestration.lifecycle import (
-    cancel_run,
-    renew_runner_lease,
-    resume_run,
-    retry_run,
-)
-from control_plane.orchestration.values import Effects
+from control_plane.orchestration.scopes import check_step_targets
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
-from control_plane.store.models import BundleRow
+from control_plane.usecases.agent_admin import drain_agent, revoke_agent
+from control_plane.usecases.approvals import decide_approval, request_approval
+from control_plane.usecases.bundles import bundle_data, has_bundle, store_bundle
+from control_plane.usecases.runs import (
+    cancel_run,
+    finish_run,
+    renew_runner_lease,
+    resume_run_for_runner,
+    retry_run_for_runner,
+    start_run,
+)
+from control_plane.usecases.steps import submit_steps
+from meridian.core.convert import ms_from_time
 from meridian.core.errors import MeridianError, PermissionDenied, ValidationError
 from meridian.core.states import TERMINAL_RUN
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
@@ -49,10 +50,6 @@ from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 WATCH_SAFETY_WAKE_S = 15.0
 SERVER_VERSION = "0.1.0"
 MAX_AUDIT_PAGE = 1000
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class ControlService(control_pb2_grpc.ControlServiceServicer):
@@ -88,9 +85,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def HasBundle(
         self, request: control_pb2.HasBundleRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.HasBundleResponse:
-        present = await self._s.store.run(
-            lambda session: session.get(BundleRow, request.sha256) is not None
-        )
+        present = await self._s.store.run(has_bundle, request.sha256)
         return control_pb2.HasBundleResponse(
             present=present, max_size=self._s.config.max_bundle_bytes
         )
@@ -128,7 +123,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "bundle content does not match its declared sha256 and size",
             )
-        await self._s.store.run(_store_bundle, sha256, data, utcnow())
+        await self._s.store.transact(store_bundle, sha256, data)
         return control_pb2.UploadBundleResponse(sha256=sha256, size=size)
 
     # ---- runs ---------------------------------------------------------------------------
@@ -138,26 +133,15 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
-        effects = Effects()
-        scope = allowed_environments()
-
-        def create(session: Any) -> tuple[str, str]:
-            now = utcnow()
-            run = create_run(
-                session,
-                flow_name=request.flow_name,
-                entrypoint=request.entrypoint,
-                parameters_json=request.parameters_json or "{}",
-                bundle_sha256=request.bundle_sha256,
-                trigger=request.trigger or "api",
-                now=now,
-                effects=effects,
-                scope=scope,
-            )
-            return run.id, issue_runner_token(session, run.id, now, scope)
-
-        run_id, runner_token = await self._s.store.run(create)
-        self._s.dispatcher.apply(effects)
+        run_id, runner_token = await self._s.store.transact(
+            start_run,
+            flow_name=request.flow_name,
+            entrypoint=request.entrypoint,
+            parameters_json=request.parameters_json or "{}",
+            bundle_sha256=request.bundle_sha256,
+            trigger=request.trigger or "api",
+            scope=allowed_environments(),
+        )
         return control_pb2.CreateRunResponse(flow_run_id=run_id, runner_token=runner_token)
 
     @rpc
@@ -170,12 +154,8 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         scope = await self._s.store.run(queries.run_scope, request.flow_run_id, caller)
         # Steps stay inside the run's scope, whoever submits them (or the caller's own scope,
         # should a scoped caller ever reach an unscoped run).
-        check_step_targets(((s.key, str(s.spec["target"])) for s in submissions), scope or caller)
-        effects = Effects()
-        submitted = await self._s.store.run(
-            submit_steps, request.flow_run_id, submissions, utcnow(), effects
-        )
-        self._s.dispatcher.apply(effects)
+        check_step_targets(((s.key, s.spec.target) for s in submissions), scope or caller)
+        submitted = await self._s.store.transact(submit_steps, request.flow_run_id, submissions)
         return control_pb2.SubmitStepsResponse(steps=[views.submitted_step(s) for s in submitted])
 
     @rpc
@@ -186,19 +166,13 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if request.succeeded and request.result_json:
             _require_json(request.result_json, "result_json")
         await self._visible_run(request.flow_run_id)
-        effects = Effects()
-        state = await self._s.store.run(
-            lambda session: finish_run(
-                session,
-                request.flow_run_id,
-                succeeded=request.succeeded,
-                result_json=request.result_json or "null",
-                error=error,
-                now=utcnow(),
-                effects=effects,
-            )
+        state = await self._s.store.transact(
+            finish_run,
+            request.flow_run_id,
+            succeeded=request.succeeded,
+            result_json=request.result_json or "null",
+            error=error,
         )
-        self._s.dispatcher.apply(effects)
         return control_pb2.FinishRunResponse(state=state)
 
     @rpc
@@ -206,24 +180,20 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.RenewRunnerLeaseRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RenewRunnerLeaseResponse:
         await self._visible_run(request.flow_run_id)
-        state, expires = await self._s.store.run(
-            renew_runner_lease, request.flow_run_id, request.lease_s or 30.0, utcnow()
+        state, expires = await self._s.store.transact(
+            renew_runner_lease, request.flow_run_id, request.lease_s or 30.0
         )
         return control_pb2.RenewRunnerLeaseResponse(
-            state=state, expires_at_unix_ms=convert.ms(expires)
+            state=state, expires_at_unix_ms=ms_from_time(expires)
         )
 
     @rpc
     async def CancelRun(
         self, request: control_pb2.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CancelRunResponse:
-        if len(request.reason) > 1000:
-            raise ValidationError("cancel reason is limited to 1000 characters")
+        reason = validate_reason(request.reason, "cancel reason")
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-        run, waiting, effects = await self._s.store.run(
-            cancel_run, run_id, request.reason, utcnow()
-        )
-        self._s.dispatcher.apply(effects)
+        run, waiting = await self._s.store.transact(cancel_run, run_id, reason)
         return control_pb2.CancelRunResponse(
             flow_run_id=run.id, state=run.state, attempts_to_confirm=waiting
         )
@@ -233,13 +203,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-
-        def resume(session: Any) -> tuple[Any, int, Effects, str]:
-            run, watermark, effects = resume_run(session, run_id, utcnow())
-            return run, watermark, effects, issue_runner_token(session, run.id, utcnow(), run.scope)
-
-        run, watermark, effects, token = await self._s.store.run(resume)
-        self._s.dispatcher.apply(effects)
+        run, watermark, token = await self._s.store.transact(resume_run_for_runner, run_id)
         return views.run_to_execute(run, watermark, token)
 
     @rpc
@@ -247,13 +211,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-
-        def retry(session: Any) -> tuple[Any, Effects, str]:
-            run, effects = retry_run(session, run_id, utcnow())
-            return run, effects, issue_runner_token(session, run.id, utcnow(), run.scope)
-
-        run, effects, token = await self._s.store.run(retry)
-        self._s.dispatcher.apply(effects)
+        run, token = await self._s.store.transact(retry_run_for_runner, run_id)
         return views.run_to_execute(run, 0, token)
 
     @rpc
@@ -262,15 +220,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ApprovalState:
         validate_approval_request(request)
         await self._visible_run(request.flow_run_id)
-        approval, run_state, effects = await self._s.store.run(
-            request_approval,
-            request.flow_run_id,
-            request.key,
-            request.message,
-            request.timeout_s,
-            utcnow(),
+        approval, run_state = await self._s.store.transact(
+            request_approval, request.flow_run_id, request.key, request.message, request.timeout_s
         )
-        self._s.dispatcher.apply(effects)
         return views.approval_state(approval, run_state)
 
     @rpc
@@ -279,21 +231,19 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ApprovalState:
         validate_decision(request)
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-        approval, run_state, effects = await self._s.store.run(
-            decide_approval, run_id, request.key, request.approve, request.reason, utcnow()
+        approval, run_state = await self._s.store.transact(
+            decide_approval, run_id, request.key, request.approve, request.reason
         )
-        self._s.dispatcher.apply(effects)
         return views.approval_state(approval, run_state)
 
     async def DownloadBundle(
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
-        bundle = await self._s.store.run(lambda session: session.get(BundleRow, request.sha256))
-        if bundle is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"bundle {request.sha256[:12]} does not exist"
-            )
-        for chunk in bundle_chunks(request.sha256, bytes(bundle.data)):
+        try:
+            data = await self._s.store.run(bundle_data, request.sha256)
+        except MeridianError as exc:
+            await abort(context, exc)
+        for chunk in bundle_chunks(request.sha256, data):
             yield chunk
 
     async def WatchRun(
@@ -331,10 +281,10 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def RevokeAgent(
         self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.AgentInfo:
-        agent, effects = await self._s.store.run(
-            revoke_agent, request.agent, request.reason[:1000], utcnow(), allowed_environments()
+        reason = validate_reason(request.reason, "revoke reason")
+        agent = await self._s.store.transact(
+            revoke_agent, request.agent, reason, allowed_environments()
         )
-        self._s.dispatcher.apply(effects)
         session = self._s.registry.get(agent.id)
         if session is not None:
             # Close the stream now; its certificate is refused at every later connection.
@@ -345,13 +295,14 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     async def DrainAgent(
         self, request: control_pb2.AgentRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.AgentInfo:
-        agent = await self._s.store.run(
-            drain_agent, request.agent, request.reason[:1000], utcnow(), allowed_environments()
+        reason = validate_reason(request.reason, "drain reason")
+        agent = await self._s.store.transact(
+            drain_agent, request.agent, reason, allowed_environments()
         )
         session = self._s.registry.get(agent.id)
         if session is not None:
             session.drain_requested = session.draining = True
-            session.send(DrainOut(request.reason or "an operator drained this agent"))
+            session.send(DrainOut(reason or "an operator drained this agent"))
         return views.agent_info(agent, session.in_use if session else 0, session)
 
     # ---- reading ------------------------------------------------------------------------
@@ -443,11 +394,6 @@ def _audit_since(value_ms: int) -> dt.datetime | None:
         return dt.datetime.fromtimestamp(value_ms / 1000, dt.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise ValidationError(f"since_unix_ms {value_ms} is not a representable time") from exc
-
-
-def _store_bundle(session, sha256: str, data: bytes, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
-    if session.get(BundleRow, sha256) is None:
-        session.add(BundleRow(sha256=sha256, size=len(data), data=data, created_at=now))
 
 
 def _require_json(text: str, what: str) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping
 from typing import Any
 
+from control_plane.api.validation import validate_error
 from control_plane.auth.rotation import Renewal
-from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import (
     AssignOut,
     CancelOut,
@@ -18,85 +17,23 @@ from control_plane.orchestration.values import (
     ReportIn,
 )
 from control_plane.scheduler.registry import AckOut, CloseOut, DrainOut, Outgoing
-from protos.meridian.v1 import agent_pb2, common_pb2
+from control_plane.usecases.agents import HelloIn
+from meridian.core.convert import spec_to_proto, time_from_ms
+from meridian.core.kinds import ReportKind
+from meridian.core.states import AttemptState
+from protos.meridian.v1 import agent_pb2
 
 OUTCOMES = {
-    agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED: "SUCCEEDED",
-    agent_pb2.ATTEMPT_OUTCOME_FAILED: "FAILED",
-    agent_pb2.ATTEMPT_OUTCOME_TIMED_OUT: "TIMED_OUT",
-    agent_pb2.ATTEMPT_OUTCOME_CANCELLED: "CANCELLED",
+    agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED: AttemptState.SUCCEEDED,
+    agent_pb2.ATTEMPT_OUTCOME_FAILED: AttemptState.FAILED,
+    agent_pb2.ATTEMPT_OUTCOME_TIMED_OUT: AttemptState.TIMED_OUT,
+    agent_pb2.ATTEMPT_OUTCOME_CANCELLED: AttemptState.CANCELLED,
 }
-SPEC_FIELDS = (
-    "name",
-    "module",
-    "function",
-    "target",
-    "provider",
-    "retries",
-    "retry_delay_s",
-    "retry_backoff",
-    "retry_jitter",
-    "timeout_s",
-    "schedule_timeout_s",
-    "options_json",
-    "on_agent_lost",
-    "lost_after_s",
-)
-
-
-def ms(value: dt.datetime | None) -> int:
-    return int(value.timestamp() * 1000) if value else 0
 
 
 def from_ms(value: int, default: dt.datetime) -> dt.datetime:
-    if value <= 0:
-        return default
-    try:
-        return dt.datetime.fromtimestamp(value / 1000, dt.UTC)
-    except (OverflowError, OSError, ValueError):
-        return default
-
-
-# ---- errors and specs -------------------------------------------------------------------
-
-
-def error_from_proto(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:
-    if not error.error_class and not error.type and not error.message:
-        return None
-    return {
-        "error_class": error.error_class[:32],
-        "type": error.type[:512],
-        "message": error.message[:8192],
-        "traceback": error.traceback[-65536:],
-        "type_mro": [t[:512] for t in error.type_mro[:64]],
-    }
-
-
-def error_to_proto(error: Mapping[str, Any] | None) -> common_pb2.ErrorInfo:
-    if not error:
-        return common_pb2.ErrorInfo()
-    return common_pb2.ErrorInfo(
-        error_class=str(error.get("error_class", "")),
-        type=str(error.get("type", "")),
-        message=str(error.get("message", "")),
-        traceback=str(error.get("traceback", "")),
-        type_mro=[str(t) for t in error.get("type_mro") or ()],
-    )
-
-
-def spec_from_proto(spec: common_pb2.StepSpec) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(spec, name) for name in SPEC_FIELDS}
-    values["retry_on"] = list(spec.retry_on)
-    values["secrets"] = dict(spec.secrets)
-    return values
-
-
-def spec_to_proto(spec: Mapping[str, Any]) -> common_pb2.StepSpec:
-    return common_pb2.StepSpec(
-        **{name: spec[name] for name in SPEC_FIELDS if name in spec},
-        retry_on=list(spec.get("retry_on") or ()),
-        secrets=dict(spec.get("secrets") or {}),
-    )
+    """A reported time, or ``default`` when it is unset or cannot be represented."""
+    return time_from_ms(value) or default
 
 
 # ---- agent stream -----------------------------------------------------------------------
@@ -147,7 +84,7 @@ def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
         attempt_id=report.attempt_id,
         fencing_token=report.fencing_token,
         at=at,
-        kind="running",
+        kind=ReportKind.RUNNING,
     )
     body = report.WhichOneof("body")
     if body == "running":
@@ -155,7 +92,7 @@ def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
     if body == "handle":
         return dataclasses.replace(
             base,
-            kind="handle",
+            kind=ReportKind.HANDLE,
             handle_json=report.handle.handle_json,
             resource_id=report.handle.resource_id,
         )
@@ -164,7 +101,7 @@ def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
             LogLineIn(from_ms(line.at_unix_ms, at), line.stream, line.text)
             for line in report.logs.lines
         )
-        return dataclasses.replace(base, kind="logs", lines=lines)
+        return dataclasses.replace(base, kind=ReportKind.LOGS, lines=lines)
     if body == "finished":
         finished = report.finished
         outcome = OUTCOMES.get(finished.outcome)
@@ -172,10 +109,10 @@ def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
             raise ValueError(f"report {report.seq} has no outcome")
         return dataclasses.replace(
             base,
-            kind="finished",
+            kind=ReportKind.FINISHED,
             outcome=outcome,
             result_json=finished.result_json,
-            error=error_from_proto(finished.error),
+            error=validate_error(finished.error),
             exit_code=finished.exit_code,
         )
     raise ValueError(f"report {report.seq} has no body")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -9,14 +10,16 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from control_plane.api.convert import error_from_proto, spec_from_proto
 from control_plane.api.json_schema import first_problem
-from control_plane.orchestration.agents import HelloIn
 from control_plane.orchestration.values import StepSubmission
+from control_plane.usecases.agents import HelloIn
+from meridian.core.convert import error_from_proto, spec_from_proto
+from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import SelectorError, ValidationError
 from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector, validate_key, validate_value
+from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, OnAgentLost, StepSpec
 from protos.meridian.v1 import common_pb2, control_pb2
 
 MAX_STEPS_PER_REQUEST = 5000
@@ -26,7 +29,6 @@ MAX_OPTIONS_BYTES = 64 * 1024
 MAX_PARAMETERS_BYTES = 1024 * 1024
 MAX_RETRIES = 1000
 MAX_SECONDS = 30 * 24 * 3600.0
-DEFAULT_SCHEDULE_TIMEOUT_S = 600.0
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.<>]{0,511}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -79,42 +81,49 @@ def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
     return StepSubmission(key=key, spec=spec, inputs_json=step.inputs_json or json.dumps(inputs))
 
 
-def validate_spec(proto: common_pb2.StepSpec, where: str) -> dict[str, Any]:
+def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
+    """The submitted spec, checked field by field and normalised (canonical selector text;
+    0 for backoff or schedule timeout means "the default")."""
     spec = spec_from_proto(proto)
-    if not spec["name"] or len(spec["name"]) > 255:
+    if not spec.name or len(spec.name) > 255:
         raise ValidationError(f"{where}: name must be 1-255 characters")
-    for field in ("module", "function"):
-        if not IDENTIFIER_PATH.match(spec[field]):
-            raise ValidationError(f"{where}: {field} {spec[field]!r} is not a dotted Python name")
-    if not PROVIDER_NAME.match(spec["provider"]):
-        raise ValidationError(f"{where}: provider {spec['provider']!r} is not a provider name")
+    for field, value in (("module", spec.module), ("function", spec.function)):
+        if not IDENTIFIER_PATH.match(value):
+            raise ValidationError(f"{where}: {field} {value!r} is not a dotted Python name")
+    if not PROVIDER_NAME.match(spec.provider):
+        raise ValidationError(f"{where}: provider {spec.provider!r} is not a provider name")
     try:
-        spec["target"] = str(parse_selector(spec["target"]))
+        target = str(parse_selector(spec.target))
     except SelectorError as exc:
         raise ValidationError(f"{where}: {exc}") from exc
-    if not 0 <= spec["retries"] <= MAX_RETRIES:
+    if not 0 <= spec.retries <= MAX_RETRIES:
         raise ValidationError(f"{where}: retries must be between 0 and {MAX_RETRIES}")
     for field in ("retry_delay_s", "timeout_s", "schedule_timeout_s", "lost_after_s"):
-        if not math.isfinite(spec[field]) or not 0 <= spec[field] <= MAX_SECONDS:
+        value = getattr(spec, field)
+        if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
             raise ValidationError(f"{where}: {field} must be between 0 and {MAX_SECONDS:g}")
-    if not math.isfinite(spec["retry_backoff"]) or not 1 <= (spec["retry_backoff"] or 1) <= 100:
+    if not math.isfinite(spec.retry_backoff) or not 1 <= (spec.retry_backoff or 1) <= 100:
         raise ValidationError(f"{where}: retry_backoff must be between 1 and 100")
-    if not 0 <= spec["retry_jitter"] <= 1:
+    if not 0 <= spec.retry_jitter <= 1:
         raise ValidationError(f"{where}: retry_jitter must be between 0 and 1")
-    if spec["on_agent_lost"] not in ("", "retry", "fail", "wait"):
+    if spec.on_agent_lost not in set(OnAgentLost):
         raise ValidationError(f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait'")
-    spec["on_agent_lost"] = spec["on_agent_lost"] or "retry"
-    spec["secrets"] = check_secret_references(spec["secrets"], where)
-    spec["retry_backoff"] = spec["retry_backoff"] or 1.0
-    spec["schedule_timeout_s"] = spec["schedule_timeout_s"] or DEFAULT_SCHEDULE_TIMEOUT_S
-    if len(spec["retry_on"]) > 64 or any(len(t) > 512 for t in spec["retry_on"]):
+    secrets = check_secret_references(dict(spec.secrets), where)
+    if len(spec.retry_on) > 64 or any(len(t) > 512 for t in spec.retry_on):
         raise ValidationError(f"{where}: retry_on takes at most 64 type names")
-    if len(spec["options_json"]) > MAX_OPTIONS_BYTES:
+    if len(spec.options_json) > MAX_OPTIONS_BYTES:
         raise ValidationError(f"{where}: options exceed {MAX_OPTIONS_BYTES} bytes")
     options_where = f"{where}: options_json"
-    if spec["options_json"] and not isinstance(_json(spec["options_json"], options_where), dict):
+    if spec.options_json and not isinstance(_json(spec.options_json, options_where), dict):
         raise ValidationError(f"{where}: options must be a JSON object")
-    return spec
+    return dataclasses.replace(
+        spec,
+        target=target,
+        on_agent_lost=OnAgentLost(spec.on_agent_lost),
+        secrets=tuple(sorted(secrets.items())),
+        retry_backoff=spec.retry_backoff or 1.0,
+        schedule_timeout_s=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S,
+    )
 
 
 def validate_options(
@@ -125,15 +134,14 @@ def validate_options(
     fails the submission instead of the attempt on a remote agent. Providers no connected
     agent offers are checked by the agent before it runs anything."""
     for sub in submissions:
-        schema = schema_for(str(sub.spec["provider"]))
+        schema = schema_for(sub.spec.provider)
         if schema is None:
             continue
-        options = json.loads(sub.spec["options_json"]) if sub.spec["options_json"] else {}
+        options = json.loads(sub.spec.options_json) if sub.spec.options_json else {}
         problem = first_problem(schema, options)
         if problem:
             raise ValidationError(
-                f"step {sub.key!r}: provider {sub.spec['provider']!r} rejects its options: "
-                f"{problem}"
+                f"step {sub.key!r}: provider {sub.spec.provider!r} rejects its options: {problem}"
             )
 
 
@@ -208,8 +216,37 @@ def validate_hello(hello: HelloIn) -> None:
             raise ValidationError(f"provider {provider[:80]!r} is not a provider name")
 
 
-def validate_error(error: common_pb2.ErrorInfo) -> dict[str, Any] | None:
-    return error_from_proto(error)
+MAX_ERROR_CLASS = 32
+MAX_TYPE_NAME = 512
+MAX_ERROR_MESSAGE = 8192
+MAX_TRACEBACK = 65536
+MAX_TYPE_MRO = 64
+
+
+def validate_error(error: common_pb2.ErrorInfo) -> ErrorInfo | None:
+    """A reported error, each field cut to its bound (the end of a traceback is kept: that is
+    where the failing line is)."""
+    info = error_from_proto(error)
+    if info is None:
+        return None
+    return ErrorInfo(
+        error_class=info.error_class[:MAX_ERROR_CLASS],
+        type=info.type[:MAX_TYPE_NAME],
+        message=info.message[:MAX_ERROR_MESSAGE],
+        traceback=info.traceback[-MAX_TRACEBACK:],
+        type_mro=tuple(t[:MAX_TYPE_NAME] for t in info.type_mro[:MAX_TYPE_MRO]),
+    )
+
+
+MAX_REASON = 1000
+
+
+def validate_reason(reason: str, what: str) -> str:
+    """An operator's free-text reason (cancel, revoke, drain): refused, never silently cut,
+    when it is too long."""
+    if len(reason) > MAX_REASON:
+        raise ValidationError(f"{what} is limited to {MAX_REASON} characters")
+    return reason
 
 
 def _json(text: str, what: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from control_plane.api.convert import error_to_proto, ms
 from control_plane.audit import VerifyReport
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
@@ -19,6 +18,7 @@ from control_plane.store.models import (
     StepRunRow,
 )
 from control_plane.store.queries import EventView, RunView
+from meridian.core.convert import error_to_proto, ms_from_time
 from meridian.core.states import TERMINAL_STEP, AttemptState, StepState
 from protos.meridian.v1 import common_pb2, control_pb2
 
@@ -34,11 +34,11 @@ def approval_info(approval: ApprovalRow) -> control_pb2.ApprovalInfo:
         key=approval.key,
         message=approval.message,
         state=approval.state,
-        requested_at_unix_ms=ms(approval.requested_at),
-        decided_at_unix_ms=ms(approval.decided_at),
+        requested_at_unix_ms=ms_from_time(approval.requested_at),
+        decided_at_unix_ms=ms_from_time(approval.decided_at),
         decided_by=approval.decided_by,
         reason=approval.reason,
-        deadline_unix_ms=ms(approval.deadline),
+        deadline_unix_ms=ms_from_time(approval.deadline),
     )
 
 
@@ -50,7 +50,7 @@ def run_update(view: EventView) -> control_pb2.RunUpdate:
     event, step = view.event, view.step
     update = control_pb2.RunUpdate(
         event_id=event.id,
-        at_unix_ms=ms(event.created_at),
+        at_unix_ms=ms_from_time(event.created_at),
         kind=event.kind,
         step_key=event.step_key or "",
         step_run_id=event.step_run_id or "",
@@ -94,9 +94,9 @@ def _attempt(
         provider=attempt.provider,
         resource_id=attempt.resource_id or "",
         fencing_token=attempt.fencing_token,
-        queued_at_unix_ms=ms(attempt.queued_at),
-        started_at_unix_ms=ms(attempt.started_at),
-        ended_at_unix_ms=ms(attempt.ended_at),
+        queued_at_unix_ms=ms_from_time(attempt.queued_at),
+        started_at_unix_ms=ms_from_time(attempt.started_at),
+        ended_at_unix_ms=ms_from_time(attempt.ended_at),
         error=error_to_proto(attempt.error),
         exit_code=attempt.exit_code or 0,
         recovered=failed and step.state == StepState.COMPLETED,
@@ -113,26 +113,26 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
         parameters_json=run.parameters_json,
         bundle_sha256=run.bundle_sha256,
         state=run.state,
-        created_at_unix_ms=ms(run.created_at),
-        started_at_unix_ms=ms(run.started_at),
-        ended_at_unix_ms=ms(run.ended_at),
+        created_at_unix_ms=ms_from_time(run.created_at),
+        started_at_unix_ms=ms_from_time(run.started_at),
+        ended_at_unix_ms=ms_from_time(run.ended_at),
         result_json=run.result_json or "",
         error=error_to_proto(run.error),
         retry_of=run.retry_of or "",
-        resumed_at_unix_ms=ms(run.resumed_at),
+        resumed_at_unix_ms=ms_from_time(run.resumed_at),
         steps=[
             control_pb2.StepRunDetail(
                 step_run_id=step.id,
                 key=step.key,
                 name=step.name,
                 state=step.state,
-                target=str(step.spec.get("target", "")),
-                provider=str(step.spec.get("provider", "")),
+                target=step.spec.target,
+                provider=step.spec.provider,
                 inputs_digest=step.inputs_digest,
                 result_json=step.result_json or "",
                 error=error_to_proto(step.error),
-                created_at_unix_ms=ms(step.created_at),
-                ended_at_unix_ms=ms(step.ended_at),
+                created_at_unix_ms=ms_from_time(step.created_at),
+                ended_at_unix_ms=ms_from_time(step.ended_at),
                 attempts=[
                     _attempt(a, step, view.agent_names) for a in view.attempts.get(step.id, [])
                 ],
@@ -142,7 +142,7 @@ def run_detail(view: RunView) -> control_pb2.RunDetail:
         events=[
             control_pb2.RunEvent(
                 event_id=e.id,
-                at_unix_ms=ms(e.created_at),
+                at_unix_ms=ms_from_time(e.created_at),
                 kind=e.kind,
                 step_key=e.step_key or "",
                 attempt_id=e.attempt_id or "",
@@ -193,8 +193,8 @@ def run_summary(run: FlowRunRow, total: int, failed: int) -> control_pb2.RunSumm
         flow_run_id=run.id,
         flow_name=run.flow_name,
         state=run.state,
-        created_at_unix_ms=ms(run.created_at),
-        ended_at_unix_ms=ms(run.ended_at),
+        created_at_unix_ms=ms_from_time(run.created_at),
+        ended_at_unix_ms=ms_from_time(run.ended_at),
         steps_total=total,
         steps_failed=failed,
     )
@@ -207,7 +207,9 @@ def logs_page(rows: list[LogRow], after_id: int) -> control_pb2.GetLogsResponse:
                 id=row.id,
                 step_key=row.step_key,
                 attempt_number=row.attempt_number,
-                line=common_pb2.LogLine(at_unix_ms=ms(row.at), stream=row.stream, text=row.text),
+                line=common_pb2.LogLine(
+                    at_unix_ms=ms_from_time(row.at), stream=row.stream, text=row.text
+                ),
             )
             for row in rows
         ],
@@ -234,11 +236,11 @@ def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control
         capacity=agent.capacity,
         in_use=held,
         version=agent.version,
-        last_heartbeat_unix_ms=ms(agent.last_heartbeat_at),
+        last_heartbeat_unix_ms=ms_from_time(agent.last_heartbeat_at),
         status=status,
         hostname=agent.hostname,
         cert_fingerprint=agent.cert_fingerprint,
-        cert_not_after_unix_ms=ms(agent.cert_not_after),
+        cert_not_after_unix_ms=ms_from_time(agent.cert_not_after),
     )
 
 

@@ -10,14 +10,13 @@ from control_plane.audit._chain import GENESIS_HASH, canonical_json, format_at, 
 from control_plane.audit._log import (
     CLI,
     SYSTEM,
-    acting_as,
     agent_actor,
     append,
-    current_actor,
     list_records,
     token_actor,
 )
 from control_plane.audit._verify import VerifyReport, verify_chain
+from control_plane.store.tx import acting_as, current_actor
 
 __all__ = [
     "CLI",

@@ -13,7 +13,6 @@ records as the last statements of that same transaction. Two reasons:
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ from sqlalchemy.orm import Session
 
 from control_plane.audit._chain import GENESIS_HASH, details_text, record_hash
 from control_plane.store.models import AuditRecordRow
+from control_plane.store.tx import CLI_ACTOR, SYSTEM_ACTOR, current_actor
 
-SYSTEM = "system"
-CLI = "cli"
+SYSTEM = SYSTEM_ACTOR
+CLI = CLI_ACTOR
 MAX_SUBJECT = 255
 MAX_ACTOR = 128
 
@@ -52,23 +52,6 @@ class _Pending:
     details: str
 
 
-_ACTING_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "meridian_audit_actor", default=None
-)
-
-
-def acting_as(actor: str) -> None:
-    """Name the caller of the current request (set by the API's auth layer); records that
-    would say "cli" name it instead. Store.run carries the context into its thread."""
-    _ACTING_AS.set(actor)
-
-
-def current_actor() -> str:
-    """Who the current request acts as (``token:<id>``), or ``cli`` on the host itself; for
-    rows that name their decider next to the audit record that does."""
-    return _ACTING_AS.get() or CLI
-
-
 def append(
     session: Session,
     *,
@@ -86,7 +69,7 @@ def append(
     if now.tzinfo is None:
         raise ValueError("audit timestamps must be timezone-aware")
     if actor == CLI:
-        actor = _ACTING_AS.get() or actor
+        actor = current_actor()
     pending = _Pending(
         at=now,
         actor=actor[:MAX_ACTOR],

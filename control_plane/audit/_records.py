@@ -114,15 +114,15 @@ def attempt_finished(
     assert attempt.ended_at is not None
     run = session.get(FlowRunRow, attempt.flow_run_id)
     agent = session.get(AgentRow, attempt.agent_id) if attempt.agent_id else None
-    error = attempt.error or {}
+    error = attempt.error
     details: dict[str, Any] = {
         "flow_run_id": attempt.flow_run_id,
         "step_run_id": step.id,
         "step_key": step.key,
         "attempt": attempt.number,
         "outcome": attempt.state,
-        "error_class": error.get("error_class", ""),
-        "error_type": error.get("type", ""),
+        "error_class": error.error_class if error else "",
+        "error_type": error.type if error else "",
         "exit_code": attempt.exit_code,
         "agent": _agent_identity(session, agent),
         "environment": attempt.environment,

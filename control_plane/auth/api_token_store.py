@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from control_plane import audit
 from control_plane.auth.api_tokens import ROLES, Role, new_api_token, parse_api_token
 from control_plane.auth.join_tokens import verify_secret
-from control_plane.auth.scopes import normalize
+from control_plane.orchestration.scopes import normalize
 from control_plane.store.models import ApiTokenRow
 from meridian.core.errors import NotFound, PermissionDenied, ValidationError
 

@@ -21,13 +21,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meridian.core.errorinfo import ErrorClass
 from meridian.core.errors import ValidationError
+from meridian.core.spec import StepSpec
 
 MAX_RETRY_DELAY_S = 3600.0
 MAX_RETRIES = 1000
-NEVER_RETRIED = frozenset({"permanent", "scheduling", "cancelled"})
-PLATFORM_FAILURES = frozenset({"timeout", "infrastructure", "lost_agent"})
-KNOWN_ERROR_CLASSES = NEVER_RETRIED | PLATFORM_FAILURES | {"transient"}
+NEVER_RETRIED = frozenset({ErrorClass.PERMANENT, ErrorClass.SCHEDULING, ErrorClass.CANCELLED})
+PLATFORM_FAILURES = frozenset(
+    {ErrorClass.TIMEOUT, ErrorClass.INFRASTRUCTURE, ErrorClass.LOST_AGENT}
+)
+KNOWN_ERROR_CLASSES = frozenset(ErrorClass)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def decide_retry(
     if attempts_made > policy.retries:
         used = "no retries configured" if policy.retries == 0 else f"{policy.retries} retries used"
         return RetryDecision(False, 0.0, f"{used} ({attempts_made} attempts made)")
-    if error_class == "transient" and not retry_on_matches(policy.retry_on, type_mro):
+    if error_class == ErrorClass.TRANSIENT and not retry_on_matches(policy.retry_on, type_mro):
         shown = _short_name(type_mro[0]) if type_mro else "the exception"
         return RetryDecision(False, 0.0, f"{shown} is not in retry_on")
     delay = backoff_delay(policy, attempts_made, rand)
@@ -139,3 +143,14 @@ def retry_on_matches(retry_on: Sequence[str], type_mro: Sequence[str]) -> bool:
 
 def _short_name(qualified: str) -> str:
     return qualified.removeprefix("builtins.")
+
+
+def policy_from_spec(spec: StepSpec) -> RetryPolicy:
+    """The retry policy a step asked for (defaults live on ``StepSpec``)."""
+    return RetryPolicy(
+        retries=spec.retries,
+        delay_s=spec.retry_delay_s,
+        backoff=spec.retry_backoff or 1.0,
+        jitter=spec.retry_jitter,
+        retry_on=spec.retry_on,
+    )

@@ -1,60 +1,76 @@
 """Ordered rules that answer an agent's report: accept, reject, or ignore it.
 
-Each rule is a small class that guards one situation and says why it exists (STYLE.md 5).
-The first rule that returns a verdict wins; when none does, the report is applied.
+Each rule is a small class that guards one situation and says why it exists. The first rule
+that returns a judgement wins; when none does, the report is applied. Rules see facts about
+the attempt, never its row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from control_plane.orchestration.values import ReportIn
-from control_plane.store.models import AttemptRow
+from meridian.core.kinds import ReportKind, Verdict
 from meridian.core.states import TERMINAL_ATTEMPT, AttemptState
-
-Action = Literal["reject", "ignore"]
 
 
 @dataclass(frozen=True)
-class Verdict:
-    action: Action
+class AttemptFacts:
+    """What the rules need to know about the attempt a report names."""
+
+    state: AttemptState
+    agent_id: str | None
+    fencing_token: int
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A report that is not applied: rejected or ignored, and why."""
+
+    verdict: Verdict
     reason: str
 
 
 class ReportRule(Protocol):
     def check(
-        self, agent_id: str, attempt: AttemptRow | None, report: ReportIn
-    ) -> Verdict | None: ...
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None: ...
 
 
 class RejectUnknownAttempt:
     """A report about an attempt we never created cannot be applied to anything."""
 
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
         if attempt is None:
-            return Verdict("reject", f"unknown attempt {report.attempt_id}")
+            return Judgement(Verdict.REJECT, f"unknown attempt {report.attempt_id}")
         return None
 
 
 class RejectForeignAgent:
     """An agent may report only on attempts it holds (never on another agent's work)."""
 
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
         assert attempt is not None
         if attempt.agent_id != agent_id:
-            return Verdict("reject", "attempt is not held by this agent")
+            return Judgement(Verdict.REJECT, "attempt is not held by this agent")
         return None
 
 
 class RejectStaleFencingToken:
     """After a reassignment the old holder's token is stale: its reports must not count."""
 
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
         assert attempt is not None
         if report.fencing_token != attempt.fencing_token:
-            return Verdict(
-                "reject",
+            return Judgement(
+                Verdict.REJECT,
                 f"stale fencing token {report.fencing_token} "
                 f"(current token is {attempt.fencing_token})",
             )
@@ -65,23 +81,27 @@ class RejectStartOfFinishedAttempt:
     """A RUNNING proposal for an attempt that already ended (cancelled, lost, failed) must not
     start infrastructure."""
 
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
         assert attempt is not None
-        if report.kind == "running" and attempt.state not in (
+        if report.kind == ReportKind.RUNNING and attempt.state not in (
             AttemptState.ASSIGNED,
             AttemptState.RUNNING,
         ):
-            return Verdict("reject", f"attempt is {attempt.state}")
+            return Judgement(Verdict.REJECT, f"attempt is {attempt.state}")
         return None
 
 
 class IgnoreReportsAfterTheEnd:
     """Replayed or late reports on a finished attempt are duplicates: recorded once, ignored."""
 
-    def check(self, agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
         assert attempt is not None
-        if report.kind != "running" and attempt.state in TERMINAL_ATTEMPT:
-            return Verdict("ignore", f"attempt already {attempt.state}")
+        if report.kind != ReportKind.RUNNING and attempt.state in TERMINAL_ATTEMPT:
+            return Judgement(Verdict.IGNORE, f"attempt already {attempt.state}")
         return None
 
 
@@ -94,10 +114,10 @@ REPORT_RULES: tuple[ReportRule, ...] = (
 )
 
 
-def judge_report(agent_id: str, attempt: AttemptRow | None, report: ReportIn) -> Verdict | None:
-    """The first rule's verdict, or None when the report should be applied."""
+def judge_report(agent_id: str, attempt: AttemptFacts | None, report: ReportIn) -> Judgement | None:
+    """The first rule's judgement, or None when the report should be applied."""
     for rule in REPORT_RULES:
-        verdict = rule.check(agent_id, attempt, report)
-        if verdict is not None:
-            return verdict
+        judgement = rule.check(agent_id, attempt, report)
+        if judgement is not None:
+            return judgement
     return None

@@ -1,18 +1,21 @@
-"""Plain values passed between the API layer and the orchestration engine (no protobuf here)."""
+"""Plain values passed between the API layer, the use cases and the dispatcher (no protobuf,
+no rows): what comes in (submissions, reports) and what must go out after a commit (Effects)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
-ReportKind = Literal["running", "handle", "logs", "finished"]
+from meridian.core.errorinfo import ErrorInfo
+from meridian.core.kinds import ReportKind
+from meridian.core.spec import StepSpec
+from meridian.core.states import AttemptState, StepState
 
 
 @dataclass(frozen=True)
 class StepSubmission:
     key: str
-    spec: dict[str, Any]  # StepSpec fields, validated by the API layer
+    spec: StepSpec  # validated by the API layer
     inputs_json: str
 
 
@@ -20,10 +23,10 @@ class StepSubmission:
 class SubmittedStep:
     key: str
     step_run_id: str
-    state: str
+    state: StepState
     existing: bool
     result_json: str = ""  # set with error when the step run had already ended
-    error: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,9 @@ class ReportIn:
     handle_json: str = ""
     resource_id: str = ""
     lines: tuple[LogLineIn, ...] = ()
-    outcome: str = ""  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
+    outcome: AttemptState | None = None  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
     result_json: str = ""
-    error: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
     exit_code: int | None = None
 
 
@@ -67,7 +70,7 @@ class AssignOut:
     step_run_id: str
     step_key: str
     attempt_number: int
-    spec: dict[str, Any]
+    spec: StepSpec
     bundle_sha256: str
     inputs_json: str
 
@@ -109,15 +112,3 @@ class Effects:
         self.timers.extend(other.timers)
         for agent_id, n in other.released_slots.items():
             self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n
-
-
-def error_dict(
-    error_class: str, type_: str, message: str, traceback: str = "", type_mro: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    return {
-        "error_class": error_class,
-        "type": type_,
-        "message": message,
-        "traceback": traceback,
-        "type_mro": list(type_mro),
-    }

@@ -13,23 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import logging
 from collections.abc import Callable
 
-from control_plane.orchestration.agents import expire_agent_leases
-from control_plane.orchestration.approvals import expire_approvals
-from control_plane.orchestration.lifecycle import crash_runs_with_lapsed_leases
 from control_plane.orchestration.values import DecisionOut, Effects
-from control_plane.scheduler.assign import scheduling_pass
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
+from control_plane.usecases.agents import expire_agent_leases
+from control_plane.usecases.approvals import expire_approvals
+from control_plane.usecases.runs import crash_runs_with_lapsed_leases
+from control_plane.usecases.scheduling import scheduling_pass
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Dispatcher:
@@ -52,11 +47,11 @@ class Dispatcher:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_timer: dt.datetime | None = None
-        self._started_at = utcnow()
+        self._started_at = self._store.clock()
         # An agent that missed this many heartbeats gets no new work (it may be cut off).
         self._max_silence_s = 3 * sweep_interval_s
         self._runner_grace_s = runner_grace_s
-        self._next_sweep = utcnow()
+        self._next_sweep = self._store.clock()
         self._next_approval: dt.datetime | None = None  # known at the first sweep
         self._passes = 0
 
@@ -88,44 +83,38 @@ class Dispatcher:
                 self._wake.set()
 
     def _seconds_to_next_due(self) -> float:
-        now = utcnow()
+        now = self._store.clock()
         due = [self._next_sweep] + [t for t in (self._next_timer, self._next_approval) if t]
         return max(0.0, min((t - now).total_seconds() for t in due))
 
     async def _pass(self) -> None:
-        now = utcnow()
+        now = self._store.clock()
         if now >= self._next_sweep:
             await self._sweep_leases(now)
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
         elif self._next_approval is not None and now >= self._next_approval:
             await self._expire_approvals(now)
         self._passes += 1
-        effects, self._next_timer = await self._store.run(
-            functools.partial(scheduling_pass, tiebreak=self._passes),
+        self._next_timer = await self._store.transact(
+            scheduling_pass,
             self._registry.slots(max_silence_s=self._max_silence_s),
-            now,
+            tiebreak=self._passes,
         )
-        self.apply(effects)
 
     async def _sweep_leases(self, now: dt.datetime) -> None:
         """Stored leases, checked every sweep interval: agents' attempts, runners' runs."""
-        self.apply(
-            await self._store.run(expire_agent_leases, now, self._lost_after_s, self._started_at)
-        )
-        self.apply(
-            await self._store.run(
-                crash_runs_with_lapsed_leases, now, self._started_at, self._runner_grace_s
-            )
+        await self._store.transact(expire_agent_leases, self._lost_after_s, self._started_at)
+        await self._store.transact(
+            crash_runs_with_lapsed_leases, self._started_at, self._runner_grace_s
         )
         await self._expire_approvals(now)
 
     async def _expire_approvals(self, now: dt.datetime) -> None:
-        effects, found = await self._store.run(expire_approvals, now)
+        found = await self._store.transact(expire_approvals)
         # A deadline created while this ran may be missing from ``found``: keep a known
         # future one (at worst it wakes a pass that finds nothing due).
         known = self._next_approval if self._next_approval and self._next_approval > now else None
         self._next_approval = min((t for t in (found, known) if t), default=None)
-        self.apply(effects)
 
     def apply(self, effects: Effects) -> None:
         """Carry out what a committed transaction decided: send frames, wake watchers."""

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from control_plane.auth.rotation import Renewal
-from control_plane.orchestration.agents import ConnectedAgent
+from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
-from control_plane.scheduler.matching import AgentSlot
+from control_plane.usecases.agents import ConnectedAgent
 
 
 @dataclasses.dataclass(frozen=True)

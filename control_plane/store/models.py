@@ -7,6 +7,7 @@ what you need explicitly in the repository functions.
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +26,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from meridian.core.errorinfo import ErrorInfo
+from meridian.core.kinds import ApprovalState
+from meridian.core.spec import StepSpec
+from meridian.core.states import AttemptState, RunState, StepState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -58,6 +64,53 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class StepSpecJSON(TypeDecorator[StepSpec]):
+    """A step run's spec: a JSON object in the table, a typed ``StepSpec`` in code."""
+
+    impl = JSON()
+    cache_ok = True
+
+    def process_bind_param(self, value: StepSpec | None, dialect: Dialect) -> Any:
+        return None if value is None else value.to_json()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> StepSpec | None:
+        return None if value is None else StepSpec.from_json(value)
+
+
+class ErrorInfoJSON(TypeDecorator[ErrorInfo]):
+    """Why something failed: a JSON object in the table, a typed ``ErrorInfo`` in code."""
+
+    impl = JSON()
+    cache_ok = True
+
+    def process_bind_param(self, value: ErrorInfo | None, dialect: Dialect) -> Any:
+        return None if value is None else value.to_json()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> ErrorInfo | None:
+        return None if value is None else ErrorInfo.from_json(value)
+
+
+class StateColumn(TypeDecorator[Any]):
+    """A state enum stored as its string value (VARCHAR(16), as the migrations create it).
+
+    Binding a value that is not a member (a typo, another machine's state) fails before the
+    write instead of storing something no reader understands.
+    """
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -149,12 +202,12 @@ class FlowRunRow(Base):
     trigger: Mapped[str] = mapped_column(String(64))
     parameters_json: Mapped[str] = mapped_column(Text)
     bundle_sha256: Mapped[str] = mapped_column(ForeignKey("bundles.sha256"))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[RunState] = mapped_column(StateColumn(RunState), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(index=True)
     started_at: Mapped[dt.datetime | None]
     ended_at: Mapped[dt.datetime | None]
     result_json: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[dict[str, Any] | None]
+    error: Mapped[ErrorInfo | None] = mapped_column(ErrorInfoJSON())
     # The flow runner's lease: a RUNNING run whose lease lapses becomes CRASHED.
     runner_lease_expires_at: Mapped[dt.datetime | None]
     resumed_at: Mapped[dt.datetime | None]
@@ -172,12 +225,12 @@ class StepRunRow(Base):
     flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
     key: Mapped[str] = mapped_column(String(512))
     name: Mapped[str] = mapped_column(String(255))
-    spec: Mapped[dict[str, Any]]
+    spec: Mapped[StepSpec] = mapped_column(StepSpecJSON())
     inputs_json: Mapped[str] = mapped_column(Text)
     inputs_digest: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[StepState] = mapped_column(StateColumn(StepState))
     result_json: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[dict[str, Any] | None]
+    error: Mapped[ErrorInfo | None] = mapped_column(ErrorInfoJSON())
     created_at: Mapped[dt.datetime]
     ended_at: Mapped[dt.datetime | None]
     # Every (re)assignment of any attempt of this step takes the next token.
@@ -195,7 +248,7 @@ class AttemptRow(Base):
     step_run_id: Mapped[str] = mapped_column(ForeignKey("step_runs.id"))
     flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
     number: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[AttemptState] = mapped_column(StateColumn(AttemptState))
     agent_id: Mapped[str | None] = mapped_column(String(36), index=True)
     environment: Mapped[str | None] = mapped_column(String(253))
     provider: Mapped[str] = mapped_column(String(64))
@@ -210,7 +263,7 @@ class AttemptRow(Base):
     started_at: Mapped[dt.datetime | None]
     ended_at: Mapped[dt.datetime | None]
     exit_code: Mapped[int | None]
-    error: Mapped[dict[str, Any] | None]
+    error: Mapped[ErrorInfo | None] = mapped_column(ErrorInfoJSON())
 
 
 class ApprovalRow(Base):
@@ -232,7 +285,7 @@ class ApprovalRow(Base):
     flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
     key: Mapped[str] = mapped_column(String(512))
     message: Mapped[str] = mapped_column(Text, default="")
-    state: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | timed_out
+    state: Mapped[ApprovalState] = mapped_column(StateColumn(ApprovalState))
     requested_at: Mapped[dt.datetime]
     asked_at: Mapped[dt.datetime]
     deadline: Mapped[dt.datetime | None]

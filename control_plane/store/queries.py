@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from control_plane.auth.scopes import Scope, covers
+from control_plane.orchestration.scopes import Scope, covers
 from control_plane.store.models import (
     AgentRow,
     ApprovalRow,

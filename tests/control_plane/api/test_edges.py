@@ -28,8 +28,8 @@ from agent.identity import generate_key_and_csr
 from control_plane import ControlPlane, ServerConfig, create_api_token, create_join_token
 from control_plane.api.control_service import utcnow
 from control_plane.api.validation import MAX_INPUTS_BYTES, MAX_RETRIES
-from control_plane.orchestration.transitions import record_event
 from control_plane.store.db import make_engine
+from control_plane.store.tx import record_event
 from protos.meridian.v1 import (
     agent_pb2,
     agent_pb2_grpc,

@@ -19,11 +19,11 @@ from control_plane import audit
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.auth.enrollment import create_join_token_row, enroll_agent
 from control_plane.orchestration import engine
-from control_plane.orchestration.agents import expire_agent_leases
-from control_plane.orchestration.lifecycle import cancel_run, resume_run, retry_run
-from control_plane.scheduler.assign import scheduling_pass
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, AuditRecordRow, FlowRunRow, JoinTokenRow
+from control_plane.usecases.agents import expire_agent_leases
+from control_plane.usecases.runs import cancel_run, resume_run, retry_run
+from control_plane.usecases.scheduling import scheduling_pass
 from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, submit
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane import audit
-from control_plane.orchestration.engine import finish_attempt
-from control_plane.orchestration.values import Effects, error_dict
 from control_plane.store.models import AgentRow, AttemptRow, StepRunRow
+from control_plane.store.tx import Tx
+from control_plane.usecases.attempts import finish_attempt
+from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import NotFound, ValidationError
 from meridian.core.states import SLOT_HOLDING, AttemptState
 
@@ -48,19 +48,13 @@ def _resolve(session: Session, ref: str) -> AgentRow:
     return next(iter(matches.values()))
 
 
-def revoke_agent(
-    session: Session,
-    ref: str,
-    reason: str,
-    now: dt.datetime,
-    environments: Sequence[str] = (),
-) -> tuple[AgentRow, Effects]:
+def revoke_agent(tx: Tx, ref: str, reason: str, environments: Sequence[str] = ()) -> AgentRow:
     """Refuse the agent's certificate from now on; the attempts it holds are lost (and retried
     elsewhere by their step's policy) because nothing it reports will be accepted again."""
-    effects = Effects()
+    session, now = tx.session, tx.now
     agent = resolve_agent(session, ref, environments)
     if agent.revoked_at is not None:
-        return agent, effects
+        return agent
     agent.revoked_at = now
     agent.status = "revoked"
     message = f"agent {agent.name} in {agent.environment} was revoked" + (
@@ -74,8 +68,8 @@ def revoke_agent(
     for attempt in held:
         step = session.get(StepRunRow, attempt.step_run_id)
         assert step is not None
-        error = error_dict("lost_agent", "meridian.AgentRevoked", message)
-        finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+        error = ErrorInfo(ErrorClass.LOST_AGENT, "meridian.AgentRevoked", message)
+        finish_attempt(tx, attempt, step, AttemptState.LOST, error=error)
     audit.append(
         session,
         actor=audit.CLI,
@@ -89,13 +83,12 @@ def revoke_agent(
         },
         now=now,
     )
-    return agent, effects
+    return agent
 
 
-def drain_agent(
-    session: Session, ref: str, reason: str, now: dt.datetime, environments: Sequence[str] = ()
-) -> AgentRow:
+def drain_agent(tx: Tx, ref: str, reason: str, environments: Sequence[str] = ()) -> AgentRow:
     """Stop new assignments to the agent; what it runs finishes normally."""
+    session, now = tx.session, tx.now
     agent = resolve_agent(session, ref, environments)
     if agent.revoked_at is not None:
         raise ValidationError(f"agent {agent.name} is revoked")

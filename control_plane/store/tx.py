@@ -1,12 +1,20 @@
-"""The one place state changes: move a row, check the move is legal, write its event.
+"""The transaction context every use case runs in, and the one place state changes.
 
-Every function here runs inside the caller's transaction, so the new current state and the
-history row that documents it commit (or roll back) together.
+``Tx`` joins what a use case needs: the session of the open transaction, the time the
+transaction started (one clock for the whole change), the ``Effects`` to carry out after the
+commit, and the actor the audit log names. ``Store.transact`` makes one, calls the use case,
+commits, then applies the effects.
+
+``move_run``/``move_step``/``move_attempt`` check the move against the state machines and write
+its event in the same transaction, so the new current state and the history row that
+documents it commit (or roll back) together.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event, text
@@ -19,6 +27,37 @@ from control_plane.orchestration.machines import (
 )
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, StepRunRow
+from meridian.core.kinds import EventKind
+from meridian.core.states import AttemptState, RunState, StepState
+
+SYSTEM_ACTOR = "system"  # the control plane itself (sweeps, timers)
+CLI_ACTOR = "cli"  # a local operator with the data directory, or an unauthenticated caller
+
+# Who acts for the request being served: set by the API edge once it has authenticated the
+# caller, read by ``Store.transact`` (it runs in a copy of the caller's context).
+_ACTING_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "meridian_acting_as", default=None
+)
+
+
+def acting_as(actor: str) -> None:
+    """Name the caller of the current request for every transaction it starts."""
+    _ACTING_AS.set(actor)
+
+
+def current_actor() -> str:
+    return _ACTING_AS.get() or CLI_ACTOR
+
+
+@dataclass
+class Tx:
+    """One open transaction: session, its time, the effects to apply after commit, the actor."""
+
+    session: Session
+    now: dt.datetime
+    effects: Effects = field(default_factory=Effects)
+    actor: str = CLI_ACTOR
+
 
 MAX_EVENT_MESSAGE = 4000
 _PENDING_EVENTS = "meridian.pending_events"
@@ -55,10 +94,9 @@ if not event.contains(Session, "before_commit", _insert_events_in_commit_order):
 
 
 def record_event(
-    session: Session,
+    tx: Tx,
     *,
-    kind: str,
-    now: dt.datetime,
+    kind: EventKind,
     flow_run_id: str | None,
     step: StepRunRow | None = None,
     attempt: AttemptRow | None = None,
@@ -70,59 +108,48 @@ def record_event(
 ) -> None:
     """Queue an event; ``key`` names what it is about when that is not a step run (an
     approval's key), and is shown where a step's key would be."""
-    session.info.setdefault(_PENDING_EVENTS, []).append(
+    tx.session.info.setdefault(_PENDING_EVENTS, []).append(
         EventRow(
             flow_run_id=flow_run_id,
             step_run_id=step.id if step else (attempt.step_run_id if attempt else None),
             attempt_id=attempt.id if attempt else None,
             step_key=step.key if step else key,
-            kind=kind,
+            kind=kind.value,
             from_state=from_state,
             to_state=to_state,
             message=message[:MAX_EVENT_MESSAGE],
             details=details,
-            created_at=now,
+            created_at=tx.now,
         )
     )
 
 
-def move_run(
-    session: Session,
-    run: FlowRunRow,
-    target: str,
-    now: dt.datetime,
-    effects: Effects,
-    message: str = "",
-) -> None:
+def move_run(tx: Tx, run: FlowRunRow, target: RunState, message: str = "") -> None:
     check_run_transition(run.state, target)
     previous, run.state = run.state, target
     record_event(
-        session,
-        kind=f"run.{target.lower()}",
-        now=now,
+        tx,
+        kind=EventKind.entered(target),
         flow_run_id=run.id,
         from_state=previous,
         to_state=target,
         message=message,
     )
-    effects.touched_runs.add(run.id)
+    tx.effects.touched_runs.add(run.id)
 
 
 def move_step(
-    session: Session,
+    tx: Tx,
     step: StepRunRow,
-    target: str,
-    now: dt.datetime,
-    effects: Effects,
+    target: StepState,
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
     check_step_transition(step.state, target)
     previous, step.state = step.state, target
     record_event(
-        session,
-        kind=f"step.{target.lower()}",
-        now=now,
+        tx,
+        kind=EventKind.entered(target),
         flow_run_id=step.flow_run_id,
         step=step,
         from_state=previous,
@@ -130,25 +157,22 @@ def move_step(
         message=message,
         details=details,
     )
-    effects.touched_runs.add(step.flow_run_id)
+    tx.effects.touched_runs.add(step.flow_run_id)
 
 
 def move_attempt(
-    session: Session,
+    tx: Tx,
     attempt: AttemptRow,
     step: StepRunRow,
-    target: str,
-    now: dt.datetime,
-    effects: Effects,
+    target: AttemptState,
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
     check_attempt_transition(attempt.state, target)
     previous, attempt.state = attempt.state, target
     record_event(
-        session,
-        kind=f"attempt.{target.lower()}",
-        now=now,
+        tx,
+        kind=EventKind.entered(target),
         flow_run_id=attempt.flow_run_id,
         step=step,
         attempt=attempt,
@@ -157,4 +181,4 @@ def move_attempt(
         message=message,
         details=details,
     )
-    effects.touched_runs.add(attempt.flow_run_id)
+    tx.effects.touched_runs.add(attempt.flow_run_id)

@@ -16,9 +16,12 @@ from sqlalchemy.orm import Session
 
 from control_plane.auth.enrollment import pinned_labels_problem
 from control_plane.auth.rotation import accepts_certificate
-from control_plane.orchestration.engine import assign_frame, finish_attempt
-from control_plane.orchestration.values import CancelOut, DecisionOut, Effects, error_dict
+from control_plane.orchestration.decisions import lost_after_s
+from control_plane.orchestration.values import CancelOut, DecisionOut
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
+from control_plane.store.tx import Tx
+from control_plane.usecases.attempts import assign_frame, finish_attempt
+from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import NotFound, PermissionDenied
 from meridian.core.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 
@@ -51,10 +54,9 @@ class ConnectedAgent:
     drain_requested: bool = False  # by an operator: survives the agent's own heartbeats
 
 
-def agent_connected(
-    session: Session, agent_id: str, fingerprint: str, hello: HelloIn, now: dt.datetime
-) -> tuple[ConnectedAgent, Effects]:
-    agent = session.get(AgentRow, agent_id, with_for_update=True)
+def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> ConnectedAgent:
+    now = tx.now
+    agent = tx.session.get(AgentRow, agent_id, with_for_update=True)
     if agent is None:
         raise NotFound(f"agent {agent_id} is not enrolled")
     if not accepts_certificate(agent, fingerprint, now):
@@ -81,9 +83,8 @@ def agent_connected(
     agent.status = "draining" if draining else "connected"
     agent.connected_at = now
     agent.last_heartbeat_at = now
-    effects = Effects()
-    in_use = _reconcile_held(session, agent, hello.held, now, effects)
-    effects.wake_scheduler = True
+    in_use = _reconcile_held(tx, agent, hello.held)
+    tx.effects.wake_scheduler = True
     connected = ConnectedAgent(
         agent_id=agent.id,
         name=agent.name,
@@ -97,17 +98,12 @@ def agent_connected(
         provider_schemas=hello.provider_schemas,
         drain_requested=agent.drain_requested_at is not None,
     )
-    return connected, effects
+    return connected
 
 
-def _reconcile_held(
-    session: Session,
-    agent: AgentRow,
-    reported: Mapping[str, int],
-    now: dt.datetime,
-    effects: Effects,
-) -> int:
+def _reconcile_held(tx: Tx, agent: AgentRow, reported: Mapping[str, int]) -> int:
     """Match what the agent runs with what we think it holds; returns slots in use."""
+    session, effects = tx.session, tx.effects
     held = session.scalars(
         select(AttemptRow).where(
             AttemptRow.agent_id == agent.id, AttemptRow.state.in_(list(SLOT_HOLDING))
@@ -141,42 +137,38 @@ def _reconcile_held(
                     DecisionOut(attempt.id, attempt.fencing_token, True, agent_id=agent.id)
                 )
         elif attempt.state == AttemptState.ASSIGNED and unwanted:
-            error = error_dict("cancelled", "meridian.StepCancelled", f"run is {run.state}")
-            finish_attempt(
-                session, attempt, step, AttemptState.CANCELLED, now, effects, error=error
-            )
+            error = ErrorInfo(ErrorClass.CANCELLED, "meridian.StepCancelled", f"run is {run.state}")
+            finish_attempt(tx, attempt, step, AttemptState.CANCELLED, error=error)
         elif attempt.state == AttemptState.ASSIGNED:
             # The Assign frame may have been lost with the old stream: send it again.
             # Not counted here: sending it through the registry takes the slot.
             effects.assigns.append(assign_frame(attempt, step, run))
         else:
-            error = error_dict(
-                "lost_agent",
+            error = ErrorInfo(
+                ErrorClass.LOST_AGENT,
                 "meridian.AgentLost",
                 f"agent {agent.name} reconnected without attempt {attempt.number} of {step.key}",
             )
-            finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+            finish_attempt(tx, attempt, step, AttemptState.LOST, error=error)
     return in_use
 
 
-def agent_heartbeat(session: Session, agent_id: str, draining: bool, now: dt.datetime) -> None:
-    agent = session.get(AgentRow, agent_id)
+def agent_heartbeat(tx: Tx, agent_id: str, draining: bool) -> None:
+    agent = tx.session.get(AgentRow, agent_id)
     if agent is not None and agent.revoked_at is None:
-        agent.last_heartbeat_at = now
+        agent.last_heartbeat_at = tx.now
         drained = draining or agent.drain_requested_at is not None
         agent.status = "draining" if drained else "connected"
 
 
-def agent_disconnected(session: Session, agent_id: str, now: dt.datetime) -> None:
-    agent = session.get(AgentRow, agent_id)
+def agent_disconnected(tx: Tx, agent_id: str) -> None:
+    agent = tx.session.get(AgentRow, agent_id)
     if agent is not None and agent.status in ("connected", "draining"):
         agent.status = "disconnected"
-        agent.disconnected_at = now
+        agent.disconnected_at = tx.now
 
 
-def expire_agent_leases(
-    session: Session, now: dt.datetime, default_lost_after_s: float, started_at: dt.datetime
-) -> Effects:
+def expire_agent_leases(tx: Tx, default_lost_after_s: float, started_at: dt.datetime) -> None:
     """Attempts whose agent stopped heartbeating become LOST and follow their step's policy.
 
     An agent's heartbeats renew the leases of every attempt it holds. Each step says how long
@@ -184,7 +176,7 @@ def expire_agent_leases(
     Heartbeats could not arrive while this control plane was down, so leases count from
     ``started_at`` at the earliest.
     """
-    effects = Effects()
+    session, now = tx.session, tx.now
     rows = session.execute(
         select(AttemptRow, AgentRow)
         .join(AgentRow, AgentRow.id == AttemptRow.agent_id)
@@ -193,21 +185,20 @@ def expire_agent_leases(
     for attempt, agent in rows:
         step = session.get(StepRunRow, attempt.step_run_id)
         assert step is not None
-        if step.spec.get("on_agent_lost") == "wait":
+        lost_after = lost_after_s(step.spec, default_lost_after_s)
+        if lost_after is None:
             continue
-        lost_after = float(step.spec.get("lost_after_s") or default_lost_after_s)
         silent = (now - _last_sign_of_life(agent, started_at)).total_seconds()
         if silent < lost_after:
             continue
-        error = error_dict(
-            "lost_agent",
+        error = ErrorInfo(
+            ErrorClass.LOST_AGENT,
             "meridian.AgentLost",
             f"agent {agent.name} in {agent.environment} sent no heartbeat for {silent:.0f}s "
             f"(lost_after {lost_after:g}s)",
         )
-        finish_attempt(session, attempt, step, AttemptState.LOST, now, effects, error=error)
+        finish_attempt(tx, attempt, step, AttemptState.LOST, error=error)
     _mark_silent_agents_lost(session, now, default_lost_after_s, started_at)
-    return effects
 
 
 def _last_sign_of_life(agent: AgentRow, started_at: dt.datetime) -> dt.datetime:

@@ -17,15 +17,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane import audit
-from control_plane.orchestration.engine import new_id
-from control_plane.orchestration.transitions import move_run, record_event
-from control_plane.orchestration.values import Effects
+from control_plane.store.ids import new_id
 from control_plane.store.models import ApprovalRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
+from control_plane.store.tx import Tx, move_run, record_event
 from meridian.core.errors import ConflictError, NotFound
+from meridian.core.kinds import ApprovalState, EventKind
 from meridian.core.states import LIVE_RUN, RunState
 
-PENDING, APPROVED, REJECTED, TIMED_OUT = "pending", "approved", "rejected", "timed_out"
 # Only a body that runs can ask. Decisions (and timeouts) are taken while a runner drives the
 # run or may again (LIVE_RUN: a CRASHED run is resumed, and its body then finds the decision).
 ASKING = (RunState.RUNNING, RunState.PAUSED)
@@ -33,61 +32,60 @@ EXPIRE_BATCH = 500
 
 
 def request_approval(
-    session: Session, run_id: str, key: str, message: str, timeout_s: float, now: dt.datetime
-) -> tuple[ApprovalRow, str, Effects]:
+    tx: Tx, run_id: str, key: str, message: str, timeout_s: float
+) -> tuple[ApprovalRow, RunState]:
     """Ask (or ask again) for approval ``key`` of run ``run_id``: idempotent on the key.
 
     A new approval is stored pending, with a deadline when ``timeout_s`` > 0; a pending one
     is asked again (a resumed runner); a decided one is returned as it is. The run is PAUSED
     while the approval is pending. The message and timeout of the first request stay.
     """
-    effects = Effects()
+    session, now, effects = tx.session, tx.now, tx.effects
     run = _locked_run(session, run_id)
     if run.state not in ASKING:
         raise ConflictError(
             f"flow run {run.id} is {run.state}; only a RUNNING run can ask for an approval"
         )
     approval = _find(session, run.id, key)
-    if approval is not None and approval.state != PENDING:
-        return approval, run.state, effects  # a decision is final: replays get it back
+    if approval is not None and approval.state != ApprovalState.PENDING:
+        return approval, run.state  # a decision is final: replays get it back
     if approval is None:
         approval = _new_approval(run, key, message, timeout_s, now)
         session.add(approval)
     elif run.state == RunState.PAUSED and _asked_by_current_runner(run, approval):
-        return approval, run.state, effects  # a retried call: nothing new happened
+        return approval, run.state  # a retried call: nothing new happened
     approval.asked_at = now
     if approval.deadline is not None:
         # New, or asked again in a resumed run whose timer the dispatcher had set aside.
         effects.timers.append(approval.deadline)
     record_event(
-        session,
-        kind="approval.requested",
-        now=now,
+        tx,
+        kind=EventKind.APPROVAL_REQUESTED,
         flow_run_id=run.id,
         key=key,
         message=approval.message or "waiting for a decision",
     )
     if run.state == RunState.RUNNING:
-        move_run(session, run, RunState.PAUSED, now, effects, f"waiting for approval {key}")
+        move_run(tx, run, RunState.PAUSED, f"waiting for approval {key}")
     effects.touched_runs.add(run.id)
-    return approval, run.state, effects
+    return approval, run.state
 
 
 def decide_approval(
-    session: Session, run_id: str, key: str, approve: bool, reason: str, now: dt.datetime
-) -> tuple[ApprovalRow, str, Effects]:
+    tx: Tx, run_id: str, key: str, approve: bool, reason: str
+) -> tuple[ApprovalRow, RunState]:
     """Approve or reject a pending approval, as the caller of the current request.
 
     Repeating the decision already taken returns it unchanged (a retried call); any other
     decision of a decided or timed-out approval is a ConflictError.
     """
-    effects = Effects()
+    session = tx.session
     run = _locked_run(session, run_id)
     approval = _approval_to_decide(session, run.id, key)
-    target = APPROVED if approve else REJECTED
+    target = ApprovalState.APPROVED if approve else ApprovalState.REJECTED
     if approval.state == target:
-        return approval, run.state, effects
-    if approval.state != PENDING:
+        return approval, run.state
+    if approval.state != ApprovalState.PENDING:
         raise ConflictError(
             f"approval {approval.key} of run {run.id} is already {approval.state} "
             f"(by {approval.decided_by or '?'}); a decision is final"
@@ -97,32 +95,31 @@ def decide_approval(
             f"flow run {run.id} is {run.state}; approvals are decided while the run is "
             "RUNNING, PAUSED or CRASHED (resume it to ask again)"
         )
-    actor = audit.current_actor()
     audit.records.run_changed(
         session,
-        f"run.{target}",
+        "run.approved" if approve else "run.rejected",
         run,
-        now,
+        tx.now,
         approval=approval.key,
         reason=reason,
         run_state=run.state,
     )
-    _decide(session, run, approval, target, actor, reason, now, effects)
-    return approval, run.state, effects
+    _decide(tx, run, approval, target, tx.actor, reason)
+    return approval, run.state
 
 
-def expire_approvals(session: Session, now: dt.datetime) -> tuple[Effects, dt.datetime | None]:
+def expire_approvals(tx: Tx) -> dt.datetime | None:
     """Time out pending approvals whose deadline passed; return when the next one is due.
 
     Approvals of runs that ended (other than CRASHED) wait for nobody and are left alone: a
     resumed run's body asks again and finds them past their deadline.
     """
-    effects = Effects()
+    session, now = tx.session, tx.now
     due = session.execute(
         select(ApprovalRow.id, ApprovalRow.flow_run_id)
         .join(FlowRunRow, FlowRunRow.id == ApprovalRow.flow_run_id)
         .where(
-            ApprovalRow.state == PENDING,
+            ApprovalRow.state == ApprovalState.PENDING,
             ApprovalRow.deadline <= now,
             FlowRunRow.state.in_(list(LIVE_RUN)),
         )
@@ -137,12 +134,16 @@ def expire_approvals(session: Session, now: dt.datetime) -> tuple[Effects, dt.da
         )
         if run is None or approval is None or run.state not in LIVE_RUN:
             continue
-        if approval.state != PENDING or approval.deadline is None or approval.deadline > now:
+        if (
+            approval.state != ApprovalState.PENDING
+            or approval.deadline is None
+            or approval.deadline > now
+        ):
             continue  # decided (or replaced) by another replica meanwhile
         waited = (approval.deadline - approval.requested_at).total_seconds()
         reason = f"no decision within {waited:g}s"
-        _decide(session, run, approval, TIMED_OUT, audit.SYSTEM, reason, now, effects)
-    return effects, next_deadline(session)
+        _decide(tx, run, approval, ApprovalState.TIMED_OUT, audit.SYSTEM, reason)
+    return next_deadline(session)
 
 
 def next_deadline(session: Session) -> dt.datetime | None:
@@ -151,7 +152,7 @@ def next_deadline(session: Session) -> dt.datetime | None:
     moment = session.scalar(
         select(func.min(ApprovalRow.deadline))
         .join(FlowRunRow, FlowRunRow.id == ApprovalRow.flow_run_id)
-        .where(ApprovalRow.state == PENDING, FlowRunRow.state.in_(list(LIVE_RUN)))
+        .where(ApprovalRow.state == ApprovalState.PENDING, FlowRunRow.state.in_(list(LIVE_RUN)))
     )
     if moment is None:
         return None
@@ -184,7 +185,7 @@ def _approval_to_decide(session: Session, run_id: str, key: str) -> ApprovalRow:
         return approval
     pending = session.scalars(
         select(ApprovalRow)
-        .where(ApprovalRow.flow_run_id == run_id, ApprovalRow.state == PENDING)
+        .where(ApprovalRow.flow_run_id == run_id, ApprovalRow.state == ApprovalState.PENDING)
         .order_by(ApprovalRow.requested_at, ApprovalRow.key)
         .with_for_update()
     ).all()
@@ -204,7 +205,7 @@ def _new_approval(
         flow_run_id=run.id,
         key=key,
         message=message,
-        state=PENDING,
+        state=ApprovalState.PENDING,
         requested_at=now,
         asked_at=now,
         deadline=deadline,
@@ -219,41 +220,34 @@ def _asked_by_current_runner(run: FlowRunRow, approval: ApprovalRow) -> bool:
 
 
 def _decide(
-    session: Session,
+    tx: Tx,
     run: FlowRunRow,
     approval: ApprovalRow,
-    state: str,
+    state: ApprovalState,
     actor: str,
     reason: str,
-    now: dt.datetime,
-    effects: Effects,
 ) -> None:
     approval.state = state
-    approval.decided_at = now
+    approval.decided_at = tx.now
     approval.decided_by = actor
     approval.reason = reason
-    if state == TIMED_OUT:
+    if state == ApprovalState.TIMED_OUT:
         detail = f"timed out: {reason}"
     else:
         detail = f"{state} by {actor}" + (f": {reason}" if reason else "")
     record_event(
-        session,
-        kind=f"approval.{state}",
-        now=now,
-        flow_run_id=run.id,
-        key=approval.key,
-        message=detail,
+        tx, kind=EventKind.decided(state), flow_run_id=run.id, key=approval.key, message=detail
     )
-    effects.touched_runs.add(run.id)
-    if run.state == RunState.PAUSED and not _still_waiting(session, run, approval.id):
-        move_run(session, run, RunState.RUNNING, now, effects, f"approval {approval.key} {detail}")
+    tx.effects.touched_runs.add(run.id)
+    if run.state == RunState.PAUSED and not _still_waiting(tx.session, run, approval.id):
+        move_run(tx, run, RunState.RUNNING, f"approval {approval.key} {detail}")
 
 
 def _still_waiting(session: Session, run: FlowRunRow, decided_id: str) -> bool:
     """Whether the runner waits for another pending approval of ``run``."""
     query = select(ApprovalRow.id).where(
         ApprovalRow.flow_run_id == run.id,
-        ApprovalRow.state == PENDING,
+        ApprovalRow.state == ApprovalState.PENDING,
         ApprovalRow.id != decided_id,
     )
     if run.resumed_at is not None:

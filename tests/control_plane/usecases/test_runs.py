@@ -7,17 +7,17 @@ import datetime as dt
 from sqlalchemy import select
 
 from control_plane.orchestration import engine
-from control_plane.orchestration.lifecycle import (
+from control_plane.orchestration.values import Effects, StepSubmission
+from control_plane.store.db import Store
+from control_plane.store.models import FlowRunRow, StepRunRow
+from control_plane.usecases.runs import (
     cancel_run,
     crash_runs_with_lapsed_leases,
     renew_runner_lease,
     resume_run,
     retry_run,
 )
-from control_plane.orchestration.values import Effects, StepSubmission
-from control_plane.scheduler.assign import scheduling_pass
-from control_plane.store.db import Store
-from control_plane.store.models import FlowRunRow, StepRunRow
+from control_plane.usecases.scheduling import scheduling_pass
 from tests.control_plane.engine_helpers import (
     SLOTS,
     T0,
@@ -128,7 +128,7 @@ def test_retry_is_a_new_run_that_reuses_nothing(store: Store) -> None:
 
 
 def test_reconnecting_agent_is_told_again_to_stop_work_of_a_cancelled_run(store: Store) -> None:
-    from control_plane.orchestration.agents import HelloIn, agent_connected
+    from control_plane.usecases.agents import HelloIn, agent_connected
 
     run_id = new_run(store)
     running = submit(store, run_id, key="running#1")

@@ -9,22 +9,22 @@ from sqlalchemy import select
 
 from control_plane import audit
 from control_plane.orchestration import engine
-from control_plane.orchestration.agents import HelloIn, agent_connected
-from control_plane.orchestration.approvals import (
+from control_plane.orchestration.values import Effects
+from control_plane.store.db import Store
+from control_plane.store.models import ApprovalRow, AuditRecordRow, EventRow, FlowRunRow
+from control_plane.usecases.agents import HelloIn, agent_connected
+from control_plane.usecases.approvals import (
     decide_approval,
     expire_approvals,
     request_approval,
 )
-from control_plane.orchestration.lifecycle import (
+from control_plane.usecases.runs import (
     cancel_run,
     crash_runs_with_lapsed_leases,
     renew_runner_lease,
     resume_run,
 )
-from control_plane.orchestration.values import Effects
-from control_plane.scheduler.assign import scheduling_pass
-from control_plane.store.db import Store
-from control_plane.store.models import ApprovalRow, AuditRecordRow, EventRow, FlowRunRow
+from control_plane.usecases.scheduling import scheduling_pass
 from meridian.core.errors import ConflictError, NotFound
 from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, submit
 

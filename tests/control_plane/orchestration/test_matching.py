@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from control_plane.scheduler.matching import (
+from control_plane.orchestration.matching import (
     AgentSlot,
     choose_agent,
     effective_labels,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.auth.scopes import (
+from control_plane.orchestration.scopes import (
     check_step_targets,
     covers,
     normalize,

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from control_plane.orchestration import engine
-from control_plane.orchestration.agents import expire_agent_leases
 from control_plane.orchestration.values import Effects, ReportIn, StepSubmission
-from control_plane.scheduler.assign import scheduling_pass
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, EventRow, StepRunRow
+from control_plane.usecases.agents import expire_agent_leases
+from control_plane.usecases.scheduling import scheduling_pass
 from meridian.core.errors import ConflictError
 from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, spec, submit
 

@@ -1,0 +1,56 @@
+"""The scheduler's plan: which ready attempt goes to which agent, as a pure function.
+
+``plan`` takes the attempts that may start now (oldest first) and a snapshot of the agents'
+free slots, and returns the assignments. It never over-fills an agent: each assignment takes
+one slot from the snapshot it works on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from control_plane.orchestration.matching import AgentSlot, choose_agent
+from meridian.core.selectors import Selector
+
+
+@dataclass(frozen=True)
+class ReadyAttempt:
+    """A queued attempt whose start time has come."""
+
+    attempt_id: str
+    selector: Selector
+    provider: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    attempt_id: str
+    agent_id: str
+
+
+def has_free_slot(slots: Sequence[AgentSlot]) -> bool:
+    return any(s.in_use < s.capacity and not s.draining for s in slots)
+
+
+def plan(
+    ready: Sequence[ReadyAttempt], slots: Sequence[AgentSlot], *, tiebreak: int = 0
+) -> list[Assignment]:
+    """Assign ready attempts, in order, to the eligible agent with the most spare room.
+
+    ``tiebreak`` rotates the choice among equally free agents from pass to pass, so a burst
+    of work spreads over them instead of always landing on the first. An attempt no agent
+    can take now is left out (it stays queued until a slot frees or its deadline passes).
+    """
+    free = list(slots)
+    assignments: list[Assignment] = []
+    for i, attempt in enumerate(ready):
+        if not has_free_slot(free):
+            break
+        slot = choose_agent(attempt.selector, attempt.provider, free, tiebreak=tiebreak + i)
+        if slot is None:
+            continue
+        free[free.index(slot)] = dataclasses.replace(slot, in_use=slot.in_use + 1)
+        assignments.append(Assignment(attempt.attempt_id, slot.agent_id))
+    return assignments

@@ -1,0 +1,320 @@
+"""Attempts: assign them to agents, apply agents' reports, finish them and decide the step.
+
+Reports are judged by the ordered rules in ``orchestration/rules.py``; what a finished attempt
+means for its step is decided by ``orchestration/decisions.py``. Everything here runs in the
+caller's ``Tx`` and changes state only through ``store.tx``, so every change has its event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from control_plane import audit
+from control_plane.orchestration.decisions import decide_after_failure, error_for_outcome
+from control_plane.orchestration.rules import AttemptFacts, judge_report
+from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut, ReportIn
+from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
+from control_plane.store.tx import Tx, move_attempt, move_run, move_step, record_event
+from control_plane.usecases.logs import store_log_lines
+from control_plane.usecases.steps import queue_attempt
+from meridian.core.errorinfo import ErrorClass, ErrorInfo
+from meridian.core.errors import NotFound
+from meridian.core.kinds import EventKind, ReportKind, Verdict
+from meridian.core.states import (
+    LIVE_ATTEMPT,
+    LIVE_RUN,
+    SLOT_HOLDING,
+    TERMINAL_STEP,
+    AttemptState,
+    RunState,
+    StepState,
+)
+
+# ---- cancel -------------------------------------------------------------------------------
+
+
+def cancel_live_attempts(tx: Tx, run: FlowRunRow, reason: str) -> int:
+    """Cancel every unfinished attempt of ``run``; returns how many agents must confirm.
+
+    Queued attempts end at once. Attempts an agent holds stay held until it confirms (its
+    provider has stopped the infrastructure) or the agent is declared lost.
+    """
+    steps = tx.session.scalars(
+        select(StepRunRow).where(
+            StepRunRow.flow_run_id == run.id, StepRunRow.state.not_in(list(TERMINAL_STEP))
+        )
+    ).all()
+    waiting = 0
+    for step in steps:
+        for attempt in _live_attempts(tx, step.id):
+            if attempt.state == AttemptState.QUEUED:
+                error = ErrorInfo(ErrorClass.CANCELLED, "meridian.StepCancelled", reason)
+                finish_attempt(tx, attempt, step, AttemptState.CANCELLED, error=error)
+            elif attempt.agent_id:
+                waiting += 1
+                tx.effects.cancels.append(
+                    CancelOut(attempt.agent_id, attempt.id, attempt.fencing_token, reason)
+                )
+    return waiting
+
+
+def _live_attempts(tx: Tx, step_run_id: str) -> list[AttemptRow]:
+    query = select(AttemptRow).where(
+        AttemptRow.step_run_id == step_run_id, AttemptRow.state.in_(list(LIVE_ATTEMPT))
+    )
+    return list(tx.session.scalars(query))
+
+
+def complete_cancel_if_confirmed(tx: Tx, run_id: str) -> None:
+    """CANCELLING -> CANCELLED once no attempt of the run is live any more."""
+    run = tx.session.get(FlowRunRow, run_id)
+    if run is None or run.state != RunState.CANCELLING:
+        return
+    tx.session.flush()
+    live = tx.session.scalar(
+        select(AttemptRow.id)
+        .where(AttemptRow.flow_run_id == run_id, AttemptRow.state.in_(list(LIVE_ATTEMPT)))
+        .limit(1)
+    )
+    if live is not None:
+        return
+    for step in tx.session.scalars(
+        select(StepRunRow).where(
+            StepRunRow.flow_run_id == run_id, StepRunRow.state.not_in(list(TERMINAL_STEP))
+        )
+    ):
+        step.ended_at = tx.now
+        move_step(tx, step, StepState.CANCELLED, "run cancelled")
+    run.ended_at = tx.now
+    run.runner_lease_expires_at = None
+    move_run(tx, run, RunState.CANCELLED, "every attempt confirmed")
+
+
+# ---- assignment -------------------------------------------------------------------------
+
+
+def assign_attempt(
+    tx: Tx, attempt: AttemptRow, step: StepRunRow, run: FlowRunRow, agent: AgentRow
+) -> AssignOut:
+    step.last_fencing_token += 1
+    attempt.fencing_token = step.last_fencing_token
+    attempt.agent_id = agent.id
+    attempt.environment = agent.environment
+    attempt.assigned_at = tx.now
+    move_attempt(
+        tx,
+        attempt,
+        step,
+        AttemptState.ASSIGNED,
+        f"assigned to agent {agent.name} in {agent.environment}",
+        {"agent_id": agent.id, "environment": agent.environment, "token": attempt.fencing_token},
+    )
+    out = assign_frame(attempt, step, run)
+    tx.effects.assigns.append(out)
+    return out
+
+
+def assign_frame(attempt: AttemptRow, step: StepRunRow, run: FlowRunRow) -> AssignOut:
+    assert attempt.agent_id is not None
+    return AssignOut(
+        agent_id=attempt.agent_id,
+        attempt_id=attempt.id,
+        fencing_token=attempt.fencing_token,
+        flow_run_id=run.id,
+        step_run_id=step.id,
+        step_key=step.key,
+        attempt_number=attempt.number,
+        spec=step.spec,
+        bundle_sha256=run.bundle_sha256,
+        inputs_json=step.inputs_json,
+    )
+
+
+def fail_unschedulable(tx: Tx, attempt: AttemptRow, step: StepRunRow, explanation: str) -> None:
+    error = ErrorInfo(ErrorClass.SCHEDULING, "meridian.NoMatchingAgent", explanation)
+    finish_attempt(tx, attempt, step, AttemptState.FAILED, error=error)
+
+
+# ---- reports ----------------------------------------------------------------------------
+
+
+def apply_reports(
+    tx: Tx, agent_id: str, reports: Sequence[ReportIn]
+) -> tuple[int, list[DecisionOut]]:
+    """Apply each report once, in seq order; return the new watermark to ack and the answers
+    to RUNNING proposals."""
+    agent = tx.session.get(AgentRow, agent_id, with_for_update=True)
+    if agent is None:
+        raise NotFound(f"agent {agent_id} is not enrolled")
+    watermark = agent.last_applied_seq
+    decisions: list[DecisionOut] = []
+    for report in sorted(reports, key=lambda r: r.seq):
+        if report.seq <= watermark:
+            # Applied before, but the agent never saw the ack: answer proposals again.
+            if report.kind == ReportKind.RUNNING:
+                decisions.append(_redecide_running(tx, agent_id, report))
+            continue
+        decision = _apply_one(tx, agent_id, report)
+        if decision is not None:
+            decisions.append(decision)
+        watermark = report.seq
+    agent.last_applied_seq = watermark
+    return watermark, decisions
+
+
+def _redecide_running(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut:
+    attempt = tx.session.get(AttemptRow, report.attempt_id)
+    accept = (
+        attempt is not None
+        and attempt.agent_id == agent_id
+        and attempt.fencing_token == report.fencing_token
+        and attempt.state == AttemptState.RUNNING
+    )
+    reason = "" if accept else "attempt is no longer held by this agent"
+    return DecisionOut(report.attempt_id, report.fencing_token, accept, reason)
+
+
+def _facts(attempt: AttemptRow | None) -> AttemptFacts | None:
+    if attempt is None:
+        return None
+    return AttemptFacts(attempt.state, attempt.agent_id, attempt.fencing_token)
+
+
+def _apply_one(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut | None:
+    attempt = tx.session.get(AttemptRow, report.attempt_id, with_for_update=True)
+    judgement = judge_report(agent_id, _facts(attempt), report)
+    if judgement is not None:
+        # A late outcome (e.g. the copy of a lost attempt finishing) is not applied, but the
+        # history says it arrived: at-least-once execution made visible.
+        if judgement.verdict == Verdict.REJECT or report.kind == ReportKind.FINISHED:
+            record_event(
+                tx,
+                kind=EventKind.verdict(judgement.verdict),
+                flow_run_id=attempt.flow_run_id if attempt else None,
+                attempt=attempt,
+                message=f"{report.kind} report from agent {agent_id} "
+                f"{judgement.verdict.past_tense}: {judgement.reason}",
+                details={"agent_id": agent_id, "token": report.fencing_token, "seq": report.seq},
+            )
+        if report.kind == ReportKind.RUNNING:
+            return DecisionOut(report.attempt_id, report.fencing_token, False, judgement.reason)
+        return None
+    assert attempt is not None
+    step = tx.session.get(StepRunRow, attempt.step_run_id)
+    assert step is not None
+    if report.kind == ReportKind.RUNNING:
+        return _accept_running(tx, attempt, step)
+    if report.kind == ReportKind.HANDLE:
+        attempt.handle_json = report.handle_json
+        attempt.resource_id = report.resource_id[:512]
+        record_event(
+            tx,
+            kind=EventKind.ATTEMPT_RESOURCE,
+            flow_run_id=attempt.flow_run_id,
+            step=step,
+            attempt=attempt,
+            message=f"running as {report.resource_id}",
+        )
+    elif report.kind == ReportKind.LOGS:
+        store_log_lines(tx, attempt, step, report.lines)
+    elif report.kind == ReportKind.FINISHED:
+        assert report.outcome is not None  # the API layer refuses a finish without one
+        finish_attempt(
+            tx,
+            attempt,
+            step,
+            report.outcome,
+            result_json=report.result_json,
+            error=report.error,
+            exit_code=report.exit_code,
+            actor=audit.agent_actor(agent_id),
+        )
+    return None
+
+
+def _accept_running(tx: Tx, attempt: AttemptRow, step: StepRunRow) -> DecisionOut:
+    if attempt.state == AttemptState.ASSIGNED:
+        attempt.started_at = tx.now
+        move_attempt(tx, attempt, step, AttemptState.RUNNING, "started")
+        if step.state == StepState.PENDING:
+            move_step(tx, step, StepState.RUNNING)
+    return DecisionOut(attempt.id, attempt.fencing_token, True)
+
+
+# ---- the end of an attempt -----------------------------------------------------------------
+
+
+def finish_attempt(
+    tx: Tx,
+    attempt: AttemptRow,
+    step: StepRunRow,
+    outcome: AttemptState,
+    *,
+    result_json: str = "",
+    error: ErrorInfo | None = None,
+    exit_code: int | None = None,
+    actor: str = audit.SYSTEM,
+) -> None:
+    """End an attempt and decide its step's next move: complete, retry later, or fail.
+
+    ``actor`` is who ended it for the audit log: the reporting agent, or the control plane.
+    """
+    held = attempt.state in SLOT_HOLDING
+    error = error_for_outcome(outcome, error)
+    attempt.ended_at = tx.now
+    attempt.exit_code = exit_code
+    attempt.error = error
+    message = error.describe()[:1000] if error else outcome.lower()
+    move_attempt(tx, attempt, step, outcome, message, error.to_json() if error else None)
+    audit.records.attempt_finished(tx.session, attempt, step, result_json=result_json, actor=actor)
+    if held:
+        tx.effects.release(attempt.agent_id)
+    try:
+        if step.state in TERMINAL_STEP:
+            return  # e.g. a cancel confirmation after the run already ended
+        if outcome == AttemptState.SUCCEEDED:
+            step.result_json = result_json or "null"
+            step.ended_at = tx.now
+            move_step(tx, step, StepState.COMPLETED, f"attempt {attempt.number}")
+            return
+        assert error is not None
+        _after_failure(tx, attempt, step, outcome, error)
+    finally:
+        complete_cancel_if_confirmed(tx, attempt.flow_run_id)
+
+
+def _after_failure(
+    tx: Tx, attempt: AttemptRow, step: StepRunRow, outcome: AttemptState, error: ErrorInfo
+) -> None:
+    run = tx.session.get(FlowRunRow, attempt.flow_run_id)
+    assert run is not None
+    decision = decide_after_failure(
+        outcome=outcome,
+        error=error,
+        spec=step.spec,
+        attempt_number=attempt.number,
+        run_is_live=run.state in LIVE_RUN,
+        rand=random.random(),
+    )
+    if decision.retry_delay_s is None:
+        assert decision.final_state is not None
+        step.ended_at = tx.now
+        step.error = error
+        move_step(tx, step, decision.final_state, decision.reason)
+        return
+    if step.state == StepState.RUNNING:
+        move_step(tx, step, StepState.PENDING, decision.reason)
+    else:
+        record_event(
+            tx,
+            kind=EventKind.STEP_RETRYING,
+            flow_run_id=step.flow_run_id,
+            step=step,
+            message=decision.reason,
+        )
+    not_before = tx.now + dt.timedelta(seconds=decision.retry_delay_s)
+    queue_attempt(tx, step, attempt.number + 1, not_before)
