@@ -13,6 +13,7 @@ from agent import enroll
 from agent.identity import AgentIdentity, generate_key_and_csr, load_identity, save_identity
 from meridian.core.errors import ConnectionFailed, NotFound, PermissionDenied
 from tests.agent.fakecp import FakeControlPlane
+from tests.support.deadlines import DEADLINE_S
 from tests.support.tls import TestPKI
 
 
@@ -54,7 +55,7 @@ def test_enroll_maps_errors(tmp_path: Path) -> None:
         finally:
             await cp.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE_S))
 
 
 def test_enroll_unreachable_is_connection_failed(tmp_path: Path) -> None:

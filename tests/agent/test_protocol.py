@@ -16,9 +16,9 @@ from agent import Agent, AgentConfig, enroll
 from agent.journal import Journal
 from protos.meridian.v1 import agent_pb2
 from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session
+from tests.support.deadlines import DEADLINE_S
+from tests.support.polling import apoll_until
 from tests.support.tls import TestPKI
-
-TEST_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Harness:
 
 
 def run_async(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), TEST_TIMEOUT_S))
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE_S))
 
 
 async def start_cp(tmp_path: Path) -> FakeControlPlane:
@@ -151,11 +151,9 @@ def test_ack_deletes_journal_entries(tmp_path: Path) -> None:
             try:
                 assert journal.count() == len(reports) + 1
                 s.ack(reports[-1].seq)
-                for _ in range(100):
-                    if journal.count() == 0:
-                        break
-                    await asyncio.sleep(0.02)
-                assert journal.count() == 0
+                await apoll_until(
+                    lambda: journal.count() == 0, message="the acked journal to be emptied"
+                )
             finally:
                 journal.close()
 

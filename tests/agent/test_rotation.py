@@ -26,6 +26,7 @@ from agent.identity import (
 from agent.rotation import ANSWER_TIMEOUT_S, MIN_RETRY_S, CertificateRotator
 from control_plane.auth.ca import CertificateAuthority
 from meridian.core.errors import ValidationError
+from tests.support.deadlines import DEADLINE_S
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_rotator_installs_the_answer_to_its_own_request(
         await asyncio.sleep(0.05)
         assert not waiting.done()
         rotator.schedule(0.001)  # a new Welcome: the certificate is due now
-        await asyncio.wait_for(waiting, 5)
+        await asyncio.wait_for(waiting, DEADLINE_S)
 
         csr = rotator.request()
         cert = issue(ca, csr)

@@ -24,6 +24,7 @@ from protos.meridian.v1 import agent_pb2, common_pb2
 from providers.base import ExecutionSpec, Handle
 from providers.process import ProcessProvider
 from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, Session
+from tests.support.deadlines import DEADLINE_S
 from tests.support.tls import TestPKI
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,7 +57,7 @@ class RecordingProcessProvider(ProcessProvider):
 
 
 def run_async(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 30.0))
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE_S))
 
 
 @asynccontextmanager

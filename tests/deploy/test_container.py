@@ -26,6 +26,7 @@ from tests.deploy.artefacts import (
     image_entrypoint,
     parse_cli,
 )
+from tests.support.deadlines import DEADLINE_S
 from tests.support.plane import ThreadedControlPlane
 
 HEALTHCHECK = DOCKERFILE.parent / "healthcheck.py"
@@ -178,7 +179,11 @@ def fake_proc(root: Path, *argvs: list[str]) -> Path:
 def run_healthcheck(proc: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MERIDIAN_HEALTHCHECK_PROC": str(proc)}
     return subprocess.run(
-        [sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(HEALTHCHECK)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
     )
 
 

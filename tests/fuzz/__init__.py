@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 
 from control_plane import ControlPlane, ServerConfig, create_api_token, create_join_token
 from protos.meridian.v1 import agent_pb2_grpc, control_pb2, control_pb2_grpc
+from tests.support.deadlines import DEADLINE_S
 from tests.support.plane import ThreadedControlPlane
 
 # Every fuzz test derives its settings from this one; max_examples is set per test so the
@@ -41,7 +42,9 @@ FUZZ = settings(
     ],
 )
 
-CALL_TIMEOUT_S = 20.0
+# Every call's deadline: a hostile request is answered at once or the plane is in trouble, and
+# on a loaded machine even that answer may take a while.
+CALL_TIMEOUT_S = DEADLINE_S
 CLIENT_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -105,9 +108,9 @@ class FuzzPlane:
         """Health reports SERVING and a normal ListRuns answers (on a fresh channel too, so
         a broken shared channel cannot hide a broken server)."""
         health = health_pb2_grpc.HealthStub(self.channel)
-        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE_S).status
         assert status == health_pb2.HealthCheckResponse.SERVING
-        self.control.ListRuns(control_pb2.ListRunsRequest(limit=5), timeout=10)
+        self.control.ListRuns(control_pb2.ListRunsRequest(limit=5), timeout=DEADLINE_S)
 
     def client_channel(self, token: str | None) -> grpc.Channel:
         """A channel to the client listener sending ``token`` (none: no authorization)."""

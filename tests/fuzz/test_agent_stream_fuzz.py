@@ -41,9 +41,9 @@ from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2, control_pb
 from tests.control_plane.api.test_edges import enroll_request
 from tests.fuzz import CALL_TIMEOUT_S, FUZZ, FuzzPlane
 from tests.fuzz.test_rpc_fuzz import any_text, ints, messages, sized_text
+from tests.support.deadlines import DEADLINE_S
 
 T = TypeVar("T")
-STREAM_TIMEOUT_S = 15.0
 U64 = 2**64 - 1
 I64 = 2**63 - 1
 # Rows the fuzzing agent must never change, and tables a refused stream must not touch.
@@ -259,7 +259,7 @@ def drive(stub: agent_pb2_grpc.AgentServiceStub, sent: list[agent_pb2.AgentFrame
     """Send ``sent`` then half-close; collect what the server sends until the stream ends."""
     received: list[agent_pb2.ControlFrame] = []
     try:
-        for frame in stub.Connect(iter(sent), timeout=STREAM_TIMEOUT_S):
+        for frame in stub.Connect(iter(sent), timeout=DEADLINE_S):
             received.append(frame)
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
@@ -357,7 +357,7 @@ def test_after_the_fuzzing_a_real_agent_still_runs_a_step(estate: Estate, tmp_pa
                 outcome = run_flow(client, f"{flows}:after_fuzz", {"x": "21"})
         finally:
             loop.call(agent.shutdown(grace=2.0))
-            running.result(timeout=30)
+            running.result(timeout=DEADLINE_S)
     assert outcome.succeeded and outcome.result == 42, outcome
     detail = plane.control.GetRun(
         control_pb2.GetRunRequest(flow_run_id=outcome.flow_run_id), timeout=CALL_TIMEOUT_S
@@ -418,7 +418,7 @@ def test_bug_undecodable_agent_requests_are_invalid_argument(estate: Estate) -> 
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
         assert raised.value.details() == f"request is not a valid {name} protobuf"
     with pytest.raises(grpc.RpcError) as raised:
-        list(connect(iter(after_hello), timeout=STREAM_TIMEOUT_S))
+        list(connect(iter(after_hello), timeout=DEADLINE_S))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
     assert raised.value.details() == "request is not a valid AgentFrame protobuf"
     # (A frame after Hello is read by the stream's reader task, which may log the abort as a
@@ -471,10 +471,10 @@ class LoopThread:
 
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=DEADLINE_S)
         self._loop.close()
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = DEADLINE_S) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:

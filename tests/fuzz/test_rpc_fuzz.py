@@ -672,7 +672,7 @@ def test_the_server_still_serves_after_the_fuzzing(plane: FuzzPlane) -> None:
 
 def test_bug_nan_runner_lease_is_invalid_argument(plane: FuzzPlane) -> None:
     run_id = KNOWN["run"][-1]
-    plane.control.GetRun(control_pb2.GetRunRequest(flow_run_id=run_id), timeout=10)
+    plane.control.GetRun(control_pb2.GetRunRequest(flow_run_id=run_id), timeout=CALL_TIMEOUT_S)
     mark = plane.logs.mark()
     code, details, _ = call_method(
         plane,

@@ -5,7 +5,6 @@ the test thread while the body waits in another."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,9 @@ from meridian.core.errors import ApprovalRejected, StepCancelled, ValidationErro
 from meridian.sdk import approve
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk.runner import RunOutcome, run_flow
+from tests.support.deadlines import DEADLINE_S
 from tests.support.plane import ThreadedControlPlane
+from tests.support.polling import poll_until
 
 FLOWS = """
 from meridian import ApprovalRejected, approve, flow
@@ -105,7 +106,7 @@ class Runner:
         return run_id
 
     def result(self) -> RunOutcome:
-        self._thread.join(60)
+        self._thread.join(DEADLINE_S)
         assert not self._thread.is_alive(), "the flow body never finished"
         if self.error is not None:
             raise self.error
@@ -113,12 +114,8 @@ class Runner:
         return self.outcome
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def wait_for(check: Callable[[], Any], what: str) -> None:
+    poll_until(check, message=what)
 
 
 def test_approvals_unblock_the_body_and_say_who_approved(plane: Plane) -> None:
