@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.api.convert import error_from_proto
-from control_plane.api.validation import MAX_INPUTS_BYTES
+from control_plane.api.validation import MAX_INPUTS_BYTES, validate_error
 from meridian.core import sealing
 from meridian.core.errors import SealError
 from meridian.core.sealing import (
@@ -164,15 +163,13 @@ def test_sealed_error_texts_survive_the_control_planes_truncation(ring: KeyRing)
     sealed_msg, sealed_tb = sealing.seal_error_texts(
         ring, "eu-sites", message, traceback, "run-1", "s#1"
     )
-    stored = error_from_proto(
+    stored = validate_error(
         common_pb2.ErrorInfo(error_class="transient", message=sealed_msg, traceback=sealed_tb)
     )
     assert stored is not None
-    opened_msg = sealing.open_text(
-        ring, stored["message"], ERROR_MESSAGE, "run-1", "s#1", "eu-sites"
-    )
+    opened_msg = sealing.open_text(ring, stored.message, ERROR_MESSAGE, "run-1", "s#1", "eu-sites")
     opened_tb = sealing.open_text(
-        ring, stored["traceback"], sealing.ERROR_TRACEBACK, "run-1", "s#1", "eu-sites"
+        ring, stored.traceback, sealing.ERROR_TRACEBACK, "run-1", "s#1", "eu-sites"
     )
     assert opened_msg.startswith("éé") and opened_msg.endswith("[message truncated]")
     assert opened_tb.startswith("...[traceback truncated]") and opened_tb.endswith("line\n")
