@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 
 from control_plane.api import convert
-from control_plane.api.errors import abort
+from control_plane.api.errors import (
+    CallTimedOut,
+    ProtocolError,
+    StreamClosed,
+    rpc,
+    rpc_stream,
+)
 from control_plane.api.limits import InFlightLimit
 from control_plane.api.services import Services
 from control_plane.api.validation import validate_hello
@@ -31,7 +37,12 @@ from control_plane.usecases.agents import (
 )
 from control_plane.usecases.attempts import apply_reports
 from control_plane.usecases.bundles import bundle_for_agent
-from meridian.core.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.errors import (
+    LimitExceeded,
+    PermissionDenied,
+    Unauthenticated,
+    ValidationError,
+)
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -42,11 +53,6 @@ MAX_REPORTS_PER_BATCH = 5000
 HELLO_TIMEOUT_S = 30.0
 MIN_RENEWAL_INTERVAL_S = 1.0
 MAX_DOWNLOADS_PER_AGENT = 4
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-class ProtocolError(Exception):
-    """The agent broke the stream protocol; the stream is closed with INVALID_ARGUMENT."""
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -54,30 +60,26 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._s = services
         self._downloads = InFlightLimit(MAX_DOWNLOADS_PER_AGENT)
 
+    @rpc
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.EnrollResponse:
         if len(request.join_token) > 512 or len(request.csr_pem) > 16384:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "join token or CSR too large")
+            raise ValidationError("join token or CSR too large")
         if len(request.name) > 255:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent name too long (max 255)")
+            raise ValidationError("agent name too long (max 255)")
         validity = dt.timedelta(hours=self._s.config.agent_certificate_hours)
-        try:
-            agent, certificate = await self._s.store.run(
-                lambda session: enroll_agent(
-                    session,
-                    self._s.ca,
-                    token=request.join_token,
-                    csr_pem=request.csr_pem,
-                    name=request.name,
-                    now=self._s.store.clock(),
-                    validity=validity,
-                )
+        agent, certificate = await self._s.store.run(
+            lambda session: enroll_agent(
+                session,
+                self._s.ca,
+                token=request.join_token,
+                csr_pem=request.csr_pem,
+                name=request.name,
+                now=self._s.store.clock(),
+                validity=validity,
             )
-        except PermissionDenied as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        except ValidationError as exc:
-            await abort(context, exc)
+        )
         log.info("enrolled agent %s (%s) in %s", agent.name, agent.id, agent.environment)
         return agent_pb2.EnrollResponse(
             agent_id=agent.id,
@@ -87,51 +89,46 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             agent_address=self._s.advertised_agent_address,
         )
 
+    @rpc_stream
     async def FetchBundle(
         self, request: agent_pb2.FetchBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
-        identity = await self._identity(context)
+        identity = self._identity(context)
         # Each download holds a whole bundle in memory: bound how many one agent runs at once,
         # so a misbehaving agent cannot exhaust the server for everyone else.
         if not self._downloads.try_acquire(identity.agent_id):
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise LimitExceeded(
                 f"this agent has {self._downloads.limit} bundle downloads in flight already "
-                "(the most it may); retry when one finishes",
+                "(the most it may); retry when one finishes"
             )
         try:
-            try:
-                data = await self._s.store.run(bundle_for_agent, identity.agent_id, request.sha256)
-            except NotFound as exc:
-                await abort(context, exc)
+            data = await self._s.store.run(bundle_for_agent, identity.agent_id, request.sha256)
             for chunk in bundle_chunks(request.sha256, data):
                 yield chunk
         finally:
             self._downloads.release(identity.agent_id)
 
+    @rpc
     async def Connect(
         self,
         request_iterator: AsyncIterator[agent_pb2.AgentFrame],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        identity = await self._identity(context)
+        identity = self._identity(context)
         try:
             first = await asyncio.wait_for(context.read(), HELLO_TIMEOUT_S)
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 30s")
+        except TimeoutError as exc:
+            raise CallTimedOut(f"no Hello within {HELLO_TIMEOUT_S:g}s") from exc
         if first is EOF or first.WhichOneof("body") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first frame must be Hello")
+            raise ProtocolError("the first frame must be Hello")
         hello = convert.hello_from_proto(first.hello)
         try:
             validate_hello(hello)
         except ValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Hello refused: {exc}")
-        try:
-            connected, effects = await self._s.store.transact_collect(
-                agent_connected, identity.agent_id, identity.fingerprint, hello
-            )
-        except (NotFound, PermissionDenied) as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise ValidationError(f"Hello refused: {exc}") from exc
+        connected, effects = await self._s.store.transact_collect(
+            agent_connected, identity.agent_id, identity.fingerprint, hello
+        )
         session = AgentSession(connected, str(uuid.uuid4()))
         replaced = self._s.registry.add(session)
         if replaced is not None:
@@ -169,12 +166,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             closed = await self._write_loop(session, context, reader)
             if closed is not None:
                 # A status with the reason, not a silent end: the agent logs why it reconnects.
-                code = grpc.StatusCode.PERMISSION_DENIED if closed.refused else UNAVAILABLE
-                await context.abort(code, closed.reason)
+                raise (
+                    PermissionDenied(closed.reason)
+                    if closed.refused
+                    else StreamClosed(closed.reason)
+                )
             if reader.done() and reader.exception() is not None:
                 exc = reader.exception()
                 if isinstance(exc, ProtocolError):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    raise exc
                 # AbortError: the call was already aborted with its status (an undecodable
                 # frame, control_plane/api/decoding.py); nothing failed here.
                 if not isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
@@ -274,14 +274,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if decisions:
             session.send(decisions)
 
-    async def _identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity:
+    def _identity(self, context: grpc.aio.ServicerContext) -> AgentIdentity:
         identity = identity_from_auth_context(context.auth_context())
         if identity is None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this call needs the agent's client certificate; run `meridian agent enroll`",
+            raise Unauthenticated(
+                "this call needs the agent's client certificate; run `meridian agent enroll`"
             )
-        assert identity is not None
         return identity
 
 

@@ -9,18 +9,18 @@ revocation takes effect within ``CACHE_S``), checks the role table in
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from control_plane.api.errors import abort
 from control_plane.audit import acting_as
 from control_plane.auth.api_token_store import Principal, authenticate
 from control_plane.auth.api_tokens import check_role, is_public
 from control_plane.store.db import Store
-from meridian.core.errors import MeridianError, PermissionDenied
+from meridian.core.errors import MeridianError, PermissionDenied, Unauthenticated
 
 CACHE_S = 5.0
 # The caller of the request being handled (handlers read it for environment scoping).
@@ -58,14 +58,12 @@ class ApiTokenAuth(grpc.aio.ServerInterceptor):
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
         if not header.lower().startswith("bearer "):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, f"this call needs an API token; {HINT}"
-            )
+            await abort(context, Unauthenticated(f"this call needs an API token; {HINT}"))
         principal = await self._principal(header[7:].strip(), context)
         try:
             check_role(method, principal.role, principal.flow_run_id, _run_of(request))
         except PermissionDenied as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await abort(context, exc)
         acting_as(principal.actor)
         CURRENT_PRINCIPAL.set(principal)
 
@@ -73,11 +71,10 @@ class ApiTokenAuth(grpc.aio.ServerInterceptor):
         cached = self._cache.get(token)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        now = dt.datetime.now(dt.UTC)
         try:
-            principal = await self._store.run(authenticate, token, now)
+            principal = await self._store.run(authenticate, token, self._store.clock())
         except MeridianError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc}; {HINT}")
+            await abort(context, Unauthenticated(f"{exc}; {HINT}"))
         if len(self._cache) > 10_000:  # bounded: a flood of distinct tokens cannot grow it
             self._cache.clear()
         self._cache[token] = (principal, time.monotonic() + CACHE_S)

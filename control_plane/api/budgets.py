@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from control_plane.api.errors import CallTimedOut, abort
+
 PREFIX = "/meridian.v1."
 DEFAULT_BUDGET_S = 60.0
 # Calls that legitimately take longer (a 64 MiB upload over a slow link, a long audit chain)
@@ -54,9 +56,8 @@ class CallBudgets(grpc.aio.ServerInterceptor):
             except TimeoutError:
                 if not timer.expired():
                     raise  # the handler's own timeout, not ours
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the control plane gives {name} at most {budget:g}s",
+                await abort(
+                    context, CallTimedOut(f"the control plane gives {name} at most {budget:g}s")
                 )
 
         kwargs = {

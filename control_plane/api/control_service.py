@@ -16,7 +16,7 @@ from control_plane import audit
 from control_plane.api import views
 from control_plane.api.agent_service import bundle_chunks
 from control_plane.api.authz import allowed_environments
-from control_plane.api.errors import abort, rpc
+from control_plane.api.errors import rpc, rpc_stream
 from control_plane.api.services import Services
 from control_plane.api.validation import (
     validate_approval_request,
@@ -43,7 +43,7 @@ from control_plane.usecases.runs import (
 )
 from control_plane.usecases.steps import submit_steps
 from meridian.core.convert import ms_from_time
-from meridian.core.errors import MeridianError, PermissionDenied, ValidationError
+from meridian.core.errors import LimitExceeded, PermissionDenied, ValidationError
 from meridian.core.states import TERMINAL_RUN
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
@@ -90,6 +90,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             present=present, max_size=self._s.config.max_bundle_bytes
         )
 
+    @rpc
     async def UploadBundle(
         self,
         request_iterator: AsyncIterator[common_pb2.BundleChunk],
@@ -101,28 +102,21 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         async for chunk in request_iterator:
             if not parts and not sha256:
                 sha256, declared = chunk.sha256, chunk.total_size
-                if len(sha256) != 64 or declared > limit:
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED
-                        if declared > limit
-                        else grpc.StatusCode.INVALID_ARGUMENT,
+                if declared > limit:
+                    raise LimitExceeded(
                         f"bundle of {declared} bytes exceeds the limit of {limit} bytes"
-                        if declared > limit
-                        else "the first chunk must carry the bundle's sha256",
                     )
+                if len(sha256) != 64:
+                    raise ValidationError("the first chunk must carry the bundle's sha256")
             size += len(chunk.data)
             if size > limit or size > declared:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"bundle is larger than declared or than the limit of {limit} bytes",
+                raise LimitExceeded(
+                    f"bundle is larger than declared or than the limit of {limit} bytes"
                 )
             parts.append(chunk.data)
         data = b"".join(parts)
         if hashlib.sha256(data).hexdigest() != sha256 or size != declared:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "bundle content does not match its declared sha256 and size",
-            )
+            raise ValidationError("bundle content does not match its declared sha256 and size")
         await self._s.store.transact(store_bundle, sha256, data)
         return control_pb2.UploadBundleResponse(sha256=sha256, size=size)
 
@@ -236,32 +230,25 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         )
         return views.approval_state(approval, run_state)
 
+    @rpc_stream
     async def DownloadBundle(
         self, request: control_pb2.DownloadBundleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BundleChunk]:
-        try:
-            data = await self._s.store.run(bundle_data, request.sha256)
-        except MeridianError as exc:
-            await abort(context, exc)
+        data = await self._s.store.run(bundle_data, request.sha256)
         for chunk in bundle_chunks(request.sha256, data):
             yield chunk
 
+    @rpc_stream
     async def WatchRun(
         self, request: control_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.RunUpdate]:
         run_id, after = request.flow_run_id, request.after_event_id
-        try:
-            await self._visible_run(run_id)
-        except MeridianError as exc:
-            await abort(context, exc)
+        await self._visible_run(run_id)
         wake = self._s.notifier.subscribe(run_id)
         try:
             while True:
                 wake.clear()
-                try:
-                    state, rows = await self._s.store.run(queries.events_after, run_id, after)
-                except MeridianError as exc:
-                    await abort(context, exc)
+                state, rows = await self._s.store.run(queries.events_after, run_id, after)
                 for row in rows:
                     after = row.event.id
                     yield views.run_update(row)

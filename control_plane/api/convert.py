@@ -224,12 +224,3 @@ def merge_assign_frames(
 
 def is_close(item: Outgoing) -> bool:
     return isinstance(item, CloseOut)
-
-
-def options_json_is_object(text: str) -> bool:
-    if not text:
-        return True
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False

@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
+from control_plane.api.errors import ProtocolError, abort
+
 PREFIX = "/meridian.v1."
 
 
@@ -54,11 +56,7 @@ def _message_name(deserializer: Callable[[bytes], Any], method: str) -> str:
 
 
 async def _refuse(context: grpc.aio.ServicerContext, marker: Undecodable) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"request is not a valid {marker.message_name} protobuf",
-    )
-    raise AssertionError("unreachable")  # context.abort always raises
+    await abort(context, ProtocolError(f"request is not a valid {marker.message_name} protobuf"))
 
 
 class _CheckedContext:

@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from control_plane.api.readmodels import (
+    AgentLike,
+    ApprovalLike,
+    AttemptLike,
+    AuditRecordLike,
+    EventViewLike,
+    LogLineLike,
+    RunLike,
+    RunViewLike,
+    StepLike,
+)
 from control_plane.audit import VerifyReport
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
-from control_plane.store.models import (
-    AgentRow,
-    ApprovalRow,
-    AttemptRow,
-    AuditRecordRow,
-    FlowRunRow,
-    LogRow,
-    StepRunRow,
-)
-from control_plane.store.queries import EventView, RunView
 from meridian.core.convert import error_to_proto, ms_from_time
-from meridian.core.states import TERMINAL_STEP, AttemptState, StepState
+from meridian.core.kinds import EventKind
+from meridian.core.states import TERMINAL_RUN, TERMINAL_STEP, AttemptState, StepState
 from protos.meridian.v1 import common_pb2, control_pb2
 
-STEP_END_KINDS = {"step.completed", "step.failed", "step.cancelled"}
-RUN_END_KINDS = {"run.completed", "run.failed", "run.cancelled", "run.crashed"}
+RUN_END_KINDS = frozenset(EventKind.entered(state) for state in TERMINAL_RUN)
 # Integer arithmetic from the epoch: a float timestamp would round away microseconds.
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def approval_info(approval: ApprovalRow) -> control_pb2.ApprovalInfo:
+def approval_info(approval: ApprovalLike) -> control_pb2.ApprovalInfo:
     return control_pb2.ApprovalInfo(
         flow_run_id=approval.flow_run_id,
         key=approval.key,
@@ -42,11 +43,11 @@ def approval_info(approval: ApprovalRow) -> control_pb2.ApprovalInfo:
     )
 
 
-def approval_state(approval: ApprovalRow, run_state: str) -> control_pb2.ApprovalState:
+def approval_state(approval: ApprovalLike, run_state: str) -> control_pb2.ApprovalState:
     return control_pb2.ApprovalState(approval=approval_info(approval), run_state=run_state)
 
 
-def run_update(view: EventView) -> control_pb2.RunUpdate:
+def run_update(view: EventViewLike) -> control_pb2.RunUpdate:
     event, step = view.event, view.step
     update = control_pb2.RunUpdate(
         event_id=event.id,
@@ -76,7 +77,7 @@ def run_update(view: EventView) -> control_pb2.RunUpdate:
 
 
 def _attempt(
-    attempt: AttemptRow, step: StepRunRow, names: dict[str, str]
+    attempt: AttemptLike, step: StepLike, names: Mapping[str, str]
 ) -> control_pb2.AttemptDetail:
     failed = attempt.state not in (
         AttemptState.SUCCEEDED,
@@ -103,7 +104,7 @@ def _attempt(
     )
 
 
-def run_detail(view: RunView) -> control_pb2.RunDetail:
+def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
     run = view.run
     return control_pb2.RunDetail(
         flow_run_id=run.id,
@@ -174,7 +175,7 @@ def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
 
 
 def run_to_execute(
-    run: FlowRunRow, watch_after_event_id: int = 0, runner_token: str = ""
+    run: RunLike, watch_after_event_id: int = 0, runner_token: str = ""
 ) -> control_pb2.RunToExecute:
     return control_pb2.RunToExecute(
         watch_after_event_id=watch_after_event_id,
@@ -188,7 +189,7 @@ def run_to_execute(
     )
 
 
-def run_summary(run: FlowRunRow, total: int, failed: int) -> control_pb2.RunSummary:
+def run_summary(run: RunLike, total: int, failed: int) -> control_pb2.RunSummary:
     return control_pb2.RunSummary(
         flow_run_id=run.id,
         flow_name=run.flow_name,
@@ -200,7 +201,7 @@ def run_summary(run: FlowRunRow, total: int, failed: int) -> control_pb2.RunSumm
     )
 
 
-def logs_page(rows: list[LogRow], after_id: int) -> control_pb2.GetLogsResponse:
+def logs_page(rows: Sequence[LogLineLike], after_id: int) -> control_pb2.GetLogsResponse:
     return control_pb2.GetLogsResponse(
         lines=[
             control_pb2.StepLogLine(
@@ -217,7 +218,7 @@ def logs_page(rows: list[LogRow], after_id: int) -> control_pb2.GetLogsResponse:
     )
 
 
-def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control_pb2.AgentInfo:
+def agent_info(agent: AgentLike, held: int, live: AgentSession | None) -> control_pb2.AgentInfo:
     status = agent.status
     if agent.revoked_at is not None:
         status = "revoked"
@@ -244,7 +245,7 @@ def agent_info(agent: AgentRow, held: int, live: AgentSession | None) -> control
     )
 
 
-def audit_record(row: AuditRecordRow) -> control_pb2.AuditRecord:
+def audit_record(row: AuditRecordLike) -> control_pb2.AuditRecord:
     return control_pb2.AuditRecord(
         id=row.id,
         at_unix_us=(row.at - _EPOCH) // dt.timedelta(microseconds=1),
@@ -257,7 +258,7 @@ def audit_record(row: AuditRecordRow) -> control_pb2.AuditRecord:
     )
 
 
-def audit_page(rows: Sequence[AuditRecordRow]) -> control_pb2.ListAuditRecordsResponse:
+def audit_page(rows: Sequence[AuditRecordLike]) -> control_pb2.ListAuditRecordsResponse:
     return control_pb2.ListAuditRecordsResponse(
         records=[audit_record(r) for r in rows], next_after_id=rows[-1].id if rows else 0
     )

@@ -14,7 +14,7 @@ from control_plane.auth.ca import CertificateAuthority
 from control_plane.auth.join_tokens import new_join_token, parse_join_token, verify_secret
 from control_plane.auth.rotation import record_issued
 from control_plane.store.models import AgentRow, JoinTokenRow
-from meridian.core.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.errors import NotFound, Unauthenticated, ValidationError
 from meridian.core.selectors import validate_key, validate_value
 
 MAX_AGENT_NAME = 255
@@ -68,13 +68,13 @@ def enroll_agent(
     token_id, secret = parse_join_token(token)
     row = session.get(JoinTokenRow, token_id)
     if row is None or not verify_secret(secret, row.secret_hash):
-        raise PermissionDenied("join token is not valid")
+        raise Unauthenticated("join token is not valid")
     if row.revoked_at is not None:
-        raise PermissionDenied("join token was revoked; create a new one")
+        raise Unauthenticated("join token was revoked; create a new one")
     if row.used_at is not None:
-        raise PermissionDenied("join token was already used; create a new one")
+        raise Unauthenticated("join token was already used; create a new one")
     if row.expires_at <= now:
-        raise PermissionDenied(f"join token expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+        raise Unauthenticated(f"join token expired at {row.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     agent_id = str(uuid.uuid4())
     certificate = ca.sign_agent_csr(
         csr_pem, agent_id=agent_id, environment=row.environment, validity=validity
@@ -86,7 +86,7 @@ def enroll_agent(
         .values(used_at=now, used_by_agent_id=agent_id)
     )
     if getattr(claimed, "rowcount", 0) != 1:
-        raise PermissionDenied("join token was already used; create a new one")
+        raise Unauthenticated("join token was already used; create a new one")
     agent = AgentRow(
         id=agent_id,
         name=(name or agent_id[:8])[:MAX_AGENT_NAME],

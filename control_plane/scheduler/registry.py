@@ -98,9 +98,6 @@ class AgentRegistry:
     def get(self, agent_id: str) -> AgentSession | None:
         return self._sessions.get(agent_id)
 
-    def connected_ids(self) -> list[str]:
-        return list(self._sessions)
-
     def slots(self, max_silence_s: float = float("inf")) -> list[AgentSlot]:
         """Slots of connected agents heard from within ``max_silence_s``."""
         return [s.slot() for s in self._sessions.values() if s.silent_for() <= max_silence_s]

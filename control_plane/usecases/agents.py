@@ -22,7 +22,7 @@ from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRun
 from control_plane.store.tx import Tx
 from control_plane.usecases.attempts import assign_frame, finish_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
-from meridian.core.errors import NotFound, PermissionDenied
+from meridian.core.errors import PermissionDenied
 from meridian.core.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 
 
@@ -58,7 +58,7 @@ def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> 
     now = tx.now
     agent = tx.session.get(AgentRow, agent_id, with_for_update=True)
     if agent is None:
-        raise NotFound(f"agent {agent_id} is not enrolled")
+        raise PermissionDenied(f"agent {agent_id} is not enrolled here; enroll it again")
     if not accepts_certificate(agent, fingerprint, now):
         raise PermissionDenied(
             "this certificate is not the one issued to the agent (it was superseded by a "

@@ -70,7 +70,7 @@ def _data_dir(args: argparse.Namespace) -> Any:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from control_plane import create_api_token
+    from control_plane.admin import create_api_token
 
     token = create_api_token(
         _data_dir(args),

@@ -31,7 +31,7 @@ from meridian.cli.run import ProgressPrinter
 
 if TYPE_CHECKING:
     from agent import Agent
-    from control_plane import ControlPlane
+    from control_plane.server import ControlPlane
     from meridian.client import ControlClient
 
 T = TypeVar("T")
@@ -156,7 +156,8 @@ class DemoEstate:
         return Path(self.plane.ca_file)
 
     def start_control_plane(self) -> None:
-        from control_plane import ControlPlane, ServerConfig
+        from control_plane.config import ServerConfig
+        from control_plane.server import ControlPlane
 
         config = ServerConfig(
             data_dir=self.root / "server", listen="127.0.0.1:0", agent_listen="127.0.0.1:0"
@@ -167,7 +168,7 @@ class DemoEstate:
 
     def enroll_agents(self) -> None:
         """Enroll one agent per site, reusing an enrollment kept in ``--data-dir``."""
-        from control_plane import create_join_token
+        from control_plane.admin import create_join_token
         from meridian.cli.agent import enroll_agent, read_identity
 
         for site in SITES:
@@ -275,7 +276,7 @@ def _run_demo(estate: DemoEstate, example: Path) -> int:
     print(f"control plane listening on {estate.address} (data in {estate.root})", flush=True)
     estate.enroll_agents()
     estate.start_agents()
-    from control_plane import create_api_token
+    from control_plane.admin import create_api_token
 
     # The demo acts as an operator: every client call carries an API token, as in production.
     token = create_api_token(estate.root / "server", "operator", name="meridian dev")

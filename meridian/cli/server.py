@@ -19,7 +19,7 @@ from meridian.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from control_plane import ServerConfig
+    from control_plane.config import ServerConfig
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -141,7 +141,7 @@ def usage_banner(address: str, agent_address: str, ca_file: Path, data_dir: Path
 
 async def serve(config: ServerConfig, grace: float) -> None:
     """Start, print the banner, run until a signal or termination, then shut down."""
-    from control_plane import ControlPlane
+    from control_plane.server import ControlPlane
 
     plane = ControlPlane(config)
     await plane.start()
@@ -164,7 +164,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     advertise = args.advertise_agent_address
     if advertise:
         parse_address(advertise)
-    from control_plane import ServerConfig
+    from control_plane.config import ServerConfig
 
     data_dir = expand_path(args.data_dir)
     config = ServerConfig(

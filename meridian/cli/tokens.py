@@ -76,7 +76,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             f"no control-plane data directory at {data_dir}: start the server once with "
             f"`meridian server start --data-dir {data_dir}`"
         )
-    from control_plane import create_join_token
+    from control_plane.admin import create_join_token
 
     labels = parse_labels(args.label)
     token = create_join_token(

@@ -6,6 +6,8 @@ MeridianError
 │   └── BundleError
 ├── NotFound
 ├── PermissionDenied
+│   └── Unauthenticated    the credentials themselves are unknown, expired, used or revoked
+├── LimitExceeded          a bound on concurrent use was hit; retry once some work finishes
 ├── ConnectionFailed       the control plane cannot be reached or its TLS identity is wrong
 ├── ConflictError          the request contradicts stored state
 ├── SealError              a sealed value cannot be made or opened (key missing, wrong or
@@ -43,6 +45,14 @@ class NotFound(MeridianError):
 
 class PermissionDenied(MeridianError):
     """The caller may not do this."""
+
+
+class Unauthenticated(PermissionDenied):
+    """The caller's credentials (a join token, a certificate) are not valid at all."""
+
+
+class LimitExceeded(MeridianError):
+    """A bound on concurrent use was reached; the message says which, and when to retry."""
 
 
 class ConnectionFailed(MeridianError):

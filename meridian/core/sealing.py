@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,10 +382,6 @@ def describe_sealed(text: str) -> dict[str, Any] | None:
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
         "bytes": len(text.encode()),
     }
-
-
-def key_groups_of(texts: Iterable[str]) -> set[str]:
-    return {env.key_group for env in map(sealed_envelope, texts) if env is not None}
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -217,10 +217,6 @@ class FlowContext:
         for future in pending:
             future._set_exception(make_error(future))
 
-    def pending_count(self) -> int:
-        with self._lock:
-            return sum(1 for f in self._futures.values() if not f.done())
-
 
 def apply_outcome(
     future: StepFuture, outcome: models.StepOutcome, *, sealed_with: str = ""
