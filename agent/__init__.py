@@ -1,6 +1,6 @@
 """The Meridian site agent: dials out to the control plane and runs steps through providers.
 
-Public surface (docs/internal/interfaces.md): ``Agent``, ``AgentConfig``, ``enroll`` and
+Public surface: ``Agent``, ``AgentConfig``, ``enroll`` and
 ``EnrollResult``. Everything else in this package is an implementation detail.
 """
 

@@ -1,4 +1,4 @@
-"""The site agent: configuration and lifecycle (STYLE.md section 9).
+"""The site agent: configuration and lifecycle (docs/architecture.md, "Conventions").
 
 ``Agent.run()`` loads the enrolled identity, opens the journal and handle store, loads the
 configured providers, re-attaches to attempts that survived a restart and keeps the connection

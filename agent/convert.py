@@ -1,7 +1,7 @@
 """The agent's protocol edge: the only module that touches generated protobuf code.
 
 ``*_to_proto`` / ``*_from_proto`` pairs turn wire messages into the plain values in
-``agent.actions`` and ``agent.reports`` and back (STYLE.md section 1). Journaled report bodies
+``agent.actions`` and ``agent.reports`` and back (docs/architecture.md, "Conventions"). Journaled report bodies
 are stored as serialized ``Report`` messages without seq, attempt or token; those are filled in
 when a batch is sent, so a replay is byte-for-byte the report that was first journaled.
 """
@@ -199,7 +199,7 @@ def renew_certificate_frame(csr_pem: bytes) -> Any:
 
 
 def action_from_proto(frame: Any) -> Action:
-    """Turn one ControlFrame into one internal Action (STYLE.md section 2)."""
+    """Turn one ControlFrame into one internal Action (docs/architecture.md, "Conventions")."""
     kind = frame.WhichOneof("body")
     if kind == "welcome":
         w = frame.welcome

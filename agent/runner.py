@@ -1,4 +1,4 @@
-"""One attempt from assignment to its final report (STYLE.md sections 3 and 4).
+"""One attempt from assignment to its final report (docs/architecture.md, "Conventions").
 
 A runner fetches the code bundle, proposes RUNNING and starts infrastructure only after the
 control plane accepts. It then records the provider's handle, streams logs in batches, watches

@@ -1,6 +1,6 @@
 """The control plane process: TLS gRPC server, store, dispatcher, with one lifecycle.
 
-Shutdown order (STYLE.md 9): stop accepting (health NOT_SERVING) -> stop the dispatcher so no
+Shutdown order (docs/architecture.md, "Conventions"): stop accepting (health NOT_SERVING) -> stop the dispatcher so no
 new work is pushed -> close agent streams (agents keep running their steps and reconnect
 later) -> stop the gRPC server with a grace period for in-flight calls -> close the store.
 """
