@@ -1,9 +1,10 @@
 """The agent's protocol edge: the only module that touches generated protobuf code.
 
 ``*_to_proto`` / ``*_from_proto`` pairs turn wire messages into the plain values in
-``agent.actions`` and ``agent.reports`` and back (docs/architecture.md, "Conventions"). Journaled report bodies
-are stored as serialized ``Report`` messages without seq, attempt or token; those are filled in
-when a batch is sent, so a replay is byte-for-byte the report that was first journaled.
+``agent.actions`` and ``agent.reports`` and back (docs/architecture.md, "Conventions").
+Journaled report bodies are stored as serialized ``Report`` messages without seq, attempt or
+token; those are filled in when a batch is sent, so a replay is byte-for-byte the report that
+was first journaled.
 """
 
 from __future__ import annotations

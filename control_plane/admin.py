@@ -20,6 +20,7 @@ from control_plane.auth.enrollment import (
 )
 from control_plane.store.db import Store, sqlite_url
 from control_plane.store.models import ApiTokenRow, JoinTokenRow
+from meridian.core.clock import utcnow
 
 
 def create_join_token(
@@ -35,7 +36,7 @@ def create_join_token(
     ``labels`` are pinned: the agent it enrolls carries exactly these and no others.
     """
     with _store(data_dir, db_url) as store:
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         return store.run_sync(create_join_token_row, environment, ttl_s, now, labels)
 
 
@@ -72,13 +73,13 @@ def _info(row: JoinTokenRow, now: dt.datetime) -> JoinTokenInfo:
 
 def join_tokens(data_dir: Path, *, db_url: str | None = None) -> list[JoinTokenInfo]:
     """Every join token ever issued (never a secret: only ids, environments and states)."""
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     with _store(data_dir, db_url) as store:
         return store.run_sync(lambda s: [_info(r, now) for r in list_join_tokens(s)])
 
 
 def revoke_token(data_dir: Path, token_id: str, *, db_url: str | None = None) -> JoinTokenInfo:
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     with _store(data_dir, db_url) as store:
         return store.run_sync(lambda s: _info(revoke_join_token(s, token_id, now), now))
 
@@ -123,13 +124,13 @@ def create_api_token(
                 name=name,
                 environments=environments,
                 ttl_s=ttl_s,
-                now=dt.datetime.now(dt.UTC),
+                now=utcnow(),
             )
         )
 
 
 def api_tokens(data_dir: Path, *, db_url: str | None = None) -> list[ApiTokenInfo]:
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     with _store(data_dir, db_url) as store:
         return store.run_sync(lambda s: [_api_info(r, now) for r in list_api_tokens(s)])
 
@@ -137,7 +138,7 @@ def api_tokens(data_dir: Path, *, db_url: str | None = None) -> list[ApiTokenInf
 def revoke_api_token_by_id(
     data_dir: Path, token_id: str, *, db_url: str | None = None
 ) -> ApiTokenInfo:
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     with _store(data_dir, db_url) as store:
         return store.run_sync(lambda s: _api_info(revoke_api_token(s, token_id, now), now))
 

@@ -1,8 +1,9 @@
 """The control plane process: TLS gRPC server, store, dispatcher, with one lifecycle.
 
-Shutdown order (docs/architecture.md, "Conventions"): stop accepting (health NOT_SERVING) -> stop the dispatcher so no
-new work is pushed -> close agent streams (agents keep running their steps and reconnect
-later) -> stop the gRPC server with a grace period for in-flight calls -> close the store.
+Shutdown order (docs/architecture.md, "Conventions"): stop accepting (health NOT_SERVING) ->
+stop the dispatcher so no new work is pushed -> close agent streams (agents keep running their
+steps and reconnect later) -> stop the gRPC server with a grace period for in-flight calls ->
+close the store.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meridian.core.clock import utcnow
 from meridian.core.errors import ValidationError
 
 CA_VALIDITY = timedelta(days=3650)
@@ -113,7 +114,7 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, "Meridian control plane CA"),
             ]
         )
-        now = datetime.now(UTC)
+        now = utcnow()
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -163,7 +164,7 @@ class CertificateAuthority:
             return False
         present = {str(n) for n in san.get_values_for_type(x509.DNSName)}
         present |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-        fresh = cert.not_valid_after_utc - datetime.now(UTC) > SERVER_RENEW_BEFORE
+        fresh = cert.not_valid_after_utc - utcnow() > SERVER_RENEW_BEFORE
         return fresh and present == set(wanted)
 
     def _issue_server(
@@ -223,7 +224,7 @@ class CertificateAuthority:
         public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
         validity: timedelta,
     ) -> x509.CertificateBuilder:
-        now = datetime.now(UTC)
+        now = utcnow()
         # Never outlive the CA: a chain with a longer-lived leaf fails verification anyway.
         not_after = min(now + validity, self.certificate.not_valid_after_utc)
         ca_ski = x509.SubjectKeyIdentifier.from_public_key(self.private_key.public_key())
