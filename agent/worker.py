@@ -2,7 +2,8 @@
 
 The worker decides whether this agent takes an assignment (capacity, draining, provider
 offered), routes cancels and decisions to the runner holding the attempt and token, and tracks
-what is held for Hello and heartbeats. It never runs a step itself (docs/architecture.md, "Conventions").
+what is held for Hello and heartbeats. It never runs a step itself (docs/architecture.md,
+"Conventions").
 """
 
 from __future__ import annotations
