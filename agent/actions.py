@@ -2,8 +2,8 @@
 
 Every ``ControlFrame`` becomes exactly one ``Action`` value (docs/architecture.md,
 "Conventions"); the conversion lives in ``agent.convert.action_from_proto`` so that nothing past
-the edge sees a protobuf message. These are plain frozen dataclasses so the worker, runners and tests can build
-and compare them freely.
+the edge sees a protobuf message. These are plain frozen dataclasses so the worker, runners and
+tests can build and compare them freely.
 """
 
 from __future__ import annotations
