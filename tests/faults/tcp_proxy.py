@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tests.support.deadlines import DEADLINE_S
+
 Mode = Literal["pass", "blackhole", "reset"]
 MODES: tuple[Mode, ...] = ("pass", "blackhole", "reset")
 CHUNK = 64 * 1024
@@ -138,9 +140,9 @@ class TcpProxy:
         if loop is None or thread is None or not thread.is_alive():
             return
         with contextlib.suppress(RuntimeError):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=DEADLINE_S)
             loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        thread.join(timeout=DEADLINE_S)
         self._loop = None
 
     def __enter__(self) -> TcpProxy:
@@ -157,7 +159,7 @@ class TcpProxy:
         async def run() -> None:
             fn(*args)
 
-        asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=DEADLINE_S)
 
     # ---- inside the loop -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.faults.invariants import check_history, running_attempt, starts
 from tests.integration.harness import Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOWS = Path(__file__).resolve().parent / "flows" / "fault_flows.py"
 
@@ -37,7 +38,7 @@ def wait_running(estate: Estate, run_id: str, key: str):  # type: ignore[no-unty
         found[:] = [running_attempt(estate.client().get_run(run_id), key)]
         return found[0] is not None and bool(found[0].resource_id)
 
-    estate.wait_until(running, f"{key} to run", timeout=30)
+    estate.wait_until(running, f"{key} to run")
     return found[0]
 
 
@@ -49,7 +50,7 @@ def test_sigkill_agent_mid_step_retries_on_another_agent(
     run_id = estate.latest_run_id("one_slow_step")
     attempt = wait_running(estate, run_id, "slow_on_aws#1")
     estate.kill_agent(attempt.agent_name)
-    assert runner.wait(timeout=60) == 0, estate.logs()
+    assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
     first, second = detail.steps[0].attempts
@@ -73,7 +74,7 @@ def test_agent_restarted_within_lost_after_reattaches(tmp_path: Path) -> None:
         wait_running(estate, run_id, "reattachable#1")
         estate.kill_agent("aws-a")
         estate.start_agent("aws-a", "aws-a", {"cloud": "aws"})
-        assert runner.wait(timeout=60) == 0, estate.logs()
+        assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
         detail = estate.client().get_run(run_id)
         assert detail.state == "COMPLETED"
         (only,) = detail.steps[0].attempts

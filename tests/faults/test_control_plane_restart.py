@@ -11,6 +11,7 @@ import pytest
 
 from tests.faults.invariants import check_history, starts
 from tests.integration.harness import Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOWS = Path(__file__).resolve().parent / "flows" / "fault_flows.py"
 
@@ -34,7 +35,8 @@ def test_sigkill_control_plane_mid_run(
         estate.kill_server()
         time.sleep(down_for_s)
         estate.restart_server()
-        assert runner.wait(timeout=90) == 0, estate.logs()
+        # The whole run, outages included: longer than one wait.
+        assert runner.wait(timeout=1.5 * DEADLINE_S) == 0, estate.logs()
         detail = estate.client().get_run(run_id)
         assert detail.state == "COMPLETED"
         assert detail.result_json == str(sum(i * 10 for i in range(12)))

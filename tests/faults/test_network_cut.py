@@ -24,6 +24,7 @@ from meridian import models
 from tests.faults.invariants import TERMINAL_ATTEMPT_EVENTS, check_history, starts
 from tests.faults.tcp_proxy import Mode, TcpProxy
 from tests.integration.harness import Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOWS = Path(__file__).resolve().parent / "flows" / "net_flows.py"
 HEARTBEAT_S = 0.5
@@ -105,7 +106,7 @@ def wait_attempt_running(estate: Estate, run_id: str, name: str, agent: str) -> 
             for a in s.attempts
         )
 
-    estate.wait_until(running, f"{name} to run on {agent}", timeout=60)
+    estate.wait_until(running, f"{name} to run on {agent}")
 
 
 def heartbeat_age(estate: Estate, agent: str) -> float:
@@ -127,7 +128,7 @@ def cut(estate: CutEstate, mode: Mode, seconds: float) -> None:
 def journal_state(estate: Estate, agent: str) -> tuple[int, int]:
     """(reports still unacked, highest sequence number handed out) of an agent's journal."""
     path = estate.root / "agents" / agent / "journal.sqlite"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=DEADLINE_S) as conn:
         (pending,) = conn.execute("SELECT COUNT(*) FROM reports").fetchone()
         (last,) = conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
     return int(pending), int(last)
@@ -136,7 +137,7 @@ def journal_state(estate: Estate, agent: str) -> tuple[int, int]:
 def applied_seq(estate: Estate, agent: str) -> int:
     """The control plane's watermark of reports applied from ``agent``."""
     path = estate.server_dir / "meridian.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=DEADLINE_S) as conn:
         (seq,) = conn.execute(
             "SELECT last_applied_seq FROM agents WHERE name = ?", (agent,)
         ).fetchone()
@@ -150,7 +151,7 @@ def wait_journal_delivered(estate: Estate, agent: str) -> int:
         pending, last = journal_state(estate, agent)
         return pending == 0 and applied_seq(estate, agent) == last
 
-    estate.wait_until(delivered, f"{agent}'s journal to drain", timeout=60)
+    estate.wait_until(delivered, f"{agent}'s journal to drain")
     return journal_state(estate, agent)[1]
 
 
@@ -184,7 +185,7 @@ def wait_reconnected(estate: Estate, agent: str) -> None:
     def beating() -> bool:
         return heartbeat_age(estate, agent) < 4 * HEARTBEAT_S
 
-    estate.wait_until(beating, f"{agent} to reconnect", timeout=60)
+    estate.wait_until(beating, f"{agent} to reconnect")
 
 
 @pytest.mark.parametrize("mode", ["blackhole", "reset"])
@@ -202,7 +203,8 @@ def test_cut_shorter_than_lost_after_keeps_the_attempt(
     time.sleep(1.0)  # a few more lines on the new stream
     (work / "release").touch()
 
-    assert runner.wait(timeout=90) == 0, estate.logs()
+    # The whole run, outages included: longer than one wait.
+    assert runner.wait(timeout=1.5 * DEADLINE_S) == 0, estate.logs()
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED", detail
     (only,) = attempts_of(detail, "held_open")
@@ -242,7 +244,7 @@ def test_step_finishing_during_a_short_cut_delivers_its_result(
     wait_attempt_running(estate, run_id, "steady", CUT_AGENT)
     cut(estate, mode, 5.0)  # 10 heartbeat intervals, still far below lost_after
 
-    assert runner.wait(timeout=90) == 0, estate.logs()
+    assert runner.wait(timeout=1.5 * DEADLINE_S) == 0, estate.logs()
     wait_journal_delivered(estate, CUT_AGENT)
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED", detail
@@ -282,7 +284,7 @@ def test_cut_longer_than_lost_after_retries_elsewhere_and_cancels_the_stale_copy
 
     estate.proxy.set_mode(mode)
     try:
-        assert runner.wait(timeout=90) == 0, estate.logs()
+        assert runner.wait(timeout=1.5 * DEADLINE_S) == 0, estate.logs()
         assert heartbeat_age(estate, CUT_AGENT) > 3.0  # the cut really lasted past lost_after
         assert not process_gone(stale_pid)  # the stale copy still runs behind the cut
     finally:
@@ -354,7 +356,7 @@ def test_wait_policy_keeps_the_attempt_through_a_long_cut(make_estate, tmp_path:
     finally:
         estate.proxy.passthrough()
 
-    assert runner.wait(timeout=90) == 0, estate.logs()
+    assert runner.wait(timeout=1.5 * DEADLINE_S) == 0, estate.logs()
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
     (only,) = attempts_of(detail, "patient")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 
 from tests.faults.invariants import check_history, starts
 from tests.integration.harness import Estate
+from tests.support.deadlines import DEADLINE_S
+from tests.support.polling import poll_until
 
 FLOWS = Path(__file__).resolve().parent / "flows" / "fault_flows.py"
 
@@ -43,10 +44,10 @@ def test_killed_runner_crashes_the_run_and_resume_reuses_completed_steps(
     run_id = estate.latest_run_id("resumable_chain")
     estate.wait_until(lambda: len(starts(work, "resumable-1")) == 1, "two steps to start")
     runner.send_signal(signal.SIGKILL)
-    runner.wait(timeout=10)
-    assert estate.wait_for_state(run_id, {"CRASHED"}, timeout=60) == "CRASHED"
+    runner.wait(timeout=DEADLINE_S)
+    assert estate.wait_for_state(run_id, {"CRASHED"}) == "CRASHED"
 
-    resumed = estate.cli("runs", "resume", run_id, timeout=90)
+    resumed = estate.cli("runs", "resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr + estate.logs()
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
@@ -65,7 +66,7 @@ def test_retry_runs_the_whole_flow_again_as_a_new_run(estate: Estate, tmp_path: 
     first = estate.cli("run", f"{FLOWS}:resumable_chain", "-p", f"work={work}", "-p", "n=2")
     assert first.returncode == 0, first.stderr
     run_id = estate.latest_run_id("resumable_chain")
-    again = estate.cli("runs", "retry", run_id, "--json", timeout=90)
+    again = estate.cli("runs", "retry", run_id, "--json")
     assert again.returncode == 0, again.stderr
     new_id = estate.latest_run_id("resumable_chain")
     assert new_id != run_id
@@ -83,18 +84,21 @@ def test_cancel_stops_every_step_process_on_both_agents(estate: Estate, tmp_path
         "both steps to start",
     )
     pids = [int(p) for p in pid_file.read_text().split()]
-    cancelled = estate.cli("runs", "cancel", run_id, "--reason", "test", "--wait", "30")
+    cancelled = estate.cli(
+        "runs", "cancel", run_id, "--reason", "test", "--wait", f"{DEADLINE_S:g}"
+    )
     assert cancelled.returncode == 0, cancelled.stderr
     assert "CANCELLED" in cancelled.stdout
     detail = estate.client().get_run(run_id)
     assert detail.state == "CANCELLED"
     assert {s.state for s in detail.steps} == {"CANCELLED"}
     assert {a.state for s in detail.steps for a in s.attempts} == {"CANCELLED"}
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)], "a step process survived the cancel"
-    runner.wait(timeout=30)
+    poll_until(
+        lambda: not [p for p in pids if _alive(p)],
+        interval=0.1,
+        message=lambda: f"a step process survived the cancel: {[p for p in pids if _alive(p)]}",
+    )
+    runner.wait(timeout=DEADLINE_S)
     # The flow body caught StepCancelled and ran its compensation.
     assert (work / "compensated").read_text() == "yes"
     check_history(detail)

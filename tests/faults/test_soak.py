@@ -25,6 +25,7 @@ import pytest
 
 from tests.faults.invariants import TERMINAL_ATTEMPT_EVENTS, check_history
 from tests.integration.harness import Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOWS = Path(__file__).resolve().parent / "flows" / "net_flows.py"
 SOAK_S = float(os.environ.get("MERIDIAN_SOAK_SECONDS", "180"))
@@ -64,7 +65,7 @@ def run_lane(
     """
     k = 0
     while time.monotonic() < deadline:
-        server_up.wait(timeout=60)
+        server_up.wait(timeout=DEADLINE_S)
         tag = f"lane{index}-run{k}"
         k += 1
         runner = estate.run_background(
@@ -74,7 +75,7 @@ def run_lane(
             lane.exits[tag] = runner.wait(timeout=RUN_TIMEOUT_S)
         except Exception:
             runner.kill()
-            runner.wait(timeout=30)
+            runner.wait(timeout=DEADLINE_S)
             lane.hung += 1
         if lane.exits.get(tag):
             time.sleep(1.0)

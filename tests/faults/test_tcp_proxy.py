@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.tcp_proxy import TcpProxy
+from tests.support.deadlines import DEADLINE_S
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -61,7 +62,7 @@ def proxy(echo: EchoServer) -> Iterator[TcpProxy]:
 
 def dial(proxy: TcpProxy) -> socket.socket:
     host, _, port = proxy.address.rpartition(":")
-    return socket.create_connection((host, int(port)), timeout=5)
+    return socket.create_connection((host, int(port)), timeout=DEADLINE_S)
 
 
 def roundtrip(sock: socket.socket, payload: bytes = b"ping") -> bytes:
@@ -83,13 +84,13 @@ def is_silent(sock: socket.socket, wait_s: float = 0.5) -> bool:
     except TimeoutError:
         return True
     finally:
-        sock.settimeout(5)
+        sock.settimeout(DEADLINE_S)
     return False
 
 
 def is_reset(sock: socket.socket) -> bool:
     """True when the peer reset the connection (an RST, not an orderly FIN)."""
-    sock.settimeout(5)
+    sock.settimeout(DEADLINE_S)
     try:
         sock.recv(4096)
     except ConnectionResetError:

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from meridian.client import ControlClient
 from meridian.core.errors import ConnectionFailed, ValidationError
+from tests.support.deadlines import DEADLINE_S, TIME_SCALE
+from tests.support.polling import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).resolve().parent / "flows"
@@ -88,10 +89,14 @@ class Estate:
         self,
         *args: str,
         check: bool = False,
-        timeout: float = 60,
+        timeout: float = 1.5 * DEADLINE_S,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a client command against this estate and capture its output."""
+        """Run a client command against this estate and capture its output.
+
+        The default outlasts a ``DEADLINE_S`` wait inside the command (``runs cancel --wait``)
+        and stays under pytest's per-test limit, so a hang fails here, with the output.
+        """
         result = subprocess.run(
             meridian_cmd(*args),
             capture_output=True,
@@ -195,7 +200,7 @@ class Estate:
         """SIGKILL the control plane: no shutdown, no flush beyond what was committed."""
         assert self.server is not None
         self.server.kill()
-        self.server.wait(timeout=30)
+        self.server.wait(timeout=DEADLINE_S)
         self.server = None
 
     def restart_server(self) -> None:
@@ -203,7 +208,11 @@ class Estate:
         self.start()
 
     def client(self, token: str | None = None) -> ControlClient:
-        return ControlClient(self.address, self.ca_file, timeout_s=10, token=token or self.token)
+        # A per-call deadline well under DEADLINE_S: a call lost in a cut network fails and the
+        # wait_until around it tries again, instead of using up the whole wait.
+        return ControlClient(
+            self.address, self.ca_file, timeout_s=10 * TIME_SCALE, token=token or self.token
+        )
 
     def add_agent(
         self,
@@ -294,27 +303,31 @@ class Estate:
         with self.client() as client:
             return any(a.name == name and a.status == "connected" for a in client.list_agents())
 
-    def wait_until(self, check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    def wait_until(
+        self, check: Callable[[], object], what: str, timeout: float = DEADLINE_S
+    ) -> None:
         """Poll ``check`` until it is true; fail with every process's log when it never is."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def holds() -> object:
             if self.server is not None and self.server.poll() is not None:
                 raise AssertionError(
                     f"control plane exited while waiting for {what}\n{self.logs()}"
                 )
-            try:
-                if check():
-                    return
-            except (ConnectionFailed, ValidationError):  # not listening / CA not written yet
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+            return check()
+
+        poll_until(
+            holds,
+            timeout=timeout,
+            interval=0.1,
+            message=lambda: f"{what}\n{self.logs()}",
+            ignore=(ConnectionFailed, ValidationError),  # not listening / CA not written yet
+        )
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal the agent process only (its step processes live in their own groups)."""
         proc = self.agents.pop(name)
         proc.send_signal(sig)
-        proc.wait(timeout=30)
+        proc.wait(timeout=DEADLINE_S)
 
     def agent_labels(self, name: str) -> dict[str, str]:
         return self._agent_labels[name]
@@ -326,7 +339,7 @@ class Estate:
             args += ["-p", p]
         return self.cli_background(*args)
 
-    def latest_run_id(self, flow: str, timeout: float = 30.0) -> str:
+    def latest_run_id(self, flow: str, timeout: float = DEADLINE_S) -> str:
         found: list[str] = []
 
         def created() -> bool:
@@ -337,7 +350,7 @@ class Estate:
         self.wait_until(created, f"a run of {flow} to exist", timeout)
         return found[0]
 
-    def wait_for_state(self, run_id: str, states: set[str], timeout: float = 60.0) -> str:
+    def wait_for_state(self, run_id: str, states: set[str], timeout: float = DEADLINE_S) -> str:
         seen: list[str] = []
 
         def reached() -> bool:
@@ -382,7 +395,7 @@ class Estate:
             self.server = None
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = DEADLINE_S) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -390,4 +403,4 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=DEADLINE_S)

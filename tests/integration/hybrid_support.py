@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from tests.integration.harness import Estate, child_env, meridian_cmd
 from tests.providers.gcp_run_fake import FakeCloudRun
+from tests.support.polling import poll_until
 
 
 def write_agent_config(path: Path, provider: str, section: Mapping[str, Any]) -> Path:
@@ -201,13 +201,9 @@ class FakeCloudLogging:
         return {"entries": entries}
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+def eventually(check: Callable[[], bool], what: str) -> None:
     """Poll ``check`` (cleanup in a backend is asynchronous) until it holds or fail."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    poll_until(check, interval=0.1, message=what)
 
 
 def process_alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.faults.invariants import starts
 from tests.integration.harness import FLOWS, Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOW_FILE = FLOWS / "approval_flows.py"
 
@@ -67,7 +68,7 @@ def test_an_operator_approves_from_the_cli_and_the_flow_completes(
     )  # fmt: skip
     assert approved.returncode == 0, approved.stderr
     assert f"approved by token:{token_id(operator)} (plan reviewed)" in approved.stdout
-    assert runner.wait(timeout=60) == 0, estate.logs()
+    assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
 
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
@@ -96,7 +97,7 @@ def test_a_rejection_fails_the_run_with_the_reason(estate: Estate, tmp_path: Pat
         env={"MERIDIAN_TOKEN": operator},
     )  # fmt: skip
     assert rejected.returncode == 0, rejected.stderr
-    assert runner.wait(timeout=60) == 1
+    assert runner.wait(timeout=DEADLINE_S) == 1
     detail = estate.client().get_run(run_id)
     assert detail.state == "FAILED" and detail.error is not None
     assert detail.error.type == "meridian.core.errors.ApprovalRejected"
@@ -109,12 +110,12 @@ def test_a_crashed_paused_run_resumes_with_the_decision_taken_meanwhile(
 ) -> None:
     runner, run_id = paused_run(estate, tmp_path, env={"MERIDIAN_RUNNER_LEASE_S": "2"})
     runner.send_signal(signal.SIGKILL)
-    runner.wait(timeout=10)
+    runner.wait(timeout=DEADLINE_S)
     estate.wait_for_state(run_id, {"CRASHED"})
     approved = estate.cli("runs", "approve", run_id, "deploy", "--reason", "go ahead")
     assert approved.returncode == 0, approved.stderr
     assert "the run is CRASHED" in approved.stdout
-    resumed = estate.cli("runs", "resume", run_id, timeout=90)
+    resumed = estate.cli("runs", "resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
@@ -138,5 +139,5 @@ def test_a_control_plane_restart_keeps_the_approval_and_its_timer(
     assert detail.approvals == (before,)  # same key, message, request time and deadline
     approved = estate.cli("runs", "approve", run_id, "deploy#1")
     assert approved.returncode == 0, approved.stderr
-    assert runner.wait(timeout=60) == 0, estate.logs()
+    assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
     assert estate.client().get_run(run_id).state == "COMPLETED"

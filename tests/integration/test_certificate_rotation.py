@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.integration.harness import FLOWS, Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOW = FLOWS / "rotation_flows.py"
 LIFETIME_S = 12.0
@@ -52,9 +53,9 @@ def test_certificate_rotates_twice_while_a_step_runs(estate: Estate) -> None:
     runner = estate.run_background(FLOW, "outlives_certificates", "seconds=24")
     run_id = estate.latest_run_id("outlives_certificates")
     # Two rotations (at ~8 s and ~16 s of certificate age) happen while the step sleeps.
-    estate.wait_until(lambda: len(rotations(estate)) >= 2, "two rotations", timeout=40)
-    assert estate.wait_for_state(run_id, {"COMPLETED", "FAILED"}, timeout=60) == "COMPLETED"
-    assert runner.wait(timeout=30) == 0
+    estate.wait_until(lambda: len(rotations(estate)) >= 2, "two rotations")
+    assert estate.wait_for_state(run_id, {"COMPLETED", "FAILED"}) == "COMPLETED"
+    assert runner.wait(timeout=DEADLINE_S) == 0
 
     detail = estate.client().get_run(run_id)
     (step,) = detail.steps

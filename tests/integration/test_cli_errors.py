@@ -22,6 +22,7 @@ from meridian.client import ControlClient
 from meridian.core.errors import BundleError
 from meridian.sdk.runner import run_flow
 from tests.integration.harness import Estate, child_env, free_port, meridian_cmd
+from tests.support.deadlines import DEADLINE_S
 from tests.support.plane import ThreadedControlPlane
 
 ENV = "errors-env"
@@ -381,7 +382,7 @@ def test_bundle_above_the_server_limit_is_refused_by_meridian_run(tmp_path: Path
             meridian_cmd("run", f"{flows}:beta"),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=DEADLINE_S,
             env=child_env(
                 {
                     "MERIDIAN_CONTROL_PLANE": plane.address,
@@ -391,7 +392,9 @@ def test_bundle_above_the_server_limit_is_refused_by_meridian_run(tmp_path: Path
             ),
             cwd=tmp_path,
         )
-        with ControlClient(plane.address, plane.ca_file, timeout_s=10, token=token) as client:
+        with ControlClient(
+            plane.address, plane.ca_file, timeout_s=DEADLINE_S, token=token
+        ) as client:
             runs = client.list_runs()
     assert result.returncode == 1
     assert_one_error_line(result, f"at most {limit}", ".meridianignore")

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from tests.integration.harness import FLOWS, Estate
+from tests.support.deadlines import DEADLINE_S
+from tests.support.polling import poll_until
 
 FLOW_FILE = FLOWS / "estate_flows.py"
 
@@ -17,7 +19,7 @@ def run(estate: Estate, flow: str, *params: str) -> tuple[int, str, dict]:
     args = ["run", f"{FLOW_FILE}:{flow}"]
     for p in params:
         args += ["-p", p]
-    result = estate.cli(*args, timeout=90)
+    result = estate.cli(*args)
     run_id = estate.client().list_runs(limit=1, flow_name=flow)[0].flow_run_id
     shown = estate.cli("runs", "show", run_id, "--json", check=True)
     return result.returncode, result.stdout + result.stderr, json.loads(shown.stdout)
@@ -82,10 +84,11 @@ def test_timeout_kills_the_step_process_and_is_retried_as_timeout(
     assert all(a["error"]["error_class"] == "timeout" for a in tries)
     pids = [int(p) for p in (tmp_path / "hang.pids").read_text().split()]
     assert len(pids) == 2
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    poll_until(
+        lambda: not any(_alive(pid) for pid in pids),
+        interval=0.1,
+        message=lambda: f"step processes {[p for p in pids if _alive(p)]} to exit",
+    )
 
 
 def test_step_waits_for_an_agent_that_connects_late(estate: Estate) -> None:
@@ -93,7 +96,7 @@ def test_step_waits_for_an_agent_that_connects_late(estate: Estate) -> None:
     time.sleep(2)
     assert runner.poll() is None, "the run must wait, not fail, while no agent matches"
     estate.add_agent("late-site", {"site": "late"})
-    assert runner.wait(timeout=60) == 0
+    assert runner.wait(timeout=DEADLINE_S) == 0
     run_id = estate.client().list_runs(limit=1, flow_name="waits_for_late_agent")[0].flow_run_id
     detail = json.loads(estate.cli("runs", "show", run_id, "--json", check=True).stdout)
     assert detail["state"] == "COMPLETED"

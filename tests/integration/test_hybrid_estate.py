@@ -56,6 +56,7 @@ from tests.integration.hybrid_support import (
 from tests.providers.gcp_run_fake import FakeCloudRun
 from tests.providers.moto_fixture import ACCOUNT, CLUSTER, REGION, MotoEcs, moto_ecs
 from tests.providers.slurm_cluster import SlurmCluster, running_cluster
+from tests.support.deadlines import DEADLINE_S
 
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -184,9 +185,7 @@ def test_one_flow_runs_in_four_environments_and_names_every_resource(hybrid: Hyb
     moto.set_transition(None)  # moto's default: the task advances one state per DescribeTasks
     # What `sh -c 'echo "rendering $DAY"'` would print; the fake runs no container.
     hybrid.cloud_run.plan(stdout=["rendering 2024-06-01"])
-    result = estate.cli(
-        "run", f"{EXAMPLE}:hybrid_estate", "-p", "day=2024-06-01", "--json", timeout=90
-    )
+    result = estate.cli("run", f"{EXAMPLE}:hybrid_estate", "-p", "day=2024-06-01", "--json")
     assert result.returncode == 0, result.stdout + result.stderr + estate.logs()
     outcome = json.loads(result.stdout)
     detail = show(estate, outcome["flow_run_id"])
@@ -271,13 +270,13 @@ def test_cancelling_the_run_cleans_up_every_backend(hybrid: Hybrid) -> None:
                         running[attempt["provider"]] = attempt
             return len(running) == 4
 
-        estate.wait_until(all_running, "all four attempts to run", timeout=60)
+        estate.wait_until(all_running, "all four attempts to run")
         for provider, attempt in running.items():
             assert ENVIRONMENTS[attempt["environment"]][1] == provider
 
-        cancelled = estate.cli("runs", "cancel", run_id, "--wait", "60", check=True, timeout=90)
+        cancelled = estate.cli("runs", "cancel", run_id, "--wait", f"{DEADLINE_S:g}", check=True)
         assert f"Run {run_id} is CANCELLED" in cancelled.stdout, cancelled.stdout
-        assert runner.wait(timeout=60) != 0
+        assert runner.wait(timeout=DEADLINE_S) != 0
     finally:
         if runner.poll() is None:
             runner.kill()

@@ -20,6 +20,7 @@ from sqlalchemy import inspect, text
 from control_plane.store.db import make_engine, sqlite_url
 from tests.faults.invariants import starts
 from tests.integration.harness import FLOWS, Estate
+from tests.support.deadlines import DEADLINE_S
 
 FLOW_FILE = FLOWS / "sealed_flows.py"
 ACCOUNT = "DE89-3704-0044-0532-0130-00"
@@ -62,7 +63,7 @@ def run(estate: Estate, keyfile: Path, flow: str, *params: str) -> tuple[int, st
     args = ["run", f"{FLOW_FILE}:{flow}", "--json"]
     for param in params:
         args += ["-p", param]
-    result = estate.cli(*args, timeout=90, env=runner_env(keyfile))
+    result = estate.cli(*args, env=runner_env(keyfile))
     assert result.stdout.strip(), result.stderr + estate.logs()
     run_id = estate.client().list_runs(limit=1, flow_name=flow)[0].flow_run_id
     return result.returncode, result.stdout, run_id
@@ -194,11 +195,11 @@ def test_resume_reuses_completed_sealed_steps(
     estate.wait_until(lambda: len(starts(work, "second")) == 1, "the second step to start")
     before = {s.key: s.inputs_digest for s in estate.client().get_run(run_id).steps}
     runner.send_signal(signal.SIGKILL)
-    runner.wait(timeout=10)
-    assert estate.wait_for_state(run_id, {"CRASHED"}, timeout=60) == "CRASHED"
+    runner.wait(timeout=DEADLINE_S)
+    assert estate.wait_for_state(run_id, {"CRASHED"}) == "CRASHED"
     (work / "gate").write_text("open")
 
-    resumed = estate.cli("runs", "resume", run_id, timeout=90, env=runner_env(keyfile))
+    resumed = estate.cli("runs", "resume", run_id, env=runner_env(keyfile))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr + estate.logs()
     detail = estate.client().get_run(run_id)
     assert detail.state == "COMPLETED"
