@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from control_plane.store.db import Store
-from tests.control_plane.engine_helpers import make_store
+from tests.control_plane.usecases.helpers import make_store
 
 
 @pytest.fixture

@@ -18,13 +18,22 @@ from agent.identity import generate_key_and_csr
 from control_plane import audit
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.auth.enrollment import create_join_token_row, enroll_agent
-from control_plane.orchestration import engine
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, AuditRecordRow, FlowRunRow, JoinTokenRow
+from control_plane.store.tx import Tx
 from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.runs import cancel_run, resume_run, retry_run
-from control_plane.usecases.scheduling import scheduling_pass
-from tests.control_plane.engine_helpers import SLOTS, T0, attempts, new_run, report, submit
+from control_plane.usecases.steps import digest
+from tests.control_plane.usecases.helpers import (
+    T0,
+    apply,
+    attempts,
+    new_run,
+    report,
+    run_at,
+    schedule,
+    submit,
+)
 
 
 def records(store: Store, action: str | None = None) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -45,7 +54,7 @@ def test_run_triggered_names_flow_digest_and_bundle(store: Store) -> None:
         "flow": "etl",
         "entrypoint": "flows.py:etl",
         "trigger": "manual",
-        "parameters_digest": engine.digest("{}"),
+        "parameters_digest": digest("{}"),
         "bundle_sha256": "b" * 64,
     }
     assert store.run_sync(audit.verify_chain).ok
@@ -62,7 +71,7 @@ def test_finished_attempt_names_agent_identity_resource_and_digests(store: Store
     store.run_sync(identify_a1)
     run_id = new_run(store)
     step_id = submit(store, run_id)
-    store.run_sync(scheduling_pass, SLOTS, T0)
+    schedule(store)
     attempt = attempts(store, step_id)[0]
     later = T0 + dt.timedelta(seconds=5)
     reports = [
@@ -70,7 +79,7 @@ def test_finished_attempt_names_agent_identity_resource_and_digests(store: Store
         report(attempt, 2, "handle", handle_json="{}", resource_id="arn:aws:ecs:task/1"),
         report(attempt, 3, "finished", outcome="SUCCEEDED", result_json='{"rows": 3}'),
     ]
-    store.run_sync(engine.apply_reports, "a1", reports, later)
+    apply(store, "a1", reports, later)
     [(actor, _, subject, d)] = records(store, "attempt.finished")
     assert (actor, subject) == ("agent:a1", attempt.id)
     assert d["agent"] == {
@@ -82,8 +91,8 @@ def test_finished_attempt_names_agent_identity_resource_and_digests(store: Store
     }
     assert d["environment"] == "aws-demo" and d["provider"] == "process"
     assert d["resource_id"] == "arn:aws:ecs:task/1" and d["bundle_sha256"] == "b" * 64
-    assert d["inputs_digest"] == engine.digest('{"args": [1], "kwargs": {}}')
-    assert d["result_digest"] == engine.digest('{"rows": 3}')
+    assert d["inputs_digest"] == digest('{"args": [1], "kwargs": {}}')
+    assert d["result_digest"] == digest('{"rows": 3}')
     assert d["outcome"] == "SUCCEEDED" and d["error_class"] == "" and d["attempt"] == 1
     assert d["ended_at"] == audit.format_at(later) and d["queued_at"] == audit.format_at(T0)
 
@@ -91,8 +100,8 @@ def test_finished_attempt_names_agent_identity_resource_and_digests(store: Store
 def test_lost_attempt_is_recorded_by_the_system(store: Store) -> None:
     run_id = new_run(store)
     step_id = submit(store, run_id, on_agent_lost="fail")
-    store.run_sync(scheduling_pass, SLOTS, T0)
-    store.run_sync(expire_agent_leases, T0 + dt.timedelta(hours=1), 30.0, T0)
+    schedule(store)
+    run_at(store, T0 + dt.timedelta(hours=1), expire_agent_leases, 30.0, T0)
     [(actor, _, subject, d)] = records(store, "attempt.finished")
     assert actor == "system" and subject == attempts(store, step_id)[0].id
     assert d["outcome"] == "LOST" and d["error_class"] == "lost_agent" and d["result_digest"] == ""
@@ -101,9 +110,9 @@ def test_lost_attempt_is_recorded_by_the_system(store: Store) -> None:
 def test_cancel_resume_retry_are_recorded_in_order(store: Store) -> None:
     run_id = new_run(store)
     submit(store, run_id)  # stays QUEUED: the cancel ends it at once
-    store.run_sync(cancel_run, run_id, "operator said so", T0)
-    store.run_sync(resume_run, run_id, T0)
-    new, _ = store.run_sync(retry_run, run_id, T0)
+    run_at(store, T0, cancel_run, run_id, "operator said so")
+    run_at(store, T0, resume_run, run_id)
+    new, _ = run_at(store, T0, retry_run, run_id)
     actions = [(a, s) for _, a, s, _ in records(store)]
     assert actions[0] == ("run.triggered", run_id)
     assert actions[1] == ("run.cancelled", run_id)
@@ -125,14 +134,14 @@ def test_a_rolled_back_cancel_leaves_neither_the_change_nor_its_record(store: St
     submit(store, run_id)
 
     def cancel_then_fail(session: Session) -> None:
-        cancel_run(session, run_id, "", T0)
+        cancel_run(Tx(session, now=T0), run_id, "")
         raise RuntimeError("commit never happens")
 
     with pytest.raises(RuntimeError):
         store.run_sync(cancel_then_fail)
     assert store.run_sync(lambda s: s.get(FlowRunRow, run_id)).state == "RUNNING"
     assert [a for _, a, _, _ in records(store)] == ["run.triggered"]
-    store.run_sync(cancel_run, run_id, "", T0)  # the real one chains on without a gap
+    run_at(store, T0, cancel_run, run_id, "")  # the real one chains on without a gap
     report_ = store.run_sync(audit.verify_chain)
     assert report_.ok and report_.records == 3
 
