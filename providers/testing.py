@@ -12,6 +12,12 @@ The suite writes its own small step module (plain functions, no SDK) into a temp
 dir. Class attributes tune it to the provider: whether steps see this machine's files
 (``shares_filesystem``), which options are valid or invalid, and how long a scenario may take.
 Checks that need a capability the provider does not declare are skipped, never passed.
+
+Deadlines: every wait of the suite (a step to start, a cleanup cancel, a whole scenario by
+default) is bounded by ``BASE_DEADLINE_S`` seconds times the float in the environment variable
+``MERIDIAN_TEST_TIME_SCALE`` (default 1; e.g. 3 on a slow or heavily shared CI machine). The
+bounds exist only to stop a hung provider; a passing provider never comes near them.
+``scenario_timeout_s`` of a subclass is scaled the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 import uuid
@@ -38,6 +45,29 @@ from providers.base import (
 )
 
 T = TypeVar("T")
+
+TIME_SCALE_ENV = "MERIDIAN_TEST_TIME_SCALE"
+#: The bound on any one wait of the suite, in seconds, before ``MERIDIAN_TEST_TIME_SCALE``.
+BASE_DEADLINE_S = 60.0
+
+
+def time_scale() -> float:
+    """The factor in ``MERIDIAN_TEST_TIME_SCALE`` (default 1): how much slower this machine is."""
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = float("nan")
+    if not scale > 0 or scale == float("inf"):
+        raise ValueError(f"{TIME_SCALE_ENV} must be a number > 0, not {raw!r}")
+    return scale
+
+
+TIME_SCALE = time_scale()
+#: ``BASE_DEADLINE_S`` scaled: how long the suite waits for a step to start or a cancel to end.
+DEADLINE_S = BASE_DEADLINE_S * TIME_SCALE
 
 STEP_MODULE = "meridian_conformance_steps"
 
@@ -132,7 +162,7 @@ class Session:
             if provider.capabilities.cancel:
                 # Cleanup must not hide the assertion that failed.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(provider.cancel(handle, 0.0), 10.0)
+                    await asyncio.wait_for(provider.cancel(handle, 0.0), DEADLINE_S)
         for provider in self.providers:
             await provider.close()
 
@@ -140,8 +170,8 @@ class Session:
 class ProviderConformance:
     """Checks every provider must pass. Subclasses supply the ``provider`` fixture."""
 
-    #: the longest one scenario may take, in seconds (raise it for slow engines)
-    scenario_timeout_s: ClassVar[float] = 30.0
+    #: the longest one scenario may take, in seconds before ``MERIDIAN_TEST_TIME_SCALE``
+    scenario_timeout_s: ClassVar[float] = BASE_DEADLINE_S
     #: steps run where they can write files this test process reads (tick files prove liveness)
     shares_filesystem: ClassVar[bool] = True
     #: grace the suite passes to cancel()
@@ -212,7 +242,8 @@ class ProviderConformance:
         async def main() -> T:
             session = Session(provider)
             try:
-                return await asyncio.wait_for(scenario(session), self.scenario_timeout_s)
+                limit = self.scenario_timeout_s * TIME_SCALE
+                return await asyncio.wait_for(scenario(session), limit)
             finally:
                 await session.cleanup()
 
@@ -223,14 +254,14 @@ class ProviderConformance:
         handle = await session.submit(provider, spec)
         return await provider.wait(handle)
 
-    async def wait_for_ticks(self, path: str | None, timeout_s: float = 10.0) -> None:
+    async def wait_for_ticks(self, path: str | None, timeout_s: float = DEADLINE_S) -> None:
         """Return once the tick step is demonstrably running (or after 0.5 s without files)."""
         if path is None:
             await asyncio.sleep(0.5)
             return
         deadline = time.monotonic() + timeout_s
         while not Path(path).exists() or Path(path).stat().st_size < 2:
-            assert time.monotonic() < deadline, "the tick step never started"
+            assert time.monotonic() < deadline, f"the tick step never started in {timeout_s:g} s"
             await asyncio.sleep(0.05)
 
     async def assert_ticks_stopped(self, path: str | None) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from meridian import stepexec
-from providers import _outcome
-from providers._outcome import parse_result_marker, read_outcome
+from providers.shared import outcome as _outcome
+from providers.shared.outcome import parse_result_marker, read_outcome
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

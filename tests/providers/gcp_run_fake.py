@@ -38,7 +38,7 @@ from google.cloud import run_v2
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 
-from providers._gcp_logs import LogEntry
+from providers.gcp_cloud_run.logs import LogEntry
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
 _REPO = Path(__file__).resolve().parents[2]

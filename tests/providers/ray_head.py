@@ -123,4 +123,8 @@ def _serve(port: int, temp_dir: str, num_cpus: int) -> None:
 
 
 if __name__ == "__main__":
+    # Run as a script, this file's directory is sys.path[0]; it holds the test package
+    # ``tests/providers/ray``, which would shadow the real ``ray`` imported by _serve.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     _serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))

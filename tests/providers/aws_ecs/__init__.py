@@ -1,0 +1,1 @@
+"""Tests of the ``aws_ecs`` provider package."""

@@ -1,0 +1,1 @@
+"""Tests of the ``azure_aci`` provider package."""

@@ -1,0 +1,1 @@
+"""Tests of the ``gcp_cloud_run`` provider package."""

@@ -1,0 +1,1 @@
+"""Tests of the ``ray`` provider package."""
