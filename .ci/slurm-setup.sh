@@ -60,7 +60,9 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 
 if have_all; then
-  echo "slurm-setup: done (slurm-wlm $(dpkg-query -W -f="${Version}" slurm-wlm 2>/dev/null || echo "?"))"
+  # Single quotes: ${Version} is dpkg-query's field, not a shell variable (set -u).
+  version=$(dpkg-query -W -f='${Version}' slurm-wlm 2>/dev/null || echo "?")
+  echo "slurm-setup: done (slurm-wlm $version)"
 else
   echo "slurm-setup: apt-get finished but slurm binaries are still missing" >&2
   exit 1

@@ -25,6 +25,7 @@ from control_plane.api.validation import (
     validate_error,
     validate_options,
     validate_reason,
+    validate_run_state,
     validate_submissions,
 )
 from control_plane.orchestration.scopes import check_step_targets
@@ -308,7 +309,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.ListRunsResponse:
         limit = min(request.limit or 50, 1000)
         rows = await self._s.store.run(
-            queries.list_runs, limit, request.state, request.flow_name, allowed_environments()
+            queries.list_runs,
+            limit,
+            validate_run_state(request.state),
+            request.flow_name,
+            allowed_environments(),
         )
         return control_pb2.ListRunsResponse(runs=[views.run_summary(*row) for row in rows])
 

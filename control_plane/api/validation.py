@@ -20,6 +20,7 @@ from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector, validate_key, validate_value
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, OnAgentLost, StepSpec
+from meridian.core.states import RunState
 from protos.meridian.v1 import common_pb2, control_pb2
 
 MAX_STEPS_PER_REQUEST = 5000
@@ -239,6 +240,17 @@ def validate_error(error: common_pb2.ErrorInfo) -> ErrorInfo | None:
 
 
 MAX_REASON = 1000
+
+
+def validate_run_state(text: str) -> RunState | None:
+    """A run-state filter (any case); empty means no filter."""
+    if not text:
+        return None
+    try:
+        return RunState(text.strip().upper())
+    except ValueError:
+        known = ", ".join(state.value for state in RunState)
+        raise ValidationError(f"unknown run state {text[:40]!r}; use one of {known}") from None
 
 
 def validate_reason(reason: str, what: str) -> str:

@@ -20,7 +20,7 @@ _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
             RunState.CRASHED,
         }
     ),
-    # PAUSED: the flow body waits for an approval (orchestration/approvals.py). Its runner
+    # PAUSED: the flow body waits for an approval (usecases/approvals.py). Its runner
     # may still die (CRASHED) or end the body anyway (e.g. interrupted: FAILED).
     RunState.PAUSED: frozenset(
         {
@@ -89,6 +89,10 @@ def check_run_transition(current: str, target: str) -> None:
 
 def check_step_transition(current: str, target: str) -> None:
     _check("step run", _STEP_MOVES, StepState(current), StepState(target))
+
+
+def attempt_may_move(current: AttemptState, target: AttemptState) -> bool:
+    return target in _ATTEMPT_MOVES.get(current, frozenset())
 
 
 def check_attempt_transition(current: str, target: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from control_plane.orchestration.machines import attempt_may_move
 from control_plane.orchestration.values import ReportIn
 from meridian.core.kinds import ReportKind, Verdict
 from meridian.core.states import TERMINAL_ATTEMPT, AttemptState
@@ -93,6 +94,25 @@ class RejectStartOfFinishedAttempt:
         return None
 
 
+class RejectImpossibleOutcome:
+    """An outcome the attempt cannot reach from where it is (SUCCEEDED for an attempt whose
+    start was never accepted) comes from a broken or forged agent: refusing it keeps the rest
+    of the batch, and the agent's later reports, flowing instead of failing the whole batch."""
+
+    def check(
+        self, agent_id: str, attempt: AttemptFacts | None, report: ReportIn
+    ) -> Judgement | None:
+        assert attempt is not None
+        if (
+            report.kind == ReportKind.FINISHED
+            and attempt.state not in TERMINAL_ATTEMPT
+            and (report.outcome is None or not attempt_may_move(attempt.state, report.outcome))
+        ):
+            outcome = report.outcome or "no outcome"
+            return Judgement(Verdict.REJECT, f"attempt is {attempt.state}; cannot end {outcome}")
+        return None
+
+
 class IgnoreReportsAfterTheEnd:
     """Replayed or late reports on a finished attempt are duplicates: recorded once, ignored."""
 
@@ -110,6 +130,7 @@ REPORT_RULES: tuple[ReportRule, ...] = (
     RejectForeignAgent(),
     RejectStaleFencingToken(),
     RejectStartOfFinishedAttempt(),
+    RejectImpossibleOutcome(),
     IgnoreReportsAfterTheEnd(),
 )
 

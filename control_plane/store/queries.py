@@ -19,6 +19,7 @@ from control_plane.store.models import (
     StepRunRow,
 )
 from meridian.core.errors import NotFound, ValidationError
+from meridian.core.states import RunState, StepState
 
 FULL_ID_LENGTH = 36
 
@@ -160,13 +161,17 @@ def events_after(
 
 
 def list_runs(
-    session: Session, limit: int, state: str, flow_name: str, caller: Sequence[str] = ()
+    session: Session,
+    limit: int,
+    state: RunState | None,
+    flow_name: str,
+    caller: Sequence[str] = (),
 ) -> list[tuple[FlowRunRow, int, int]]:
     query = select(FlowRunRow).order_by(FlowRunRow.created_at.desc()).limit(limit)
     if caller:
         query = query.where(covered_by(session, caller))
     if state:
-        query = query.where(FlowRunRow.state == state.upper())
+        query = query.where(FlowRunRow.state == state)
     if flow_name:
         query = query.where(FlowRunRow.flow_name == flow_name)
     runs = session.scalars(query).all()
@@ -176,7 +181,7 @@ def list_runs(
             select(
                 StepRunRow.flow_run_id,
                 func.count(),
-                func.sum(case((StepRunRow.state == "FAILED", 1), else_=0)),
+                func.sum(case((StepRunRow.state == StepState.FAILED, 1), else_=0)),
             )
             .where(StepRunRow.flow_run_id.in_([r.id for r in runs]))
             .group_by(StepRunRow.flow_run_id)

@@ -13,10 +13,17 @@ from meridian.core.errorinfo import ErrorInfo
 from meridian.core.spec import OnAgentLost, StepSpec
 from protos.meridian.v1 import common_pb2
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MILLISECOND = dt.timedelta(milliseconds=1)
+
 
 def ms_from_time(value: dt.datetime | None) -> int:
-    """Aware datetime -> Unix milliseconds; None -> 0 (proto3's "unset")."""
-    return int(value.timestamp() * 1000) if value else 0
+    """Aware datetime -> Unix milliseconds; None -> 0 (proto3's "unset").
+
+    Integer arithmetic: ``timestamp() * 1000`` is a float product that lands just below the
+    integer for some values, and truncating it loses a millisecond on the round trip.
+    """
+    return (value - _EPOCH) // _MILLISECOND if value else 0
 
 
 def time_from_ms(value: int) -> dt.datetime | None:

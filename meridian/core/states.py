@@ -2,7 +2,7 @@
 
 Shared by every side: the control plane decides them, the agent and the SDK read them. The
 legal moves between them are orchestration's business (``control_plane/orchestration/
-transitions.py``).
+machines.py``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from control_plane.orchestration.rules import (
     IgnoreReportsAfterTheEnd,
     Judgement,
     RejectForeignAgent,
+    RejectImpossibleOutcome,
     RejectStaleFencingToken,
     RejectStartOfFinishedAttempt,
     RejectUnknownAttempt,
@@ -46,6 +47,43 @@ def report(kind: ReportKind = ReportKind.FINISHED, token: int = TOKEN) -> Report
 
 
 # ---- each rule on its own ------------------------------------------------------------------
+
+
+def finished(outcome: AttemptState | None) -> ReportIn:
+    return ReportIn(
+        seq=1,
+        attempt_id="att-1",
+        fencing_token=TOKEN,
+        at=T0,
+        kind=ReportKind.FINISHED,
+        outcome=outcome,
+    )
+
+
+@pytest.mark.parametrize("outcome", [AttemptState.SUCCEEDED, AttemptState.TIMED_OUT, None])
+def test_an_outcome_the_attempt_cannot_reach_is_rejected(outcome: AttemptState | None) -> None:
+    """An attempt whose start was never accepted cannot have succeeded or timed out."""
+    judgement = RejectImpossibleOutcome().check(
+        AGENT, facts(AttemptState.ASSIGNED), finished(outcome)
+    )
+    assert judgement is not None and judgement.verdict == Verdict.REJECT
+    assert "attempt is ASSIGNED" in judgement.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome"),
+    [
+        (AttemptState.ASSIGNED, AttemptState.FAILED),  # the provider could not start it
+        (AttemptState.ASSIGNED, AttemptState.CANCELLED),
+        (AttemptState.RUNNING, AttemptState.SUCCEEDED),
+        (AttemptState.RUNNING, AttemptState.TIMED_OUT),
+        (AttemptState.SUCCEEDED, AttemptState.FAILED),  # late: the next rule ignores it
+    ],
+)
+def test_a_reachable_or_late_outcome_passes_the_outcome_rule(
+    state: AttemptState, outcome: AttemptState
+) -> None:
+    assert RejectImpossibleOutcome().check(AGENT, facts(state), finished(outcome)) is None
 
 
 def test_unknown_attempt_is_rejected_and_names_it() -> None:
@@ -123,6 +161,7 @@ def test_the_rules_are_asked_in_this_order() -> None:
         RejectForeignAgent,
         RejectStaleFencingToken,
         RejectStartOfFinishedAttempt,
+        RejectImpossibleOutcome,
         IgnoreReportsAfterTheEnd,
     ]
 

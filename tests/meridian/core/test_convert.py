@@ -90,10 +90,5 @@ def test_ms_round_trip_on_whole_and_half_seconds(ms: int) -> None:
     assert ms_from_time(time_from_ms(ms)) == ms
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ms_from_time truncates a float product: about 1 in 100 millisecond values comes "
-    "back 1 ms early (1001 -> 1000); meridian/core/convert.py should round, not truncate",
-)
 def test_ms_round_trip_on_every_millisecond() -> None:
     assert [ms for ms in range(1, 2001) if ms_from_time(time_from_ms(ms)) != ms] == []
