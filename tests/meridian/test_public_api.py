@@ -1,4 +1,4 @@
-"""Pins the public names of `meridian` (STYLE.md section 10)."""
+"""Pins the public names of `meridian` (docs/architecture.md, "Conventions")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 directory, starts ``munged`` (own socket), ``slurmctld`` and ``slurmd`` (``-D``, as background
 processes of this test run) on free non-default ports, waits until ``sinfo`` reports the node
 idle, and stops every daemon by its PID afterwards. Nothing touches ``/etc/slurm``, the system
-munge socket or a system Slurm. The configuration follows docs/PROVIDER-TESTING (Slurm 22.05 as
+munge socket or a system Slurm. The configuration follows docs/providers/slurm.md (Slurm 22.05 as
 root: ``proctrack/linuxproc``, ``task/none``, no accounting, and ``DefMemPerCPU`` so that jobs
 do not claim the whole node's memory).
 
