@@ -28,6 +28,7 @@ from control_plane.api.validation import (
     validate_run_state,
     validate_submissions,
 )
+from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.scopes import check_step_targets
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
@@ -291,7 +292,13 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if session is not None:
             session.drain_requested = session.draining = True
             session.send(DrainOut(reason or "an operator drained this agent"))
-        return views.agent_info(agent, session.in_use if session else 0, session)
+        return views.agent_info(
+            agent,
+            session.in_use if session else 0,
+            session,
+            now=self._s.store.clock(),
+            policy=self._heartbeats(),
+        )
 
     # ---- reading ------------------------------------------------------------------------
 
@@ -341,9 +348,17 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if scope:
             rows = [(agent, held) for agent, held in rows if agent.environment in scope]
         live = {s.agent.agent_id: s for s in self._s.registry.sessions()}
+        now, policy = self._s.store.clock(), self._heartbeats()
         return control_pb2.ListAgentsResponse(
-            agents=[views.agent_info(agent, held, live.get(agent.id)) for agent, held in rows]
+            agents=[
+                views.agent_info(agent, held, live.get(agent.id), now=now, policy=policy)
+                for agent, held in rows
+            ]
         )
+
+    def _heartbeats(self) -> HeartbeatPolicy:
+        config = self._s.config
+        return HeartbeatPolicy(config.heartbeat_interval_s, config.agent_lost_after_s)
 
     # ---- audit --------------------------------------------------------------------------
 

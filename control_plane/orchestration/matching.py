@@ -33,6 +33,19 @@ class AgentSlot:
     capacity: int
     in_use: int
     draining: bool = False
+    # An agent that reported a local fault (e.g. a full disk) takes no new work until it
+    # recovers, like a draining one; the registry sets it from the agent's session.
+    degraded: bool = False
+
+
+def is_degraded(slot: AgentSlot) -> bool:
+    """The hook every "takes no new work" decision uses for a degraded agent."""
+    return slot.degraded
+
+
+def accepts_work(slot: AgentSlot) -> bool:
+    """Not draining, not degraded, and a free slot."""
+    return not slot.draining and not is_degraded(slot) and 0 <= slot.in_use < slot.capacity
 
 
 def effective_labels(slot: AgentSlot) -> dict[str, str]:
@@ -41,14 +54,15 @@ def effective_labels(slot: AgentSlot) -> dict[str, str]:
     return {**slot.labels, ENVIRONMENT_LABEL: slot.environment}
 
 
-def _could_run(selector: Selector, provider: str, slot: AgentSlot) -> bool:
+def could_run(selector: Selector, provider: str, slot: AgentSlot) -> bool:
+    """The agent offers the provider and its labels satisfy the selector (room ignored)."""
     return provider in slot.providers and selector.matches(effective_labels(slot))
 
 
 def has_potential_match(selector: Selector, provider: str, agents: Sequence[AgentSlot]) -> bool:
     """Whether some connected agent could run the step once it has room (capacity and draining
     ignored): tells "wait for a slot" apart from "nothing here can ever run this"."""
-    return any(_could_run(selector, provider, slot) for slot in agents)
+    return any(could_run(selector, provider, slot) for slot in agents)
 
 
 def choose_agent(
@@ -61,12 +75,7 @@ def choose_agent(
     work round-robin instead of always filling the same agent first.
     """
     eligible = [
-        slot
-        for slot in agents
-        if not slot.draining
-        and slot.capacity > 0
-        and slot.in_use < slot.capacity
-        and _could_run(selector, provider, slot)
+        slot for slot in agents if accepts_work(slot) and could_run(selector, provider, slot)
     ]
     if not eligible:
         return None
@@ -115,7 +124,7 @@ def _hint(selector: Selector, provider: str, agents: Sequence[AgentSlot]) -> str
     if matching and not any(provider in s.providers for s in matching):
         offered = sorted({p for s in matching for p in s.providers})
         return f" (agents matching the target offer only: {_clip(', '.join(offered))})"
-    if any(_could_run(selector, provider, s) for s in agents):
+    if any(could_run(selector, provider, s) for s in agents):
         return " (matching agents are draining or have no capacity)"
     return ""
 

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from control_plane.orchestration.matching import AgentSlot, choose_agent
+from control_plane.orchestration.matching import AgentSlot, accepts_work, choose_agent
 from meridian.core.selectors import Selector
 
 
@@ -31,7 +31,7 @@ class Assignment:
 
 
 def has_free_slot(slots: Sequence[AgentSlot]) -> bool:
-    return any(s.in_use < s.capacity and not s.draining for s in slots)
+    return any(accepts_work(s) for s in slots)
 
 
 def plan(

@@ -1,6 +1,7 @@
 """One scheduling pass inside one transaction: assign due attempts (as ``orchestration.planning``
-plans), expire unschedulable ones, and say when the next stored timer (retry delay, schedule
-deadline) falls due."""
+plans), say why the others wait (``orchestration.waiting``, an ``attempt.waiting`` event once
+per attempt and reason), expire unschedulable ones, and say when the next stored timer (retry
+delay, schedule deadline) falls due."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from control_plane.orchestration.matching import AgentSlot, explain_no_match
+from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.planning import ReadyAttempt, has_free_slot, plan
-from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
-from control_plane.store.tx import Tx
+from control_plane.orchestration.waiting import KnownAgent, classify_wait
+from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
+from control_plane.store.tx import Tx, record_event
 from control_plane.usecases.attempts import assign_attempt, fail_unschedulable
+from meridian.core.kinds import EventKind
 from meridian.core.selectors import Selector, parse_selector
 from meridian.core.states import AttemptState
+
+# Waiting reasons explained per pass at most: a burst of thousands of queued attempts is
+# explained over a few passes (the next one is scheduled at once) instead of in one commit.
+MAX_WAITING_EVENTS_PER_PASS = 200
+_ID_CHUNK = 500
+_AGAIN = dt.timedelta(seconds=0.5)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -38,8 +47,13 @@ def scheduling_pass(
     ).all()
     if due and has_free_slot(slots):
         _assign(tx, due, slots, tiebreak)
+    more = _explain_waiting(tx, [a for a in due if a.state == AttemptState.QUEUED], slots)
     _expire(tx, slots)
-    return _next_timer(tx)
+    following = _next_timer(tx)
+    if more:
+        soon = tx.now + _AGAIN
+        following = soon if following is None else min(following, soon)
+    return following
 
 
 def _assign(tx: Tx, due: Sequence[AttemptRow], slots: Sequence[AgentSlot], tiebreak: int) -> None:
@@ -58,6 +72,67 @@ def _assign(tx: Tx, due: Sequence[AttemptRow], slots: Sequence[AgentSlot], tiebr
         assign_attempt(tx, attempt, step, runs[attempt.flow_run_id], agent)
 
 
+def _explain_waiting(tx: Tx, waiting: Sequence[AttemptRow], slots: Sequence[AgentSlot]) -> bool:
+    """Record why each unassigned attempt waits, once per attempt and distinct reason (the
+    event's ``details.reason``); returns whether some were left for the next pass."""
+    if not waiting:
+        return False
+    steps = _by_id(tx, StepRunRow, {a.step_run_id for a in waiting})
+    recorded = _recorded_reasons(tx, waiting)
+    known = _known_agents(tx)
+    written = 0
+    for attempt in waiting:
+        step = steps[attempt.step_run_id]
+        why = classify_wait(cached_selector(step.spec.target), attempt.provider, slots, known)
+        if why.reason.value in recorded.get(attempt.id, ()):
+            continue
+        if written >= MAX_WAITING_EVENTS_PER_PASS:
+            return True
+        record_event(
+            tx,
+            kind=EventKind.ATTEMPT_WAITING,
+            flow_run_id=attempt.flow_run_id,
+            step=step,
+            attempt=attempt,
+            message=why.message,
+            details={"reason": why.reason.value},
+        )
+        tx.effects.touched_runs.add(attempt.flow_run_id)
+        written += 1
+    return False
+
+
+def _recorded_reasons(tx: Tx, attempts: Sequence[AttemptRow]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for start in range(0, len(attempts), _ID_CHUNK):
+        chunk = attempts[start : start + _ID_CHUNK]
+        rows = tx.session.execute(
+            select(EventRow.attempt_id, EventRow.details).where(
+                EventRow.flow_run_id.in_(list({a.flow_run_id for a in chunk})),
+                EventRow.kind == EventKind.ATTEMPT_WAITING.value,
+                EventRow.attempt_id.in_([a.id for a in chunk]),
+            )
+        )
+        for attempt_id, details in rows:
+            reason = (details or {}).get("reason", "")
+            found.setdefault(attempt_id or "", set()).add(str(reason))
+    return found
+
+
+def _known_agents(tx: Tx) -> list[KnownAgent]:
+    return [
+        KnownAgent(
+            agent_id=row.id,
+            name=row.name,
+            environment=row.environment,
+            labels={str(k): str(v) for k, v in (row.labels or {}).items()},
+            providers=frozenset(str(p) for p in row.providers or ()),
+            status=row.status,
+        )
+        for row in tx.session.scalars(select(AgentRow).where(AgentRow.revoked_at.is_(None)))
+    ]
+
+
 def _expire(tx: Tx, slots: Sequence[AgentSlot]) -> None:
     expired = tx.session.scalars(
         select(AttemptRow).where(
@@ -66,14 +141,12 @@ def _expire(tx: Tx, slots: Sequence[AgentSlot]) -> None:
     ).all()
     if not expired:
         return
-    known: dict[str, dict[str, str]] = {}
-    for agent in tx.session.scalars(select(AgentRow)):
-        known.setdefault(agent.environment, dict(agent.labels))
+    known = _known_agents(tx)
     for attempt in expired:
         step = tx.session.get(StepRunRow, attempt.step_run_id)
         assert step is not None
         selector = cached_selector(step.spec.target)
-        explanation = explain_no_match(selector, attempt.provider, slots, known)
+        explanation = classify_wait(selector, attempt.provider, slots, known).message
         waited = step.spec.schedule_timeout_s
         message = f"{explanation} (waited {waited:g}s; raise schedule_timeout to wait longer)"
         fail_unschedulable(tx, attempt, step, message)

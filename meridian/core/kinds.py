@@ -67,6 +67,9 @@ class EventKind(StrEnum):
     ATTEMPT_TIMED_OUT = "attempt.timed_out"
     ATTEMPT_CANCELLED = "attempt.cancelled"
     ATTEMPT_RESOURCE = "attempt.resource"
+    # Why a queued attempt is not assigned yet (details.reason: orchestration.waiting);
+    # written once per attempt and distinct reason.
+    ATTEMPT_WAITING = "attempt.waiting"
     REPORT_REJECTED = "report.rejected"
     REPORT_IGNORED = "report.ignored"
     APPROVAL_REQUESTED = "approval.requested"
