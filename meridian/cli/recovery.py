@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from meridian.cli.common import add_client_options, connect, positive_float
+from meridian.cli.pending import unconfirmed, unconfirmed_lines
 from meridian.cli.render import to_json
 from meridian.cli.run import ProgressPrinter, finish_lines, outcome_to_dict
 
@@ -25,7 +26,8 @@ def register(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         type=positive_float,
         default=0.0,
-        help="wait up to this long until every agent confirmed (the run is CANCELLED)",
+        help="wait up to this long until every agent confirmed (the run is CANCELLED); "
+        "exits 1, naming the attempts and agents, when the wait ends without it",
     )
     add_client_options(cancel)
     cancel.set_defaults(func=cmd_cancel)
@@ -49,14 +51,26 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         while state == "CANCELLING" and time.monotonic() < deadline:
             time.sleep(0.2)
             state = client.get_run(result.flow_run_id).state
-    if state == "CANCELLING":
-        print(
-            f"Run {result.flow_run_id} is CANCELLING: waiting for "
-            f"{result.attempts_to_confirm} attempt(s) to confirm their cleanup"
-        )
-    else:
-        print(f"Run {result.flow_run_id} is {state}")
-    return 0
+        if state != "CANCELLING":
+            print(f"Run {result.flow_run_id} is {state}")
+            return 0
+        detail = client.get_run(result.flow_run_id)
+        held = unconfirmed(detail)
+        statuses = {a.name: a.status for a in client.list_agents()} if held else {}
+    waited = f" after waiting {args.wait:g}s" if args.wait else ""
+    print(
+        f"Run {result.flow_run_id} is still CANCELLING{waited}: "
+        f"{len(held) or result.attempts_to_confirm} attempt(s) have not confirmed their cleanup"
+    )
+    print("\n".join(unconfirmed_lines(held, statuses)))
+    if not args.wait:
+        return 0
+    print(
+        "An agent that is stopped, cut off or stuck confirms when it recovers; one that never "
+        "comes back is declared lost after its lease and the run then ends CANCELLED.",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

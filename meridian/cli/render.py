@@ -347,10 +347,11 @@ def _approval_lines(detail: models.RunDetail) -> list[str]:
     return lines
 
 
-def render_run(detail: models.RunDetail) -> str:
-    """The full audit view of one run as text."""
+def render_run(detail: models.RunDetail, pending: Sequence[str] = ()) -> str:
+    """The full audit view of one run as text; ``pending``: what the run waits for, shown
+    right under the header."""
     summary = summarize(detail)
-    lines = _header_lines(detail)
+    lines = _header_lines(detail) + list(pending)
     lines += ["", "Timeline (times UTC)"]
     rows = _timeline_rows(detail)
     lines.append(table(TIMELINE_HEADERS, rows) if rows else "  (no steps)")

@@ -8,8 +8,14 @@ reports it (one line per event), then the final state and where to find the audi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from meridian import models
@@ -69,9 +75,12 @@ def format_update(update: models.RunUpdate) -> str:
     if update.run_state:
         what, detail = "run.finished", f"{update.run_state} {detail}".strip()
     line = f"{format_clock(update.at)}  {(update.step_key or '-'):<20} {what:<18}"
-    return f"{line} {truncate(mask_sealed(detail), 100)}".rstrip()
+    width = WAITING_WIDTH if update.kind == "attempt.waiting" else 100
+    return f"{line} {truncate(mask_sealed(detail), width)}".rstrip()
 
 
+# Why a step waits is the whole point of its line: show more of it.
+WAITING_WIDTH = 400
 # Always directly follows "attempt.running" for the same step: a line that says nothing new.
 HIDDEN_KINDS = frozenset({"step.running"})
 
@@ -111,6 +120,46 @@ class ProgressPrinter:
         print("\n".join(lines), file=self._stream or sys.stdout, flush=True)
 
 
+class _Interrupts:
+    """Counts SIGINT/SIGTERM while a flow runs: the first two become ``KeyboardInterrupt`` in
+    the body (cancel the run; then give up waiting for the confirmation), a third exits."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = signal.SIGINT.value
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.last = signum
+        if self.count == 1:
+            _say("\ninterrupted: cancelling the run; interrupt again to exit now and leave it "
+                 "resumable\n")  # fmt: skip
+        elif self.count > 2:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+
+def _say(text: str) -> None:
+    # os.write, not print: a signal handler may run while the main thread is printing.
+    with contextlib.suppress(OSError):
+        os.write(sys.stderr.fileno(), text.encode())
+
+
+@contextlib.contextmanager
+def interrupts_cancel() -> Iterator[_Interrupts]:
+    """SIGTERM acts like Ctrl-C while the flow runs (both cancel the run); restored after."""
+    handler = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield handler
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def finish_lines(outcome: RunOutcome) -> list[str]:
     """The closing lines after a run: state, error (if any) and the audit hint."""
     lines = [f"Run {outcome.flow_run_id} finished: {outcome.state}"]
@@ -130,15 +179,43 @@ def outcome_to_dict(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
+def interrupted_lines(run_id: str, state: str, *, abandoned: bool) -> list[str]:
+    """What to say after Ctrl-C or SIGTERM: what became of the run, and how to resume it."""
+    resume = f"  Resume it with: meridian runs resume {run_id}"
+    if abandoned:
+        return [
+            f"Interrupted again: left run {run_id} as it is. Once its runner lease lapses it is "
+            "CRASHED (or CANCELLED once its agents confirm the cancel).",
+            resume,
+        ]
+    if state == "CANCELLED":
+        return [f"Interrupted: run {run_id} is CANCELLED (its agents stopped its steps).", resume]
+    return [
+        f"Interrupted: run {run_id} is {state or 'being cancelled'}: not every agent has "
+        f"confirmed yet (see meridian runs show {run_id}).",
+        f"  Once it is CANCELLED, resume it with: meridian runs resume {run_id}",
+    ]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from meridian.sdk.runner import run_flow
+    from meridian.sdk.runner import RunInterrupted, run_flow
 
     entrypoint = check_entrypoint(args.entrypoint)
     params = parse_params(args.param)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     progress_stream = sys.stderr if args.json else sys.stdout
-    with connect(args) as client:
-        outcome = run_flow(client, entrypoint, params, on_update=ProgressPrinter(progress_stream))
+    try:
+        with connect(args) as client, interrupts_cancel() as signals:
+            outcome = run_flow(
+                client, entrypoint, params, on_update=ProgressPrinter(progress_stream)
+            )
+    except RunInterrupted as exc:
+        lines = interrupted_lines(exc.run_id, exc.state, abandoned=exc.abandoned)
+        print("\n".join(lines), file=progress_stream, flush=True)
+        if args.json:
+            document = {"flow_run_id": exc.run_id, "state": exc.state, "interrupted": True}
+            print(to_json(document))
+        return 128 + signals.last
     if args.json:
         print(to_json(outcome_to_dict(outcome)))
     else:

@@ -15,6 +15,7 @@ from typing import Any
 from meridian import models
 from meridian.cli import approvals, recovery
 from meridian.cli.common import add_client_options, connect, positive_int
+from meridian.cli.pending import pending_lines, pending_to_dict
 from meridian.cli.render import (
     format_clock,
     format_datetime,
@@ -116,7 +117,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with connect(args) as client:
         detail = client.get_run(args.run)
-    print(to_json(run_to_dict(detail)) if args.json else render_run(detail))
+    if args.json:
+        print(to_json({**run_to_dict(detail), **pending_to_dict(detail)}))
+    else:
+        print(render_run(detail, pending_lines(detail)))
     return 0
 
 

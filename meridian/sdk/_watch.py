@@ -80,6 +80,13 @@ class RunWatcher:
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
 
+    def abandon(self) -> None:
+        """Close the stream without waiting for the thread (the process is about to exit)."""
+        self._stopping.set()
+        cancel = getattr(self._stream, "cancel", None)
+        if cancel is not None:
+            cancel()
+
     def _run(self) -> None:
         backoff = self._initial_backoff_s
         failing_since: float | None = None

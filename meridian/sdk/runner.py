@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from meridian import models
 from meridian.client import BundleLike
@@ -48,6 +48,9 @@ FINAL_UPDATE_WAIT_S = 5.0
 # for longer than the lease marks its run CRASHED.
 RUNNER_LEASE_S = float(os.environ.get("MERIDIAN_RUNNER_LEASE_S", "20"))
 RUNNER_LEASE_RENEW_S = RUNNER_LEASE_S / 4
+# After Ctrl-C: how long to wait for the agents to confirm the run's cancellation.
+CANCEL_CONFIRM_WAIT_S = float(os.environ.get("MERIDIAN_CANCEL_WAIT_S", "30"))
+CANCEL_REASON = "the flow runner was interrupted (Ctrl-C or SIGTERM)"
 
 
 class RunnerClient(Protocol):
@@ -146,7 +149,12 @@ def run_flow(
         on_update=on_update,
         seal=loaded.flow.seal,
         keys=keys,
+        canceller=_canceller(client),
     )
+
+
+def _canceller(client: Any) -> Canceller | None:
+    return client if callable(getattr(client, "cancel_run", None)) else None
 
 
 def _flow_keys(seal: str | None) -> KeyRing | None:
@@ -174,10 +182,17 @@ def execute_body(
     watch_after_event_id: int = 0,
     seal: str | None = None,
     keys: KeyRing | None = None,
+    canceller: Canceller | None = None,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
     report the body's outcome. ``seal`` is the flow's key group; ``keys`` default to
-    ``MERIDIAN_SEAL_KEYS``."""
+    ``MERIDIAN_SEAL_KEYS``.
+
+    A ``KeyboardInterrupt`` in the body cancels the run (with ``canceller``, the person's
+    client: a runner token may not cancel) and waits, bounded, until its agents confirm; then
+    :class:`RunInterrupted` is raised. A second ``KeyboardInterrupt`` during that wait gives
+    up at once: :class:`RunInterrupted` with ``abandoned`` set, the run left resumable.
+    """
     context = FlowContext(run_id, client, keys=keys, seal=seal)
     watcher = RunWatcher(client, context, on_update, after_event_id=watch_after_event_id)
     watcher.start()
@@ -187,7 +202,12 @@ def execute_body(
     try:
         with activate(context):
             succeeded, result, error, shared = _run_body(fn, params)
-    except BaseException as exc:  # Ctrl-C or SystemExit: report, then let it propagate
+    except BaseException as exc:  # Ctrl-C or SystemExit
+        stopper = canceller or _canceller(client)
+        if isinstance(exc, KeyboardInterrupt) and stopper is not None:
+            # Ctrl-C (or SIGTERM, as meridian run maps it): cancel the run, don't fail it.
+            _cancel_interrupted(stopper, run_id, watcher, lease)
+        # Otherwise report, then let it propagate.
         succeeded, result = False, None
         error, shared = error_info(exc, "cancelled"), error_info(exc, "cancelled", shared=True)
         interrupted = exc
@@ -203,6 +223,46 @@ def execute_body(
     if interrupted is not None:
         raise interrupted
     return RunOutcome(run_id, state, result if succeeded else None, error)
+
+
+class Canceller(Protocol):
+    def cancel_run(self, run_id_or_prefix: str, reason: str = "") -> models.CancelResult: ...
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The flow runner was interrupted: the run was cancelled (``state`` CANCELLED once every
+    agent confirmed, else still CANCELLING), or left as it was (``abandoned``: a second
+    interrupt; the run's lease lapses and it becomes resumable)."""
+
+    def __init__(self, run_id: str, state: str, *, abandoned: bool = False) -> None:
+        super().__init__(f"run {run_id} interrupted ({state or 'state unknown'})")
+        self.run_id = run_id
+        self.state = state
+        self.abandoned = abandoned
+
+
+def _cancel_interrupted(
+    client: Canceller, run_id: str, watcher: RunWatcher, lease: RunnerLease
+) -> NoReturn:
+    """Cancel the run after an interrupt and wait for its agents' confirmation (the watch
+    stream ends with the run's final state); a second interrupt gives up at once."""
+    try:
+        try:
+            state = client.cancel_run(run_id, CANCEL_REASON).state
+        except ConflictError:  # the run ended already (e.g. finished just now)
+            state = ""
+        if state != "CANCELLED" and watcher.join(CANCEL_CONFIRM_WAIT_S):
+            state = watcher.run_state or state
+    except KeyboardInterrupt:
+        lease.abandon()
+        watcher.abandon()
+        raise RunInterrupted(run_id, "", abandoned=True) from None
+    except MeridianError as exc:
+        log.warning("could not cancel run %s after the interrupt: %s", run_id, exc)
+        state = watcher.run_state
+    lease.stop()
+    watcher.stop()
+    raise RunInterrupted(run_id, state or watcher.run_state)
 
 
 class RunnerLease:
@@ -238,6 +298,10 @@ class RunnerLease:
         self._stopping.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(2.0)
+
+    def abandon(self) -> None:
+        """Stop renewing without waiting: the lease lapses and the run becomes CRASHED."""
+        self._stopping.set()
 
     def _run(self) -> None:
         # Renew at once: until then the run holds the control plane's initial lease (60 s),
@@ -297,6 +361,7 @@ def _execute_stored(
         on_update=on_update,
         watch_after_event_id=watch_after_event_id,
         seal=loaded.flow.seal,
+        canceller=_canceller(client),
     )
 
 
