@@ -31,6 +31,12 @@ class ServerConfig:
     # Longest a unary or upload call may run on the server (control_plane/api/budgets.py).
     call_budget_s: float = 60.0
     server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    # The web console and /metrics over HTTPS (same certificate); off unless given.
+    http_listen: str | None = None
+    # Serve /metrics without a token (for a scraper on a trusted network).
+    metrics_public: bool = False
+    # OTLP/HTTP endpoint traces of finished runs go to (extra "otel"); off unless given.
+    otlp_endpoint: str | None = None
 
     @property
     def database_url(self) -> str:

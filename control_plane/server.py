@@ -1,9 +1,9 @@
 """The control plane process: TLS gRPC server, store, dispatcher, with one lifecycle.
 
-Shutdown order (docs/architecture.md, "Conventions"): stop accepting (health NOT_SERVING) ->
-stop the dispatcher so no new work is pushed -> close agent streams (agents keep running their
-steps and reconnect later) -> stop the gRPC server with a grace period for in-flight calls ->
-close the store.
+Shutdown order (docs/architecture.md, "Conventions"): stop accepting (health NOT_SERVING, the
+web console) -> stop the dispatcher so no new work is pushed (then the telemetry observer counts
+what is left) -> close agent streams (agents keep running their steps and reconnect later) ->
+stop the gRPC server with a grace period for in-flight calls -> close the store.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,15 +22,22 @@ from grpc_reflection.v1alpha import reflection
 from control_plane.api.agent_service import AgentService
 from control_plane.api.authz import ApiTokenAuth
 from control_plane.api.budgets import CallBudgets
-from control_plane.api.control_service import ControlService
+from control_plane.api.control_service import SERVER_VERSION, ControlService
 from control_plane.api.decoding import RejectUndecodable
 from control_plane.api.services import RunNotifier, Services
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
+from control_plane.orchestration.values import Effects
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry, CloseOut
 from control_plane.store.db import Store
+from control_plane.telemetry.metrics import Metrics
+from control_plane.telemetry.observer import RunObserver
+from control_plane.telemetry.tracing import RunTraceExporter
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
+
+if TYPE_CHECKING:
+    from control_plane.web.listener import WebListener
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -48,6 +56,10 @@ class ControlPlane:
         self._services: Services | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopped = False
+        self.http_address = ""
+        self.metrics = Metrics(SERVER_VERSION)
+        self._observer: RunObserver | None = None
+        self._web: WebListener | None = None
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -89,6 +101,10 @@ class ControlPlane:
         )
         await self._server.start()
         self._services.dispatcher.start()
+        if self._observer is not None:
+            self._observer.start()
+        if self.config.http_listen:
+            await self._start_web(cert_path, key_path)
         for name in (*SERVICE_NAMES, ""):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -114,8 +130,42 @@ class ControlPlane:
             agent_lost_after_s=self.config.agent_lost_after_s,
             runner_grace_s=self.config.runner_grace_s,
         )
-        store.after_commit(dispatcher.apply)  # every committed use case's effects
+        store.commit_timer = self.metrics.observe_commit
+        if self.config.http_listen or self.config.otlp_endpoint:
+            exporter = (
+                RunTraceExporter(self.config.otlp_endpoint) if self.config.otlp_endpoint else None
+            )
+            observer = RunObserver(store, self.metrics, exporter)
+            self._observer = observer
+
+            def apply(effects: Effects) -> None:
+                dispatcher.apply(effects)
+                observer.on_effects(effects)  # after the dispatcher, and never before it
+
+            store.after_commit(apply)
+        else:
+            store.after_commit(dispatcher.apply)  # every committed use case's effects
         return Services(self.config, store, ca, registry, dispatcher, notifier)
+
+    async def _start_web(self, cert_path: Path, key_path: Path) -> None:
+        from control_plane.web.guard import Console
+        from control_plane.web.listener import WebListener
+        from control_plane.web.sessions import SessionTable
+
+        assert self._services is not None and self.config.http_listen
+        console = Console(
+            store=self._services.store,
+            registry=self._services.registry,
+            metrics=self.metrics,
+            sessions=SessionTable(),
+            # The dispatcher gives no new work to an agent silent this long: shown as stale.
+            max_silence_s=3 * self.config.heartbeat_interval_s,
+            metrics_public=self.config.metrics_public,
+        )
+        self._web = WebListener(console, self.config.http_listen, cert_path, key_path)
+        await self._web.start()
+        self.http_address = self._web.address
+        log.info("web console and /metrics on https://%s", self.http_address)
 
     def _build_server(self) -> grpc.aio.Server:
         assert self._services is not None
@@ -156,7 +206,11 @@ class ControlPlane:
             return
         self._stopped = True
         await self._health.enter_graceful_shutdown()
+        if self._web is not None:
+            await self._web.shutdown()
         await self._services.dispatcher.stop()
+        if self._observer is not None:
+            await self._observer.stop()
         # Agent streams never end on their own: close them so stop() need not wait out grace.
         for session in self._services.registry.sessions():
             session.send(CloseOut("the control plane is shutting down"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,6 +82,8 @@ class Store:
         self.url = url
         self.clock = clock
         self._apply_effects: Callable[[Effects], None] = _drop_effects
+        # Told how long each transaction took (use case and commit), on the store's thread.
+        self.commit_timer: Callable[[float], None] | None = None
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -119,9 +122,12 @@ class Store:
         self._apply_effects(effects)
 
     def _transact(self, usecase: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, Effects]:
+        started = time.perf_counter()
         with self._sessions() as session, session.begin():
             tx = Tx(session, now=self.clock(), actor=current_actor())
             result = usecase(tx, *args, **kwargs)
+        if self.commit_timer is not None:
+            self.commit_timer(time.perf_counter() - started)
         return result, tx.effects
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:

@@ -32,10 +32,23 @@ def build_parser() -> ArgumentParser:
         description="Run Python workflows across clouds and sites; audit them in one place.",
     )
     parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(commands, [debug_parent])
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meridian-orchestrator")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _describe(exc: BaseException, args: argparse.Namespace | None) -> tuple[str, int]:

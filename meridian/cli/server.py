@@ -11,12 +11,14 @@ from meridian.cli.common import (
     DEFAULT_SERVER_DIR,
     ENV_CA_FILE,
     ENV_CONTROL_PLANE,
+    UsageError,
     expand_path,
     logging_to,
     parse_address,
     positive_float,
     wait_for_stop,
 )
+from meridian.core.logfmt import FORMATS, use_format
 
 if TYPE_CHECKING:
     from control_plane.config import ServerConfig
@@ -95,6 +97,29 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="lifetime of agent certificates; agents rotate them over their stream after two "
         "thirds of it (default 24)",
     )
+    start.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve the web console and /metrics over HTTPS here (same certificate and API "
+        "tokens as the gRPC API; off unless given)",
+    )
+    start.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /metrics without a token (a scraper on a trusted network)",
+    )
+    start.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="export a trace per finished run to this OTLP/HTTP endpoint, e.g. "
+        "http://collector:4318 (needs the 'otel' extra)",
+    )
+    start.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per log line",
+    )
     start.set_defaults(func=cmd_start)
 
 
@@ -115,7 +140,9 @@ def certificate_hours(text: str) -> float:
     return hours
 
 
-def usage_banner(address: str, agent_address: str, ca_file: Path, data_dir: Path) -> list[str]:
+def usage_banner(
+    address: str, agent_address: str, ca_file: Path, data_dir: Path, http_address: str = ""
+) -> list[str]:
     """What to type next, printed once the server listens."""
     listening = address
     host, _, port = address.rpartition(":")
@@ -125,6 +152,11 @@ def usage_banner(address: str, agent_address: str, ca_file: Path, data_dir: Path
     return [
         f"Meridian control plane listening on {listening} (agents: {agent_address})",
         f"CA certificate: {ca_file}",
+        *(
+            [f"Web console and /metrics: https://{http_address}/ (log in with an API token)"]
+            if http_address
+            else []
+        ),
         "",
         "Issue an API token (on this host) and point the CLI at the control plane:",
         f"  meridian api-tokens create --data-dir {data_dir} --role admin --name me",
@@ -147,7 +179,9 @@ async def serve(config: ServerConfig, grace: float) -> None:
     await plane.start()
     terminated = asyncio.ensure_future(plane.wait_for_termination())
     try:
-        banner = usage_banner(plane.address, plane.agent_address, plane.ca_file, config.data_dir)
+        banner = usage_banner(
+            plane.address, plane.agent_address, plane.ca_file, config.data_dir, plane.http_address
+        )
         print("\n".join(banner), flush=True)
         if await wait_for_stop(terminated) == "signal":
             print("Shutting down...", flush=True)
@@ -164,6 +198,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     advertise = args.advertise_agent_address
     if advertise:
         parse_address(advertise)
+    http_listen = (
+        parse_address(args.http_listen, allow_port_zero=True) if args.http_listen else None
+    )
+    if args.otlp_endpoint:
+        from control_plane.telemetry.tracing import traces_url
+
+        try:
+            traces_url(args.otlp_endpoint)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     from control_plane.config import ServerConfig
 
     data_dir = expand_path(args.data_dir)
@@ -178,8 +222,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         runner_grace_s=args.runner_grace,
         agent_certificate_hours=args.agent_certificate_hours,
         server_names=(*args.server_name, *ServerConfig.server_names),
+        http_listen=http_listen,
+        metrics_public=args.metrics_public,
+        otlp_endpoint=args.otlp_endpoint or None,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):
+        use_format(args.log_format)
         asyncio.run(serve(config, args.shutdown_grace))
     return 0
