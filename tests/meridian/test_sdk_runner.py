@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import itertools
 import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meridian.client import ControlClient
-from meridian.models import RunUpdate
-from meridian.sdk.runner import run_flow
+from meridian.models import CancelResult, RunUpdate
+from meridian.sdk import runner as runner_module
+from meridian.sdk.runner import RunInterrupted, execute_body, run_flow
 from tests.meridian.test_client import FakeServer
+from tests.support.deadlines import DEADLINE_S
 
 FLOWS = """
 import time
@@ -171,3 +176,88 @@ def test_bad_parameters_fail_before_a_run_exists(
     with pytest.raises(ValidationError, match="parameter 'n'"):
         run_flow(client, f"{flows_file}:sequential", {"n": "many"})
     assert fake_server.fake.runs == {}
+
+
+class _InterruptedClient:
+    """A runner client for an interrupted body: the watch stream ends with the run's final
+    state once the cancel was asked for (unless the agents never confirm)."""
+
+    def __init__(self, *, confirms: bool = True, second_interrupt: bool = False) -> None:
+        self.cancelled = threading.Event()
+        self.stopped = threading.Event()
+        self.confirms = confirms
+        self.second_interrupt = second_interrupt
+        self.finished: list[bool] = []
+        self.reasons: list[str] = []
+
+    def watch_run(self, flow_run_id: str, after_event_id: int = 0) -> _Stream:
+        return _Stream(self)
+
+    def updates(self) -> Iterator[RunUpdate]:
+        self.cancelled.wait(DEADLINE_S)
+        if not self.confirms:
+            self.stopped.wait(DEADLINE_S)
+            return
+        yield RunUpdate(event_id=1, at=None, kind="run.cancelled", run_state="CANCELLED")
+
+    def renew_runner_lease(self, flow_run_id: str, lease_s: float) -> str:
+        return "RUNNING"
+
+    def finish_run(self, flow_run_id: str, succeeded: bool, *args: Any) -> str:
+        self.finished.append(succeeded)
+        return "FAILED"
+
+    def cancel_run(self, run_id_or_prefix: str, reason: str = "") -> CancelResult:
+        self.reasons.append(reason)
+        if self.second_interrupt:
+            raise KeyboardInterrupt
+        self.cancelled.set()
+        return CancelResult(run_id_or_prefix, "CANCELLING", 1)
+
+
+class _Stream:
+    """A watch stream the runner can cancel, like a gRPC one."""
+
+    def __init__(self, fake: _InterruptedClient) -> None:
+        self._fake = fake
+
+    def __iter__(self) -> Iterator[RunUpdate]:
+        return self._fake.updates()
+
+    def cancel(self) -> None:
+        self._fake.stopped.set()
+
+
+def _interrupted_body() -> None:
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_cancels_the_run_instead_of_failing_it() -> None:
+    fake = _InterruptedClient()
+    with pytest.raises(RunInterrupted) as raised:
+        execute_body(fake, "run-1", _interrupted_body, {}, canceller=fake)  # type: ignore[arg-type]
+    assert raised.value.state == "CANCELLED" and not raised.value.abandoned
+    assert fake.finished == []  # never reported as a failure
+    assert fake.reasons and "interrupted" in fake.reasons[0]
+
+
+def test_a_second_interrupt_gives_up_at_once_and_leaves_the_run() -> None:
+    fake = _InterruptedClient(second_interrupt=True)
+    with pytest.raises(RunInterrupted) as raised:
+        execute_body(fake, "run-1", _interrupted_body, {}, canceller=fake)  # type: ignore[arg-type]
+    assert raised.value.abandoned and raised.value.run_id == "run-1"
+    assert fake.finished == []
+    fake.cancelled.set()
+
+
+def test_an_unconfirmed_cancel_is_reported_as_still_cancelling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner_module, "CANCEL_CONFIRM_WAIT_S", 0.2)
+    fake = _InterruptedClient(confirms=False)
+    try:
+        with pytest.raises(RunInterrupted) as raised:
+            execute_body(fake, "run-1", _interrupted_body, {}, canceller=fake)  # type: ignore[arg-type]
+        assert raised.value.state == "CANCELLING"
+    finally:
+        fake.stopped.set()
