@@ -31,12 +31,11 @@ from control_plane.orchestration.values import Effects
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry, CloseOut
 from control_plane.store.db import Store
-from control_plane.telemetry.metrics import Metrics
-from control_plane.telemetry.observer import RunObserver
-from control_plane.telemetry.tracing import RunTraceExporter
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
 
 if TYPE_CHECKING:
+    from control_plane.telemetry.metrics import Metrics
+    from control_plane.telemetry.observer import RunObserver
     from control_plane.web.listener import WebListener
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,8 @@ class ControlPlane:
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._stopped = False
         self.http_address = ""
-        self.metrics = Metrics(SERVER_VERSION)
+        # Telemetry (extras "web"/"otel") is loaded only when a listener or exporter needs it.
+        self.metrics: Metrics | None = None
         self._observer: RunObserver | None = None
         self._web: WebListener | None = None
 
@@ -130,8 +130,13 @@ class ControlPlane:
             agent_lost_after_s=self.config.agent_lost_after_s,
             runner_grace_s=self.config.runner_grace_s,
         )
-        store.commit_timer = self.metrics.observe_commit
         if self.config.http_listen or self.config.otlp_endpoint:
+            from control_plane.telemetry.metrics import Metrics
+            from control_plane.telemetry.observer import RunObserver
+            from control_plane.telemetry.tracing import RunTraceExporter
+
+            self.metrics = Metrics(SERVER_VERSION)
+            store.commit_timer = self.metrics.observe_commit
             exporter = (
                 RunTraceExporter(self.config.otlp_endpoint) if self.config.otlp_endpoint else None
             )
@@ -153,6 +158,7 @@ class ControlPlane:
         from control_plane.web.sessions import SessionTable
 
         assert self._services is not None and self.config.http_listen
+        assert self.metrics is not None
         console = Console(
             store=self._services.store,
             registry=self._services.registry,

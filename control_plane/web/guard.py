@@ -47,7 +47,7 @@ SECURITY_HEADERS = (
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make Origin "null"
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"strict-transport-security", b"max-age=31536000"),
     (b"cache-control", b"no-store"),

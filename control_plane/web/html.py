@@ -112,7 +112,7 @@ def layout(title: str, body: Markup, *, who: str = "", csrf: str = "", active: s
     header = tag(
         "header", tag("a", "Meridian", href="/runs", class_="brand"), tag("nav", nav), logout
     )
-    return "<!doctype html>" + tag(
+    return Markup("<!doctype html>") + tag(
         "html",
         tag(
             "head",

@@ -37,6 +37,7 @@ from control_plane.web.html import (
 from control_plane.web.roles import Action, allowed
 from control_plane.web.sessions import Session
 from meridian.core.errors import NotFound, PermissionDenied, ValidationError
+from meridian.core.kinds import ApprovalState
 from meridian.core.states import TERMINAL_RUN, RunState
 
 RUN_ID = re.compile(r"^[0-9a-f-]{4,36}$")
@@ -245,7 +246,7 @@ def _approvals(view: queries.RunView, session: Session) -> Markup:
     rows = []
     for a in view.approvals:
         decide: Markup = Markup("")
-        if can_decide and a.state == "PENDING":
+        if can_decide and a.state == ApprovalState.PENDING:
             key = tag("input", type="hidden", name="key", value=a.key)
             decide = join(
                 [

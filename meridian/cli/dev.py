@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import meridian
-from meridian.cli.common import CliError, expand_path, logging_to
+from meridian.cli.common import CliError, expand_path, logging_to, parse_address
 from meridian.cli.render import render_run
 from meridian.cli.run import ProgressPrinter
 
@@ -68,6 +68,17 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     dev.add_argument("--data-dir", metavar="DIR", help="keep state here (default: a temp dir)")
     dev.add_argument("--keep", action="store_true", help="do not delete the temp dir at the end")
+    dev.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:0",
+        help="where the web console listens (default: a free port on 127.0.0.1)",
+    )
+    dev.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the run, keep the control plane, agents and console up until Ctrl-C",
+    )
     dev.set_defaults(func=cmd_dev)
 
 
@@ -134,8 +145,11 @@ async def _construct(factory: Callable[[C], T], config: C) -> T:
 class DemoEstate:
     """The control plane and the three demo agents, run on a BackgroundLoop."""
 
-    def __init__(self, root: Path, background: BackgroundLoop) -> None:
+    def __init__(
+        self, root: Path, background: BackgroundLoop, http_listen: str = "127.0.0.1:0"
+    ) -> None:
         self.root = root
+        self.http_listen = http_listen
         self._bg = background
         self._plane: ControlPlane | None = None
         self._agents: list[tuple[DemoSite, Agent, Future[None]]] = []
@@ -160,7 +174,10 @@ class DemoEstate:
         from control_plane.server import ControlPlane
 
         config = ServerConfig(
-            data_dir=self.root / "server", listen="127.0.0.1:0", agent_listen="127.0.0.1:0"
+            data_dir=self.root / "server",
+            listen="127.0.0.1:0",
+            agent_listen="127.0.0.1:0",
+            http_listen=self.http_listen,
         )
         plane = self._bg.call(_construct(ControlPlane, config))
         self._plane = plane
@@ -268,7 +285,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_demo(estate: DemoEstate, example: Path) -> int:
+def _run_demo(estate: DemoEstate, example: Path, serve: bool = False) -> int:
     from meridian.client import ControlClient
     from meridian.sdk.runner import run_flow
 
@@ -280,6 +297,7 @@ def _run_demo(estate: DemoEstate, example: Path) -> int:
 
     # The demo acts as an operator: every client call carries an API token, as in production.
     token = create_api_token(estate.root / "server", "operator", name="meridian dev")
+    _announce_console(estate, token)
     with ControlClient(estate.address, estate.ca_file, token=token) as client:
         took = estate.wait_until_connected(client)
         sites = ", ".join(f"{s.environment} [{_labels(s)}]" for s in SITES)
@@ -289,7 +307,23 @@ def _run_demo(estate: DemoEstate, example: Path) -> int:
         detail = client.get_run(outcome.flow_run_id)
     print(f"\nRun {outcome.flow_run_id} finished: {outcome.state}\n")
     print(render_run(detail))
+    if serve:
+        print(f"\nconsole: https://{estate.plane.http_address}/ — press Ctrl-C to stop", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
     return 0 if outcome.state == "COMPLETED" else 1
+
+
+def _announce_console(estate: DemoEstate, token: str) -> None:
+    """Where the web console is, and the token to log in with (in a file, not on screen)."""
+    token_file = estate.root / "console-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n", encoding="utf-8")
+    print(
+        f"web console: https://{estate.plane.http_address}/runs (self-signed CA "
+        f"{estate.ca_file}; log in with the operator token in {token_file})",
+        flush=True,
+    )
 
 
 def _labels(site: DemoSite) -> str:
@@ -315,6 +349,7 @@ def _tidy(root: Path, *, remove: bool) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    args.http_listen = parse_address(args.http_listen, allow_port_zero=True)
     example = find_example()
     temporary = args.data_dir is None
     root = (
@@ -327,10 +362,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         with logging_to(log_file, debug=args.debug):
             background = BackgroundLoop()
-            estate = DemoEstate(root, background)
+            estate = DemoEstate(root, background, args.http_listen)
             try:
                 with _sigterm_as_interrupt():
-                    code = _run_demo(estate, example)
+                    code = _run_demo(estate, example, args.serve)
             finally:
                 _stop(estate, background)
     finally:
