@@ -72,9 +72,9 @@ def classify_wait(
     ``connected``: the slots the scheduler planned with (agents heard from recently);
     ``known``: every enrolled agent that is not revoked, connected or not.
     """
-    capable = [s for s in connected if could_run(selector, provider, s)]
-    if capable:
-        return _busy(capable, selector, provider)
+    busy = classify_busy(selector, provider, connected)
+    if busy is not None:
+        return busy
     live = {s.agent_id for s in connected}
     offline = [
         a for a in known if a.agent_id not in live and _known_could_run(selector, provider, a)
@@ -104,7 +104,17 @@ def classify_wait(
     return _waiting(WaitReason.NO_MATCH, f"{explanation}{hint}")
 
 
-def _busy(capable: Sequence[AgentSlot], selector: Selector, provider: str) -> Waiting:
+def classify_busy(
+    selector: Selector, provider: str, connected: Sequence[AgentSlot]
+) -> Waiting | None:
+    """``full`` / ``degraded`` / ``draining`` when a connected agent could run the step, else
+    None. Needs only the scheduler's slots: the common case (a fan-out waiting for free slots)
+    is answered without reading the stored agents."""
+    capable = [s for s in connected if could_run(selector, provider, s)]
+    return _busy(capable) if capable else None
+
+
+def _busy(capable: Sequence[AgentSlot]) -> Waiting:
     usable = [s for s in capable if not s.draining and not is_degraded(s)]
     if usable:
         used = ", ".join(f"{_clip(s.name)} {s.in_use}/{s.capacity}" for s in usable[:_MAX_NAMES])

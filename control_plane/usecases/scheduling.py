@@ -1,7 +1,7 @@
 """One scheduling pass inside one transaction: assign due attempts (as ``orchestration.planning``
 plans), say why the others wait (``orchestration.waiting``, an ``attempt.waiting`` event once
-per attempt and reason), expire unschedulable ones, and say when the next stored timer (retry
-delay, schedule deadline) falls due."""
+per run, target, provider and reason), expire unschedulable ones, and say when the next stored
+timer (retry delay, schedule deadline) falls due."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.planning import ReadyAttempt, has_free_slot, plan
-from control_plane.orchestration.waiting import KnownAgent, classify_wait
+from control_plane.orchestration.waiting import KnownAgent, classify_busy, classify_wait
 from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, record_event
 from control_plane.usecases.attempts import assign_attempt, fail_unschedulable
@@ -73,49 +73,67 @@ def _assign(tx: Tx, due: Sequence[AttemptRow], slots: Sequence[AgentSlot], tiebr
 
 
 def _explain_waiting(tx: Tx, waiting: Sequence[AttemptRow], slots: Sequence[AgentSlot]) -> bool:
-    """Record why each unassigned attempt waits, once per attempt and distinct reason (the
-    event's ``details.reason``); returns whether some were left for the next pass."""
+    """Record why unassigned attempts wait: one ``attempt.waiting`` event per run, target,
+    provider and distinct reason (on the oldest such attempt), so a fan-out of thousands
+    waiting for free slots writes one event, not thousands. Returns whether some groups were
+    left for the next pass."""
     if not waiting:
         return False
     steps = _by_id(tx, StepRunRow, {a.step_run_id for a in waiting})
-    recorded = _recorded_reasons(tx, waiting)
-    known = _known_agents(tx)
-    written = 0
+    groups: dict[tuple[str, str, str], list[AttemptRow]] = {}
     for attempt in waiting:
-        step = steps[attempt.step_run_id]
-        why = classify_wait(cached_selector(step.spec.target), attempt.provider, slots, known)
-        if why.reason.value in recorded.get(attempt.id, ()):
+        target = steps[attempt.step_run_id].spec.target
+        groups.setdefault((attempt.flow_run_id, target, attempt.provider), []).append(attempt)
+    recorded = _recorded_reasons(tx, {run_id for run_id, _, _ in groups})
+    known: list[KnownAgent] | None = None
+    written = 0
+    for (run_id, target, provider), attempts in groups.items():
+        selector = cached_selector(target)
+        why = classify_busy(selector, provider, slots)
+        if why is None:
+            known = _known_agents(tx) if known is None else known
+            why = classify_wait(selector, provider, slots, known)
+        if (run_id, target, provider, why.reason.value) in recorded:
             continue
         if written >= MAX_WAITING_EVENTS_PER_PASS:
             return True
+        first = attempts[0]
+        count = f" ({len(attempts)} queued attempts of this target)" if len(attempts) > 1 else ""
         record_event(
             tx,
             kind=EventKind.ATTEMPT_WAITING,
-            flow_run_id=attempt.flow_run_id,
-            step=step,
-            attempt=attempt,
-            message=why.message,
-            details={"reason": why.reason.value},
+            flow_run_id=run_id,
+            step=steps[first.step_run_id],
+            attempt=first,
+            message=f"{why.message}{count}",
+            details={
+                "reason": why.reason.value,
+                "target": target,
+                "provider": provider,
+                "attempts": len(attempts),
+            },
         )
-        tx.effects.touched_runs.add(attempt.flow_run_id)
+        tx.effects.touched_runs.add(run_id)
         written += 1
     return False
 
 
-def _recorded_reasons(tx: Tx, attempts: Sequence[AttemptRow]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for start in range(0, len(attempts), _ID_CHUNK):
-        chunk = attempts[start : start + _ID_CHUNK]
+def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str]]:
+    """(run, target, provider, reason) of the waiting events already written: a handful per
+    run, so reading them all is cheap."""
+    found: set[tuple[str, str, str, str]] = set()
+    ids = sorted(run_ids)
+    for start in range(0, len(ids), _ID_CHUNK):
         rows = tx.session.execute(
-            select(EventRow.attempt_id, EventRow.details).where(
-                EventRow.flow_run_id.in_(list({a.flow_run_id for a in chunk})),
+            select(EventRow.flow_run_id, EventRow.details).where(
+                EventRow.flow_run_id.in_(ids[start : start + _ID_CHUNK]),
                 EventRow.kind == EventKind.ATTEMPT_WAITING.value,
-                EventRow.attempt_id.in_([a.id for a in chunk]),
             )
         )
-        for attempt_id, details in rows:
-            reason = (details or {}).get("reason", "")
-            found.setdefault(attempt_id or "", set()).add(str(reason))
+        for run_id, details in rows:
+            d = details or {}
+            key = (run_id or "", str(d.get("target", "")), str(d.get("provider", "")))
+            found.add((*key, str(d.get("reason", ""))))
     return found
 
 

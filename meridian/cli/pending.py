@@ -33,13 +33,24 @@ class Unconfirmed:
 
 
 def waiting_steps(detail: models.RunDetail) -> list[WaitingStep]:
-    """Queued attempts and the latest reason the control plane gave for each."""
-    latest: dict[str, str] = {}
+    """Queued attempts and the latest reason the control plane gave: for the attempt itself,
+    or for the steps with the same target and provider (one event explains them all)."""
+    by_attempt: dict[str, str] = {}
+    by_target: dict[tuple[str, str], str] = {}
+    target_of = {step.key: (step.target, step.provider) for step in detail.steps}
     for event in detail.events:
-        if event.kind == WAITING_KIND and event.attempt_id:
-            latest[event.attempt_id] = event.message
+        if event.kind != WAITING_KIND:
+            continue
+        if event.attempt_id:
+            by_attempt[event.attempt_id] = event.message
+        if event.step_key in target_of:
+            by_target[target_of[event.step_key]] = event.message
     return [
-        WaitingStep(step.key, attempt.number, latest.get(attempt.attempt_id, ""))
+        WaitingStep(
+            step.key,
+            attempt.number,
+            by_attempt.get(attempt.attempt_id) or by_target.get((step.target, step.provider), ""),
+        )
         for step in detail.steps
         for attempt in step.attempts
         if attempt.state == "QUEUED"

@@ -1,5 +1,6 @@
 """A scheduling pass says why a queued attempt waits: an attempt.waiting event within the pass,
-once per attempt and distinct reason, and the schedule timeout still applies."""
+once per run, target, provider and distinct reason (a fan-out waiting for free slots writes one
+event, not one per attempt), and the schedule timeout still applies."""
 
 from __future__ import annotations
 
@@ -39,7 +40,12 @@ def test_a_typo_is_explained_in_the_first_pass_and_only_once(store: Store) -> No
         run_at(store, T0 + dt.timedelta(seconds=1), scheduling_pass, SLOTS)
     events = waiting_events(store, run_id)
     assert len(events) == 1
-    assert events[0].details == {"reason": "no_match"}
+    assert events[0].details == {
+        "reason": "no_match",
+        "target": "cloud=AWS",
+        "provider": "process",
+        "attempts": 1,
+    }
     assert "did you mean cloud=aws?" in events[0].message
     assert events[0].attempt_id == attempts(store, step_id)[0].id
     assert events[0].step_key == "extract#1"
@@ -68,4 +74,19 @@ def test_the_schedule_timeout_still_fails_the_step_with_the_reason(store: Store)
     [attempt] = attempts(store, step_id)
     assert attempt.state == "FAILED"
     assert attempt.error is not None and '"slurm"' in attempt.error.message
-    assert [e.details for e in waiting_events(store, run_id)] == [{"reason": "no_provider"}]
+    assert [e.details["reason"] for e in waiting_events(store, run_id) if e.details] == [
+        "no_provider"
+    ]
+
+
+def test_a_fan_out_waiting_for_slots_is_explained_by_one_event(store: Store) -> None:
+    run_id = new_run(store)
+    for n in range(1, 31):
+        submit(store, run_id, key=f"extract#{n}", target="cloud=aws", schedule_timeout_s=600.0)
+    full = [dataclasses.replace(s, in_use=s.capacity) for s in SLOTS]
+    for _ in range(3):
+        run_at(store, T0, scheduling_pass, full)
+    [event] = waiting_events(store, run_id)
+    assert event.details is not None
+    assert (event.details["reason"], event.details["attempts"]) == ("full", 30)
+    assert "30 queued attempts of this target" in event.message
