@@ -27,6 +27,7 @@ from control_plane.api.decoding import RejectUndecodable
 from control_plane.api.services import RunNotifier, Services
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
+from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.values import Effects
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry, CloseOut
@@ -165,7 +166,9 @@ class ControlPlane:
             metrics=self.metrics,
             sessions=SessionTable(),
             # The dispatcher gives no new work to an agent silent this long: shown as stale.
-            max_silence_s=3 * self.config.heartbeat_interval_s,
+            heartbeats=HeartbeatPolicy(
+                self.config.heartbeat_interval_s, self.config.agent_lost_after_s
+            ),
             metrics_public=self.config.metrics_public,
         )
         self._web = WebListener(console, self.config.http_listen, cert_path, key_path)

@@ -278,7 +278,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         if session is not None:
             # Close the stream now; its certificate is refused at every later connection.
             session.send(CloseOut("this agent was revoked", refused=True))
-        return views.agent_info(agent, 0, None)
+        return views.agent_info(
+            agent, 0, None, now=self._s.store.clock(), policy=self._heartbeats()
+        )
 
     @rpc
     async def DrainAgent(

@@ -17,16 +17,16 @@ from control_plane.api.readmodels import (
     StepLike,
 )
 from control_plane.audit import VerifyReport
-from control_plane.orchestration.fleet import AgentFacts, HeartbeatPolicy, fleet_status
+from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
+from control_plane.telemetry.fleet import agent_status
 from meridian.core.convert import error_to_proto, ms_from_time
 from meridian.core.kinds import EventKind
 from meridian.core.states import TERMINAL_RUN, TERMINAL_STEP, AttemptState, StepState
 from protos.meridian.v1 import common_pb2, control_pb2
 
 # The server's defaults; the servicers pass the configured policy.
-DEFAULT_HEARTBEATS = HeartbeatPolicy(interval_s=5.0, lost_after_s=30.0)
 RUN_END_KINDS = frozenset(EventKind.entered(state) for state in TERMINAL_RUN)
 # Integer arithmetic from the epoch: a float timestamp would round away microseconds.
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -226,10 +226,10 @@ def agent_info(
     held: int,
     live: AgentSession | None,
     *,
-    now: dt.datetime | None = None,
-    policy: HeartbeatPolicy = DEFAULT_HEARTBEATS,
+    now: dt.datetime,
+    policy: HeartbeatPolicy,
 ) -> control_pb2.AgentInfo:
-    status = fleet_status(_agent_facts(agent, live, now), policy)
+    status = agent_status(agent, live, now, policy)
     return control_pb2.AgentInfo(
         agent_id=agent.id,
         name=agent.name,
@@ -244,25 +244,7 @@ def agent_info(
         hostname=agent.hostname,
         cert_fingerprint=agent.cert_fingerprint,
         cert_not_after_unix_ms=ms_from_time(agent.cert_not_after),
-    )
-
-
-def _agent_facts(
-    agent: AgentLike, live: AgentSession | None, now: dt.datetime | None
-) -> AgentFacts:
-    """The live stream's silence when there is one, else the stored heartbeat's age."""
-    silent: float | None = None
-    if live is not None:
-        silent = live.silent_for()
-    elif now is not None and agent.last_heartbeat_at is not None:
-        silent = max(0.0, (now - agent.last_heartbeat_at).total_seconds())
-    return AgentFacts(
-        stored_status=agent.status,
-        revoked=agent.revoked_at is not None,
-        drain_requested=agent.drain_requested_at is not None,
-        live=live is not None,
-        live_draining=live is not None and live.draining,
-        silent_s=silent,
+        degraded=live.degraded if live is not None else "",
     )
 
 

@@ -1,9 +1,8 @@
-"""One rule for what state an agent is in, shared by the web console and the metrics.
+"""An agent's status for every reader — the gRPC API (``agents list``), the web console and
+the metrics — from its stored row and its live session (if any).
 
-Stored status alone lags: a frozen agent (SIGSTOP, a black-holed network) keeps its stream
-open and stays ``connected`` in the table until the lease sweep marks it lost. The live
-session knows better: an agent silent for longer than the dispatcher tolerates gets no new
-work, and is shown as ``stale``.
+The decision itself is ``control_plane.orchestration.fleet.fleet_status`` (pure); this module
+only gathers the facts it needs, so the console and the CLI can never disagree about an agent.
 """
 
 from __future__ import annotations
@@ -11,7 +10,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-STATUSES = ("connected", "stale", "draining", "disconnected", "lost", "revoked")
+from control_plane.orchestration.fleet import (
+    AgentFacts,
+    FleetStatus,
+    HeartbeatPolicy,
+    fleet_status,
+)
+
+STATUSES = tuple(status.value for status in FleetStatus)
+
+
+class StoredAgent(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def revoked_at(self) -> dt.datetime | None: ...
+    @property
+    def drain_requested_at(self) -> dt.datetime | None: ...
+    @property
+    def last_heartbeat_at(self) -> dt.datetime | None: ...
 
 
 class LiveSession(Protocol):
@@ -20,22 +37,24 @@ class LiveSession(Protocol):
     def silent_for(self) -> float: ...
 
 
-def agent_status(
-    stored: str,
-    revoked_at: dt.datetime | None,
-    drain_requested_at: dt.datetime | None,
-    live: LiveSession | None,
-    max_silence_s: float,
-) -> str:
-    """connected · stale · draining · disconnected · lost · revoked."""
-    if revoked_at is not None:
-        return "revoked"
-    if drain_requested_at is not None:
-        return "draining"  # an operator's drain holds until the agent is re-enrolled
+def agent_facts(agent: StoredAgent, live: LiveSession | None, now: dt.datetime) -> AgentFacts:
+    """The live stream's silence when there is one, else the stored heartbeat's age."""
+    silent: float | None = None
     if live is not None:
-        if live.silent_for() > max_silence_s:
-            return "stale"
-        return "draining" if live.draining else "connected"
-    if stored in ("connected", "draining"):
-        return "disconnected"
-    return stored if stored in STATUSES else "disconnected"
+        silent = live.silent_for()
+    elif agent.last_heartbeat_at is not None:
+        silent = max(0.0, (now - agent.last_heartbeat_at).total_seconds())
+    return AgentFacts(
+        stored_status=agent.status,
+        revoked=agent.revoked_at is not None,
+        drain_requested=agent.drain_requested_at is not None,
+        live=live is not None,
+        live_draining=live is not None and live.draining,
+        silent_s=silent,
+    )
+
+
+def agent_status(
+    agent: StoredAgent, live: LiveSession | None, now: dt.datetime, policy: HeartbeatPolicy
+) -> FleetStatus:
+    return fleet_status(agent_facts(agent, live, now), policy)

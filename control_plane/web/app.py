@@ -139,12 +139,11 @@ async def metrics(request: Request) -> Response:
     snap = await console.store.run(snapshot)
     agents = await console.store.run(queries.all_agents)
     live = {s.agent.agent_id: s for s in console.registry.sessions()}
+    now = console.store.clock()
     statuses = [
         (
             a.environment,
-            agent_status(
-                a.status, a.revoked_at, a.drain_requested_at, live.get(a.id), console.max_silence_s
-            ),
+            agent_status(a, live.get(a.id), now, console.heartbeats),
         )
         for a, _ in agents
     ]

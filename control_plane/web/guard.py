@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.audit import acting_as
 from control_plane.auth.api_token_store import authenticate
+from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.telemetry.metrics import Metrics
@@ -70,7 +71,7 @@ class Console:
     registry: AgentRegistry
     metrics: Metrics
     sessions: SessionTable
-    max_silence_s: float
+    heartbeats: HeartbeatPolicy
     metrics_public: bool = False
 
 

@@ -367,13 +367,7 @@ async def fleet(request: Request, session: Session) -> Response:
     by_env: dict[str, list[tuple[object, ...]]] = {}
     for agent, held in rows:
         session_live = live.get(agent.id)
-        status = agent_status(
-            agent.status,
-            agent.revoked_at,
-            agent.drain_requested_at,
-            session_live,
-            console.max_silence_s,
-        )
+        status = agent_status(agent, session_live, now, console.heartbeats)
         in_use = session_live.in_use if session_live is not None else held
         manage: Markup = Markup("")
         if admin and status != "revoked":

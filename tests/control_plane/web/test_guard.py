@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from control_plane.auth.api_token_store import Principal, issue_api_token
 from control_plane.auth.api_tokens import Role
+from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store, sqlite_url
 from control_plane.telemetry.metrics import Metrics
@@ -40,7 +41,9 @@ def token(store: Store, role: str, environments: tuple[str, ...] = ()) -> str:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    console = Console(store, AgentRegistry(), Metrics("test"), SessionTable(), max_silence_s=3)
+    console = Console(
+        store, AgentRegistry(), Metrics("test"), SessionTable(), heartbeats=HeartbeatPolicy(1, 6)
+    )
     with TestClient(build_app(console), base_url="https://testserver") as c:
         yield c
 
