@@ -54,6 +54,8 @@ class Welcome:
     max_frame_bytes: int
     # Seconds until the certificate this stream uses should be rotated (0: no rotation).
     certificate_renew_in_s: float = 0.0
+    # The labels the control plane routes this agent by (advertised + pinned by its token).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

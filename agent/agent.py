@@ -2,7 +2,10 @@
 
 ``Agent.run()`` loads the enrolled identity, opens the journal and handle store, loads the
 configured providers, re-attaches to attempts that survived a restart and keeps the connection
-worker running until ``shutdown(grace)``. Shutdown drains in a fixed order: stop accepting and
+worker running until ``shutdown(grace)``, or until the control plane refuses the agent for a
+reason reconnecting cannot fix (``AgentRefused``, raised from ``run()``). Beside the connection
+run the health probe (degraded states, ``agent.health``) and the event-loop watchdog.
+Shutdown drains in a fixed order: stop accepting and
 say so, let running steps finish up to ``grace``, cancel the rest, flush reports, close.
 """
 
@@ -25,8 +28,10 @@ from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
 from agent.endpoint import AgentEndpoint
 from agent.handles import HandleStore
+from agent.health import Health, loop_watchdog
 from agent.identity import certificate_not_after, load_identity
 from agent.journal import Journal
+from agent.limits import AgentLimits
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.rotation import CertificateRotator
@@ -61,6 +66,8 @@ class AgentConfig:
     secrets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Sealing keys of the key groups this agent's environment belongs to (docs/security.md).
     seal_keys: KeyRing = field(default_factory=KeyRing)
+    # Bounds on results, errors and logs, disk and loop thresholds (docs/reliability.md).
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -107,6 +114,8 @@ class Agent:
         self._closed = asyncio.Event()
         self._running = False
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._health: Health | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     @property
     def connected(self) -> bool:
@@ -132,7 +141,17 @@ class Agent:
         self._running = True
         try:
             await self._start()
-            await self._stop.wait()
+            assert self._connection_task is not None
+            stopping = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait(
+                    {stopping, self._connection_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stopping.cancel()
+            task = self._connection_task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]  # e.g. AgentRefused: exit with it
         finally:
             await self._close()
             self._closed.set()
@@ -154,9 +173,12 @@ class Agent:
             self._providers[provider_type] = self._loader(
                 provider_type, cfg.provider_config.get(provider_type, {})
             )
-        self._journal = Journal(cfg.data_dir)
-        self._handles = HandleStore(cfg.data_dir)
-        reporter = Reporter(self._journal)
+        self._journal = await asyncio.to_thread(Journal, cfg.data_dir)
+        self._handles = await asyncio.to_thread(HandleStore, cfg.data_dir)
+        health = self._health = Health(cfg.data_dir, cfg.data_dir / "work", cfg.limits)
+        await asyncio.to_thread(health.take_reserve)
+        await asyncio.to_thread(health.probe)
+        reporter = Reporter(self._journal, cfg.limits, health)
         self._endpoint = AgentEndpoint(
             cfg.control_plane,
             ca_pem=ca_pem,
@@ -168,11 +190,18 @@ class Agent:
             cfg.data_dir / "bundles", RpcBundleSource(self._endpoint), MAX_BUNDLE_BYTES
         )
         ctx = RunnerContext(
-            reporter, bundles, self._handles, cfg.data_dir / "work", secrets, cfg.seal_keys
+            reporter,
+            bundles,
+            self._handles,
+            cfg.data_dir / "work",
+            secrets,
+            cfg.seal_keys,
+            limits=cfg.limits,
+            health=health,
         )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
-        await self._worker.recover(self._handles.load_all())
+        await self._worker.recover(await asyncio.to_thread(self._handles.load_all))
         self._connection = Connection(
             self._endpoint,
             self._journal,
@@ -184,6 +213,11 @@ class Agent:
             rotator=CertificateRotator(cfg.data_dir, self._endpoint, socket.gethostname()),
         )
         self._connection_task = asyncio.ensure_future(self._connection.run())
+        health.on_change(self._connection.send_heartbeat_now)
+        self._background = [
+            asyncio.ensure_future(health.run_probe()),
+            asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s)),
+        ]
 
     async def _drain(self, grace: float | None) -> None:
         grace_s = self._config.drain_grace_s if grace is None else grace
@@ -203,6 +237,8 @@ class Agent:
 
     async def _close(self) -> None:
         # Order: stop talking, stop runners, then release what they used.
+        for task in self._background:
+            task.cancel()
         if self._connection is not None and self._connection_task is not None:
             self._connection.stop()
             self._connection_task.cancel()
@@ -221,7 +257,7 @@ class Agent:
             if store is not None:
                 store.close()
 
-    def _hello(self) -> HelloInfo:
+    async def _hello(self) -> HelloInfo:
         assert self._worker is not None
         return HelloInfo(
             version=agent_version(),
@@ -231,17 +267,19 @@ class Agent:
                 for t, p in self._providers.items()
             ),
             capacity=self._config.capacity,
-            held_attempts=self._held_attempts(),
+            held_attempts=await self._held_attempts(),
             hostname=socket.gethostname(),
             draining=self._worker.draining,
+            degraded=self._worker.degraded,
         )
 
-    def _held_attempts(self) -> tuple[HeldAttempt, ...]:
+    async def _held_attempts(self) -> tuple[HeldAttempt, ...]:
         """Running attempts, plus finished ones whose reports still wait in the journal: the
         control plane must not count those as lost before the replay delivers their outcome."""
         assert self._worker is not None and self._journal is not None
         held = {h.attempt_id: h for h in self._worker.held_attempts()}
-        for attempt_id, token in self._journal.pending_attempts().items():
+        pending = await asyncio.to_thread(self._journal.pending_attempts)
+        for attempt_id, token in pending.items():
             held.setdefault(attempt_id, HeldAttempt(attempt_id, token))
         return tuple(held.values())
 
@@ -251,4 +289,5 @@ class Agent:
             in_use=self._worker.in_use,
             held_attempts=self._worker.held_attempts(),
             draining=self._worker.draining,
+            degraded=self._worker.degraded,
         )

@@ -4,16 +4,29 @@ Each session sends Hello, waits for Welcome, then runs three loops side by side:
 journal replay/streaming of reports, and receiving control frames (turned into actions for the
 worker). Any stream error ends the session; the next one starts after an exponential backoff
 with full jitter and replays every unacked report. Runners never wait for the connection: they
-write to the journal and keep going while disconnected.
+write to the journal and keep going while disconnected. Journal calls run in worker threads,
+never on the event loop.
+
+Two kinds of failure are not retried blindly:
+
+* A journal entry that can never be delivered (undecodable, of no known kind, larger than the
+  negotiated frame, or refused by the control plane ``QUARANTINE_AFTER`` times in a row while
+  it was the oldest unacked one, sent alone) is quarantined (``Journal.quarantine``) and its
+  attempt is reported failed with the reason, so the attempt ends and the stream moves on.
+* A refusal retrying cannot fix (PERMISSION_DENIED or UNAUTHENTICATED: labels outside the join
+  token, a revoked agent, a superseded certificate; or TLS rejecting the certificates, i.e. a
+  CA that did not issue them, ``TLS_REFUSALS`` times in a row) ends ``run()`` with
+  ``AgentRefused``: the agent exits non-zero with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -22,9 +35,10 @@ from agent import convert
 from agent.actions import AckAction, Action, CertificateAction, Welcome
 from agent.journal import Journal, JournalEntry
 from agent.reporter import Reporter
-from agent.reports import HeartbeatInfo, HelloInfo
+from agent.reports import AttemptFinished, HeartbeatInfo, HelloInfo, LogChunk, LogLine
 from agent.rotation import CertificateRotator
-from meridian.core.errors import ConnectionFailed
+from meridian.core.errors import ConnectionFailed, PermissionDenied
+from providers.base import ErrorInfo
 
 log = logging.getLogger("meridian.agent.connection")
 
@@ -36,6 +50,25 @@ MAX_BATCH_BYTES = 1024 * 1024
 REPORT_OVERHEAD_BYTES = 96
 REPLAY_PAGE = 500
 DEFAULT_HEARTBEAT_S = 5.0
+# Sessions ended by a refusal of the same oldest entry before it is quarantined.
+QUARANTINE_AFTER = 3
+TLS_REFUSALS = 3
+_REFUSED_REPORT_CODES = {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
+_FATAL_CODES = {"PERMISSION_DENIED", "UNAUTHENTICATED"}
+_TLS_REFUSAL_MARKERS = (
+    "certificate_verify_failed",
+    "certificate verify failed",
+    "unknown ca",
+    "unknown_ca",
+    "bad certificate",
+    "bad_certificate",
+    "handshake failed",
+)
+QUARANTINED_TYPE = "meridian.ReportQuarantined"
+
+
+class AgentRefused(PermissionDenied):
+    """The control plane refused this agent for a reason reconnecting cannot fix."""
 
 
 def backoff_delay(
@@ -80,7 +113,7 @@ class Connection:
         journal: Journal,
         reporter: Reporter,
         on_action: Callable[[Action], None],
-        hello: Callable[[], HelloInfo],
+        hello: Callable[[], HelloInfo | Awaitable[HelloInfo]],
         heartbeat: Callable[[], HeartbeatInfo],
         *,
         base_backoff_s: float = 0.2,
@@ -103,6 +136,8 @@ class Connection:
         self._acked = asyncio.Event()
         self._reset_backoff = False
         self._stopped = False
+        self._suspect: tuple[int, int] = (0, 0)  # (oldest unacked seq, sessions it was refused)
+        self._tls_refusals = 0
         self.connected = False
         self.welcome: Welcome | None = None
 
@@ -119,12 +154,83 @@ class Connection:
                 # (the cancellation is consumed), so the stop flag is what ends the loop.
                 if self._stopped:
                     return
+                self._check_fatal(exc)
+                await self._note_refused_report(exc)
                 log.warning("connection to control plane lost: %s", _describe(exc))
             if self._reset_backoff:  # the last session got as far as Welcome
                 failures = 0
             delay = backoff_delay(failures, self._base_backoff_s, self._max_backoff_s)
             failures += 1
             await asyncio.sleep(delay)
+
+    def _check_fatal(self, exc: BaseException) -> None:
+        codes = _codes(exc)
+        if codes & _FATAL_CODES:
+            raise AgentRefused(f"the control plane refused this agent: {_describe(exc)}")
+        text = _describe(exc).lower()
+        if any(marker in text for marker in _TLS_REFUSAL_MARKERS):
+            self._tls_refusals += 1
+            if self._tls_refusals >= TLS_REFUSALS:
+                raise AgentRefused(
+                    "TLS refused the connection: the control plane's CA did not issue this "
+                    "agent's certificate or the CA file does not match the control plane "
+                    f"({_describe(exc)}); enroll again with a join token of this control plane"
+                )
+        else:
+            self._tls_refusals = 0
+
+    async def _note_refused_report(self, exc: BaseException) -> None:
+        """Count sessions refused while the same entry was the oldest unacked one."""
+        if not _codes(exc) & _REFUSED_REPORT_CODES:
+            self._suspect = (0, 0)
+            return
+        head = await asyncio.to_thread(self._journal.unacked, 0, 1)
+        if not head:
+            return
+        seq, count = self._suspect
+        count = count + 1 if seq == head[0].seq else 1
+        self._suspect = (head[0].seq, count)
+        if count >= QUARANTINE_AFTER:
+            await self._quarantine(head[0], f"the control plane refused it: {_describe(exc)}")
+            self._suspect = (0, 0)
+
+    async def _quarantine(self, entry: JournalEntry, reason: str) -> None:
+        """Move ``entry`` aside for good and tell the control plane why its attempt ends."""
+        moved = await asyncio.to_thread(self._journal.quarantine, entry.seq, reason)
+        if moved is None:
+            return
+        log.error(
+            "quarantined journal entry %d (%s report of attempt %s, %d bytes): %s",
+            entry.seq,
+            entry.kind,
+            entry.attempt_id,
+            len(entry.payload),
+            reason,
+        )
+        what = (
+            f"the agent quarantined a {entry.kind or 'unknown'} report of this attempt "
+            f"({len(entry.payload)} bytes, journal seq {entry.seq}): {reason}"
+        )
+        body: LogChunk | AttemptFinished
+        if entry.kind == "logs":
+            body = LogChunk((LogLine(0, "agent", f"... {what} ..."),))
+        else:
+            error = ErrorInfo(error_class="permanent", type=QUARANTINED_TYPE, message=what)
+            body = AttemptFinished(outcome="failed", error=error)
+        await self._reporter.report(entry.attempt_id, entry.fencing_token, body)
+
+    def _deliverable(self, entry: JournalEntry) -> str | None:
+        """Why ``entry`` can never be delivered, or None when it can."""
+        try:
+            convert.decode_report(entry.payload)
+        except ValueError as exc:
+            return str(exc)
+        if len(entry.payload) > self._reporter.payload_limit:
+            return (
+                f"{len(entry.payload)} bytes is over the control plane's frame limit "
+                f"({self._reporter.payload_limit} bytes for one report)"
+            )
+        return None
 
     def stop(self) -> None:
         """Make ``run()`` end; the caller then cancels its task to interrupt the stream."""
@@ -140,7 +246,7 @@ class Connection:
         deadline = loop.time() + timeout_s
         while True:
             self._acked.clear()  # before counting, so an ack in between is not missed
-            if self._journal.count() == 0:
+            if await asyncio.to_thread(self._journal.count) == 0:
                 return True
             remaining = deadline - loop.time()
             if not self.connected or remaining <= 0:
@@ -157,14 +263,17 @@ class Connection:
             await refresh()
         call = self._stub.Connect()
         try:
-            await call.write(convert.hello_to_proto(self._hello()))
+            hello = self._hello()
+            if inspect.isawaitable(hello):
+                hello = await hello
+            await call.write(convert.hello_to_proto(hello))
             first = await call.read()
             if first is _EOF:
                 raise ConnectionFailed("control plane closed the stream before Welcome")
             welcome = convert.action_from_proto(first)
             if not isinstance(welcome, Welcome):
                 raise ConnectionFailed(f"control plane sent {welcome!r} before Welcome")
-            self._apply_welcome(welcome)
+            await self._apply_welcome(welcome)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._send_heartbeats(call))
                 group.create_task(self._send_reports(call))
@@ -175,9 +284,11 @@ class Connection:
             self.connected = False
             call.cancel()
 
-    def _apply_welcome(self, welcome: Welcome) -> None:
+    async def _apply_welcome(self, welcome: Welcome) -> None:
         # Reports applied before the last stream broke, whose Ack was lost on the way.
-        self._journal.reconcile(welcome.last_applied_seq)
+        await asyncio.to_thread(self._journal.reconcile, welcome.last_applied_seq)
+        if welcome.max_frame_bytes > 0:
+            await asyncio.to_thread(self._reporter.negotiated, welcome.max_frame_bytes)
         if welcome.heartbeat_interval_s > 0:
             self._heartbeat_s = welcome.heartbeat_interval_s
         limit = welcome.max_frame_bytes or MAX_BATCH_BYTES
@@ -187,8 +298,12 @@ class Connection:
         self.welcome = welcome
         self.connected = True
         self._reset_backoff = True
+        labels = ",".join(f"{k}={v}" for k, v in welcome.labels) or "(none)"
         log.info(
-            "connected to control plane as %s (session %s)", welcome.agent_id, welcome.session_id
+            "connected to control plane as %s (session %s; labels %s)",
+            welcome.agent_id,
+            welcome.session_id,
+            labels,
         )
 
     async def _write(self, call: Any, frame: Any) -> None:
@@ -211,11 +326,22 @@ class Connection:
         cursor = 0
         while True:
             self._reporter.appended.clear()  # before reading, so an append in between wakes us
-            entries = self._journal.unacked(after_seq=cursor, limit=REPLAY_PAGE)
+            entries = await asyncio.to_thread(self._journal.unacked, cursor, REPLAY_PAGE)
             if not entries:
                 await self._reporter.appended.wait()
                 continue
-            for batch in batch_entries(entries, self._max_batch_bytes):
+            good: list[JournalEntry] = []
+            for entry in entries:
+                problem = await asyncio.to_thread(self._deliverable, entry)
+                if problem is None:
+                    good.append(entry)
+                else:
+                    await self._quarantine(entry, problem)
+            cursor = entries[-1].seq if not good else cursor
+            # While an entry is suspected of being refused, send one report per frame so the
+            # refusal can be pinned on the right one.
+            limit = 1 if self._suspect[1] else self._max_batch_bytes
+            for batch in batch_entries(good, limit):
                 await self._write(call, convert.report_batch_to_proto(batch))
                 cursor = batch[-1].seq
 
@@ -231,7 +357,8 @@ class Connection:
                 raise ConnectionFailed("control plane closed the stream")
             action = convert.action_from_proto(frame)
             if isinstance(action, AckAction):
-                self._journal.ack(action.up_to_seq)
+                await asyncio.to_thread(self._journal.ack, action.up_to_seq)
+                self._suspect = (0, 0)
                 self._acked.set()
             elif isinstance(action, CertificateAction):
                 if self._rotator is not None:
@@ -244,6 +371,14 @@ class Connection:
                 except Exception:
                     # A bug handling one frame must not tear down the stream for every attempt.
                     log.exception("could not apply %r", action)
+
+
+def _codes(exc: BaseException) -> set[str]:
+    if isinstance(exc, BaseExceptionGroup):
+        return set().union(*(_codes(e) for e in exc.exceptions))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return {exc.code().name}
+    return set()
 
 
 def _describe(exc: BaseException) -> str:

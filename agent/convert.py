@@ -113,13 +113,17 @@ def hello_to_proto(info: HelloInfo) -> Any:
         held_attempts=_held_to_proto(info.held_attempts),
         hostname=info.hostname,
         draining=info.draining,
+        degraded=info.degraded,
     )
     return agent_pb2.AgentFrame(hello=hello)
 
 
 def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
     beat = agent_pb2.Heartbeat(
-        in_use=info.in_use, held_attempts=_held_to_proto(info.held_attempts), draining=info.draining
+        in_use=info.in_use,
+        held_attempts=_held_to_proto(info.held_attempts),
+        draining=info.draining,
+        degraded=info.degraded,
     )
     return agent_pb2.AgentFrame(heartbeat=beat)
 
@@ -147,8 +151,19 @@ def encode_report(body: ReportBody, at_unix_ms: int) -> tuple[str, bytes]:
 
 
 def decode_report(payload: bytes) -> tuple[int, ReportBody]:
-    """(at_unix_ms, body) of a journaled payload; the inverse of ``encode_report``."""
-    msg = agent_pb2.Report.FromString(payload)
+    """(at_unix_ms, body) of a journaled payload; the inverse of ``encode_report``.
+
+    Raises ValueError when the payload is not a report this agent can send (undecodable, or
+    without a known body): such a journal entry is quarantined, never replayed.
+    """
+    try:
+        msg = agent_pb2.Report.FromString(payload)
+    except Exception as exc:  # DecodeError, or anything the runtime raises on garbage
+        raise ValueError(f"undecodable report: {exc}") from exc
+    if msg.WhichOneof("body") is None:
+        raise ValueError("report without a known body")
+    if msg.WhichOneof("body") == "finished" and msg.finished.outcome not in _OUTCOME_FROM_PROTO:
+        raise ValueError("finished report without a known outcome")
     return int(msg.at_unix_ms), report_body_from_proto(msg)
 
 
@@ -213,6 +228,7 @@ def action_from_proto(frame: Any) -> Action:
             last_applied_seq=int(w.last_applied_seq),
             max_frame_bytes=int(w.max_frame_bytes),
             certificate_renew_in_s=float(w.certificate_renew_in_s),
+            labels=tuple(sorted((str(k), str(v)) for k, v in w.labels.items())),
         )
     if kind == "assign":
         return AssignAction(tuple(_assignment_from_proto(a) for a in frame.assign.assignments))

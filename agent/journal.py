@@ -5,8 +5,12 @@ in sequence order after every reconnect. Sequence numbers come from a persisted 
 number is never reused, even after acks delete rows or the agent restarts (agent.proto header).
 SQLite runs in WAL mode with ``synchronous=FULL``: an appended report survives a power cut.
 
-The journal is used from the event loop; each call is one short transaction guarded by a lock,
-so it is also safe from worker threads.
+Each call is one short transaction guarded by a lock, so it is safe from worker threads; the
+agent calls it off its event loop (``asyncio.to_thread``), since a commit waits for an fsync.
+
+An entry that can never be delivered (undecodable, of an unknown kind, larger than the control
+plane accepts, or refused by it again and again) is *quarantined*: moved to the ``quarantine``
+table in the same transaction, so it is kept for inspection but never replayed again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ CREATE TABLE IF NOT EXISTS reports (
     fencing_token INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    attempt_id TEXT NOT NULL,
+    fencing_token INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('max_frame_bytes', 0);
 """
 
 
@@ -71,6 +84,49 @@ class Journal:
                 (seq, kind, attempt_id, fencing_token, payload),
             )
         return seq
+
+    def quarantine(self, seq: int, reason: str) -> JournalEntry | None:
+        """Move the entry ``seq`` aside for good; returns it (None when it is gone already)."""
+        with self._lock, self._transaction():
+            row = self._conn.execute(
+                "SELECT seq, kind, attempt_id, fencing_token, payload FROM reports WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+            if row is None:
+                return None
+            self._conn.execute(
+                "INSERT OR REPLACE INTO quarantine "
+                "(seq, kind, attempt_id, fencing_token, payload, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                (*row, reason[:2000]),
+            )
+            self._conn.execute("DELETE FROM reports WHERE seq = ?", (seq,))
+        return JournalEntry(int(row[0]), str(row[1]), str(row[2]), int(row[3]), bytes(row[4]))
+
+    def quarantined(self) -> list[tuple[JournalEntry, str]]:
+        """Quarantined entries with the reason each was moved aside, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, kind, attempt_id, fencing_token, payload, reason FROM quarantine "
+                "ORDER BY seq"
+            ).fetchall()
+        return [
+            (JournalEntry(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4])), str(r[5]))
+            for r in rows
+        ]
+
+    def max_frame_bytes(self) -> int:
+        """The frame size the control plane last negotiated (0: never connected)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key='max_frame_bytes'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_max_frame_bytes(self, value: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('max_frame_bytes', ?)", (value,)
+            )
 
     def unacked(self, after_seq: int = 0, limit: int = 1000) -> list[JournalEntry]:
         """Reports with ``seq > after_seq`` still waiting for an ack, oldest first."""

@@ -72,6 +72,7 @@ class HelloInfo:
     held_attempts: tuple[HeldAttempt, ...]
     hostname: str
     draining: bool
+    degraded: str = ""  # why the agent takes no new work (e.g. "disk_full"); "" if healthy
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class HeartbeatInfo:
     in_use: int
     held_attempts: tuple[HeldAttempt, ...]
     draining: bool
+    degraded: str = ""
 
 
 def infrastructure_failure(message: str, type_name: str = "meridian.AgentError") -> AttemptFinished:

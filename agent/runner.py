@@ -14,15 +14,21 @@ Sealed inputs (``agent.sealing``) are opened at the same point with this agent's
 group named in them; the outcome is sealed with that group before it is journaled, also after
 a re-attach (the seal is persisted with the handle). An attempt whose inputs cannot be opened
 fails permanently with a message naming the key group, and nothing is started.
+
+Local faults never leave an attempt hanging: a full disk, an unwritable work dir, a provider
+that raises or a runner that dies fail the attempt with error class ``infrastructure`` and a
+message saying what happened, and a disk or work-dir fault makes the agent degraded
+(``agent.health``). Every file, SQLite and process call of a runner runs off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +36,9 @@ from typing import Any, Literal
 from agent.actions import Assignment, DecisionValue
 from agent.bundles import BundleCache
 from agent.handles import HandleStore, StoredHandle
-from agent.logbatch import pump_logs
+from agent.health import DISK_FULL, Health, fault_reason
+from agent.limits import AgentLimits
+from agent.logbatch import LogCaps, pump_logs
 from agent.reporter import Reporter
 from agent.reports import (
     AttemptFinished,
@@ -47,6 +55,7 @@ from providers.base import (
     ErrorInfo,
     ExecutionSpec,
     Handle,
+    LogRecord,
     Outcome,
     Provider,
     ProviderOptionsError,
@@ -56,6 +65,8 @@ log = logging.getLogger("meridian.agent.runner")
 
 # After the attempt ends, give the provider's log stream this long to deliver its last lines.
 LOG_DRAIN_S = 2.0
+# ... and while it still makes progress (a flood being read to its end), at most this long.
+LOG_DRAIN_MAX_S = 60.0
 # After provider.cancel returns, how long wait() may take to notice before we stop waiting.
 CANCEL_SETTLE_S = 10.0
 
@@ -71,6 +82,14 @@ class RunnerContext:
     secrets: SecretStore = field(default_factory=SecretStore)
     # Sealing keys by key group: opens sealed inputs, seals results (agent.sealing).
     keys: KeyRing = field(default_factory=KeyRing)
+    limits: AgentLimits = field(default_factory=AgentLimits)
+    health: Health | None = None
+
+    def log_caps(self) -> LogCaps:
+        lim = self.limits
+        return LogCaps(
+            lim.log_head_bytes, lim.log_tail_bytes, lim.log_rate_bytes_per_s, lim.log_burst_bytes
+        )
 
 
 class Runner:
@@ -91,6 +110,7 @@ class Runner:
         # stays empty: values are never persisted, so they cannot be scrubbed then.
         self._redactor = Redactor()
         self._seal: AttemptSeal | None = None  # set when the attempt's inputs were sealed
+        self._log_records = 0  # records read from the provider's log stream so far
 
     # ---- signals from the worker --------------------------------------------------------
 
@@ -126,20 +146,25 @@ class Runner:
         except Exception as exc:
             # A bug or a misbehaving provider must not leave the attempt unreported.
             self._log_exception("runner for attempt %s failed")
-            self._finish(infrastructure_failure(f"agent error while running the step: {exc}"))
+            await self._finish(self._local_fault(exc, "agent error while running the step"))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the attempt's final report is journaled."""
+        return self._finished
 
     async def _run(self, assignment: Assignment) -> None:
         bundle_dir = await self._fetch_bundle(assignment.bundle_sha256)
         if self._finished:
             return
         if self._cancel_requested.is_set():
-            return self._finish_cancelled()
-        self._report(ProposeRunning())
+            return await self._finish_cancelled()
+        await self._report(ProposeRunning())
         verdict = await self._await_decision()
         if verdict == "reject":
             return  # The control plane forgot this attempt; nothing was started.
         if verdict == "cancel" or self._cancel_requested.is_set():
-            return self._finish_cancelled()
+            return await self._finish_cancelled()
         handle = await self._start(assignment, bundle_dir)
         if handle is not None:
             await self._watch(handle, stream_logs=True)
@@ -150,7 +175,7 @@ class Runner:
         try:
             return await self._until_cancelled(self._ctx.bundles.get(sha256))
         except Exception as exc:
-            self._finish(infrastructure_failure(f"could not fetch code bundle {sha256}: {exc}"))
+            await self._finish(self._local_fault(exc, f"could not fetch code bundle {sha256}"))
             return None
 
     async def _await_decision(self) -> Literal["accept", "reject", "cancel"]:
@@ -171,12 +196,12 @@ class Runner:
             options = parse_options(spec.options_json)
             self._provider.validate_options(options)
         except (ValueError, ProviderOptionsError) as exc:
-            self._finish(_failure("permanent", "meridian.ProviderOptionsError", str(exc)))
+            await self._finish(_failure("permanent", "meridian.ProviderOptionsError", str(exc)))
             return None
         try:
             inputs_json, self._seal = open_assignment(self._ctx.keys, assignment)
         except SealError as exc:
-            self._finish(seal_failure(exc))
+            await self._finish(seal_failure(exc))
             return None
         secrets = await self._resolve_secrets(spec.secret_map)
         if secrets is None:
@@ -199,23 +224,30 @@ class Runner:
             env=secrets.env,
         )
         try:
-            work_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            await self._finish(self._local_fault(exc, f"cannot create the work dir {work_dir}"))
+            return None
+        try:
             handle = await self._provider.submit(execution)
         except Exception as exc:
-            message = f"provider {self._provider.type!r} could not start the step: {exc}"
-            self._finish(infrastructure_failure(message, _qualname(exc)))
+            what = f"provider {self._provider.type!r} could not start the step"
+            await self._finish(self._local_fault(exc, what))
             return None
         seal_json = self._seal.to_json() if self._seal is not None else ""
-        self._ctx.handles.save(
+        await asyncio.to_thread(
+            self._ctx.handles.save,
             StoredHandle(
                 self.attempt_id,
                 self.fencing_token,
                 self._provider.type,
                 handle.to_json(),
                 seal_json,
-            )
+            ),
         )
-        self._report(HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id))
+        await self._report(
+            HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id)
+        )
         return handle
 
     async def _resolve_secrets(self, references: Mapping[str, str]) -> ResolvedSecrets | None:
@@ -226,10 +258,12 @@ class Runner:
             resolved = await self._until_cancelled(self._ctx.secrets.resolve(references))
         except SecretError as exc:
             # The message names the env var and reference only; resolvers never put values in.
-            self._finish(_failure(exc.error_class, f"meridian.{type(exc).__name__}", str(exc)))
+            await self._finish(
+                _failure(exc.error_class, f"meridian.{type(exc).__name__}", str(exc))
+            )
             return None
         if resolved is None:
-            self._finish_cancelled()
+            await self._finish_cancelled()
             return None
         self._redactor = resolved.redactor
         return resolved
@@ -245,14 +279,18 @@ class Runner:
             else:
                 finished = await self._cancel_running(handle, waiting)
             if logs is not None:
-                await _settle(logs, LOG_DRAIN_S)
+                await self._drain_logs(logs)
         finally:
             cancelled.cancel()
             for task in (logs, waiting):
                 if task is not None and not task.done():
                     task.cancel()
-        self._finish(self._sealed(finished))
-        self._ctx.handles.remove(self.attempt_id)
+            if logs is not None:
+                # Its last chunk (the kept tail, the drop notice) is journaled before the
+                # finished report, never after it.
+                await asyncio.wait({logs}, timeout=LOG_DRAIN_S)
+        await self._finish(self._sealed(await self._with_disk_state(finished)))
+        await asyncio.to_thread(self._ctx.handles.remove, self.attempt_id)
 
     def _sealed(self, finished: AttemptFinished) -> AttemptFinished:
         """The outcome of a sealed step as it may leave the site: scrubbed of secrets first
@@ -279,11 +317,32 @@ class Runner:
             exit_code = waiting.result().exit_code or 0
         return _cancelled(self._cancel_reason, exit_code)
 
+    async def _drain_logs(self, logs: asyncio.Future[None]) -> None:
+        """Let the log stream finish: up to ``LOG_DRAIN_S`` at a time while it still makes
+        progress (a flood is read to its end, so its tail is kept), at most ``LOG_DRAIN_MAX_S``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + LOG_DRAIN_MAX_S
+        while not logs.done() and loop.time() < give_up:
+            before = self._log_records
+            await _settle(logs, min(LOG_DRAIN_S, max(0.0, give_up - loop.time())))
+            if self._log_records == before:
+                return
+
+    async def _counted(self, records: AsyncIterator[LogRecord]) -> AsyncIterator[LogRecord]:
+        async for record in records:
+            self._log_records += 1
+            yield record
+
     async def _stream_logs(self, handle: Handle) -> None:
         # Logs are best effort: a provider that cannot read them (e.g. no log credentials) must
         # not fail the attempt, whose outcome comes from wait(); say so once, in its own log.
         try:
-            await pump_logs(self._provider.logs(handle), self._report, scrub=self._redactor.scrub)
+            await pump_logs(
+                self._counted(self._provider.logs(handle)),
+                self._report,
+                scrub=self._redactor.scrub,
+                caps=self._ctx.log_caps(),
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -311,18 +370,49 @@ class Runner:
 
     # ---- reporting ----------------------------------------------------------------------
 
-    def _finish_cancelled(self) -> None:
-        self._finish(_cancelled(self._cancel_reason, 0))
+    async def _finish_cancelled(self) -> None:
+        await self._finish(_cancelled(self._cancel_reason, 0))
 
-    def _finish(self, finished: AttemptFinished) -> None:
+    async def _finish(self, finished: AttemptFinished) -> None:
         if not self._finished:
+            await self._report(finished)
             self._finished = True
-            self._report(finished)
 
-    def _report(self, body: ReportBody) -> None:
+    async def _report(self, body: ReportBody) -> None:
         # The one door to the journal and the control plane: nothing passes it unscrubbed.
         body = redact_report(body, self._redactor)
-        self._ctx.reporter.report(self.attempt_id, self.fencing_token, body)
+        await self._ctx.reporter.report(self.attempt_id, self.fencing_token, body)
+
+    # ---- local faults -------------------------------------------------------------------
+
+    def _local_fault(self, exc: BaseException, what: str) -> AttemptFinished:
+        """The infrastructure failure for ``exc``; a disk or work-dir fault degrades the agent."""
+        reason = fault_reason(exc)
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        if reason is not None and self._ctx.health is not None:
+            self._ctx.health.fault(reason, message)
+            message = f"agent is degraded ({reason}): {message}"
+        return infrastructure_failure(message, _qualname(exc))
+
+    async def _with_disk_state(self, finished: AttemptFinished) -> AttemptFinished:
+        """A failed attempt on a full disk says so: its own error is likely a symptom."""
+        health = self._ctx.health
+        if finished.outcome != "failed" or health is None:
+            return finished
+        if not await asyncio.to_thread(health.disk_full_now):
+            return finished
+        health.fault(DISK_FULL, f"attempt {self.attempt_id} failed with the disk full")
+        original = finished.error.message if finished.error is not None else ""
+        message = (
+            f"the agent's disk is full (data dir {health.data_dir}); the step failed: "
+            f"{original[:2000]}"
+        )
+        return dataclasses.replace(
+            finished,
+            error=ErrorInfo(
+                error_class="infrastructure", type="meridian.DiskFull", message=message
+            ),
+        )
 
 
 def parse_options(options_json: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from agent.actions import (
     UnknownAction,
 )
 from agent.handles import StoredHandle
-from agent.reports import HeldAttempt, infrastructure_failure
+from agent.reports import AttemptFinished, HeldAttempt, infrastructure_failure
 from agent.runner import Runner, RunnerContext
 from agent.sealing import AttemptSeal
 from providers.base import Handle, Provider
@@ -46,6 +46,7 @@ class Worker:
         self._capacity = capacity
         self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
         self._detached: set[asyncio.Task[None]] = set()  # rejected runners finishing up
+        self._reports: set[asyncio.Task[Any]] = set()  # refusals being journaled
         self.draining = False
 
     @property
@@ -83,16 +84,33 @@ class Worker:
             return
         refusal = self._refusal(a)
         if refusal is not None:
-            self._ctx.reporter.report(
-                a.attempt_id, a.fencing_token, infrastructure_failure(refusal)
-            )
+            self._report_soon(a.attempt_id, a.fencing_token, infrastructure_failure(refusal))
             return
         runner = Runner(a.attempt_id, a.fencing_token, self._providers[a.spec.provider], self._ctx)
         self._track(runner, runner.run(a))
 
+    def _report_soon(self, attempt_id: str, token: int, body: AttemptFinished) -> None:
+        """Journal ``body`` in the background (the caller is a synchronous frame handler)."""
+        task = asyncio.ensure_future(self._ctx.reporter.report(attempt_id, token, body))
+        self._reports.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._reports.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("could not journal the report of %s: %s", attempt_id, t.exception())
+
+        task.add_done_callback(done)
+
+    @property
+    def degraded(self) -> str:
+        health = self._ctx.health
+        return health.degraded if health is not None else ""
+
     def _refusal(self, a: Assignment) -> str | None:
         if self.draining:
             return "agent is draining"
+        if self.degraded:
+            return f"agent is degraded ({self.degraded}) and takes no new work until it clears"
         if len(self._runners) >= self._capacity:
             return "agent at capacity"
         if a.spec.provider not in self._providers:
@@ -107,6 +125,16 @@ class Worker:
         def forget(_: asyncio.Task[None]) -> None:
             if self._runners.get(runner.attempt_id, (None, None))[1] is task:
                 del self._runners[runner.attempt_id]
+            if task.cancelled() or runner.finished or task.exception() is None:
+                return
+            # A runner task that died without its final report: the attempt must not stay
+            # RUNNING with nobody watching it. Its handle (if any) stays for a restart.
+            exc = task.exception()
+            log.error("runner of attempt %s died: %r", runner.attempt_id, exc)
+            message = f"the agent's runner for this attempt died: {type(exc).__name__}: {exc}"
+            self._report_soon(
+                runner.attempt_id, runner.fencing_token, infrastructure_failure(message)
+            )
 
         task.add_done_callback(forget)
 
@@ -141,8 +169,8 @@ class Worker:
                 self._track(runner, runner.resume(handle, AttemptSeal.from_json(item.seal_json)))
                 continue
             failure = infrastructure_failure("agent restarted and could not re-attach")
-            self._ctx.reporter.report(item.attempt_id, item.fencing_token, failure)
-            self._ctx.handles.remove(item.attempt_id)
+            await self._ctx.reporter.report(item.attempt_id, item.fencing_token, failure)
+            await asyncio.to_thread(self._ctx.handles.remove, item.attempt_id)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work, let runners finish for ``grace_s``, then cancel the rest."""
@@ -166,3 +194,6 @@ class Worker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Refusals being journaled finish (they are short) so none is lost at close.
+        if self._reports:
+            await asyncio.wait(set(self._reports), timeout=5.0)

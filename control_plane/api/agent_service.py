@@ -134,6 +134,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if replaced is not None:
             replaced.send(CloseOut("a newer connection of this agent took over"))
         log.info("agent %s (%s) connected", connected.name, connected.environment)
+        if connected.degraded:
+            log.warning("agent %s is degraded: %s", connected.name, connected.degraded)
         await context.write(
             convert.welcome_frame(
                 connected.agent_id,
@@ -144,6 +146,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 connected.last_applied_seq,
                 self._s.config.max_frame_bytes,
                 renew_in_s(issued_at(identity), identity.not_after, self._s.store.clock()),
+                connected.labels,
             )
         )
         self._s.store.apply_effects(effects)
@@ -229,8 +232,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             body = frame.WhichOneof("body")
             if body == "heartbeat":
                 session.draining = frame.heartbeat.draining or session.drain_requested
+                degraded = convert.degraded_reason(frame.heartbeat.degraded)
+                if degraded != session.degraded:
+                    log.warning(
+                        "agent %s %s",
+                        session.agent.name,
+                        f"is degraded: {degraded}" if degraded else "recovered",
+                    )
+                    session.degraded = degraded
                 await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
-                if not session.draining:
+                if not session.draining and not session.degraded:
                     self._s.dispatcher.wake()
             elif body == "reports":
                 await self._apply_reports(session, frame.reports)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from control_plane.api.validation import validate_error
@@ -69,7 +70,16 @@ def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
         held={h.attempt_id: h.fencing_token for h in hello.held_attempts},
         hostname=hello.hostname[:255],
         draining=hello.draining,
+        degraded=degraded_reason(hello.degraded),
     )
+
+
+MAX_DEGRADED = 64
+
+
+def degraded_reason(text: str) -> str:
+    """An agent's degraded reason as operators see it: bounded, printable."""
+    return "".join(ch for ch in text[:MAX_DEGRADED] if ch.isprintable())
 
 
 MAX_SEQ = 2**63 - 1  # stored in a signed 64-bit column
@@ -141,6 +151,7 @@ def welcome_frame(
     last_applied_seq: int,
     max_frame_bytes: int,
     certificate_renew_in_s: float = 0.0,
+    labels: Mapping[str, str] | None = None,
 ) -> agent_pb2.ControlFrame:
     return agent_pb2.ControlFrame(
         welcome=agent_pb2.Welcome(
@@ -152,6 +163,7 @@ def welcome_frame(
             last_applied_seq=last_applied_seq,
             max_frame_bytes=max_frame_bytes,
             certificate_renew_in_s=certificate_renew_in_s,
+            labels=dict(labels or {}),
         )
     )
 

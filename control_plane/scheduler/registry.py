@@ -50,6 +50,9 @@ class AgentSession:
         self.in_use = agent.in_use
         self.draining = agent.draining
         self.drain_requested = agent.drain_requested
+        # Why the agent takes no new work (a local fault it reported, e.g. "disk_full"): like
+        # draining, a degraded agent gets no new assignments until it reports it cleared.
+        self.degraded = agent.degraded
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         # Monotonic time of the last frame from the agent. A stream can look open long after
         # its peer went silent (a black-holed network): such an agent gets no new work.
@@ -71,7 +74,7 @@ class AgentSession:
             providers=a.providers,
             capacity=a.capacity,
             in_use=self.in_use,
-            draining=self.draining,
+            draining=self.draining or bool(self.degraded),
         )
 
     def send(self, item: Outgoing) -> None:

@@ -35,6 +35,8 @@ class HelloIn:
     held: Mapping[str, int]  # attempt id -> fencing token the agent still runs
     hostname: str
     draining: bool
+    # why the agent takes no new work although connected (e.g. "disk_full"); "" if healthy
+    degraded: str = ""
     # provider type -> JSON schema of its per-step options, as the agent advertised it
     provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -52,6 +54,7 @@ class ConnectedAgent:
     last_applied_seq: int
     provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     drain_requested: bool = False  # by an operator: survives the agent's own heartbeats
+    degraded: str = ""  # as the agent said in its Hello
 
 
 def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> ConnectedAgent:
@@ -97,6 +100,7 @@ def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> 
         last_applied_seq=agent.last_applied_seq,
         provider_schemas=hello.provider_schemas,
         drain_requested=agent.drain_requested_at is not None,
+        degraded=hello.degraded,
     )
     return connected
 

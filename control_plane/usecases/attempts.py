@@ -3,6 +3,12 @@
 Reports are judged by the ordered rules in ``orchestration/rules.py``; what a finished attempt
 means for its step is decided by ``orchestration/decisions.py``. Everything here runs in the
 caller's ``Tx`` and changes state only through ``store.tx``, so every change has its event.
+
+An attempt's ``started_at`` and ``ended_at`` are the agent's observations (``ReportIn.at``, the
+time the agent journaled the report), not the moment the report arrived: a report replayed
+after an outage keeps its time. Agents' clocks are not trusted blindly (``reported_time``): a
+time more than ``MAX_CLOCK_SKEW`` ahead of the control plane's, or before the attempt was
+assigned, is clamped, and the event of the change says so.
 """
 
 from __future__ import annotations
@@ -33,6 +39,31 @@ from meridian.core.states import (
     RunState,
     StepState,
 )
+
+# How far ahead of the control plane's clock an agent's report time may be.
+MAX_CLOCK_SKEW = dt.timedelta(seconds=5)
+# The error type of an attempt the agent ended because it quarantined one of its reports.
+REPORT_QUARANTINED = "meridian.ReportQuarantined"
+
+
+def reported_time(
+    at: dt.datetime | None, now: dt.datetime, not_before: dt.datetime | None
+) -> tuple[dt.datetime, str]:
+    """The time to record for an agent's observation ``at``, and a note when it was clamped.
+
+    Bounds: no later than ``now`` + ``MAX_CLOCK_SKEW`` (clamped to ``now``), no earlier than
+    ``not_before`` (when the attempt was assigned or started).
+    """
+    if at is None:
+        return now, ""
+    if at > now + MAX_CLOCK_SKEW:
+        ahead = (at - now).total_seconds()
+        return now, f" (agent clock {ahead:.1f}s ahead of the control plane; time clamped)"
+    if not_before is not None and at < not_before:
+        behind = (not_before - at).total_seconds()
+        return not_before, f" (agent time {behind:.1f}s before the attempt began; time clamped)"
+    return at, ""
+
 
 # ---- cancel -------------------------------------------------------------------------------
 
@@ -207,7 +238,7 @@ def _apply_one(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut | None:
     step = tx.session.get(StepRunRow, attempt.step_run_id)
     assert step is not None
     if report.kind == ReportKind.RUNNING:
-        return _accept_running(tx, attempt, step)
+        return _accept_running(tx, attempt, step, report.at)
     if report.kind == ReportKind.HANDLE:
         attempt.handle_json = report.handle_json
         attempt.resource_id = report.resource_id[:512]
@@ -223,6 +254,8 @@ def _apply_one(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut | None:
         store_log_lines(tx, attempt, step, report.lines)
     elif report.kind == ReportKind.FINISHED:
         assert report.outcome is not None  # the API layer refuses a finish without one
+        if report.error is not None and report.error.type == REPORT_QUARANTINED:
+            _audit_quarantine(tx, agent_id, attempt, report)
         finish_attempt(
             tx,
             attempt,
@@ -232,14 +265,35 @@ def _apply_one(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut | None:
             error=report.error,
             exit_code=report.exit_code,
             actor=audit.agent_actor(agent_id),
+            at=report.at,
         )
     return None
 
 
-def _accept_running(tx: Tx, attempt: AttemptRow, step: StepRunRow) -> DecisionOut:
+def _audit_quarantine(tx: Tx, agent_id: str, attempt: AttemptRow, report: ReportIn) -> None:
+    assert report.error is not None
+    audit.append(
+        tx.session,
+        actor=audit.agent_actor(agent_id),
+        action="agent.report_quarantined",
+        subject=attempt.id,
+        details={
+            "flow_run_id": attempt.flow_run_id,
+            "agent_id": agent_id,
+            "token": report.fencing_token,
+            "seq": report.seq,
+            "reason": report.error.message[:1000],
+        },
+        now=tx.now,
+    )
+
+
+def _accept_running(
+    tx: Tx, attempt: AttemptRow, step: StepRunRow, at: dt.datetime | None = None
+) -> DecisionOut:
     if attempt.state == AttemptState.ASSIGNED:
-        attempt.started_at = tx.now
-        move_attempt(tx, attempt, step, AttemptState.RUNNING, "started")
+        attempt.started_at, note = reported_time(at, tx.now, attempt.assigned_at)
+        move_attempt(tx, attempt, step, AttemptState.RUNNING, "started" + note)
         if step.state == StepState.PENDING:
             move_step(tx, step, StepState.RUNNING)
     return DecisionOut(attempt.id, attempt.fencing_token, True)
@@ -258,17 +312,19 @@ def finish_attempt(
     error: ErrorInfo | None = None,
     exit_code: int | None = None,
     actor: str = audit.SYSTEM,
+    at: dt.datetime | None = None,
 ) -> None:
     """End an attempt and decide its step's next move: complete, retry later, or fail.
 
     ``actor`` is who ended it for the audit log: the reporting agent, or the control plane.
+    ``at`` is when the agent saw it end (default: now), bounded by ``reported_time``.
     """
     held = attempt.state in SLOT_HOLDING
     error = error_for_outcome(outcome, error)
-    attempt.ended_at = tx.now
+    attempt.ended_at, note = reported_time(at, tx.now, attempt.started_at or attempt.assigned_at)
     attempt.exit_code = exit_code
     attempt.error = error
-    message = error.describe()[:1000] if error else outcome.lower()
+    message = (error.describe()[:1000] if error else outcome.lower()) + note
     move_attempt(tx, attempt, step, outcome, message, error.to_json() if error else None)
     audit.records.attempt_finished(tx.session, attempt, step, result_json=result_json, actor=actor)
     if held:

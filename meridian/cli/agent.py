@@ -204,6 +204,12 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     # Key files are read now: a missing or too-open one stops the agent before it connects.
     seal_keys = KeyRing.from_references(file_config.seal_keys if file_config else {})
     from agent import AgentConfig
+    from agent.limits import AgentLimits
+
+    try:
+        limits = AgentLimits.from_mapping(file_config.limits if file_config else {})
+    except ValueError as exc:
+        raise UsageError(f"agent config {args.config}: [limits]: {exc}") from None
 
     return AgentConfig(
         control_plane=parse_address(address),
@@ -220,6 +226,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         seal_keys=seal_keys,
         capacity=args.capacity,
         drain_grace_s=args.drain_grace,
+        limits=limits,
     )
 
 
@@ -242,9 +249,18 @@ def _sealing_note(keys: KeyRing) -> str:
     return "; sealing key groups " + ", ".join(f"{g} ({keys.fingerprint(g)})" for g in keys.groups)
 
 
+def banner_labels(labels: dict[str, str] | Any) -> str:
+    """The labels part of the start banner: what the agent advertises, and that the control
+    plane adds the labels its join token pinned (the agent logs the full set on connect)."""
+    advertised = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    if not advertised:
+        return "none advertised; any labels its join token pinned apply"
+    return f"{advertised}, plus any its join token pinned"
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     config = build_agent_config(args)
-    labels = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items())) or "(none)"
+    labels = banner_labels(config.labels)
     print(
         f"agent for environment {args.environment!r} connecting to {config.control_plane} "
         f"(labels {labels}; providers {', '.join(config.providers)}; capacity {config.capacity}"

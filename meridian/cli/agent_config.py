@@ -16,11 +16,17 @@ TOML (or JSON, by extension)::
     [sealing.keys]
     eu-sites = "file:/etc/meridian/eu-sites.key"
 
+    [limits]
+    max_result_bytes = 3145728
+    log_head_bytes = 4194304
+
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
 ``[secrets.SCHEME]`` sections configure the site's secret resolvers (docs/secrets.md).
 ``[sealing.keys]`` names the key file of each key group this agent opens sealed step inputs
 and seals results with (docs/security.md); the files are read when the agent starts.
+``[limits]`` overrides the agent's bounds on results, errors, logs, disk and loop stalls
+(``agent.limits.AgentLimits``; the keys and defaults are in docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 
 from meridian.core.errors import ValidationError
 
-KNOWN_SECTIONS = {"providers", "secrets", "sealing"}
+KNOWN_SECTIONS = {"providers", "secrets", "sealing", "limits"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class AgentFileConfig:
     providers: dict[str, dict[str, Any]]  # provider type -> its config
     secrets: dict[str, dict[str, Any]]  # secret scheme -> resolver settings
     seal_keys: dict[str, str] = field(default_factory=dict)  # key group -> "file:/path"
+    limits: dict[str, Any] = field(default_factory=dict)  # AgentLimits field -> value
 
 
 def load_agent_config_file(path: Path) -> AgentFileConfig:
@@ -65,7 +72,15 @@ def load_agent_config_file(path: Path) -> AgentFileConfig:
         providers=_tables(raw, "providers", "provider type", path),
         secrets=_tables(raw, "secrets", "secret scheme", path),
         seal_keys=_seal_keys(raw, path),
+        limits=_limits(raw, path),
     )
+
+
+def _limits(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    section = raw.get("limits", {})
+    if not isinstance(section, dict):
+        raise ValidationError(f"agent config {path}: [limits] must be a table of NAME = number")
+    return {str(k): v for k, v in section.items()}
 
 
 def _seal_keys(raw: dict[str, Any], path: Path) -> dict[str, str]:

@@ -180,7 +180,8 @@ class ProcessProvider(Provider):
         # Children the step left behind die with it: no orphans outlive an attempt.
         await self._terminate(attempt, self.kill_grace_s)
         self._procs.pop(attempt.pid, None)
-        return self._conclude(attempt, rc)
+        # Reading outcome.json (it may be megabytes) and stderr happens off the event loop.
+        return await asyncio.to_thread(self._conclude, attempt, rc)
 
     async def _wait_exit(self, attempt: Attempt) -> tuple[int | None, bool]:
         """Wait for the step process to end; (returncode if known, whether it timed out)."""

@@ -92,12 +92,17 @@ async def follow_tails(
             done = await ended()
             got = False
             for tail in tails:
-                for record in tail.read():
+                # File reads happen in a worker thread: a slow or huge file never blocks the
+                # event loop. Each read returns at most one chunk, so memory stays bounded.
+                for record in await asyncio.to_thread(tail.read):
                     got = True
                     yield record
             if done:
                 for tail in tails:
-                    for record in tail.finish():
+                    while tail.more:
+                        for record in await asyncio.to_thread(tail.read):
+                            yield record
+                    for record in await asyncio.to_thread(tail.finish):
                         yield record
                 return
             if not got:

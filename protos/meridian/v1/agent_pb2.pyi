@@ -95,7 +95,7 @@ class HeldAttempt(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining")
+    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining", "degraded")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Hello(_message.Message):
     HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     version: str
     labels: _containers.ScalarMap[str, str]
     providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
@@ -117,17 +118,20 @@ class Hello(_message.Message):
     held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
     hostname: str
     draining: bool
-    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    degraded: str
+    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("in_use", "held_attempts", "draining")
+    __slots__ = ("in_use", "held_attempts", "draining", "degraded")
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     in_use: int
     held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
     draining: bool
-    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    degraded: str
+    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class ReportBatch(_message.Message):
     __slots__ = ("reports",)
@@ -216,7 +220,14 @@ class CertificateRenewal(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., renew_in_s: _Optional[float] = ..., refused: _Optional[str] = ..., retry_in_s: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "environment", "session_id", "heartbeat_interval_s", "lease_timeout_s", "last_applied_seq", "max_frame_bytes", "certificate_renew_in_s")
+    __slots__ = ("agent_id", "environment", "session_id", "heartbeat_interval_s", "lease_timeout_s", "last_applied_seq", "max_frame_bytes", "certificate_renew_in_s", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +236,7 @@ class Welcome(_message.Message):
     LAST_APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_RENEW_IN_S_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     environment: str
     session_id: str
@@ -233,7 +245,8 @@ class Welcome(_message.Message):
     last_applied_seq: int
     max_frame_bytes: int
     certificate_renew_in_s: float
-    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., certificate_renew_in_s: _Optional[float] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., certificate_renew_in_s: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assign(_message.Message):
     __slots__ = ("attempt_id", "fencing_token", "flow_run_id", "step_run_id", "step_key", "attempt_number", "spec", "bundle_sha256", "inputs_json")

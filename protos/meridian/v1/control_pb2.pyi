@@ -490,7 +490,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "name", "environment", "labels", "providers", "capacity", "in_use", "version", "last_heartbeat_unix_ms", "status", "hostname", "cert_fingerprint", "cert_not_after_unix_ms")
+    __slots__ = ("agent_id", "name", "environment", "labels", "providers", "capacity", "in_use", "version", "last_heartbeat_unix_ms", "status", "hostname", "cert_fingerprint", "cert_not_after_unix_ms", "degraded")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -511,6 +511,7 @@ class AgentInfo(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CERT_NOT_AFTER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     environment: str
@@ -524,7 +525,8 @@ class AgentInfo(_message.Message):
     hostname: str
     cert_fingerprint: str
     cert_not_after_unix_ms: int
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., in_use: _Optional[int] = ..., version: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., status: _Optional[str] = ..., hostname: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., cert_not_after_unix_ms: _Optional[int] = ...) -> None: ...
+    degraded: str
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., in_use: _Optional[int] = ..., version: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., status: _Optional[str] = ..., hostname: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., cert_not_after_unix_ms: _Optional[int] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
