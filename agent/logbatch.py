@@ -114,7 +114,12 @@ class LogCapper:
         self._refill(now)
         if not self.overflowing:
             return []
-        if not final and not self._fits(self._tail_bytes):
+        # The tail goes out once the head has room for it and the bucket holds as much of it
+        # as a burst can (tokens may go into debt: the rate catches up afterwards).
+        room = self._shipped + self._tail_bytes <= self._caps.head_bytes
+        if not final and not (
+            room and self._tokens >= min(self._tail_bytes, self._caps.burst_bytes)
+        ):
             return []
         out: list[LogLine] = []
         if self.dropped_lines:

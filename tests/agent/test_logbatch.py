@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from agent.logbatch import pump_logs
-from agent.reports import LogChunk
+from agent.reports import LogChunk, LogLine
 from providers.base import LogRecord
 
 
@@ -46,3 +46,44 @@ def test_cancel_flushes_what_is_buffered() -> None:
 
     asyncio.run(scenario())
     assert [ln.text for c in chunks for ln in c.lines] == ["last words"]
+
+
+def test_a_flood_keeps_head_and_tail_and_says_what_was_dropped() -> None:
+    from agent.logbatch import LogCaps
+
+    chunks: list[LogChunk] = []
+    caps = LogCaps(head_bytes=10_000, tail_bytes=5_000, rate_bytes_per_s=1e12, burst_bytes=10**12)
+    n = 200_000  # ~20 MB of lines: memory stays at the tail plus one chunk
+    asyncio.run(pump_logs(_sized(n, 100), chunks.append, caps=caps, max_delay_s=10))
+    texts = [line.text for chunk in chunks for line in chunk.lines]
+    notices = [t for t in texts if "dropped" in t]
+    assert len(notices) == 1
+    kept = [t for t in texts if "dropped" not in t]
+    assert kept[0].startswith("0 ") and kept[-1].startswith(f"{n - 1} ")
+    assert sum(len(t) + 1 for t in kept) <= 10_000 + 5_000
+    dropped_lines = int(notices[0].split()[1])
+    assert dropped_lines + len(kept) == n
+
+
+def test_the_rate_limit_drops_bursts_but_keeps_the_latest_lines() -> None:
+    from agent.logbatch import LogCapper, LogCaps
+
+    capper = LogCapper(
+        LogCaps(head_bytes=10**9, tail_bytes=300, rate_bytes_per_s=100, burst_bytes=200), now=0.0
+    )
+    shipped: list[str] = []
+    for i in range(50):
+        line = LogLine(0, "stdout", f"{i:02d}" + "x" * 48)
+        shipped += [ln.text for ln in capper.offer(line, now=0.0)]
+    assert len(shipped) == 3  # the burst
+    # Time passes: the rate allows the kept tail out, after the notice.
+    shipped += [ln.text for ln in capper.release(now=100.0)]
+    assert "dropped" in shipped[3] and shipped[-1].startswith("49")
+
+
+def _sized(n: int, width: int):  # type: ignore[no-untyped-def]
+    async def gen():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield LogRecord("stdout", f"{i} " + "y" * width, 0)
+
+    return gen()

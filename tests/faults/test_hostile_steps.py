@@ -64,7 +64,8 @@ FLOWS = textwrap.dedent(
     def big_error(mb: int) -> str:
         # stepexec trims an exception's text itself, so write the outcome it would have
         # written, with an error of megabytes, and leave before it can write its own.
-        error = {"error_class": "transient", "type": "builtins.ValueError", "message": "e" * (mb * MiB)}
+        message = "e" * (mb * MiB)
+        error = {"error_class": "transient", "type": "builtins.ValueError", "message": message}
         Path("outcome.json").write_text(json.dumps({"state": "failed", "error": error}))
         os._exit(1)
 
@@ -262,7 +263,9 @@ def test_oversize_payloads_log_floods_and_provider_errors_fail_only_their_attemp
     lines = estate.client().get_logs(run_id, step_key="flood#1").lines
     texts = [entry.line.text for entry in lines]
     assert texts[0].startswith("line 0 ")
-    assert texts[-1].startswith(f"line {20 * 1024 - 1} "), [(t[:60]) for t in texts[-3:]] + [len(texts)]
+    assert texts[-1].startswith(f"line {20 * 1024 - 1} "), [(t[:60]) for t in texts[-3:]] + [
+        len(texts)
+    ]
     notices = [t for t in texts if "dropped" in t]
     assert len(notices) == 1 and "lines /" in notices[0] and "bytes dropped" in notices[0]
     kept = sum(len(t) + 1 for t in texts if "dropped" not in t)
@@ -332,9 +335,7 @@ def test_a_full_disk_fails_the_attempt_degrades_the_agent_and_it_recovers(
 
         def hog_failed() -> bool:
             failed[:] = [
-                a
-                for a in _attempts(estate.client().get_run(run_id), "hog")
-                if a.state == "FAILED"
+                a for a in _attempts(estate.client().get_run(run_id), "hog") if a.state == "FAILED"
             ]
             return bool(failed)
 
@@ -404,3 +405,22 @@ def test_an_agent_refused_for_its_labels_exits_with_the_reason(estate: Estate) -
     assert "not allowed" in started.stderr and "site=pinned" in started.stderr
     # The agents still connected are unaffected.
     poll_until(lambda: _raw_agents(estate)["hostile"].status == "connected", timeout=DEADLINE_S)
+
+
+def test_report_times_are_the_agents_within_clock_skew_bounds() -> None:
+    """Pure: how an agent's report time is recorded (control_plane.usecases.attempts)."""
+    import datetime as dt
+
+    from control_plane.usecases.attempts import MAX_CLOCK_SKEW, reported_time
+
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    assigned = now - dt.timedelta(seconds=30)
+    earlier = now - dt.timedelta(seconds=20)  # e.g. finished during a control-plane outage
+    assert reported_time(earlier, now, assigned) == (earlier, "")
+    assert reported_time(None, now, assigned) == (now, "")
+    ahead, note = reported_time(now + MAX_CLOCK_SKEW * 3, now, assigned)
+    assert ahead == now and "ahead" in note and "clamped" in note
+    within = now + MAX_CLOCK_SKEW / 2
+    assert reported_time(within, now, assigned) == (within, "")
+    before, note = reported_time(assigned - dt.timedelta(seconds=5), now, assigned)
+    assert before == assigned and "before the attempt began" in note
