@@ -51,6 +51,7 @@ from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finis
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
 from meridian.core.errors import SealError
 from meridian.core.sealing import KeyRing
+from meridian.core.tracecontext import traceparent
 from providers.base import (
     ErrorInfo,
     ExecutionSpec,
@@ -221,7 +222,11 @@ class Runner:
             work_dir=work_dir,
             timeout_s=spec.timeout_s or None,
             options=options,
-            env=secrets.env,
+            # Spans the step creates become children of this attempt's span in the run's trace.
+            env={
+                **secrets.env,
+                "TRACEPARENT": traceparent(assignment.flow_run_id, assignment.attempt_id),
+            },
         )
         try:
             await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)

@@ -7,12 +7,16 @@ call these, and carry the decision out.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from control_plane.orchestration.retry import decide_retry, policy_from_spec
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.spec import OnAgentLost, StepSpec
 from meridian.core.states import AttemptState, StepState
+
+# How far ahead of the control plane's clock an agent's report time may be and still count.
+MAX_CLOCK_SKEW = dt.timedelta(seconds=5)
 
 # An attempt that ended without saying why gets the error class its outcome implies.
 _OUTCOME_ERROR_CLASS = {
@@ -83,3 +87,22 @@ def lost_after_s(spec: StepSpec, default_s: float) -> float | None:
     if spec.on_agent_lost == OnAgentLost.WAIT:
         return None
     return spec.lost_after_s or default_s
+
+
+def reported_time(
+    at: dt.datetime | None, now: dt.datetime, not_before: dt.datetime | None
+) -> tuple[dt.datetime, str]:
+    """The time to record for an agent's observation ``at``, and a note when it was clamped.
+
+    Bounds: no later than ``now`` + ``MAX_CLOCK_SKEW`` (clamped to ``now``), no earlier than
+    ``not_before`` (when the attempt was assigned or started).
+    """
+    if at is None:
+        return now, ""
+    if at > now + MAX_CLOCK_SKEW:
+        ahead = (at - now).total_seconds()
+        return now, f" (agent clock {ahead:.1f}s ahead of the control plane; time clamped)"
+    if not_before is not None and at < not_before:
+        behind = (not_before - at).total_seconds()
+        return not_before, f" (agent time {behind:.1f}s before the attempt began; time clamped)"
+    return at, ""

@@ -74,7 +74,8 @@ class AgentSession:
             providers=a.providers,
             capacity=a.capacity,
             in_use=self.in_use,
-            draining=self.draining or bool(self.degraded),
+            draining=self.draining,
+            degraded=bool(self.degraded),
         )
 
     def send(self, item: Outgoing) -> None:

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from control_plane import audit
-from control_plane.orchestration.decisions import decide_after_failure, error_for_outcome
+from control_plane.orchestration.decisions import (
+    decide_after_failure,
+    error_for_outcome,
+    reported_time,
+)
 from control_plane.orchestration.rules import AttemptFacts, judge_report
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut, ReportIn
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
@@ -41,28 +45,8 @@ from meridian.core.states import (
 )
 
 # How far ahead of the control plane's clock an agent's report time may be.
-MAX_CLOCK_SKEW = dt.timedelta(seconds=5)
 # The error type of an attempt the agent ended because it quarantined one of its reports.
 REPORT_QUARANTINED = "meridian.ReportQuarantined"
-
-
-def reported_time(
-    at: dt.datetime | None, now: dt.datetime, not_before: dt.datetime | None
-) -> tuple[dt.datetime, str]:
-    """The time to record for an agent's observation ``at``, and a note when it was clamped.
-
-    Bounds: no later than ``now`` + ``MAX_CLOCK_SKEW`` (clamped to ``now``), no earlier than
-    ``not_before`` (when the attempt was assigned or started).
-    """
-    if at is None:
-        return now, ""
-    if at > now + MAX_CLOCK_SKEW:
-        ahead = (at - now).total_seconds()
-        return now, f" (agent clock {ahead:.1f}s ahead of the control plane; time clamped)"
-    if not_before is not None and at < not_before:
-        behind = (not_before - at).total_seconds()
-        return not_before, f" (agent time {behind:.1f}s before the attempt began; time clamped)"
-    return at, ""
 
 
 # ---- cancel -------------------------------------------------------------------------------

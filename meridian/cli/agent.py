@@ -33,6 +33,7 @@ from meridian.cli.common import (
     require_ca_file,
     wait_for_stop,
 )
+from meridian.core.logfmt import FORMATS, use_format
 from meridian.core.sealing import KeyRing
 
 if TYPE_CHECKING:
@@ -107,6 +108,12 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=positive_float,
         default=30.0,
         help="on SIGTERM, how long running steps may finish (default 30)",
+    )
+    start.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per log line",
     )
     start.set_defaults(func=cmd_start)
 
@@ -269,5 +276,6 @@ def cmd_start(args: argparse.Namespace) -> int:
         flush=True,
     )
     with logging_to(None, debug=args.debug):
+        use_format(args.log_format)
         asyncio.run(run_agent(config, args.drain_grace))
     return 0

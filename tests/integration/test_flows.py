@@ -130,3 +130,15 @@ def test_invalid_provider_options_fail_the_submission(estate: Estate) -> None:
     assert "provider 'process' rejects its options" in output
     assert detail["state"] == "FAILED"
     assert detail["steps"] == []  # refused at submission: nothing was queued or run
+
+
+def test_a_step_process_gets_the_traceparent_of_its_attempt(estate: Estate) -> None:
+    """Spans a step creates join the run's trace, under its attempt's span (the ids are the
+    ones the control plane exports for the run: meridian.core.tracecontext)."""
+    from meridian.core.tracecontext import traceparent
+
+    code, output, detail = run(estate, "trace_context")
+    assert code == 0, output
+    [attempt] = attempts(detail, "traced")
+    expected = traceparent(detail["flow_run_id"], attempt["attempt_id"])
+    assert detail["result"] == expected

@@ -4,14 +4,17 @@ no store and no clock; the random number the retry jitter draws from is passed i
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import pytest
 
 from control_plane.orchestration.decisions import (
+    MAX_CLOCK_SKEW,
     StepDecision,
     decide_after_failure,
     error_for_outcome,
     lost_after_s,
+    reported_time,
 )
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.spec import OnAgentLost, StepSpec
@@ -220,3 +223,19 @@ def test_a_step_may_set_its_own_lost_after() -> None:
 
 def test_otherwise_the_control_planes_default_applies() -> None:
     assert lost_after_s(SPEC, 30.0) == 30.0
+
+
+def test_report_times_are_the_agents_within_clock_skew_bounds() -> None:
+    """Reports carry the agent's own time (a step that finished during an outage keeps it),
+    bounded by the control plane's clock and the attempt's assignment."""
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    assigned = now - dt.timedelta(seconds=30)
+    earlier = now - dt.timedelta(seconds=20)  # e.g. finished during a control-plane outage
+    assert reported_time(earlier, now, assigned) == (earlier, "")
+    assert reported_time(None, now, assigned) == (now, "")
+    ahead, note = reported_time(now + MAX_CLOCK_SKEW * 3, now, assigned)
+    assert ahead == now and "ahead" in note and "clamped" in note
+    within = now + MAX_CLOCK_SKEW / 2
+    assert reported_time(within, now, assigned) == (within, "")
+    before, note = reported_time(assigned - dt.timedelta(seconds=5), now, assigned)
+    assert before == assigned and "before the attempt began" in note

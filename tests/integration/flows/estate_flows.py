@@ -108,3 +108,15 @@ def misconfigured() -> str:
 @flow
 def bad_options() -> str:
     return misconfigured()
+
+
+@step(target="cloud=aws")
+def traced() -> str:
+    import os
+
+    return os.environ.get("TRACEPARENT", "")
+
+
+@flow
+def trace_context() -> str:
+    return traced()
