@@ -77,7 +77,8 @@ def test_finished_attempt_names_agent_identity_resource_and_digests(store: Store
     reports = [
         report(attempt, 1, "running"),
         report(attempt, 2, "handle", handle_json="{}", resource_id="arn:aws:ecs:task/1"),
-        report(attempt, 3, "finished", outcome="SUCCEEDED", result_json='{"rows": 3}'),
+        # The agent saw it end at ``later``: that, not the arrival, is the recorded end.
+        report(attempt, 3, "finished", at=later, outcome="SUCCEEDED", result_json='{"rows": 3}'),
     ]
     apply(store, "a1", reports, later)
     [(actor, _, subject, d)] = records(store, "attempt.finished")

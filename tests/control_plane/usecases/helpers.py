@@ -193,8 +193,11 @@ def holder(attempt: AttemptRow) -> str:
     return attempt.agent_id
 
 
-def report(attempt: AttemptRow, seq: int, kind: str, **kw: Any) -> ReportIn:
-    """A report as the API layer decodes it (string outcome and error dict accepted)."""
+def report(
+    attempt: AttemptRow, seq: int, kind: str, *, at: dt.datetime = T0, **kw: Any
+) -> ReportIn:
+    """A report as the API layer decodes it (string outcome and error dict accepted); ``at``
+    is when the agent observed it."""
     if "outcome" in kw:
         kw["outcome"] = AttemptState(kw["outcome"])
     if isinstance(kw.get("error"), dict):
@@ -203,7 +206,7 @@ def report(attempt: AttemptRow, seq: int, kind: str, **kw: Any) -> ReportIn:
         seq=seq,
         attempt_id=attempt.id,
         fencing_token=attempt.fencing_token,
-        at=T0,
+        at=at,
         kind=ReportKind(kind),
         **kw,
     )
