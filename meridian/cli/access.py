@@ -27,8 +27,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_client_options(login)
     login.set_defaults(func=cmd_login)
 
-    tokens = commands.add_parser("api-tokens", help="manage API tokens (on the control-plane "
-                                 "host)", parents=parents)  # fmt: skip
+    tokens = commands.add_parser(
+        "api-tokens",
+        help="manage API tokens (for people, CI and flow runners)",
+        description="Issue, list and revoke API tokens. Acts locally on the control plane's "
+        "data directory: run it on the control-plane host.",
+        parents=parents,
+    )
     actions = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="issue an API token", parents=parents)
     create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))

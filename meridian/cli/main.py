@@ -12,11 +12,52 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from meridian.cli import access, agent, agents, audit, dev, run, runs, sealkeys, server, tokens
+from meridian.cli import (
+    access,
+    agent,
+    agents,
+    audit,
+    completion,
+    dev,
+    run,
+    runs,
+    sealkeys,
+    server,
+    tokens,
+)
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.core.errors import ConnectionFailed, MeridianError
 
-COMMAND_MODULES = (server, tokens, access, agent, run, runs, agents, audit, sealkeys, dev)
+COMMAND_MODULES = (
+    *(server, tokens, access, agent, run, runs, agents, audit, sealkeys, dev, completion),
+)
+
+# Where each top-level command acts: on this host's files (no network, no token: whoever can
+# read the data directory already controls it) or over the network (gRPC + TLS to the control
+# plane, with an API token). Shown in `meridian --help`.
+WHERE = {
+    "server": "local: serves --data-dir",
+    "join-tokens": "local: on the server's --data-dir",
+    "api-tokens": "local: on the server's --data-dir",
+    "login": "network",
+    "agent": "network + the agent's --data-dir",
+    "run": "network",
+    "runs": "network",
+    "agents": "network",
+    "audit": "network",
+    "seal-key": "local: key files",
+    "dev": "local: a throwaway estate",
+    "completion": "local",
+}
+EPILOG = """\
+where commands act:
+  local    on this host, on a control plane's data directory (--data-dir, default
+           ~/.meridian/server) or on local files; no network and no API token needed:
+           server, join-tokens (alias: tokens), api-tokens, seal-key, dev, completion
+  network  over gRPC + TLS to the control plane (--control-plane, --ca-file, --token or a
+           profile saved by `meridian login`): login, run, runs, agents, audit; agent dials
+           the control plane and keeps its identity in its own --data-dir
+"""
 
 
 def build_parser() -> ArgumentParser:
@@ -30,6 +71,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="meridian",
         description="Run Python workflows across clouds and sites; audit them in one place.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
     parser.add_argument(
@@ -38,7 +81,16 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(commands, [debug_parent])
+    _say_where(commands)
     return parser
+
+
+def _say_where(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+    """Tag each command's one-line help with where it acts (``WHERE``), once."""
+    for choice in commands._choices_actions:
+        where = WHERE.get(choice.dest)
+        if where and choice.help and "[" not in choice.help:
+            choice.help = f"{choice.help} [{where}]"
 
 
 def _version() -> str:
@@ -77,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(arguments)
+        parser = build_parser()
+        completion.complete(parser)
+        args = parser.parse_args(arguments)
         result: int = args.func(args)
         return result
     except SystemExit as exc:  # --help / --version from argparse

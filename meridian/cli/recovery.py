@@ -9,8 +9,9 @@ from typing import Any
 
 from meridian.cli.common import add_client_options, connect, positive_float
 from meridian.cli.pending import unconfirmed, unconfirmed_lines
+from meridian.cli.progress import progress_view
 from meridian.cli.render import to_json
-from meridian.cli.run import ProgressPrinter, finish_lines, outcome_to_dict
+from meridian.cli.run import add_progress_option, finish_lines, outcome_to_dict
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
@@ -39,6 +40,7 @@ def register(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
         parser = actions.add_parser(name, help=text, parents=parents)
         parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
         parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        add_progress_option(parser)
         add_client_options(parser)
         parser.set_defaults(func=cmd_resume if name == "resume" else cmd_retry)
 
@@ -87,8 +89,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _execute(args: argparse.Namespace, how: Any) -> int:
     progress = sys.stderr if args.json else sys.stdout
-    with connect(args) as client:
-        outcome = how(client, args.run, on_update=ProgressPrinter(progress))
+    view = progress_view(progress, args.progress)
+    with connect(args) as client, view:
+        outcome = how(client, args.run, on_update=view)
     if args.json:
         print(to_json(outcome_to_dict(outcome)))
     else:

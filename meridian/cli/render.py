@@ -10,10 +10,12 @@ the one that ended it.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any
 
 from meridian import models
@@ -23,6 +25,8 @@ from meridian.core.sealing import describe_sealed, mask_sealed
 STEP_STATE_ORDER = ("COMPLETED", "CACHED", "RUNNING", "PENDING", "FAILED", "CANCELLED")
 ERROR_WIDTH = 80
 TRACEBACK_LINES = 8
+# A result is shown on one line, cut at this many characters (the JSON output has all of it).
+RESULT_WIDTH = 400
 
 
 # ---- small formatting primitives -------------------------------------------------------------
@@ -93,6 +97,41 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, str, int], ...]:
+    """Sort key that orders numbers by value: ``load#2`` before ``load#10``."""
+    return tuple(
+        (1, "", int(part)) if part.isdigit() else (0, part, 0)
+        for part in _DIGITS.split(text)
+        if part
+    )
+
+
+def format_result(value: Any, run_id: str, *, label: str = "Result:") -> list[str]:
+    """The flow's result on one bounded line; a note says where the rest is when cut."""
+    try:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    except ValueError:  # a circular structure: show what repr says
+        text = repr(value)
+    line = f"{label} {truncate(mask_sealed(text), RESULT_WIDTH)}"
+    if len(" ".join(text.split())) <= RESULT_WIDTH:
+        return [line]
+    return [line, f"  (truncated: {len(text)} characters; all of it: "
+                  f"meridian runs show {run_id} --json)"]  # fmt: skip
+
+
+def sorted_steps(detail: models.RunDetail) -> list[models.StepRunDetail]:
+    """The run's steps in the order they were submitted; steps submitted together (a map's
+    items share one transaction time) in natural key order: ``#1, #2, #10``, not text order
+    (``#1, #10, #2``, how the store breaks the tie)."""
+    ordered: list[models.StepRunDetail] = []
+    for _, group in groupby(detail.steps, key=lambda s: s.created_at or id(s)):
+        ordered += sorted(group, key=lambda s: natural_key(s.key))
+    return ordered
 
 
 def parse_json_text(text: str) -> Any:
@@ -256,7 +295,7 @@ def _error_cell(error: models.ErrorInfo | None, marks: tuple[str, ...] = ()) -> 
 def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
     rows: list[list[str]] = []
     marks = attempt_marks(detail)
-    for step in detail.steps:
+    for step in sorted_steps(detail):
         if not step.attempts:
             # CACHED or never-scheduled steps still belong on the timeline.
             where = ["-", "-", "-", step.provider or "-", "-"]  # attempt..resource
@@ -318,7 +357,14 @@ def _header_lines(detail: models.RunDetail) -> list[str]:
         f"State       {detail.state}",
         f"Created     {format_datetime(detail.created_at)}",
         f"Ended       {format_datetime(detail.ended_at)}  (took {format_seconds(duration)})",
+        *_result_lines(detail),
     ]
+
+
+def _result_lines(detail: models.RunDetail) -> list[str]:
+    if not detail.result_json:
+        return ["Result      -"]
+    return format_result(stored_value(detail.result_json), detail.flow_run_id, label="Result     ")
 
 
 APPROVAL_HEADERS = ("APPROVAL", "STATE", "REQUESTED", "DECIDED", "BY", "REASON / MESSAGE")
@@ -481,7 +527,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "ended_at": iso(detail.ended_at),
         "result": stored_value(detail.result_json),
         "error": error_to_dict(detail.error),
-        "steps": [_step_to_dict(s, marks) for s in detail.steps],
+        "steps": [_step_to_dict(s, marks) for s in sorted_steps(detail)],
         "approvals": [approval_to_dict(a) for a in detail.approvals],
         "summary": {
             "step_counts": summary.step_counts,

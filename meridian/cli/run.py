@@ -1,8 +1,10 @@
 """``meridian run FILE:FLOW``: run a flow with this process as its flow runner.
 
-The flow body runs here; its steps run on agents. Progress is printed as the control plane
-reports it (one line per event), then the final state and where to find the audit view.
-``meridian dev`` reuses :class:`ProgressPrinter` and :func:`finish_lines`.
+The flow body runs here; its steps run on agents. Progress is shown as the control plane
+reports it (``meridian.cli.progress``: a live view on a terminal, bounded summary lines
+otherwise; ``--progress events`` prints one line per event with :class:`ProgressPrinter`),
+then the final state, the flow's result and where to find the audit view. ``meridian dev``
+reuses :class:`ProgressPrinter` and :func:`finish_lines`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from meridian import models
 from meridian.cli.common import UsageError, add_client_options, connect, parse_params
+from meridian.cli.progress import approval_hint, progress_view
 from meridian.cli.render import (
     error_to_dict,
     format_clock,
+    format_result,
     short_type,
     to_json,
     truncate,
@@ -50,8 +54,22 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="flow parameter (repeatable); converted using the flow's type hints",
     )
     run.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    add_progress_option(run)
     add_client_options(run)
     run.set_defaults(func=cmd_run)
+
+
+PROGRESS_MODES = ("auto", "live", "plain", "events")
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="auto (default): a live view on a terminal, else throttled summary lines; "
+        "live; plain; events: one line per event (verbose)",
+    )
 
 
 def check_entrypoint(text: str) -> str:
@@ -85,19 +103,6 @@ WAITING_WIDTH = 400
 HIDDEN_KINDS = frozenset({"step.running"})
 
 
-def approval_hint(approval: models.ApprovalInfo) -> list[str]:
-    """What to run to decide a pending approval (printed when a run starts waiting)."""
-    run, key = approval.flow_run_id, approval.key
-    when = ""
-    if approval.deadline is not None:
-        when = f" (it times out at {format_clock(approval.deadline)} UTC)"
-    return [
-        f"  The run waits for approval {key}{when}. Decide it with:",
-        f"    meridian runs approve {run} {key} [--reason TEXT]",
-        f"    meridian runs reject {run} {key} --reason TEXT",
-    ]
-
-
 class ProgressPrinter:
     """``on_update`` callback for run_flow: prints each event once, in order, and how to
     decide an approval the run starts waiting for."""
@@ -105,6 +110,12 @@ class ProgressPrinter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._last_event_id = 0
+
+    def __enter__(self) -> ProgressPrinter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def __call__(self, update: models.RunUpdate) -> None:
         # The runner may re-watch after a reconnect; event ids make the output idempotent.
@@ -166,6 +177,8 @@ def finish_lines(outcome: RunOutcome) -> list[str]:
     error = outcome.error
     if error is not None:
         lines.append(f"  {error.error_class}: {error.type}: {truncate(error.message, 200)}")
+    elif outcome.state == "COMPLETED":
+        lines += format_result(outcome.result, outcome.flow_run_id)
     lines.append(f"Audit view: meridian runs show {outcome.flow_run_id}")
     return lines
 
@@ -204,11 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     progress_stream = sys.stderr if args.json else sys.stdout
+    view = progress_view(progress_stream, args.progress)
     try:
-        with connect(args) as client, interrupts_cancel() as signals:
-            outcome = run_flow(
-                client, entrypoint, params, on_update=ProgressPrinter(progress_stream)
-            )
+        with connect(args) as client, interrupts_cancel() as signals, view:
+            outcome = run_flow(client, entrypoint, params, on_update=view)
     except RunInterrupted as exc:
         lines = interrupted_lines(exc.run_id, exc.state, abandoned=exc.abandoned)
         print("\n".join(lines), file=progress_stream, flush=True)

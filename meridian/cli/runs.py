@@ -1,7 +1,7 @@
-"""``meridian runs list|show|logs``: read runs, their audit view and their step logs.
+"""``meridian runs list|show|watch``: read runs, their audit view and their live progress.
 
-``cancel``, ``resume`` and ``retry`` live in ``meridian.cli.recovery``; ``approve`` and
-``reject`` in ``meridian.cli.approvals``.
+``logs`` lives in ``meridian.cli.logs``; ``cancel``, ``resume`` and ``retry`` in
+``meridian.cli.recovery``; ``approve`` and ``reject`` in ``meridian.cli.approvals``.
 """
 
 from __future__ import annotations
@@ -9,31 +9,34 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from meridian import models
-from meridian.cli import approvals, recovery
+from meridian.cli import approvals, logs, recovery
 from meridian.cli.common import add_client_options, connect, positive_int
+from meridian.cli.logs import TERMINAL_RUN_STATES
 from meridian.cli.pending import pending_lines, pending_to_dict
+from meridian.cli.progress import progress_view
 from meridian.cli.render import (
-    format_clock,
     format_datetime,
+    format_result,
     format_seconds,
     iso,
     render_run,
     run_to_dict,
     seconds_between,
+    stored_value,
     table,
     to_json,
 )
-
-LOG_PAGE = 5000
+from meridian.cli.run import add_progress_option
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    runs = commands.add_parser("runs", help="list, show, cancel, resume and approve runs",
-                               parents=parents)  # fmt: skip
+    runs = commands.add_parser(
+        "runs", help="list, show, watch, cancel, resume and approve runs; their logs",
+        parents=parents,
+    )  # fmt: skip
     actions = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="recent runs, newest first", parents=parents)
@@ -50,12 +53,15 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_client_options(show)
     show.set_defaults(func=cmd_show)
 
-    logs = actions.add_parser("logs", help="the step logs of one run", parents=parents)
-    logs.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
-    logs.add_argument("--step", metavar="NAME_OR_KEY", default="",
-                      help="only this step (a key like load#1, or a step name)")  # fmt: skip
-    add_client_options(logs)
-    logs.set_defaults(func=cmd_logs)
+    logs.register(actions, parents)
+
+    watch = actions.add_parser(
+        "watch", help="the live progress view of a run until it ends", parents=parents
+    )
+    watch.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+    add_progress_option(watch)
+    add_client_options(watch)
+    watch.set_defaults(func=cmd_watch)
 
     recovery.register(actions, parents)
     approvals.register(actions, parents)
@@ -96,14 +102,6 @@ def run_list_to_json(runs: Sequence[models.RunSummary]) -> list[dict[str, Any]]:
     ]
 
 
-def format_log_line(entry: models.StepLogLine) -> str:
-    line = entry.line
-    at: datetime | None = line.at if line is not None else None
-    stream = line.stream if line is not None else ""
-    text = line.text if line is not None else ""
-    return f"{format_clock(at)} {entry.step_key} #{entry.attempt_number} {stream:<6} | {text}"
-
-
 # ---- commands ---------------------------------------------------------------------------------
 
 
@@ -124,20 +122,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Seed the view from the stored run, then follow its updates until it ends."""
     with connect(args) as client:
-        # Resolve a prefix to the full id first so logs accept what `runs show` accepts.
-        run_id = client.get_run(args.run).flow_run_id
-        after_id, printed = 0, 0
-        while True:
-            page = client.get_logs(run_id, step_key=args.step, after_id=after_id, limit=LOG_PAGE)
-            for entry in page.lines:
-                print(format_log_line(entry))
-            printed += len(page.lines)
-            if not page.lines or page.next_after_id <= after_id:
-                break
-            after_id = page.next_after_id
-    if printed == 0:
-        suffix = f" for step {args.step!r}" if args.step else ""
-        print(f"no log lines{suffix}", file=sys.stderr)
-    return 0
+        detail = client.get_run(args.run)
+        run_id = detail.flow_run_id
+        state = detail.state
+        if state not in TERMINAL_RUN_STATES:
+            view = progress_view(sys.stdout, args.progress)
+            seed = getattr(view, "state", None)
+            if seed is not None:
+                seed.seed(detail)
+            after = max((e.event_id for e in detail.events), default=0)
+            try:
+                with view:
+                    for update in client.watch_run(run_id, after):
+                        view(update)
+                        if update.run_state:
+                            state = update.run_state
+                            break
+            except KeyboardInterrupt:
+                print(f"stopped watching; run {run_id} goes on", file=sys.stderr)
+                return 130
+            if state not in TERMINAL_RUN_STATES:  # the stream ended early
+                state = client.get_run(run_id).state
+        final = client.get_run(run_id) if state != detail.state else detail
+    print(f"Run {run_id}: {final.state}")
+    if final.result_json:
+        print("\n".join(format_result(stored_value(final.result_json), run_id)))
+    print(f"Audit view: meridian runs show {run_id}")
+    return 0 if final.state == "COMPLETED" else 1

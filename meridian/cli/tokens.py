@@ -1,4 +1,7 @@
-"""``meridian tokens create|list|revoke``: join tokens, on the control-plane host.
+"""``meridian join-tokens create|list|revoke``: agent join tokens, on the control-plane host.
+
+``tokens`` is an alias (the name before 0.2): every documented ``meridian tokens ...`` line
+still works.
 
 It works on the server's data directory (and database) directly rather than over gRPC: whoever
 can read that directory already holds the CA, so no extra credential is needed to bootstrap.
@@ -24,7 +27,14 @@ from meridian.cli.render import format_datetime, iso, table, to_json
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    tokens = commands.add_parser("tokens", help="manage agent join tokens", parents=parents)
+    tokens = commands.add_parser(
+        "join-tokens",
+        aliases=["tokens"],
+        help="manage agent join (enrollment) tokens",
+        description="One-time tokens an agent enrolls with (`meridian agent enroll --token`). "
+        "Acts locally on the control plane's data directory: run it on the control-plane host.",
+        parents=parents,
+    )
     actions = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser(
         "create", help="create a one-time join token for an environment", parents=parents

@@ -13,6 +13,7 @@ import pytest
 from meridian import models
 from meridian.cli import agent as agent_cmd
 from meridian.cli import agents as agents_cmd
+from meridian.cli import logs as logs_cmd
 from meridian.cli import run as run_cmd
 from meridian.cli import runs as runs_cmd
 from meridian.cli.common import parse_labels, parse_params
@@ -64,7 +65,7 @@ class FakeClient:
 @pytest.fixture
 def fake(monkeypatch) -> FakeClient:
     client = FakeClient()
-    for module in (runs_cmd, agents_cmd, run_cmd):
+    for module in (runs_cmd, agents_cmd, run_cmd, logs_cmd):
         monkeypatch.setattr(module, "connect", lambda args: client)
     return client
 
