@@ -1,7 +1,7 @@
 """Dispatch benchmark: one control plane and three agents on this machine, N trivial steps.
 
     python bench/dispatch.py [--steps N] [--mode sequential|map|both] [--db URL]
-                             [--capacity C] [--out FILE]
+                             [--capacity C] [--agents 1-3] [--out FILE]
 
 The control plane and the agents run as separate processes started through the ``meridian``
 CLI (as an operator would start them); this process is the flow runner and drives one flow per
@@ -37,21 +37,20 @@ import os
 import platform
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
+
 from meridian import models
 from meridian.client import ControlClient
-from meridian.core.errors import ConnectionFailed, ValidationError
 from meridian.sdk.runner import run_flow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +59,6 @@ ENVIRONMENTS = ("bench-a", "bench-b", "bench-c")
 TARGET_LABEL = ("bench", "yes")
 DEFAULT_STEPS = 80
 DEFAULT_CAPACITY = 4
-STARTUP_TIMEOUT_S = 60.0
 
 FLOW_SOURCE = '''\
 """Flows of bench/dispatch.py: a step that does nothing, called N times."""
@@ -90,172 +88,55 @@ def fanout(n: int) -> int:
 # ---- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def meridian(*args: str) -> list[str]:
-    return [sys.executable, "-m", "meridian", *args]
-
-
-def quiet_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MERIDIAN_CONTROL_PLANE", None)
-    env.pop("MERIDIAN_CA_FILE", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @dataclass
 class Estate:
-    """The control plane and agents of one benchmark, as child processes."""
+    """The control plane and the three agents of this benchmark (``common.Estate``)."""
 
     root: Path
     db_url: str | None
     capacity: int
-    address: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    agents: int = len(ENVIRONMENTS)
+    base: common.Estate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base = common.Estate(self.root, self.db_url)
 
     @property
-    def server_dir(self) -> Path:
-        return self.root / "server"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.server_dir / "tls" / "ca.crt"
+    def address(self) -> str:
+        return self.base.address
 
     def client(self) -> ControlClient:
-        return ControlClient(self.address, self.ca_file, timeout_s=30)
-
-    def _spawn(self, name: str, args: Sequence[str]) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        self.processes[name] = subprocess.Popen(
-            meridian(*args),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=quiet_env(),
-            start_new_session=True,
-        )
-        log.close()
-
-    def _cli(self, *args: str) -> str:
-        result = subprocess.run(
-            meridian(*args), capture_output=True, text=True, env=quiet_env(), timeout=60
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"meridian {' '.join(args)} failed:\n{result.stderr}")
-        return result.stdout
+        # The control plane requires an API token: start() creates an operator token with
+        # `meridian api-tokens create`, as an operator would.
+        client: ControlClient = self.base.client(timeout_s=30)
+        return client
 
     def start(self) -> None:
-        args = ["server", "start", "--data-dir", str(self.server_dir), "--listen", self.address]
-        args += ["--agent-listen", f"127.0.0.1:{free_port()}"]
-        if self.db_url:
-            args += ["--db", self.db_url]
-        self._spawn("control-plane", args)
-        self._wait(lambda: self._agents() is not None, "the control plane to serve")
-        for environment in ENVIRONMENTS:
-            self._add_agent(environment)
-
-    def _add_agent(self, environment: str) -> None:
-        token_args = ["tokens", "create", "--data-dir", str(self.server_dir)]
-        token_args += ["--environment", environment]
-        if self.db_url:
-            token_args += ["--db", self.db_url]
-        token = self._cli(*token_args).strip().splitlines()[-1]
-        data_dir = self.root / "agents" / environment
-        self._cli(
-            "agent", "enroll", "--control-plane", self.address, "--ca-file", str(self.ca_file),
-            "--token", token, "--data-dir", str(data_dir), "--name", environment,
-        )  # fmt: skip
-        self._spawn(
-            f"agent-{environment}",
-            [
-                "agent", "start", "--control-plane", self.address, "--environment", environment,
-                "--data-dir", str(data_dir), "--label", f"{TARGET_LABEL[0]}={TARGET_LABEL[1]}",
-                "--label", f"env={environment}", "--provider", "process",
-                "--capacity", str(self.capacity), "--drain-grace", "5",
-            ],
-        )  # fmt: skip
-        self._wait(
-            lambda: any(
-                a.name == environment and a.status == "connected" for a in self._agents() or []
-            ),
-            f"agent {environment} to connect",
-        )
-
-    def _agents(self) -> list[models.AgentInfo] | None:
-        with self.client() as client:
-            return client.list_agents()
-
-    def _wait(self, check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            for name, proc in self.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited while waiting for {what}\n{self.logs()}")
-            with contextlib.suppress(ConnectionFailed, ValidationError):
-                if check():
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}\n{self.logs()}")
+        self.base.start()
+        for environment in ENVIRONMENTS[: self.agents]:
+            self.base.add_agent(
+                environment,
+                labels={TARGET_LABEL[0]: TARGET_LABEL[1], "env": environment},
+                capacity=self.capacity,
+            )
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name} ---\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted(self.root.glob("*.log"))
-        )
+        return self.base.logs()
 
     def memory(self) -> dict[str, dict[str, int]]:
-        return {name: proc_memory(proc.pid) for name, proc in self.processes.items()}
+        return {name: proc_memory(proc.pid) for name, proc in self.base.processes.items()}
 
     def stop(self) -> None:
-        # Agents first, so the control plane does not record them as lost while stopping.
-        for name in sorted(self.processes, key=lambda n: n == "control-plane"):
-            proc = self.processes[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+        self.base.stop()
 
 
-def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-    return values
+proc_memory = common.proc_memory_kib
 
 
 # ---- measuring -----------------------------------------------------------------------------
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float | int]:
-    """p50/p95/p99 (nearest rank), mean, min, max and count, in milliseconds."""
-    if not values:
-        return {"count": 0}
-    ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        index = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
-        return round(ordered[index], 2)
-
-    return {
-        "count": len(ordered),
-        "p50": rank(50),
-        "p95": rank(95),
-        "p99": rank(99),
-        "mean": round(statistics.fmean(ordered), 2),
-        "min": round(ordered[0], 2),
-        "max": round(ordered[-1], 2),
-    }
+percentiles = common.percentiles
 
 
 # (name, from event kind, to event kind); both events belong to the same step key.
@@ -269,13 +150,7 @@ INTERVALS = (
 )
 
 
-def first_times(events: Sequence[models.RunEvent]) -> dict[str, dict[str, dt.datetime]]:
-    """For each step key, the time of the first event of each kind."""
-    times: dict[str, dict[str, dt.datetime]] = {}
-    for event in events:
-        if event.step_key and event.at is not None:
-            times.setdefault(event.step_key, {}).setdefault(event.kind, event.at)
-    return times
+first_times = common.first_times
 
 
 def turnarounds(times: Mapping[str, Mapping[str, dt.datetime]]) -> list[float]:
@@ -351,7 +226,7 @@ def interpreter_startup_ms(samples: int = 10) -> dict[str, Any]:
         durations = []
         for _ in range(samples):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, env=quiet_env())
+            subprocess.run([sys.executable, "-c", code], check=True, env=common.quiet_env())
             durations.append((time.perf_counter() - start) * 1000)
         out[name] = percentiles(durations)
     return out
@@ -375,7 +250,7 @@ def run_mode(
     runner.start()
     runner.join(timeout_s)
     wall_s = time.perf_counter() - start
-    slots = estate.capacity * len(ENVIRONMENTS)
+    slots = estate.capacity * estate.agents
     with estate.client() as reader:
         if not outcome:
             # The abandoned runner would log its watch reconnects once the estate is gone.
@@ -454,7 +329,7 @@ note: the process provider starts a fresh Python interpreter for every step ('ru
 spawned', 'spawned_to_succeeded' and the start-up cost above), which bounds throughput on this
 machine. 'submit_to_start' ends when the control plane accepts the agent's RUNNING proposal,
 before the process is spawned: it is the orchestration latency alone. In 'map' mode it also
-includes waiting for a free slot when there are more steps than slots (3 agents x capacity)."""
+includes waiting for a free slot when there are more steps than slots (agents x capacity)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -462,8 +337,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per mode")
     parser.add_argument("--mode", choices=("sequential", "map", "both"), default="both")
     parser.add_argument("--db", metavar="URL", help="database URL (default: SQLite)")
+    parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="slots per agent")
     parser.add_argument(
-        "--capacity", type=int, default=DEFAULT_CAPACITY, help="slots per agent (3 agents)"
+        "--agents", type=int, choices=(1, 2, 3), default=3, help="agents (default 3)"
     )
     parser.add_argument("--out", metavar="FILE", help="JSON result file")
     parser.add_argument(
@@ -514,10 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flow_dir.mkdir()
         flow_file = flow_dir / "bench_flows.py"
         flow_file.write_text(FLOW_SOURCE)
-        estate = Estate(root, args.db, args.capacity)
+        estate = Estate(root, args.db, args.capacity, args.agents)
         try:
             estate.start()
-            print(f"control plane {estate.address}, agents {', '.join(ENVIRONMENTS)} "
+            names = ", ".join(ENVIRONMENTS[: args.agents])
+            print(f"control plane {estate.address}, agents {names} "
                   f"x capacity {args.capacity}")  # fmt: skip
             results = []
             for mode in modes:
@@ -545,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": args.steps,
             "modes": list(modes),
             "database": "postgresql" if args.db else "sqlite",
-            "agents": len(ENVIRONMENTS),
+            "agents": args.agents,
             "capacity_per_agent": args.capacity,
             "provider": "process",
         },
