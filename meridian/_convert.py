@@ -76,6 +76,7 @@ def update_from_proto(msg: control_pb2.RunUpdate) -> models.RunUpdate:
         step_outcome=outcome,
         run_state=msg.run_state,
         approval=approval,
+        environment=msg.environment,
     )
 
 

@@ -94,6 +94,7 @@ class RunUpdate:
     step_outcome: StepOutcome | None = None
     run_state: str = ""
     approval: ApprovalInfo | None = None  # set on "approval.*" events
+    environment: str = ""  # set on "attempt.assigned" events
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ def run_update(view: EventViewLike) -> control_pb2.RunUpdate:
         attempt_id=event.attempt_id or "",
         message=event.message,
         state=event.to_state or "",
+        environment=str((event.details or {}).get("environment", ""))[:253],
     )
     if step is not None:
         update.step_outcome.CopyFrom(

@@ -43,8 +43,8 @@ STEP_KINDS = {
     "step.retrying": "PENDING",
 }
 ATTEMPT_FAILURES = frozenset({"attempt.failed", "attempt.lost", "attempt.timed_out"})
-# "assigned to agent NAME in ENVIRONMENT" (control_plane/usecases/attempts.py): the only place
-# a RunUpdate names the environment.
+# "assigned to agent NAME in ENVIRONMENT" (control_plane/usecases/attempts.py): how servers
+# without ``RunUpdate.environment`` name the environment.
 _ASSIGNED = re.compile(r"assigned to agent (?P<agent>\S+) in (?P<env>\S+)")
 DETAIL_WIDTH = 160
 MAX_ENVIRONMENTS = 6
@@ -102,9 +102,11 @@ class ProgressState:
             self.started = self.clock()
         key, kind = update.step_key, update.kind
         if kind == "attempt.assigned" and key:
+            # Older servers name the environment only in the message.
             found = _ASSIGNED.search(update.message)
-            if found:
-                self._set_env(key, found.group("env"))
+            env = update.environment or (found.group("env") if found else "")
+            if env:
+                self._set_env(key, env)
         elif kind == "attempt.queued" and key and key not in self.step_state:
             self._set_state(key, "PENDING")
         elif kind in ATTEMPT_FAILURES and key:

@@ -110,7 +110,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
-    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state", "approval")
+    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state", "approval", "environment")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class RunUpdate(_message.Message):
     STEP_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     at_unix_ms: int
     kind: str
@@ -133,7 +134,8 @@ class RunUpdate(_message.Message):
     step_outcome: StepOutcome
     run_state: str
     approval: ApprovalInfo
-    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ...) -> None: ...
+    environment: str
+    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class StepOutcome(_message.Message):
     __slots__ = ("step_run_id", "key", "state", "result_json", "error")
