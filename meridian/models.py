@@ -230,6 +230,7 @@ class AgentInfo:
     hostname: str = ""
     cert_fingerprint: str = ""
     cert_not_after: datetime | None = None
+    degraded: str = ""  # why the agent takes no new work (e.g. "disk_full"); "" when healthy
 
 
 @dataclass(frozen=True)

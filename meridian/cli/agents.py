@@ -68,7 +68,7 @@ def render_agents(agents: Sequence[models.AgentInfo], now: datetime) -> str:
                 f"{a.in_use}/{a.capacity}",
                 a.version or "-",
                 f"{format_seconds(age)} ago" if age is not None else "never",
-                a.status,
+                f"{a.status} (degraded: {a.degraded})" if a.degraded else a.status,
                 _expires(a, now),
             ]
         )
@@ -96,6 +96,7 @@ def agents_to_json(agents: Sequence[models.AgentInfo], now: datetime) -> list[di
             "last_heartbeat": iso(a.last_heartbeat),
             "heartbeat_age_s": heartbeat_age(a, now),
             "status": a.status,
+            "degraded": a.degraded,
             "hostname": a.hostname,
             "cert_fingerprint": a.cert_fingerprint,
             "cert_not_after": iso(a.cert_not_after),

@@ -110,6 +110,17 @@ def test_agents_list_empty() -> None:
     assert "no agents" in agents_cmd.render_agents([], NOW)
 
 
+def test_agents_list_says_why_an_agent_is_degraded() -> None:
+    degraded = models.AgentInfo(
+        "a1", "dc1-agent", "onprem", status="connected", degraded="disk_full"
+    )
+    healthy = models.AgentInfo("a2", "aws-agent", "aws", status="connected")
+    shown = agents_cmd.render_agents([degraded, healthy], NOW)
+    assert "connected (degraded: disk_full)" in shown
+    listed = agents_cmd.agents_to_json([degraded, healthy], NOW)
+    assert [a["degraded"] for a in listed] == ["disk_full", ""]
+
+
 def test_progress_lines_are_deduplicated() -> None:
     stream = io.StringIO()
     printer = run_cmd.ProgressPrinter(stream)
