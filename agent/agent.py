@@ -28,7 +28,7 @@ from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
 from agent.endpoint import AgentEndpoint
 from agent.handles import HandleStore
-from agent.health import Health, loop_watchdog
+from agent.health import Health, StallMeter, loop_watchdog
 from agent.identity import certificate_not_after, load_identity
 from agent.journal import Journal
 from agent.limits import AgentLimits
@@ -112,6 +112,7 @@ class Agent:
         self._connection_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._closed = asyncio.Event()
+        self._stalls = StallMeter()
         self._running = False
         self._shutdown_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
@@ -216,7 +217,7 @@ class Agent:
         health.on_change(self._connection.send_heartbeat_now)
         self._background = [
             asyncio.ensure_future(health.run_probe()),
-            asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s)),
+            asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s, self._stalls.record)),
         ]
 
     async def _drain(self, grace: float | None) -> None:
@@ -290,4 +291,5 @@ class Agent:
             held_attempts=self._worker.held_attempts(),
             draining=self._worker.draining,
             degraded=self._worker.degraded,
+            loop_stall_ms=self._stalls.take_ms(),
         )

@@ -124,6 +124,7 @@ def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
         held_attempts=_held_to_proto(info.held_attempts),
         draining=info.draining,
         degraded=info.degraded,
+        loop_stall_ms=info.loop_stall_ms,
     )
     return agent_pb2.AgentFrame(heartbeat=beat)
 

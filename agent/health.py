@@ -179,6 +179,21 @@ class Health:
                 log.exception("health probe failed")
 
 
+class StallMeter:
+    """The longest event-loop stall since it was last read: each heartbeat carries it, so a
+    blocked agent is visible to operators at the control plane, not only in its own log."""
+
+    def __init__(self) -> None:
+        self._longest_s = 0.0
+
+    def record(self, stall_s: float) -> None:
+        self._longest_s = max(self._longest_s, stall_s)
+
+    def take_ms(self) -> int:
+        longest, self._longest_s = self._longest_s, 0.0
+        return min(int(longest * 1000), 2**32 - 1)
+
+
 async def loop_watchdog(stall_s: float, on_stall: Callable[[float], None] | None = None) -> None:
     """Log whenever the event loop was blocked longer than ``stall_s`` (until cancelled).
 

@@ -81,6 +81,7 @@ class HeartbeatInfo:
     held_attempts: tuple[HeldAttempt, ...]
     draining: bool
     degraded: str = ""
+    loop_stall_ms: int = 0  # the longest event-loop stall since the previous heartbeat
 
 
 def infrastructure_failure(message: str, type_name: str = "meridian.AgentError") -> AttemptFinished:

@@ -194,6 +194,7 @@ def agent_from_proto(msg: control_pb2.AgentInfo) -> models.AgentInfo:
         last_heartbeat=time_from_ms(msg.last_heartbeat_unix_ms),
         status=msg.status,
         degraded=msg.degraded,
+        loop_stall_ms=msg.loop_stall_ms,
         hostname=msg.hostname,
         cert_fingerprint=msg.cert_fingerprint,
         cert_not_after=time_from_ms(msg.cert_not_after_unix_ms),

@@ -231,6 +231,7 @@ class AgentInfo:
     cert_fingerprint: str = ""
     cert_not_after: datetime | None = None
     degraded: str = ""  # why the agent takes no new work (e.g. "disk_full"); "" when healthy
+    loop_stall_ms: int = 0  # the longest event-loop stall it reported recently (0: none)
 
 
 @dataclass(frozen=True)

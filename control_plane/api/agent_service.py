@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -240,6 +241,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         f"is degraded: {degraded}" if degraded else "recovered",
                     )
                     session.degraded = degraded
+                self._note_loop_stall(session, frame.heartbeat.loop_stall_ms)
                 await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
                 if not session.draining and not session.degraded:
                     self._s.dispatcher.wake()
@@ -254,6 +256,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 await self._renew(session, identity, frame.renew_certificate.csr_pem)
             else:
                 raise ProtocolError(f"unexpected {body or 'empty'} frame after Hello")
+
+    @staticmethod
+    def _note_loop_stall(session: AgentSession, stall_ms: int) -> None:
+        if stall_ms <= 0:
+            return
+        log.warning(
+            "agent %s: its event loop was blocked for %.2f s since its last heartbeat",
+            session.agent.name,
+            stall_ms / 1000,
+        )
+        session.loop_stall_ms = stall_ms
+        session.loop_stall_seen = time.monotonic()
 
     async def _renew(self, session: AgentSession, identity: AgentIdentity, csr_pem: bytes) -> None:
         validity = dt.timedelta(hours=self._s.config.agent_certificate_hours)

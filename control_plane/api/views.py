@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 
 from control_plane.api.readmodels import (
@@ -222,6 +223,16 @@ def logs_page(rows: Sequence[LogLineLike], after_id: int) -> control_pb2.GetLogs
     )
 
 
+LOOP_STALL_SHOWN_S = 300.0  # how long a reported event-loop stall stays in agents list
+
+
+def recent_loop_stall_ms(live: AgentSession | None) -> int:
+    """The agent's last reported event-loop stall, while it is recent enough to matter."""
+    if live is None or not live.loop_stall_ms:
+        return 0
+    return live.loop_stall_ms if time.monotonic() - live.loop_stall_seen < LOOP_STALL_SHOWN_S else 0
+
+
 def agent_info(
     agent: AgentLike,
     held: int,
@@ -246,6 +257,7 @@ def agent_info(
         cert_fingerprint=agent.cert_fingerprint,
         cert_not_after_unix_ms=ms_from_time(agent.cert_not_after),
         degraded=live.degraded if live is not None else "",
+        loop_stall_ms=recent_loop_stall_ms(live),
     )
 
 

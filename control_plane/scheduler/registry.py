@@ -53,6 +53,10 @@ class AgentSession:
         # Why the agent takes no new work (a local fault it reported, e.g. "disk_full"): like
         # draining, a degraded agent gets no new assignments until it reports it cleared.
         self.degraded = agent.degraded
+        # The longest event-loop stall the agent reported and when (monotonic): shown to
+        # operators for a while, so a blocked agent is visible centrally.
+        self.loop_stall_ms = 0
+        self.loop_stall_seen = 0.0
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         # Monotonic time of the last frame from the agent. A stream can look open long after
         # its peer went silent (a black-holed network): such an agent gets no new work.

@@ -68,11 +68,19 @@ def render_agents(agents: Sequence[models.AgentInfo], now: datetime) -> str:
                 f"{a.in_use}/{a.capacity}",
                 a.version or "-",
                 f"{format_seconds(age)} ago" if age is not None else "never",
-                f"{a.status} (degraded: {a.degraded})" if a.degraded else a.status,
+                _status(a),
                 _expires(a, now),
             ]
         )
     return table(HEADERS, rows)
+
+
+def _status(agent: models.AgentInfo) -> str:
+    """The status, plus why the agent takes no work or was recently blocked."""
+    notes = [f"degraded: {agent.degraded}"] if agent.degraded else []
+    if agent.loop_stall_ms:
+        notes.append(f"loop blocked {agent.loop_stall_ms / 1000:.1f}s")
+    return f"{agent.status} ({'; '.join(notes)})" if notes else agent.status
 
 
 def _expires(agent: models.AgentInfo, now: datetime) -> str:
@@ -97,6 +105,7 @@ def agents_to_json(agents: Sequence[models.AgentInfo], now: datetime) -> list[di
             "heartbeat_age_s": heartbeat_age(a, now),
             "status": a.status,
             "degraded": a.degraded,
+            "loop_stall_ms": a.loop_stall_ms,
             "hostname": a.hostname,
             "cert_fingerprint": a.cert_fingerprint,
             "cert_not_after": iso(a.cert_not_after),

@@ -64,3 +64,29 @@ def test_an_unwritable_work_dir_clears_once_writable(tmp_path: Path) -> None:
     assert health.probe() == WORK_DIR_UNWRITABLE
     work.unlink()
     assert health.probe() == ""
+
+
+def test_the_stall_meter_reports_the_longest_stall_once() -> None:
+    meter = health_module.StallMeter()
+    assert meter.take_ms() == 0
+    meter.record(1.5)
+    meter.record(0.25)
+    assert meter.take_ms() == 1500
+    assert meter.take_ms() == 0  # read by one heartbeat, then cleared
+
+
+def test_the_watchdog_notices_a_blocked_event_loop() -> None:
+    import asyncio
+    import time
+
+    stalls: list[float] = []
+
+    async def scenario() -> None:
+        watchdog = asyncio.ensure_future(health_module.loop_watchdog(0.05, stalls.append))
+        await asyncio.sleep(0.05)  # let it start its first tick
+        time.sleep(0.3)  # what a blocking call on the loop does
+        await asyncio.sleep(0.1)
+        watchdog.cancel()
+
+    asyncio.run(scenario())
+    assert stalls and max(stalls) >= 0.2

@@ -9,9 +9,11 @@ attempt is left RUNNING, and that nothing acknowledged is lost or replayed.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -405,3 +407,21 @@ def test_an_agent_refused_for_its_labels_exits_with_the_reason(estate: Estate) -
     assert "not allowed" in started.stderr and "site=pinned" in started.stderr
     # The agents still connected are unaffected.
     poll_until(lambda: _raw_agents(estate)["hostile"].status == "connected", timeout=DEADLINE_S)
+
+
+def test_a_blocked_agent_loop_is_visible_at_the_control_plane(estate: Estate) -> None:
+    """The agent's watchdog measures how late its event loop wakes; the next heartbeat carries
+    the stall, and `agents list` shows it. Freezing the process (SIGSTOP) for longer than the
+    stall threshold but shorter than the agent's lease is what a blocking call looks like."""
+    agent = estate.agents["hostile"]
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # > loop_stall_s (1 s), < the estate's lost_after (4 s)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    stalled = poll_until(
+        lambda: _raw_agents(estate)["hostile"].loop_stall_ms, message="no loop stall reported"
+    )
+    assert stalled >= 1000
+    listed = estate.cli("agents", "list", check=True).stdout
+    assert "loop blocked" in listed

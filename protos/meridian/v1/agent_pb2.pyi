@@ -122,16 +122,18 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("in_use", "held_attempts", "draining", "degraded")
+    __slots__ = ("in_use", "held_attempts", "draining", "degraded", "loop_stall_ms")
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    LOOP_STALL_MS_FIELD_NUMBER: _ClassVar[int]
     in_use: int
     held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
     draining: bool
     degraded: str
-    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
+    loop_stall_ms: int
+    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., loop_stall_ms: _Optional[int] = ...) -> None: ...
 
 class ReportBatch(_message.Message):
     __slots__ = ("reports",)

@@ -492,7 +492,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "name", "environment", "labels", "providers", "capacity", "in_use", "version", "last_heartbeat_unix_ms", "status", "hostname", "cert_fingerprint", "cert_not_after_unix_ms", "degraded")
+    __slots__ = ("agent_id", "name", "environment", "labels", "providers", "capacity", "in_use", "version", "last_heartbeat_unix_ms", "status", "hostname", "cert_fingerprint", "cert_not_after_unix_ms", "degraded", "loop_stall_ms")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -514,6 +514,7 @@ class AgentInfo(_message.Message):
     CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CERT_NOT_AFTER_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    LOOP_STALL_MS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     environment: str
@@ -528,7 +529,8 @@ class AgentInfo(_message.Message):
     cert_fingerprint: str
     cert_not_after_unix_ms: int
     degraded: str
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., in_use: _Optional[int] = ..., version: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., status: _Optional[str] = ..., hostname: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., cert_not_after_unix_ms: _Optional[int] = ..., degraded: _Optional[str] = ...) -> None: ...
+    loop_stall_ms: int
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., environment: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., in_use: _Optional[int] = ..., version: _Optional[str] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., status: _Optional[str] = ..., hostname: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., cert_not_after_unix_ms: _Optional[int] = ..., degraded: _Optional[str] = ..., loop_stall_ms: _Optional[int] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
