@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -166,10 +167,27 @@ def list_runs(
     state: RunState | None,
     flow_name: str,
     caller: Sequence[str] = (),
+    *,
+    environment: str = "",
+    since: dt.datetime | None = None,
 ) -> list[tuple[FlowRunRow, int, int]]:
+    """The newest ``limit`` runs matching the filters. ``environment``: runs with at least one
+    attempt there (a correlated EXISTS on the attempts' ``flow_run_id`` index); ``since``: runs
+    created at or after it (the ``created_at`` index)."""
     query = select(FlowRunRow).order_by(FlowRunRow.created_at.desc()).limit(limit)
     if caller:
         query = query.where(covered_by(session, caller))
+    if environment:
+        query = query.where(
+            select(AttemptRow.id)
+            .where(
+                AttemptRow.flow_run_id == FlowRunRow.id,
+                AttemptRow.environment == environment,
+            )
+            .exists()
+        )
+    if since is not None:
+        query = query.where(FlowRunRow.created_at >= since)
     if state:
         query = query.where(FlowRunRow.state == state)
     if flow_name:

@@ -17,7 +17,7 @@ from control_plane.store import queries
 from control_plane.telemetry.fleet import agent_status
 from control_plane.telemetry.metrics import CONTENT_TYPE
 from control_plane.telemetry.queries import snapshot
-from control_plane.web import actions, pages
+from control_plane.web import actions, logs, pages
 from control_plane.web.guard import (
     Console,
     Hardening,
@@ -180,6 +180,7 @@ def build_app(console: Console) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Route("/runs", pages.runs),
         Route("/runs/{run_id}", pages.run),
+        Route("/runs/{run_id}/logs", logs.run_logs),
         Route("/runs/{run_id}/cancel", actions.cancel, methods=["POST"]),
         Route("/runs/{run_id}/decide", actions.decide, methods=["POST"]),
         Route("/fleet", pages.fleet),

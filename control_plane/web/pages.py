@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -43,6 +44,8 @@ from meridian.core.states import TERMINAL_RUN, RunState
 RUN_ID = re.compile(r"^[0-9a-f-]{4,36}$")
 SINCE = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 MAX_RUNS = 200
+MAX_ENVIRONMENT_CHARS = 253
+MAX_STEP_KEY_CHARS = 512
 MAX_EVENTS_SHOWN = 500
 MAX_JSON_SHOWN = 32 * 1024
 LIVE_S = "3"
@@ -64,9 +67,10 @@ def run_link(run_id: str) -> Markup:
 @page(Action.VIEW_RUNS)
 async def runs(request: Request, session: Session) -> Response:
     console = console_of(request)
-    state_text, flow, since = (
+    state_text, flow, environment, since = (
         query(request, "state", 16),
         query(request, "flow", 255),
+        query(request, "environment", MAX_ENVIRONMENT_CHARS),
         query(request, "since", 8),
     )
     state = None
@@ -77,18 +81,28 @@ async def runs(request: Request, session: Session) -> Response:
             raise ValidationError(f"unknown run state {state_text!r}") from None
     if since and since not in SINCE:
         raise ValidationError(f"since must be one of {', '.join(SINCE)}")
-    rows = await console.store.run(
-        queries.list_runs, MAX_RUNS, state, flow, session.principal.environments
-    )
     now = console.store.clock()
-    if since:
-        cutoff = now - dt.timedelta(seconds=SINCE[since])
-        rows = [r for r in rows if r[0].created_at >= cutoff]
-    body = tag("h1", "Runs") + _runs_filter(state_text, flow, since) + _live(_runs_table(rows, now))
+    cutoff = now - dt.timedelta(seconds=SINCE[since]) if since else None
+    rows = await console.store.run(
+        lambda s: queries.list_runs(
+            s,
+            MAX_RUNS,
+            state,
+            flow,
+            session.principal.environments,
+            environment=environment,
+            since=cutoff,
+        )
+    )
+    body = (
+        tag("h1", "Runs")
+        + _runs_filter(state_text, flow, environment, since)
+        + _live(_runs_table(rows, now))
+    )
     return _page("Runs", body, session, "/runs")
 
 
-def _runs_filter(state: str, flow: str, since: str) -> Markup:
+def _runs_filter(state: str, flow: str, environment: str, since: str) -> Markup:
     states = [tag("option", "any state", value="")] + [
         tag("option", s.value, value=s.value, selected=s.value == state) for s in RunState
     ]
@@ -100,6 +114,15 @@ def _runs_filter(state: str, flow: str, since: str) -> Markup:
         tag("select", *states, name="state", aria_label="state"),
         tag(
             "input", type="text", name="flow", value=flow, placeholder="flow name", maxlength="255"
+        ),
+        tag(
+            "input",
+            type="text",
+            name="environment",
+            value=environment,
+            placeholder="environment",
+            maxlength=str(MAX_ENVIRONMENT_CHARS),
+            aria_label="environment",
         ),
         tag("select", *times, name="since", aria_label="since"),
         tag("button", "Filter", type="submit"),
@@ -148,6 +171,7 @@ async def run(request: Request, session: Session) -> Response:
     now = console.store.clock()
     r = view.run
     live = r.state not in TERMINAL_RUN
+    step_key = query(request, "step", MAX_STEP_KEY_CHARS)
     header = tag("h1", f"{r.flow_name} ", badge(str(r.state)), class_="run-title")
     facts = table(
         ["Run", "Trigger", "Created (UTC)", "Started", "Ended", "Retry of"],
@@ -184,11 +208,34 @@ async def run(request: Request, session: Session) -> Response:
                 ),
                 live,
             ),
+            _step_detail(view, step_key, live),
             tag("h2", "Parameters"),
             tag("pre", _pretty(r.parameters_json)),
         ]
     )
     return _page(f"Run {r.id[:8]}", body, session, "/runs")
+
+
+def _step_detail(view: queries.RunView, step_key: str, live: bool) -> Markup:
+    """The chosen step's logs, outside the refreshed section: ``console.js`` fills
+    ``#step-log`` from ``/runs/{id}/logs`` (text only) and keeps polling while the run is live."""
+    if not step_key:
+        return Markup("")
+    step = next((s for s in view.steps if s.key == step_key), None)
+    if step is None:
+        return tag("h2", "Step ", tag("span", step_key, class_="mono")) + tag(
+            "p", "No such step in this run.", class_="empty"
+        )
+    return tag(
+        "section",
+        tag("h2", "Step ", tag("span", step.key, class_="mono"), " ", badge(str(step.state))),
+        tag("h3", "Logs"),
+        tag("pre", "", id="step-log", class_="log", aria_live="polite"),
+        id="step-detail",
+        data_run=view.run.id,
+        data_step=step.key,
+        data_live="1" if live else None,
+    )
 
 
 def _legend() -> Markup:
@@ -310,7 +357,12 @@ def _steps(view: queries.RunView) -> Markup:
             )
         rows.append(
             (
-                tag("span", step.key, class_="mono"),
+                tag(
+                    "a",
+                    step.key,
+                    href=f"/runs/{view.run.id}?{urlencode({'step': step.key})}#step-detail",
+                    class_="mono step-link",
+                ),
                 badge(str(step.state)),
                 tag("ol", *tries, class_="attempts"),
             )

@@ -13,6 +13,7 @@ from meridian.core.errors import PermissionDenied
 class Action(StrEnum):
     VIEW_RUNS = SERVICE + "ListRuns"
     VIEW_RUN = SERVICE + "GetRun"
+    VIEW_LOGS = SERVICE + "GetLogs"
     VIEW_FLEET = SERVICE + "ListAgents"
     VIEW_AUDIT = SERVICE + "ListAuditRecords"
     CANCEL = SERVICE + "CancelRun"
