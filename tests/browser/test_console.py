@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cross_cloud_etl.py"
 IMAGES = REPO / "docs" / "images"
+LIVE_FLOWS = Path(__file__).resolve().parent / "flows.py"
 SITES = (
     ("aws-demo", {"cloud": "aws", "region": "us-east-1"}),
     ("gcp-demo", {"cloud": "gcp", "region": "europe-west1"}),
@@ -76,7 +77,7 @@ def csrf_of(page: Any) -> str:
 
 
 def test_viewer_sees_the_cross_cloud_timeline_with_the_recovered_failure(
-    browser: Any, estate: ConsoleEstate, etl_run: str
+    browser: Any, estate: ConsoleEstate, etl_run: str, tmp_path: Path
 ) -> None:
     page = login(browser, estate, estate.new_api_token("viewer", name="auditor"))
     assert page.locator(f"a[href='/runs/{etl_run}']").count() == 1
@@ -94,6 +95,23 @@ def test_viewer_sees_the_cross_cloud_timeline_with_the_recovered_failure(
     assert page.locator("svg.timeline rect.first-failure").count() == 0  # the run recovered
     assert page.locator("form[action$='/cancel']").count() == 0  # a viewer gets no actions
     page.screenshot(path=str(IMAGES / "console-run.png"), full_page=True)
+
+    # The step detail of a running step: its log lines appear while it runs (polled JSON,
+    # appended as text), and stop once the run has ended.
+    work = tmp_path / "chatty"
+    work.mkdir()
+    estate.run_background(LIVE_FLOWS, "chatty_flow", f"work={work}")
+    run_id = estate.latest_run_id("chatty_flow")
+    assert estate.wait_for_state(run_id, {"RUNNING"}) == "RUNNING"
+    page.goto(f"{estate.url}/runs/{run_id}?step=chatty%231")
+    lines = page.locator("#step-log .log-line")
+    seen: int = poll_until(lines.count, message="log lines of the running step")
+    poll_until(lambda: lines.count() > seen + 2, message="more lines to arrive while it runs")
+    texts = lines.all_inner_texts()
+    assert [t.strip() for t in texts[:3]] == ["tick 0", "tick 1", "tick 2"]
+    assert page.locator("#step-log b, #step-log script").count() == 0
+    (work / "stop").write_text("stop")
+    assert estate.wait_for_state(run_id, {"COMPLETED"}) == "COMPLETED"
     page.context.close()
 
 

@@ -95,8 +95,9 @@ def add_run(
                     at=created,
                 )
             )
+        session.commit()
 
-    store.run_sync(lambda session: (write(session), session.commit()))
+    store.run_sync(write)
     return run_id
 
 
