@@ -214,6 +214,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             frames = [convert.outgoing_to_frame(i) for i in items if not convert.is_close(i)]
             for frame in convert.merge_assign_frames(frames, max_bytes):
                 await context.write(frame)
+                self._s.frames.sent(frame.WhichOneof("body") or "")
             if closing is not None:
                 return closing
 
@@ -231,6 +232,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 return
             session.seen()
             body = frame.WhichOneof("body")
+            self._s.frames.received(body or "")
             if body == "heartbeat":
                 session.draining = frame.heartbeat.draining or session.drain_requested
                 degraded = convert.degraded_reason(frame.heartbeat.degraded)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
+from control_plane.telemetry.frames import FrameCounter, frames_for
 
 
 class RunNotifier:
@@ -46,3 +47,9 @@ class Services:
     dispatcher: Dispatcher
     notifier: RunNotifier
     advertised_agent_address: str = ""
+    # Agent-stream frames in and out (``meridian_stream_frames_*_total`` on /metrics): the
+    # counts kept for this store, so the web listener renders what the API layer counted.
+    frames: FrameCounter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frames = frames_for(self.store)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from control_plane.telemetry.frames import FrameCounts
 from control_plane.telemetry.queries import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -80,11 +81,17 @@ class Metrics:
         safe)."""
         self.commit_latency.observe(seconds)
 
-    def render(self, snap: Snapshot, agents: Iterable[tuple[str, str]]) -> bytes:
+    def render(
+        self,
+        snap: Snapshot,
+        agents: Iterable[tuple[str, str]],
+        frames: FrameCounts | None = None,
+    ) -> bytes:
         """The exposition text: the live metrics plus gauges from ``snap`` and ``agents``
-        (``(environment, status)`` of every known agent)."""
+        (``(environment, status)`` of every known agent) and the stream ``frames`` counted."""
         per_scrape = CollectorRegistry(auto_describe=False)
-        per_scrape.register(_Fixed([*self.registry.collect(), *self._gauges(snap, agents)]))
+        extra = [*self._gauges(snap, agents), *_frame_counters(frames or FrameCounts())]
+        per_scrape.register(_Fixed([*self.registry.collect(), *extra]))
         return generate_latest(per_scrape)
 
     def _gauges(self, snap: Snapshot, agents: Iterable[tuple[str, str]]) -> list[Metric]:
@@ -103,6 +110,14 @@ class Metrics:
         )
         for environment, n in sorted(snap.queued_by_environment.items()):
             queue.add_metric([environment], n)
+        waiting = GaugeMetricFamily(
+            "meridian_attempts_waiting",
+            "Queued attempts by where they may run and why they wait (the latest "
+            "attempt.waiting reason; retry_delay; not_explained_yet)",
+            labels=["environment", "reason"],
+        )
+        for (environment, reason), n in sorted(snap.waiting.items()):
+            waiting.add_metric([environment, reason], n)
         counted: dict[tuple[str, str], int] = {}
         for key in agents:
             counted[key] = counted.get(key, 0) + 1
@@ -113,4 +128,22 @@ class Metrics:
         )
         for (environment, status), n in sorted(counted.items()):
             agent_family.add_metric([environment, status], n)
-        return [info, runs, steps, queue, agent_family]
+        return [info, runs, steps, queue, waiting, agent_family]
+
+
+def _frame_counters(frames: FrameCounts) -> list[Metric]:
+    received = CounterMetricFamily(
+        "meridian_stream_frames_received",
+        "Frames received on agents' streams, by kind",
+        labels=["kind"],
+    )
+    for kind, n in sorted(frames.received_by_kind.items()):
+        received.add_metric([kind], n)
+    sent = CounterMetricFamily(
+        "meridian_stream_frames_sent",
+        "Frames sent on agents' streams, by kind",
+        labels=["kind"],
+    )
+    for kind, n in sorted(frames.sent_by_kind.items()):
+        sent.add_metric([kind], n)
+    return [received, sent]

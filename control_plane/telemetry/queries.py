@@ -10,15 +10,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.scopes import reachable_environments
-from control_plane.store.models import AttemptRow, FlowRunRow, StepRunRow
+from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, StepRunRow
 from meridian.core.selectors import SelectorError, parse_selector
 
 MAX_QUEUED_INSPECTED = 5000
+MAX_REASON_CHARS = 64
+WAITING_KIND = "attempt.waiting"
+_ID_CHUNK = 500
+NowT = dt.datetime | None
+QueuedRow = tuple[str, str, dt.datetime, Any]  # run id, provider, not_before, spec
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,10 @@ class Snapshot:
     runs_by_state: dict[str, int]
     steps_by_state: dict[str, int]
     queued_by_environment: dict[str, int]
+    # (environment label, reason) -> queued attempts: the reason of the latest
+    # ``attempt.waiting`` event of the attempt's run, target and provider; ``retry_delay`` while
+    # a retry's backoff runs; ``not_explained_yet`` before the scheduler's first word on it.
+    waiting: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,24 +82,68 @@ def _queue_label(target: str) -> str:
     return ",".join(sorted(reachable)) if reachable else "any"
 
 
-def snapshot(session: Session) -> Snapshot:
+def snapshot(session: Session, now: dt.datetime | None = None) -> Snapshot:
     runs = session.execute(select(FlowRunRow.state, func.count()).group_by(FlowRunRow.state))
     steps = session.execute(select(StepRunRow.state, func.count()).group_by(StepRunRow.state))
     queued: dict[str, int] = {}
-    rows = session.execute(
-        select(StepRunRow.spec)
-        .join(AttemptRow, AttemptRow.step_run_id == StepRunRow.id)
-        .where(AttemptRow.state == "QUEUED")
-        .limit(MAX_QUEUED_INSPECTED)
-    )
-    for (spec,) in rows:
+    rows: list[QueuedRow] = [
+        (run_id, provider, not_before, spec)
+        for run_id, provider, not_before, spec in session.execute(
+            select(
+                AttemptRow.flow_run_id, AttemptRow.provider, AttemptRow.not_before, StepRunRow.spec
+            )
+            .select_from(StepRunRow)
+            .join(AttemptRow, AttemptRow.step_run_id == StepRunRow.id)
+            .where(AttemptRow.state == "QUEUED")
+            .limit(MAX_QUEUED_INSPECTED)
+        )
+    ]
+    for _, _, _, spec in rows:
         label = _queue_label(spec.target if spec is not None else "")
         queued[label] = queued.get(label, 0) + 1
     return Snapshot(
         {str(state): int(n) for state, n in runs},
         {str(state): int(n) for state, n in steps},
         queued,
+        _waiting(session, rows, now),
     )
+
+
+def _waiting(
+    session: Session, queued: Sequence[QueuedRow], now: NowT
+) -> dict[tuple[str, str], int]:
+    """Why the inspected queued attempts wait. The ``attempt.waiting`` events are read only
+    for the runs that have queued attempts (at most ``MAX_QUEUED_INSPECTED``, in chunks, on
+    the events' ``(flow_run_id, id)`` index); the scheduler writes a handful per run."""
+    latest: dict[tuple[str, str, str], tuple[int, str]] = {}
+    run_ids = sorted({run_id for run_id, _, _, _ in queued})
+    for start in range(0, len(run_ids), _ID_CHUNK):
+        events = session.execute(
+            select(EventRow.id, EventRow.flow_run_id, EventRow.details).where(
+                EventRow.flow_run_id.in_(run_ids[start : start + _ID_CHUNK]),
+                EventRow.kind == WAITING_KIND,
+            )
+        )
+        for event_id, run_id, details in events:
+            d = details or {}
+            key = (run_id or "", str(d.get("target", "")), str(d.get("provider", "")))
+            if key not in latest or latest[key][0] < event_id:
+                latest[key] = (event_id, str(d.get("reason", "")) or "unknown")
+    out: dict[tuple[str, str], int] = {}
+    for run_id, provider, not_before, spec in queued:
+        target = spec.target if spec is not None else ""
+        if now is not None and _aware(not_before) > _aware(now):
+            reason = "retry_delay"
+        else:
+            found = latest.get((run_id, target, provider))
+            reason = found[1][:MAX_REASON_CHARS] if found else "not_explained_yet"
+        label = (_queue_label(target), reason)
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
 
 
 def run_facts(session: Session, run_ids: Sequence[str]) -> list[RunFacts]:

@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from control_plane.auth.api_token_store import Principal, authenticate
 from control_plane.store import queries
 from control_plane.telemetry.fleet import agent_status
+from control_plane.telemetry.frames import frames_for
 from control_plane.telemetry.metrics import CONTENT_TYPE
 from control_plane.telemetry.queries import snapshot
 from control_plane.web import actions, logs, pages
@@ -136,7 +137,7 @@ async def metrics(request: Request) -> Response:
                 media_type="text/plain",
                 headers={"www-authenticate": "Bearer"} if status == 401 else None,
             )
-    snap = await console.store.run(snapshot)
+    snap = await console.store.run(snapshot, console.store.clock())
     agents = await console.store.run(queries.all_agents)
     live = {s.agent.agent_id: s for s in console.registry.sessions()}
     now = console.store.clock()
@@ -147,7 +148,8 @@ async def metrics(request: Request) -> Response:
         )
         for a, _ in agents
     ]
-    return Response(console.metrics.render(snap, statuses), media_type=CONTENT_TYPE)
+    frames = frames_for(console.store)
+    return Response(console.metrics.render(snap, statuses, frames), media_type=CONTENT_TYPE)
 
 
 async def _metrics_caller(request: Request, console: Console) -> None:

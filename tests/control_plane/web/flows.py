@@ -25,3 +25,14 @@ def crunch(work: str, n: int) -> int:
 @flow
 def two_clouds(work: str) -> int:
     return crunch(work, fetch(1))
+
+
+@step(target="cloud=azure", schedule_timeout=120)
+def nowhere() -> int:
+    return 0
+
+
+@flow
+def stranded() -> int:
+    """A step no agent of the estate matches: it waits (``attempt.waiting``) until cancelled."""
+    return nowhere()

@@ -158,3 +158,56 @@ def test_a_two_environment_run_is_one_trace_with_a_span_per_attempt(
     # The server logged JSON lines (--log-format json).
     server_log = (estate.root / "server.log").read_text()
     assert any(line.startswith('{"ts": ') for line in server_log.splitlines())
+
+
+def samples_of(estate: TelemetryEstate, token: str, name: str) -> dict[tuple, float]:  # type: ignore[type-arg]
+    response = scrape(estate, token)
+    assert response.status_code == 200, response.text
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(response.text)
+        for s in f.samples
+        if s.name == name
+    }
+
+
+def test_waiting_reasons_and_stream_frames(estate: TelemetryEstate, tmp_path: Path) -> None:
+    viewer = estate.new_api_token("viewer")
+    frames_in = "meridian_stream_frames_received_total"
+    frames_out = "meridian_stream_frames_sent_total"
+    heartbeats = poll_until(
+        lambda: samples_of(estate, viewer, frames_in).get((("kind", "heartbeat"),), 0.0),
+        message="heartbeat frames to be counted",
+    )
+    poll_until(
+        lambda: samples_of(estate, viewer, frames_in)[(("kind", "heartbeat"),)] > heartbeats,
+        message="the heartbeat frame counter to move",
+    )
+    sent_before = sum(samples_of(estate, viewer, frames_out).values())
+
+    runner = estate.run_background(FLOWS, "stranded")
+    run_id = estate.latest_run_id("stranded")
+    try:
+        waiting = poll_until(
+            lambda: {
+                dict(labels)["reason"]: n
+                for labels, n in samples_of(estate, viewer, "meridian_attempts_waiting").items()
+                if n >= 1 and dict(labels)["reason"] != "not_explained_yet"
+            },
+            message="meridian_attempts_waiting to say why the stranded step waits",
+        )
+        assert set(waiting) <= {"no_match", "no_agents", "no_provider"}, waiting
+        assert sum(waiting.values()) == 1
+    finally:
+        estate.client().cancel_run(run_id, "test over")
+        estate.wait_for_state(run_id, {"CANCELLED"})
+        runner.kill()
+        runner.wait()
+    poll_until(
+        lambda: not any(samples_of(estate, viewer, "meridian_attempts_waiting").values()),
+        message="no attempt to wait once the run is cancelled",
+    )
+    estate.cli("run", f"{FLOWS}:two_clouds", "-p", f"work={tmp_path}", check=True)
+    sent = samples_of(estate, viewer, frames_out)
+    assert sent.get((("kind", "assign"),), 0) >= 1
+    assert sum(sent.values()) > sent_before
