@@ -32,6 +32,7 @@ from agent.health import Health, StallMeter, loop_watchdog
 from agent.identity import certificate_not_after, load_identity
 from agent.journal import Journal
 from agent.limits import AgentLimits
+from agent.metrics import AgentGauges, AgentMetrics
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.rotation import CertificateRotator
@@ -68,6 +69,8 @@ class AgentConfig:
     seal_keys: KeyRing = field(default_factory=KeyRing)
     # Bounds on results, errors and logs, disk and loop thresholds (docs/reliability.md).
     limits: AgentLimits = field(default_factory=AgentLimits)
+    # HOST:PORT of the agent's own Prometheus endpoint (agent/metrics.py); "" = off.
+    metrics_listen: str = ""
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -117,6 +120,8 @@ class Agent:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._metrics: AgentMetrics | None = None
+        self.metrics_address: tuple[str, int] | None = None
 
     @property
     def connected(self) -> bool:
@@ -215,10 +220,33 @@ class Agent:
         )
         self._connection_task = asyncio.ensure_future(self._connection.run())
         health.on_change(self._connection.send_heartbeat_now)
+        on_stall: Callable[[float], None] = self._stalls.record
+        if cfg.metrics_listen:
+            on_stall = self._serve_metrics(cfg, self._journal, self._worker)
         self._background = [
             asyncio.ensure_future(health.run_probe()),
-            asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s, self._stalls.record)),
+            asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s, on_stall)),
         ]
+
+    def _serve_metrics(
+        self, cfg: AgentConfig, journal: Journal, worker: Worker
+    ) -> Callable[[float], None]:
+        metrics = self._metrics = AgentMetrics()
+        metrics.gauges = AgentGauges(
+            lambda: worker.in_use,
+            cfg.capacity,
+            journal.count,
+            lambda: len(journal.quarantined()),
+            lambda: worker.degraded,
+        )
+        self.metrics_address = metrics.serve(cfg.metrics_listen)
+        log.info("agent metrics on http://%s:%d/metrics", *self.metrics_address)
+
+        def on_stall(seconds: float) -> None:
+            self._stalls.record(seconds)
+            metrics.loop_stalled(seconds)
+
+        return on_stall
 
     async def _drain(self, grace: float | None) -> None:
         grace_s = self._config.drain_grace_s if grace is None else grace
@@ -240,6 +268,8 @@ class Agent:
         # Order: stop talking, stop runners, then release what they used.
         for task in self._background:
             task.cancel()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._connection is not None and self._connection_task is not None:
             self._connection.stop()
             self._connection_task.cancel()

@@ -115,6 +115,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default="text",
         help="text (default) or json: one JSON object per log line",
     )
+    start.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help="serve this agent's Prometheus metrics on HOST:PORT (plain HTTP; default off; "
+        "needs the web extra)",
+    )
     start.set_defaults(func=cmd_start)
 
 
@@ -234,6 +241,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         capacity=args.capacity,
         drain_grace_s=args.drain_grace,
         limits=limits,
+        metrics_listen=args.metrics_listen,
     )
 
 
