@@ -45,7 +45,9 @@ class ConsoleEstate(Estate):
         return [*super()._server_args(), "--http-listen", self.http_address]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: sync_playwright runs an event loop in this thread while it is
+# open, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
