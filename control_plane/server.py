@@ -32,6 +32,7 @@ from control_plane.orchestration.values import Effects
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry, CloseOut
 from control_plane.store.db import Store
+from control_plane.telemetry.frames import FrameCounts
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, control_pb2, control_pb2_grpc
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class ControlPlane:
         self.http_address = ""
         # Telemetry (extras "web"/"otel") is loaded only when a listener or exporter needs it.
         self.metrics: Metrics | None = None
+        # Agent-stream frames counted by the API layer, rendered by /metrics.
+        self.frames = FrameCounts()
         self._observer: RunObserver | None = None
         self._web: WebListener | None = None
 
@@ -151,7 +154,7 @@ class ControlPlane:
             store.after_commit(apply)
         else:
             store.after_commit(dispatcher.apply)  # every committed use case's effects
-        return Services(self.config, store, ca, registry, dispatcher, notifier)
+        return Services(self.config, store, ca, registry, dispatcher, notifier, frames=self.frames)
 
     async def _start_web(self, cert_path: Path, key_path: Path) -> None:
         from control_plane.web.guard import Console
@@ -170,6 +173,7 @@ class ControlPlane:
                 self.config.heartbeat_interval_s, self.config.agent_lost_after_s
             ),
             metrics_public=self.config.metrics_public,
+            frames=self.frames,
         )
         self._web = WebListener(console, self.config.http_listen, cert_path, key_path)
         await self._web.start()

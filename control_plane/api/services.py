@@ -11,7 +11,7 @@ from control_plane.config import ServerConfig
 from control_plane.scheduler.dispatcher import Dispatcher
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
-from control_plane.telemetry.frames import FrameCounter, frames_for
+from control_plane.telemetry.frames import FrameCounter, FrameCounts
 
 
 class RunNotifier:
@@ -47,9 +47,6 @@ class Services:
     dispatcher: Dispatcher
     notifier: RunNotifier
     advertised_agent_address: str = ""
-    # Agent-stream frames in and out (``meridian_stream_frames_*_total`` on /metrics): the
-    # counts kept for this store, so the web listener renders what the API layer counted.
-    frames: FrameCounter = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.frames = frames_for(self.store)
+    # Agent-stream frames in and out (``meridian_stream_frames_*_total`` on /metrics); the
+    # web listener renders the same object.
+    frames: FrameCounter = field(default_factory=FrameCounts)

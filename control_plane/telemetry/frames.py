@@ -4,14 +4,12 @@
 The API layer holds a ``FrameCounter`` (``Services.frames``) and calls ``received(kind)`` /
 ``sent(kind)`` once per frame in ``AgentService``'s read and write loops: a dict increment on
 the event loop, nothing else. ``/metrics`` renders the same counts as
-``meridian_stream_frames_received_total`` / ``meridian_stream_frames_sent_total``. One count
-per control plane: ``frames_for(store)`` hands both sides the counts kept for that store, so
-two control planes in one process never share them.
+``meridian_stream_frames_received_total`` / ``meridian_stream_frames_sent_total``. The server
+makes one ``FrameCounts`` per control plane and hands it to both sides.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from typing import Protocol
 
@@ -36,14 +34,3 @@ class FrameCounts:
 
     def sent(self, kind: str) -> None:
         self.sent_by_kind[(kind or "empty")[:MAX_KIND_CHARS]] += 1
-
-
-_BY_OWNER: weakref.WeakKeyDictionary[object, FrameCounts] = weakref.WeakKeyDictionary()
-
-
-def frames_for(owner: object) -> FrameCounts:
-    """The frame counts of the control plane that ``owner`` (its ``Store``) belongs to."""
-    counts = _BY_OWNER.get(owner)
-    if counts is None:
-        counts = _BY_OWNER[owner] = FrameCounts()
-    return counts

@@ -15,7 +15,6 @@ from starlette.staticfiles import StaticFiles
 from control_plane.auth.api_token_store import Principal, authenticate
 from control_plane.store import queries
 from control_plane.telemetry.fleet import agent_status
-from control_plane.telemetry.frames import frames_for
 from control_plane.telemetry.metrics import CONTENT_TYPE
 from control_plane.telemetry.queries import snapshot
 from control_plane.web import actions, logs, pages
@@ -148,8 +147,7 @@ async def metrics(request: Request) -> Response:
         )
         for a, _ in agents
     ]
-    frames = frames_for(console.store)
-    return Response(console.metrics.render(snap, statuses, frames), media_type=CONTENT_TYPE)
+    return Response(console.metrics.render(snap, statuses, console.frames), media_type=CONTENT_TYPE)
 
 
 async def _metrics_caller(request: Request, console: Console) -> None:

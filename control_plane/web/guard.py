@@ -8,6 +8,7 @@ to one status each, as ``api/errors.py`` does for gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +23,7 @@ from control_plane.auth.api_token_store import authenticate
 from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
+from control_plane.telemetry.frames import FrameCounts
 from control_plane.telemetry.metrics import Metrics
 from control_plane.web.html import esc, layout, tag
 from control_plane.web.roles import Action, check
@@ -73,6 +75,7 @@ class Console:
     sessions: SessionTable
     heartbeats: HeartbeatPolicy
     metrics_public: bool = False
+    frames: FrameCounts = dataclasses.field(default_factory=FrameCounts)
 
 
 class Hardening:

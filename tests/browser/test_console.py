@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,13 @@ from tests.support.polling import poll_until
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cross_cloud_etl.py"
-IMAGES = REPO / "docs" / "images"
+# The README's screenshots are refreshed only on request
+# (MERIDIAN_UPDATE_SCREENSHOTS=1 pytest tests/browser): a plain test run leaves the tree clean.
+IMAGES = (
+    REPO / "docs" / "images"
+    if os.environ.get("MERIDIAN_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "meridian-console-screenshots"
+)
 LIVE_FLOWS = Path(__file__).resolve().parent / "flows.py"
 SITES = (
     ("aws-demo", {"cloud": "aws", "region": "us-east-1"}),
