@@ -32,7 +32,7 @@ from agent.health import Health, StallMeter, loop_watchdog
 from agent.identity import certificate_not_after, load_identity
 from agent.journal import Journal
 from agent.limits import AgentLimits
-from agent.metrics import AgentGauges, AgentMetrics
+from agent.metrics import AgentGauges, AgentMetrics, ProviderErrors
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.rotation import CertificateRotator
@@ -222,14 +222,14 @@ class Agent:
         health.on_change(self._connection.send_heartbeat_now)
         on_stall: Callable[[float], None] = self._stalls.record
         if cfg.metrics_listen:
-            on_stall = self._serve_metrics(cfg, self._journal, self._worker)
+            on_stall = self._serve_metrics(cfg, self._journal, self._worker, ctx.provider_errors)
         self._background = [
             asyncio.ensure_future(health.run_probe()),
             asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s, on_stall)),
         ]
 
     def _serve_metrics(
-        self, cfg: AgentConfig, journal: Journal, worker: Worker
+        self, cfg: AgentConfig, journal: Journal, worker: Worker, errors: ProviderErrors
     ) -> Callable[[float], None]:
         metrics = self._metrics = AgentMetrics()
         metrics.gauges = AgentGauges(
@@ -238,6 +238,7 @@ class Agent:
             journal.count,
             lambda: len(journal.quarantined()),
             lambda: worker.degraded,
+            errors.snapshot,
         )
         self.metrics_address = metrics.serve(cfg.metrics_listen)
         log.info("agent metrics on http://%s:%d/metrics", *self.metrics_address)

@@ -43,6 +43,24 @@ class AgentGauges:
     journal_pending: Callable[[], int]
     journal_quarantined: Callable[[], int]
     degraded: Callable[[], str]
+    provider_errors: Callable[[], dict[str, int]] = dict
+
+
+class ProviderErrors:
+    """How often each provider failed to start or watch a step (kept whether or not the
+    endpoint is on: counting is cheap). Incremented on the event loop, read by scrapes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_provider: dict[str, int] = {}
+
+    def count(self, provider: str) -> None:
+        with self._lock:
+            self._by_provider[provider] = self._by_provider.get(provider, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_provider)
 
 
 class AgentMetrics:
@@ -89,6 +107,14 @@ class AgentMetrics:
             )
             degraded.add_metric([reason or "none"], 1 if reason else 0)
             yield degraded
+            errors = CounterMetricFamily(
+                "meridian_agent_provider_errors",
+                "Steps a provider could not start or watch, by provider",
+                labels=["provider"],
+            )
+            for provider, n in sorted(g.provider_errors().items()):
+                errors.add_metric([provider[:MAX_LABEL_CHARS]], n)
+            yield errors
         yield CounterMetricFamily(
             "meridian_agent_loop_stalls",
             "Times the agent's event loop was blocked longer than its threshold",

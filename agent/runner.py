@@ -39,6 +39,7 @@ from agent.handles import HandleStore, StoredHandle
 from agent.health import DISK_FULL, Health, fault_reason
 from agent.limits import AgentLimits
 from agent.logbatch import LogCaps, pump_logs
+from agent.metrics import ProviderErrors
 from agent.reporter import Reporter
 from agent.reports import (
     AttemptFinished,
@@ -85,6 +86,7 @@ class RunnerContext:
     keys: KeyRing = field(default_factory=KeyRing)
     limits: AgentLimits = field(default_factory=AgentLimits)
     health: Health | None = None
+    provider_errors: ProviderErrors = field(default_factory=ProviderErrors)
 
     def log_caps(self) -> LogCaps:
         lim = self.limits
@@ -147,6 +149,7 @@ class Runner:
         except Exception as exc:
             # A bug or a misbehaving provider must not leave the attempt unreported.
             self._log_exception("runner for attempt %s failed")
+            self._ctx.provider_errors.count(self._provider.type)
             await self._finish(self._local_fault(exc, "agent error while running the step"))
 
     @property
@@ -237,6 +240,7 @@ class Runner:
             handle = await self._provider.submit(execution)
         except Exception as exc:
             what = f"provider {self._provider.type!r} could not start the step"
+            self._ctx.provider_errors.count(self._provider.type)
             await self._finish(self._local_fault(exc, what))
             return None
         seal_json = self._seal.to_json() if self._seal is not None else ""

@@ -92,3 +92,28 @@ def test_metrics_listen_wants_host_and_port() -> None:
     for bad in ("9400", ":9400", "host:", "host:x", "host:70000"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_provider_errors_are_counted_per_provider() -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from agent.metrics import AgentGauges, AgentMetrics, ProviderErrors
+
+    errors = ProviderErrors()
+    errors.count("aws-ecs")
+    errors.count("aws-ecs")
+    errors.count("process")
+    metrics = AgentMetrics()
+    metrics.gauges = AgentGauges(lambda: 1, 4, lambda: 0, lambda: 0, lambda: "", errors.snapshot)
+    registry = CollectorRegistry()
+    registry.register(metrics)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    samples = {
+        s.labels["provider"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "meridian_agent_provider_errors"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {"aws-ecs": 2.0, "process": 1.0}
