@@ -109,6 +109,7 @@ class Agent:
         self._providers: dict[str, Provider] = {}
         self._journal: Journal | None = None
         self._handles: HandleStore | None = None
+        self._reporter: Reporter | None = None
         self._endpoint: AgentEndpoint | None = None
         self._worker: Worker | None = None
         self._connection: Connection | None = None
@@ -184,7 +185,7 @@ class Agent:
         health = self._health = Health(cfg.data_dir, cfg.data_dir / "work", cfg.limits)
         await asyncio.to_thread(health.take_reserve)
         await asyncio.to_thread(health.probe)
-        reporter = Reporter(self._journal, cfg.limits, health)
+        reporter = self._reporter = Reporter(self._journal, cfg.limits, health)
         self._endpoint = AgentEndpoint(
             cfg.control_plane,
             ca_pem=ca_pem,
@@ -285,6 +286,8 @@ class Agent:
                 log.exception("closing provider %s failed", provider.type)
         if self._endpoint is not None:
             await self._endpoint.close()
+        if self._reporter is not None:
+            await self._reporter.close()  # what runners handed in is written before closing
         for store in (self._journal, self._handles):
             if store is not None:
                 store.close()

@@ -62,6 +62,8 @@ class BundleCache:
         self._source = source
         self._max_size = max_size
         self._inflight: dict[str, asyncio.Task[Path]] = {}
+        # Bundles known to be unpacked: later attempts skip even the stat.
+        self._installed: set[str] = set()
 
     def path_for(self, sha256: str) -> Path:
         return self._root / sha256
@@ -72,7 +74,10 @@ class BundleCache:
         if not _SHA256.match(sha256):
             raise ValidationError(f"bundle hash {sha256!r} is not a hex SHA-256 digest")
         final = self.path_for(sha256)
-        if final.is_dir():
+        if sha256 in self._installed:
+            return final  # content-addressed and never removed while the agent runs
+        if await asyncio.to_thread(final.is_dir):
+            self._installed.add(sha256)
             return final
         task = self._inflight.get(sha256)
         if task is None:
@@ -98,7 +103,9 @@ class BundleCache:
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:
             raise BundleError(f"bundle {sha256} arrived corrupt (its content hashes to {digest})")
-        return await asyncio.to_thread(self._install, sha256, bytes(data))
+        path = await asyncio.to_thread(self._install, sha256, bytes(data))
+        self._installed.add(sha256)
+        return path
 
     def _install(self, sha256: str, data: bytes) -> Path:
         self._root.mkdir(parents=True, exist_ok=True)

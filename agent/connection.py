@@ -5,7 +5,10 @@ journal replay/streaming of reports, and receiving control frames (turned into a
 worker). Any stream error ends the session; the next one starts after an exponential backoff
 with full jitter and replays every unacked report. Runners never wait for the connection: they
 write to the journal and keep going while disconnected. Journal calls run in worker threads,
-never on the event loop.
+never on the event loop. Reports go out in batches: every wake-up (one per journal batch) sends
+all that is committed and unacked, up to the frame limit per ``ReportBatch``, optionally after
+lingering ``report_linger_s`` so reports committed a moment later ride along. Acks are applied
+with the next journal batch, without holding up the reading of control frames.
 
 Two kinds of failure are not retried blindly:
 
@@ -26,7 +29,7 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -134,6 +137,7 @@ class Connection:
         self._write_lock = asyncio.Lock()
         self._beat_now = asyncio.Event()
         self._acked = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()  # acks being written
         self._reset_backoff = False
         self._stopped = False
         self._suspect: tuple[int, int] = (0, 0)  # (oldest unacked seq, sessions it was refused)
@@ -218,6 +222,13 @@ class Connection:
             error = ErrorInfo(error_class="permanent", type=QUARANTINED_TYPE, message=what)
             body = AttemptFinished(outcome="failed", error=error)
         await self._reporter.report(entry.attempt_id, entry.fencing_token, body)
+
+    def _read_page(self, cursor: int) -> tuple[list[JournalEntry], list[tuple[JournalEntry, str]]]:
+        """(worker thread) The next page of unacked reports after ``cursor`` and those of them
+        that can never be delivered, with why: one thread hop per page, not per report."""
+        entries = self._journal.unacked(cursor, REPLAY_PAGE)
+        problems = [(e, p) for e in entries if (p := self._deliverable(e)) is not None]
+        return entries, problems
 
     def _deliverable(self, entry: JournalEntry) -> str | None:
         """Why ``entry`` can never be delivered, or None when it can."""
@@ -326,17 +337,18 @@ class Connection:
         cursor = 0
         while True:
             self._reporter.appended.clear()  # before reading, so an append in between wakes us
-            entries = await asyncio.to_thread(self._journal.unacked, cursor, REPLAY_PAGE)
+            entries, problems = await asyncio.to_thread(self._read_page, cursor)
             if not entries:
                 await self._reporter.appended.wait()
+                linger = self._reporter.limits.report_linger_s
+                if linger > 0:
+                    # Let reports committed in the next moment ride in the same frame.
+                    await asyncio.sleep(linger)
                 continue
-            good: list[JournalEntry] = []
-            for entry in entries:
-                problem = await asyncio.to_thread(self._deliverable, entry)
-                if problem is None:
-                    good.append(entry)
-                else:
-                    await self._quarantine(entry, problem)
+            for entry, problem in problems:
+                await self._quarantine(entry, problem)
+            quarantined = {entry.seq for entry, _ in problems}
+            good = [entry for entry in entries if entry.seq not in quarantined]
             cursor = entries[-1].seq if not good else cursor
             # While an entry is suspected of being refused, send one report per frame so the
             # refusal can be pinned on the right one.
@@ -344,6 +356,21 @@ class Connection:
             for batch in batch_entries(good, limit):
                 await self._write(call, convert.report_batch_to_proto(batch))
                 cursor = batch[-1].seq
+
+    async def _apply_ack(self, up_to_seq: int) -> None:
+        await self._reporter.ack(up_to_seq)
+        self._acked.set()  # flush() counts the journal again
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("could not apply an ack to the journal: %s", t.exception())
+
+        task.add_done_callback(done)
 
     async def _rotate(self, call: Any, rotator: CertificateRotator) -> None:
         while True:
@@ -357,9 +384,9 @@ class Connection:
                 raise ConnectionFailed("control plane closed the stream")
             action = convert.action_from_proto(frame)
             if isinstance(action, AckAction):
-                await asyncio.to_thread(self._journal.ack, action.up_to_seq)
+                # Deleted with the next journal batch; reading frames does not wait for it.
                 self._suspect = (0, 0)
-                self._acked.set()
+                self._track(self._apply_ack(action.up_to_seq))
             elif isinstance(action, CertificateAction):
                 if self._rotator is not None:
                     self._rotator.answer(action)

@@ -7,6 +7,11 @@ SQLite runs in WAL mode with ``synchronous=FULL``: an appended report survives a
 
 Each call is one short transaction guarded by a lock, so it is safe from worker threads; the
 agent calls it off its event loop (``asyncio.to_thread``), since a commit waits for an fsync.
+At run time writes go through ``write_batch``: many reports, handle changes (``agent.handles``,
+same file) and acks in one transaction, so one fsync covers a whole batch (group commit,
+``agent.commits``). A batch of acks alone commits without an fsync: losing it in a crash only
+means those reports are sent again, and the control plane applies each seq at most once
+(Welcome's ``last_applied_seq`` drops them here too).
 
 An entry that can never be delivered (undecodable, of an unknown kind, larger than the control
 plane accepts, or refused by it again and again) is *quarantined*: moved to the ``quarantine``
@@ -17,10 +22,25 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-JOURNAL_FILE = "journal.sqlite"
+from agent import handles
+from agent.handles import StoredHandle
+from agent.sqlitefile import JOURNAL_FILE, open_database
+
+__all__ = [
+    "JOURNAL_FILE",
+    "Ack",
+    "Append",
+    "Journal",
+    "JournalEntry",
+    "JournalOp",
+    "RemoveHandle",
+    "SaveHandle",
+    "open_database",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -44,16 +64,6 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('max_frame_bytes', 0);
 """
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open (creating) one of the agent's SQLite files with the durability settings we rely on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves so each call is one transaction.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
-
-
 @dataclass(frozen=True)
 class JournalEntry:
     seq: int
@@ -61,6 +71,36 @@ class JournalEntry:
     attempt_id: str
     fencing_token: int
     payload: bytes
+
+
+@dataclass(frozen=True)
+class Append:
+    """Journal one report (its seq is assigned when the batch commits)."""
+
+    kind: str
+    attempt_id: str
+    fencing_token: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class SaveHandle:
+    stored: StoredHandle
+
+
+@dataclass(frozen=True)
+class RemoveHandle:
+    attempt_id: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Forget every report with ``seq <= up_to_seq``."""
+
+    up_to_seq: int
+
+
+JournalOp = Append | SaveHandle | RemoveHandle | Ack
 
 
 class Journal:
@@ -71,19 +111,61 @@ class Journal:
         self._conn = open_database(Path(data_dir) / JOURNAL_FILE)
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            handles.ensure_schema(self._conn)  # batches write handles in the same transaction
 
     def append(self, kind: str, attempt_id: str, fencing_token: int, payload: bytes) -> int:
         """Store one report durably and return its sequence number."""
-        with self._lock, self._transaction():
-            (last,) = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-            seq = int(last) + 1
+        (entry,) = self.write_batch([Append(kind, attempt_id, fencing_token, payload)])
+        assert entry is not None
+        return entry.seq
+
+    def write_batch(self, ops: Sequence[JournalOp]) -> list[JournalEntry | None]:
+        """Apply ``ops`` in order in one transaction (one fsync): durable when this returns.
+
+        Returns, per op, the journaled entry of an ``Append`` (with its seq) and None otherwise.
+        Nothing of the batch is kept when it raises.
+        """
+        durable = any(not isinstance(op, Ack) for op in ops)
+        results: list[JournalEntry | None] = []
+        with self._lock:
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction():
+                    self._apply(ops, results)
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+        return results
+
+    def _apply(self, ops: Sequence[JournalOp], results: list[JournalEntry | None]) -> None:
+        (last,) = self._conn.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        seq = int(last)
+        rows: list[tuple[int, str, str, int, bytes]] = []
+        acked = 0
+        for op in ops:
+            entry: JournalEntry | None = None
+            if isinstance(op, Append):
+                seq += 1
+                entry = JournalEntry(seq, op.kind, op.attempt_id, op.fencing_token, op.payload)
+                rows.append((seq, op.kind, op.attempt_id, op.fencing_token, op.payload))
+            elif isinstance(op, SaveHandle):
+                handles.save_row(self._conn, op.stored)
+            elif isinstance(op, RemoveHandle):
+                handles.delete_row(self._conn, op.attempt_id)
+            else:
+                acked = max(acked, op.up_to_seq)
+            results.append(entry)
+        if rows:
             self._conn.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
-            self._conn.execute(
+            self._conn.executemany(
                 "INSERT INTO reports (seq, kind, attempt_id, fencing_token, payload) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (seq, kind, attempt_id, fencing_token, payload),
+                rows,
             )
-        return seq
+        if acked:
+            # Only seqs the control plane was sent, so never one appended in this batch.
+            self._conn.execute("DELETE FROM reports WHERE seq <= ?", (min(acked, int(last)),))
 
     def quarantine(self, seq: int, reason: str) -> JournalEntry | None:
         """Move the entry ``seq`` aside for good; returns it (None when it is gone already)."""

@@ -18,6 +18,10 @@ MiB = 1024 * 1024
 # What a report needs on the wire on top of its journaled payload (seq, ids, token, framing)
 # plus room for the rest of the batch frame it travels in.
 FRAME_HEADROOM_BYTES = 64 * 1024
+# Limits for which 0 means "off" rather than nonsense.
+_ZERO_ALLOWED = frozenset({"report_linger_s"})
+# A linger is meant to be a few milliseconds; more only delays every report.
+MAX_REPORT_LINGER_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class AgentLimits:
     health_probe_s: float = 2.0
     # The event-loop watchdog logs a stall longer than this, in seconds.
     loop_stall_s: float = 1.0
+    # How long the connection waits after reports were committed before sending them, so
+    # reports committed a moment later travel in the same batch frame (0: send at once).
+    report_linger_s: float = 0.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> AgentLimits:
@@ -59,8 +66,14 @@ class AgentLimits:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             kind = float if known[key].type in ("float", float) else int
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"limit {key} must be a positive number, not {value!r}")
+            if value < 0 or (value == 0 and key not in _ZERO_ALLOWED):
+                raise ValueError(f"limit {key} must be a positive number, not {value!r}")
+            if key == "report_linger_s" and value > MAX_REPORT_LINGER_S:
+                raise ValueError(
+                    f"limit {key} must be at most {MAX_REPORT_LINGER_S} s, not {value!r}"
+                )
             if kind is int and value != int(value):
                 raise ValueError(f"limit {key} must be a whole number of bytes, not {value!r}")
             values[key] = kind(value)

@@ -6,9 +6,12 @@ the connection noticing it. Each report is stamped with the time it happened *be
 journaled, so a report replayed after an outage still carries its own time.
 
 Every body is bounded first (``agent.bounds``) against the frame size the control plane last
-negotiated, so the journal never holds an entry the control plane would refuse. The journal
-write (a commit with fsync) runs in a worker thread, never on the event loop. When it fails
-because the disk is full, the disk reserve is released and the write retried once.
+negotiated, so the journal never holds an entry the control plane would refuse. Journal writes
+go through the group committer (``agent.commits``): off the event loop, one fsync per batch of
+whatever every runner handed in meanwhile, and a waiter resumes only once its report is durable.
+A report can carry a handle change in the same transaction (the handle with the report that
+announces it, the handle's removal with the outcome). When a write fails because the disk is
+full, the disk reserve is released and the write retried once.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import time
 
 from agent import convert
 from agent.bounds import ReportTooLarge, bound_body, split_chunk
-from agent.health import DISK_FULL, Health, fault_reason
-from agent.journal import Journal
+from agent.commits import GroupCommitter
+from agent.handles import StoredHandle
+from agent.health import Health
+from agent.journal import Ack, Append, Journal, JournalEntry, JournalOp, RemoveHandle, SaveHandle
 from agent.limits import AgentLimits
 from agent.reports import LogChunk, ReportBody
 
@@ -35,23 +40,56 @@ class Reporter:
     ) -> None:
         self._journal = journal
         self.limits = limits or AgentLimits()
-        self._health = health
         self.payload_limit = self.limits.payload_limit(journal.max_frame_bytes())
         self.appended = asyncio.Event()
+        self.committer = GroupCommitter(journal, health, on_commit=self._committed)
 
     def negotiated(self, max_frame_bytes: int) -> None:
         """Apply a Welcome's frame size (remembered in the journal for the next start)."""
         self.payload_limit = self.limits.payload_limit(max_frame_bytes)
         self._journal.set_max_frame_bytes(max_frame_bytes)
 
-    async def report(self, attempt_id: str, fencing_token: int, body: ReportBody) -> int:
-        """Durably record ``body`` for the attempt; returns the (last) report's seq."""
+    async def report(
+        self,
+        attempt_id: str,
+        fencing_token: int,
+        body: ReportBody,
+        *,
+        save_handle: StoredHandle | None = None,
+        remove_handle: bool = False,
+    ) -> int:
+        """Durably record ``body`` for the attempt; returns the (last) report's seq.
+
+        ``save_handle`` is stored and ``remove_handle`` drops the attempt's handle in the same
+        transaction as the report, so neither is ever durable without the other.
+        """
         at_ms = int(time.time() * 1000)
-        seq = 0
-        for kind, payload in self.encode(body, at_ms):
-            seq = await asyncio.to_thread(self._append, kind, attempt_id, fencing_token, payload)
+        ops: list[JournalOp] = [
+            Append(kind, attempt_id, fencing_token, payload)
+            for kind, payload in self.encode(body, at_ms)
+        ]
+        if save_handle is not None:
+            ops.insert(0, SaveHandle(save_handle))
+        if remove_handle:
+            ops.append(RemoveHandle(attempt_id))
+        entries = await self.committer.submit(ops)
+        return max((e.seq for e in entries if e is not None), default=0)
+
+    async def remove_handle(self, attempt_id: str) -> None:
+        """Forget the attempt's persisted handle (durably, with the next batch)."""
+        await self.committer.submit([RemoveHandle(attempt_id)])
+
+    async def ack(self, up_to_seq: int) -> None:
+        """Delete acked reports with the next batch (acks alone do not wait for an fsync)."""
+        await self.committer.submit([Ack(up_to_seq)])
+
+    async def close(self) -> None:
+        """Write whatever is still pending and stop the writer."""
+        await self.committer.close()
+
+    def _committed(self, entries: list[JournalEntry]) -> None:
+        # One wake-up per batch: the connection sends everything committed so far together.
         self.appended.set()
-        return seq
 
     def encode(self, body: ReportBody, at_ms: int) -> list[tuple[str, bytes]]:
         """(kind, payload) pairs of ``body``, each within the payload limit."""
@@ -65,13 +103,3 @@ class Reporter:
             f"a {kind} report of {len(payload)} bytes is over the frame limit of "
             f"{self.payload_limit} bytes"
         )
-
-    def _append(self, kind: str, attempt_id: str, fencing_token: int, payload: bytes) -> int:
-        try:
-            return self._journal.append(kind, attempt_id, fencing_token, payload)
-        except Exception as exc:
-            if fault_reason(exc) != DISK_FULL or self._health is None:
-                raise
-            # Free the reserve (and say we are degraded), then try once more.
-            self._health.fault(DISK_FULL, f"journal write failed: {exc}")
-            return self._journal.append(kind, attempt_id, fencing_token, payload)

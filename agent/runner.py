@@ -2,9 +2,10 @@
 
 A runner fetches the code bundle, proposes RUNNING and starts infrastructure only after the
 control plane accepts. It then records the provider's handle, streams logs in batches, watches
-for cancellation and reports how the attempt ended. Every report goes through the journal.
-The persisted handle is removed only once the finished report is journaled, so an agent restart
-in between finds the attempt again.
+for cancellation and reports how the attempt ended. Every report goes through the journal
+(group-committed with other runners' reports, ``agent.commits``). The handle is persisted in
+the same transaction as the report announcing it and removed in the same transaction as the
+finished report, so an agent restart in between finds the attempt again.
 
 Secret references are resolved after ACCEPT and just before the provider starts the step; a
 failure to resolve ends the attempt without starting anything. The values go only into the
@@ -244,18 +245,14 @@ class Runner:
             await self._finish(self._local_fault(exc, what))
             return None
         seal_json = self._seal.to_json() if self._seal is not None else ""
-        await asyncio.to_thread(
-            self._ctx.handles.save,
-            StoredHandle(
-                self.attempt_id,
-                self.fencing_token,
-                self._provider.type,
-                handle.to_json(),
-                seal_json,
-            ),
+        handle_json = handle.to_json()
+        stored = StoredHandle(
+            self.attempt_id, self.fencing_token, self._provider.type, handle_json, seal_json
         )
+        # The handle and the report announcing it commit together (one batch, one fsync).
         await self._report(
-            HandleRecorded(handle_json=handle.to_json(), resource_id=handle.resource_id)
+            HandleRecorded(handle_json=handle_json, resource_id=handle.resource_id),
+            save_handle=stored,
         )
         return handle
 
@@ -298,8 +295,9 @@ class Runner:
                 # Its last chunk (the kept tail, the drop notice) is journaled before the
                 # finished report, never after it.
                 await asyncio.wait({logs}, timeout=LOG_DRAIN_S)
-        await self._finish(self._sealed(await self._with_disk_state(finished)))
-        await asyncio.to_thread(self._ctx.handles.remove, self.attempt_id)
+        # The outcome and the handle's removal commit together: a restart finds either the
+        # handle (and re-attaches) or the outcome in the journal, never neither.
+        await self._finish(self._sealed(await self._with_disk_state(finished)), remove_handle=True)
 
     def _sealed(self, finished: AttemptFinished) -> AttemptFinished:
         """The outcome of a sealed step as it may leave the site: scrubbed of secrets first
@@ -382,15 +380,29 @@ class Runner:
     async def _finish_cancelled(self) -> None:
         await self._finish(_cancelled(self._cancel_reason, 0))
 
-    async def _finish(self, finished: AttemptFinished) -> None:
+    async def _finish(self, finished: AttemptFinished, *, remove_handle: bool = False) -> None:
         if not self._finished:
-            await self._report(finished)
+            await self._report(finished, remove_handle=remove_handle)
             self._finished = True
+        elif remove_handle:
+            await self._ctx.reporter.remove_handle(self.attempt_id)
 
-    async def _report(self, body: ReportBody) -> None:
+    async def _report(
+        self,
+        body: ReportBody,
+        *,
+        save_handle: StoredHandle | None = None,
+        remove_handle: bool = False,
+    ) -> None:
         # The one door to the journal and the control plane: nothing passes it unscrubbed.
         body = redact_report(body, self._redactor)
-        await self._ctx.reporter.report(self.attempt_id, self.fencing_token, body)
+        await self._ctx.reporter.report(
+            self.attempt_id,
+            self.fencing_token,
+            body,
+            save_handle=save_handle,
+            remove_handle=remove_handle,
+        )
 
     # ---- local faults -------------------------------------------------------------------
 

@@ -169,8 +169,9 @@ class Worker:
                 self._track(runner, runner.resume(handle, AttemptSeal.from_json(item.seal_json)))
                 continue
             failure = infrastructure_failure("agent restarted and could not re-attach")
-            await self._ctx.reporter.report(item.attempt_id, item.fencing_token, failure)
-            await asyncio.to_thread(self._ctx.handles.remove, item.attempt_id)
+            await self._ctx.reporter.report(
+                item.attempt_id, item.fencing_token, failure, remove_handle=True
+            )
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work, let runners finish for ``grace_s``, then cancel the rest."""
