@@ -51,6 +51,7 @@ class Session:
     heartbeats: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     auto_ack: bool = False
     max_seq: int = 0
+    report_frames: int = 0  # ReportBatch frames received (each holds one or more reports)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send(self, **body: Any) -> None:
@@ -70,6 +71,12 @@ class Session:
         )
 
     def assign(self, attempt_id: str, token: int, provider: str = "fake", **options: Any) -> None:
+        self.assign_many([(attempt_id, token)], provider, **options)
+
+    def assign_many(
+        self, attempts: list[tuple[str, int]], provider: str = "fake", **options: Any
+    ) -> None:
+        """One AssignBatch frame holding every (attempt id, token) of ``attempts``."""
         spec = common_pb2.StepSpec(
             name="step",
             module="m",
@@ -77,17 +84,20 @@ class Session:
             provider=provider,
             options_json=json.dumps(options),
         )
-        assignment = agent_pb2.Assign(
-            attempt_id=attempt_id,
-            fencing_token=token,
-            flow_run_id="run-1",
-            step_run_id=f"sr-{attempt_id}",
-            step_key="step#1",
-            attempt_number=1,
-            spec=spec,
-            inputs_json='{"args": [], "kwargs": {}}',
-        )
-        self.send(assign=agent_pb2.AssignBatch(assignments=[assignment]))
+        assignments = [
+            agent_pb2.Assign(
+                attempt_id=attempt_id,
+                fencing_token=token,
+                flow_run_id="run-1",
+                step_run_id=f"sr-{attempt_id}",
+                step_key="step#1",
+                attempt_number=1,
+                spec=spec,
+                inputs_json='{"args": [], "kwargs": {}}',
+            )
+            for attempt_id, token in attempts
+        ]
+        self.send(assign=agent_pb2.AssignBatch(assignments=assignments))
 
     def decide(self, attempt_id: str, token: int, accept: bool = True) -> None:
         verdict = agent_pb2.VERDICT_ACCEPT if accept else agent_pb2.VERDICT_REJECT
@@ -217,6 +227,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
             elif kind == "heartbeat":
                 session.heartbeats.put_nowait(frame.heartbeat)
             elif kind == "reports":
+                session.report_frames += 1
                 for report in frame.reports.reports:
                     session.reports.put_nowait(report)
                     session.max_seq = max(session.max_seq, report.seq)
