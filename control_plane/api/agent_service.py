@@ -187,7 +187,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             expiry.cancel()
             reader.cancel()
             if self._s.registry.remove(session):
-                await self._s.store.transact(agent_disconnected, session.agent.agent_id)
+                last_seen = self._s.store.clock() - dt.timedelta(seconds=session.silent_for())
+                await self._s.store.transact(agent_disconnected, session.agent.agent_id, last_seen)
                 log.info("agent %s disconnected", session.agent.name)
 
     async def _write_loop(
@@ -244,7 +245,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                     session.degraded = degraded
                 self._note_loop_stall(session, frame.heartbeat.loop_stall_ms)
-                await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
+                # Kept in memory (session.seen above); only a change of status is stored now,
+                # the time heard from is stored by the lease sweep (decision 0017).
+                if session.draining != session.stored_draining:
+                    await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
+                    session.stored_draining = session.draining
                 if not session.draining and not session.degraded:
                     self._s.dispatcher.wake()
             elif body == "reports":

@@ -103,7 +103,12 @@ class Dispatcher:
 
     async def _sweep_leases(self, now: dt.datetime) -> None:
         """Stored leases, checked every sweep interval: agents' attempts, runners' runs."""
-        await self._store.transact(expire_agent_leases, self._lost_after_s, self._started_at)
+        await self._store.transact(
+            expire_agent_leases,
+            self._lost_after_s,
+            self._started_at,
+            self._registry.live_agents(now),
+        )
         await self._store.transact(
             crash_runs_with_lapsed_leases, self._started_at, self._runner_grace_s
         )

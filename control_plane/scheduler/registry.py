@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from control_plane.auth.rotation import Renewal
 from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
-from control_plane.usecases.agents import ConnectedAgent
+from control_plane.usecases.agents import ConnectedAgent, LiveAgent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,9 @@ class AgentSession:
         self.session_id = session_id
         self.in_use = agent.in_use
         self.draining = agent.draining
+        # Whether the stored row says draining: heartbeats are kept here, and only a change
+        # of this is written at once (usecases.agents.agent_heartbeat).
+        self.stored_draining = agent.draining
         self.drain_requested = agent.drain_requested
         # Why the agent takes no new work (a local fault it reported, e.g. "disk_full"): like
         # draining, a degraded agent gets no new assignments until it reports it cleared.
@@ -109,6 +113,13 @@ class AgentRegistry:
     def slots(self, max_silence_s: float = float("inf")) -> list[AgentSlot]:
         """Slots of connected agents heard from within ``max_silence_s``."""
         return [s.slot() for s in self._sessions.values() if s.silent_for() <= max_silence_s]
+
+    def live_agents(self, now: dt.datetime) -> dict[str, LiveAgent]:
+        """When each connected agent was last heard from, on the wall clock of ``now``."""
+        return {
+            agent_id: LiveAgent(now - dt.timedelta(seconds=session.silent_for()), session.draining)
+            for agent_id, session in self._sessions.items()
+        }
 
     def sessions(self) -> list[AgentSession]:
         return list(self._sessions.values())

@@ -158,41 +158,78 @@ def _reconcile_held(tx: Tx, agent: AgentRow, reported: Mapping[str, int]) -> int
 
 
 def agent_heartbeat(tx: Tx, agent_id: str, draining: bool) -> None:
+    """Store a connected agent's status when it changed (draining or not).
+
+    Plain heartbeats are not written: the registry keeps when each connected agent was last
+    heard from, and the lease sweep stores it now and then (``expire_agent_leases``).
+    """
     agent = tx.session.get(AgentRow, agent_id)
     if agent is not None and agent.revoked_at is None:
         agent.last_heartbeat_at = tx.now
-        drained = draining or agent.drain_requested_at is not None
-        agent.status = "draining" if drained else "connected"
+        agent.status = _connected_status(agent, draining)
 
 
-def agent_disconnected(tx: Tx, agent_id: str) -> None:
+def _connected_status(agent: AgentRow, draining: bool) -> str:
+    return "draining" if draining or agent.drain_requested_at is not None else "connected"
+
+
+def agent_disconnected(tx: Tx, agent_id: str, last_seen: dt.datetime | None = None) -> None:
+    """The agent's stream ended; ``last_seen`` (from the registry) is when it was last heard
+    from, stored so that its attempts' leases count from there."""
     agent = tx.session.get(AgentRow, agent_id)
-    if agent is not None and agent.status in ("connected", "draining"):
+    if agent is None:
+        return
+    if last_seen is not None and (
+        agent.last_heartbeat_at is None or agent.last_heartbeat_at < last_seen
+    ):
+        agent.last_heartbeat_at = last_seen
+    if agent.status in ("connected", "draining"):
         agent.status = "disconnected"
         agent.disconnected_at = tx.now
 
 
-def expire_agent_leases(tx: Tx, default_lost_after_s: float, started_at: dt.datetime) -> None:
+@dataclass(frozen=True)
+class LiveAgent:
+    """A connected agent as the registry knows it: when it was last heard from (any frame)."""
+
+    last_seen: dt.datetime
+    draining: bool
+
+
+# How stale the stored ``last_heartbeat_at`` of a connected agent may grow before the sweep
+# rewrites it: it only serves readers after a restart or on another replica, and leases of a
+# connected agent are judged from the registry. Kept well under the lease (``lost_after``) so
+# another replica never judges a live agent lost from it.
+MAX_STORED_HEARTBEAT_AGE_S = 60.0
+
+
+def expire_agent_leases(
+    tx: Tx,
+    default_lost_after_s: float,
+    started_at: dt.datetime,
+    live: Mapping[str, LiveAgent] | None = None,
+) -> None:
     """Attempts whose agent stopped heartbeating become LOST and follow their step's policy.
 
     An agent's heartbeats renew the leases of every attempt it holds. Each step says how long
     to wait (``lost_after_s``) and what then happens (``on_agent_lost``: retry, fail, wait).
     Heartbeats could not arrive while this control plane was down, so leases count from
-    ``started_at`` at the earliest.
+    ``started_at`` at the earliest. ``live``: the agents connected here, with when they were
+    last heard from (heartbeats are kept in memory, not stored one by one).
     """
-    session, now = tx.session, tx.now
+    session, now, live = tx.session, tx.now, live or {}
     rows = session.execute(
         select(AttemptRow, AgentRow)
         .join(AgentRow, AgentRow.id == AttemptRow.agent_id)
         .where(AttemptRow.state.in_(list(SLOT_HOLDING)))
     ).all()
+    steps = _steps_by_id(session, {attempt.step_run_id for attempt, _ in rows})
     for attempt, agent in rows:
-        step = session.get(StepRunRow, attempt.step_run_id)
-        assert step is not None
+        step = steps[attempt.step_run_id]
         lost_after = lost_after_s(step.spec, default_lost_after_s)
         if lost_after is None:
             continue
-        silent = (now - _last_sign_of_life(agent, started_at)).total_seconds()
+        silent = (now - _last_sign_of_life(agent, started_at, live)).total_seconds()
         if silent < lost_after:
             continue
         error = ErrorInfo(
@@ -202,18 +239,52 @@ def expire_agent_leases(tx: Tx, default_lost_after_s: float, started_at: dt.date
             f"(lost_after {lost_after:g}s)",
         )
         finish_attempt(tx, attempt, step, AttemptState.LOST, error=error)
-    _mark_silent_agents_lost(session, now, default_lost_after_s, started_at)
+    _update_fleet(session, now, default_lost_after_s, started_at, live)
 
 
-def _last_sign_of_life(agent: AgentRow, started_at: dt.datetime) -> dt.datetime:
-    return max(agent.last_heartbeat_at or agent.enrolled_at, started_at)
+def _steps_by_id(session: Session, ids: set[str]) -> dict[str, StepRunRow]:
+    if not ids:
+        return {}
+    rows = session.scalars(select(StepRunRow).where(StepRunRow.id.in_(list(ids))))
+    return {row.id: row for row in rows}
 
 
-def _mark_silent_agents_lost(
-    session: Session, now: dt.datetime, lost_after_s: float, started_at: dt.datetime
+def _last_sign_of_life(
+    agent: AgentRow, started_at: dt.datetime, live: Mapping[str, LiveAgent]
+) -> dt.datetime:
+    stored = agent.last_heartbeat_at or agent.enrolled_at
+    here = live.get(agent.id)
+    if here is not None and here.last_seen > stored:
+        stored = here.last_seen
+    return max(stored, started_at)
+
+
+def _update_fleet(
+    session: Session,
+    now: dt.datetime,
+    lost_after_s: float,
+    started_at: dt.datetime,
+    live: Mapping[str, LiveAgent],
 ) -> None:
+    """Store what operators see after a restart: silent agents are lost, connected ones get
+    their last heartbeat (at most ``MAX_STORED_HEARTBEAT_AGE_S`` or a third of the lease old)
+    and their status back if a sweep had declared them lost while they were only slow."""
+    refresh_s = min(MAX_STORED_HEARTBEAT_AGE_S, lost_after_s / 3)
     for agent in session.scalars(
-        select(AgentRow).where(AgentRow.status.in_(["connected", "draining", "disconnected"]))
+        select(AgentRow).where(
+            AgentRow.revoked_at.is_(None),
+            AgentRow.status.in_(["connected", "draining", "disconnected", "lost"]),
+        )
     ):
-        if (now - _last_sign_of_life(agent, started_at)).total_seconds() >= lost_after_s:
-            agent.status = "lost"
+        silent = (now - _last_sign_of_life(agent, started_at, live)).total_seconds()
+        here = live.get(agent.id)
+        if here is None:
+            if silent >= lost_after_s and agent.status != "lost":
+                agent.status = "lost"
+            continue
+        stored = agent.last_heartbeat_at
+        if stored is None or (here.last_seen - stored).total_seconds() >= refresh_s:
+            agent.last_heartbeat_at = here.last_seen
+        status = "lost" if silent >= lost_after_s else _connected_status(agent, here.draining)
+        if agent.status != status:
+            agent.status = status
