@@ -128,6 +128,12 @@ def record_event(
     )
 
 
+def record_events(tx: Tx, events: list[dict[str, Any]]) -> None:
+    """Queue many events at once (a bulk submission), each already the column values that
+    ``record_event`` would queue for it, in the order they happened."""
+    tx.session.info.setdefault(_PENDING_EVENTS, []).extend(events)
+
+
 def move_run(tx: Tx, run: FlowRunRow, target: RunState, message: str = "") -> None:
     check_run_transition(run.state, target)
     previous, run.state = run.state, target
