@@ -177,9 +177,10 @@ class Agent:
         secrets = SecretStore.from_config(cfg.secrets)
         ca_pem = Path(cfg.ca_file).read_bytes() if cfg.ca_file else identity.ca_pem
         for provider_type in cfg.providers:
-            self._providers[provider_type] = self._loader(
-                provider_type, cfg.provider_config.get(provider_type, {})
-            )
+            config = cfg.provider_config.get(provider_type, {})
+            if provider_type == "process" and "warm_workers" not in config:
+                config = {**config, "warm_workers": cfg.capacity}  # one warm worker per slot
+            self._providers[provider_type] = self._loader(provider_type, config)
         self._journal = await asyncio.to_thread(Journal, cfg.data_dir)
         self._handles = await asyncio.to_thread(HandleStore, cfg.data_dir)
         health = self._health = Health(cfg.data_dir, cfg.data_dir / "work", cfg.limits)

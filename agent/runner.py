@@ -226,6 +226,7 @@ class Runner:
             work_dir=work_dir,
             timeout_s=spec.timeout_s or None,
             options=options,
+            isolation=spec.isolation,
             # Spans the step creates become children of this attempt's span in the run's trace.
             env={
                 **secrets.env,

@@ -8,6 +8,8 @@ that a provider (or a re-attached agent) can read the outcome even after this pr
 This module owns the on-disk format of ``spec.json`` and ``outcome.json`` and the exit-code
 contract (0 = succeeded, 1 = failed, 2 = the work dir itself is unusable). It imports only the
 standard library and ``meridian.core.errors`` so that it starts fast inside a bare bundle.
+``meridian.stepworker`` (the warm workers of the process provider) runs steps through the same
+``run_step`` / ``record_outcome``, many per process.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
     step_key = str(spec.get("step_key", "?"))
     try:
         bundle_dir = spec.get("bundle_dir")
-        if bundle_dir:
+        if bundle_dir and str(bundle_dir) not in sys.path:
+            # A warm worker runs many steps of one bundle: put it on the path once.
             sys.path.insert(0, str(bundle_dir))
         fn = _import_step(str(spec["module"]), str(spec["function"]), step_key)
         args, kwargs = _decode_inputs(str(spec.get("inputs_json", "")), step_key)
@@ -209,14 +212,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.spec_env:
-        text, origin = os.environ.get(args.spec_env, ""), f"${args.spec_env}"
-    else:
-        origin = str(args.work_dir.resolve() / SPEC_FILE)
-        text = Path(origin).read_text(encoding="utf-8")
+        return parse_spec(os.environ.get(args.spec_env, ""), f"${args.spec_env}")
+    return load_spec_file(args.work_dir.resolve())
+
+
+def parse_spec(text: str, origin: str) -> dict[str, Any]:
     spec = json.loads(text) if text else None
     if not isinstance(spec, dict):
         raise ValueError(f"{origin} must hold a JSON object")
     return spec
+
+
+def load_spec_file(work_dir: Path) -> dict[str, Any]:
+    """``work_dir/spec.json``: the only description of the step an executor trusts."""
+    path = work_dir / SPEC_FILE
+    return parse_spec(path.read_text(encoding="utf-8"), str(path))
+
+
+def flush_output() -> None:
+    """Flush the step's own output so its logs are complete before the outcome appears."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def record_outcome(work_dir: Path, text: str) -> None:
+    """Write ``work_dir/outcome.json``: from here on a (re-attached) agent can collect it."""
+    write_atomic(work_dir / OUTCOME_FILE, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,12 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     outcome = run_step(spec)
     text = json.dumps(outcome)
-    # Flush the step's own output first so logs are complete before the outcome appears.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    flush_output()
     if args.work_dir is not None:
-        write_atomic(args.work_dir.resolve() / OUTCOME_FILE, text)
+        record_outcome(args.work_dir.resolve(), text)
     if args.result_marker or args.spec_env:
         out = sys.__stdout__ or sys.stdout
         # Readers look for the last marker, so output the step left unterminated is harmless.

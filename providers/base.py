@@ -36,6 +36,9 @@ class ExecutionSpec:
     ``inputs_json`` is ``{"args": [...], "kwargs": {...}}``. ``bundle_dir`` is the unpacked code
     bundle (put it on the import path); ``work_dir`` is a fresh directory owned by this attempt
     where the provider may keep output files that must survive an agent restart.
+    ``isolation`` is the step's ``StepSpec.isolation``: ``"warm"`` lets a provider that keeps
+    warm interpreters (the process provider) reuse one, ``"process"`` asks for a fresh one;
+    providers that always start fresh infrastructure ignore it.
     """
 
     attempt_id: str
@@ -52,6 +55,7 @@ class ExecutionSpec:
     timeout_s: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    isolation: str = "warm"
 
 
 @dataclass(frozen=True)

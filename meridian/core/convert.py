@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from meridian.core.errorinfo import ErrorInfo
-from meridian.core.spec import OnAgentLost, StepSpec
+from meridian.core.spec import Isolation, OnAgentLost, StepSpec
 from protos.meridian.v1 import common_pb2
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -80,6 +80,7 @@ def spec_to_proto(spec: StepSpec) -> common_pb2.StepSpec:
         on_agent_lost=str(spec.on_agent_lost),
         lost_after_s=spec.lost_after_s,
         secrets=dict(spec.secrets),
+        isolation=str(spec.isolation),
     )
 
 
@@ -103,4 +104,5 @@ def spec_from_proto(msg: common_pb2.StepSpec) -> StepSpec:
         on_agent_lost=msg.on_agent_lost or OnAgentLost.RETRY,
         lost_after_s=msg.lost_after_s,
         secrets=tuple(sorted(msg.secrets.items())),
+        isolation=msg.isolation or Isolation.WARM,  # "" from senders that predate the field
     )

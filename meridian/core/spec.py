@@ -19,6 +19,13 @@ DEFAULT_RETRY_JITTER = 0.1
 DEFAULT_SCHEDULE_TIMEOUT_S = 600.0
 
 
+class Isolation(StrEnum):
+    """How much of a fresh interpreter a step needs (the process provider's warm workers)."""
+
+    WARM = "warm"  # may run in a warm, reused worker of its code bundle (the default)
+    PROCESS = "process"  # always a fresh interpreter, e.g. a step that changes global state
+
+
 class OnAgentLost(StrEnum):
     """What happens to an attempt whose agent stops heartbeating for ``lost_after_s``."""
 
@@ -48,6 +55,7 @@ class StepSpec:
         on_agent_lost: see :class:`OnAgentLost`.
         lost_after_s: 0 = the control plane's default.
         secrets: (environment variable, secret reference) pairs, resolved at the site.
+        isolation: see :class:`Isolation`; providers that always start fresh ignore it.
     """
 
     name: str
@@ -66,6 +74,7 @@ class StepSpec:
     on_agent_lost: str = OnAgentLost.RETRY
     lost_after_s: float = 0.0
     secrets: tuple[tuple[str, str], ...] = ()  # (env var name, secret reference)
+    isolation: str = Isolation.WARM
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the step run's stored spec); ``from_json`` reads it back."""
@@ -73,6 +82,7 @@ class StepSpec:
         data["retry_on"] = list(self.retry_on)
         data["secrets"] = dict(self.secrets)
         data["on_agent_lost"] = str(self.on_agent_lost)
+        data["isolation"] = str(self.isolation)
         return data
 
     @classmethod

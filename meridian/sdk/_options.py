@@ -17,6 +17,7 @@ from meridian.core.errors import SealError, SelectorError, ValidationError
 from meridian.core.sealing import check_key_group
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector
+from meridian.core.spec import Isolation
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 
 KeyFunction = Callable[..., str]
@@ -44,6 +45,7 @@ class StepOptions:
     secrets: Mapping[str, str] | None = None
     # Key group sealing inputs and results; None = the flow's default, False = never sealed.
     seal: str | bool | None = None
+    isolation: str = "warm"
 
 
 def location(fn: Callable[..., Any]) -> str:
@@ -85,6 +87,7 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         on_agent_lost=_check_on_agent_lost(opts.on_agent_lost, where),
         lost_after_s=_check_number("lost_after", opts.lost_after or 0.0, where),
         secrets=tuple(sorted(check_secret_references(opts.secrets or {}, where).items())),
+        isolation=_check_isolation(opts.isolation, where),
     )
 
 
@@ -104,6 +107,16 @@ def _check_on_agent_lost(value: Any, where: str) -> str:
     if value not in ("retry", "fail", "wait"):
         raise ValidationError(
             f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait' (got {value!r})"
+        )
+    return str(value)
+
+
+def _check_isolation(value: Any, where: str) -> str:
+    allowed = [str(i) for i in Isolation]
+    if value not in allowed:
+        raise ValidationError(
+            f"{where}: isolation must be 'warm' (may reuse a warm interpreter) or 'process' "
+            f"(always a fresh one), got {value!r}"
         )
     return str(value)
 

@@ -185,6 +185,7 @@ def step(
     lost_after: float | None = None,
     secrets: dict[str, str] | None = None,
     seal: str | bool | None = None,
+    isolation: str = "warm",
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -215,6 +216,11 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             texts end to end: the control plane stores only ciphertext and digests. The flow
             runner reads its keys from ``MERIDIAN_SEAL_KEYS``, agents from their config.
             None = the flow's ``seal`` (if any); False = not sealed even in a sealed flow.
+        isolation: "warm" (default): the process provider may run the step in a warm
+            interpreter that already ran steps of the same code bundle (output, environment,
+            cwd and child processes stay per step; module-level state does not); "process":
+            always a fresh interpreter, for steps that change global state. Providers that
+            start fresh infrastructure for every attempt ignore it.
     """
     if fn is not None:
         if kwargs:

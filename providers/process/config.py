@@ -10,12 +10,20 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from providers.base import ProviderError
 
-CONFIG_KEYS = frozenset({"python", "kill_grace_s", "env"})
+CONFIG_KEYS = frozenset(
+    {"python", "kill_grace_s", "env", "warm_workers", "worker_max_steps", "worker_max_rss_mib"}
+)
+DEFAULT_WARM_WORKERS = 4  # the agent's default --capacity; the agent passes its own
+DEFAULT_WORKER_MAX_STEPS = 100
+DEFAULT_WORKER_MAX_RSS_MIB = 512.0
+MAX_WARM_WORKERS = 4096
+ISOLATIONS = ("warm", "process")
 OPTIONS_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "properties": {
@@ -35,6 +43,35 @@ def string_map(value: Any, what: str, error: type[ProviderError]) -> dict[str, s
         if not isinstance(item, str) or "\0" in item:
             raise error(f"{what}: the value of {key!r} must be a string, not {item!r}")
     return dict(value)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The warm-worker pool's settings (``providers/process/pool.py``); size 0 = no pool."""
+
+    size: int = DEFAULT_WARM_WORKERS
+    max_steps: int = DEFAULT_WORKER_MAX_STEPS
+    max_rss_mib: float = DEFAULT_WORKER_MAX_RSS_MIB
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PoolConfig:
+        size = _integer(config, "warm_workers", DEFAULT_WARM_WORKERS, 0, MAX_WARM_WORKERS)
+        steps = _integer(config, "worker_max_steps", DEFAULT_WORKER_MAX_STEPS, 1, 1_000_000)
+        rss = config.get("worker_max_rss_mib", DEFAULT_WORKER_MAX_RSS_MIB)
+        if isinstance(rss, bool) or not isinstance(rss, int | float) or not 0 < rss < 2**40:
+            raise ProviderError(
+                f"process provider: worker_max_rss_mib must be a number > 0, not {rss!r}"
+            )
+        return cls(size=size, max_steps=steps, max_rss_mib=float(rss))
+
+
+def _integer(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProviderError(
+            f"process provider: {key} must be an integer from {low} to {high}, not {value!r}"
+        )
+    return value
 
 
 def meridian_root() -> str:

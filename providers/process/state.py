@@ -1,7 +1,8 @@
 """One ``process`` attempt: its handle, typed, and the files it leaves in its work dir.
 
-The work dir holds the step's output files, why the agent stopped it and stepexec's
-``outcome.json``, so what happened to an attempt is still known after an agent restart.
+The work dir holds the step's output files, why the agent stopped it and stepexec's (or the
+warm worker's) ``outcome.json``, so what happened to an attempt is still known after an agent
+restart.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Attempt:
     work_dir: Path
     timeout_s: float | None
     started_at_ms: int
+    warm: bool = False  # pid names a warm worker that may outlive this step, not the step
 
     @classmethod
     def of(cls, handle: Handle) -> Attempt:
@@ -47,6 +49,7 @@ class Attempt:
                 work_dir=Path(str(d["work_dir"])),
                 timeout_s=None if timeout is None else float(timeout),
                 started_at_ms=int(d.get("started_at_ms", 0)),
+                warm=d.get("warm") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProviderError(f"malformed process handle {handle.to_json()}: {exc}") from exc

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/meridian/v1/common.proto\x12\x0bmeridian.v1\"d\n\tErrorInfo\x12\x13\n\x0b\x65rror_class\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x10\n\x08type_mro\x18\x05 \x03(\t\"\x9a\x03\n\x08StepSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x0f\n\x07retries\x18\x06 \x01(\r\x12\x15\n\rretry_delay_s\x18\x07 \x01(\x01\x12\x15\n\rretry_backoff\x18\x08 \x01(\x01\x12\x14\n\x0cretry_jitter\x18\t \x01(\x01\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12\x1a\n\x12schedule_timeout_s\x18\x0b \x01(\x01\x12\x10\n\x08retry_on\x18\x0c \x03(\t\x12\x14\n\x0coptions_json\x18\r \x01(\t\x12\x15\n\ron_agent_lost\x18\x0e \x01(\t\x12\x14\n\x0clost_after_s\x18\x0f \x01(\x01\x12\x33\n\x07secrets\x18\x10 \x03(\x0b\x32\".meridian.v1.StepSpec.SecretsEntry\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x07LogLine\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"?\n\x0b\x42undleChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/meridian/v1/common.proto\x12\x0bmeridian.v1\"d\n\tErrorInfo\x12\x13\n\x0b\x65rror_class\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x10\n\x08type_mro\x18\x05 \x03(\t\"\xad\x03\n\x08StepSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x0f\n\x07retries\x18\x06 \x01(\r\x12\x15\n\rretry_delay_s\x18\x07 \x01(\x01\x12\x15\n\rretry_backoff\x18\x08 \x01(\x01\x12\x14\n\x0cretry_jitter\x18\t \x01(\x01\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12\x1a\n\x12schedule_timeout_s\x18\x0b \x01(\x01\x12\x10\n\x08retry_on\x18\x0c \x03(\t\x12\x14\n\x0coptions_json\x18\r \x01(\t\x12\x15\n\ron_agent_lost\x18\x0e \x01(\t\x12\x14\n\x0clost_after_s\x18\x0f \x01(\x01\x12\x33\n\x07secrets\x18\x10 \x03(\x0b\x32\".meridian.v1.StepSpec.SecretsEntry\x12\x11\n\tisolation\x18\x11 \x01(\t\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x07LogLine\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"?\n\x0b\x42undleChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORINFO']._serialized_start=48
   _globals['_ERRORINFO']._serialized_end=148
   _globals['_STEPSPEC']._serialized_start=151
-  _globals['_STEPSPEC']._serialized_end=561
-  _globals['_STEPSPEC_SECRETSENTRY']._serialized_start=515
-  _globals['_STEPSPEC_SECRETSENTRY']._serialized_end=561
-  _globals['_LOGLINE']._serialized_start=563
-  _globals['_LOGLINE']._serialized_end=622
-  _globals['_BUNDLECHUNK']._serialized_start=624
-  _globals['_BUNDLECHUNK']._serialized_end=687
+  _globals['_STEPSPEC']._serialized_end=580
+  _globals['_STEPSPEC_SECRETSENTRY']._serialized_start=534
+  _globals['_STEPSPEC_SECRETSENTRY']._serialized_end=580
+  _globals['_LOGLINE']._serialized_start=582
+  _globals['_LOGLINE']._serialized_end=641
+  _globals['_BUNDLECHUNK']._serialized_start=643
+  _globals['_BUNDLECHUNK']._serialized_end=706
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, error_class: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., type_mro: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepSpec(_message.Message):
-    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets")
+    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets", "isolation")
     class SecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class StepSpec(_message.Message):
     ON_AGENT_LOST_FIELD_NUMBER: _ClassVar[int]
     LOST_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: str
     function: str
@@ -61,7 +62,8 @@ class StepSpec(_message.Message):
     on_agent_lost: str
     lost_after_s: float
     secrets: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    isolation: str
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("at_unix_ms", "stream", "text")

@@ -1,0 +1,324 @@
+"""A warm step worker: one pre-started interpreter that runs many steps, one at a time.
+
+The ``process`` provider keeps a pool of these (``python -m meridian.stepworker``) so that a
+step does not pay for a fresh interpreter and its imports. Each step runs exactly as
+``meridian.stepexec`` runs it (``run_step``, then ``DIR/outcome.json`` via ``record_outcome``),
+with the per-step isolation a fresh process would give:
+
+* fd 1 and 2 point at the attempt's ``stdout.log`` / ``stderr.log`` for the step only;
+* ``os.environ`` is exactly the step's environment and the cwd the step's cwd, both restored
+  afterwards (nothing set for one step leaks into the next); so are signal handlers;
+* processes the step started are killed when it ends (SIGTERM, then SIGKILL after ``--grace``
+  seconds): the worker is a child subreaper, so orphaned grandchildren come back to it.
+
+Protocol (stdin: commands from the agent, stdout: replies; both moved off fds 0/1 at start):
+each message is a 4-byte big-endian length and a JSON object of at most ``MAX_MESSAGE_BYTES``.
+The worker sends ``{"op": "ready", "pid"}`` once, then answers each
+``{"op": "run", "work_dir", "cwd", "env"}`` with ``{"op": "done", "work_dir", "state",
+"rss_kib", "retire"}`` after ``outcome.json`` is written. What to run (module, function,
+inputs, bundle) comes only from ``work_dir/spec.json``; a worker is bound to the first bundle
+it imports and refuses a spec of another one. End of input, a malformed message or a new parent
+(the agent died) make the worker exit; a step that is running when the agent dies still
+finishes and writes its outcome, so a restarted agent can collect it, and no new step starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meridian.stepexec import (
+    error_outcome,
+    flush_output,
+    load_spec_file,
+    record_outcome,
+    run_step,
+)
+
+HEADER = struct.Struct(">I")
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+STDOUT_LOG = "stdout.log"  # the process provider's names (pinned by a test)
+STDERR_LOG = "stderr.log"
+_PR_SET_CHILD_SUBREAPER = 36
+# Signals a step may reasonably install handlers for; restored after every step.
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD")
+    if hasattr(signal, name)
+)
+
+
+class ProtocolError(Exception):
+    """A message from the agent that the worker does not accept."""
+
+
+def read_message(fd: int) -> dict[str, Any] | None:
+    """The next message on ``fd``, or None at end of input."""
+    header = _read_exactly(fd, HEADER.size)
+    if header is None:
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    body = _read_exactly(fd, size)
+    if body is None:
+        raise ProtocolError("input ended inside a message")
+    value = json.loads(body)
+    if not isinstance(value, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return value
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.read(fd, size - got)
+        if not chunk:
+            if got:
+                raise ProtocolError("input ended inside a message")
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def write_message(fd: int, message: Mapping[str, Any]) -> None:
+    body = json.dumps(message).encode("utf-8")
+    data = HEADER.pack(len(body)) + body
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and "\0" not in k and isinstance(v, str)
+        for k, v in value.items()
+    ):
+        raise ProtocolError("'env' must be an object of environment variables")
+    return value
+
+
+def _run_request(message: Mapping[str, Any]) -> tuple[Path, Path, dict[str, str]]:
+    if message.get("op") != "run":
+        raise ProtocolError(f"unknown op {message.get('op')!r}")
+    work_dir, cwd = message.get("work_dir"), message.get("cwd")
+    if not isinstance(work_dir, str) or not isinstance(cwd, str):
+        raise ProtocolError("'work_dir' and 'cwd' must be paths")
+    if not os.path.isabs(work_dir) or not os.path.isabs(cwd):
+        raise ProtocolError("'work_dir' and 'cwd' must be absolute paths")
+    return Path(work_dir), Path(cwd), _string_map(message.get("env"))
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants our children, so step end can find and kill them all."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants() -> list[int]:
+    """Every process below this one, read from ``/proc/<pid>/task/*/children`` (no scan)."""
+    found: list[int] = []
+    frontier = [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                    children = [int(c) for c in fh.read().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                if child not in found:
+                    found.append(child)
+                    frontier.append(child)
+    return found
+
+
+def _reap() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def kill_descendants(grace_s: float) -> None:
+    """SIGTERM what the step left running, SIGKILL what is left after ``grace_s``; reap all."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        _reap()
+        pids = descendants()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            _reap()
+            if not descendants():
+                return
+            time.sleep(0.01)
+
+
+def rss_kib() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+@contextlib.contextmanager
+def step_scope(work_dir: Path, cwd: Path, env: Mapping[str, str]) -> Iterator[None]:
+    """Output files, environment, cwd and signal handlers of one step; all restored after."""
+    flush_output()
+    saved_fds = (os.dup(1), os.dup(2))
+    saved_streams = (sys.stdout, sys.stderr)
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_signals = {sig: signal.getsignal(sig) for sig in _RESTORED_SIGNALS}
+    try:
+        for fd, name in ((1, STDOUT_LOG), (2, STDERR_LOG)):
+            target = os.open(work_dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(target, fd)
+            os.close(target)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved_streams
+        flush_output()
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        signal.alarm(0)
+        for sig, handler in saved_signals.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(sig, handler)
+
+
+class Worker:
+    """The loop: read a command, run the step it names, answer; one step at a time."""
+
+    def __init__(self, commands: int, replies: int, grace_s: float) -> None:
+        self.commands = commands
+        self.replies = replies
+        self.grace_s = grace_s
+        self.parent = os.getppid()
+        self.bundle: str | None = None
+        self.home = os.getcwd()
+        self.threads = threading.active_count()
+
+    def serve(self) -> int:
+        write_message(self.replies, {"op": "ready", "pid": os.getpid()})
+        while True:
+            try:
+                message = read_message(self.commands)
+            except (ProtocolError, ValueError) as exc:
+                print(f"meridian-worker: {exc}; exiting", file=sys.stderr)
+                return 2
+            # End of input or a new parent: the agent is gone; take no new work.
+            if message is None or os.getppid() != self.parent:
+                return 0
+            try:
+                work_dir, cwd, env = _run_request(message)
+            except ProtocolError as exc:
+                print(f"meridian-worker: {exc}; exiting", file=sys.stderr)
+                return 2
+            reply = self.run(work_dir, cwd, env)
+            with contextlib.suppress(OSError):  # BrokenPipe: the agent died meanwhile
+                write_message(self.replies, reply)
+            if reply["retire"]:
+                return 0
+
+    def run(self, work_dir: Path, cwd: Path, env: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            spec = load_spec_file(work_dir)
+            outcome = self._bound(spec)
+        except (OSError, ValueError) as exc:
+            outcome = error_outcome(RuntimeError(f"cannot read the step spec: {exc}"))
+            outcome["error"]["error_class"] = "infrastructure"
+        if outcome is None:
+            with step_scope(work_dir, cwd, env):
+                outcome = run_step(spec)
+            kill_descendants(self.grace_s)
+        record_outcome(work_dir, json.dumps(outcome))
+        # A step that left threads running would run on into the next steps: retire instead.
+        retire = threading.active_count() > self.threads
+        return {
+            "op": "done",
+            "work_dir": str(work_dir),
+            "state": outcome["state"],
+            "rss_kib": rss_kib(),
+            "retire": retire,
+        }
+
+    def _bound(self, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+        """None when this worker may run ``spec``, else the failure outcome to record."""
+        bundle = str(spec.get("bundle_dir") or "")
+        if self.bundle is None:
+            self.bundle = bundle  # modules of two bundles can share names: one per worker
+        if bundle == self.bundle:
+            return None
+        outcome = error_outcome(
+            RuntimeError(f"this worker runs bundle {self.bundle!r}, not {bundle!r}")
+        )
+        outcome["error"]["error_class"] = "infrastructure"
+        return outcome
+
+
+def _take_protocol_fds() -> tuple[int, int]:
+    """Move the agent's pipes off fds 0/1, which become /dev/null and stderr between steps."""
+    commands, replies = os.dup(0), os.dup(1)
+    # A step's forked (not exec'd) children must not hold the agent's pipes open: the agent
+    # sees the worker's end as the end of its output.
+    os.register_at_fork(after_in_child=lambda: _close_quietly(commands, replies))
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    return commands, replies
+
+
+def _close_quietly(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meridian-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--grace", type=float, default=5.0, help="SIGTERM->SIGKILL grace, s")
+    args = parser.parse_args(argv)
+    commands, replies = _take_protocol_fds()
+    set_child_subreaper()
+    code = Worker(commands, replies, max(0.0, args.grace)).serve()
+    flush_output()
+    # os._exit: threads a step left behind must not keep the worker alive.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
