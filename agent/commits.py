@@ -74,7 +74,7 @@ class GroupCommitter:
         task = self._task
         if task is None or task.done():
             return
-        while self._pending or self._in_flight:
+        while (self._pending or self._in_flight) and not task.done():
             await asyncio.sleep(0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -128,7 +128,11 @@ class GroupCommitter:
         if self._on_commit is not None:
             appended = [entry for entry in results if entry is not None]
             if appended:
-                self._on_commit(appended)
+                try:
+                    self._on_commit(appended)
+                except Exception:
+                    # A listener's bug must not stop the writer every runner depends on.
+                    log.exception("journal commit listener failed")
 
     def _write(self, ops: list[JournalOp]) -> list[JournalEntry | None]:
         try:
