@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -87,14 +88,20 @@ async def _read_pid(path: Path) -> int:
 
 
 class TestProcessProvider(ProviderConformance):
-    """The conformance suite, plus process-group, pid-reuse and crash behaviour."""
+    """The conformance suite, plus process-group, pid-reuse and crash behaviour, with steps in
+    warm workers (the default); ``TestFreshProcesses`` runs all of it with the pool off."""
+
+    mode: ClassVar[dict[str, Any]] = {}  # config keys that choose warm workers or fresh processes
+
+    def make(self, config: dict[str, Any] | None = None) -> ProcessProvider:
+        return ProcessProvider({**_FAST_CONFIG, **(config or {}), **self.mode})
 
     valid_options = ({}, {"env": {"A": "1"}}, {"cwd": "."})
     invalid_options = ({"env": {"A": 1}}, {"env": ["A=1"]}, {"env": {"A=B": "1"}}, {"cwd": ""})
 
     @pytest.fixture
     def provider(self) -> Provider:
-        return ProcessProvider(_FAST_CONFIG)
+        return self.make()
 
     async def assert_stopped(self, provider: Provider, handle: Handle) -> None:
         pid = int(handle.data["pid"])
@@ -111,7 +118,7 @@ class TestProcessProvider(ProviderConformance):
 
     @pytest.mark.parametrize("how", ["cancel", "timeout"])
     def test_group_killed_including_grandchild(self, bundle: Path, how: str) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         pid_file = bundle.parent / "grandchild.pid"
         timeout = 1.0 if how == "timeout" else None
         spec = self.extra_spec(
@@ -133,7 +140,7 @@ class TestProcessProvider(ProviderConformance):
 
     @pytest.mark.parametrize("then", ["return", "exit"])
     def test_leftover_children_killed_after_step_ends(self, bundle: Path, then: str) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         pid_file = bundle.parent / "grandchild.pid"
         spec = self.extra_spec(bundle, "spawn_grandchild", str(pid_file), then)
 
@@ -151,7 +158,7 @@ class TestProcessProvider(ProviderConformance):
         self.run(provider, scenario)
 
     def test_sigkill_after_grace_when_sigterm_ignored(self, bundle: Path) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         marker = bundle.parent / "ignoring"
         spec = self.extra_spec(bundle, "ignore_sigterm", str(marker))
 
@@ -176,7 +183,7 @@ class TestProcessProvider(ProviderConformance):
     def test_missing_outcome_is_infrastructure(
         self, bundle: Path, code: int, expected: str
     ) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         spec = self.extra_spec(bundle, "die", code)
         outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
         assert outcome.state == "failed"
@@ -204,7 +211,7 @@ class TestProcessProvider(ProviderConformance):
                     "started_at_ms": 0,
                 },
             )
-            provider = ProcessProvider(_FAST_CONFIG)
+            provider = self.make()
 
             async def scenario(session: Session) -> None:
                 assert not await provider.recover(handle)
@@ -221,13 +228,13 @@ class TestProcessProvider(ProviderConformance):
             stranger.wait()
 
     def test_recover_after_step_finished(self, bundle: Path) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         spec = self.make_spec(bundle, "add", [4, 5])
 
         async def scenario(session: Session) -> None:
             handle = await session.submit(provider, spec)
             assert (await provider.wait(handle)).state == "succeeded"
-            fresh = ProcessProvider(_FAST_CONFIG)
+            fresh = self.make()
             again = Handle.from_json(handle.to_json())
             assert await fresh.recover(again)
             outcome = await fresh.wait(again)
@@ -236,23 +243,23 @@ class TestProcessProvider(ProviderConformance):
         self.run(provider, scenario)
 
     def test_recover_of_vanished_step_is_false(self, bundle: Path) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         spec = self.extra_spec(bundle, "die", -9)
 
         async def scenario(session: Session) -> None:
             handle = await session.submit(provider, spec)
             await provider.wait(handle)
-            assert not await ProcessProvider(_FAST_CONFIG).recover(handle)
+            assert not await self.make().recover(handle)
 
         self.run(provider, scenario)
 
     def test_recovered_attempt_keeps_its_timeout(self, bundle: Path) -> None:
-        provider = ProcessProvider(_FAST_CONFIG)
+        provider = self.make()
         spec = self.make_spec(bundle, "tick", [None, 60.0], timeout_s=1.0)
 
         async def scenario(session: Session) -> None:
             saved = (await session.submit(provider, spec)).to_json()
-            fresh = ProcessProvider(_FAST_CONFIG)
+            fresh = self.make()
             handle = Handle.from_json(saved)
             assert await fresh.recover(handle)
             outcome = await fresh.wait(handle)
@@ -262,7 +269,7 @@ class TestProcessProvider(ProviderConformance):
         self.run(provider, scenario)
 
     def test_environment_and_cwd(self, bundle: Path) -> None:
-        provider = ProcessProvider({"env": {"FROM_CONFIG": "c", "BOTH": "config"}})
+        provider = self.make({"env": {"FROM_CONFIG": "c", "BOTH": "config"}})
         (bundle / "sub").mkdir()
         names = ["FROM_CONFIG", "BOTH", "MERIDIAN_ATTEMPT_ID", "MERIDIAN_STEP_KEY", "PYTHONPATH"]
         spec = self.extra_spec(
@@ -277,7 +284,7 @@ class TestProcessProvider(ProviderConformance):
         assert env["cwd"] == str((bundle / "sub").resolve())
 
     def test_missing_cwd_rejected_at_submit(self, bundle: Path) -> None:
-        provider = ProcessProvider()
+        provider = self.make()
         spec = self.make_spec(bundle, "add", [1, 2], options={"cwd": "nowhere"})
 
         async def scenario(session: Session) -> None:
@@ -288,7 +295,7 @@ class TestProcessProvider(ProviderConformance):
         assert not (spec.work_dir / "stdout.log").exists()
 
     def test_long_log_lines_are_bounded(self, bundle: Path) -> None:
-        provider = ProcessProvider()
+        provider = self.make()
         spec = self.extra_spec(bundle, "long_line", 40_000)
 
         async def scenario(session: Session) -> list[LogRecord]:
@@ -302,7 +309,7 @@ class TestProcessProvider(ProviderConformance):
         assert texts[-1] == "after"
 
     def test_bad_interpreter_is_a_provider_error(self, bundle: Path) -> None:
-        provider = ProcessProvider({"python": str(bundle / "no-python")})
+        provider = self.make({"python": str(bundle / "no-python")})
         spec = self.make_spec(bundle, "add", [1, 2])
 
         async def scenario(session: Session) -> None:
@@ -318,12 +325,33 @@ class TestProcessProvider(ProviderConformance):
             ProcessProvider({"kill_grace_s": "soon"})
         with pytest.raises(ProviderError, match="env"):
             ProcessProvider({"env": {"A": 1}})
+        for key, bad in (("warm_workers", -1), ("worker_max_steps", 0), ("warm_workers", "4")):
+            with pytest.raises(ProviderError, match=key):
+                ProcessProvider({key: bad})
+        with pytest.raises(ProviderError, match="worker_max_rss_mib"):
+            ProcessProvider({"worker_max_rss_mib": 0})
+
+    def test_unknown_isolation_rejected_at_submit(self, bundle: Path) -> None:
+        provider = self.make()
+        spec = replace(self.make_spec(bundle, "add", [1, 2]), isolation="fresh")
+
+        async def scenario(session: Session) -> None:
+            with pytest.raises(ProviderOptionsError, match="isolation"):
+                await session.submit(provider, spec)
+
+        self.run(provider, scenario)
 
     def test_foreign_handle_rejected(self) -> None:
         provider = ProcessProvider()
         handle = Handle(provider="slurm", resource_id="job:1")
         with pytest.raises(ProviderError, match="slurm"):
             asyncio.run(provider.recover(handle))
+
+
+class TestFreshProcesses(TestProcessProvider):
+    """Everything above with the warm pool off: each step is ``python -m meridian.stepexec``."""
+
+    mode: ClassVar[dict[str, Any]] = {"warm_workers": 0}
 
 
 async def _read_pid_marker(path: Path) -> None:
