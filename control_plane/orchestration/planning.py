@@ -8,7 +8,7 @@ one slot from the snapshot it works on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from control_plane.orchestration.matching import AgentSlot, accepts_work, choose_agent
@@ -35,21 +35,28 @@ def has_free_slot(slots: Sequence[AgentSlot]) -> bool:
 
 
 def plan(
-    ready: Sequence[ReadyAttempt], slots: Sequence[AgentSlot], *, tiebreak: int = 0
+    ready: Iterable[ReadyAttempt], slots: Sequence[AgentSlot], *, tiebreak: int = 0
 ) -> list[Assignment]:
     """Assign ready attempts, in order, to the eligible agent with the most spare room.
 
     ``tiebreak`` rotates the choice among equally free agents from pass to pass, so a burst
     of work spreads over them instead of always landing on the first. An attempt no agent
     can take now is left out (it stays queued until a slot frees or its deadline passes).
+    ``ready`` is read lazily and only until the free slots are used up, and once no agent can
+    take a (selector, provider) the later attempts asking the same are skipped unchecked
+    (slots only fill up during a plan), so a long queue costs little.
     """
     free = list(slots)
     assignments: list[Assignment] = []
+    hopeless: set[tuple[Selector, str]] = set()
     for i, attempt in enumerate(ready):
         if not has_free_slot(free):
             break
+        if (attempt.selector, attempt.provider) in hopeless:
+            continue
         slot = choose_agent(attempt.selector, attempt.provider, free, tiebreak=tiebreak + i)
         if slot is None:
+            hopeless.add((attempt.selector, attempt.provider))
             continue
         free[free.index(slot)] = dataclasses.replace(slot, in_use=slot.in_use + 1)
         assignments.append(Assignment(attempt.attempt_id, slot.agent_id))

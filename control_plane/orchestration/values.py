@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from control_plane.orchestration.ready import ReadyEntry
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.kinds import ReportKind
 from meridian.core.spec import StepSpec
@@ -97,6 +98,8 @@ class Effects:
     released_slots: dict[str, int] = field(default_factory=dict)
     # Stored timers a change created (approval deadlines): the dispatcher wakes for them.
     timers: list[dt.datetime] = field(default_factory=list)
+    # Attempts this change queued: the scheduler's in-memory ready queue learns them here.
+    queued: list[ReadyEntry] = field(default_factory=list)
 
     def release(self, agent_id: str | None) -> None:
         if agent_id:
@@ -110,5 +113,6 @@ class Effects:
         self.cancels.extend(other.cancels)
         self.decisions.extend(other.decisions)
         self.timers.extend(other.timers)
+        self.queued.extend(other.queued)
         for agent_id, n in other.released_slots.items():
             self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n

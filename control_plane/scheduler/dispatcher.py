@@ -2,7 +2,12 @@
 stored timer, runs a scheduling pass, and pushes the resulting frames to agents.
 
 There is no polling interval on the dispatch path: a submission wakes the loop directly. The
-only periodic work is the lost-agent sweep, which runs every heartbeat interval. Approval
+only periodic work is the lost-agent sweep, which runs every heartbeat interval.
+
+Queued attempts are kept in memory (``orchestration.ready.ReadyQueue``): rebuilt from the store
+at start and at every sweep, fed by committed effects. Effects arrive while a pass may be
+reading the queue on the store's thread, so ``apply`` only notes the changes; the loop makes
+them between passes. Approval
 deadlines are stored timers too: checked when the next one falls due (learnt from the
 database at every sweep, so a restart or another replica's approvals are found) and when a
 new one is created here.
@@ -16,13 +21,14 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
 from control_plane.orchestration.values import DecisionOut, Effects
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.approvals import expire_approvals
 from control_plane.usecases.runs import crash_runs_with_lapsed_leases
-from control_plane.usecases.scheduling import scheduling_pass
+from control_plane.usecases.scheduling import load_ready, scheduling_pass
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,11 @@ class Dispatcher:
         self._next_sweep = self._store.clock()
         self._next_approval: dt.datetime | None = None  # known at the first sweep
         self._passes = 0
+        self._ready = ReadyQueue()
+        # Changes to the ready queue noted by ``apply``, made by the loop between passes.
+        self._queued: list[ReadyEntry] = []
+        self._left: list[str] = []
+        self._resync = True  # rebuild the queue from the store before the next pass
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatcher")
@@ -79,6 +90,10 @@ class Dispatcher:
                 await self._pass()
             except Exception:  # a bad pass must not stop dispatching for everyone
                 log.exception("scheduling pass failed; retrying shortly")
+                # It may have dropped entries it did not commit: read the queue again.
+                self._resync = True
+                self._ready.explained.clear()
+                self._ready.explained_runs.clear()
                 await asyncio.sleep(0.5)
                 self._wake.set()
 
@@ -92,14 +107,31 @@ class Dispatcher:
         if now >= self._next_sweep:
             await self._sweep_leases(now)
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
+            self._resync = True  # another writer (replica, offline command) may have queued
         elif self._next_approval is not None and now >= self._next_approval:
             await self._expire_approvals(now)
+        if self._resync:
+            self._resync = False
+            self._ready.replace(await self._store.transact(load_ready, self._ready))
+        self._update_ready()
         self._passes += 1
         self._next_timer = await self._store.transact(
             scheduling_pass,
             self._registry.slots(max_silence_s=self._max_silence_s),
             tiebreak=self._passes,
+            ready=self._ready,
         )
+
+    def _update_ready(self) -> None:
+        queued, self._queued = self._queued, []
+        left, self._left = self._left, []
+        self._ready.add(queued)
+        self._ready.discard(left)
+
+    @property
+    def ready(self) -> ReadyQueue:
+        """The queued attempts as the scheduler knows them (read between passes)."""
+        return self._ready
 
     async def _sweep_leases(self, now: dt.datetime) -> None:
         """Stored leases, checked every sweep interval: agents' attempts, runners' runs."""
@@ -123,7 +155,9 @@ class Dispatcher:
 
     def apply(self, effects: Effects) -> None:
         """Carry out what a committed transaction decided: send frames, wake watchers."""
+        self._queued.extend(effects.queued)
         for assign in effects.assigns:
+            self._left.append(assign.attempt_id)
             session = self._registry.get(assign.agent_id)
             if session is None:
                 continue  # re-sent when the agent reconnects (its attempt stays ASSIGNED)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from control_plane.orchestration.machines import (
     check_run_transition,
     check_step_transition,
 )
+from control_plane.orchestration.ready import ReadyEntry
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, StepRunRow
 from meridian.core.kinds import EventKind
@@ -111,7 +113,13 @@ def record_event(
     key: str | None = None,
 ) -> None:
     """Queue an event; ``key`` names what it is about when that is not a step run (an
-    approval's key), and is shown where a step's key would be."""
+    approval's key), and is shown where a step's key would be.
+
+    The event of a newly queued attempt also announces it to the scheduler's ready queue
+    (``announce_queued``): every way of queueing an attempt writes that event.
+    """
+    if kind == EventKind.ATTEMPT_QUEUED and attempt is not None and step is not None:
+        announce_queued(tx, attempt, step)
     tx.session.info.setdefault(_PENDING_EVENTS, []).append(
         {
             "flow_run_id": flow_run_id,
@@ -192,3 +200,41 @@ def move_attempt(
         details=details,
     )
     tx.effects.touched_runs.add(attempt.flow_run_id)
+
+
+def announce_queued_rows(
+    tx: Tx, rows: Iterable[Mapping[str, Any]], targets: Mapping[str, str]
+) -> None:
+    """``announce_queued`` for attempts inserted in bulk: their column values, and the target
+    of each step run by id."""
+    tx.effects.queued.extend(
+        ReadyEntry(
+            attempt_id=row["id"],
+            flow_run_id=row["flow_run_id"],
+            step_run_id=row["step_run_id"],
+            target=targets[row["step_run_id"]],
+            provider=row["provider"],
+            queued_at=row["queued_at"],
+            not_before=row["not_before"],
+            deadline=row["schedule_deadline"],
+        )
+        for row in rows
+    )
+    tx.effects.wake_scheduler = True
+
+
+def announce_queued(tx: Tx, attempt: AttemptRow, step: StepRunRow) -> None:
+    """Tell the scheduler's ready queue, after the commit, that ``attempt`` is queued."""
+    tx.effects.queued.append(
+        ReadyEntry(
+            attempt_id=attempt.id,
+            flow_run_id=attempt.flow_run_id,
+            step_run_id=step.id,
+            target=step.spec.target,
+            provider=attempt.provider,
+            queued_at=attempt.queued_at,
+            not_before=attempt.not_before,
+            deadline=attempt.schedule_deadline,
+        )
+    )
+    tx.effects.wake_scheduler = True

@@ -1,19 +1,28 @@
 """One scheduling pass inside one transaction: assign due attempts (as ``orchestration.planning``
 plans), say why the others wait (``orchestration.waiting``, an ``attempt.waiting`` event once
 per run, target, provider and reason), expire unschedulable ones, and say when the next stored
-timer (retry delay, schedule deadline) falls due."""
+timer (retry delay, schedule deadline) falls due.
+
+The queued attempts come from the dispatcher's in-memory ``ReadyQueue`` (``load_ready`` rebuilds
+it from the store): a pass loads only the attempts it assigns (at most the free slots), the
+oldest attempt of each group it explains, and the attempts whose deadline passed — however
+many are queued. Each loaded attempt is re-checked (``QUEUED``, and on PostgreSQL ``FOR UPDATE
+SKIP LOCKED``: another replica may hold it); entries that are no longer queued are dropped.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from control_plane.orchestration.matching import AgentSlot
-from control_plane.orchestration.planning import ReadyAttempt, has_free_slot, plan
+from control_plane.orchestration.planning import Assignment, ReadyAttempt, has_free_slot, plan
+from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
 from control_plane.orchestration.waiting import KnownAgent, classify_busy, classify_wait
 from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, record_event
@@ -25,6 +34,9 @@ from meridian.core.states import AttemptState
 # Waiting reasons explained per pass at most: a burst of thousands of queued attempts is
 # explained over a few passes (the next one is scheduled at once) instead of in one commit.
 MAX_WAITING_EVENTS_PER_PASS = 200
+# Planned attempts found no longer queued that one pass reads before it leaves the rest to the
+# next (a cancelled run's attempts leave the queue as passes meet them, or at the next sweep).
+MAX_STALE_PER_PASS = 1000
 _ID_CHUNK = 500
 _AGAIN = dt.timedelta(seconds=0.5)
 
@@ -35,87 +47,194 @@ def cached_selector(text: str) -> Selector:
 
 
 def scheduling_pass(
-    tx: Tx, slots: Sequence[AgentSlot], *, limit: int = 1000, tiebreak: int = 0
+    tx: Tx,
+    slots: Sequence[AgentSlot],
+    *,
+    tiebreak: int = 0,
+    ready: ReadyQueue | None = None,
 ) -> dt.datetime | None:
-    """Run one pass; returns when the next stored timer falls due (None: no timer)."""
-    due = tx.session.scalars(
-        select(AttemptRow)
-        .where(AttemptRow.state == AttemptState.QUEUED, AttemptRow.not_before <= tx.now)
-        .order_by(AttemptRow.queued_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    if due and has_free_slot(slots):
-        _assign(tx, due, slots, tiebreak)
-    more = _explain_waiting(tx, [a for a in due if a.state == AttemptState.QUEUED], slots)
-    _expire(tx, slots)
-    following = _next_timer(tx)
-    if more:
+    """Run one pass; returns when the next stored timer falls due (None: no timer).
+
+    ``ready``: the dispatcher's queue, updated here (assigned and vanished attempts leave it);
+    without one the queued attempts are read from the store (a pass on its own, as in tests).
+    """
+    if ready is None:
+        ready = ReadyQueue(load_ready(tx))
+    again = False
+    if len(ready) and has_free_slot(slots):
+        again = _assign(tx, ready, slots, tiebreak)
+    again = _explain_waiting(tx, ready, slots) or again
+    if ready.expired(tx.now):
+        _expire(tx, ready, slots)
+    following = ready.next_timer(tx.now)
+    if again:
         soon = tx.now + _AGAIN
         following = soon if following is None else min(following, soon)
     return following
 
 
-def _assign(tx: Tx, due: Sequence[AttemptRow], slots: Sequence[AgentSlot], tiebreak: int) -> None:
-    steps = _by_id(tx, StepRunRow, {a.step_run_id for a in due})
-    runs = _by_id(tx, FlowRunRow, {a.flow_run_id for a in due})
-    attempts = {a.id: a for a in due}
-    ready = [
-        ReadyAttempt(a.id, cached_selector(steps[a.step_run_id].spec.target), a.provider)
-        for a in due
-    ]
-    for assignment in plan(ready, slots, tiebreak=tiebreak):
-        attempt = attempts[assignment.attempt_id]
-        agent = tx.session.get(AgentRow, assignment.agent_id)
-        assert agent is not None
+def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
+    """Every queued attempt as a ``ReadyEntry`` (a few columns each; the step's target is
+    read only for attempts ``known`` does not have yet)."""
+    rows = tx.session.execute(
+        select(
+            AttemptRow.id,
+            AttemptRow.flow_run_id,
+            AttemptRow.step_run_id,
+            AttemptRow.provider,
+            AttemptRow.queued_at,
+            AttemptRow.not_before,
+            AttemptRow.schedule_deadline,
+        )
+        .where(AttemptRow.state == AttemptState.QUEUED)
+        .order_by(AttemptRow.queued_at)
+    ).all()
+    entries: list[ReadyEntry] = []
+    missing = [row for row in rows if known is None or row.id not in known]
+    targets = _targets(tx, {row.step_run_id for row in missing})
+    for row in rows:
+        entry = known.get(row.id) if known is not None else None
+        if entry is None:
+            entry = ReadyEntry(
+                attempt_id=row.id,
+                flow_run_id=row.flow_run_id,
+                step_run_id=row.step_run_id,
+                target=targets[row.step_run_id],
+                provider=row.provider,
+                queued_at=row.queued_at,
+                not_before=row.not_before,
+                deadline=row.schedule_deadline,
+            )
+        entries.append(entry)
+    return entries
+
+
+def _targets(tx: Tx, step_ids: set[str]) -> dict[str, str]:
+    ids, found = sorted(step_ids), {}
+    for start in range(0, len(ids), _ID_CHUNK):
+        query = select(StepRunRow.id, StepRunRow.spec).where(
+            StepRunRow.id.in_(ids[start : start + _ID_CHUNK])
+        )
+        found.update({step_id: spec.target for step_id, spec in tx.session.execute(query)})
+    return found
+
+
+def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int) -> bool:
+    """Assign what the plan says. Planned attempts that are no longer queued (cancelled,
+    expired or assigned elsewhere) leave the queue and the plan is made again for the slots
+    they left free, reading at most ``MAX_STALE_PER_PASS`` such rows; True when that bound
+    was hit (plan again soon)."""
+    free, stale = list(slots), 0
+    while True:
+        due = (
+            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider)
+            for e in ready.due(tx.now)
+        )
+        planned = plan(due, free, tiebreak=tiebreak)
+        if not planned:
+            return False
+        taken = _assign_planned(tx, planned)
+        ready.discard(a.attempt_id for a in planned)
+        stale += len(planned) - len(taken)
+        if len(taken) == len(planned):
+            return False
+        if stale >= MAX_STALE_PER_PASS:
+            return True
+        free = [
+            dataclasses.replace(slot, in_use=slot.in_use + taken.count(slot.agent_id))
+            for slot in free
+        ]
+
+
+def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[str]:
+    """Assign the planned attempts still queued; returns the agent id of each assignment."""
+    ids = [a.attempt_id for a in planned]
+    attempts = {
+        a.id: a
+        for a in tx.session.scalars(
+            select(AttemptRow)
+            .where(AttemptRow.id.in_(ids), AttemptRow.state == AttemptState.QUEUED)
+            .with_for_update(skip_locked=True)
+        )
+    }
+    steps = _by_id(tx, StepRunRow, {a.step_run_id for a in attempts.values()})
+    runs = _by_id(tx, FlowRunRow, {a.flow_run_id for a in attempts.values()})
+    agents = _by_id(tx, AgentRow, {a.agent_id for a in planned})
+    taken: list[str] = []
+    for assignment in planned:
+        attempt = attempts.get(assignment.attempt_id)
+        if attempt is None:
+            continue  # not queued any more (or locked by another replica's pass)
         step = steps[attempt.step_run_id]
-        assign_attempt(tx, attempt, step, runs[attempt.flow_run_id], agent)
+        assign_attempt(tx, attempt, step, runs[attempt.flow_run_id], agents[assignment.agent_id])
+        taken.append(assignment.agent_id)
+    return taken
 
 
-def _explain_waiting(tx: Tx, waiting: Sequence[AttemptRow], slots: Sequence[AgentSlot]) -> bool:
+def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> bool:
     """Record why unassigned attempts wait: one ``attempt.waiting`` event per run, target,
     provider and distinct reason (on the oldest such attempt), so a fan-out of thousands
     waiting for free slots writes one event, not thousands. Returns whether some groups were
     left for the next pass."""
-    if not waiting:
+    groups = list(ready.groups(tx.now))
+    if not groups:
         return False
-    steps = _by_id(tx, StepRunRow, {a.step_run_id for a in waiting})
-    groups: dict[tuple[str, str, str], list[AttemptRow]] = {}
-    for attempt in waiting:
-        target = steps[attempt.step_run_id].spec.target
-        groups.setdefault((attempt.flow_run_id, target, attempt.provider), []).append(attempt)
-    recorded = _recorded_reasons(tx, {run_id for run_id, _, _ in groups})
+    _learn_recorded_reasons(tx, ready, {key[0] for key, _, _ in groups})
     known: list[KnownAgent] | None = None
-    written = 0
-    for (run_id, target, provider), attempts in groups.items():
+    to_write: list[tuple[ReadyEntry, int, Any]] = []
+    for (run_id, target, provider), first, count in groups:
         selector = cached_selector(target)
         why = classify_busy(selector, provider, slots)
         if why is None:
             known = _known_agents(tx) if known is None else known
             why = classify_wait(selector, provider, slots, known)
-        if (run_id, target, provider, why.reason.value) in recorded:
+        if (run_id, target, provider, why.reason.value) in ready.explained:
             continue
-        if written >= MAX_WAITING_EVENTS_PER_PASS:
-            return True
-        first = attempts[0]
-        count = f" ({len(attempts)} queued attempts of this target)" if len(attempts) > 1 else ""
-        record_event(
-            tx,
-            kind=EventKind.ATTEMPT_WAITING,
-            flow_run_id=run_id,
-            step=steps[first.step_run_id],
-            attempt=first,
-            message=f"{why.message}{count}",
-            details={
-                "reason": why.reason.value,
-                "target": target,
-                "provider": provider,
-                "attempts": len(attempts),
-            },
-        )
-        tx.effects.touched_runs.add(run_id)
-        written += 1
-    return False
+        if len(to_write) >= MAX_WAITING_EVENTS_PER_PASS:
+            break
+        to_write.append((first, count, why))
+    if not to_write:
+        return False
+    attempts = _by_id(tx, AttemptRow, {first.attempt_id for first, _, _ in to_write})
+    steps = _by_id(tx, StepRunRow, {first.step_run_id for first, _, _ in to_write})
+    for first, count, why in to_write:
+        attempt = attempts.get(first.attempt_id)
+        if attempt is None or attempt.state != AttemptState.QUEUED:
+            ready.discard([first.attempt_id])  # the group's next attempt speaks next pass
+            continue
+        _record_waiting(tx, attempt, steps[first.step_run_id], first, count, why)
+        ready.explained.add((*first.group, why.reason.value))
+    return len(to_write) >= MAX_WAITING_EVENTS_PER_PASS
+
+
+def _record_waiting(
+    tx: Tx, attempt: AttemptRow, step: StepRunRow, first: ReadyEntry, count: int, why: Any
+) -> None:
+    note = f" ({count} queued attempts of this target)" if count > 1 else ""
+    record_event(
+        tx,
+        kind=EventKind.ATTEMPT_WAITING,
+        flow_run_id=first.flow_run_id,
+        step=step,
+        attempt=attempt,
+        message=f"{why.message}{note}",
+        details={
+            "reason": why.reason.value,
+            "target": first.target,
+            "provider": first.provider,
+            "attempts": count,
+        },
+    )
+    tx.effects.touched_runs.add(first.flow_run_id)
+
+
+def _learn_recorded_reasons(tx: Tx, ready: ReadyQueue, run_ids: set[str]) -> None:
+    """Read the waiting reasons already stored for runs the queue has not seen yet (once per
+    run: later ones are added as they are written)."""
+    new = run_ids - ready.explained_runs
+    if new:
+        ready.explained |= _recorded_reasons(tx, new)
+        ready.explained_runs |= new
 
 
 def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str]]:
@@ -151,36 +270,25 @@ def _known_agents(tx: Tx) -> list[KnownAgent]:
     ]
 
 
-def _expire(tx: Tx, slots: Sequence[AgentSlot]) -> None:
+def _expire(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> None:
+    """Fail the queued attempts whose schedule deadline passed."""
+    ids = ready.pop_expired(tx.now)
     expired = tx.session.scalars(
-        select(AttemptRow).where(
-            AttemptRow.state == AttemptState.QUEUED, AttemptRow.schedule_deadline <= tx.now
-        )
+        select(AttemptRow)
+        .where(AttemptRow.id.in_(ids), AttemptRow.state == AttemptState.QUEUED)
+        .with_for_update(skip_locked=True)
     ).all()
     if not expired:
         return
     known = _known_agents(tx)
+    steps = _by_id(tx, StepRunRow, {a.step_run_id for a in expired})
     for attempt in expired:
-        step = tx.session.get(StepRunRow, attempt.step_run_id)
-        assert step is not None
+        step = steps[attempt.step_run_id]
         selector = cached_selector(step.spec.target)
         explanation = classify_wait(selector, attempt.provider, slots, known).message
         waited = step.spec.schedule_timeout_s
         message = f"{explanation} (waited {waited:g}s; raise schedule_timeout to wait longer)"
         fail_unschedulable(tx, attempt, step, message)
-
-
-def _next_timer(tx: Tx) -> dt.datetime | None:
-    queued = AttemptRow.state == AttemptState.QUEUED
-    next_start = tx.session.scalar(
-        select(func.min(AttemptRow.not_before)).where(queued, AttemptRow.not_before > tx.now)
-    )
-    next_deadline = tx.session.scalar(select(func.min(AttemptRow.schedule_deadline)).where(queued))
-    candidates = [t for t in (next_start, next_deadline) if t is not None]
-    if not candidates:
-        return None
-    # func.min bypasses the column type on some backends: normalise to aware UTC.
-    return min(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in candidates)
 
 
 def _by_id(tx: Tx, model: Any, ids: set[str]) -> dict[str, Any]:
