@@ -16,6 +16,9 @@ Rules:
 * Lowering a limit never evicts a holder; no one is granted until the count is below it.
 * With the ``skip`` overflow policy (deployment run limits), a waiter that cannot be granted
   at once is refused instead of queued.
+* Work that needs several limits takes them one at a time in :func:`acquisition_order`
+  (sorted by name) and holds what it has while it waits for the next: with one global order
+  no two waiters can each hold what the other waits for, so limits never deadlock.
 """
 
 from __future__ import annotations
@@ -164,6 +167,23 @@ def wait_position(state: LimitState, waiter_id: str) -> WaitPosition | None:
     held = len(state.holders)
     message = f"waiting for {state.label} ({held}/{state.limit} held; {ordinal(position)} in line)"
     return WaitPosition(held, state.limit, position, message)
+
+
+def acquisition_order(names: Iterable[str]) -> tuple[str, ...]:
+    """The order in which to take several limits: by name, each once."""
+    unique = sorted(set(names))
+    for name in unique:
+        validate_name(name)
+    return tuple(unique)
+
+
+def blocking_limit(states: Iterable[LimitState], waiter_id: str) -> WaitPosition | None:
+    """The first limit ``waiter_id`` is queued on among ``states``, with its place in line."""
+    for state in states:
+        position = wait_position(state, waiter_id)
+        if position is not None:
+            return position
+    return None
 
 
 def ordinal(n: int) -> str:

@@ -14,6 +14,8 @@ from control_plane.orchestration.limits import (
     Holder,
     LimitState,
     Overflow,
+    acquisition_order,
+    blocking_limit,
     ordinal,
     release,
     renew,
@@ -68,6 +70,21 @@ def test_the_waiting_message_names_the_limit_and_the_place_in_line() -> None:
     assert (position.held, position.limit, position.position) == (4, 4, 3)
     assert wait_position(settled, "h1") is None
     assert wait_position(settled, "stranger") is None
+
+
+def test_a_waiter_learns_which_of_several_limits_holds_it_back() -> None:
+    gpu = settle(LimitState("concurrency limit 'gpu'", 1, (), ("w3",)), at(0), LEASE).state
+    warehouse = settle(full_warehouse(), at(0), LEASE).state
+    position = blocking_limit([gpu, warehouse], "w3")
+    assert position is not None
+    assert position.message == "waiting for concurrency limit 'warehouse' (4/4 held; 3rd in line)"
+    assert blocking_limit([gpu, warehouse], "nobody") is None
+
+
+def test_several_limits_are_taken_in_one_global_order() -> None:
+    assert acquisition_order(["warehouse", "gpu", "warehouse"]) == ("gpu", "warehouse")
+    with pytest.raises(ValidationError, match="concurrency limit name"):
+        acquisition_order(["gpu", "Bad Name"])
 
 
 @pytest.mark.parametrize(
