@@ -231,10 +231,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             frame = await context.read()
             if frame is EOF:
                 return
+            was_silent = session.silent_for() > self._s.dispatcher.max_silence_s
             session.seen()
             body = frame.WhichOneof("body")
             self._s.frames.received(body or "")
             if body == "heartbeat":
+                # The scheduler needs waking only if this agent can newly take work.
+                could_take = not session.draining and not session.degraded and not was_silent
                 session.draining = frame.heartbeat.draining or session.drain_requested
                 degraded = convert.degraded_reason(frame.heartbeat.degraded)
                 if degraded != session.degraded:
@@ -250,7 +253,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if session.draining != session.stored_draining:
                     await self._s.store.transact(agent_heartbeat, agent_id, session.draining)
                     session.stored_draining = session.draining
-                if not session.draining and not session.degraded:
+                if not session.draining and not session.degraded and not could_take:
                     self._s.dispatcher.wake()
             elif body == "reports":
                 await self._apply_reports(session, frame.reports)

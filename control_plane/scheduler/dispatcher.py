@@ -72,6 +72,11 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def max_silence_s(self) -> float:
+        """An agent silent for longer gets no new work until it is heard from again."""
+        return self._max_silence_s
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
@@ -114,6 +119,9 @@ class Dispatcher:
             self._resync = False
             self._ready.replace(await self._store.transact(load_ready, self._ready))
         self._update_ready()
+        if not self._ready:
+            self._next_timer = None  # nothing queued: no transaction at all
+            return
         self._passes += 1
         self._next_timer = await self._store.transact(
             scheduling_pass,

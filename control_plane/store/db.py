@@ -11,6 +11,7 @@ On SQLite the use cases waiting for that thread are committed together (group co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import threading
@@ -136,7 +137,7 @@ class Store:
         be registered and welcomed before re-sent assignments reach it)."""
         ctx = contextvars.copy_context()  # the caller's actor (tx.acting_as) comes along
         if self.group_commit:
-            request = Request(functools.partial(_call, usecase, args, kwargs), ctx)
+            request = Request(functools.partial(_call, usecase, args, kwargs), ctx, _name(usecase))
             if self._queue.put(request):
                 self._executor.submit(self._drain)
             result, effects = await asyncio.wrap_future(request.future)
@@ -153,7 +154,7 @@ class Store:
         with self._sessions() as session, session.begin():
             tx = Tx(session, now=self.clock(), actor=current_actor())
             result = usecase(tx, *args, **kwargs)
-        self.stats.counted(1)
+        self.stats.counted([_name(usecase)])
         if self.commit_timer is not None:
             self.commit_timer(time.perf_counter() - started)
         return result, tx.effects
@@ -178,7 +179,7 @@ class Store:
             if not isinstance(exc, Exception):
                 raise
             return
-        self.stats.counted(len(group.succeeded))
+        self.stats.counted([request.name for request, _, _ in group.succeeded])
         if self.commit_timer is not None:
             self.commit_timer(time.perf_counter() - started)
         group.settle(None)
@@ -206,16 +207,23 @@ def _call(usecase: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, An
     return usecase(tx, *args, **kwargs)
 
 
+def _name(usecase: Callable[..., Any]) -> str:
+    return getattr(usecase, "__name__", type(usecase).__name__)
+
+
 class StoreStats:
     """Counters of committed use-case transactions, for tests and benchmarks: ``commits`` is
-    what costs an fsync on SQLite, ``use_cases`` how many use cases they carried."""
+    what costs an fsync on SQLite, ``use_cases`` how many use cases they carried, and
+    ``by_use_case`` how many of each (by function name) committed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.commits = 0
         self.use_cases = 0
+        self.by_use_case: collections.Counter[str] = collections.Counter()
 
-    def counted(self, use_cases: int) -> None:
+    def counted(self, names: list[str]) -> None:
         with self._lock:
             self.commits += 1
-            self.use_cases += use_cases
+            self.use_cases += len(names)
+            self.by_use_case.update(names)

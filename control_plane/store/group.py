@@ -44,6 +44,7 @@ class Request:
 
     call: Callable[[Tx], Any]
     context: contextvars.Context
+    name: str  # the use case's, for StoreStats
     future: Future[tuple[Any, Effects]] = field(default_factory=Future)
 
 
