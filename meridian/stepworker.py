@@ -18,8 +18,9 @@ The worker sends ``{"op": "ready", "pid"}`` once, then answers each
 "rss_kib", "retire"}`` after ``outcome.json`` is written. What to run (module, function,
 inputs, bundle) comes only from ``work_dir/spec.json``; a worker is bound to the first bundle
 it imports and refuses a spec of another one. End of input, a malformed message or a new parent
-(the agent died) make the worker exit; a step that is running when the agent dies still
-finishes and writes its outcome, so a restarted agent can collect it, and no new step starts.
+(the agent died) make the worker exit; a step the agent sent before it died (it may have
+recorded the handle) still runs to its end and writes its outcome, so a restarted agent can
+collect it. Nothing can send a new one: the pipe's writer is gone.
 """
 
 from __future__ import annotations
@@ -232,16 +233,18 @@ class Worker:
         self.threads = threading.active_count()
 
     def serve(self) -> int:
-        write_message(self.replies, {"op": "ready", "pid": os.getpid()})
+        try:
+            write_message(self.replies, {"op": "ready", "pid": os.getpid()})
+        except OSError:
+            return 0  # the agent is already gone
         while True:
             try:
                 message = read_message(self.commands)
             except (ProtocolError, ValueError) as exc:
                 print(f"meridian-worker: {exc}; exiting", file=sys.stderr)
                 return 2
-            # End of input or a new parent: the agent is gone; take no new work.
-            if message is None or os.getppid() != self.parent:
-                return 0
+            if message is None:
+                return 0  # the agent closed our input (or died): no new work will come
             try:
                 work_dir, cwd, env = _run_request(message)
             except ProtocolError as exc:
@@ -250,7 +253,9 @@ class Worker:
             reply = self.run(work_dir, cwd, env)
             with contextlib.suppress(OSError):  # BrokenPipe: the agent died meanwhile
                 write_message(self.replies, reply)
-            if reply["retire"]:
+            # A step sent before the agent died still runs (the agent may have recorded its
+            # handle); after it, a worker whose agent is gone (a new parent) stops.
+            if reply["retire"] or os.getppid() != self.parent:
                 return 0
 
     def run(self, work_dir: Path, cwd: Path, env: Mapping[str, str]) -> dict[str, Any]:
