@@ -141,7 +141,7 @@ def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -> None
         run_id = new_run(store)
         step_id = submit(store, run_id)
 
-        def breaks_the_commit(tx: Tx) -> None:
+        def breaks_the_commit(tx: Tx, step_id: str = step_id) -> None:
             # Checked only when the whole transaction commits, after every savepoint.
             tx.session.execute(text("PRAGMA defer_foreign_keys=ON"))
             tx.session.execute(
