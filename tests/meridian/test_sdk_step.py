@@ -110,6 +110,8 @@ def test_invalid_selector_names_the_step_and_location() -> None:
         ({"name": "a#b"}, "name"),
         ({"key": "x#1"}, "key"),
         ({"options": {"cpu": {1, 2}}}, "options"),
+        ({"isolation": "fresh"}, "isolation"),
+        ({"isolation": None}, "isolation"),
     ],
 )
 def test_bad_step_arguments_are_refused_at_decoration(kwargs: dict, argument: str) -> None:
@@ -120,6 +122,16 @@ def test_bad_step_arguments_are_refused_at_decoration(kwargs: dict, argument: st
 
     assert "step 'bad'" in str(info.value)
     assert argument in str(info.value)
+
+
+def test_isolation_defaults_to_warm_and_process_asks_for_a_fresh_interpreter() -> None:
+    @step
+    def shared() -> None: ...
+
+    @step(isolation="process")
+    def clean() -> None: ...
+
+    assert (shared.spec.isolation, clean.spec.isolation) == ("warm", "process")
 
 
 def test_single_exception_class_and_permanent_in_retry_on() -> None:

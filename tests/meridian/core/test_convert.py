@@ -35,6 +35,7 @@ FULL_SPEC = StepSpec(
     on_agent_lost=OnAgentLost.FAIL,
     lost_after_s=45.0,
     secrets=(("API_KEY", "env:API_KEY"), ("DB_PASSWORD", "aws-sm:db")),
+    isolation="process",
 )
 
 
@@ -53,6 +54,12 @@ def test_step_spec_on_agent_lost_unset_on_the_wire_means_retry() -> None:
     msg = spec_to_proto(StepSpec("s", "m", "f"))
     msg.on_agent_lost = ""
     assert spec_from_proto(msg).on_agent_lost == OnAgentLost.RETRY
+
+
+def test_step_spec_isolation_unset_on_the_wire_means_warm() -> None:
+    msg = spec_to_proto(FULL_SPEC)
+    msg.isolation = ""  # a sender that predates the field
+    assert spec_from_proto(msg).isolation == "warm"
 
 
 def test_error_round_trip() -> None:

@@ -23,6 +23,7 @@ FULL = StepSpec(
     on_agent_lost=OnAgentLost.WAIT,
     lost_after_s=45.0,
     secrets=(("API_KEY", "env:API_KEY"), ("DB_PASSWORD", "aws-sm:db")),
+    isolation="process",
 )
 
 
