@@ -1,0 +1,58 @@
+"""Heartbeats are kept in memory (decision 0017): over a real agent stream (gRPC, mutual TLS),
+plain heartbeats run no use case and commit nothing, while one that changes the agent's status
+(draining) is stored at once and ``agents list`` shows it. Commits are counted by the store
+(``Store.stats``), not timed."""
+
+from __future__ import annotations
+
+from control_plane.store.db import Store
+from protos.meridian.v1 import agent_pb2, control_pb2
+from tests.control_plane.api.test_edges import AgentStream, Edge, enrolled_agent, hello
+from tests.control_plane.api.test_edges import edge as edge_fixture  # noqa: F401 ("edge")
+from tests.support.polling import poll_until
+
+
+def heartbeat(draining: bool = False) -> agent_pb2.AgentFrame:
+    return agent_pb2.AgentFrame(heartbeat=agent_pb2.Heartbeat(draining=draining))
+
+
+def store_of(edge: Edge) -> Store:
+    store: Store = edge.plane._services.store
+    return store
+
+
+def status(edge: Edge, agent_id: str) -> str:
+    listed = edge.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=10)
+    (info,) = [a for a in listed.agents if a.agent_id == agent_id]
+    return info.status
+
+
+def test_plain_heartbeats_commit_nothing_and_a_status_change_is_stored(edge: Edge) -> None:
+    store = store_of(edge)
+    agent = enrolled_agent(edge, "edge-heartbeats")
+    stream = AgentStream(agent.stub)
+    edge.closers.append(stream.close)
+    stream.send(hello("heartbeats"))
+    stream.recv_until("welcome")
+    assert status(edge, agent.agent_id) == "connected"
+    written = store.stats.by_use_case["agent_heartbeat"]
+    for _ in range(25):
+        stream.send(heartbeat())
+    stream.send(heartbeat(draining=True))
+    # Frames are read in order: once the draining one was stored, the 25 before it were read.
+    poll_until(
+        lambda: store.stats.by_use_case["agent_heartbeat"] > written,
+        message="the draining heartbeat to be stored",
+    )
+    assert store.stats.by_use_case["agent_heartbeat"] == written + 1
+    assert status(edge, agent.agent_id) == "draining"
+    # Staying draining is no change: nothing more is written.
+    for _ in range(5):
+        stream.send(heartbeat(draining=True))
+    stream.send(heartbeat(draining=False))
+    poll_until(
+        lambda: store.stats.by_use_case["agent_heartbeat"] > written + 1,
+        message="the end of draining to be stored",
+    )
+    assert store.stats.by_use_case["agent_heartbeat"] == written + 2
+    assert status(edge, agent.agent_id) == "connected"
