@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from control_plane.store.db import Store
 from protos.meridian.v1 import agent_pb2, control_pb2
-from tests.control_plane.api.test_edges import AgentStream, Edge, enrolled_agent, hello
-from tests.control_plane.api.test_edges import edge as edge_fixture  # noqa: F401 ("edge")
+from tests.control_plane.api.test_edges import (
+    AgentStream,
+    Edge,
+    edge,  # noqa: F401 (the fixture)
+    enrolled_agent,
+    hello,
+)
 from tests.support.polling import poll_until
 
 
@@ -16,18 +21,20 @@ def heartbeat(draining: bool = False) -> agent_pb2.AgentFrame:
     return agent_pb2.AgentFrame(heartbeat=agent_pb2.Heartbeat(draining=draining))
 
 
-def store_of(edge: Edge) -> Store:
-    store: Store = edge.plane._services.store
+def store_of(running: Edge) -> Store:
+    store: Store = running.plane._services.store
     return store
 
 
-def status(edge: Edge, agent_id: str) -> str:
-    listed = edge.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=10)
+def status(running: Edge, agent_id: str) -> str:
+    listed = running.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=10)
     (info,) = [a for a in listed.agents if a.agent_id == agent_id]
     return info.status
 
 
-def test_plain_heartbeats_commit_nothing_and_a_status_change_is_stored(edge: Edge) -> None:
+def test_plain_heartbeats_commit_nothing_and_a_status_change_is_stored(
+    edge: Edge,  # noqa: F811 (the imported fixture)
+) -> None:
     store = store_of(edge)
     agent = enrolled_agent(edge, "edge-heartbeats")
     stream = AgentStream(agent.stub)
