@@ -6,6 +6,7 @@ This module and ``meridian/client.py`` are the only SDK modules that import ``*_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from meridian import models
@@ -14,6 +15,7 @@ from meridian.core.convert import (
     spec_to_proto,
     time_from_ms,
 )
+from meridian.core.errors import ConflictError
 from protos.meridian.v1 import control_pb2
 
 
@@ -21,6 +23,67 @@ def submission_to_proto(sub: models.StepSubmission) -> control_pb2.StepSubmissio
     return control_pb2.StepSubmission(
         key=sub.key, spec=spec_to_proto(sub.spec), inputs_json=sub.inputs_json
     )
+
+
+def submit_request(
+    flow_run_id: str, submissions: Sequence[models.StepSubmission]
+) -> control_pb2.SubmitStepsRequest:
+    """The request for ``submissions``: each run of two or more consecutive calls sharing one
+    spec object (the calls of a ``map``) becomes a ``StepBatch`` carrying the spec once; any
+    other call is a single ``StepSubmission``."""
+    request = control_pb2.SubmitStepsRequest(flow_run_id=flow_run_id)
+    for group in _same_spec_runs(submissions):
+        if len(group) == 1:
+            request.steps.append(submission_to_proto(group[0]))
+            continue
+        request.batches.append(
+            control_pb2.StepBatch(
+                spec=spec_to_proto(group[0].spec),
+                keys=[s.key for s in group],
+                inputs_json=[s.inputs_json for s in group],
+            )
+        )
+    return request
+
+
+def _same_spec_runs(
+    submissions: Sequence[models.StepSubmission],
+) -> list[list[models.StepSubmission]]:
+    runs: list[list[models.StepSubmission]] = []
+    for sub in submissions:
+        if runs and runs[-1][0].spec is sub.spec:
+            runs[-1].append(sub)
+        else:
+            runs.append([sub])
+    return runs
+
+
+def submit_answers(
+    request: control_pb2.SubmitStepsRequest, response: control_pb2.SubmitStepsResponse
+) -> dict[str, models.SubmittedStep]:
+    """The answer for every call of ``request``, by key.
+
+    Raises:
+        ConflictError: the answer does not match the request (a control plane too old to
+            know batches drops them, and must not be taken to have stored them).
+    """
+    if len(response.steps) != len(request.steps) or len(response.batches) != len(request.batches):
+        raise ConflictError(
+            f"the control plane answered {len(response.steps)} steps and "
+            f"{len(response.batches)} batches for {len(request.steps)} and "
+            f"{len(request.batches)}: it may be older than this SDK (batched submissions "
+            "need Meridian 0.2 or later)"
+        )
+    answers = {a.key: submitted_from_proto(a) for a in response.steps}
+    for batch, answer in zip(request.batches, response.batches, strict=True):
+        if len(answer.step_run_ids) != len(batch.keys):
+            raise ConflictError("the control plane answered a batch with the wrong count")
+        answers.update(
+            (key, models.SubmittedStep(key, step_run_id, "PENDING"))
+            for key, step_run_id in zip(batch.keys, answer.step_run_ids, strict=True)
+        )
+        answers.update((a.key, submitted_from_proto(a)) for a in answer.existing)
+    return answers
 
 
 def submitted_from_proto(msg: control_pb2.SubmittedStep) -> models.SubmittedStep:

@@ -7,6 +7,7 @@ with messages a user can act on. Messages are converted by ``meridian._convert``
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import random
@@ -180,23 +181,32 @@ class ControlClient:
     def submit_steps(
         self, flow_run_id: str, submissions: Sequence[models.StepSubmission]
     ) -> list[models.SubmittedStep]:
-        request = control_pb2.SubmitStepsRequest(
-            flow_run_id=flow_run_id,
-            steps=[_convert.submission_to_proto(s) for s in submissions],
-        )
+        """Submit step calls in one request; the answers come back in the same order.
+
+        Consecutive calls sharing one spec object (a ``map``) travel as one batch with the
+        spec once. Retried while the control plane restarts: it is idempotent on the keys.
+        """
+        request = _convert.submit_request(flow_run_id, submissions)
         response = self._call(self._stub.SubmitSteps, request, idempotent=True)
-        return [_convert.submitted_from_proto(s) for s in response.steps]
+        answers = _convert.submit_answers(request, response)
+        return [answers[s.key] for s in submissions]
 
     def watch_run(self, flow_run_id: str, after_event_id: int = 0) -> RunUpdateStream:
-        """Stream the run's updates after ``after_event_id``; ends when the run is terminal."""
+        """Stream the run's updates after ``after_event_id``, one at a time; ends when the
+        run is terminal."""
+        return RunUpdateStream(self.watch_run_batches(flow_run_id, after_event_id))
+
+    def watch_run_batches(self, flow_run_id: str, after_event_id: int = 0) -> RunBatchStream:
+        """Stream the run's updates after ``after_event_id`` as the server batches them
+        (lists in event order); ends when the run is terminal."""
         request = control_pb2.WatchRunRequest(
-            flow_run_id=flow_run_id, after_event_id=after_event_id
+            flow_run_id=flow_run_id, after_event_id=after_event_id, batched=True
         )
         try:
             call = self._stub.WatchRun(request, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise self._map_error(exc) from None
-        return RunUpdateStream(call, self)
+        return RunBatchStream(call, self)
 
     def finish_run(
         self,
@@ -390,29 +400,51 @@ class ControlClient:
         return map_rpc_error(exc, self.address, self.ca_file)
 
 
-class RunUpdateStream(Iterator[models.RunUpdate]):
-    """The open ``WatchRun`` stream: iterate for updates, ``cancel()`` to stop early."""
+class RunBatchStream(Iterator[list[models.RunUpdate]]):
+    """The open batched ``WatchRun`` stream: iterate for lists of updates, ``cancel()`` to
+    stop early. A server that does not batch sends one update per message: a list of one."""
 
     def __init__(self, call: Any, client: ControlClient) -> None:
         self._call = call
         self._client = client
         self._cancelled = False
 
-    def __iter__(self) -> RunUpdateStream:
+    def __iter__(self) -> RunBatchStream:
         return self
 
-    def __next__(self) -> models.RunUpdate:
+    def __next__(self) -> list[models.RunUpdate]:
         try:
             message = next(self._call)
         except grpc.RpcError as exc:
             if self._cancelled and _code(exc) == grpc.StatusCode.CANCELLED:
                 raise StopIteration from None
             raise self._client._map_error(exc) from None
-        return _convert.update_from_proto(message)
+        if message.batch:
+            return [_convert.update_from_proto(m) for m in message.batch]
+        return [_convert.update_from_proto(message)]
 
     def cancel(self) -> None:
         self._cancelled = True
         self._call.cancel()
+
+
+class RunUpdateStream(Iterator[models.RunUpdate]):
+    """The open ``WatchRun`` stream, one update at a time; ``cancel()`` to stop early."""
+
+    def __init__(self, batches: RunBatchStream) -> None:
+        self._batches = batches
+        self._ready: collections.deque[models.RunUpdate] = collections.deque()
+
+    def __iter__(self) -> RunUpdateStream:
+        return self
+
+    def __next__(self) -> models.RunUpdate:
+        while not self._ready:
+            self._ready.extend(next(self._batches))
+        return self._ready.popleft()
+
+    def cancel(self) -> None:
+        self._batches.cancel()
 
 
 def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:

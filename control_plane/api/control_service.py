@@ -50,6 +50,11 @@ from meridian.core.states import TERMINAL_RUN
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0
+# Events read per page of a watch stream; a batched stream sends each page in messages of at
+# most WATCH_BATCH_BYTES (one update larger than that goes alone, within the message limit).
+WATCH_PAGE = 500
+WATCH_BATCH_PAGE = 1000
+WATCH_BATCH_BYTES = 1024 * 1024
 SERVER_VERSION = "0.1.0"
 MAX_AUDIT_PAGE = 1000
 
@@ -150,9 +155,12 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         scope = await self._s.store.run(queries.run_scope, request.flow_run_id, caller)
         # Steps stay inside the run's scope, whoever submits them (or the caller's own scope,
         # should a scoped caller ever reach an unscoped run).
-        check_step_targets(((s.key, s.spec.target) for s in submissions), scope or caller)
-        submitted = await self._s.store.transact(submit_steps, request.flow_run_id, submissions)
-        return control_pb2.SubmitStepsResponse(steps=[views.submitted_step(s) for s in submitted])
+        targets = ((key, spec.target) for key, spec in submissions.specs())
+        check_step_targets(targets, scope or caller)
+        submitted = await self._s.store.transact(
+            submit_steps, request.flow_run_id, submissions.calls
+        )
+        return views.submit_answer(submitted, submissions.singles, submissions.batch_sizes)
 
     @rpc
     async def FinishRun(
@@ -246,14 +254,20 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> AsyncIterator[control_pb2.RunUpdate]:
         run_id, after = request.flow_run_id, request.after_event_id
         await self._visible_run(run_id)
+        page = WATCH_BATCH_PAGE if request.batched else WATCH_PAGE
         wake = self._s.notifier.subscribe(run_id)
         try:
             while True:
                 wake.clear()
-                state, rows = await self._s.store.run(queries.events_after, run_id, after)
-                for row in rows:
-                    after = row.event.id
-                    yield views.run_update(row)
+                state, rows = await self._s.store.run(queries.events_after, run_id, after, page)
+                if request.batched:
+                    for batch in views.update_batches(rows, WATCH_BATCH_BYTES):
+                        yield batch
+                    after = rows[-1].event.id if rows else after
+                else:
+                    for row in rows:
+                        after = row.event.id
+                        yield views.run_update(row)
                 if not rows and state in TERMINAL_RUN:
                     return
                 if not rows:

@@ -8,6 +8,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from control_plane.api.json_schema import first_problem
@@ -24,6 +25,9 @@ from meridian.core.states import RunState
 from protos.meridian.v1 import common_pb2, control_pb2
 
 MAX_STEPS_PER_REQUEST = 5000
+# Calls per request, batches included: a 10,000-item map is one request, and one request is
+# one transaction that holds SQLite's single writer for a bounded time.
+MAX_CALLS_PER_REQUEST = 10_000
 MAX_KEY = 512
 MAX_INPUTS_BYTES = 4 * 1024 * 1024
 MAX_OPTIONS_BYTES = 64 * 1024
@@ -50,28 +54,86 @@ def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
             raise ValidationError("parameters_json must be a JSON object")
 
 
-def validate_submissions(request: control_pb2.SubmitStepsRequest) -> list[StepSubmission]:
+@dataclass(frozen=True)
+class Submissions:
+    """A validated ``SubmitSteps`` request: every call, the single submissions first, then each
+    batch's calls in order (a batch's calls share one ``StepSpec`` object); ``batch_sizes``
+    shapes the answer."""
+
+    calls: list[StepSubmission]
+    singles: int
+    batch_sizes: list[int]
+
+    def specs(self) -> list[tuple[str, StepSpec]]:
+        """Each distinct spec once, with the key of its first call (to name it in errors)."""
+        seen: dict[int, tuple[str, StepSpec]] = {}
+        for call in self.calls:
+            seen.setdefault(id(call.spec), (call.key, call.spec))
+        return list(seen.values())
+
+
+def validate_submissions(request: control_pb2.SubmitStepsRequest) -> Submissions:
+    """Every call of the request checked before anything is stored: counts, sizes, keys unique
+    within the request, inputs' shape; a batch's spec is checked once."""
     if not request.flow_run_id:
         raise ValidationError("flow_run_id is required")
-    if not request.steps:
+    if not request.steps and not request.batches:
         raise ValidationError("no steps to submit")
     if len(request.steps) > MAX_STEPS_PER_REQUEST:
         raise ValidationError(f"at most {MAX_STEPS_PER_REQUEST} steps per request")
-    return [_submission(s) for s in request.steps]
+    total = len(request.steps) + sum(len(b.keys) for b in request.batches)
+    if total > MAX_CALLS_PER_REQUEST:
+        raise ValidationError(
+            f"{total} step calls in one request, above the limit of {MAX_CALLS_PER_REQUEST}; "
+            "split them over several requests"
+        )
+    calls = [_submission(s) for s in request.steps]
+    sizes = []
+    for number, batch in enumerate(request.batches, 1):
+        calls.extend(_batch(batch, number))
+        sizes.append(len(batch.keys))
+    seen: set[str] = set()
+    for call in calls:
+        if call.key in seen:
+            raise ValidationError(f"step key {call.key!r} appears twice in one request")
+        seen.add(call.key)
+    return Submissions(calls, len(request.steps), sizes)
+
+
+def _batch(batch: control_pb2.StepBatch, number: int) -> list[StepSubmission]:
+    where = f"batch {number}"
+    if not batch.keys:
+        raise ValidationError(f"{where} has no keys")
+    if len(batch.inputs_json) != len(batch.keys):
+        raise ValidationError(
+            f"{where} has {len(batch.keys)} keys but {len(batch.inputs_json)} inputs; "
+            "give one inputs_json per key"
+        )
+    spec = validate_spec(batch.spec, f"{where} (step {batch.keys[0][:MAX_KEY]!r})")
+    return [
+        _call(key, inputs, spec) for key, inputs in zip(batch.keys, batch.inputs_json, strict=True)
+    ]
 
 
 def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
-    key = step.key
+    _check_key(step.key)
+    return _call(step.key, step.inputs_json, validate_spec(step.spec, f"step {step.key!r}"))
+
+
+def _check_key(key: str) -> None:
     if not key or len(key) > MAX_KEY:
         raise ValidationError(f"step key must be 1-{MAX_KEY} characters")
+
+
+def _call(key: str, inputs_json: str, spec: StepSpec) -> StepSubmission:
+    _check_key(key)
     where = f"step {key!r}"
-    spec = validate_spec(step.spec, where)
-    if len(step.inputs_json) > MAX_INPUTS_BYTES:
+    if len(inputs_json) > MAX_INPUTS_BYTES:
         raise ValidationError(
-            f"{where}: inputs are {len(step.inputs_json)} bytes, above the limit of "
+            f"{where}: inputs are {len(inputs_json)} bytes, above the limit of "
             f"{MAX_INPUTS_BYTES}; pass a reference (a path or URL) instead of the data"
         )
-    inputs = _json(step.inputs_json or '{"args": [], "kwargs": {}}', f"{where}: inputs_json")
+    inputs = _json(inputs_json or '{"args": [], "kwargs": {}}', f"{where}: inputs_json")
     if not isinstance(inputs, dict) or set(inputs) - {"args", "kwargs", "sealed"}:
         raise ValidationError(f'{where}: inputs_json must be {{"args": [...], "kwargs": {{...}}}}')
     # Inputs sealed by the flow runner (meridian.core.sealing): stored and passed on as they are,
@@ -79,7 +141,7 @@ def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
     problem = sealed_inputs_problem(inputs) if "sealed" in inputs else None
     if problem:
         raise ValidationError(f"{where}: inputs_json: {problem}")
-    return StepSubmission(key=key, spec=spec, inputs_json=step.inputs_json or json.dumps(inputs))
+    return StepSubmission(key=key, spec=spec, inputs_json=inputs_json or json.dumps(inputs))
 
 
 def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
@@ -128,21 +190,21 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
 
 
 def validate_options(
-    submissions: list[StepSubmission],
+    submissions: Submissions,
     schema_for: Callable[[str], Mapping[str, Any] | None],
 ) -> None:
     """Check each step's options against its provider's advertised schema, so a bad option
     fails the submission instead of the attempt on a remote agent. Providers no connected
     agent offers are checked by the agent before it runs anything."""
-    for sub in submissions:
-        schema = schema_for(sub.spec.provider)
+    for key, spec in submissions.specs():
+        schema = schema_for(spec.provider)
         if schema is None:
             continue
-        options = json.loads(sub.spec.options_json) if sub.spec.options_json else {}
+        options = json.loads(spec.options_json) if spec.options_json else {}
         problem = first_problem(schema, options)
         if problem:
             raise ValidationError(
-                f"step {sub.key!r}: provider {sub.spec.provider!r} rejects its options: {problem}"
+                f"step {key!r}: provider {spec.provider!r} rejects its options: {problem}"
             )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from control_plane.api.readmodels import (
     AgentLike,
@@ -79,6 +79,25 @@ def run_update(view: EventViewLike) -> control_pb2.RunUpdate:
     if event.kind in RUN_END_KINDS:
         update.run_state = event.to_state or ""
     return update
+
+
+def update_batches(
+    views: Sequence[EventViewLike], max_bytes: int
+) -> Iterator[control_pb2.RunUpdate]:
+    """The updates of ``views`` in event order, packed into batch messages of at most
+    ``max_bytes`` each (``RunUpdate.batch``); an update larger than that is sent alone."""
+    batch = control_pb2.RunUpdate()
+    size = 0
+    for view in views:
+        update = run_update(view)
+        update_size = update.ByteSize() + 8  # the field's tag and length prefix
+        if size and size + update_size > max_bytes:
+            yield batch
+            batch, size = control_pb2.RunUpdate(), 0
+        batch.batch.append(update)
+        size += update_size
+    if size:
+        yield batch
 
 
 def _attempt(
@@ -174,6 +193,25 @@ def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
                 state=step.state,
                 result_json=step.result_json,
                 error=error_to_proto(step.error),
+            )
+        )
+    return answer
+
+
+def submit_answer(
+    submitted: Sequence[SubmittedStep], singles: int, batch_sizes: Sequence[int]
+) -> control_pb2.SubmitStepsResponse:
+    """The answer shaped like the request: one ``SubmittedStep`` per single submission, then
+    per batch its step run ids and the details of its calls that were submitted before."""
+    answer = control_pb2.SubmitStepsResponse(steps=[submitted_step(s) for s in submitted[:singles]])
+    start = singles
+    for size in batch_sizes:
+        calls = submitted[start : start + size]
+        start += size
+        answer.batches.append(
+            control_pb2.StepBatchAnswer(
+                step_run_ids=[s.step_run_id for s in calls],
+                existing=[submitted_step(s) for s in calls if s.existing],
             )
         )
     return answer

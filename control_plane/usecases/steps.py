@@ -6,16 +6,25 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import JSON, Table, bindparam, func, insert, select
 
 from control_plane.orchestration.values import StepSubmission, SubmittedStep
-from control_plane.store.ids import new_id
+from control_plane.store.ids import new_id, new_ids
 from control_plane.store.models import AttemptRow, FlowRunRow, StepRunRow
-from control_plane.store.tx import Tx, move_step, record_event
+from control_plane.store.tx import (
+    Tx,
+    announce_queued_rows,
+    move_step,
+    record_event,
+    record_events,
+)
+from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import ConflictError, NotFound
 from meridian.core.kinds import EventKind
-from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S
+from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, StepSpec
 from meridian.core.states import TERMINAL_STEP, AttemptState, RunState, StepState
 
 
@@ -24,60 +33,188 @@ def digest(text: str) -> str:
 
 
 def submit_steps(tx: Tx, run_id: str, submissions: Sequence[StepSubmission]) -> list[SubmittedStep]:
+    """Store each call as a new step run with its first attempt queued, or answer with the
+    step run its key already names (a retried request, a resumed run).
+
+    New step runs, their attempts and their events are inserted in bulk (one executemany per
+    table): a 10,000-call fan-out is one transaction of a few statements.
+    """
     run = tx.session.get(FlowRunRow, run_id, with_for_update=True)
     if run is None:
         raise NotFound(f"flow run {run_id} does not exist")
     if run.state != RunState.RUNNING:
         raise ConflictError(f"flow run {run_id} is {run.state}; only RUNNING runs take new steps")
-    keys = [s.key for s in submissions]
-    known = {
-        row.key: row
-        for row in tx.session.scalars(
-            select(StepRunRow).where(StepRunRow.flow_run_id == run_id, StepRunRow.key.in_(keys))
-        )
-    }
+    known = _known_steps(tx, run_id, [s.key for s in submissions])
+    fresh: dict[str, _NewStep] = {}
+    ids = iter(new_ids(2 * (len(submissions) - len(known))))  # a step run and its attempt
     result = []
-    created: list[StepRunRow] = []
     for sub in submissions:
         inputs_digest = digest(sub.inputs_json)
         step = known.get(sub.key)
         if step is not None:
-            if step.inputs_digest != inputs_digest:
-                raise ConflictError(
-                    f"step key {sub.key!r} was already submitted in run {run_id} with different "
-                    "inputs (a changed input digest is never silently reused); give calls with "
-                    "different inputs different keys"
-                )
-            _reopen_after_resume(tx, run, step)
-            ended = step.state in TERMINAL_STEP
+            _check_same_inputs(run_id, sub.key, step.inputs_digest, inputs_digest)
+            state = _reopen_after_resume(tx, run, step)
+            ended = state in TERMINAL_STEP
             result.append(
                 SubmittedStep(
                     sub.key,
                     step.id,
-                    step.state,
+                    state,
                     existing=True,
                     result_json=(step.result_json or "") if ended else "",
                     error=step.error if ended else None,
                 )
             )
             continue
-        step = _new_step(tx, run, sub, inputs_digest)
-        known[sub.key] = step
-        created.append(step)
-        result.append(SubmittedStep(sub.key, step.id, step.state, existing=False))
-    tx.session.flush()  # step rows first: attempts reference them
-    for step in created:
-        queue_attempt(tx, step, 1, tx.now)
+        new = fresh.get(sub.key)
+        repeated = new is not None
+        if new is not None:  # the same key twice in one call: one step run
+            _check_same_inputs(run_id, sub.key, new.inputs_digest, inputs_digest)
+        else:
+            new = fresh[sub.key] = _NewStep(next(ids), next(ids), sub, inputs_digest)
+        result.append(SubmittedStep(sub.key, new.step_id, StepState.PENDING, existing=repeated))
+    if fresh:
+        _insert_new_steps(tx, run_id, list(fresh.values()))
     return result
 
 
-def _reopen_after_resume(tx: Tx, run: FlowRunRow, step: StepRunRow) -> None:
+# Keys looked up per statement: well below every database's bound on bound parameters.
+_LOOKUP_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What an answer for a key seen before needs: the step run's columns, not its ORM row
+    (a retried 10,000-call request would otherwise load and decode every spec)."""
+
+    id: str
+    inputs_digest: str
+    state: StepState
+    result_json: str | None
+    error: ErrorInfo | None
+    ended_at: dt.datetime | None
+
+
+def _known_steps(tx: Tx, run_id: str, keys: list[str]) -> dict[str, _Known]:
+    known: dict[str, _Known] = {}
+    columns = (StepRunRow.id, StepRunRow.inputs_digest, StepRunRow.state,
+               StepRunRow.result_json, StepRunRow.error, StepRunRow.ended_at)  # fmt: skip
+    for i in range(0, len(keys), _LOOKUP_CHUNK):
+        chunk = keys[i : i + _LOOKUP_CHUNK]
+        query = select(StepRunRow.key, *columns).where(
+            StepRunRow.flow_run_id == run_id, StepRunRow.key.in_(chunk)
+        )
+        known.update((row[0], _Known(*row[1:])) for row in tx.session.execute(query))
+    return known
+
+
+def _check_same_inputs(run_id: str, key: str, stored: str, submitted: str) -> None:
+    if stored != submitted:
+        raise ConflictError(
+            f"step key {key!r} was already submitted in run {run_id} with different "
+            "inputs (a changed input digest is never silently reused); give calls with "
+            "different inputs different keys"
+        )
+
+
+@dataclass(frozen=True)
+class _NewStep:
+    step_id: str
+    attempt_id: str
+    sub: StepSubmission
+    inputs_digest: str
+
+
+_STEPS = cast(Table, StepRunRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+# The spec column's stored form (``StepSpecJSON``: a JSON object) bound as it is, so a map's
+# shared spec is converted once instead of once per row.
+_INSERT_STEPS = insert(_STEPS).values(spec=bindparam("stored_spec", type_=JSON()))
+
+
+def _insert_new_steps(tx: Tx, run_id: str, new: list[_NewStep]) -> None:
+    """Step runs (PENDING) and their first attempts (QUEUED), with the events ``_new_step``
+    and ``queue_attempt`` would record, in one executemany per table. The spec's stored form
+    is computed once per distinct spec: the calls of a map share one."""
+    now = tx.now
+    step_rows, attempt_rows, pending, queued = [], [], [], []
+    stored_specs: dict[int, dict[str, Any]] = {}
+    for item in new:
+        sub, spec = item.sub, item.sub.spec
+        stored = stored_specs.get(id(spec))
+        if stored is None:
+            stored = stored_specs[id(spec)] = spec.to_json()
+        step_rows.append(
+            {
+                "id": item.step_id,
+                "flow_run_id": run_id,
+                "key": sub.key,
+                "name": spec.name or sub.key,
+                "stored_spec": stored,
+                "inputs_json": sub.inputs_json,
+                "inputs_digest": item.inputs_digest,
+                "state": StepState.PENDING,
+                "created_at": now,
+                "last_fencing_token": 0,
+            }
+        )
+        timeout = dt.timedelta(seconds=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S)
+        attempt_rows.append(
+            {
+                "id": item.attempt_id,
+                "step_run_id": item.step_id,
+                "flow_run_id": run_id,
+                "number": 1,
+                "state": AttemptState.QUEUED,
+                "provider": spec.provider,
+                "queued_at": now,
+                "not_before": now,
+                "schedule_deadline": now + timeout,
+                "fencing_token": 0,
+            }
+        )
+        event = {"flow_run_id": run_id, "step_run_id": item.step_id, "step_key": sub.key,
+                 "from_state": None, "details": None, "created_at": now}  # fmt: skip
+        pending.append(
+            {
+                **event,
+                "attempt_id": None,
+                "kind": EventKind.STEP_PENDING.value,
+                "to_state": StepState.PENDING.value,
+                "message": _pending_message(spec),
+            }
+        )
+        queued.append(
+            {
+                **event,
+                "attempt_id": item.attempt_id,
+                "kind": EventKind.ATTEMPT_QUEUED.value,
+                "to_state": AttemptState.QUEUED.value,
+                "message": "attempt 1 queued",
+            }
+        )
+    tx.session.execute(_INSERT_STEPS, step_rows)
+    tx.session.execute(insert(_ATTEMPTS), attempt_rows)
+    announce_queued_rows(tx, attempt_rows, {i.step_id: i.sub.spec.target for i in new})
+    record_events(tx, pending + queued)  # the order single submissions always had
+    tx.effects.touched_runs.add(run_id)
+    tx.effects.wake_scheduler = True
+
+
+def _pending_message(spec: StepSpec) -> str:
+    return f"target {spec.target or '(any)'!r}, provider {spec.provider!r}"
+
+
+def _reopen_after_resume(tx: Tx, run: FlowRunRow, known: _Known) -> StepState:
     """A step that failed before the run was resumed runs again when the body reaches it;
-    completed steps keep their stored result (that is what makes resume cheap and safe)."""
-    if step.state not in (StepState.FAILED, StepState.CANCELLED) or run.resumed_at is None:
-        return
-    if step.ended_at is not None and step.ended_at > run.resumed_at:
-        return
+    completed steps keep their stored result (that is what makes resume cheap and safe).
+    Returns the step's state after that."""
+    if known.state not in (StepState.FAILED, StepState.CANCELLED) or run.resumed_at is None:
+        return known.state
+    if known.ended_at is not None and known.ended_at > run.resumed_at:
+        return known.state
+    step = tx.session.get(StepRunRow, known.id)
+    assert step is not None  # read in this transaction, under the run's lock
     attempts = tx.session.scalar(
         select(func.max(AttemptRow.number)).where(AttemptRow.step_run_id == step.id)
     )
@@ -85,30 +222,7 @@ def _reopen_after_resume(tx: Tx, run: FlowRunRow, step: StepRunRow) -> None:
     step.error = None
     move_step(tx, step, StepState.PENDING, "run resumed: running it again")
     queue_attempt(tx, step, int(attempts or 0) + 1, tx.now)
-
-
-def _new_step(tx: Tx, run: FlowRunRow, sub: StepSubmission, inputs_digest: str) -> StepRunRow:
-    step = StepRunRow(
-        id=new_id(),
-        flow_run_id=run.id,
-        key=sub.key,
-        name=sub.spec.name or sub.key,
-        spec=sub.spec,
-        inputs_json=sub.inputs_json,
-        inputs_digest=inputs_digest,
-        state=StepState.PENDING,
-        created_at=tx.now,
-    )
-    tx.session.add(step)
-    record_event(
-        tx,
-        kind=EventKind.STEP_PENDING,
-        flow_run_id=run.id,
-        step=step,
-        to_state=StepState.PENDING,
-        message=f"target {sub.spec.target or '(any)'!r}, provider {sub.spec.provider!r}",
-    )
-    return step
+    return step.state
 
 
 def queue_attempt(tx: Tx, step: StepRunRow, number: int, not_before: dt.datetime) -> AttemptRow:

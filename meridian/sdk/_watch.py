@@ -1,11 +1,12 @@
 """The flow runner's watcher: one ``WatchRun`` stream that resolves step futures and approvals.
 
-It runs in a background thread while the flow body runs in the caller's thread. Each update
-with a ``step_outcome`` resolves the matching future, each with an ``approval`` the matching
-``approve`` call (a cancel fails the approvals still waiting); every update is passed to the
-``on_update`` callback. A broken stream is reopened from the last event id seen (with
-capped, jittered backoff), so no update is lost or delivered twice; only when the control
-plane stays unreachable longer than ``reconnect_timeout_s`` are the pending futures failed.
+It runs in a background thread while the flow body runs in the caller's thread. Updates
+arrive in batches (``WatchRunRequest.batched``): the step outcomes of a batch resolve their
+futures in one pass, each update with an ``approval`` the matching ``approve`` call (a cancel
+fails the approvals still waiting); every update is passed to the ``on_update`` callback.
+A broken stream is reopened from the last event id seen (with capped, jittered backoff), so
+no update is lost or delivered twice; only when the control plane stays unreachable longer
+than ``reconnect_timeout_s`` are the pending futures failed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, cast
 
 from meridian import models
 from meridian.core.errors import ConnectionFailed, MeridianError, StepCancelled
@@ -53,7 +54,7 @@ class RunWatcher:
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self._stopping = threading.Event()
-        self._stream: Iterator[models.RunUpdate] | None = None
+        self._stream: Iterator[list[models.RunUpdate]] | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"meridian-watch-{context.flow_run_id}", daemon=True
         )
@@ -119,42 +120,61 @@ class RunWatcher:
     def _follow_stream(self) -> bool:
         """Read one stream to its end; True when the run reached a terminal state."""
         self._received_since_reconnect = False
-        stream = self._client.watch_run(self._context.flow_run_id, self.last_event_id)
+        stream = self._open_stream()
         self._stream = stream
         if self._stopping.is_set():  # stop() ran before the stream existed to cancel
             getattr(stream, "cancel", lambda: None)()
             return True
-        for update in stream:
+        for batch in stream:
             self._received_since_reconnect = True
             # A reopened stream starts after last_event_id; the check guards servers that
             # replay the boundary event.
-            if update.event_id and update.event_id <= self.last_event_id:
+            fresh = [u for u in batch if not u.event_id or u.event_id > self.last_event_id]
+            if not fresh:
                 continue
-            self.last_event_id = max(self.last_event_id, update.event_id)
-            self._handle(update)
-            if update.run_state:
-                self._run_ended(update.run_state)
+            self.last_event_id = max(self.last_event_id, max(u.event_id for u in fresh))
+            ended = self._handle(fresh)
+            if ended:
+                self._run_ended(ended)
                 return True
         return self._stopping.is_set()
 
-    def _handle(self, update: models.RunUpdate) -> None:
-        if update.step_outcome is not None:
-            self._context.resolve(update.step_outcome)
-        if update.approval is not None:
-            self._context.approvals.offer(update.approval)
-        if update.kind == "run.cancelling":
-            # Nobody can decide for a cancelled run: an approve() that waits raises now.
-            self._context.approvals.close(
-                lambda key: StepCancelled(
-                    key, "cancelled", "", f"the flow run was cancelled while waiting for {key}"
-                )
+    def _open_stream(self) -> Iterator[list[models.RunUpdate]]:
+        """The run's updates in batches; a client without batches (a test double, an older
+        SDK's client) gives them one at a time."""
+        batches = getattr(self._client, "watch_run_batches", None)
+        if batches is not None:
+            return cast(
+                Iterator[list[models.RunUpdate]],
+                batches(self._context.flow_run_id, self.last_event_id),
             )
-        if self._on_update is not None:
-            try:
-                self._on_update(update)
-            except Exception:
-                # A progress printer must never stop results from reaching the flow body.
-                log.exception("on_update callback failed for event %s", update.event_id)
+        return _Singles(self._client.watch_run(self._context.flow_run_id, self.last_event_id))
+
+    def _handle(self, batch: list[models.RunUpdate]) -> str:
+        """Deliver a batch: every step outcome in one pass, then approvals and ``on_update``
+        in event order. Returns the run's final state when the batch ends the run."""
+        outcomes = [u.step_outcome for u in batch if u.step_outcome is not None]
+        if outcomes:
+            self._context.resolve_many(outcomes)
+        for update in batch:
+            if update.approval is not None:
+                self._context.approvals.offer(update.approval)
+            if update.kind == "run.cancelling":
+                # Nobody can decide for a cancelled run: an approve() that waits raises now.
+                self._context.approvals.close(
+                    lambda key: StepCancelled(
+                        key, "cancelled", "", f"the flow run was cancelled while waiting for {key}"
+                    )
+                )
+            if self._on_update is not None:
+                try:
+                    self._on_update(update)
+                except Exception:
+                    # A progress printer must never stop results from reaching the flow body.
+                    log.exception("on_update callback failed for event %s", update.event_id)
+            if update.run_state:
+                return update.run_state
+        return ""
 
     def _run_ended(self, state: str) -> None:
         self.run_state = state
@@ -177,3 +197,17 @@ class RunWatcher:
         log.error("%s", message)
         self._context.close(lambda f: ConnectionFailed(message))
         self._context.approvals.close(lambda key: ConnectionFailed(message))
+
+
+class _Singles(Iterator[list[models.RunUpdate]]):
+    """A one-update-at-a-time stream seen as batches of one (``cancel`` passes through)."""
+
+    def __init__(self, stream: Iterable[models.RunUpdate]) -> None:
+        self._stream = stream
+        self._updates = iter(stream)
+
+    def __next__(self) -> list[models.RunUpdate]:
+        return [next(self._updates)]
+
+    def cancel(self) -> None:
+        getattr(self._stream, "cancel", lambda: None)()

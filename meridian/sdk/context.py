@@ -30,10 +30,15 @@ from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk._sealed import open_outcome
 from meridian.sdk.futures import StepFuture
 
-# One SubmitSteps RPC carries at most this many submissions, and stays well below the
-# 16 MiB message limit even when inputs are large.
-SUBMIT_CHUNK_SIZE = 500
+# One SubmitSteps RPC carries at most this many calls (the control plane's limit per request:
+# a 10,000-item map is one RPC) and stays well below the 16 MiB message limit when inputs are
+# large. The calls of a map share one spec, sent once per RPC (ControlClient.submit_steps).
+SUBMIT_CHUNK_SIZE = 10_000
 SUBMIT_CHUNK_BYTES = 8 * 1024 * 1024
+# What a call adds to a request besides its inputs and key (field tags, lengths), and what
+# a spec adds (sent once per chunk for a map, once per call otherwise).
+_CALL_OVERHEAD = 16
+_SPEC_OVERHEAD = 512
 
 _COMPLETED_STATES = frozenset({"COMPLETED", "CACHED"})
 
@@ -120,6 +125,10 @@ class FlowContext:
     def _resolve(self, future: StepFuture, outcome: models.StepOutcome) -> None:
         with self._lock:
             group = self._sealed.get(outcome.key, "")
+        self._resolve_opened(future, outcome, group)
+
+    def _resolve_opened(self, future: StepFuture, outcome: models.StepOutcome, group: str) -> None:
+        """Resolve ``future``, opening the outcome first when its inputs were sealed."""
         if group:
             try:
                 outcome = open_outcome(self.keys(), outcome, self.flow_run_id, group)
@@ -188,26 +197,38 @@ class FlowContext:
                     self._resolve(future, outcome)
 
     def _chunks(self, subs: list[models.StepSubmission]) -> Iterator[list[models.StepSubmission]]:
+        """Consecutive calls in chunks bounded by count and by bytes on the wire."""
         chunk: list[models.StepSubmission] = []
         size = 0
         for sub in subs:
-            sub_size = len(sub.inputs_json) + len(sub.spec.options_json) + 512
-            if chunk and (len(chunk) >= self._chunk_size or size + sub_size > self._chunk_bytes):
+            call_size = _utf8_len(sub.inputs_json) + _utf8_len(sub.key) + _CALL_OVERHEAD
+            spec_size = len(sub.spec.options_json) + _SPEC_OVERHEAD
+            grows = call_size if chunk and chunk[-1].spec is sub.spec else call_size + spec_size
+            if chunk and (len(chunk) >= self._chunk_size or size + grows > self._chunk_bytes):
                 yield chunk
-                chunk, size = [], 0
+                chunk, size, grows = [], 0, call_size + spec_size
             chunk.append(sub)
-            size += sub_size
+            size += grows
         if chunk:
             yield chunk
 
     def resolve(self, outcome: models.StepOutcome) -> None:
         """Resolve the future of ``outcome.key`` (or keep the outcome until it is submitted)."""
+        self.resolve_many([outcome])
+
+    def resolve_many(self, outcomes: Sequence[models.StepOutcome]) -> None:
+        """Resolve the futures of a batch of outcomes in one pass (one lock round); outcomes
+        of keys not submitted yet are kept until they are."""
+        ready: list[tuple[StepFuture, models.StepOutcome, str]] = []
         with self._lock:
-            future = self._futures.get(outcome.key)
-            if future is None:
-                self._early[outcome.key] = outcome
-                return
-        self._resolve(future, outcome)
+            for outcome in outcomes:
+                future = self._futures.get(outcome.key)
+                if future is None:
+                    self._early[outcome.key] = outcome
+                else:
+                    ready.append((future, outcome, self._sealed.get(outcome.key, "")))
+        for future, outcome, group in ready:
+            self._resolve_opened(future, outcome, group)
 
     def close(self, make_error: Callable[[StepFuture], BaseException]) -> None:
         """No more outcomes will arrive: fail pending and later futures with ``make_error``."""
@@ -216,6 +237,10 @@ class FlowContext:
             pending = [f for f in self._futures.values() if not f.done()]
         for future in pending:
             future._set_exception(make_error(future))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def apply_outcome(

@@ -59,6 +59,8 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
         self.submit_calls: list[list[str]] = []
         self.step_runs: dict[tuple[str, str], str] = {}
         self.watch_calls: list[int] = []
+        self.watch_batched: list[bool] = []
+        self.batch_watch = True  # False: answer like a server that does not batch
         self.break_watch_after: int | None = None  # abort the next stream after N updates
         self._ids = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=8)
@@ -92,22 +94,32 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
         run_id = request.flow_run_id
         if run_id in self.finished:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {run_id} is finished")
-        self.submit_calls.append([s.key for s in request.steps])
-        answers = []
-        for sub in request.steps:
-            existing = (run_id, sub.key) in self.step_runs
-            if not existing:
-                self.step_runs[(run_id, sub.key)] = f"sr-{next(self._ids)}"
-                self._pool.submit(self._execute, run_id, sub, self.step_runs[(run_id, sub.key)])
-            answers.append(
-                control_pb2.SubmittedStep(
-                    key=sub.key,
-                    step_run_id=self.step_runs[(run_id, sub.key)],
-                    state="PENDING",
-                    existing=existing,
-                )
+        batched = [
+            control_pb2.StepSubmission(key=key, spec=batch.spec, inputs_json=inputs)
+            for batch in request.batches
+            for key, inputs in zip(batch.keys, batch.inputs_json, strict=True)
+        ]
+        self.submit_calls.append([s.key for s in [*request.steps, *batched]])
+        answers = {s.key: self._submit(run_id, s) for s in [*request.steps, *batched]}
+        response = control_pb2.SubmitStepsResponse(steps=[answers[s.key] for s in request.steps])
+        for batch in request.batches:
+            response.batches.add(
+                step_run_ids=[answers[k].step_run_id for k in batch.keys],
+                existing=[answers[k] for k in batch.keys if answers[k].existing],
             )
-        return control_pb2.SubmitStepsResponse(steps=answers)
+        return response
+
+    def _submit(self, run_id: str, sub: Any) -> Any:
+        existing = (run_id, sub.key) in self.step_runs
+        if not existing:
+            self.step_runs[(run_id, sub.key)] = f"sr-{next(self._ids)}"
+            self._pool.submit(self._execute, run_id, sub, self.step_runs[(run_id, sub.key)])
+        return control_pb2.SubmittedStep(
+            key=sub.key,
+            step_run_id=self.step_runs[(run_id, sub.key)],
+            state="PENDING",
+            existing=existing,
+        )
 
     def _execute(self, run_id: str, sub: Any, step_run_id: str) -> None:
         import json
@@ -142,6 +154,7 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
 
     def WatchRun(self, request: Any, context: Any) -> Iterator[Any]:
         self.watch_calls.append(request.after_event_id)
+        self.watch_batched.append(request.batched)
         break_after, self.break_watch_after = self.break_watch_after, None
         position, sent = request.after_event_id, 0
         while context.is_active():
@@ -150,15 +163,19 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
                     self.cond.wait(0.05)
                 pending = self.events[position:]
                 position = len(self.events)
-            for run_id, update in pending:
-                if run_id != request.flow_run_id:
-                    continue
-                yield update
-                sent += 1
-                if update.run_state:
-                    return
-                if break_after is not None and sent >= break_after:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "simulated stream break")
+            mine = [u for run_id, u in pending if run_id == request.flow_run_id]
+            if break_after is not None:
+                mine = mine[: break_after - sent]
+            if request.batched and self.batch_watch and mine:
+                # As the control plane does: many updates per message.
+                yield control_pb2.RunUpdate(batch=mine)
+            else:
+                yield from mine
+            sent += len(mine)
+            if any(u.run_state for u in mine):
+                return
+            if break_after is not None and sent >= break_after:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "simulated stream break")
 
     def FinishRun(self, request: Any, context: Any) -> Any:
         if request.flow_run_id in self.finished:

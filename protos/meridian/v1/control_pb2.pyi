@@ -73,13 +73,25 @@ class StepSubmission(_message.Message):
     inputs_json: str
     def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ...) -> None: ...
 
+class StepBatch(_message.Message):
+    __slots__ = ("spec", "keys", "inputs_json")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    spec: _common_pb2.StepSpec
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    inputs_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., inputs_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SubmitStepsRequest(_message.Message):
-    __slots__ = ("flow_run_id", "steps")
+    __slots__ = ("flow_run_id", "steps", "batches")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     steps: _containers.RepeatedCompositeFieldContainer[StepSubmission]
-    def __init__(self, flow_run_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSubmission, _Mapping]]] = ...) -> None: ...
+    batches: _containers.RepeatedCompositeFieldContainer[StepBatch]
+    def __init__(self, flow_run_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSubmission, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[StepBatch, _Mapping]]] = ...) -> None: ...
 
 class SubmittedStep(_message.Message):
     __slots__ = ("key", "step_run_id", "state", "existing", "outcome")
@@ -95,22 +107,34 @@ class SubmittedStep(_message.Message):
     outcome: StepOutcome
     def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ..., outcome: _Optional[_Union[StepOutcome, _Mapping]] = ...) -> None: ...
 
+class StepBatchAnswer(_message.Message):
+    __slots__ = ("step_run_ids", "existing")
+    STEP_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    step_run_ids: _containers.RepeatedScalarFieldContainer[str]
+    existing: _containers.RepeatedCompositeFieldContainer[SubmittedStep]
+    def __init__(self, step_run_ids: _Optional[_Iterable[str]] = ..., existing: _Optional[_Iterable[_Union[SubmittedStep, _Mapping]]] = ...) -> None: ...
+
 class SubmitStepsResponse(_message.Message):
-    __slots__ = ("steps",)
+    __slots__ = ("steps", "batches")
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     steps: _containers.RepeatedCompositeFieldContainer[SubmittedStep]
-    def __init__(self, steps: _Optional[_Iterable[_Union[SubmittedStep, _Mapping]]] = ...) -> None: ...
+    batches: _containers.RepeatedCompositeFieldContainer[StepBatchAnswer]
+    def __init__(self, steps: _Optional[_Iterable[_Union[SubmittedStep, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[StepBatchAnswer, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("flow_run_id", "after_event_id")
+    __slots__ = ("flow_run_id", "after_event_id", "batched")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     after_event_id: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ...) -> None: ...
+    batched: bool
+    def __init__(self, flow_run_id: _Optional[str] = ..., after_event_id: _Optional[int] = ..., batched: _Optional[bool] = ...) -> None: ...
 
 class RunUpdate(_message.Message):
-    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state", "approval", "environment")
+    __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "step_run_id", "attempt_id", "message", "state", "step_outcome", "run_state", "approval", "environment", "batch")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +147,7 @@ class RunUpdate(_message.Message):
     RUN_STATE_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     at_unix_ms: int
     kind: str
@@ -135,7 +160,8 @@ class RunUpdate(_message.Message):
     run_state: str
     approval: ApprovalInfo
     environment: str
-    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ..., environment: _Optional[str] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[RunUpdate]
+    def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ..., environment: _Optional[str] = ..., batch: _Optional[_Iterable[_Union[RunUpdate, _Mapping]]] = ...) -> None: ...
 
 class StepOutcome(_message.Message):
     __slots__ = ("step_run_id", "key", "state", "result_json", "error")

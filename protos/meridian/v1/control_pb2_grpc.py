@@ -180,14 +180,17 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitSteps(self, request, context):
-        """Idempotent on (flow_run_id, key): resubmitting a key returns the existing step run.
+        """Idempotent on (flow_run_id, key): resubmitting a key returns the existing step run, so a
+        retried call creates nothing twice. A fan-out (`Step.map`) travels as a `StepBatch`: the
+        spec once and the calls' keys and inputs, stored in one transaction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Progress of a run from event id `after_event_id` on; ends when the run is terminal.
+        """Progress of a run from event id `after_event_id` on; ends when the run is terminal. With
+        `batched`, each message carries many updates (`RunUpdate.batch`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,7 +24,7 @@ def request(inputs_json: str) -> control_pb2.SubmitStepsRequest:
 def test_sealed_inputs_are_stored_exactly_as_sent() -> None:
     keys = KeyRing({"eu-sites": os.urandom(64)})
     sealed = sealing.seal_inputs(keys, "eu-sites", '{"args":[1],"kwargs":{}}', "run-1", "pay#1")
-    (submission,) = validate_submissions(request(sealed))
+    (submission,) = validate_submissions(request(sealed)).calls
     assert submission.inputs_json == sealed
 
 
