@@ -61,6 +61,9 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
         self.watch_calls: list[int] = []
         self.watch_batched: list[bool] = []
         self.batch_watch = True  # False: answer like a server that does not batch
+        self.batch_sizes: list[int] = []  # updates per batched message sent
+        self.drop_batches = False  # True: ignore StepBatch like an older control plane
+        self.batches_received: list[int] = []  # calls per StepBatch received
         self.break_watch_after: int | None = None  # abort the next stream after N updates
         self._ids = itertools.count(1)
         self._pool = ThreadPoolExecutor(max_workers=8)
@@ -100,8 +103,11 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
             for key, inputs in zip(batch.keys, batch.inputs_json, strict=True)
         ]
         self.submit_calls.append([s.key for s in [*request.steps, *batched]])
+        self.batches_received.extend(len(b.keys) for b in request.batches)
         answers = {s.key: self._submit(run_id, s) for s in [*request.steps, *batched]}
         response = control_pb2.SubmitStepsResponse(steps=[answers[s.key] for s in request.steps])
+        if self.drop_batches:  # like a control plane that predates StepBatch
+            return response
         for batch in request.batches:
             response.batches.add(
                 step_run_ids=[answers[k].step_run_id for k in batch.keys],
@@ -168,6 +174,7 @@ class FakeControl(control_pb2_grpc.ControlServiceServicer):
                 mine = mine[: break_after - sent]
             if request.batched and self.batch_watch and mine:
                 # As the control plane does: many updates per message.
+                self.batch_sizes.append(len(mine))
                 yield control_pb2.RunUpdate(batch=mine)
             else:
                 yield from mine
@@ -308,6 +315,51 @@ def test_run_lifecycle_round_trip(client: ControlClient, fake_server: FakeServer
     assert recorded.error.type == "builtins.ValueError" and list(recorded.error.type_mro) == [
         "builtins.ValueError"
     ]
+
+
+def test_calls_sharing_a_spec_travel_as_one_batch_and_answers_keep_their_order(
+    client: ControlClient, fake_server: FakeServer
+) -> None:
+    client.upload_bundle(_Bundle("sha", b"data"))
+    run_id = client.create_run("f", "flows.py:f", {}, "sha")
+    sqrt = StepSpec(name="math", module="math", function="sqrt")
+    floor = StepSpec(name="floor", module="math", function="floor")
+    subs = [
+        StepSubmission("floor#1", floor, '{"args":[1.5],"kwargs":{}}'),
+        *(StepSubmission(f"sqrt#{i}", sqrt, f'{{"args":[{i}],"kwargs":{{}}}}') for i in (1, 4, 9)),
+    ]
+    answers = client.submit_steps(run_id, subs)
+    assert [a.key for a in answers] == ["floor#1", "sqrt#1", "sqrt#4", "sqrt#9"]
+    assert all(a.step_run_id.startswith("sr-") and not a.existing for a in answers)
+    assert fake_server.fake.batches_received == [3]  # the single call went as before
+    again = client.submit_steps(run_id, subs[1:])
+    assert [a.existing for a in again] == [True, True, True]
+    assert [a.step_run_id for a in again] == [a.step_run_id for a in answers[1:]]
+
+
+def test_a_control_plane_that_drops_batches_is_an_error_not_a_silent_loss(
+    client: ControlClient, fake_server: FakeServer
+) -> None:
+    fake_server.fake.drop_batches = True
+    client.upload_bundle(_Bundle("sha", b"data"))
+    run_id = client.create_run("f", "flows.py:f", {}, "sha")
+    sqrt = StepSpec(name="math", module="math", function="sqrt")
+    subs = [StepSubmission(f"sqrt#{i}", sqrt, '{"args":[1],"kwargs":{}}') for i in (1, 2)]
+    with pytest.raises(ConflictError, match="older than this SDK"):
+        client.submit_steps(run_id, subs)
+
+
+def test_watch_run_gives_one_update_at_a_time_from_a_batched_stream(
+    client: ControlClient, fake_server: FakeServer
+) -> None:
+    for i in range(3):
+        fake_server.fake.emit("run-w", kind="step.pending", step_key=f"s#{i}")
+    fake_server.fake.emit("run-w", kind="run.completed", run_state="COMPLETED")
+    updates = list(client.watch_run("run-w"))
+    assert [u.event_id for u in updates] == [1, 2, 3, 4]
+    assert fake_server.fake.watch_batched == [True] and fake_server.fake.batch_sizes == [4]
+    batches = list(client.watch_run_batches("run-w", 2))
+    assert [[u.event_id for u in b] for b in batches] == [[3, 4]]
 
 
 def test_reading_calls_convert_to_models(client: ControlClient) -> None:

@@ -175,6 +175,22 @@ def test_map_is_chunked_into_one_rpc_per_chunk() -> None:
     assert futures[0].step_run_id == "sr-echo#1"
 
 
+def test_a_map_of_small_items_is_one_request_and_large_inputs_split_by_bytes() -> None:
+    submitter = RecordingSubmitter()
+    with activate(FlowContext("run-1", submitter)):
+        echo.map(range(10_000))
+    assert [len(call) for call in submitter.calls] == [10_000]
+    assert all(sub.spec is echo.spec for sub in submitter.calls[0])  # one spec: one batch
+    submitter = RecordingSubmitter()
+    with activate(FlowContext("run-1", submitter, chunk_bytes=100_000)):
+        echo.map(["x" * 30_000] * 7)  # three items fit a chunk, a fourth would not
+    assert [len(call) for call in submitter.calls] == [3, 3, 1]
+    submitter = RecordingSubmitter()
+    with activate(FlowContext("run-1", submitter, chunk_bytes=100_000)):
+        echo.map(["é" * 20_000] * 3)  # 40,000 bytes each in UTF-8, not 20,000
+    assert [len(call) for call in submitter.calls] == [2, 1]
+
+
 def test_non_json_argument_is_refused_naming_the_argument() -> None:
     submitter = RecordingSubmitter()
     with activate(FlowContext("run-1", submitter)):
