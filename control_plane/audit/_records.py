@@ -22,6 +22,8 @@ from control_plane.store.models import (
     StepRunRow,
 )
 
+_JOIN_TOKEN_OF = "meridian.audit.join_token_of"
+
 
 def _iso(at: dt.datetime | None) -> str | None:
     return format_at(at) if at is not None else None
@@ -149,9 +151,13 @@ def attempt_finished(
 def _agent_identity(session: Session, agent: AgentRow | None) -> dict[str, Any] | None:
     if agent is None:
         return None  # never assigned (cancelled or unschedulable while queued)
-    token_id = session.scalar(
-        select(JoinTokenRow.id).where(JoinTokenRow.used_by_agent_id == agent.id).limit(1)
-    )
+    # Once per agent and transaction: a report batch finishes many attempts of one agent.
+    known: dict[str, str | None] = session.info.setdefault(_JOIN_TOKEN_OF, {})
+    if agent.id not in known:
+        known[agent.id] = session.scalar(
+            select(JoinTokenRow.id).where(JoinTokenRow.used_by_agent_id == agent.id).limit(1)
+        )
+    token_id = known[agent.id]
     return {
         "agent_id": agent.id,
         "name": agent.name,

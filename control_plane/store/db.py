@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextvars
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from control_plane.store.tx import Tx, current_actor
 from meridian.core.clock import Clock, utcnow
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -201,6 +203,9 @@ class Store:
         """Finish the queued work (groups already scheduled run to their commit), then close."""
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        log.info(
+            "store: %d commits carried %d use cases", self.stats.commits, self.stats.use_cases
+        )
 
 
 def _call(usecase: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], tx: Tx) -> T:

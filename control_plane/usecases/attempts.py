@@ -47,6 +47,7 @@ from meridian.core.states import (
 # How far ahead of the control plane's clock an agent's report time may be.
 # The error type of an attempt the agent ended because it quarantined one of its reports.
 REPORT_QUARANTINED = "meridian.ReportQuarantined"
+_ID_CHUNK = 500
 
 
 # ---- cancel -------------------------------------------------------------------------------
@@ -167,18 +168,41 @@ def apply_reports(
         raise NotFound(f"agent {agent_id} is not enrolled")
     watermark = agent.last_applied_seq
     decisions: list[DecisionOut] = []
+    held, _keep = _load_batch(tx, reports)  # _keep: the session holds rows only weakly
     for report in sorted(reports, key=lambda r: r.seq):
         if report.seq <= watermark:
             # Applied before, but the agent never saw the ack: answer proposals again.
             if report.kind == ReportKind.RUNNING:
                 decisions.append(_redecide_running(tx, agent_id, report))
             continue
-        decision = _apply_one(tx, agent_id, report)
+        decision = _apply_one(tx, agent_id, report, held.get(report.attempt_id))
         if decision is not None:
             decisions.append(decision)
         watermark = report.seq
     agent.last_applied_seq = watermark
     return watermark, decisions
+
+
+def _load_batch(tx: Tx, reports: Sequence[ReportIn]) -> tuple[dict[str, AttemptRow], list[object]]:
+    """The batch's attempts (locked), with their steps and runs, in one query each: applying
+    the reports then finds them in the session instead of asking once per report. Returns
+    the attempts by id, and every row read (to keep them in the session's identity map)."""
+    ids = sorted({r.attempt_id for r in reports})
+    attempts: dict[str, AttemptRow] = {}
+    for start in range(0, len(ids), _ID_CHUNK):
+        query = (
+            select(AttemptRow)
+            .where(AttemptRow.id.in_(ids[start : start + _ID_CHUNK]))
+            .with_for_update()
+        )
+        attempts.update((a.id, a) for a in tx.session.scalars(query))
+    rows: list[object] = list(attempts.values())
+    for model, key in ((StepRunRow, "step_run_id"), (FlowRunRow, "flow_run_id")):
+        wanted = sorted({getattr(a, key) for a in attempts.values()})
+        for start in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[start : start + _ID_CHUNK]
+            rows.extend(tx.session.scalars(select(model).where(model.id.in_(chunk))))
+    return attempts, rows
 
 
 def _redecide_running(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut:
@@ -199,8 +223,9 @@ def _facts(attempt: AttemptRow | None) -> AttemptFacts | None:
     return AttemptFacts(attempt.state, attempt.agent_id, attempt.fencing_token)
 
 
-def _apply_one(tx: Tx, agent_id: str, report: ReportIn) -> DecisionOut | None:
-    attempt = tx.session.get(AttemptRow, report.attempt_id, with_for_update=True)
+def _apply_one(
+    tx: Tx, agent_id: str, report: ReportIn, attempt: AttemptRow | None
+) -> DecisionOut | None:
     judgement = judge_report(agent_id, _facts(attempt), report)
     if judgement is not None:
         # A late outcome (e.g. the copy of a lost attempt finishing) is not applied, but the
