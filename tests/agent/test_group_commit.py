@@ -69,6 +69,14 @@ def test_concurrent_reports_share_a_few_fsyncs(tmp_path: Path) -> None:
     assert together <= n // 4, (together, alone)  # N concurrent reports: a handful of batches
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to count fsync calls")
+def test_acks_alone_are_not_fsynced(tmp_path: Path) -> None:
+    # A lost ack only means a replay the control plane drops (last_applied_seq), so deleting
+    # acked reports need not wait for the disk: N acks in a row cost no fsync each.
+    n = 100
+    assert fsyncs(tmp_path / "acks", n, "acks") <= n // 4
+
+
 def test_concurrent_reports_commit_in_few_batches_and_keep_each_attempts_order(
     tmp_path: Path,
 ) -> None:
