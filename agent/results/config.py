@@ -1,0 +1,207 @@
+"""The agent config's ``[result_stores.NAME]`` tables: parsed, validated, turned into stores.
+
+::
+
+    [result_stores.scratch]
+    type = "filesystem"
+    root = "/scratch/meridian/results"
+    retention_days = 14
+
+    [result_stores.s3-main]
+    type = "s3"
+    bucket = "acme-meridian-results"
+    prefix = "prod/"
+    region = "eu-west-1"
+    retention_days = 30
+    default = true              # the environment's default store
+
+Each table has ``type`` (``filesystem``, ``s3``, ``gcs``, ``azure_blob``), the options of its
+backend (the fields of ``FilesystemConfig``, ``S3Config``, ``GcsConfig``, ``AzureBlobConfig``),
+an optional ``retention_days`` and ``default``. One store is the default: the one marked
+``default = true``, or the only one. The agent's config loader will call
+``parse_result_stores`` with the parsed ``result_stores`` table (not wired yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.results._base import ResultStore, check_prefix
+from agent.results._errors import InvalidKey, ResultStoreConfigError
+from agent.results.azure_blob import MAX_BLOCK_SIZE, AzureBlobConfig, AzureBlobStore
+from agent.results.filesystem import FilesystemConfig, FilesystemStore
+from agent.results.gcs import CHUNK_QUANTUM, GcsConfig, GcsStore
+from agent.results.s3 import MAX_PART_SIZE, MIN_PART_SIZE, S3Config, S3Store
+
+BackendConfig = FilesystemConfig | S3Config | GcsConfig | AzureBlobConfig
+_BACKENDS: dict[str, type[BackendConfig]] = {
+    "filesystem": FilesystemConfig,
+    "s3": S3Config,
+    "gcs": GcsConfig,
+    "azure_blob": AzureBlobConfig,
+}
+_COMMON = frozenset({"type", "retention_days", "default"})
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+MAX_STORES = 32
+MAX_RETENTION_DAYS = 36500
+MAX_OPTION_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    name: str
+    type: str
+    backend: BackendConfig
+    retention_days: int | None = None
+
+
+@dataclass(frozen=True)
+class ResultStoresConfig:
+    stores: Mapping[str, StoreConfig]
+    default: str | None
+
+    def build(self) -> dict[str, ResultStore]:
+        return {name: build_store(config) for name, config in self.stores.items()}
+
+
+def parse_result_stores(table: Any) -> ResultStoresConfig:
+    """Validate the ``result_stores`` table of the agent config.
+
+    Raises:
+        ResultStoreConfigError: naming the table (``[result_stores.NAME]``) and the problem.
+    """
+    if table is None:
+        return ResultStoresConfig({}, None)
+    if not isinstance(table, Mapping):
+        raise ResultStoreConfigError("[result_stores] must be a table of stores")
+    if len(table) > MAX_STORES:
+        raise ResultStoreConfigError(f"[result_stores] has more than {MAX_STORES} stores")
+    stores: dict[str, StoreConfig] = {}
+    defaults: list[str] = []
+    for name, raw in table.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ResultStoreConfigError(
+                f"[result_stores.{name}]: a store name is 1-63 lowercase letters, digits, "
+                "'-' or '_'"
+            )
+        stores[name], is_default = _parse_store(name, raw)
+        if is_default:
+            defaults.append(name)
+    if len(defaults) > 1:
+        raise ResultStoreConfigError(
+            f"[result_stores]: only one store can be the default; {', '.join(defaults)} say "
+            "default = true"
+        )
+    if not defaults and len(stores) > 1:
+        raise ResultStoreConfigError(
+            f"[result_stores]: {len(stores)} stores and none is the default; set "
+            "default = true on one"
+        )
+    default = defaults[0] if defaults else next(iter(stores), None)
+    return ResultStoresConfig(stores, default)
+
+
+def build_store(config: StoreConfig) -> ResultStore:
+    """Create the store (cloud SDKs are imported here, so an unused backend needs none)."""
+    backend = config.backend
+    try:
+        if isinstance(backend, FilesystemConfig):
+            return FilesystemStore(config.name, backend)
+        if isinstance(backend, S3Config):
+            return S3Store(config.name, backend)
+        if isinstance(backend, GcsConfig):
+            return GcsStore(config.name, backend)
+        return AzureBlobStore(config.name, backend)
+    except ImportError as exc:
+        extra = {"s3": "aws", "gcs": "gcp", "azure_blob": "azure"}.get(config.type, "")
+        raise ResultStoreConfigError(
+            f"[result_stores.{config.name}]: type {config.type!r} needs {exc.name}: pip "
+            f"install 'meridian-orchestrator[{extra}]'"
+        ) from None
+
+
+def _parse_store(name: str, raw: Any) -> tuple[StoreConfig, bool]:
+    where = f"[result_stores.{name}]"
+    if not isinstance(raw, Mapping):
+        raise ResultStoreConfigError(f"{where} must be a table")
+    kind = raw.get("type")
+    if kind not in _BACKENDS:
+        raise ResultStoreConfigError(
+            f"{where}: type must be one of {', '.join(sorted(_BACKENDS))}, not {kind!r}"
+        )
+    cls = _BACKENDS[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - _COMMON - set(fields))
+    if unknown:
+        raise ResultStoreConfigError(
+            f"{where}: unknown keys {', '.join(unknown)} for type {kind!r} (known: "
+            f"{', '.join(sorted(_COMMON | set(fields)))})"
+        )
+    options: dict[str, Any] = {}
+    for field_name, field in fields.items():
+        if field_name in raw:
+            options[field_name] = _typed(where, field_name, raw[field_name], field.default)
+        elif field.default is dataclasses.MISSING:
+            raise ResultStoreConfigError(f"{where}: type {kind!r} needs {field_name!r}")
+    backend = cls(**options)
+    _check_backend(where, backend)
+    retention = raw.get("retention_days")
+    if retention is not None and (
+        type(retention) is not int or not 1 <= retention <= MAX_RETENTION_DAYS
+    ):
+        raise ResultStoreConfigError(
+            f"{where}: retention_days must be an integer from 1 to {MAX_RETENTION_DAYS}"
+        )
+    is_default = raw.get("default", False)
+    if type(is_default) is not bool:
+        raise ResultStoreConfigError(f"{where}: default must be true or false")
+    return StoreConfig(name, kind, backend, retention), is_default
+
+
+def _typed(where: str, key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise ResultStoreConfigError(f"{where}: {key} must be true or false")
+        return value
+    if isinstance(default, int):
+        if type(value) is not int or value <= 0:
+            raise ResultStoreConfigError(f"{where}: {key} must be a positive integer")
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ResultStoreConfigError(f"{where}: {key} must be a non-empty string")
+    if len(value) > MAX_OPTION_LENGTH:
+        raise ResultStoreConfigError(f"{where}: {key} is longer than {MAX_OPTION_LENGTH}")
+    return Path(value) if key == "root" else value
+
+
+def _check_backend(where: str, backend: BackendConfig) -> None:
+    if isinstance(backend, FilesystemConfig):
+        if not backend.root.is_absolute():
+            raise ResultStoreConfigError(f"{where}: root must be an absolute path")
+        return
+    if backend.prefix:
+        try:
+            check_prefix(backend.prefix)
+        except InvalidKey as exc:
+            raise ResultStoreConfigError(f"{where}: prefix: {exc}") from None
+        if not backend.prefix.endswith("/"):
+            raise ResultStoreConfigError(f"{where}: prefix must end with '/'")
+    if isinstance(backend, S3Config) and not MIN_PART_SIZE <= backend.part_size <= MAX_PART_SIZE:
+        raise ResultStoreConfigError(
+            f"{where}: part_size must be from {MIN_PART_SIZE} to {MAX_PART_SIZE} bytes"
+        )
+    if isinstance(backend, GcsConfig) and backend.chunk_size % CHUNK_QUANTUM:
+        raise ResultStoreConfigError(f"{where}: chunk_size must be a multiple of {CHUNK_QUANTUM}")
+    if isinstance(backend, AzureBlobConfig):
+        if backend.block_size > MAX_BLOCK_SIZE:
+            raise ResultStoreConfigError(f"{where}: block_size must be at most {MAX_BLOCK_SIZE}")
+        if (backend.account_url is None) == (backend.connection_string is None):
+            raise ResultStoreConfigError(
+                f"{where}: set exactly one of account_url (DefaultAzureCredential) and "
+                "connection_string"
+            )
