@@ -371,6 +371,15 @@ def proc_memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's), from /proc/<pid>/task/*/children."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found.extend(int(word) for word in children.read_text().split())
+    return sorted(set(found))
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` (its threads included), from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as stat:

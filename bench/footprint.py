@@ -13,7 +13,10 @@ Phases:
 * ``runner_waiting``: a flow runner waiting on one long step (runner idle, agent holding one
   running step process);
 * ``loaded``: a flow runner fanning out ``--n`` trivial steps, sampled every 0.25 s until the
-  run ends (the runner's numbers are its last sample before it exits).
+  run ends (the runner's numbers are its last sample before it exits);
+* ``warm_workers``: after the fan-out, the agent's child processes (the process provider's warm
+  step workers, one per slot by default: ``--capacity 8`` gives 8): how many, and the RSS of
+  each — what a warm worker costs on top of the agent's own RSS.
 """
 
 from __future__ import annotations
@@ -187,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.results["loaded"] = loaded
             if code != 0:
                 error = f"the loaded flow run did not complete (meridian run exited {code})"
+            time.sleep(1.0)  # let the last step's worker go back to idle
+            report.results["warm_workers"] = warm_workers(pids["agent"])
         finally:
             for runner in runners:
                 common.stop_process(runner)
@@ -199,10 +204,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                              usage["peak_rss_mib"], load1])  # fmt: skip
     print()
     common.print_table(["phase", "process", "CPU %", "RSS MiB", "peak MiB", "load1"], rows)
+    workers = report.results.get("warm_workers")
+    if workers:
+        print(
+            f"\nwarm workers of the agent: {workers['count']}, RSS each (MiB): "
+            f"{workers['rss_mib_each']} (mean {workers['mean_rss_mib']})"
+        )
     report.write(args.out)
     if error:
         print(f"ERROR: {error}", file=sys.stderr)
     return 1 if error else 0
+
+
+def warm_workers(agent_pid: int) -> dict[str, Any]:
+    """The agent's child processes once the fan-out is over: its idle warm step workers."""
+    rss = []
+    for pid in common.child_pids(agent_pid):
+        memory = common.proc_memory_kib(pid)
+        if "VmRSS" in memory:
+            rss.append(round(memory["VmRSS"] / 1024, 1))
+    return {
+        "count": len(rss),
+        "rss_mib_each": rss,
+        "mean_rss_mib": round(sum(rss) / len(rss), 1) if rss else 0.0,
+    }
 
 
 def running_steps(estate: common.Estate) -> int:
