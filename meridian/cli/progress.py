@@ -11,8 +11,9 @@ approval); every update costs O(1). Two views render it:
   step waits, a step that failed, how to decide an approval), and a final summary.
 
 Either way a 10,000-step run prints a bounded number of lines (tests/meridian/cli/
-test_progress.py). ``ProgressPrinter`` in ``meridian.cli.run`` keeps the old line-per-event
-output for ``--progress events``.
+test_progress.py). The flow runner hands each view whole batches of updates (``updates``):
+one summary line or redraw per batch at most. ``ProgressPrinter`` in ``meridian.cli.run``
+keeps the old line-per-event output for ``--progress events``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TextIO
@@ -328,16 +329,31 @@ class PlainProgress:
         return None
 
     def __call__(self, update: models.RunUpdate) -> None:
-        if not self.state.apply(update):
+        self.updates([update])
+
+    def updates(self, batch: Sequence[models.RunUpdate]) -> None:
+        """Fold a batch in, then print its notices and at most one summary line."""
+        lines: list[str] = []
+        last: models.RunUpdate | None = None
+        seeded = self.state.total > 0  # before the first batch: ``runs watch`` seeded it
+        for update in batch:
+            if self.state.apply(update):
+                lines.extend(self._notices.lines(update))
+                last = update
+        if last is None:
             return
-        lines = self._notices.lines(update)
         now = self._clock()
+        if self._last_line_at is None:
+            # A fresh run's first updates are its submissions, arriving page by page: its
+            # first line waits one interval so that it counts them all. A seeded view knows
+            # its counts already and prints at once.
+            self._last_line_at = now - self._interval_s if seeded else now
         counts = self.state.state_counts()
-        due = self._last_line_at is None or now - self._last_line_at >= self._interval_s
-        if update.run_state or (counts != self._last_counts and due):
+        due = now - self._last_line_at >= self._interval_s
+        if last.run_state or (counts != self._last_counts and due):
             self._last_line_at, self._last_counts = now, counts
-            prefix = f"run {update.run_state}: " if update.run_state else ""
-            lines.append(f"{format_clock(update.at)}  progress  {prefix}{self.state.summary()}")
+            prefix = f"run {last.run_state}: " if last.run_state else ""
+            lines.append(f"{format_clock(last.at)}  progress  {prefix}{self.state.summary()}")
         if lines:
             print("\n".join(lines), file=self._stream, flush=True)
 
@@ -366,13 +382,20 @@ class LiveProgress:
         self._live.stop()
 
     def __call__(self, update: models.RunUpdate) -> None:
-        if not self.state.apply(update):
-            return
-        for line in self._notices.lines(update):
-            self._live.console.print(line, markup=False, highlight=False, overflow="ellipsis",
-                                     no_wrap=True)  # fmt: skip
+        self.updates([update])
+
+    def updates(self, batch: Sequence[models.RunUpdate]) -> None:
+        """Fold a batch in, print its notices and redraw at most once."""
+        ended = False
+        for update in batch:
+            if not self.state.apply(update):
+                continue
+            ended = ended or bool(update.run_state)
+            for line in self._notices.lines(update):
+                self._live.console.print(line, markup=False, highlight=False,
+                                         overflow="ellipsis", no_wrap=True)  # fmt: skip
         now = self._clock()
-        if update.run_state or self._last_draw is None or now - self._last_draw >= self._min_gap_s:
+        if ended or self._last_draw is None or now - self._last_draw >= self._min_gap_s:
             self._last_draw = now
             self._live.update(self.render(), refresh=True)
 

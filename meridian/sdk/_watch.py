@@ -3,7 +3,8 @@
 It runs in a background thread while the flow body runs in the caller's thread. Updates
 arrive in batches (``WatchRunRequest.batched``): the step outcomes of a batch resolve their
 futures in one pass, each update with an ``approval`` the matching ``approve`` call (a cancel
-fails the approvals still waiting); every update is passed to the ``on_update`` callback.
+fails the approvals still waiting); every update is passed to the ``on_update`` callback
+(the whole batch at once to a callback with an ``updates`` method).
 A broken stream is reopened from the last event id seen (with capped, jittered backoff), so
 no update is lost or delivered twice; only when the control plane stays unreachable longer
 than ``reconnect_timeout_s`` are the pending futures failed.
@@ -11,6 +12,7 @@ than ``reconnect_timeout_s`` are the pending futures failed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -151,8 +153,11 @@ class RunWatcher:
         return _Singles(self._client.watch_run(self._context.flow_run_id, self.last_event_id))
 
     def _handle(self, batch: list[models.RunUpdate]) -> str:
-        """Deliver a batch: every step outcome in one pass, then approvals and ``on_update``
-        in event order. Returns the run's final state when the batch ends the run."""
+        """Deliver a batch: every step outcome in one pass, then approvals in event order,
+        then ``on_update``. Returns the run's final state when the batch ends the run."""
+        end = next((i for i, u in enumerate(batch) if u.run_state), None)
+        if end is not None:
+            batch = batch[: end + 1]  # nothing of the run comes after its end
         outcomes = [u.step_outcome for u in batch if u.step_outcome is not None]
         if outcomes:
             self._context.resolve_many(outcomes)
@@ -166,15 +171,28 @@ class RunWatcher:
                         key, "cancelled", "", f"the flow run was cancelled while waiting for {key}"
                     )
                 )
-            if self._on_update is not None:
-                try:
-                    self._on_update(update)
-                except Exception:
-                    # A progress printer must never stop results from reaching the flow body.
-                    log.exception("on_update callback failed for event %s", update.event_id)
-            if update.run_state:
-                return update.run_state
-        return ""
+        self._notify(batch)
+        return batch[-1].run_state
+
+    def _notify(self, batch: list[models.RunUpdate]) -> None:
+        """Hand the batch to ``on_update``: whole to a view that takes batches (``updates``,
+        e.g. the CLI's progress views: one redraw per batch), else one update at a time."""
+        if self._on_update is None:
+            return
+        whole: Callable[[list[models.RunUpdate]], None] | None = getattr(
+            self._on_update, "updates", None
+        )
+        calls = (
+            [functools.partial(whole, batch)]
+            if whole is not None
+            else [functools.partial(self._on_update, u) for u in batch]
+        )
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                # A progress printer must never stop results from reaching the flow body.
+                log.exception("on_update callback failed (events up to %s)", batch[-1].event_id)
 
     def _run_ended(self, state: str) -> None:
         self.run_state = state

@@ -111,3 +111,29 @@ def test_a_client_without_batches_is_read_one_update_at_a_time() -> None:
     watch(SingleClient(updates), context, [])
     assert wait(futures, timeout=DEADLINE_S) == [10, 20]
     assert context.passes == [1, 1]
+
+
+class BatchView:
+    """A progress view that takes whole batches (like the CLI's)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __call__(self, update: RunUpdate) -> None:
+        raise AssertionError("a view with `updates` gets whole batches")
+
+    def updates(self, batch: Sequence[RunUpdate]) -> None:
+        self.batches.append([u.event_id for u in batch])
+
+
+def test_a_view_that_takes_batches_gets_each_batch_whole_up_to_the_run_end() -> None:
+    context = CountingContext()
+    with activate(context):
+        echo.map([1, 2, 3])
+    first = [completed(1, "echo#1", 1), completed(2, "echo#2", 2)]
+    last = [completed(3, "echo#3", 3), run_end(4), completed(5, "late#1", 0)]
+    view = BatchView()
+    watcher = RunWatcher(BatchClient([first, last]), context, view)  # type: ignore[arg-type]
+    watcher.start()
+    assert watcher.join(DEADLINE_S)
+    assert view.batches == [[1, 2], [3, 4]]

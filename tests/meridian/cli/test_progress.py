@@ -211,3 +211,39 @@ def test_auto_mode_picks_plain_for_a_pipe_and_live_for_a_terminal() -> None:
 
     assert isinstance(progress_view(Tty()), LiveProgress)
     assert type(progress_view(io.StringIO(), "events")).__name__ == "ProgressPrinter"
+
+
+def test_plain_view_takes_batches_and_counts_a_whole_submission_in_its_first_line() -> None:
+    out = io.StringIO()
+    clock = FakeClock(0.0)
+    view = PlainProgress(out, interval_s=5.0, clock=clock)
+    updates = list(big_run(2_000))
+    # The submissions stream in page by page: no summary line yet, not even "0/1000".
+    view.updates(updates[:1000])
+    view.updates(updates[1000:2000])
+    assert "progress" not in out.getvalue()
+    clock.now += 5.0
+    view.updates(updates[2000:3000])  # one interval later: one line, every step counted
+    summaries = [line for line in out.getvalue().splitlines() if "progress" in line]
+    assert len(summaries) == 1 and "/2000 steps done" in summaries[0]
+    view.updates(updates[3000:])  # the rest at once: one more line, the run's end
+    summaries = [line for line in out.getvalue().splitlines() if "progress" in line]
+    assert len(summaries) == 2 and "run FAILED: 2000/2000 steps done" in summaries[1]
+
+
+def test_terminal_view_redraws_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    # A redraw would be due at every update (8,000 of them): only the batches limit them.
+    view = LiveProgress(console, fps=1000.0, clock=FakeClock(0.01))
+    updates = list(big_run(2_000))
+    pages = [updates[i : i + 500] for i in range(0, len(updates), 500)]
+    with view:
+        for page in pages:
+            view.updates(page)
+    region = Screen().feed(out.getvalue()).lines
+    assert any("2000/2000 done" in line for line in region)
+    # One region per batch, plus one per notice printed above it (rich redraws the region
+    # under a printed line): 17 batches, 20 waiting, 4 failed, the "more" line, the last.
+    assert out.getvalue().count("Steps") <= len(pages) + 20 + 4 + 1 + 1
