@@ -53,6 +53,12 @@ def many_quick_steps(work: str, n: int = 12) -> int:
     return sum(first) + sum(f.result() for f in rest)
 
 
+@flow
+def quick_burst(work: str, n: int = 48) -> int:
+    """All at once: the steps' results reach the control plane as a burst of reports."""
+    return sum(f.result() for f in [quick.submit(work, i) for i in range(n)])
+
+
 @step(target="cloud=aws", lost_after=60.0)
 def resumable(work: str, i: int) -> int:
     _mark(work, f"resumable-{i}")
