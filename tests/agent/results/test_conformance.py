@@ -246,7 +246,7 @@ def test_a_racing_writer_never_replaces_a_committed_object(
 ) -> None:
     """Two writers both saw "no object" and upload; the service's create-only commit decides."""
     if backend == "gcs":
-        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch; the GCS race is unverified")
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch: see test_gcs_contract.py")
     first = b"first writer"
     location = store.put("race", [first], len(first), hashlib.sha256(first).hexdigest())
     checks: list[bool] = []
