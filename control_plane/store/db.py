@@ -141,7 +141,10 @@ class Store:
         if self.group_commit:
             request = Request(functools.partial(_call, usecase, args, kwargs), ctx, _name(usecase))
             if self._queue.put(request):
-                self._executor.submit(self._drain)
+                try:
+                    self._executor.submit(self._drain)
+                except RuntimeError as exc:  # closed: fail what waits instead of hanging
+                    self._queue.fail_all(exc)
             result, effects = await asyncio.wrap_future(request.future)
             return result, effects
         loop = asyncio.get_running_loop()
@@ -164,11 +167,17 @@ class Store:
     def _drain(self) -> None:
         """On the store's thread: run the waiting requests as one group, then reschedule if
         more arrived (as a new job, so queued reads are not starved by a stream of writes)."""
-        requests = self._queue.take(MAX_GROUP)
-        if requests:
-            self._commit_group(requests)
-        if self._queue.done():
-            self._executor.submit(self._drain)
+        while True:
+            requests = self._queue.take(MAX_GROUP)
+            if requests:
+                self._commit_group(requests)
+            if not self._queue.done():
+                return
+            try:
+                self._executor.submit(self._drain)
+                return
+            except RuntimeError:  # the store is closing: finish the queue in this job
+                continue
 
     def _commit_group(self, requests: list[Request]) -> None:
         started = time.perf_counter()
@@ -203,9 +212,7 @@ class Store:
         """Finish the queued work (groups already scheduled run to their commit), then close."""
         self._executor.shutdown(wait=True)
         self.engine.dispose()
-        log.info(
-            "store: %d commits carried %d use cases", self.stats.commits, self.stats.use_cases
-        )
+        log.info("store: %d commits carried %d use cases", self.stats.commits, self.stats.use_cases)
 
 
 def _call(usecase: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], tx: Tx) -> T:

@@ -74,6 +74,14 @@ class GroupQueue:
         with self._lock:
             self._waiting.extendleft(reversed(requests))
 
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every waiting request (nobody will run them: the store is closed)."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            self._scheduled = False
+        for request in waiting:
+            _set_exception(request, exc)
+
     def done(self) -> bool:
         """After a group: True when more requests wait (the drain stays scheduled)."""
         with self._lock:

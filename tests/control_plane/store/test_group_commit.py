@@ -2,8 +2,8 @@
 each use case in its own savepoint. On a real SQLite store (where it is on by default) and on
 PostgreSQL with it turned on explicitly (it is off there by default, decision 0017).
 
-The store's one thread is held busy by a blocking read while the use cases are queued, so they
-all wait together and form one group: the tests do not depend on timing.
+A group holding only a blocking use case runs while the use cases are queued, so they all wait
+together and form the next group (one group runs at a time): the tests do not depend on timing.
 """
 
 from __future__ import annotations
@@ -18,12 +18,20 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from control_plane.store import group
 from control_plane.store.db import Store, sqlite_url
 from control_plane.store.models import EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, move_run, record_event
 from meridian.core.kinds import EventKind
 from meridian.core.states import RunState
 from tests.control_plane.usecases.helpers import make_store, new_run, submit
+
+
+@pytest.fixture(autouse=True)
+def roomy_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A group stops taking use cases after MAX_GROUP_S of work; on a loaded machine twenty
+    # could take longer, and the tests below count groups, not time.
+    monkeypatch.setattr(group, "MAX_GROUP_S", 60.0)
 
 
 @pytest.fixture
@@ -172,3 +180,25 @@ def test_events_of_a_failing_savepoint_do_not_reach_the_database(grouped: Store)
 def test_sqlite_groups_by_default_postgres_does_not(db_url: str) -> None:
     for store in make_store(db_url):
         assert store.group_commit is store.is_sqlite
+
+
+def test_a_closed_store_refuses_new_use_cases_instead_of_hanging(tmp_path: Path) -> None:
+    store = next(make_store(sqlite_url(tmp_path / "store.sqlite")))
+    run_id = new_run(store)
+    store.close()
+    with pytest.raises(RuntimeError):
+        asyncio.run(store.transact(note(run_id, "too late")))
+    with pytest.raises(RuntimeError):  # and again: the queue did not stay "scheduled"
+        asyncio.run(store.transact(note(run_id, "still too late")))
+
+
+def test_a_group_ends_after_its_time_bound_and_the_rest_follow_in_order(
+    grouped: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group, "MAX_GROUP_S", 0.0)  # every group takes one use case only
+    run_id = new_run(grouped)
+    commits = grouped.stats.commits
+    results = asyncio.run(in_one_group(grouped, [note(run_id, f"n{i}") for i in range(6)]))
+    assert results == [f"n{i}" for i in range(6)]
+    assert grouped.stats.commits == commits + 1 + 6
+    assert messages(grouped, run_id) == [f"n{i}" for i in range(6)]
