@@ -91,6 +91,7 @@ def gcs_config(endpoint: str, prefix: str, **changes: Any) -> GcsConfig:
         "endpoint_url": endpoint,
         "anonymous": True,
         "chunk_size": 4 * 1024 * 1024,
+        "read_size": 4 * 1024 * 1024,
     }
     options.update(changes)
     return GcsConfig(**options)
