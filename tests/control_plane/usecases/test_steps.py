@@ -12,6 +12,7 @@ from sqlalchemy import select
 from control_plane.orchestration.values import StepSubmission
 from control_plane.store.db import Store
 from control_plane.store.models import AttemptRow, EventRow, StepRunRow
+from control_plane.usecases.runs import finish_run, resume_run
 from control_plane.usecases.steps import submit_steps
 from meridian.core.errors import ConflictError
 from tests.control_plane.usecases.helpers import T0, new_run, run_at, spec
@@ -110,3 +111,42 @@ def test_a_finished_step_answers_with_its_stored_outcome(store: Store) -> None:
     (again,), effects = run_at(store, T0, submit_steps, run_id, calls(["done#1"]))
     assert (again.state, again.existing, again.result_json) == ("COMPLETED", True, '{"n": 1}')
     assert not effects.queued and not effects.wake_scheduler
+
+
+def test_a_resumed_map_reuses_completed_calls_reruns_failed_ones_and_adds_new_ones(
+    store: Store,
+) -> None:
+    run_id = new_run(store)
+    first, _ = run_at(store, T0, submit_steps, run_id, calls(["m#1", "m#2", "m#3"]))
+
+    def end(session: object) -> None:
+        for answer, state in zip(first, ("COMPLETED", "FAILED", "PENDING"), strict=True):
+            step = session.get(StepRunRow, answer.step_run_id)  # type: ignore[attr-defined]
+            step.state, step.ended_at = state, T0 if state != "PENDING" else None
+            step.result_json = "4" if state == "COMPLETED" else None
+
+    store.run_sync(end)
+    run_at(store, T0, finish_run, run_id, succeeded=False, result_json="", error=None)
+    later = T0 + dt.timedelta(seconds=5)
+    run_at(store, later, resume_run, run_id)
+    answers, _ = run_at(store, later, submit_steps, run_id, calls(["m#1", "m#2", "m#3", "m#4"]))
+    assert [(a.state, a.existing) for a in answers] == [
+        ("COMPLETED", True), ("PENDING", True), ("PENDING", True), ("PENDING", False)
+    ]  # fmt: skip
+    assert answers[0].result_json == "4"
+    numbers = {
+        a.step_run_id: sorted(
+            x.number for x in rows(store, AttemptRow, run_id, AttemptRow.number)
+            if x.step_run_id == a.step_run_id
+        )
+        for a in answers
+    }  # fmt: skip
+    # m#3 was cancelled when the run failed: it runs again too.
+    assert list(numbers.values()) == [[1], [1, 2], [1, 2], [1]]
+    # Both kinds of events of one transaction were stored: the re-runs' and the new call's.
+    events = [(e.kind, e.step_key) for e in rows(store, EventRow, run_id, EventRow.id)]
+    assert events[-6:] == [
+        ("step.pending", "m#2"), ("attempt.queued", "m#2"),
+        ("step.pending", "m#3"), ("attempt.queued", "m#3"),
+        ("step.pending", "m#4"), ("attempt.queued", "m#4"),
+    ]  # fmt: skip
