@@ -13,12 +13,12 @@ with the per-step isolation a fresh process would give:
 
 Protocol (stdin: commands from the agent, stdout: replies; both moved off fds 0/1 at start):
 each message is a 4-byte big-endian length and a JSON object of at most ``MAX_MESSAGE_BYTES``.
-The worker sends ``{"op": "ready", "pid"}`` once, then answers each
-``{"op": "run", "work_dir", "cwd", "env"}`` with ``{"op": "done", "work_dir", "state",
-"rss_kib", "retire"}`` after ``outcome.json`` is written. What to run (module, function,
-inputs, bundle) comes only from ``work_dir/spec.json``; a worker is bound to the first bundle
-it imports and refuses a spec of another one. End of input, a malformed message or a new parent
-(the agent died) make the worker exit; a step the agent sent before it died (it may have
+The worker sends ``{"op": "ready", "pid"}`` once, then answers each ``{"op": "run", "work_dir",
+"cwd", "env"}`` with ``{"op": "done", "work_dir", "state", "rss_kib", "retire"}`` after
+``outcome.json`` is written. What to run (module, function, inputs, bundle) comes only from
+``work_dir/spec.json``; a worker is bound to the code of its first step (bundle and
+``PYTHONPATH``) and refuses a step of other code. End of input, a malformed message or a new
+parent (the agent died) make the worker exit; a step the agent sent before it died (it may have
 recorded the handle) still runs to its end and writes its outcome, so a restarted agent can
 collect it. Nothing can send a new one: the pipe's writer is gone.
 """
@@ -228,7 +228,7 @@ class Worker:
         self.replies = replies
         self.grace_s = grace_s
         self.parent = os.getppid()
-        self.bundle: str | None = None
+        self.code: tuple[str, str] | None = None  # (bundle dir, PYTHONPATH)
         self.home = os.getcwd()
         self.threads = threading.active_count()
 
@@ -261,7 +261,7 @@ class Worker:
     def run(self, work_dir: Path, cwd: Path, env: Mapping[str, str]) -> dict[str, Any]:
         try:
             spec = load_spec_file(work_dir)
-            outcome = self._bound(spec)
+            outcome = self._bound(spec, env)
         except (OSError, ValueError) as exc:
             outcome = error_outcome(RuntimeError(f"cannot read the step spec: {exc}"))
             outcome["error"]["error_class"] = "infrastructure"
@@ -280,15 +280,22 @@ class Worker:
             "retire": retire,
         }
 
-    def _bound(self, spec: Mapping[str, Any]) -> dict[str, Any] | None:
-        """None when this worker may run ``spec``, else the failure outcome to record."""
-        bundle = str(spec.get("bundle_dir") or "")
-        if self.bundle is None:
-            self.bundle = bundle  # modules of two bundles can share names: one per worker
-        if bundle == self.bundle:
+    def _bound(self, spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any] | None:
+        """None when this worker may run ``spec``, else the failure outcome to record.
+
+        A worker's code is its bundle plus the step's ``PYTHONPATH`` (which a fresh interpreter
+        would have put on ``sys.path``): both are fixed by its first step, because modules of
+        two code sets can share names and ``sys.modules`` holds one of each name.
+        """
+        code = (str(spec.get("bundle_dir") or ""), env.get("PYTHONPATH", ""))
+        if self.code is None:
+            self.code = code
+            entries = [e for e in code[1].split(os.pathsep) if e and e not in sys.path]
+            sys.path[0:0] = entries
+        if code == self.code:
             return None
         outcome = error_outcome(
-            RuntimeError(f"this worker runs bundle {self.bundle!r}, not {bundle!r}")
+            RuntimeError(f"this worker runs the code of {self.code!r}, not of {code!r}")
         )
         outcome["error"]["error_class"] = "infrastructure"
         return outcome

@@ -1,9 +1,10 @@
 """The process provider's pool of warm step workers (``python -m meridian.stepworker``).
 
 Each worker is a pre-started interpreter that already imported the step executor; it runs one
-step at a time and is bound to the first code bundle it runs (modules of two bundles may share
-names), so a step goes to an idle worker of its bundle, else to an unbound one, else to a new
-one while the pool is below its size, else to a recycled idle worker of another bundle. When
+step at a time and is bound to the code of the first step it runs (its bundle and
+``PYTHONPATH``: modules of two bundles may share names), so a step goes to an idle worker of its
+code, else to an unbound one, else to a new one while the pool is below its size, else to a
+recycled idle worker of other code. When
 every worker is busy the provider starts a fresh process instead. A worker retires after
 ``max_steps`` steps, above ``max_rss_mib`` after a step, or when a step left threads behind;
 one that dies (crash, kill on timeout or cancel) fails its current attempt only and is
@@ -52,7 +53,7 @@ class WarmWorker:
     ready: asyncio.Future[None]
     proc: asyncio.subprocess.Process | None = None
     start_time: int | None = None
-    bundle: str | None = None  # set when the first step is given to it
+    code: str | None = None  # the code (bundle + PYTHONPATH) of the first step given to it
     steps: int = 0
     job: Job | None = None
     reserved: bool = False
@@ -91,14 +92,14 @@ class WorkerPool:
 
     # -- taking a worker -------------------------------------------------------------------
 
-    async def acquire(self, bundle: str) -> WarmWorker | None:
-        """A ready worker bound to ``bundle``, or None when all workers are busy."""
+    async def acquire(self, code: str) -> WarmWorker | None:
+        """A ready worker bound to ``code``, or None when all workers are busy."""
         self._fill()
-        worker = self._pick(bundle)
+        worker = self._pick(code)
         if worker is None:
             return None
         worker.reserved = True
-        worker.bundle = bundle
+        worker.code = code
         try:
             await asyncio.shield(worker.ready)
         except BaseException:
@@ -109,16 +110,16 @@ class WorkerPool:
     def _live(self) -> list[WarmWorker]:
         return [w for w in self._workers if not w.retiring]
 
-    def _pick(self, bundle: str) -> WarmWorker | None:
+    def _pick(self, code: str) -> WarmWorker | None:
         free = [w for w in self._workers if w.free]
         free.sort(key=lambda w: not w.ready.done())  # ready ones first
-        for wanted in (bundle, None):
+        for wanted in (code, None):
             for worker in free:
-                if worker.bundle == wanted:
+                if worker.code == wanted:
                     return worker
         if len(self._live()) < self.config.size:
             return self._start()
-        if free:  # every slot holds an idle worker of another bundle: recycle one
+        if free:  # every slot holds an idle worker of other code: recycle one
             self._retire(free[0])
             return self._start()
         return None

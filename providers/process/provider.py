@@ -157,13 +157,15 @@ class ProcessProvider(Provider):
     ) -> Handle | None:
         """Run the step in a warm worker of its bundle; None when every worker is busy."""
         pool = self._warm_pool()
-        worker = await pool.acquire(bundle)
+        env = self._environment(spec)
+        # The step's code: its bundle and the PYTHONPATH a fresh interpreter would import from.
+        worker = await pool.acquire(f"{bundle}\0{env['PYTHONPATH']}")
         if worker is None:
             return None
         for name in (STDOUT_LOG, STDERR_LOG):
             (work_dir / name).touch()
         started_at_ms = int(time.time() * 1000)
-        job = await pool.run(worker, work_dir, cwd, self._environment(spec))
+        job = await pool.run(worker, work_dir, cwd, env)
         self._jobs[str(work_dir)] = job
         data = {
             "warm": True,

@@ -415,3 +415,26 @@ def test_worker_leads_its_own_process_group(bundle: Path) -> None:
 
     handle = run(provider, scenario)
     assert handle.data["start_time"] is not None
+
+
+def test_pythonpath_of_the_step_is_on_its_import_path(tmp_path: Path, bundle: Path) -> None:
+    # A fresh interpreter imports from PYTHONPATH (config or option env); so does a warm
+    # worker, and steps with another PYTHONPATH (other code) never share its worker.
+    libs = []
+    for label in ("A", "B"):
+        libs.append(tmp_path / f"lib-{label}")
+        libs[-1].mkdir()
+        (libs[-1] / "same_name.py").write_text(SAME_NAME.format(label=label))
+    provider = ProcessProvider({**FAST, "warm_workers": 2})
+    specs = [
+        replace(
+            H.spec(bundle, "which", module="same_name"),
+            options={"env": {"PYTHONPATH": str(lib)}},
+        )
+        for lib in (libs[0], libs[1], libs[0])
+    ]
+    done = run(provider, lambda s: run_all(s, provider, specs))
+    assert [result(o)[0] for _, o in done] == ["A", "B", "A"]
+    assert all(h.data["warm"] is True for h, _ in done)
+    pids = [h.data["pid"] for h, _ in done]
+    assert pids[0] == pids[2] != pids[1]
