@@ -1,8 +1,9 @@
-"""The ``process`` provider: each attempt is a local subprocess in its own process group.
+"""The ``process`` provider: each attempt runs on this host, in a warm worker or a fresh process.
 
-Owns the provider (``provider``), the typed handle and the files an attempt leaves in its work
-dir (``state``), config and option checks (``config``) and reading process groups from
-``/proc`` (``proctree``).
+Owns the provider (``provider``), the pool of warm step workers and its pipe protocol
+(``pool``; the worker is ``meridian.stepworker``), the typed handle and the files an attempt
+leaves in its work dir (``state``), config and option checks (``config``) and watching
+processes and process groups by pid, pidfd and start time (``proctree``).
 """
 
 from __future__ import annotations
