@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
 from agent.results._errors import DigestMismatch, InvalidKey
+from meridian.core.errors import ValidationError
 
 MAX_KEY_LENGTH = 1024
 MAX_KEY_SEGMENTS = 32
@@ -162,9 +163,16 @@ def attempt_key(run_id: str, step_key: str, attempt: int, name: str = "result") 
 def check_put(key: str, size: int, sha256: str) -> None:
     check_key(key)
     if type(size) is not int or size < 0:
-        raise DigestMismatch(f"size {size!r} must be a non-negative integer")
+        raise ValidationError(f"size {size!r} must be a non-negative integer")
     if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
-        raise DigestMismatch("sha256 must be 64 lowercase hexadecimal characters")
+        raise ValidationError("sha256 must be 64 lowercase hexadecimal characters")
+
+
+def check_older_than(older_than: datetime | None) -> datetime | None:
+    """Ages are compared with the services' timezone-aware times: a naive time is a bug."""
+    if older_than is not None and older_than.tzinfo is None:
+        raise ValidationError("older_than must be timezone-aware (e.g. datetime.now(UTC))")
+    return older_than
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -192,7 +200,8 @@ class SourceStream:
         self._label = label
         self._hash = hashlib.sha256()
         self._pos = 0
-        self._buffer = b""
+        self._pending = b""
+        self._offset = 0
         self._verified = False
         self._file: IO[bytes] | None = None
         self._chunks: Iterator[bytes] | None = None
@@ -243,15 +252,23 @@ class SourceStream:
                 n -= len(part)
             return b"".join(parts)
         assert self._chunks is not None
-        while len(self._buffer) < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            if not isinstance(chunk, bytes | bytearray | memoryview):
-                raise TypeError(f"a put source yields bytes, not {type(chunk).__name__}")
-            self._buffer += bytes(chunk)
-        data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
+        # Take slices of the current chunk without copying the rest of it each time: a
+        # source may yield one huge chunk.
+        parts = []
+        while n > 0:
+            if self._offset >= len(self._pending):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                if not isinstance(chunk, bytes | bytearray | memoryview):
+                    raise TypeError(f"a put source yields bytes, not {type(chunk).__name__}")
+                self._pending, self._offset = bytes(chunk), 0
+                continue
+            part = self._pending[self._offset : self._offset + n]
+            self._offset += len(part)
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
 
     def _fail(self, why: str) -> None:
         raise DigestMismatch(f"{self._label}: {why}; nothing was stored")

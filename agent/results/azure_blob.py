@@ -34,6 +34,7 @@ from agent.results._base import (
     VerifiedChunks,
     check_chunk_size,
     check_key,
+    check_older_than,
     check_prefix,
     check_put,
     check_ttl,
@@ -144,6 +145,7 @@ class AzureBlobStore:
 
     def list(self, prefix: str = "", older_than: datetime | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
+        check_older_than(older_than)
         strip = len(self._config.prefix)
         try:
             for props in self._container.list_blobs(
@@ -155,6 +157,7 @@ class AzureBlobStore:
             raise ResultStoreUnavailable(f"list {self._uri(prefix)}: {exc}") from None
 
     def abort_incomplete(self, older_than: datetime) -> int:
+        check_older_than(older_than)
         # Uncommitted blocks are invisible; the service discards them after seven days.
         return 0
 

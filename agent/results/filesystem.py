@@ -31,6 +31,7 @@ from agent.results._base import (
     VerifiedChunks,
     check_chunk_size,
     check_key,
+    check_older_than,
     check_prefix,
     check_put,
     file_digest,
@@ -115,6 +116,7 @@ class FilesystemStore:
 
     def list(self, prefix: str = "", older_than: datetime | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
+        check_older_than(older_than)
         directory, _, _ = prefix.rpartition("/")
         base = self._root / directory if directory else self._root
         for dirpath, dirnames, filenames in os.walk(base):
@@ -129,6 +131,7 @@ class FilesystemStore:
                         yield info
 
     def abort_incomplete(self, older_than: datetime) -> int:
+        check_older_than(older_than)
         removed = 0
         for part in self._incoming.glob("*.part"):
             with contextlib.suppress(FileNotFoundError):

@@ -32,6 +32,7 @@ from agent.results._base import (
     VerifiedChunks,
     check_chunk_size,
     check_key,
+    check_older_than,
     check_prefix,
     check_put,
     check_ttl,
@@ -124,6 +125,7 @@ class GcsStore:
 
     def list(self, prefix: str = "", older_than: datetime | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
+        check_older_than(older_than)
         strip = len(self._config.prefix)
         try:
             for blob in self._client.list_blobs(
@@ -135,6 +137,7 @@ class GcsStore:
             raise ResultStoreUnavailable(f"list {self._uri(prefix)}: {exc}") from None
 
     def abort_incomplete(self, older_than: datetime) -> int:
+        check_older_than(older_than)
         # Unfinished resumable sessions are invisible and expire in GCS after a week.
         return 0
 

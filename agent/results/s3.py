@@ -36,6 +36,7 @@ from agent.results._base import (
     VerifiedChunks,
     check_chunk_size,
     check_key,
+    check_older_than,
     check_prefix,
     check_put,
     check_ttl,
@@ -189,6 +190,7 @@ class S3Store:
 
     def list(self, prefix: str = "", older_than: datetime | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
+        check_older_than(older_than)
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self._config.bucket, Prefix=self._config.prefix + prefix
         )
@@ -204,6 +206,7 @@ class S3Store:
             raise self._error(exc, self._uri(prefix)) from None
 
     def abort_incomplete(self, older_than: datetime) -> int:
+        check_older_than(older_than)
         pages = self._client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self._config.bucket, Prefix=self._config.prefix
         )

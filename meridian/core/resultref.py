@@ -120,8 +120,7 @@ class ResultRef:
 
 def ref_problem(ref: ResultRef) -> str | None:
     """Why ``ref`` is not a valid reference, or ``None``."""
-    env_problem = validate_value(ref.environment) if isinstance(ref.environment, str) else "x"
-    if env_problem is not None:
+    if not isinstance(ref.environment, str) or validate_value(ref.environment) is not None:
         return f"environment {ref.environment!r} is not a valid environment name"
     if not isinstance(ref.store, str) or not _STORE_NAME_RE.match(ref.store):
         return f"store {ref.store!r} must be 1-63 lowercase letters, digits, '-' or '_'"

@@ -18,7 +18,6 @@ the file it is given; it imports pyarrow and pandas only when a value needs them
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 from collections.abc import Iterable
@@ -133,11 +132,8 @@ def _dump_json(value: Any, path: StrPath) -> None:
             for chunk in encoder.iterencode(value):
                 f.write(chunk)
     except (TypeError, ValueError) as exc:
-        hint = ""
-        if isinstance(value, float) and math.isnan(value):
-            hint = " (NaN is not JSON)"
         raise SerializerError(
-            f"the result is not JSON-serializable: {exc}{hint}; return JSON values, or a "
+            f"the result is not JSON-serializable: {exc}; return JSON values, or a "
             "DataFrame/Table for parquet, or opt in to pickle"
         ) from None
 

@@ -68,7 +68,7 @@ def test_sigkill_mid_upload_leaves_no_torn_object(
         [sys.executable, "-c", WRITER, json.dumps(table), str(SIZE), sha],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=conftest.Path(__file__).resolve().parents[3],
+        cwd=Path(__file__).resolve().parents[3],
         text=True,
     )
     try:
