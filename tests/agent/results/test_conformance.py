@@ -27,25 +27,9 @@ from agent.results import (
     ResultStoreError,
 )
 from tests.agent.results.conftest import StoreFactory
+from tests.agent.results.patterns import MiB, digest, pattern
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(300)]
-
-MiB = 1024 * 1024
-
-
-def _pattern(size: int, seed: int = 0, chunk: int = MiB) -> Iterator[bytes]:
-    """Deterministic, non-repeating-per-chunk bytes, produced without holding them all."""
-    for index, start in enumerate(range(0, size, chunk)):
-        block = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-        n = min(chunk, size - start)
-        yield (block * (n // 32 + 1))[:n]
-
-
-def _digest(size: int, seed: int = 0) -> str:
-    digest = hashlib.sha256()
-    for part in _pattern(size, seed):
-        digest.update(part)
-    return digest.hexdigest()
 
 
 def _read(store: ResultStore, location: ResultLocation, chunk_size: int = MiB) -> bytes:
@@ -106,18 +90,18 @@ def test_other_bytes_under_an_existing_key_conflict(store: ResultStore) -> None:
 
 @pytest.mark.parametrize("size", [100_000, 12 * MiB], ids=["single", "multipart"])
 def test_digest_or_size_mismatch_keeps_nothing(store: ResultStore, size: int) -> None:
-    sha = _digest(size)
+    sha = digest(size)
     with pytest.raises(DigestMismatch, match="sha256 is"):
-        store.put("bad", _pattern(size, seed=1), size, sha)
+        store.put("bad", pattern(size, seed=1), size, sha)
     with pytest.raises(DigestMismatch, match="ended after"):
-        store.put("bad", _pattern(size - 1), size, sha)
+        store.put("bad", pattern(size - 1), size, sha)
     with pytest.raises(DigestMismatch, match="more than the announced"):
-        store.put("bad", _pattern(size + 1), size, sha)
+        store.put("bad", pattern(size + 1), size, sha)
     with pytest.raises(ResultNotFound):
         store.stat("bad")
     assert list(store.list("")) == []
     # The key is still free: the right bytes go in.
-    location = store.put("bad", _pattern(size), size, sha)
+    location = store.put("bad", pattern(size), size, sha)
     assert store.stat("bad").size == size
     with store.open(location) as reader:
         assert sum(len(c) for c in reader) == size
@@ -139,21 +123,21 @@ def test_reader_checks_the_digest_before_the_last_chunk(store: ResultStore) -> N
 
 def test_large_object_streams_in_bounded_memory(store: ResultStore) -> None:
     size = 64 * MiB
-    sha = _digest(size)
-    location = store.put("big", _pattern(size), size, sha)
+    sha = digest(size)
+    location = store.put("big", pattern(size), size, sha)
     tracemalloc.start()
     try:
         chunks = 0
-        digest = hashlib.sha256()
+        seen = hashlib.sha256()
         with store.open(location, MiB) as reader:
             for chunk in reader:
                 assert len(chunk) <= MiB
-                digest.update(chunk)
+                seen.update(chunk)
                 chunks += 1
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert digest.hexdigest() == sha
+    assert seen.hexdigest() == sha
     assert chunks >= 64
     # Each backend holds a few copies of one request (<= 4 MiB here) at most; a reader that
     # buffered the object would show 64 MiB.

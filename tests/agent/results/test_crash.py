@@ -19,7 +19,7 @@ import pytest
 
 from agent.results import ResultNotFound, build_store, parse_result_stores
 from tests.agent.results import conftest
-from tests.agent.results.test_conformance import MiB, _digest, _pattern
+from tests.agent.results.patterns import MiB, digest, pattern
 from tests.support.deadlines import DEADLINE_S
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(300)]
@@ -28,13 +28,13 @@ SIZE = 24 * MiB
 WRITER = """
 import hashlib, json, sys, time
 from agent.results import build_store, parse_result_stores
-from tests.agent.results.test_conformance import _pattern
+from tests.agent.results.patterns import pattern
 
 table, size, sha = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 store = build_store(parse_result_stores(table).stores["results"])
 
 def chunks():
-    for i, chunk in enumerate(_pattern(size)):
+    for i, chunk in enumerate(pattern(size)):
         if i == size // len(chunk) // 2:
             print("HALF", flush=True)
             time.sleep(60)  # the test kills us here, mid-upload
@@ -63,7 +63,7 @@ def test_sigkill_mid_upload_leaves_no_torn_object(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     table = {"results": _table(backend, request, tmp_path)}
-    sha = _digest(SIZE)
+    sha = digest(SIZE)
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, json.dumps(table), str(SIZE), sha],
         stdout=subprocess.PIPE,
@@ -90,7 +90,7 @@ def test_sigkill_mid_upload_leaves_no_torn_object(
         # The unfinished upload is there to clean up (a .part file, a multipart upload).
         assert store.abort_incomplete(datetime.now(UTC) + timedelta(seconds=5)) >= 1
 
-    location = store.put("crash/result", _pattern(SIZE), SIZE, sha)
+    location = store.put("crash/result", pattern(SIZE), SIZE, sha)
     with store.open(location, 4 * MiB) as reader:
         assert sum(len(chunk) for chunk in reader) == SIZE  # digest checked on the way
     assert store.stat("crash/result").size == SIZE
