@@ -21,7 +21,7 @@ from control_plane.audit import VerifyReport
 from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.registry import AgentSession
-from control_plane.telemetry.fleet import agent_status
+from control_plane.telemetry.fleet import agent_status, last_heard
 from meridian.core.convert import error_to_proto, ms_from_time
 from meridian.core.kinds import EventKind
 from meridian.core.states import TERMINAL_RUN, TERMINAL_STEP, AttemptState, StepState
@@ -289,7 +289,7 @@ def agent_info(
         capacity=agent.capacity,
         in_use=held,
         version=agent.version,
-        last_heartbeat_unix_ms=ms_from_time(agent.last_heartbeat_at),
+        last_heartbeat_unix_ms=ms_from_time(last_heard(agent, live, now)),
         status=status,
         hostname=agent.hostname,
         cert_fingerprint=agent.cert_fingerprint,

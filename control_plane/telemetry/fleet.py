@@ -54,6 +54,16 @@ def agent_facts(agent: StoredAgent, live: LiveSession | None, now: dt.datetime) 
     )
 
 
+def last_heard(
+    agent: StoredAgent, live: LiveSession | None, now: dt.datetime
+) -> dt.datetime | None:
+    """When the agent was last heard from: from its live stream when connected here (the
+    stored time is refreshed only now and then, decision 0017), else the stored heartbeat."""
+    if live is not None:
+        return now - dt.timedelta(seconds=live.silent_for())
+    return agent.last_heartbeat_at
+
+
 def agent_status(
     agent: StoredAgent, live: LiveSession | None, now: dt.datetime, policy: HeartbeatPolicy
 ) -> FleetStatus:

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 
 from control_plane import audit
 from control_plane.store import queries
-from control_plane.telemetry.fleet import agent_status
+from control_plane.telemetry.fleet import agent_status, last_heard
 from control_plane.web import timeline
 from control_plane.web.guard import console_of, page, query
 from control_plane.web.html import (
@@ -456,7 +456,7 @@ async def fleet(request: Request, session: Session) -> Response:
                 ", ".join(f"{k}={v}" for k, v in sorted(agent.labels.items())),
                 ", ".join(str(p) for p in agent.providers),
                 f"{in_use}/{agent.capacity}",
-                age(agent.last_heartbeat_at, now),
+                age(last_heard(agent, session_live, now), now),
                 Markup(expiry),
                 agent.version,
                 manage,

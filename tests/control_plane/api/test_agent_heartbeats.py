@@ -5,6 +5,8 @@ plain heartbeats run no use case and commit nothing, while one that changes the 
 
 from __future__ import annotations
 
+import time
+
 from control_plane.store.db import Store
 from protos.meridian.v1 import agent_pb2, control_pb2
 from tests.control_plane.api.test_edges import (
@@ -26,10 +28,14 @@ def store_of(running: Edge) -> Store:
     return store
 
 
-def status(running: Edge, agent_id: str) -> str:
+def info(running: Edge, agent_id: str) -> control_pb2.AgentInfo:
     listed = running.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=10)
-    (info,) = [a for a in listed.agents if a.agent_id == agent_id]
-    return info.status
+    (found,) = [a for a in listed.agents if a.agent_id == agent_id]
+    return found
+
+
+def status(running: Edge, agent_id: str) -> str:
+    return info(running, agent_id).status
 
 
 def test_plain_heartbeats_commit_nothing_and_a_status_change_is_stored(
@@ -63,3 +69,23 @@ def test_plain_heartbeats_commit_nothing_and_a_status_change_is_stored(
     )
     assert store.stats.by_use_case["agent_heartbeat"] == written + 2
     assert status(edge, agent.agent_id) == "connected"
+
+
+def test_agents_list_shows_the_last_heartbeat_heard_not_the_last_stored(
+    edge: Edge,  # noqa: F811 (the imported fixture)
+) -> None:
+    agent = enrolled_agent(edge, "edge-heard")
+    stream = AgentStream(agent.stub)
+    edge.closers.append(stream.close)
+    stream.send(hello("heard"))
+    stream.recv_until("welcome")
+    connected_ms = info(edge, agent.agent_id).last_heartbeat_unix_ms
+    time.sleep(0.05)  # so that "later" is a different millisecond
+    sent_ms = int(time.time() * 1000)
+    stream.send(heartbeat())
+    # Not written to the store, yet agents list tells when it was heard (read from the stream).
+    poll_until(
+        lambda: info(edge, agent.agent_id).last_heartbeat_unix_ms >= sent_ms,
+        message="agents list to show the heartbeat just sent",
+    )
+    assert info(edge, agent.agent_id).last_heartbeat_unix_ms > connected_ms
