@@ -3,7 +3,8 @@
 #
 # The Azure Blob result-store tests (tests/agent/results) start `azurite-blob` from
 # .ci/azurite/node_modules/.bin on a free 127.0.0.1 port with a temporary location. Idempotent:
-# does nothing when the pinned version is already installed. Without node/npm it prints a note
+# does nothing when the pinned version is already installed (the tests also run it when node
+# and npm are present but Azurite is not). Without node/npm it prints a note
 # and exits 0: those tests are then skipped with a reason that names this script.
 set -euo pipefail
 cd "$(dirname "$0")"
