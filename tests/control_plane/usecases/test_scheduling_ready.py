@@ -22,8 +22,14 @@ from control_plane.usecases.runs import cancel_run
 from control_plane.usecases.scheduling import load_ready, scheduling_pass
 from control_plane.usecases.steps import submit_steps
 from meridian.core.states import AttemptState
-from tests.control_plane.usecases.helpers import SLOTS, T0, new_run, run_at, spec
+from tests.control_plane.usecases.helpers import SLOTS, T0, apply, new_run, report, run_at, spec
 
+TRANSIENT = {
+    "error_class": "transient",
+    "type": "builtins.ValueError",
+    "message": "boom",
+    "traceback": "",
+}
 ONE_FREE_SLOT = [dataclasses.replace(SLOTS[0], in_use=1), dataclasses.replace(SLOTS[1], in_use=2)]
 
 
@@ -115,3 +121,27 @@ def test_the_queue_knows_the_next_retry_and_deadline(store: Store) -> None:
     run_at(store, entry.deadline, scheduling_pass, SLOTS, ready=ready)
     assert states(store, run_id) == {AttemptState.FAILED: 3}
     assert len(ready) == 0
+
+
+def test_every_way_of_queueing_an_attempt_announces_it_to_the_ready_queue(store: Store) -> None:
+    run_id = new_run(store)
+    subs = [
+        StepSubmission(key=f"map#{i}", spec=spec(target="cloud=aws"), inputs_json="{}")
+        for i in range(3)
+    ]
+    _, effects = run_at(store, T0, submit_steps, run_id, subs)  # stored in bulk
+    assert [e.target for e in effects.queued] == ["cloud=aws"] * 3
+    assert effects.wake_scheduler
+    run_at(store, T0, scheduling_pass, SLOTS)
+    attempt = store.run_sync(
+        lambda s: s.scalars(
+            select(AttemptRow).where(
+                AttemptRow.flow_run_id == run_id, AttemptRow.state == AttemptState.ASSIGNED
+            )
+        ).first()
+    )
+    assert attempt is not None
+    failed = report(attempt, 1, "finished", outcome="FAILED", error=TRANSIENT)
+    _, _, effects = apply(store, "a1", [failed])
+    (retry,) = effects.queued  # the retry, queued after its delay
+    assert retry.step_run_id == attempt.step_run_id and retry.not_before > T0
