@@ -177,7 +177,8 @@ class ProcessProvider(Provider):
             "started_at_ms": started_at_ms,
             "worker_step": job.number,
         }
-        return Handle("process", f"worker:{worker.pid}:{job.number}", data)
+        # Like a fresh step's, the resource id names the process the step runs in.
+        return Handle("process", f"pid:{worker.pid}", data)
 
     def _warm_pool(self) -> WorkerPool:
         loop = asyncio.get_running_loop()

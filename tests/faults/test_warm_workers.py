@@ -1,12 +1,12 @@
 """Warm step workers through a real control plane and real agent processes.
 
-The worker a step ran in is visible from outside: a warm attempt's resource id is
-``worker:<pid>:<n>`` (its worker's pid and the worker's n-th step), and the steps here return
-their own pid.
+The process a step ran in is visible from outside: an attempt's resource id is ``pid:<pid>``
+(for a warm attempt, its worker's pid), and the steps here return their own pid.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,9 +108,9 @@ def _attempts(detail: models.RunDetail, name: str) -> list[models.AttemptDetail]
     return [a for s in detail.steps if s.key.startswith(name + "#") for a in s.attempts]
 
 
-def _worker_pid(attempt: models.AttemptDetail) -> int:
-    kind, pid, _number = attempt.resource_id.split(":")
-    assert kind == "worker", attempt.resource_id
+def _pid(attempt: models.AttemptDetail) -> int:
+    kind, pid = attempt.resource_id.split(":")
+    assert kind == "pid", attempt.resource_id
     return int(pid)
 
 
@@ -119,12 +119,12 @@ def test_steps_of_a_flow_reuse_one_warm_worker(estate: Estate) -> None:
     assert detail.state == "COMPLETED"
     warm = _attempts(detail, "whoami")
     assert [a.state for a in warm] == ["SUCCEEDED"] * 3
-    # One agent, one step at a time: the same worker ran all three, one after another.
-    pids = {_worker_pid(a) for a in warm}
-    assert len(pids) == 1
-    assert sorted(int(a.resource_id.split(":")[2]) for a in warm) == [1, 2, 3]
+    # One agent, one step at a time: the same worker ran all three, one after another, and
+    # each step itself ran in that process.
+    (worker,) = {_pid(a) for a in warm}
     (fresh,) = _attempts(detail, "fresh")
-    assert fresh.resource_id.startswith("pid:") and int(fresh.resource_id[4:]) not in pids
+    assert json.loads(detail.result_json) == [worker, worker, worker, _pid(fresh)]
+    assert _pid(fresh) != worker  # isolation="process": an interpreter of its own
 
 
 def test_a_crashing_step_fails_only_its_attempt(estate: Estate) -> None:
@@ -137,7 +137,7 @@ def test_a_crashing_step_fails_only_its_attempt(estate: Estate) -> None:
     before, after = (_attempts(detail, "whoami")[i] for i in (0, 1))
     assert before.state == after.state == "SUCCEEDED"
     # The crashed worker was replaced: the step after it ran in another worker.
-    assert _worker_pid(after) != _worker_pid(crashed)
+    assert _pid(after) != _pid(crashed)
 
 
 def test_restarted_agent_collects_a_step_in_flight_in_a_warm_worker(
@@ -154,7 +154,7 @@ def test_restarted_agent_collects_a_step_in_flight_in_a_warm_worker(
         return found[0] is not None and bool(found[0].resource_id)
 
     estate.wait_until(recorded, "the step to run in a warm worker")
-    assert found[0] is not None and found[0].resource_id.startswith("worker:")
+    assert found[0] is not None
     estate.kill_agent("warm")
     estate.start_agent("warm", "warm", {"site": "warm"})
     assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
@@ -164,4 +164,4 @@ def test_restarted_agent_collects_a_step_in_flight_in_a_warm_worker(
     (only,) = _attempts(detail, "in_flight")
     assert only.state == "SUCCEEDED"
     assert len(starts(work, "in_flight")) == 1  # re-attached, not run again
-    assert detail.result_json == str(_worker_pid(only))  # the old agent's worker finished it
+    assert detail.result_json == str(_pid(only))  # the old agent's worker finished it

@@ -160,7 +160,7 @@ def test_worker_is_reused_for_the_next_step_of_its_bundle(bundle: Path) -> None:
     provider = ProcessProvider({**FAST, "warm_workers": 1})
     specs = [H.spec(bundle, "who"), H.spec(bundle, "who")]
     (h1, o1), (h2, o2) = run(provider, lambda s: run_all(s, provider, specs))
-    assert h1.data["warm"] is True and h1.resource_id.startswith("worker:")
+    assert h1.data["warm"] is True and h1.resource_id == f"pid:{h1.data['pid']}"
     assert h1.data["pid"] == h2.data["pid"]
     assert (h1.data["worker_step"], h2.data["worker_step"]) == (1, 2)
     # The step itself ran in that worker, and the module was imported once for both steps.
@@ -291,7 +291,7 @@ def test_isolation_process_runs_a_fresh_interpreter(bundle: Path) -> None:
         H.spec(bundle, "who"),
     ]
     (warm, o1), (fresh, o2), (again, o3) = run(provider, lambda s: run_all(s, provider, specs))
-    assert fresh.resource_id.startswith("pid:") and "warm" not in fresh.data
+    assert "warm" not in fresh.data and "worker_step" not in fresh.data
     assert result(o2) == {"pid": fresh.data["pid"], "count": 1}  # its own interpreter
     assert fresh.data["pid"] != warm.data["pid"] == again.data["pid"]
     assert [result(o1)["count"], result(o3)["count"]] == [1, 2]
@@ -336,7 +336,7 @@ def test_busy_pool_runs_the_step_in_a_fresh_process(bundle: Path) -> None:
 
     busy, extra, outcome = run(provider, scenario)
     assert busy.data["warm"] is True
-    assert extra.resource_id.startswith("pid:")
+    assert "warm" not in extra.data
     assert result(outcome)["pid"] == extra.data["pid"]
 
 
@@ -399,7 +399,7 @@ def test_pool_off_runs_every_step_fresh(bundle: Path) -> None:
     provider = ProcessProvider({**FAST, "warm_workers": 0})
     specs = [H.spec(bundle, "who"), H.spec(bundle, "who")]
     done = run(provider, lambda s: run_all(s, provider, specs))
-    assert all(h.resource_id.startswith("pid:") for h, _ in done)
+    assert not any("warm" in h.data for h, _ in done)
     assert [result(o)["count"] for _, o in done] == [1, 1]
 
 
