@@ -104,6 +104,11 @@ class ReadyQueue:
             if first.not_before <= now:
                 yield key, first, len(members)
 
+    def due_needs(self, now: dt.datetime) -> set[tuple[str, str]]:
+        """(target, provider) of every group whose oldest entry may start now: what queued
+        work waits for, one pair per distinct need (cheap to test slots against)."""
+        return {(key[1], key[2]) for key, _, _ in self.groups(now)}
+
     def expired(self, now: dt.datetime) -> bool:
         """Whether some entry's schedule deadline has passed."""
         due = self._head(self._deadlines)

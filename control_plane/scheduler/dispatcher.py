@@ -7,7 +7,14 @@ only periodic work is the lost-agent sweep, which runs every heartbeat interval.
 Queued attempts are kept in memory (``orchestration.ready.ReadyQueue``): rebuilt from the store
 at start and at every sweep, fed by committed effects. Effects arrive while a pass may be
 reading the queue on the store's thread, so ``apply`` only notes the changes; the loop makes
-them between passes. Approval
+them between passes.
+
+``queue_and_assign`` lets a submission assign its own attempts in the transaction that queues
+them when a matching agent has a free slot: the slots are reserved in the registry first (every
+planner counts them as in use), and released once the effects are applied or the transaction
+failed. It only does so while no pass is running (the pass reads the queue on the store's
+thread) and when no due attempt in the queue could use those slots (a new submission never
+overtakes work already waiting for the same agents). Approval
 deadlines are stored timers too: checked when the next one falls due (learnt from the
 database at every sweep, so a restart or another replica's approvals are found) and when a
 new one is created here.
@@ -19,18 +26,28 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
+from control_plane.orchestration.matching import accepts_work, could_run
+from control_plane.orchestration.planning import ReadyAttempt, plan
 from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
 from control_plane.orchestration.values import DecisionOut, Effects
-from control_plane.scheduler.registry import AgentRegistry
+from control_plane.scheduler.registry import AgentRegistry, Reservation
 from control_plane.store.db import Store
 from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.approvals import expire_approvals
 from control_plane.usecases.runs import crash_runs_with_lapsed_leases
-from control_plane.usecases.scheduling import load_ready, scheduling_pass
+from control_plane.usecases.scheduling import (
+    cached_selector,
+    load_ready,
+    queue_and_assign,
+    scheduling_pass,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -65,6 +82,8 @@ class Dispatcher:
         self._queued: list[ReadyEntry] = []
         self._left: list[str] = []
         self._resync = True  # rebuild the queue from the store before the next pass
+        # A pass (or the queue's rebuild) is running: it reads the queue on the store's thread.
+        self._in_pass = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatcher")
@@ -91,6 +110,7 @@ class Dispatcher:
             self._wake.clear()
             if self._stopping:
                 return
+            self._in_pass = True
             try:
                 await self._pass()
             except Exception:  # a bad pass must not stop dispatching for everyone
@@ -101,6 +121,8 @@ class Dispatcher:
                 self._ready.explained_runs.clear()
                 await asyncio.sleep(0.5)
                 self._wake.set()
+            finally:
+                self._in_pass = False
 
     def _seconds_to_next_due(self) -> float:
         now = self._store.clock()
@@ -130,11 +152,82 @@ class Dispatcher:
             ready=self._ready,
         )
 
+    async def queue_and_assign(
+        self,
+        needs: Iterable[tuple[str, str]],
+        usecase: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``usecase`` (which queues attempts asking for ``needs``: (target, provider) per
+        attempt, in queue order) in a transaction that also assigns them to free slots
+        reserved for it now; what it cannot assign stays queued for the pass.
+
+        The transaction runs as a task of its own, shielded from the caller's cancellation:
+        once it may have committed assignments, their effects (the Assign frames) must be
+        applied and the reservation released whatever happens to the request.
+        """
+        reservation = self._reserve(needs)
+        if not reservation.slots:
+            return await self._store.transact(usecase, *args, **kwargs)
+
+        async def run() -> T:
+            try:
+                return await self._store.transact(
+                    queue_and_assign,
+                    reservation.slots,
+                    usecase,
+                    *args,
+                    tiebreak=self._passes,
+                    **kwargs,
+                )
+            finally:
+                reservation.release()
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
+
+    def _reserve(self, needs: Iterable[tuple[str, str]]) -> Reservation:
+        """Reserve the slots a plan of ``needs`` takes, among free slots no due queued attempt
+        could use (fairness: waiting work goes first, through the pass). Nothing while a pass
+        runs or before the queue was read from the store."""
+        if self._in_pass or self._resync or self._stopping:
+            return self._registry.reserve({})
+        self._update_ready()  # safe: no pass is reading the queue
+        waiting = [
+            (cached_selector(target), provider)
+            for target, provider in self._ready.due_needs(self._store.clock())
+        ]
+        free = [
+            slot
+            for slot in self._registry.slots(max_silence_s=self._max_silence_s)
+            if accepts_work(slot) and not any(could_run(s, p, slot) for s, p in waiting)
+        ]
+        if not free:
+            return self._registry.reserve({})
+        wanted = (
+            ReadyAttempt(str(i), cached_selector(target), provider)
+            for i, (target, provider) in enumerate(needs)
+        )
+        counts: dict[str, int] = {}
+        for assignment in plan(wanted, free, tiebreak=self._passes):
+            counts[assignment.agent_id] = counts.get(assignment.agent_id, 0) + 1
+        return self._registry.reserve(counts)
+
     def _update_ready(self) -> None:
         queued, self._queued = self._queued, []
         left, self._left = self._left, []
         self._ready.add(queued)
         self._ready.discard(left)
+
+    @property
+    def in_pass(self) -> bool:
+        """Whether a pass (or the queue's rebuild) is running now."""
+        return self._in_pass
+
+    @property
+    def queue_loaded(self) -> bool:
+        """Whether the ready queue was read from the store (before that nothing reserves)."""
+        return not self._resync
 
     @property
     def ready(self) -> ReadyQueue:

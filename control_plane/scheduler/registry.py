@@ -2,6 +2,12 @@
 
 The database is the truth for which attempts an agent holds; ``in_use`` here is a cache kept in
 step by the same code paths (set on connect, +1 per assignment sent, -1 per slot released).
+
+A *reservation* holds free slots for a transaction in flight that may assign into them (a
+submission assigning its own attempts, see ``Dispatcher.queue_and_assign``): until it is
+released every planner counts reserved slots as in use, so two transactions planned on the
+loop never hand out the same slot. Reservations are kept per agent id, not per stream, so a
+reconnect in the meantime does not free them.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ class AgentSession:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_seen
 
-    def slot(self) -> AgentSlot:
+    def slot(self, reserved: int = 0) -> AgentSlot:
+        """What planners see: ``reserved`` slots (held for a transaction in flight) count as
+        in use."""
         a = self.agent
         return AgentSlot(
             agent_id=a.agent_id,
@@ -81,7 +89,7 @@ class AgentSession:
             labels=a.labels,
             providers=a.providers,
             capacity=a.capacity,
-            in_use=self.in_use,
+            in_use=self.in_use + reserved,
             draining=self.draining,
             degraded=bool(self.degraded),
         )
@@ -90,9 +98,27 @@ class AgentSession:
         self.outbox.put_nowait(item)
 
 
+class Reservation:
+    """Free slots held for one transaction: ``slots`` are the held room only (``capacity`` is
+    the number held, ``in_use`` 0), what that transaction may plan on. ``release`` gives them
+    back; call it once the transaction's effects were applied (an assignment then counts in
+    ``in_use``) or it failed. Releasing twice is harmless."""
+
+    def __init__(self, registry: AgentRegistry, slots: tuple[AgentSlot, ...]) -> None:
+        self._registry = registry
+        self.slots = slots
+        self._released = not slots
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._registry.unreserve(self.slots)
+
+
 class AgentRegistry:
     def __init__(self) -> None:
         self._sessions: dict[str, AgentSession] = {}
+        self._reserved: dict[str, int] = {}  # agent id -> slots held by transactions in flight
 
     def add(self, session: AgentSession) -> AgentSession | None:
         """Register a stream; returns the session it replaces (to be closed)."""
@@ -112,7 +138,34 @@ class AgentRegistry:
 
     def slots(self, max_silence_s: float = float("inf")) -> list[AgentSlot]:
         """Slots of connected agents heard from within ``max_silence_s``."""
-        return [s.slot() for s in self._sessions.values() if s.silent_for() <= max_silence_s]
+        return [
+            s.slot(self._reserved.get(agent_id, 0))
+            for agent_id, s in self._sessions.items()
+            if s.silent_for() <= max_silence_s
+        ]
+
+    def reserve(self, counts: Mapping[str, int]) -> Reservation:
+        """Hold ``counts[agent_id]`` slots of each connected agent (the caller planned them on
+        ``slots()`` just before, on this same thread, so they are free)."""
+        held = []
+        for agent_id, count in counts.items():
+            session = self._sessions.get(agent_id)
+            if session is None or count <= 0:
+                continue
+            self._reserved[agent_id] = self._reserved.get(agent_id, 0) + count
+            held.append(dataclasses.replace(session.slot(), capacity=count, in_use=0))
+        return Reservation(self, tuple(held))
+
+    def reserved(self, agent_id: str) -> int:
+        return self._reserved.get(agent_id, 0)
+
+    def unreserve(self, slots: tuple[AgentSlot, ...]) -> None:
+        for slot in slots:
+            left = self._reserved.get(slot.agent_id, 0) - slot.capacity
+            if left > 0:
+                self._reserved[slot.agent_id] = left
+            else:
+                self._reserved.pop(slot.agent_id, None)
 
     def live_agents(self, now: dt.datetime) -> dict[str, LiveAgent]:
         """When each connected agent was last heard from, on the wall clock of ``now``."""

@@ -8,6 +8,10 @@ it from the store): a pass loads only the attempts it assigns (at most the free 
 oldest attempt of each group it explains, and the attempts whose deadline passed — however
 many are queued. Each loaded attempt is re-checked (``QUEUED``, and on PostgreSQL ``FOR UPDATE
 SKIP LOCKED``: another replica may hold it); entries that are no longer queued are dropped.
+
+``queue_and_assign`` runs a use case that queues attempts (a submission) and assigns them in
+the same transaction to slots the dispatcher reserved for it (one commit instead of two on
+the path to a step's start); what it does not assign stays queued for the next pass.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -39,6 +43,8 @@ MAX_WAITING_EVENTS_PER_PASS = 200
 MAX_STALE_PER_PASS = 1000
 _ID_CHUNK = 500
 _AGAIN = dt.timedelta(seconds=0.5)
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -71,6 +77,42 @@ def scheduling_pass(
         soon = tx.now + _AGAIN
         following = soon if following is None else min(following, soon)
     return following
+
+
+def queue_and_assign(
+    tx: Tx,
+    reserved: Sequence[AgentSlot],
+    usecase: Callable[..., T],
+    *args: Any,
+    tiebreak: int = 0,
+    **kwargs: Any,
+) -> T:
+    """Run ``usecase(tx, *args, **kwargs)``, then assign the attempts it queued (in queue
+    order) to ``reserved``: slots the caller holds for this transaction only, each one's
+    ``capacity`` being the room held. Attempts not assigned stay queued (and announced to
+    the ready queue) for the scheduling pass."""
+    result = usecase(tx, *args, **kwargs)
+    if reserved:
+        assign_queued(tx, reserved, tiebreak=tiebreak)
+    return result
+
+
+def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -> list[Assignment]:
+    """Assign attempts this transaction queued (``tx.effects.queued``, due now) to the
+    ``reserved`` slots; the assigned ones leave ``tx.effects.queued`` (the ready queue never
+    sees them). Returns the assignments made."""
+    due = (
+        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider)
+        for e in tx.effects.queued
+        if e.not_before <= tx.now
+    )
+    planned = plan(due, reserved, tiebreak=tiebreak)
+    if not planned:
+        return []
+    taken = _assign_planned(tx, planned)
+    assigned = {a.attempt_id for a in taken}
+    tx.effects.queued[:] = [e for e in tx.effects.queued if e.attempt_id not in assigned]
+    return taken
 
 
 def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
@@ -133,7 +175,7 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
         planned = plan(due, free, tiebreak=tiebreak)
         if not planned:
             return False
-        taken = _assign_planned(tx, planned)
+        taken = [a.agent_id for a in _assign_planned(tx, planned)]
         ready.discard(a.attempt_id for a in planned)
         stale += len(planned) - len(taken)
         if len(taken) == len(planned):
@@ -146,8 +188,8 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
         ]
 
 
-def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[str]:
-    """Assign the planned attempts still queued; returns the agent id of each assignment."""
+def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[Assignment]:
+    """Assign the planned attempts still queued; returns the assignments made."""
     ids = [a.attempt_id for a in planned]
     attempts = {
         a.id: a
@@ -160,14 +202,14 @@ def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[str]:
     steps = _by_id(tx, StepRunRow, {a.step_run_id for a in attempts.values()})
     runs = _by_id(tx, FlowRunRow, {a.flow_run_id for a in attempts.values()})
     agents = _by_id(tx, AgentRow, {a.agent_id for a in planned})
-    taken: list[str] = []
+    taken: list[Assignment] = []
     for assignment in planned:
         attempt = attempts.get(assignment.attempt_id)
         if attempt is None:
             continue  # not queued any more (or locked by another replica's pass)
         step = steps[attempt.step_run_id]
         assign_attempt(tx, attempt, step, runs[attempt.flow_run_id], agents[assignment.agent_id])
-        taken.append(assignment.agent_id)
+        taken.append(assignment)
     return taken
 
 
