@@ -157,8 +157,10 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         # should a scoped caller ever reach an unscoped run).
         targets = ((key, spec.target) for key, spec in submissions.specs())
         check_step_targets(targets, scope or caller)
-        submitted = await self._s.store.transact(
-            submit_steps, request.flow_run_id, submissions.calls
+        # Assigned in the same transaction when a matching agent has a free slot.
+        needs = ((call.spec.target, call.spec.provider) for call in submissions.calls)
+        submitted = await self._s.dispatcher.queue_and_assign(
+            needs, submit_steps, request.flow_run_id, submissions.calls
         )
         return views.submit_answer(submitted, submissions.singles, submissions.batch_sizes)
 
