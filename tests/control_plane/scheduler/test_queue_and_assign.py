@@ -72,8 +72,20 @@ def assigns(agent: AgentSession) -> list[AssignOut]:
     return found
 
 
+async def next_assigns(agent: AgentSession) -> list[AssignOut]:
+    """The Assign frames sent to ``agent``, waiting for at least one."""
+    sent: list[AssignOut] = []
+
+    def got() -> bool:
+        sent.extend(assigns(agent))
+        return bool(sent)
+
+    await apoll_until(got, message="an assignment")
+    return sent
+
+
 def attempts_of(store: Store, run_id: str) -> dict[str, AttemptRow]:
-    """Attempts by step key suffix-free step run id -> row, for the run."""
+    """The run's attempts by step run id (one attempt per step here)."""
     rows = store.run_sync(
         lambda s: list(s.scalars(select(AttemptRow).where(AttemptRow.flow_run_id == run_id)))
     )
@@ -154,8 +166,7 @@ async def without_a_free_slot_it_stays_queued_and_the_pass_assigns_it(store: Sto
         freed = Effects()
         freed.release("a1")  # the agent's running step ended
         dispatcher.apply(freed)
-        sent: list[AssignOut] = []
-        await apoll_until(lambda: sent.extend(assigns(a1)) or sent, message="the assignment")
+        sent = await next_assigns(a1)
         assert [a.step_run_id for a in sent] == [submitted.step_run_id]
         assert store.stats.by_use_case["scheduling_pass"] >= 1
     assert attempts_of(store, run_id)[submitted.step_run_id].state == AttemptState.ASSIGNED
@@ -258,15 +269,13 @@ async def attempts_already_waiting_are_not_overtaken(store: Store) -> None:
         assert store.stats.by_use_case["queue_and_assign"] == 0
         assert assigns(a1) == []
         dispatcher.wake()
-        sent: list[AssignOut] = []
-        await apoll_until(lambda: sent.extend(assigns(a1)) or sent, message="the assignment")
+        sent = await next_assigns(a1)
         assert [a.step_run_id for a in sent] == [old.step_run_id]
         # The new one is next, through the pass too.
         freed = Effects()
         freed.release("a1")
         dispatcher.apply(freed)
-        sent.clear()
-        await apoll_until(lambda: sent.extend(assigns(a1)) or sent, message="the assignment")
+        sent = await next_assigns(a1)
         assert [a.step_run_id for a in sent] == [new.step_run_id]
         await idle(dispatcher)
         # Work waiting for other agents does not hold back a submission a free slot fits.
