@@ -184,7 +184,10 @@ class Dispatcher:
             finally:
                 reservation.release()
 
-        return await asyncio.shield(asyncio.ensure_future(run()))
+        task = asyncio.ensure_future(run())
+        # Its caller may be gone when it fails: the error is its caller's, not the loop's.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
 
     def _reserve(self, needs: Iterable[tuple[str, str]]) -> Reservation:
         """Reserve the slots a plan of ``needs`` takes, among free slots no due queued attempt
