@@ -93,6 +93,7 @@ def submitted_from_proto(msg: control_pb2.SubmittedStep) -> models.SubmittedStep
         state=msg.state,
         existing=msg.existing,
         outcome=outcome_from_proto(msg.outcome) if msg.HasField("outcome") else None,
+        outcome_omitted=msg.outcome_omitted,
     )
 
 

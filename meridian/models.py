@@ -39,6 +39,7 @@ class SubmittedStep:
     state: str
     existing: bool = False
     outcome: StepOutcome | None = None  # set when the step run had already ended
+    outcome_omitted: bool = False  # it had ended, but the answer had no room: submit again
 
 
 @dataclass(frozen=True)

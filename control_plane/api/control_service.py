@@ -55,6 +55,9 @@ WATCH_SAFETY_WAKE_S = 15.0
 WATCH_PAGE = 500
 WATCH_BATCH_PAGE = 1000
 WATCH_BATCH_BYTES = 1024 * 1024
+# Stored outcomes of ended steps in one SubmitSteps answer (a resumed map's results may be
+# megabytes each): batch calls beyond it are answered ``outcome_omitted`` and asked again.
+MAX_ANSWER_OUTCOME_BYTES = 4 * 1024 * 1024
 SERVER_VERSION = "0.1.0"
 MAX_AUDIT_PAGE = 1000
 
@@ -160,7 +163,12 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         # Assigned in the same transaction when a matching agent has a free slot.
         needs = ((call.spec.target, call.spec.provider) for call in submissions.calls)
         submitted = await self._s.dispatcher.queue_and_assign(
-            needs, submit_steps, request.flow_run_id, submissions.calls
+            needs,
+            submit_steps,
+            request.flow_run_id,
+            submissions.calls,
+            outcome_bytes=MAX_ANSWER_OUTCOME_BYTES,
+            full_answers=submissions.singles,  # older clients send only these
         )
         return views.submit_answer(submitted, submissions.singles, submissions.batch_sizes)
 

@@ -183,9 +183,13 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
 
 def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
     answer = control_pb2.SubmittedStep(
-        key=step.key, step_run_id=step.step_run_id, state=step.state, existing=step.existing
+        key=step.key,
+        step_run_id=step.step_run_id,
+        state=step.state,
+        existing=step.existing,
+        outcome_omitted=step.outcome_omitted,
     )
-    if step.state in TERMINAL_STEP:
+    if step.state in TERMINAL_STEP and not step.outcome_omitted:
         answer.outcome.CopyFrom(
             control_pb2.StepOutcome(
                 step_run_id=step.step_run_id,

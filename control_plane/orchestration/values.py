@@ -28,6 +28,7 @@ class SubmittedStep:
     existing: bool
     result_json: str = ""  # set with error when the step run had already ended
     error: ErrorInfo | None = None
+    outcome_omitted: bool = False  # it had ended, but its outcome did not fit the answer
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ call the run made before (resume replays the body; completed steps are not run a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
@@ -21,7 +22,6 @@ from control_plane.store.tx import (
     record_event,
     record_events,
 )
-from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import ConflictError, NotFound
 from meridian.core.kinds import EventKind
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, StepSpec
@@ -32,12 +32,22 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def submit_steps(tx: Tx, run_id: str, submissions: Sequence[StepSubmission]) -> list[SubmittedStep]:
+def submit_steps(
+    tx: Tx,
+    run_id: str,
+    submissions: Sequence[StepSubmission],
+    *,
+    outcome_bytes: int | None = None,
+    full_answers: int = 0,
+) -> list[SubmittedStep]:
     """Store each call as a new step run with its first attempt queued, or answer with the
     step run its key already names (a retried request, a resumed run).
 
     New step runs, their attempts and their events are inserted in bulk (one executemany per
-    table): a 10,000-call fan-out is one transaction of a few statements.
+    table): a 10,000-call fan-out is one transaction of a few statements. The stored outcomes
+    of calls that had ended come back with their answers, at most ``outcome_bytes`` of them
+    (None: no limit) except for the first ``full_answers`` calls; the others are marked
+    ``outcome_omitted`` (the caller asks for them again).
     """
     run = tx.session.get(FlowRunRow, run_id, with_for_update=True)
     if run is None:
@@ -54,17 +64,7 @@ def submit_steps(tx: Tx, run_id: str, submissions: Sequence[StepSubmission]) -> 
         if step is not None:
             _check_same_inputs(run_id, sub.key, step.inputs_digest, inputs_digest)
             state = _reopen_after_resume(tx, run, step)
-            ended = state in TERMINAL_STEP
-            result.append(
-                SubmittedStep(
-                    sub.key,
-                    step.id,
-                    state,
-                    existing=True,
-                    result_json=(step.result_json or "") if ended else "",
-                    error=step.error if ended else None,
-                )
-            )
+            result.append(SubmittedStep(sub.key, step.id, state, existing=True))
             continue
         new = fresh.get(sub.key)
         repeated = new is not None
@@ -75,7 +75,36 @@ def submit_steps(tx: Tx, run_id: str, submissions: Sequence[StepSubmission]) -> 
         result.append(SubmittedStep(sub.key, new.step_id, StepState.PENDING, existing=repeated))
     if fresh:
         _insert_new_steps(tx, run_id, list(fresh.values()))
-    return result
+    return _with_outcomes(tx, result, outcome_bytes, full_answers)
+
+
+# Ended steps whose outcomes are read per statement: a few rows at a time, so that reading
+# stops close to the byte budget (a result may be megabytes).
+_OUTCOME_CHUNK = 20
+
+
+def _with_outcomes(
+    tx: Tx, answers: list[SubmittedStep], budget: int | None, full: int
+) -> list[SubmittedStep]:
+    """``answers`` with the stored outcome of each ended step, in order, while they fit."""
+    ended = [i for i, a in enumerate(answers) if a.existing and a.state in TERMINAL_STEP]
+    spent, out = 0, list(answers)
+    for start in range(0, len(ended), _OUTCOME_CHUNK):
+        chunk = ended[start : start + _OUTCOME_CHUNK]
+        ids = [answers[i].step_run_id for i in chunk]
+        query = select(StepRunRow.id, StepRunRow.result_json, StepRunRow.error).where(
+            StepRunRow.id.in_(ids)
+        )
+        stored = {row[0]: (row[1] or "", row[2]) for row in tx.session.execute(query)}
+        for i in chunk:
+            result_json, error = stored[answers[i].step_run_id]
+            size = len(result_json.encode()) + (len(repr(error.to_json())) if error else 0)
+            if budget is not None and i >= full and spent and spent + size > budget:
+                out[i] = dataclasses.replace(answers[i], outcome_omitted=True)
+                continue
+            spent += size
+            out[i] = dataclasses.replace(answers[i], result_json=result_json, error=error)
+    return out
 
 
 # Keys looked up per statement: well below every database's bound on bound parameters.
@@ -84,21 +113,19 @@ _LOOKUP_CHUNK = 900
 
 @dataclass(frozen=True)
 class _Known:
-    """What an answer for a key seen before needs: the step run's columns, not its ORM row
-    (a retried 10,000-call request would otherwise load and decode every spec)."""
+    """What an answer for a key seen before needs: a few of the step run's columns, not its
+    ORM row (a retried 10,000-call request would otherwise load and decode every spec, and
+    every result however large; outcomes are read afterwards, within the answer's budget)."""
 
     id: str
     inputs_digest: str
     state: StepState
-    result_json: str | None
-    error: ErrorInfo | None
     ended_at: dt.datetime | None
 
 
 def _known_steps(tx: Tx, run_id: str, keys: list[str]) -> dict[str, _Known]:
     known: dict[str, _Known] = {}
-    columns = (StepRunRow.id, StepRunRow.inputs_digest, StepRunRow.state,
-               StepRunRow.result_json, StepRunRow.error, StepRunRow.ended_at)  # fmt: skip
+    columns = (StepRunRow.id, StepRunRow.inputs_digest, StepRunRow.state, StepRunRow.ended_at)
     for i in range(0, len(keys), _LOOKUP_CHUNK):
         chunk = keys[i : i + _LOOKUP_CHUNK]
         query = select(StepRunRow.key, *columns).where(

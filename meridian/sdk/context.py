@@ -24,7 +24,7 @@ from typing import Protocol
 
 from meridian import models
 from meridian.core import sealing
-from meridian.core.errors import SealError, StepCancelled, StepFailed
+from meridian.core.errors import ConflictError, SealError, StepCancelled, StepFailed
 from meridian.core.sealing import KeyRing
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk._sealed import open_outcome
@@ -175,7 +175,7 @@ class FlowContext:
         chunks = list(self._chunks(fresh))
         for index, chunk in enumerate(chunks):
             try:
-                answers = self._submitter.submit_steps(self.flow_run_id, chunk)
+                self._send_chunk(chunk)
             except BaseException:
                 # Nothing from this chunk on reached the control plane: forget those keys so
                 # a retry in the flow body submits them again.
@@ -183,9 +183,18 @@ class FlowContext:
                     for sub in (s for c in chunks[index:] for s in c):
                         self._futures.pop(sub.key, None)
                 raise
+
+    def _send_chunk(self, chunk: list[models.StepSubmission]) -> None:
+        """Submit one chunk; ask again for the keys whose stored outcome did not fit the
+        answer (a resumed map with large results), until every ended call has its outcome."""
+        while chunk:
+            answers = self._submitter.submit_steps(self.flow_run_id, chunk)
             ended: list[tuple[StepFuture, models.StepOutcome]] = []
+            omitted: set[str] = set()
             with self._lock:
                 for answer in answers:
+                    if answer.outcome_omitted:
+                        omitted.add(answer.key)
                     future = self._futures.get(answer.key)
                     if future is not None:
                         future.step_run_id = answer.step_run_id
@@ -195,6 +204,11 @@ class FlowContext:
             for future, outcome in ended:
                 if not future.done():
                     self._resolve(future, outcome)
+            if omitted and not ended:  # the control plane always answers at least one
+                raise ConflictError(
+                    f"the control plane answered none of {len(omitted)} stored outcomes"
+                )
+            chunk = [sub for sub in chunk if sub.key in omitted]
 
     def _chunks(self, subs: list[models.StepSubmission]) -> Iterator[list[models.StepSubmission]]:
         """Consecutive calls in chunks bounded by count and by bytes on the wire."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from meridian import Permanent, SelectorError, Step, ValidationError, flow, step, wait
-from meridian.models import StepSubmission, SubmittedStep
+from meridian.models import StepOutcome, StepSubmission, SubmittedStep
 from meridian.sdk.context import FlowContext, activate
 
 
@@ -215,3 +215,29 @@ def test_steps_defined_inside_functions_cannot_be_dispatched() -> None:
         pytest.raises(ValidationError, match="module level"),
     ):
         local.submit()
+
+
+class StingySubmitter(RecordingSubmitter):
+    """Answers every call as ended, with room for two outcomes per answer."""
+
+    def submit_steps(
+        self, flow_run_id: str, submissions: Sequence[StepSubmission]
+    ) -> list[SubmittedStep]:
+        self.calls.append(list(submissions))
+        answers = []
+        for i, s in enumerate(submissions):
+            outcome = StepOutcome(f"sr-{s.key}", s.key, "COMPLETED", json.dumps(s.key))
+            answers.append(
+                SubmittedStep(s.key, f"sr-{s.key}", "COMPLETED", True, outcome)
+                if i < 2
+                else SubmittedStep(s.key, f"sr-{s.key}", "COMPLETED", True, outcome_omitted=True)
+            )
+        return answers
+
+
+def test_outcomes_left_out_of_an_answer_are_asked_for_again() -> None:
+    submitter = StingySubmitter()
+    with activate(FlowContext("run-1", submitter)):
+        futures = echo.map(range(5))
+    assert [f.result(timeout=0) for f in futures] == [f"echo#{i}" for i in range(1, 6)]
+    assert [len(call) for call in submitter.calls] == [5, 3, 1]

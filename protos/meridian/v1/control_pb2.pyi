@@ -94,18 +94,20 @@ class SubmitStepsRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepSubmission, _Mapping]]] = ..., batches: _Optional[_Iterable[_Union[StepBatch, _Mapping]]] = ...) -> None: ...
 
 class SubmittedStep(_message.Message):
-    __slots__ = ("key", "step_run_id", "state", "existing", "outcome")
+    __slots__ = ("key", "step_run_id", "state", "existing", "outcome", "outcome_omitted")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_OMITTED_FIELD_NUMBER: _ClassVar[int]
     key: str
     step_run_id: str
     state: str
     existing: bool
     outcome: StepOutcome
-    def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ..., outcome: _Optional[_Union[StepOutcome, _Mapping]] = ...) -> None: ...
+    outcome_omitted: bool
+    def __init__(self, key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., state: _Optional[str] = ..., existing: _Optional[bool] = ..., outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., outcome_omitted: _Optional[bool] = ...) -> None: ...
 
 class StepBatchAnswer(_message.Message):
     __slots__ = ("step_run_ids", "existing")

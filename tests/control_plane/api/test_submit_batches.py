@@ -300,3 +300,34 @@ def test_a_batched_watch_resumes_after_the_event_id_given(estate: Estate) -> Non
     request = control_pb2.WatchRunRequest(flow_run_id=run_id, after_event_id=middle, batched=True)
     rest = [u for m in api.WatchRun(request, metadata=metadata, timeout=60) for u in m.batch]
     assert rest == [u for u in everything if u.event_id > middle]
+
+
+def test_a_resumed_map_gets_every_stored_outcome_however_large(estate: Estate) -> None:
+    """30 results of 300 KB (9 MB) do not fit one answer (4 MiB of outcomes, 16 MiB
+    messages): the runner asks again for the ones left out, and every future resolves."""
+    big = '"' + "r" * 300_000 + '"'
+    with estate.client() as client:
+        run_id = new_run(client, estate)
+        runner = client.with_token(client.runner_tokens[run_id])
+        with activate(FlowContext(run_id, runner)):
+            parked.map(range(30))
+        store = Store(estate.config.database_url)
+        try:
+
+            def complete(session: Any) -> None:
+                query = select(StepRunRow).where(StepRunRow.flow_run_id == run_id)
+                for step_run in session.scalars(query):
+                    step_run.state, step_run.result_json = "COMPLETED", big
+
+            store.run_sync(complete)
+        finally:
+            store.close()
+        runner.finish_run(run_id, False)
+        resumed = client.resume_run(run_id)
+        again = client.with_token(resumed.runner_token)
+        calls = counted(again)
+        with activate(FlowContext(run_id, again)):
+            futures = parked.map(range(30))
+        assert all(f.done() and f.result() == big[1:-1] for f in futures)
+        assert calls.calls["SubmitSteps"] >= 3  # 4 MiB of outcomes per answer at most
+    assert estate.count(run_id, StepRunRow) == 30

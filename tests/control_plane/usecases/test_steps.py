@@ -150,3 +150,27 @@ def test_a_resumed_map_reuses_completed_calls_reruns_failed_ones_and_adds_new_on
         ("step.pending", "m#3"), ("attempt.queued", "m#3"),
         ("step.pending", "m#4"), ("attempt.queued", "m#4"),
     ]  # fmt: skip
+
+
+def test_stored_outcomes_in_an_answer_stay_within_the_byte_budget(store: Store) -> None:
+    run_id = new_run(store)
+    keys = [f"big#{i}" for i in range(1, 6)]
+    first, _ = run_at(store, T0, submit_steps, run_id, calls(keys))
+    result = '"' + "x" * 998 + '"'  # 1,000 bytes each
+
+    def complete(session: object) -> None:
+        for answer in first:
+            step = session.get(StepRunRow, answer.step_run_id)  # type: ignore[attr-defined]
+            step.state, step.result_json = "COMPLETED", result
+
+    store.run_sync(complete)
+    answers, _ = run_at(store, T0, submit_steps, run_id, calls(keys), outcome_bytes=2_500)
+    assert [a.outcome_omitted for a in answers] == [False, False, True, True, True]
+    assert [a.result_json for a in answers] == [result, result, "", "", ""]
+    # The first outcome always fits, however large; the first `full_answers` calls too.
+    tiny, _ = run_at(store, T0, submit_steps, run_id, calls(keys), outcome_bytes=10)
+    assert [a.outcome_omitted for a in tiny] == [False, True, True, True, True]
+    full, _ = run_at(store, T0, submit_steps, run_id, calls(keys), outcome_bytes=10, full_answers=4)
+    assert [a.outcome_omitted for a in full] == [False, False, False, False, True]
+    unbounded, _ = run_at(store, T0, submit_steps, run_id, calls(keys))
+    assert all(a.result_json == result and not a.outcome_omitted for a in unbounded)
