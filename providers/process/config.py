@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers.base import ProviderError
+from providers.base import ExecutionSpec, ProviderError
 
 CONFIG_KEYS = frozenset(
     {"python", "kill_grace_s", "env", "warm_workers", "worker_max_steps", "worker_max_rss_mib"}
@@ -90,3 +90,29 @@ def write_json_atomic(path: Path, value: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def worker_environment(config_env: Mapping[str, str]) -> dict[str, str]:
+    """A warm worker's own environment; each step gets its own (``step_environment``)."""
+    env = {**os.environ, **config_env}
+    path = [meridian_root(), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
+
+
+def step_environment(config_env: Mapping[str, str], spec: ExecutionSpec) -> dict[str, str]:
+    """The step's whole environment: the agent's, config ``env``, option ``env``, resolved
+    secrets, the bundle and ``meridian`` on ``PYTHONPATH`` and the ``MERIDIAN_*`` names."""
+    env = dict(os.environ)
+    env.update(config_env)
+    env.update(spec.options.get("env", {}))
+    env.update(spec.env)
+    path = [str(spec.bundle_dir.resolve())] if spec.bundle_dir else []
+    path.append(meridian_root())  # stepexec must import even from a bare bundle
+    if env.get("PYTHONPATH"):
+        path.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    env["MERIDIAN_ATTEMPT_ID"] = spec.attempt_id
+    env["MERIDIAN_FLOW_RUN_ID"] = spec.flow_run_id
+    env["MERIDIAN_STEP_KEY"] = spec.step_key
+    return env

@@ -22,8 +22,6 @@ Linux only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -32,7 +30,6 @@ from typing import Any, ClassVar
 
 from providers.base import (
     Capabilities,
-    ErrorInfo,
     ExecutionSpec,
     Handle,
     LogRecord,
@@ -46,8 +43,9 @@ from providers.process.config import (
     ISOLATIONS,
     OPTIONS_SCHEMA,
     PoolConfig,
-    meridian_root,
+    step_environment,
     string_map,
+    worker_environment,
     write_json_atomic,
 )
 from providers.process.pool import Finished, Job, WorkerPool
@@ -56,19 +54,15 @@ from providers.process.state import (
     STDERR_LOG,
     STDOUT_LOG,
     Attempt,
-    describe_exit,
+    conclude,
     ended_by,
     mark_ended,
-    stderr_tail,
 )
 from providers.shared.filetail import FileTail
 from providers.shared.logfollow import follow_tails
 from providers.shared.outcome import (
     OUTCOME_FILE,
     SPEC_FILE,
-    cancelled_detail,
-    read_outcome,
-    timeout_detail,
 )
 
 _POLL_S = 0.2  # re-attached warm attempts: how often to look for outcome.json
@@ -157,7 +151,7 @@ class ProcessProvider(Provider):
     ) -> Handle | None:
         """Run the step in a warm worker of its bundle; None when every worker is busy."""
         pool = self._warm_pool()
-        env = self._environment(spec)
+        env = step_environment(self.env, spec)
         # The step's code: its bundle and the PYTHONPATH a fresh interpreter would import from.
         worker = await pool.acquire(f"{bundle}\0{env['PYTHONPATH']}")
         if worker is None:
@@ -185,8 +179,12 @@ class ProcessProvider(Provider):
         if self._pool is None or self._pool.loop is not loop:
             if self._pool is not None:
                 self._pool.abandon()  # its event loop is gone (tests run one loop per case)
+            config_env = self.env
             self._pool = WorkerPool(
-                self.python, self._worker_environment, self.pool_config, self.kill_grace_s
+                self.python,
+                lambda: worker_environment(config_env),
+                self.pool_config,
+                self.kill_grace_s,
             )
         return self._pool
 
@@ -194,7 +192,7 @@ class ProcessProvider(Provider):
         self, spec: ExecutionSpec, work_dir: Path, cwd: Path
     ) -> asyncio.subprocess.Process:
         argv = [self.python, "-m", "meridian.stepexec", "--work-dir", str(work_dir)]
-        env = self._environment(spec)
+        env = step_environment(self.env, spec)
         with (
             open(work_dir / STDOUT_LOG, "ab") as out,
             open(work_dir / STDERR_LOG, "ab") as err,
@@ -221,28 +219,6 @@ class ProcessProvider(Provider):
             raise ProviderOptionsError(f"option 'cwd': {cwd} is not a directory")
         return cwd
 
-    def _worker_environment(self) -> dict[str, str]:
-        """A warm worker's own environment; each step gets its own on top (``_environment``)."""
-        env = {**os.environ, **self.env}
-        path = [meridian_root(), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-        env["PYTHONPATH"] = os.pathsep.join(path)
-        return env
-
-    def _environment(self, spec: ExecutionSpec) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.env)
-        env.update(spec.options.get("env", {}))
-        env.update(spec.env)
-        path = [str(spec.bundle_dir.resolve())] if spec.bundle_dir else []
-        path.append(meridian_root())  # stepexec must import even from a bare bundle
-        if env.get("PYTHONPATH"):
-            path.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(path)
-        env["MERIDIAN_ATTEMPT_ID"] = spec.attempt_id
-        env["MERIDIAN_FLOW_RUN_ID"] = spec.flow_run_id
-        env["MERIDIAN_STEP_KEY"] = spec.step_key
-        return env
-
     async def wait(self, handle: Handle) -> Outcome:
         attempt = Attempt.of(handle)
         if attempt.warm:
@@ -256,7 +232,7 @@ class ProcessProvider(Provider):
         await self._terminate(attempt, self.kill_grace_s)
         self._procs.pop(attempt.pid, None)
         # Reading outcome.json (it may be megabytes) and stderr happens off the event loop.
-        return await asyncio.to_thread(self._conclude, attempt, rc)
+        return await asyncio.to_thread(conclude, attempt, rc)
 
     async def _wait_exit(self, attempt: Attempt) -> tuple[int | None, bool]:
         """Wait for the step process to end; (returncode if known, whether it timed out)."""
@@ -283,7 +259,7 @@ class ProcessProvider(Provider):
                 await self._terminate(attempt, self.kill_grace_s)
         else:
             rc = await self._wait_reattached_warm(attempt)
-        return await asyncio.to_thread(self._conclude, attempt, rc)
+        return await asyncio.to_thread(conclude, attempt, rc)
 
     async def _wait_job(self, attempt: Attempt, job: Job) -> Finished:
         deadline = attempt.deadline()
@@ -333,32 +309,6 @@ class ProcessProvider(Provider):
             return await asyncio.wait_for(proc.wait(), 5.0)
         except TimeoutError:
             return None
-
-    def _conclude(self, attempt: Attempt, rc: int | None) -> Outcome:
-        reason = ended_by(attempt.work_dir)
-        if reason == "timed_out":
-            limit = f"{attempt.timeout_s:g}" if attempt.timeout_s is not None else "?"
-            message = f"step exceeded its timeout of {limit} s and was killed"
-            detail = timeout_detail(message)
-            return Outcome(state="timed_out", exit_code=rc, error=detail)
-        if reason == "cancelled":
-            detail = cancelled_detail()
-            return Outcome(state="cancelled", exit_code=rc, error=detail)
-        outcome = read_outcome(attempt.work_dir)
-        if outcome is not None:
-            if rc is None:  # re-attached: stepexec exits 0 on success and 1 on failure
-                rc = 0 if outcome.state == "succeeded" else 1
-            return dataclasses.replace(outcome, exit_code=rc)
-        if attempt.warm:
-            who = f"the warm worker running the step (pid {attempt.pid})"
-        else:
-            who = "step process"
-        message = f"{who} {describe_exit(rc)} without reporting an outcome"
-        tail = stderr_tail(attempt.work_dir)
-        if tail:
-            message += f"; last stderr lines:\n{tail}"
-        detail = ErrorInfo("infrastructure", "providers.base.ProviderError", message)
-        return Outcome(state="failed", exit_code=rc, error=detail)
 
     async def cancel(self, handle: Handle, grace_s: float) -> None:
         attempt = Attempt.of(handle)

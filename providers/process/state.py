@@ -7,13 +7,15 @@ restart.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from providers.base import Handle, ProviderError
+from providers.base import ErrorInfo, Handle, Outcome, ProviderError
+from providers.shared.outcome import cancelled_detail, read_outcome, timeout_detail
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
@@ -99,3 +101,31 @@ def describe_exit(rc: int | None) -> str:
             name = str(-rc)
         return f"exited with code {rc} (signal {name})"
     return f"exited with code {rc}"
+
+
+def conclude(attempt: Attempt, rc: int | None) -> Outcome:
+    """How the attempt ended, from its work dir and the exit code (None when unknown)."""
+    reason = ended_by(attempt.work_dir)
+    if reason == "timed_out":
+        limit = f"{attempt.timeout_s:g}" if attempt.timeout_s is not None else "?"
+        message = f"step exceeded its timeout of {limit} s and was killed"
+        detail = timeout_detail(message)
+        return Outcome(state="timed_out", exit_code=rc, error=detail)
+    if reason == "cancelled":
+        detail = cancelled_detail()
+        return Outcome(state="cancelled", exit_code=rc, error=detail)
+    outcome = read_outcome(attempt.work_dir)
+    if outcome is not None:
+        if rc is None:  # re-attached: stepexec exits 0 on success and 1 on failure
+            rc = 0 if outcome.state == "succeeded" else 1
+        return dataclasses.replace(outcome, exit_code=rc)
+    if attempt.warm:
+        who = f"the warm worker running the step (pid {attempt.pid})"
+    else:
+        who = "step process"
+    message = f"{who} {describe_exit(rc)} without reporting an outcome"
+    tail = stderr_tail(attempt.work_dir)
+    if tail:
+        message += f"; last stderr lines:\n{tail}"
+    detail = ErrorInfo("infrastructure", "providers.base.ProviderError", message)
+    return Outcome(state="failed", exit_code=rc, error=detail)
