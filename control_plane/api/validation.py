@@ -20,7 +20,7 @@ from meridian.core.errors import SelectorError, ValidationError
 from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector, validate_key, validate_value
-from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, OnAgentLost, StepSpec
+from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, Isolation, OnAgentLost, StepSpec
 from meridian.core.states import RunState
 from protos.meridian.v1 import common_pb2, control_pb2
 
@@ -171,6 +171,9 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
         raise ValidationError(f"{where}: retry_jitter must be between 0 and 1")
     if spec.on_agent_lost not in set(OnAgentLost):
         raise ValidationError(f"{where}: on_agent_lost must be 'retry', 'fail' or 'wait'")
+    if spec.isolation not in set(Isolation):
+        choices = " or ".join(repr(str(i)) for i in Isolation)
+        raise ValidationError(f"{where}: isolation must be {choices}, not {spec.isolation!r}")
     secrets = check_secret_references(dict(spec.secrets), where)
     if len(spec.retry_on) > 64 or any(len(t) > 512 for t in spec.retry_on):
         raise ValidationError(f"{where}: retry_on takes at most 64 type names")
@@ -183,6 +186,7 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
         spec,
         target=target,
         on_agent_lost=OnAgentLost(spec.on_agent_lost),
+        isolation=Isolation(spec.isolation),
         secrets=tuple(sorted(secrets.items())),
         retry_backoff=spec.retry_backoff or 1.0,
         schedule_timeout_s=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S,

@@ -228,6 +228,7 @@ def run_id(edge: Edge) -> str:
         ({"options_json": "[1, 2]"}, ("options must be a JSON object",)),
         ({"options_json": "{nope"}, ("not valid JSON",)),
         ({"retry_on": ["x"] * 65}, ("retry_on",)),
+        ({"isolation": "thread"}, ("isolation must be 'warm' or 'process'", "'thread'")),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )
