@@ -100,6 +100,8 @@ class ProcessProvider(Provider):
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._pool: WorkerPool | None = None
         self._jobs: dict[str, Job] = {}  # warm attempts of this instance, by work dir
+        # Set by wait() once an attempt ended, so its log follower reads the rest at once.
+        self._log_wakes: dict[str, asyncio.Event] = {}
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         super().validate_options(options)
@@ -221,6 +223,14 @@ class ProcessProvider(Provider):
 
     async def wait(self, handle: Handle) -> Outcome:
         attempt = Attempt.of(handle)
+        try:
+            return await self._wait(attempt)
+        finally:
+            wake = self._log_wakes.get(str(attempt.work_dir))
+            if wake is not None:
+                wake.set()
+
+    async def _wait(self, attempt: Attempt) -> Outcome:
         if attempt.warm:
             return await self._wait_warm(attempt)
         rc, timed_out = await self._wait_exit(attempt)
@@ -355,8 +365,13 @@ class ProcessProvider(Provider):
         async def ended() -> bool:
             return not self._active(attempt)
 
-        async for record in follow_tails(tails, ended, _LOG_POLL_S):
-            yield record
+        key = str(attempt.work_dir)
+        wake = self._log_wakes.setdefault(key, asyncio.Event())
+        try:
+            async for record in follow_tails(tails, ended, _LOG_POLL_S, wake):
+                yield record
+        finally:
+            self._log_wakes.pop(key, None)
 
     def _active(self, attempt: Attempt) -> bool:
         """Whether the step may still write output (checked every log poll: cheap, no scan)."""

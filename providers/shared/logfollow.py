@@ -23,6 +23,7 @@ All are async generators: the provider's own ``logs`` iterates them and turns or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ async def follow_tails(
     tails: Sequence[FileTail],
     ended: Callable[[], Awaitable[bool]],
     poll_interval_s: float,
+    wake: asyncio.Event | None = None,
 ) -> AsyncIterator[LogRecord]:
     """Yield the records of growing files, in file order per poll, until the attempt ended.
 
@@ -85,10 +87,15 @@ async def follow_tails(
     every tail in turn. Once ``ended`` said so, the rest of each file, including a last line
     without its newline, is yielded and the generator returns. It sleeps ``poll_interval_s``
     only after a poll that found nothing new, so a chatty step is followed without delay.
-    The tails are closed when the generator finishes or is closed early.
+    ``wake``, when given, cuts that sleep short: a provider sets it when it has seen the
+    attempt end, so the last read follows at once instead of up to a poll interval later (the
+    agent waits for the logs before it reports the outcome). The tails are closed when the
+    generator finishes or is closed early.
     """
     try:
         while True:
+            # Set before this ``ended`` check: it cannot make the next check any different.
+            woken_before = wake is not None and wake.is_set()
             done = await ended()
             got = False
             for tail in tails:
@@ -106,10 +113,20 @@ async def follow_tails(
                         yield record
                 return
             if not got:
-                await asyncio.sleep(poll_interval_s)
+                await _pause(poll_interval_s, None if woken_before else wake)
     finally:
         for tail in tails:
             tail.close()
+
+
+async def _pause(seconds: float, wake: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less if ``wake`` is (or gets) set: the attempt ended after this
+    poll's ``ended`` check, so the next check is worth making at once."""
+    if wake is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), seconds)
 
 
 async def follow_pages(

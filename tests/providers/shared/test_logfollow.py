@@ -17,6 +17,7 @@ from providers.base import LogRecord
 from providers.shared import logfollow
 from providers.shared.filetail import FileTail
 from providers.shared.logfollow import LogSnapshot, follow_pages, follow_snapshots, follow_tails
+from tests.support.deadlines import DEADLINE_S
 
 T = TypeVar("T")
 
@@ -157,6 +158,52 @@ def test_tails_are_closed_when_the_consumer_stops_early(tmp_path: Path) -> None:
 
     assert asyncio.run(first_only()).text == "first"
     assert tail._fh is None
+
+
+def test_a_wake_set_after_the_ended_check_cuts_the_pause_short(tmp_path: Path) -> None:
+    """The provider sets ``wake`` when it sees the attempt end; the follower then re-checks at
+    once instead of sleeping out its poll interval (an hour here: it would hang the test)."""
+    path = tmp_path / "out.log"
+    path.write_text("line\n")
+    wake = asyncio.Event()
+    checks: list[bool] = []
+
+    async def ended() -> bool:
+        checks.append(wake.is_set())
+        if len(checks) == 1:
+            wake.set()  # the attempt ends right after the first check, during the read
+            return False
+        return True
+
+    async def follow() -> list[LogRecord]:
+        return await asyncio.wait_for(
+            collect(follow_tails([FileTail("stdout", path)], ended, 3600.0, wake)), DEADLINE_S
+        )
+
+    records = asyncio.run(follow())
+    assert [r.text for r in records] == ["line"]
+    assert checks == [False, True]
+
+
+def test_a_wake_already_set_before_the_check_does_not_spin(
+    tmp_path: Path, sleeps: list[float]
+) -> None:
+    """A wake that was set before an ``ended`` check that still said no (the step's
+    leftovers are being cleaned up) pauses normally instead of polling in a tight loop."""
+    path = tmp_path / "out.log"
+    path.write_text("")
+    wake = asyncio.Event()
+    wake.set()
+    checks = 0
+
+    async def ended() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks >= 3
+
+    records = asyncio.run(collect(follow_tails([FileTail("stdout", path)], ended, 0.05, wake)))
+    assert records == []
+    assert sleeps == [0.05, 0.05]
 
 
 # ---- follow_pages --------------------------------------------------------------------------
