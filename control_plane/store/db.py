@@ -69,7 +69,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE takes the write lock at BEGIN (waiting up to busy_timeout). A deferred BEGIN
+    # would read first and upgrade at the first write, which SQLite refuses at once ("database
+    # is locked", no waiting) when another process (an offline admin command, a second store)
+    # committed in between. WAL readers are never blocked by it.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:
