@@ -84,11 +84,13 @@ def meridian_root() -> str:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
+    """Write ``value`` whole or not at all (temp file + rename). No fsync: the step process
+    reads the file at once, the page cache outlives an agent crash, and after a host crash
+    the step is gone anyway (its handle then says lost); an fsync here cost every step
+    milliseconds on the agent's event loop."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(value, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
