@@ -21,7 +21,11 @@ from protos.meridian.v1 import control_pb2
 
 def submission_to_proto(sub: models.StepSubmission) -> control_pb2.StepSubmission:
     return control_pb2.StepSubmission(
-        key=sub.key, spec=spec_to_proto(sub.spec), inputs_json=sub.inputs_json
+        key=sub.key,
+        spec=spec_to_proto(sub.spec),
+        inputs_json=sub.inputs_json,
+        cache_key=sub.cache_key,
+        cache_expires_after_s=sub.cache_expires_after_s,
     )
 
 
@@ -29,8 +33,8 @@ def submit_request(
     flow_run_id: str, submissions: Sequence[models.StepSubmission]
 ) -> control_pb2.SubmitStepsRequest:
     """The request for ``submissions``: each run of two or more consecutive calls sharing one
-    spec object (the calls of a ``map``) becomes a ``StepBatch`` carrying the spec once; any
-    other call is a single ``StepSubmission``."""
+    spec object and cache expiration (the calls of a ``map``) becomes a ``StepBatch`` carrying
+    them once; any other call is a single ``StepSubmission``."""
     request = control_pb2.SubmitStepsRequest(flow_run_id=flow_run_id)
     for group in _same_spec_runs(submissions):
         if len(group) == 1:
@@ -41,6 +45,8 @@ def submit_request(
                 spec=spec_to_proto(group[0].spec),
                 keys=[s.key for s in group],
                 inputs_json=[s.inputs_json for s in group],
+                cache_keys=[s.cache_key for s in group] if any(s.cache_key for s in group) else [],
+                cache_expires_after_s=group[0].cache_expires_after_s,
             )
         )
     return request
@@ -51,7 +57,11 @@ def _same_spec_runs(
 ) -> list[list[models.StepSubmission]]:
     runs: list[list[models.StepSubmission]] = []
     for sub in submissions:
-        if runs and runs[-1][0].spec is sub.spec:
+        if (
+            runs
+            and runs[-1][0].spec is sub.spec
+            and runs[-1][0].cache_expires_after_s == sub.cache_expires_after_s
+        ):
             runs[-1].append(sub)
         else:
             runs.append([sub])

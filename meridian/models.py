@@ -28,6 +28,9 @@ class StepSubmission:
     key: str
     spec: StepSpec
     inputs_json: str
+    # Caching across runs (meridian.core.cachekey): "" = not cached; 0 = no expiration.
+    cache_key: str = ""
+    cache_expires_after_s: float = 0.0
 
 
 @dataclass(frozen=True)

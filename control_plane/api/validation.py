@@ -37,6 +37,10 @@ MAX_SECONDS = 30 * 24 * 3600.0
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.<>]{0,511}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A cache key is a digest the SDK computes (meridian.core.cachekey: "ck1-<sha256 hex>"); the
+# bound leaves room for other versions without letting a key carry arbitrary text.
+CACHE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+MAX_CACHE_EXPIRATION_S = 3650 * 24 * 3600.0
 
 
 def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
@@ -109,15 +113,23 @@ def _batch(batch: control_pb2.StepBatch, number: int) -> list[StepSubmission]:
             f"{where} has {len(batch.keys)} keys but {len(batch.inputs_json)} inputs; "
             "give one inputs_json per key"
         )
+    if batch.cache_keys and len(batch.cache_keys) != len(batch.keys):
+        raise ValidationError(
+            f"{where} has {len(batch.keys)} keys but {len(batch.cache_keys)} cache keys; "
+            "give none or one per key"
+        )
     spec = validate_spec(batch.spec, f"{where} (step {batch.keys[0][:MAX_KEY]!r})")
+    cache_keys = list(batch.cache_keys) or [""] * len(batch.keys)
     return [
-        _call(key, inputs, spec) for key, inputs in zip(batch.keys, batch.inputs_json, strict=True)
+        _call(key, inputs, spec, cache_key, batch.cache_expires_after_s)
+        for key, inputs, cache_key in zip(batch.keys, batch.inputs_json, cache_keys, strict=True)
     ]
 
 
 def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
     _check_key(step.key)
-    return _call(step.key, step.inputs_json, validate_spec(step.spec, f"step {step.key!r}"))
+    spec = validate_spec(step.spec, f"step {step.key!r}")
+    return _call(step.key, step.inputs_json, spec, step.cache_key, step.cache_expires_after_s)
 
 
 def _check_key(key: str) -> None:
@@ -125,9 +137,12 @@ def _check_key(key: str) -> None:
         raise ValidationError(f"step key must be 1-{MAX_KEY} characters")
 
 
-def _call(key: str, inputs_json: str, spec: StepSpec) -> StepSubmission:
+def _call(
+    key: str, inputs_json: str, spec: StepSpec, cache_key: str = "", expires_after_s: float = 0.0
+) -> StepSubmission:
     _check_key(key)
     where = f"step {key!r}"
+    _check_cache(where, cache_key, expires_after_s)
     if len(inputs_json) > MAX_INPUTS_BYTES:
         raise ValidationError(
             f"{where}: inputs are {len(inputs_json)} bytes, above the limit of "
@@ -141,7 +156,29 @@ def _call(key: str, inputs_json: str, spec: StepSpec) -> StepSubmission:
     problem = sealed_inputs_problem(inputs) if "sealed" in inputs else None
     if problem:
         raise ValidationError(f"{where}: inputs_json: {problem}")
-    return StepSubmission(key=key, spec=spec, inputs_json=inputs_json or json.dumps(inputs))
+    if cache_key and "sealed" in inputs:
+        # A sealed result is bound to its run (docs/user-guide.md): another run cannot open it.
+        raise ValidationError(f"{where}: a step with sealed inputs cannot be cached")
+    return StepSubmission(
+        key=key,
+        spec=spec,
+        inputs_json=inputs_json or json.dumps(inputs),
+        cache_key=cache_key,
+        cache_expires_after_s=expires_after_s if cache_key else 0.0,
+    )
+
+
+def _check_cache(where: str, cache_key: str, expires_after_s: float) -> None:
+    if cache_key and not CACHE_KEY.match(cache_key):
+        raise ValidationError(
+            f"{where}: cache_key must be 1-128 characters of letters, digits and '_.:-', "
+            f"starting with a letter or digit (got {len(cache_key)} characters)"
+        )
+    if not (math.isfinite(expires_after_s) and 0.0 <= expires_after_s <= MAX_CACHE_EXPIRATION_S):
+        raise ValidationError(
+            f"{where}: cache_expires_after_s must be between 0 (no expiration) and "
+            f"{MAX_CACHE_EXPIRATION_S:.0f} seconds, got {expires_after_s!r}"
+        )
 
 
 def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:

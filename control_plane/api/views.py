@@ -215,7 +215,10 @@ def submit_answer(
         answer.batches.append(
             control_pb2.StepBatchAnswer(
                 step_run_ids=[s.step_run_id for s in calls],
-                existing=[submitted_step(s) for s in calls if s.existing],
+                # Calls that reused a cached result are answered here too, with their outcome.
+                existing=[
+                    submitted_step(s) for s in calls if s.existing or s.state in TERMINAL_STEP
+                ],
             )
         )
     return answer

@@ -18,6 +18,9 @@ class StepSubmission:
     key: str
     spec: StepSpec  # validated by the API layer
     inputs_json: str
+    # Caching across runs: reuse the newest completed result with this key ("" = never).
+    cache_key: str = ""
+    cache_expires_after_s: float = 0.0  # 0 = a result of any age
 
 
 @dataclass(frozen=True)

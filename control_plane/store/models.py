@@ -219,7 +219,13 @@ class FlowRunRow(Base):
 
 class StepRunRow(Base):
     __tablename__ = "step_runs"
-    __table_args__ = (UniqueConstraint("flow_run_id", "key"),)
+    __table_args__ = (
+        UniqueConstraint("flow_run_id", "key"),
+        # Caching across runs: the newest completed run of a key in a scope.
+        Index(
+            "ix_step_runs_cache_key_cache_scope_ended_at", "cache_key", "cache_scope", "ended_at"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     flow_run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id"), index=True)
@@ -235,6 +241,10 @@ class StepRunRow(Base):
     ended_at: Mapped[dt.datetime | None]
     # Every (re)assignment of any attempt of this step takes the next token.
     last_fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Caching across runs: the call's cache key (None = not cached) and its run's environment
+    # scope (comma-joined, "" = unscoped): a result is reused only within the same scope.
+    cache_key: Mapped[str | None] = mapped_column(String(128))
+    cache_scope: Mapped[str | None] = mapped_column(String(1024))
 
 
 class AttemptRow(Base):

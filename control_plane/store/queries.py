@@ -136,7 +136,7 @@ def events_after(
         .order_by(EventRow.id)
         .limit(limit)
     ).all()
-    ending = {"step.completed", "step.failed", "step.cancelled"}
+    ending = {"step.completed", "step.failed", "step.cancelled", "step.cached"}
     step_ids = {e.step_run_id for e in rows if e.kind in ending and e.step_run_id}
     steps = {
         s.id: s for s in session.scalars(select(StepRunRow).where(StepRunRow.id.in_(step_ids)))

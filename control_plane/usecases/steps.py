@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import JSON, Table, bindparam, func, insert, select
 
+from control_plane.orchestration.scopes import normalize
 from control_plane.orchestration.values import StepSubmission, SubmittedStep
 from control_plane.store.ids import new_id, new_ids
 from control_plane.store.models import AttemptRow, FlowRunRow, StepRunRow
@@ -55,6 +56,8 @@ def submit_steps(
     if run.state != RunState.RUNNING:
         raise ConflictError(f"flow run {run_id} is {run.state}; only RUNNING runs take new steps")
     known = _known_steps(tx, run_id, [s.key for s in submissions])
+    scope = cache_scope(run.scope)
+    hits = _cache_hits(tx, scope, [s for s in submissions if s.cache_key and s.key not in known])
     fresh: dict[str, _NewStep] = {}
     ids = iter(new_ids(2 * (len(submissions) - len(known))))  # a step run and its attempt
     result = []
@@ -71,11 +74,79 @@ def submit_steps(
         if new is not None:  # the same key twice in one call: one step run
             _check_same_inputs(run_id, sub.key, new.inputs_digest, inputs_digest)
         else:
-            new = fresh[sub.key] = _NewStep(next(ids), next(ids), sub, inputs_digest)
-        result.append(SubmittedStep(sub.key, new.step_id, StepState.PENDING, existing=repeated))
+            hit = hits.get(sub.key)
+            new = fresh[sub.key] = _NewStep(next(ids), next(ids), sub, inputs_digest, hit)
+        state = StepState.PENDING if new.hit is None else StepState.CACHED
+        result.append(SubmittedStep(sub.key, new.step_id, state, existing=repeated))
     if fresh:
-        _insert_new_steps(tx, run_id, list(fresh.values()))
+        _insert_new_steps(tx, run_id, scope, list(fresh.values()))
     return _with_outcomes(tx, result, outcome_bytes, full_answers)
+
+
+def cache_scope(scope: Sequence[str]) -> str:
+    """The stored form of a run's environment scope on its step runs ("" = unscoped)."""
+    return ",".join(normalize(scope))
+
+
+@dataclass(frozen=True)
+class _CacheHit:
+    """The completed step run whose result a call reuses."""
+
+    step_run_id: str
+    flow_run_id: str
+    key: str
+    result_json: str
+    ended_at: dt.datetime
+
+
+def _cache_hits(tx: Tx, scope: str, subs: Sequence[StepSubmission]) -> dict[str, _CacheHit]:
+    """For each call with a cache key: the newest COMPLETED step run with that key, in a run
+    of the same environment scope (one team never reads another's results), that completed
+    within the call's expiration. Keyed by the call's step key; calls without a hit are absent.
+
+    Only COMPLETED step runs count: a failed step is never reused, and a reused (CACHED) one
+    is not a source either, so a result's age is always that of the run that computed it."""
+    newest: dict[str, tuple[str, dt.datetime]] = {}
+    keys = sorted({s.cache_key for s in subs})
+    for i in range(0, len(keys), _LOOKUP_CHUNK):
+        query = (
+            select(StepRunRow.cache_key, StepRunRow.id, StepRunRow.ended_at)
+            .where(
+                StepRunRow.cache_key.in_(keys[i : i + _LOOKUP_CHUNK]),
+                StepRunRow.cache_scope == scope,
+                StepRunRow.state == StepState.COMPLETED,
+                StepRunRow.ended_at.is_not(None),
+            )
+            .order_by(StepRunRow.ended_at.desc())
+        )
+        for cache_key, step_id, ended_at in tx.session.execute(query):
+            if cache_key is not None and ended_at is not None:
+                newest.setdefault(cache_key, (step_id, ended_at))
+    fresh: dict[str, str] = {}
+    for sub in subs:
+        found = newest.get(sub.cache_key)
+        if found is None:
+            continue
+        age = tx.now - found[1]
+        if sub.cache_expires_after_s and age >= dt.timedelta(seconds=sub.cache_expires_after_s):
+            continue
+        fresh[sub.key] = found[0]
+    if not fresh:
+        return {}
+    sources: dict[str, _CacheHit] = {}
+    ids = sorted(set(fresh.values()))
+    for i in range(0, len(ids), _LOOKUP_CHUNK):
+        read = select(
+            StepRunRow.id,
+            StepRunRow.flow_run_id,
+            StepRunRow.key,
+            StepRunRow.result_json,
+            StepRunRow.ended_at,
+        ).where(StepRunRow.id.in_(ids[i : i + _LOOKUP_CHUNK]))
+        for step_id, run_id, key, result_json, ended_at in tx.session.execute(read):
+            assert ended_at is not None  # selected above for having ended
+            sources[step_id] = _CacheHit(step_id, run_id, key, result_json or "", ended_at)
+    return {key: sources[step_id] for key, step_id in fresh.items()}
 
 
 # Ended steps whose outcomes are read per statement: a few rows at a time, so that reading
@@ -87,7 +158,8 @@ def _with_outcomes(
     tx: Tx, answers: list[SubmittedStep], budget: int | None, full: int
 ) -> list[SubmittedStep]:
     """``answers`` with the stored outcome of each ended step, in order, while they fit."""
-    ended = [i for i, a in enumerate(answers) if a.existing and a.state in TERMINAL_STEP]
+    # Ended: known steps, and new calls that reused a cached result.
+    ended = [i for i, a in enumerate(answers) if a.state in TERMINAL_STEP]
     spent, out = 0, list(answers)
     for start in range(0, len(ended), _OUTCOME_CHUNK):
         chunk = ended[start : start + _OUTCOME_CHUNK]
@@ -150,6 +222,7 @@ class _NewStep:
     attempt_id: str
     sub: StepSubmission
     inputs_digest: str
+    hit: _CacheHit | None = None  # set when the call reuses a cached result
 
 
 _STEPS = cast(Table, StepRunRow.__table__)
@@ -159,15 +232,17 @@ _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _INSERT_STEPS = insert(_STEPS).values(spec=bindparam("stored_spec", type_=JSON()))
 
 
-def _insert_new_steps(tx: Tx, run_id: str, new: list[_NewStep]) -> None:
+def _insert_new_steps(tx: Tx, run_id: str, scope: str, new: list[_NewStep]) -> None:
     """Step runs (PENDING) and their first attempts (QUEUED), with the events ``_new_step``
     and ``queue_attempt`` would record, in one executemany per table. The spec's stored form
-    is computed once per distinct spec: the calls of a map share one."""
+    is computed once per distinct spec: the calls of a map share one. A call that reuses a
+    cached result is stored CACHED at once, with that result, no attempt and a
+    ``step.cached`` event naming where the result came from."""
     now = tx.now
     step_rows, attempt_rows, pending, queued = [], [], [], []
     stored_specs: dict[int, dict[str, Any]] = {}
     for item in new:
-        sub, spec = item.sub, item.sub.spec
+        sub, spec, hit = item.sub, item.sub.spec, item.hit
         stored = stored_specs.get(id(spec))
         if stored is None:
             stored = stored_specs[id(spec)] = spec.to_json()
@@ -180,11 +255,20 @@ def _insert_new_steps(tx: Tx, run_id: str, new: list[_NewStep]) -> None:
                 "stored_spec": stored,
                 "inputs_json": sub.inputs_json,
                 "inputs_digest": item.inputs_digest,
-                "state": StepState.PENDING,
+                "state": StepState.PENDING if hit is None else StepState.CACHED,
+                "result_json": None if hit is None else hit.result_json,
                 "created_at": now,
+                "ended_at": None if hit is None else now,
                 "last_fencing_token": 0,
+                "cache_key": sub.cache_key or None,
+                "cache_scope": scope if sub.cache_key else None,
             }
         )
+        event = {"flow_run_id": run_id, "step_run_id": item.step_id, "step_key": sub.key,
+                 "from_state": None, "details": None, "created_at": now}  # fmt: skip
+        if hit is not None:
+            pending.append(_cached_event(event, hit))
+            continue
         timeout = dt.timedelta(seconds=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S)
         attempt_rows.append(
             {
@@ -200,8 +284,6 @@ def _insert_new_steps(tx: Tx, run_id: str, new: list[_NewStep]) -> None:
                 "fencing_token": 0,
             }
         )
-        event = {"flow_run_id": run_id, "step_run_id": item.step_id, "step_key": sub.key,
-                 "from_state": None, "details": None, "created_at": now}  # fmt: skip
         pending.append(
             {
                 **event,
@@ -221,11 +303,29 @@ def _insert_new_steps(tx: Tx, run_id: str, new: list[_NewStep]) -> None:
             }
         )
     tx.session.execute(_INSERT_STEPS, step_rows)
-    tx.session.execute(insert(_ATTEMPTS), attempt_rows)
-    announce_queued_rows(tx, attempt_rows, {i.step_id: i.sub.spec.target for i in new})
+    if attempt_rows:
+        tx.session.execute(insert(_ATTEMPTS), attempt_rows)
+        announce_queued_rows(tx, attempt_rows, {i.step_id: i.sub.spec.target for i in new})
+        tx.effects.wake_scheduler = True
     record_events(tx, pending + queued)  # the order single submissions always had
     tx.effects.touched_runs.add(run_id)
-    tx.effects.wake_scheduler = True
+
+
+def _cached_event(event: dict[str, Any], hit: _CacheHit) -> dict[str, Any]:
+    """The ``step.cached`` event of a call that reused ``hit``'s result."""
+    return {
+        **event,
+        "attempt_id": None,
+        "kind": EventKind.STEP_CACHED.value,
+        "to_state": StepState.CACHED.value,
+        "message": f"reused from run {hit.flow_run_id} (step {hit.key[:200]!r})",
+        "details": {
+            "source_flow_run_id": hit.flow_run_id,
+            "source_step_run_id": hit.step_run_id,
+            "source_step_key": hit.key,
+            "source_completed_at": hit.ended_at.isoformat(),
+        },
+    }
 
 
 def _pending_message(spec: StepSpec) -> str:

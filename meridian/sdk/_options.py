@@ -7,12 +7,15 @@ defined (``module:line``) plus the offending argument.
 
 from __future__ import annotations
 
+import datetime as dt
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from meridian import models
+from meridian.core.cachekey import CacheKeyFn, code_digest, validate_expiration
 from meridian.core.errors import SealError, SelectorError, ValidationError
 from meridian.core.sealing import check_key_group
 from meridian.core.secrets import check_secret_references
@@ -46,6 +49,72 @@ class StepOptions:
     # Key group sealing inputs and results; None = the flow's default, False = never sealed.
     seal: str | bool | None = None
     isolation: str = "warm"
+    # Caching across runs (meridian.core.cachekey): the default key, or a user's key function.
+    cache: bool = False
+    cache_key: CacheKeyFn | None = None
+    cache_expiration: dt.timedelta | float | None = None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """A step's validated caching options: its code digest (part of every default key), the
+    user's key function if any, and how old a reused result may be (0 = any age)."""
+
+    code: str
+    key_fn: CacheKeyFn | None
+    expires_after_s: float
+
+
+def build_cache_policy(fn: Callable[..., Any], opts: StepOptions, where: str) -> CachePolicy | None:
+    """The step's caching, or None when it is not cached; errors name the bad argument."""
+    if not isinstance(opts.cache, bool):
+        raise ValidationError(f"{where}: cache must be True or False, got {opts.cache!r}")
+    if opts.cache_key is not None and not callable(opts.cache_key):
+        raise ValidationError(
+            f"{where}: cache_key must be a function of a CacheKeyContext returning a string "
+            f"(or None: do not cache that call), got {opts.cache_key!r}"
+        )
+    cached = opts.cache or opts.cache_key is not None
+    if not cached:
+        if opts.cache_expiration is not None:
+            raise ValidationError(
+                f"{where}: cache_expiration needs cache=True or a cache_key (it would do nothing)"
+            )
+        return None
+    if isinstance(opts.seal, str):
+        # A sealed result is bound to the run that sealed it: no other run could open it.
+        raise ValidationError(
+            f"{where}: a sealed step (seal={opts.seal!r}) cannot be cached; its sealed result "
+            "can only be opened by the run that produced it"
+        )
+    expiration = _check_expiration(opts.cache_expiration, where)
+    try:
+        source: str | None = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = None
+    try:
+        code = code_digest(fn.__qualname__, source)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
+    return CachePolicy(code, opts.cache_key, expiration)
+
+
+def _check_expiration(value: Any, where: str) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value <= 0:
+            raise ValidationError(
+                f"{where}: cache_expiration must be a positive number of seconds or a "
+                f"timedelta, got {value!r}"
+            )
+        value = dt.timedelta(seconds=value)
+    try:
+        validate_expiration(value)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
+    seconds: float = value.total_seconds()
+    return seconds
 
 
 def location(fn: Callable[..., Any]) -> str:

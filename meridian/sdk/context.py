@@ -215,7 +215,12 @@ class FlowContext:
         chunk: list[models.StepSubmission] = []
         size = 0
         for sub in subs:
-            call_size = _utf8_len(sub.inputs_json) + _utf8_len(sub.key) + _CALL_OVERHEAD
+            call_size = (
+                _utf8_len(sub.inputs_json)
+                + _utf8_len(sub.key)
+                + len(sub.cache_key)
+                + _CALL_OVERHEAD
+            )
             spec_size = len(sub.spec.options_json) + _SPEC_OVERHEAD
             grows = call_size if chunk and chunk[-1].spec is sub.spec else call_size + spec_size
             if chunk and (len(chunk) >= self._chunk_size or size + grows > self._chunk_bytes):

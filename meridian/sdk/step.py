@@ -13,22 +13,37 @@ Keys: the n-th call of a step name in a run gets ``name#n``. An explicit key rep
 Sealing: ``@step(seal="eu-sites")`` (or ``@flow(seal=...)`` for every step of a flow) seals the
 call's inputs with that key group before they leave this process, and only agents holding the
 key can open them; ``seal=False`` opts a step out of its flow's default (docs/security.md).
+
+Caching across runs: ``@step(cache=True)`` sends each call with a cache key (a digest of the
+step's name, source and bound arguments, ``meridian.core.cachekey``); the control plane answers
+a call whose key an earlier completed run computed (in the same environment scope, within
+``cache_expiration``) with that result at once, and the step does not run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian import models
+from meridian.core.cachekey import (
+    CacheKeyContext,
+    CacheKeyFn,
+    bind_inputs,
+    default_cache_key,
+    user_cache_key,
+)
 from meridian.core.errors import SealError, ValidationError
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._options import (
+    CachePolicy,
     KeyFunction,
     StepOptions,
+    build_cache_policy,
     build_spec,
     check_key,
     check_seal,
@@ -52,9 +67,9 @@ class Step(Generic[P, R]):
         self.options = options
         self.spec: models.StepSpec = build_spec(fn, options)
         self.name = self.spec.name
-        self.seal = check_seal(
-            options.seal, f"step {self.name!r} ({location(fn)})", allow_false=True
-        )
+        where = f"step {self.name!r} ({location(fn)})"
+        self.seal = check_seal(options.seal, where, allow_false=True)
+        self.cache: CachePolicy | None = build_cache_policy(fn, options, where)
         self._signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -99,18 +114,46 @@ class Step(Generic[P, R]):
     ) -> list[StepFuture]:
         self._check_importable()
         group = context.seal_group(self.seal)
+        if group is not None and self.cache is not None:
+            raise ValidationError(
+                f"step {self.name!r} ({location(self.fn)}) is cached but its flow seals it "
+                f"with {group!r}: a sealed result can only be opened by the run that produced "
+                "it; give the step seal=False or drop its caching"
+            )
         if group is not None:
             # Before any call is numbered: a missing key must not shift later keys.
             self._guard_seal(lambda: context.keys().require(group, "this flow runner"))
+        expires_after_s = self.cache.expires_after_s if self.cache else 0.0
         submissions = []
         for args, kwargs in calls:
             inputs = self._encode_inputs(args, kwargs)
             number = context.next_call_number(self.name)
             key = self._key_for(number, args, kwargs)
+            cache_key = self._cache_key_for(args, kwargs)
             if group is not None:
                 inputs = self._seal_inputs(context, group, key, inputs)
-            submissions.append(models.StepSubmission(key=key, spec=self.spec, inputs_json=inputs))
+            submissions.append(
+                models.StepSubmission(
+                    key=key,
+                    spec=self.spec,
+                    inputs_json=inputs,
+                    cache_key=cache_key,
+                    cache_expires_after_s=expires_after_s if cache_key else 0.0,
+                )
+            )
         return context.submit(submissions)
+
+    def _cache_key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The call's cache key ("" = not cached): its step's code and bound inputs, or what
+        the step's ``cache_key`` function makes of them."""
+        if self.cache is None:
+            return ""
+        inputs = bind_inputs(self.fn, args, kwargs)
+        default = default_cache_key(self.name, self.cache.code, inputs)
+        if self.cache.key_fn is None:
+            return default
+        context = CacheKeyContext(self.name, inputs, self.cache.code, default)
+        return user_cache_key(self.cache.key_fn, context) or ""
 
     def _seal_inputs(self, context: FlowContext, group: str, key: str, inputs: str) -> str:
         return self._guard_seal(lambda: context.seal_inputs(group, key, inputs))
@@ -186,6 +229,9 @@ def step(
     secrets: dict[str, str] | None = None,
     seal: str | bool | None = None,
     isolation: str = "warm",
+    cache: bool = False,
+    cache_key: CacheKeyFn | None = None,
+    cache_expiration: dt.timedelta | float | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -221,6 +267,15 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             cwd and child processes stay per step; module-level state does not); "process":
             always a fresh interpreter, for steps that change global state. Providers that
             start fresh infrastructure for every attempt ignore it.
+        cache: reuse the result of an earlier run's call with the same cache key instead of
+            running (caching across runs, docs/user-guide.md). The default key is a digest
+            of the step's name, its source code and the call's arguments (bound to parameter
+            names, defaults applied), so changing any of them runs the step again.
+        cache_key: a function of a ``meridian.core.cachekey.CacheKeyContext`` (step name,
+            bound inputs, code digest, default key) returning the key, or None to not cache
+            that call; giving it implies ``cache=True``.
+        cache_expiration: how old a reused result may be (a timedelta or seconds; None = any
+            age). Sealed steps cannot be cached: their results open only in their own run.
     """
     if fn is not None:
         if kwargs:

@@ -64,24 +64,32 @@ class CreateRunResponse(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., runner_token: _Optional[str] = ...) -> None: ...
 
 class StepSubmission(_message.Message):
-    __slots__ = ("key", "spec", "inputs_json")
+    __slots__ = ("key", "spec", "inputs_json", "cache_key", "cache_expires_after_s")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_EXPIRES_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     key: str
     spec: _common_pb2.StepSpec
     inputs_json: str
-    def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+    cache_key: str
+    cache_expires_after_s: float
+    def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ..., cache_key: _Optional[str] = ..., cache_expires_after_s: _Optional[float] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("spec", "keys", "inputs_json")
+    __slots__ = ("spec", "keys", "inputs_json", "cache_keys", "cache_expires_after_s")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_EXPIRES_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.StepSpec
     keys: _containers.RepeatedScalarFieldContainer[str]
     inputs_json: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., inputs_json: _Optional[_Iterable[str]] = ...) -> None: ...
+    cache_keys: _containers.RepeatedScalarFieldContainer[str]
+    cache_expires_after_s: float
+    def __init__(self, spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., inputs_json: _Optional[_Iterable[str]] = ..., cache_keys: _Optional[_Iterable[str]] = ..., cache_expires_after_s: _Optional[float] = ...) -> None: ...
 
 class SubmitStepsRequest(_message.Message):
     __slots__ = ("flow_run_id", "steps", "batches")
