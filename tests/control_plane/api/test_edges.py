@@ -278,6 +278,51 @@ def test_submit_refuses_bad_keys(edge: Edge, run_id: str, key: str, needle: str)
     assert_status(error, grpc.StatusCode.INVALID_ARGUMENT, needle)
 
 
+CACHE_KEY = "ck1-" + "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"cache_key": "k" * 129}, "cache_key must be 1-128 characters"),
+        ({"cache_key": "has space"}, "cache_key must be 1-128 characters"),
+        ({"cache_key": "-leading"}, "cache_key must be 1-128 characters"),
+        ({"cache_key": CACHE_KEY, "cache_expires_after_s": -1.0}, "cache_expires_after_s"),
+        ({"cache_key": CACHE_KEY, "cache_expires_after_s": float("inf")}, "cache_expires_after_s"),
+        ({"cache_key": CACHE_KEY, "cache_expires_after_s": float("nan")}, "cache_expires_after_s"),
+        ({"cache_key": CACHE_KEY, "cache_expires_after_s": 1e12}, "cache_expires_after_s"),
+    ],
+    ids=["long", "space", "leading-dash", "negative", "inf", "nan", "too-long"],
+)
+def test_submit_refuses_bad_cache_fields(
+    edge: Edge, run_id: str, fields: dict[str, Any], needle: str
+) -> None:
+    step = submission("cached#1")
+    for name, value in fields.items():
+        setattr(step, name, value)
+    error = refused(lambda: submit(edge, run_id, step))
+    assert_status(error, grpc.StatusCode.INVALID_ARGUMENT, "'cached#1'", needle)
+
+
+def test_a_batch_needs_one_cache_key_per_call_or_none(edge: Edge, run_id: str) -> None:
+    batch = control_pb2.StepBatch(
+        spec=spec(),
+        keys=["m#1", "m#2"],
+        inputs_json=[json.dumps({"args": [i], "kwargs": {}}) for i in (1, 2)],
+        cache_keys=[CACHE_KEY],
+    )
+    request = control_pb2.SubmitStepsRequest(flow_run_id=run_id, batches=[batch])
+    error = refused(lambda: edge.control.SubmitSteps(request, timeout=CALL_TIMEOUT_S))
+    assert_status(error, grpc.StatusCode.INVALID_ARGUMENT, "2 keys but 1 cache keys")
+
+
+def test_a_cached_call_without_an_earlier_result_is_queued(edge: Edge, run_id: str) -> None:
+    step = submission("cached#1")
+    step.cache_key, step.cache_expires_after_s = "ck1-" + "1" * 64, 60.0
+    answer = submit(edge, run_id, step).steps[0]
+    assert (answer.state, answer.existing) == ("PENDING", False)
+
+
 def test_submit_without_steps_or_run(edge: Edge, run_id: str) -> None:
     assert_status(
         refused(lambda: submit(edge, run_id)), grpc.StatusCode.INVALID_ARGUMENT, "no steps"

@@ -28,6 +28,16 @@ def test_sealed_inputs_are_stored_exactly_as_sent() -> None:
     assert submission.inputs_json == sealed
 
 
+def test_sealed_inputs_cannot_carry_a_cache_key() -> None:
+    # A sealed result opens only in the run that sealed it: no later run could reuse it.
+    keys = KeyRing({"eu-sites": os.urandom(64)})
+    sealed = sealing.seal_inputs(keys, "eu-sites", '{"args":[1],"kwargs":{}}', "run-1", "pay#1")
+    req = request(sealed)
+    req.steps[0].cache_key = "ck1-" + "0" * 64
+    with pytest.raises(ValidationError, match="step 'pay#1': a step with sealed inputs cannot"):
+        validate_submissions(req)
+
+
 @pytest.mark.parametrize(
     ("inputs", "needle"),
     [
