@@ -188,6 +188,8 @@ def step_run_from_proto(msg: control_pb2.StepRunDetail) -> models.StepRunDetail:
         created_at=time_from_ms(msg.created_at_unix_ms),
         ended_at=time_from_ms(msg.ended_at_unix_ms),
         attempts=tuple(attempt_from_proto(a) for a in msg.attempts),
+        reused_from_run_id=msg.reused_from_run_id,
+        reused_from_step_key=msg.reused_from_step_key,
     )
 
 

@@ -138,6 +138,9 @@ class StepRunDetail:
     created_at: datetime | None = None
     ended_at: datetime | None = None
     attempts: tuple[AttemptDetail, ...] = ()
+    # A CACHED step: the run and step key whose result it reused (caching across runs).
+    reused_from_run_id: str = ""
+    reused_from_step_key: str = ""
 
 
 @dataclass(frozen=True)

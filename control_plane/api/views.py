@@ -161,6 +161,8 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
                 attempts=[
                     _attempt(a, step, view.agent_names) for a in view.attempts.get(step.id, [])
                 ],
+                reused_from_run_id=step.cached_from_run_id or "",
+                reused_from_step_key=step.cached_from_step_key or "",
             )
             for step in view.steps
         ],

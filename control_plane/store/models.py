@@ -245,6 +245,9 @@ class StepRunRow(Base):
     # scope (comma-joined, "" = unscoped): a result is reused only within the same scope.
     cache_key: Mapped[str | None] = mapped_column(String(128))
     cache_scope: Mapped[str | None] = mapped_column(String(1024))
+    # A CACHED step run: the run and step key whose result it reused.
+    cached_from_run_id: Mapped[str | None] = mapped_column(String(36))
+    cached_from_step_key: Mapped[str | None] = mapped_column(String(512))
 
 
 class AttemptRow(Base):

@@ -262,6 +262,8 @@ def _insert_new_steps(tx: Tx, run_id: str, scope: str, new: list[_NewStep]) -> N
                 "last_fencing_token": 0,
                 "cache_key": sub.cache_key or None,
                 "cache_scope": scope if sub.cache_key else None,
+                "cached_from_run_id": None if hit is None else hit.flow_run_id,
+                "cached_from_step_key": None if hit is None else hit.key,
             }
         )
         event = {"flow_run_id": run_id, "step_run_id": item.step_id, "step_key": sub.key,

@@ -364,13 +364,27 @@ def _steps(view: queries.RunView) -> Markup:
                     class_="mono step-link",
                 ),
                 badge(str(step.state)),
-                tag("ol", *tries, class_="attempts"),
+                tag("ol", *tries, class_="attempts") if tries else _reused_from(step),
             )
         )
     return (
         table(["Step", "State", "Attempts"], rows, class_="steps")
         if rows
         else tag("p", "No steps yet.", class_="empty")
+    )
+
+
+def _reused_from(step: queries.StepRunRow) -> Markup:
+    """Where a CACHED step's result came from (caching across runs), linked; else nothing."""
+    if not step.cached_from_run_id:
+        return Markup("")
+    source = step.cached_from_run_id
+    return tag(
+        "p",
+        "reused from run ",
+        tag("a", source, href=f"/runs/{source}", class_="mono"),
+        f" (step {step.cached_from_step_key or '?'})",
+        class_="hint",
     )
 
 

@@ -300,7 +300,8 @@ def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
             # CACHED or never-scheduled steps still belong on the timeline.
             where = ["-", "-", "-", step.provider or "-", "-"]  # attempt..resource
             when = ["-", format_clock(step.ended_at), "-"]  # start, end, duration
-            rows.append([step.key, *where, *when, step.state, _error_cell(step.error)])
+            note = _error_cell(step.error) or _reused_cell(step)
+            rows.append([step.key, *where, *when, step.state, note])
         for a in step.attempts:
             rows.append(
                 [
@@ -318,6 +319,15 @@ def _timeline_rows(detail: models.RunDetail) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+def _reused_cell(step: models.StepRunDetail) -> str:
+    """Where a CACHED step's result came from (caching across runs)."""
+    if not step.reused_from_run_id:
+        return ""
+    return truncate(
+        f"reused from run {step.reused_from_run_id} ({step.reused_from_step_key})", ERROR_WIDTH
+    )
 
 
 TIMELINE_HEADERS = (
@@ -491,6 +501,11 @@ def _step_to_dict(step: models.StepRunDetail, marks: dict[str, tuple[str, ...]])
         "ended_at": iso(step.ended_at),
         "error": error_to_dict(step.error),
         "attempts": [_attempt_to_dict(a, marks.get(a.attempt_id, ())) for a in step.attempts],
+        "reused_from": (
+            {"flow_run_id": step.reused_from_run_id, "step_key": step.reused_from_step_key}
+            if step.reused_from_run_id
+            else None
+        ),
     }
 
 

@@ -372,7 +372,7 @@ class AttemptDetail(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., number: _Optional[int] = ..., state: _Optional[str] = ..., environment: _Optional[str] = ..., agent_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., provider: _Optional[str] = ..., resource_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., queued_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class StepRunDetail(_message.Message):
-    __slots__ = ("step_run_id", "key", "name", "state", "target", "provider", "inputs_digest", "result_json", "error", "created_at_unix_ms", "ended_at_unix_ms", "attempts")
+    __slots__ = ("step_run_id", "key", "name", "state", "target", "provider", "inputs_digest", "result_json", "error", "created_at_unix_ms", "ended_at_unix_ms", "attempts", "reused_from_run_id", "reused_from_step_key")
     STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +385,8 @@ class StepRunDetail(_message.Message):
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FROM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FROM_STEP_KEY_FIELD_NUMBER: _ClassVar[int]
     step_run_id: str
     key: str
     name: str
@@ -397,7 +399,9 @@ class StepRunDetail(_message.Message):
     created_at_unix_ms: int
     ended_at_unix_ms: int
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptDetail]
-    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., inputs_digest: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptDetail, _Mapping]]] = ...) -> None: ...
+    reused_from_run_id: str
+    reused_from_step_key: str
+    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., inputs_digest: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptDetail, _Mapping]]] = ..., reused_from_run_id: _Optional[str] = ..., reused_from_step_key: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "attempt_id", "from_state", "to_state", "message")

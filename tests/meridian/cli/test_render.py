@@ -290,3 +290,18 @@ def test_sealed_values_show_key_group_and_digest_never_ciphertext() -> None:
     assert document["summary"]["recovered_failures"][0]["message"] == "[sealed: eu-sites]"
     # Plain values render as before.
     assert render.run_to_dict(completed_run())["result"] == {"revenue_eur": 1234.5}
+
+
+def test_a_reused_step_names_the_run_it_was_reused_from() -> None:
+    reused = replace(
+        step("report#1", "CACHED", ended=3.0),
+        reused_from_run_id="run-042",
+        reused_from_step_key="report#1",
+    )
+    detail = replace(completed_run(), steps=(reused,))
+    row = next(line for line in render.render_run(detail).splitlines() if "report#1" in line)
+    assert "CACHED" in row and "reused from run run-042 (report#1)" in row
+    (document,) = render.run_to_dict(detail)["steps"]
+    assert document["reused_from"] == {"flow_run_id": "run-042", "step_key": "report#1"}
+    plain = render.run_to_dict(completed_run())["steps"][0]
+    assert plain["reused_from"] is None

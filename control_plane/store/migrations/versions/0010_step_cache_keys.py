@@ -21,6 +21,8 @@ def upgrade() -> None:
     with op.batch_alter_table("step_runs") as batch:
         batch.add_column(sa.Column("cache_key", sa.String(length=128), nullable=True))
         batch.add_column(sa.Column("cache_scope", sa.String(length=1024), nullable=True))
+        batch.add_column(sa.Column("cached_from_run_id", sa.String(length=36), nullable=True))
+        batch.add_column(sa.Column("cached_from_step_key", sa.String(length=512), nullable=True))
         batch.create_index(
             "ix_step_runs_cache_key_cache_scope_ended_at",
             ["cache_key", "cache_scope", "ended_at"],
@@ -31,5 +33,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("step_runs") as batch:
         batch.drop_index("ix_step_runs_cache_key_cache_scope_ended_at")
+        batch.drop_column("cached_from_step_key")
+        batch.drop_column("cached_from_run_id")
         batch.drop_column("cache_scope")
         batch.drop_column("cache_key")
