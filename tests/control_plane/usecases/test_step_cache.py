@@ -114,6 +114,7 @@ def test_a_completed_result_is_reused_by_a_later_run(store: Store) -> None:
     step = step_row(store, answer.step_run_id)
     assert step.state == "CACHED" and step.result_json == '{"rows": 3}'
     assert step.ended_at == T0 + HOUR and step.flow_run_id == second
+    assert (step.cached_from_run_id, step.cached_from_step_key) == (first, "extract#1")
     assert attempts(store, step.id) == []  # nothing runs
     assert effects.queued == [] and not effects.wake_scheduler
     assert effects.touched_runs == {second}
