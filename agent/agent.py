@@ -206,6 +206,8 @@ class Agent:
             cfg.seal_keys,
             limits=cfg.limits,
             health=health,
+            agent_id=identity.agent_id,
+            environment=identity.environment,
         )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.

@@ -11,6 +11,11 @@ the rate allows again (or the stream ends) the tail is shipped after one notice 
 "... N lines / M bytes dropped ...", so the step's logs say what is missing. Memory stays
 bounded by the tail plus one chunk, however much a step prints.
 
+A line that is a ``meridian.get_logger()`` record (``::meridian-log::{json}``, see
+``meridian.core.runlog``) is shipped as the record's own lines under the stream named after
+its level (``debug`` ... ``critical``), which ``runs logs --level`` filters on; a malformed
+one stays a plain line. This runs here, on every provider's lines alike.
+
 Shipping applies backpressure instead of buffering: the reader stops pulling records from the
 provider while ``HIGH_WATER`` records wait, and each emit is awaited (the journal write runs in
 a worker thread), so a flood slows the file tail down rather than the event loop.
@@ -25,13 +30,24 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from agent.reports import LogChunk, LogLine
+from agent.reports import LogChunk, LogLine, LogStream
+from meridian.core.runlog import LOG_MARKER, decode_record
 from providers.base import LogRecord
 
 MAX_LINES = 200
 MAX_DELAY_S = 0.1
 MAX_CHUNK_BYTES = 256 * 1024
 MAX_LINE_CHARS = 8192
+# A get_logger() record is at most one 15 KiB line on the step's side; as lines, a traceback
+# of many short lines must not become more log lines than its bytes would have made.
+MAX_RECORD_LINES = 500
+_LEVEL_STREAMS: dict[str, LogStream] = {
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "error": "error",
+    "critical": "critical",
+}
 HIGH_WATER = 1000  # records read ahead of shipping before the reader waits
 MiB = 1024 * 1024
 
@@ -146,9 +162,8 @@ async def pump_logs(
 ) -> None:
     """Read ``records`` to the end, emitting batched chunks; flushes what it holds on cancel.
 
-    ``scrub`` (the attempt's secret redaction) runs on each whole line before it is cut to
-    ``MAX_LINE_CHARS``, so a cut can never leave half of a secret unrecognised. ``emit`` may
-    return an awaitable; it is awaited before the next chunk (backpressure).
+    ``scrub`` redacts each line (``step_lines``). ``emit`` may return an awaitable; it is
+    awaited before the next chunk (backpressure).
     """
     queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
     room = asyncio.Event()
@@ -181,9 +196,8 @@ async def pump_logs(
                     room.set()
                 if record is None:  # the provider's stream ended
                     break
-                text = scrub(record.text) if scrub is not None else record.text
-                line = LogLine(record.at_unix_ms, record.stream, text[:MAX_LINE_CHARS])
-                await batch.add(capper.offer(line, loop.time()))
+                for line in step_lines(record, scrub):
+                    await batch.add(capper.offer(line, loop.time()))
             if batch.lines and not deadline:
                 deadline = loop.time() + max_delay_s
             if batch.lines and (batch.full() or loop.time() >= deadline):
@@ -195,6 +209,24 @@ async def pump_logs(
             await reader
         await batch.add(capper.release(loop.time(), final=True))
         await batch.flush()
+
+
+def step_lines(record: LogRecord, scrub: Callable[[str], str] | None = None) -> list[LogLine]:
+    """The log lines of one provider record: itself, or the lines of a ``get_logger()`` record
+    (a marker line, see ``meridian.core.runlog``) under the stream named after its level.
+
+    ``scrub`` (the attempt's secret redaction) runs on each whole line before it is cut to
+    ``MAX_LINE_CHARS``, so a cut can never leave half of a secret unrecognised.
+    """
+    decoded = decode_record(record.text) if record.text.startswith(LOG_MARKER) else None
+    stream: LogStream = record.stream
+    texts = [record.text]
+    if decoded is not None:
+        stream, texts = _LEVEL_STREAMS[decoded[0]], decoded[1][:MAX_RECORD_LINES]
+    return [
+        LogLine(record.at_unix_ms, stream, (scrub(t) if scrub is not None else t)[:MAX_LINE_CHARS])
+        for t in texts
+    ]
 
 
 class _Batch:

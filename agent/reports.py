@@ -12,7 +12,9 @@ from typing import Literal
 
 from providers.base import ErrorInfo, OutcomeState
 
-LogStream = Literal["stdout", "stderr", "agent"]
+# stdout/stderr: what the step wrote; agent: the agent's notes about it; a level name: a
+# record of meridian.get_logger() at that level (meridian.core.runlog).
+LogStream = Literal["stdout", "stderr", "agent", "debug", "info", "warning", "error", "critical"]
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from agent.reports import (
 from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finished
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
 from meridian.core.errors import SealError
+from meridian.core.runcontext import ENV_ATTEMPT_NUMBER, MAX_FIELD_CHARS, RunContext
 from meridian.core.sealing import KeyRing
 from meridian.core.tracecontext import traceparent
 from providers.base import (
@@ -88,6 +89,9 @@ class RunnerContext:
     limits: AgentLimits = field(default_factory=AgentLimits)
     health: Health | None = None
     provider_errors: ProviderErrors = field(default_factory=ProviderErrors)
+    # Who runs the steps, for meridian.context() in them (from the agent's identity).
+    agent_id: str = ""
+    environment: str = ""
 
     def log_caps(self) -> LogCaps:
         lim = self.limits
@@ -227,11 +231,15 @@ class Runner:
             timeout_s=spec.timeout_s or None,
             options=options,
             isolation=spec.isolation,
-            # Spans the step creates become children of this attempt's span in the run's trace.
             env={
                 **secrets.env,
+                # Spans the step creates become children of this attempt's span in the trace.
                 "TRACEPARENT": traceparent(assignment.flow_run_id, assignment.attempt_id),
+                # For the step's subprocesses and non-Python tools (providers add the run id,
+                # step key and attempt id); Python code asks meridian.context() instead.
+                ENV_ATTEMPT_NUMBER: str(assignment.attempt_number),
             },
+            context=self._run_context(assignment),
         )
         try:
             await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
@@ -256,6 +264,18 @@ class Runner:
             save_handle=stored,
         )
         return handle
+
+    def _run_context(self, assignment: Assignment) -> RunContext:
+        return RunContext(
+            run_id=assignment.flow_run_id,
+            # Keys and names are bounded at the control plane's edge; cut, never refuse, here.
+            step_key=assignment.step_key[:MAX_FIELD_CHARS],
+            step_name=assignment.spec.name[:MAX_FIELD_CHARS] or None,
+            attempt_id=assignment.attempt_id,
+            attempt_number=assignment.attempt_number,
+            environment=self._ctx.environment or None,
+            agent_id=self._ctx.agent_id or None,
+        )
 
     async def _resolve_secrets(self, references: Mapping[str, str]) -> ResolvedSecrets | None:
         """This attempt's secrets, or None once the attempt has been finished instead."""

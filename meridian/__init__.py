@@ -39,12 +39,15 @@ if TYPE_CHECKING:
         StepFailed,
         ValidationError,
     )
+    from meridian.core.runcontext import NoRunContext, RunContext, context
+    from meridian.core.runlog import get_logger
     from meridian.sdk.approval import Approval, approve
     from meridian.sdk.flow import Flow, flow
     from meridian.sdk.futures import StepFuture, wait
     from meridian.sdk.step import Step, step
 
 _ERRORS = "meridian.core.errors"
+_RUN = "meridian.core.runcontext"  # in the core: a step process must not load the SDK
 # Public name -> the module that defines it.
 _HOMES = {
     "Approval": "meridian.sdk.approval",
@@ -56,9 +59,11 @@ _HOMES = {
     "ControlClient": "meridian.client",
     "Flow": "meridian.sdk.flow",
     "MeridianError": _ERRORS,
+    "NoRunContext": _RUN,
     "NotFound": _ERRORS,
     "Permanent": _ERRORS,
     "PermissionDenied": _ERRORS,
+    "RunContext": _RUN,
     "SealError": _ERRORS,
     "SelectorError": _ERRORS,
     "Step": "meridian.sdk.step",
@@ -67,7 +72,9 @@ _HOMES = {
     "StepFuture": "meridian.sdk.futures",
     "ValidationError": _ERRORS,
     "approve": "meridian.sdk.approval",
+    "context": _RUN,
     "flow": "meridian.sdk.flow",
+    "get_logger": "meridian.core.runlog",
     "step": "meridian.sdk.step",
     "wait": "meridian.sdk.futures",
 }
@@ -82,9 +89,11 @@ __all__ = [
     "ControlClient",
     "Flow",
     "MeridianError",
+    "NoRunContext",
     "NotFound",
     "Permanent",
     "PermissionDenied",
+    "RunContext",
     "SealError",
     "SelectorError",
     "Step",
@@ -93,7 +102,9 @@ __all__ = [
     "StepFuture",
     "ValidationError",
     "approve",
+    "context",
     "flow",
+    "get_logger",
     "step",
     "wait",
 ]

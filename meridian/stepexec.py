@@ -7,7 +7,13 @@ that a provider (or a re-attached agent) can read the outcome even after this pr
 
 This module owns the on-disk format of ``spec.json`` and ``outcome.json`` and the exit-code
 contract (0 = succeeded, 1 = failed, 2 = the work dir itself is unusable). It imports only the
-standard library and ``meridian.core.errors`` so that it starts fast inside a bare bundle.
+standard library and two small ``meridian.core`` modules so that it starts fast inside a bare
+bundle.
+
+``spec.json``'s optional ``"context"`` object (``meridian.core.runcontext.RunContext``: run id,
+step key, attempt id and number, environment, agent id) is what ``meridian.context()`` returns
+during the call, and only during it; without one, the ``MERIDIAN_*`` variables providers set
+give a smaller context.
 ``meridian.stepworker`` (the warm workers of the process provider) runs steps through the same
 ``run_step`` / ``record_outcome``, many per process.
 """
@@ -27,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from meridian.core import runcontext
 from meridian.core.errors import Permanent
 
 SPEC_FILE = "spec.json"
@@ -177,6 +184,24 @@ def _encode_result(result: Any, step_key: str) -> str:
 def run_step(spec: dict[str, Any]) -> dict[str, Any]:
     """Import, call and encode one step; return its outcome document (never raises)."""
     step_key = str(spec.get("step_key", "?"))
+    try:
+        ctx = runcontext.step_context_of(spec)
+    except (ValueError, TypeError) as exc:
+        return error_outcome(
+            StepSetupError(f"step {step_key!r}: malformed run context: {_safe_str(exc)}")
+        )
+    try:
+        with runcontext.step_scope(ctx):
+            return _call_step(spec, step_key)
+    finally:
+        # A step may have re-levelled or silenced meridian.get_logger(); the next step of a
+        # warm worker starts from the defaults. Only if a step ever loaded it (no import cost).
+        runlog = sys.modules.get("meridian.core.runlog")
+        if runlog is not None:
+            runlog.reset()
+
+
+def _call_step(spec: dict[str, Any], step_key: str) -> dict[str, Any]:
     try:
         bundle_dir = spec.get("bundle_dir")
         if bundle_dir and str(bundle_dir) not in sys.path:

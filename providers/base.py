@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from meridian.core.errorinfo import ErrorInfo
+from meridian.core.runcontext import RunContext
 
 OutcomeState = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
@@ -39,6 +40,8 @@ class ExecutionSpec:
     ``isolation`` is the step's ``StepSpec.isolation``: ``"warm"`` lets a provider that keeps
     warm interpreters (the process provider) reuse one, ``"process"`` asks for a fresh one;
     providers that always start fresh infrastructure ignore it.
+    ``context`` is what ``meridian.context()`` returns in the step: a provider that writes a
+    step spec for ``meridian.stepexec`` puts ``context.to_dict()`` under its ``"context"`` key.
     """
 
     attempt_id: str
@@ -56,6 +59,7 @@ class ExecutionSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     isolation: str = "warm"
+    context: RunContext | None = None
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,22 @@
 """``meridian runs logs RUN [--step S] [--level L] [--follow]``: a run's step output.
 
 Lines come from ``GetLogs`` a page at a time (``after_id`` continues where the last page
-ended). Each line carries the stream it came from; ``--level`` maps streams to levels:
+ended). Each line carries the stream it came from, which ``--level`` ranks as a level:
 
-==========  ==========================================================================
-level       streams shown
-==========  ==========================================================================
-``info``    stdout, stderr and agent (every line; the default)
-``warning`` stderr and agent: what a step wrote as trouble, and the agent's own notes about
-            the step's output (e.g. lines it had to drop)
-``error``   stderr only
-==========  ==========================================================================
+* ``debug``: DEBUG (a ``meridian.get_logger()`` record; records are named after their level)
+* ``stdout``, ``info``: INFO
+* ``agent``, ``warning``: WARNING (the agent's notes about the step's output, e.g. lines it
+  had to drop, count as warnings)
+* ``stderr``, ``error``: ERROR (what a step wrote to stderr counts as trouble)
+* ``critical``: CRITICAL
+
+``--level L`` shows the lines at L or above (default ``info``: every line but debug records).
+A stream this version does not know counts as INFO.
 
 ``--follow`` keeps printing new lines until the run ends: a ``WatchRun`` stream in a
 background thread says when it ended (the stream closes with the run's final state), while
 the main thread polls ``GetLogs`` at most every ``FOLLOW_POLL_S`` (woken early by the end),
-then drains what is left. The filter runs here: the wire has no level field yet.
+then drains what is left. The filter runs here: the wire has no level field, the stream is it.
 """
 
 from __future__ import annotations
@@ -35,11 +36,9 @@ from meridian.core.errors import ConnectionFailed, MeridianError
 LOG_PAGE = 5000
 FOLLOW_POLL_S = 1.0
 LINE_WIDTH = 4000  # one log line is printed whole up to this many characters
-LEVELS: dict[str, frozenset[str]] = {
-    "info": frozenset({"stdout", "stderr", "agent"}),
-    "warning": frozenset({"stderr", "agent"}),
-    "error": frozenset({"stderr"}),
-}
+LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+# The level of each stream: plain output by where it was written, get_logger() records by name.
+STREAM_LEVELS: dict[str, int] = {**LEVELS, "stdout": 20, "agent": 30, "stderr": 40}
 TERMINAL_RUN_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
@@ -54,7 +53,8 @@ def register(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--level",
         choices=tuple(LEVELS),
         default="info",
-        help="info: every line (default); warning: stderr and agent lines; error: stderr only",
+        help="the lowest level shown (default info: all but debug records); stdout counts as "
+        "info, agent notes as warning, stderr as error",
     )
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new lines until the run ends"
@@ -89,8 +89,13 @@ def format_log_line(entry: models.StepLogLine) -> str:
 
 def shown_at(level: str) -> Callable[[models.StepLogLine], bool]:
     """The filter for ``--level``; a line without a stream counts as stdout."""
-    streams = LEVELS[level]
-    return lambda entry: (entry.line.stream if entry.line is not None else "stdout") in streams
+    lowest = LEVELS[level]
+
+    def keep(entry: models.StepLogLine) -> bool:
+        stream = entry.line.stream if entry.line is not None else "stdout"
+        return STREAM_LEVELS.get(stream, LEVELS["info"]) >= lowest
+
+    return keep
 
 
 class LogReader:

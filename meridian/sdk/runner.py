@@ -28,6 +28,7 @@ from meridian import models
 from meridian.client import BundleLike
 from meridian.core.bundle import pack_directory, unpack_bundle
 from meridian.core.errors import ConflictError, MeridianError, SealError, StepCancelled, StepFailed
+from meridian.core.runcontext import RunContext, flow_scope
 from meridian.core.sealing import FLOW as FLOW_STEP
 from meridian.core.sealing import RESULT, KeyRing, seal_text
 from meridian.sdk._jsonvalues import describe_non_json, dumps
@@ -150,6 +151,7 @@ def run_flow(
         seal=loaded.flow.seal,
         keys=keys,
         canceller=_canceller(client),
+        flow_name=loaded.flow.name,
     )
 
 
@@ -183,6 +185,7 @@ def execute_body(
     seal: str | None = None,
     keys: KeyRing | None = None,
     canceller: Canceller | None = None,
+    flow_name: str | None = None,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
     report the body's outcome. ``seal`` is the flow's key group; ``keys`` default to
@@ -200,7 +203,10 @@ def execute_body(
     lease.start()
     interrupted: BaseException | None = None
     try:
-        with activate(context):
+        # meridian.context() in the body: a local runner has no environment, and no
+        # deployment exists yet.
+        run_context = RunContext(run_id=run_id, flow_name=flow_name or None)
+        with activate(context), flow_scope(run_context):
             succeeded, result, error, shared = _run_body(fn, params)
     except BaseException as exc:  # Ctrl-C or SystemExit
         stopper = canceller or _canceller(client)
@@ -362,6 +368,7 @@ def _execute_stored(
         watch_after_event_id=watch_after_event_id,
         seal=loaded.flow.seal,
         canceller=_canceller(client),
+        flow_name=loaded.flow.name,
     )
 
 

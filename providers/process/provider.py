@@ -120,16 +120,16 @@ class ProcessProvider(Provider):
         work_dir = spec.work_dir.resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
         bundle = str(spec.bundle_dir.resolve()) if spec.bundle_dir else None
-        write_json_atomic(
-            work_dir / SPEC_FILE,
-            {
-                "module": spec.module,
-                "function": spec.function,
-                "inputs_json": spec.inputs_json,
-                "bundle_dir": bundle,
-                "step_key": spec.step_key,
-            },
-        )
+        step: dict[str, Any] = {
+            "module": spec.module,
+            "function": spec.function,
+            "inputs_json": spec.inputs_json,
+            "bundle_dir": bundle,
+            "step_key": spec.step_key,
+        }
+        if spec.context is not None:
+            step["context"] = spec.context.to_dict()  # meridian.context() in the step
+        write_json_atomic(work_dir / SPEC_FILE, step)
         cwd = self._cwd(spec, work_dir)
         if spec.isolation == "warm" and self.pool_config.size > 0:
             handle = await self._submit_warm(spec, work_dir, cwd, bundle or "")

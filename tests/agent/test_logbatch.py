@@ -87,3 +87,45 @@ def _sized(n: int, width: int):  # type: ignore[no-untyped-def]
             yield LogRecord("stdout", f"{i} " + "y" * width, 0)
 
     return gen()
+
+
+def test_get_logger_records_ship_under_their_level_and_plain_lines_stay_as_they_are() -> None:
+    from meridian.core.runlog import encode_record
+
+    texts: list[tuple[str, str]] = [
+        ("stdout", "plain print"),
+        ("stderr", encode_record("debug", "meridian.run", "dbg")),
+        ("stderr", encode_record("warning", "meridian.run.etl", "two\nlines", "Traceback:\n  x")),
+        ("stderr", "::meridian-log::{broken"),  # not a record: an ordinary stderr line
+        ("stderr", encode_record("error", "meridian.run", "token=s3cret")),
+    ]
+
+    async def records() -> AsyncIterator[LogRecord]:
+        for stream, text in texts:
+            yield LogRecord(stream, text, 7)  # type: ignore[arg-type]
+
+    chunks: list[LogChunk] = []
+
+    async def scenario() -> None:
+        await pump_logs(records(), chunks.append, scrub=lambda t: t.replace("s3cret", "***"))
+
+    asyncio.run(scenario())
+    lines = [(ln.stream, ln.text) for c in chunks for ln in c.lines]
+    assert lines == [
+        ("stdout", "plain print"),
+        ("debug", "dbg"),
+        ("warning", "etl: two"),
+        ("warning", "lines"),
+        ("warning", "Traceback:"),
+        ("warning", "  x"),
+        ("stderr", "::meridian-log::{broken"),
+        ("error", "token=***"),
+    ]
+
+
+def test_a_record_of_many_short_lines_is_bounded() -> None:
+    from agent.logbatch import MAX_RECORD_LINES, step_lines
+    from meridian.core.runlog import encode_record
+
+    record = LogRecord("stderr", encode_record("info", "meridian.run", "\n" * 5000), 1)
+    assert len(step_lines(record)) == MAX_RECORD_LINES

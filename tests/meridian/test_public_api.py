@@ -17,9 +17,11 @@ def test_meridian_all_is_pinned() -> None:
         "ControlClient",
         "Flow",
         "MeridianError",
+        "NoRunContext",
         "NotFound",
         "Permanent",
         "PermissionDenied",
+        "RunContext",
         "SealError",
         "SelectorError",
         "Step",
@@ -28,7 +30,9 @@ def test_meridian_all_is_pinned() -> None:
         "StepFuture",
         "ValidationError",
         "approve",
+        "context",
         "flow",
+        "get_logger",
         "step",
         "wait",
     ]
@@ -58,3 +62,4 @@ def test_error_tree() -> None:
     assert issubclass(meridian.ApprovalTimedOut, meridian.ApprovalRejected)
     assert not issubclass(meridian.ApprovalRejected, meridian.StepFailed)
     assert not issubclass(meridian.Permanent, meridian.MeridianError)
+    assert issubclass(meridian.NoRunContext, meridian.MeridianError)

@@ -277,3 +277,50 @@ def test_unreadable_spec_exits_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr
+
+
+CONTEXT_STEP = """
+import meridian
+
+
+def fields():
+    ctx = meridian.context()
+    meridian.get_logger().info("in %s", ctx.step_key)
+    return [ctx.run_id, ctx.step_key, ctx.attempt_id, ctx.attempt_number, ctx.environment]
+"""
+
+
+def run_with_context(tmp_path: Path, context: object) -> tuple[str, dict[str, Any]]:
+    code = tmp_path / "ctx_code"
+    code.mkdir()
+    (code / "ctx_steps.py").write_text(CONTEXT_STEP)
+    work = tmp_path / "ctx_work"
+    work.mkdir()
+    spec = {"module": "ctx_steps", "function": "fields", "bundle_dir": str(code),
+            "step_key": "fields#1", "context": context}  # fmt: skip
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "meridian.stepexec", "--work-dir", str(work)],
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return proc.stderr, json.loads((work / "outcome.json").read_text())
+
+
+def test_the_step_sees_the_context_of_its_spec_and_logs_at_a_level(tmp_path: Path) -> None:
+    context = {"run_id": "run-1", "step_key": "fields#1", "attempt_id": "att-2",
+               "attempt_number": 2, "environment": "onprem"}  # fmt: skip
+    stderr, outcome = run_with_context(tmp_path, context)
+    assert json.loads(outcome["result_json"]) == ["run-1", "fields#1", "att-2", 2, "onprem"]
+    record = json.loads(stderr.removeprefix("::meridian-log::"))
+    assert record == {"level": "info", "logger": "meridian.run", "message": "in fields#1"}
+
+
+def test_a_malformed_context_fails_the_step_permanently(tmp_path: Path) -> None:
+    _, outcome = run_with_context(tmp_path, {"run_id": "run-1", "attempt_number": -1})
+    assert outcome["state"] == "failed"
+    assert outcome["error"]["error_class"] == "permanent"
+    assert "malformed run context" in outcome["error"]["message"]

@@ -166,3 +166,63 @@ def test_unreadable_spec_fails_the_step_not_the_worker(worker: Worker, tmp_path:
 def test_malformed_messages_stop_the_worker(worker: Worker, data: bytes) -> None:
     worker.send_raw(data)
     assert worker.finish() == 2
+
+
+CONTEXT_STEPS = """
+import logging
+import os
+
+import meridian
+
+
+def where(quiet):
+    log = meridian.get_logger("w")
+    log.debug("debug record")
+    log.warning("warning record")
+    if quiet:  # a step that silences the logger must not silence the next one
+        log.setLevel(logging.CRITICAL)
+        meridian.get_logger().setLevel(logging.CRITICAL)
+    try:
+        ctx = meridian.context()
+    except meridian.NoRunContext:
+        return None
+    return [ctx.run_id, ctx.step_key, ctx.attempt_number, os.environ.get("MERIDIAN_STEP_KEY")]
+"""
+
+
+def test_each_step_sees_its_own_context_and_nothing_of_the_last_one(
+    worker: Worker, tmp_path: Path
+) -> None:
+    code = tmp_path / "ctx_bundle"
+    code.mkdir()
+    (code / "worker_steps.py").write_text(CONTEXT_STEPS)
+
+    def step(name: str, context: dict[str, Any] | None) -> Path:
+        work_dir = step_dir(tmp_path, code, name, "where", True)
+        if context is not None:
+            spec = json.loads((work_dir / "spec.json").read_text())
+            (work_dir / "spec.json").write_text(json.dumps({**spec, "context": context}))
+        return work_dir
+
+    first = step("a", {"run_id": "run-a", "step_key": "where#1", "attempt_number": 1})
+    assert json.loads(run(worker, first)["result_json"]) == ["run-a", "where#1", 1, None]
+    # No context in the spec and none in the environment: context() raises in the step.
+    second = step("b", None)
+    assert json.loads(run(worker, second)["result_json"]) is None
+    # From the MERIDIAN_* variables when the spec has none (providers that do not write it).
+    third = step("c", None)
+    env = {"MERIDIAN_FLOW_RUN_ID": "run-c", "MERIDIAN_STEP_KEY": "where#7"}
+    assert json.loads(run(worker, third, env)["result_json"]) == ["run-c", "where#7", None,
+                                                                  "where#7"]  # fmt: skip
+    fourth = step("d", {"run_id": "run-d", "step_key": "where#2", "attempt_number": 3})
+    assert json.loads(run(worker, fourth)["result_json"]) == ["run-d", "where#2", 3, None]
+    for work_dir in (first, third, fourth):
+        # Every step logged at every level although the one before it silenced the loggers.
+        lines = (work_dir / "stderr.log").read_text().splitlines()
+        records = [json.loads(line.removeprefix("::meridian-log::")) for line in lines]
+        assert [(r["level"], r["message"]) for r in records] == [
+            ("debug", "debug record"),
+            ("warning", "warning record"),
+        ]
+    # Without a context the logger is an ordinary one: logging's last resort prints warnings.
+    assert (second / "stderr.log").read_text() == "warning record\n"

@@ -150,6 +150,25 @@ def test_logs_level_filters_by_stream(cli, monkeypatch, lines, level, expected) 
     assert all(word in line for word, line in zip(expected, shown, strict=True))
 
 
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [("debug", ["d", "i", "out", "w", "note", "e", "err", "c", "odd"]),
+     ("info", ["i", "out", "w", "note", "e", "err", "c", "odd"]),
+     ("warning", ["w", "note", "e", "err", "c"]), ("error", ["e", "err", "c"]),
+     ("critical", ["c"])],
+)  # fmt: skip
+def test_logs_level_ranks_get_logger_records_with_plain_streams(
+    cli, monkeypatch, level, expected
+) -> None:
+    streams = ["debug", "info", "stdout", "warning", "agent", "error", "stderr", "critical",
+               "future"]  # fmt: skip
+    texts = ["d", "i", "out", "w", "note", "e", "err", "c", "odd"]
+    lines = [entry(n, s, t) for n, (s, t) in enumerate(zip(streams, texts, strict=True), 1)]
+    monkeypatch.setattr(logs_cmd, "connect", lambda args: LogClient(lines))
+    result = cli("runs", "logs", "run-1", "--level", level)
+    assert [line.rsplit("| ", 1)[1] for line in result.out.splitlines()] == expected
+
+
 def test_logs_level_with_nothing_to_show_says_so(cli, monkeypatch) -> None:
     monkeypatch.setattr(logs_cmd, "connect", lambda args: LogClient([entry(1, "stdout", "ok")]))
     result = cli("runs", "logs", "run-1", "--level", "error")

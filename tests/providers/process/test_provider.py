@@ -60,6 +60,12 @@ def show_env(*names):
 def long_line(n):
     print("x" * n, flush=True)
     print("after", flush=True)
+
+
+def show_context():
+    import meridian
+
+    return meridian.context().to_dict()
 '''
 
 _FAST_CONFIG = {"kill_grace_s": 1.0}
@@ -282,6 +288,19 @@ class TestProcessProvider(ProviderConformance):
         assert env["MERIDIAN_STEP_KEY"] == spec.step_key
         assert env["PYTHONPATH"].split(os.pathsep)[0] == str(bundle.resolve())
         assert env["cwd"] == str((bundle / "sub").resolve())
+
+    def test_the_step_gets_the_run_context_of_its_spec(self, bundle: Path) -> None:
+        from meridian.core.runcontext import RunContext
+
+        provider = self.make()
+        plain = self.extra_spec(bundle, "show_context")
+        context = RunContext(
+            run_id=plain.flow_run_id, step_key=plain.step_key, step_name="show_context",
+            attempt_id=plain.attempt_id, attempt_number=3, environment="lab", agent_id="a-1",
+        )  # fmt: skip
+        spec = replace(plain, context=context)
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert RunContext.from_dict(json.loads(outcome.result_json or "null")) == context
 
     def test_missing_cwd_rejected_at_submit(self, bundle: Path) -> None:
         provider = self.make()
