@@ -187,3 +187,35 @@ def test_run_page_links_steps_to_their_live_log(client: TestClient, store: Store
     detail = client.get(f"/runs/{run_id}", params={"step": "work#1"})
     assert 'id="step-detail"' in detail.text and 'data-live="1"' in detail.text
     assert 'id="step-log"' in detail.text
+
+
+def test_run_page_names_the_run_a_cached_step_was_reused_from(
+    client: TestClient, store: Store
+) -> None:
+    source = add_run(store, "etl", "aws-prod", utcnow())
+    run_id = add_run(store, "etl", "aws-prod", utcnow())
+
+    def reuse(session: Session) -> None:
+        session.add(
+            StepRunRow(
+                id=str(uuid.uuid4()),
+                flow_run_id=run_id,
+                key="load#1",
+                name="load",
+                spec=StepSpec(name="load", module="flows", function="load"),
+                inputs_json="{}",
+                inputs_digest="0" * 64,
+                state=StepState.CACHED,
+                result_json="1",
+                created_at=utcnow(),
+                ended_at=utcnow(),
+                cached_from_run_id=source,
+                cached_from_step_key="load#1",
+            )
+        )
+
+    store.run_sync(reuse)
+    log_in(client, token(store, "viewer"))
+    page = client.get(f"/runs/{run_id}").text
+    assert f'reused from run <a href="/runs/{source}" class="mono">{source}</a>' in page
+    assert "(step load#1)" in page
