@@ -41,7 +41,7 @@ class ExecutionSpec:
     warm interpreters (the process provider) reuse one, ``"process"`` asks for a fresh one;
     providers that always start fresh infrastructure ignore it.
     ``context`` is what ``meridian.context()`` returns in the step: a provider that writes a
-    step spec for ``meridian.stepexec`` puts ``context.to_dict()`` under its ``"context"`` key.
+    step spec for ``meridian.stepexec`` merges ``context_fields()`` into it.
     """
 
     attempt_id: str
@@ -60,6 +60,10 @@ class ExecutionSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     isolation: str = "warm"
     context: RunContext | None = None
+
+    def context_fields(self) -> dict[str, Any]:
+        """``{"context": {...}}`` to merge into a step spec for ``meridian.stepexec``, or {}."""
+        return {} if self.context is None else {"context": self.context.to_dict()}
 
 
 @dataclass(frozen=True)

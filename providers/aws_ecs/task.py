@@ -68,6 +68,7 @@ def environment(spec: ExecutionSpec, python_step: bool, default_code_dir: str) -
                 "inputs_json": spec.inputs_json,
                 "bundle_dir": spec.options.get("code_dir") or default_code_dir,
                 "step_key": spec.step_key,
+                **spec.context_fields(),
             },
             separators=(",", ":"),
         )

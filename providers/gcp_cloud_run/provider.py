@@ -131,6 +131,7 @@ class CloudRunProvider(Provider):
                     "inputs_json": spec.inputs_json,
                     "bundle_dir": str(options.get("code_dir", s.code_dir)),
                     "step_key": spec.step_key,
+                    **spec.context_fields(),
                 }
             )
         timeout = spec.timeout_s if spec.timeout_s and spec.timeout_s > 0 else None

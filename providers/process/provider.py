@@ -126,9 +126,8 @@ class ProcessProvider(Provider):
             "inputs_json": spec.inputs_json,
             "bundle_dir": bundle,
             "step_key": spec.step_key,
+            **spec.context_fields(),  # meridian.context() in the step
         }
-        if spec.context is not None:
-            step["context"] = spec.context.to_dict()  # meridian.context() in the step
         write_json_atomic(work_dir / SPEC_FILE, step)
         cwd = self._cwd(spec, work_dir)
         if spec.isolation == "warm" and self.pool_config.size > 0:

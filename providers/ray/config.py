@@ -187,12 +187,13 @@ def job_request(config: RayConfig, spec: ExecutionSpec, submission_id: str) -> d
         runtime_env["working_dir"] = bundle
     elif not upload:
         env["PYTHONPATH"] = os.pathsep.join([*([bundle] if bundle else []), code_root()])
-    step: dict[str, str | None] = {
+    step: dict[str, Any] = {
         "module": spec.module,
         "function": spec.function,
         "inputs_json": spec.inputs_json,
         "bundle_dir": "." if upload else bundle,  # uploaded: the working_dir is the job's cwd
         "step_key": spec.step_key,
+        **spec.context_fields(),
     }
     command = options.get("command")
     if command is not None:

@@ -198,6 +198,7 @@ def write_job_files(config: SlurmConfig, spec: ExecutionSpec, job_dir: Path) -> 
         "inputs_json": spec.inputs_json,
         "bundle_dir": bundle,
         "step_key": spec.step_key,
+        **spec.context_fields(),
     }
     _write_atomic(job_dir / SPEC_FILE, json.dumps(step))
     # Owner-only: the script holds the step's environment, which may carry secrets.

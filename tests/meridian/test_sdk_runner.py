@@ -39,6 +39,12 @@ def boom(message: str) -> None:
 def square(x: int) -> int:
     return x * x
 
+@flow(name="where")
+def where_flow() -> dict:
+    import meridian
+
+    return meridian.context().to_dict()
+
 @flow
 def sequential(n: int = 4) -> int:
     total = 0
@@ -100,6 +106,19 @@ def test_sequential_steps(client: ControlClient, fake_server: FakeServer, flows_
     assert run.bundle_sha256 in fake.bundles
     assert updates[-1].run_state == "COMPLETED"
     assert [u.event_id for u in updates] == sorted({u.event_id for u in updates})
+
+
+def test_the_flow_body_sees_its_run_and_flow_name(client: ControlClient, flows_file: Path) -> None:
+    import meridian
+
+    outcome = run_flow(client, f"{flows_file}:where", {})
+    assert outcome.result == {
+        "run_id": outcome.flow_run_id, "flow_name": "where", "step_key": None, "step_name": None,
+        "attempt_id": None, "attempt_number": None, "environment": None, "deployment": None,
+        "agent_id": None,
+    }  # fmt: skip
+    with pytest.raises(meridian.NoRunContext):
+        meridian.context()  # the body's context ended with it
 
 
 def test_submit_runs_steps_in_parallel(
