@@ -8,6 +8,8 @@ with the per-step isolation a fresh process would give:
 * fd 1 and 2 point at the attempt's ``stdout.log`` / ``stderr.log`` for the step only;
 * ``os.environ`` is exactly the step's environment and the cwd the step's cwd, both restored
   afterwards (nothing set for one step leaks into the next); so are signal handlers;
+* ``meridian.context()`` is the step's own (from its ``spec.json``) and ``meridian.run``
+  loggers are back at their defaults after it (``run_step`` resets both);
 * processes the step started are killed when it ends (SIGTERM, then SIGKILL after ``--grace``
   seconds): the worker is a child subreaper, so orphaned grandchildren come back to it.
 
