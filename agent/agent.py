@@ -312,11 +312,12 @@ class Agent:
         )
 
     async def _held_attempts(self) -> tuple[HeldAttempt, ...]:
-        """Running attempts, plus finished ones whose reports still wait in the journal: the
-        control plane must not count those as lost before the replay delivers their outcome."""
+        """Running attempts, plus finished ones whose outcome still waits in the journal: the
+        control plane must not count those as lost before the replay delivers their outcome.
+        Any other attempt it thinks this agent runs, it rightly finds lost."""
         assert self._worker is not None and self._journal is not None
         held = {h.attempt_id: h for h in self._worker.held_attempts()}
-        pending = await asyncio.to_thread(self._journal.pending_attempts)
+        pending = await asyncio.to_thread(self._journal.pending_outcomes)
         for attempt_id, token in pending.items():
             held.setdefault(attempt_id, HeldAttempt(attempt_id, token))
         return tuple(held.values())

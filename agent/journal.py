@@ -226,12 +226,18 @@ class Journal:
             cur = self._conn.execute("DELETE FROM reports WHERE seq <= ?", (up_to_seq,))
         return cur.rowcount
 
-    def pending_attempts(self) -> dict[str, int]:
-        """Attempts with reports not yet acked (attempt id -> fencing token): the control plane
-        must not think the agent lost them, since their outcome may still be in here."""
+    def pending_outcomes(self) -> dict[str, int]:
+        """Attempts whose final report is not yet acked (attempt id -> fencing token): the
+        control plane must not think the agent lost them, since their outcome is in here.
+
+        Only ``finished`` reports count. An attempt with nothing but a RUNNING proposal (or
+        logs) left here has no runner and no outcome any more (the agent died before its
+        step started): claiming it would leave it RUNNING on the control plane with nobody
+        running it, renewed by every heartbeat, for ever."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT attempt_id, MAX(fencing_token) FROM reports GROUP BY attempt_id"
+                "SELECT attempt_id, MAX(fencing_token) FROM reports WHERE kind = 'finished' "
+                "GROUP BY attempt_id"
             ).fetchall()
         return {str(attempt_id): int(token) for attempt_id, token in rows}
 

@@ -93,3 +93,36 @@ def test_sigkill_at_every_point_of_a_batch(tmp_path: Path, kind: str, point: str
         raise
     finally:
         estate.stop()
+
+
+def test_a_dead_agents_accepted_running_proposal_is_not_claimed_by_its_successor(
+    tmp_path: Path,
+) -> None:
+    """The agent dies once the control plane accepted its RUNNING proposal (applied and acked)
+    but before it deleted the report: the journal still holds the proposal, not an outcome.
+    The restarted agent must not claim that attempt in its Hello (it has no runner and no
+    outcome for it) — otherwise the control plane keeps it RUNNING for ever, renewed by every
+    heartbeat. Unclaimed, it is found lost and retried, and the run completes."""
+    estate = CrashingEstate(tmp_path / "estate", lost_after_s=30.0, heartbeat_s=0.5)
+    estate.start()
+    try:
+        estate.crash = ("running", "before_ack")
+        estate.add_agent("aws-a", {"cloud": "aws"}, name=AGENT)
+        runner = estate.run_background(
+            FLOWS, "survives_agent_restart", f"work={tmp_path}", "seconds=1"
+        )
+        doomed = estate.agents.pop(AGENT)
+        assert doomed.wait(timeout=DEADLINE_S) == -9, estate.logs()
+        estate.start_agent(AGENT, "aws-a", {"cloud": "aws"})
+        assert runner.wait(timeout=DEADLINE_S) == 0, estate.logs()
+        detail = estate.client().get_run(estate.latest_run_id("survives_agent_restart"))
+        assert detail.state == "COMPLETED"
+        check_history(detail)
+        (step,) = detail.steps
+        assert [a.state for a in step.attempts if a.state == "SUCCEEDED"] == ["SUCCEEDED"]
+        assert len(starts(tmp_path, "reattachable")) >= 1
+    except BaseException:
+        print(estate.logs())
+        raise
+    finally:
+        estate.stop()

@@ -12,6 +12,7 @@ the table of invariants checked and their counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,7 @@ class Chaos:
 class Lane:
     exits: dict[str, int] = field(default_factory=dict)  # lane tag of each run -> exit code
     hung: int = 0
+    hung_logs: dict[str, Path] = field(default_factory=dict)  # lane tag -> its runner's output
 
 
 def run_lane(
@@ -77,6 +80,9 @@ def run_lane(
             runner.kill()
             runner.wait(timeout=DEADLINE_S)
             lane.hung += 1
+            log = estate.cli_log(runner)
+            if log is not None:
+                lane.hung_logs[tag] = log
         if lane.exits.get(tag):
             time.sleep(1.0)
 
@@ -115,6 +121,29 @@ def chaos_loop(
             chaos.slow_restarts += 1
         estate.start_agent(name, name, labels, capacity=CAPACITY)
         chaos.log.append(f"{name} killed, down {down:.1f}s")
+
+
+def describe_hung(lanes: list[Lane], details: list[Any]) -> str:
+    """What a hung runner's run looked like: its state, its steps' states, the last events of
+    the steps that did not end, and the end of the runner's own output."""
+    by_tag = {json.loads(d.parameters_json)["lane"]: d for d in details}
+    out: list[str] = []
+    for lane in lanes:
+        for tag, log in lane.hung_logs.items():
+            detail = by_tag.get(tag)
+            if detail is None:
+                out.append(f"{tag}: no run stored")
+            else:
+                states = Counter(step.state for step in detail.steps)
+                out.append(f"{tag}: run {detail.flow_run_id} {detail.state}, steps {dict(states)}")
+                open_steps = [s for s in detail.steps if s.state not in ("COMPLETED", "FAILED")]
+                for step in open_steps[:3]:
+                    events = [e for e in detail.events if e.step_key == step.key][-6:]
+                    out.append(f"  {step.key} {step.state}:")
+                    out.extend(f"    {e.kind} {e.message[:160]}" for e in events)
+            with contextlib.suppress(OSError):
+                out.append("  runner output (end): " + log.read_text(errors="replace")[-1500:])
+    return "\n".join(out)
 
 
 def executions(work: Path) -> dict[tuple[str, str], int]:
@@ -174,7 +203,9 @@ def check_everything(
     with estate.client() as client:
         summaries = client.list_runs(limit=1000, flow_name="soak_batch")
         details = [client.get_run(s.flow_run_id) for s in summaries]
-    assert not any(lane.hung for lane in lanes), "a flow runner never exited"
+    assert not any(lane.hung for lane in lanes), "a flow runner never exited:\n" + describe_hung(
+        lanes, details
+    )
     exits = {tag: code for lane in lanes for tag, code in lane.exits.items()}
     recorded = {json.loads(d.parameters_json)["lane"] for d in details}
     assert len(recorded) == len(details), "two runs for one runner"

@@ -3,6 +3,7 @@ run as separate processes started through the `meridian` CLI, talking gRPC over 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -78,6 +79,8 @@ class Estate:
         self.server: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[Path] = []
+        self._log_of: dict[int, Path] = {}  # pid of a background client command -> its output
+        self._cli_numbers = itertools.count()
         self.token = ""  # an admin API token, issued once the control plane first listens
         self._agent_labels: dict[str, dict[str, str]] = {}
 
@@ -123,10 +126,11 @@ class Estate:
         self, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         """Start a client command without waiting for it (output goes to a log file)."""
-        log = self.root / f"cli-{len(self._logs)}.log"
+        # A counter, not len(self._logs): lanes of the soak start commands from several threads.
+        log = self.root / f"cli-{next(self._cli_numbers)}.log"
         self._logs.append(log)
         with open(log, "wb") as out:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 meridian_cmd(*args),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -140,6 +144,8 @@ class Estate:
                     }
                 ),
             )
+        self._log_of[process.pid] = log
+        return process
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
@@ -331,6 +337,10 @@ class Estate:
 
     def agent_labels(self, name: str) -> dict[str, str]:
         return self._agent_labels[name]
+
+    def cli_log(self, process: subprocess.Popen[bytes]) -> Path | None:
+        """The output file of a background client command started by :meth:`cli_background`."""
+        return self._log_of.get(process.pid)
 
     def run_background(self, flow_file: Path, flow: str, *params: str) -> subprocess.Popen[bytes]:
         """`meridian run` in the background (a flow runner we can kill)."""
