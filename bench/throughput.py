@@ -10,10 +10,11 @@ started through the ``meridian`` CLI; this process is the flow runner. Every num
 from what the control plane recorded, not from the client:
 
 * durable steps/s: steps whose stored state is COMPLETED (``get_run().steps``), divided by the
-  time from the first ``step.pending`` event to the last ``step.completed`` event;
-* per-step round trip: ``step.pending`` -> ``step.completed`` of each step (in the chain this
-  is the cost of one call as the flow body sees it, minus the runner's turnaround);
-* submit time of the map: first to last ``step.pending`` event of the fan-out.
+  time from the first step's creation (its ``step.pending``) to the last step's end (its
+  ``step.completed``), read from the stored step runs;
+* per-step round trip: creation -> end of each completed step (in the chain this is the cost
+  of one call as the flow body sees it, minus the runner's turnaround);
+* submit time of the map: first to last step creation of the fan-out.
 
 ``--submit-only K`` measures the submit time of a K-item map without running it: the steps
 target a label no agent has, so they stay queued; once all K are stored (polled every 2 s) the
@@ -70,16 +71,14 @@ def chain(m: int) -> int:
 
 def analyse(result: common.FlowResult, steps: int, fanned_out: bool) -> dict[str, Any]:
     detail = result.detail
-    times = common.first_times(detail.events)
-    pending = sorted(k["step.pending"] for k in times.values() if "step.pending" in k)
-    done = sorted(k["step.completed"] for k in times.values() if "step.completed" in k)
+    # The step runs' own times (created = its step.pending event, ended = its step.completed
+    # event): a run's event list is capped (10,000 events, ~1,400 steps' worth), its steps not.
+    completed = [s for s in detail.steps if s.state == "COMPLETED" and s.created_at and s.ended_at]
+    pending = sorted(s.created_at for s in detail.steps if s.created_at)
+    done = sorted(s.ended_at for s in completed)
     durable = common.completed_steps(detail)
     span_s = (done[-1] - pending[0]).total_seconds() if pending and done else 0.0
-    round_trip = [
-        common.ms_between(k["step.pending"], k["step.completed"])
-        for k in times.values()
-        if "step.pending" in k and "step.completed" in k
-    ]
+    round_trip = [common.ms_between(s.created_at, s.ended_at) for s in completed]
     return {
         "run_id": result.run_id,
         "state": result.state,
