@@ -33,18 +33,16 @@ from agent.results._base import (
     SourceStream,
     VerifiedChunks,
     check_chunk_size,
-    check_key,
     check_older_than,
     check_prefix,
     check_put,
     check_ttl,
 )
 from agent.results._errors import (
-    ResultConflict,
     ResultNotFound,
-    ResultStoreError,
     ResultStoreUnavailable,
 )
+from agent.results._object import PrefixedObjectStore
 
 MAX_BLOCK_SIZE = 100 * 1024 * 1024
 MAX_BLOCKS = 50_000
@@ -63,20 +61,17 @@ class AzureBlobConfig:
     read_size: int = 4 * 1024 * 1024
 
 
-class AzureBlobStore:
+class AzureBlobStore(PrefixedObjectStore):
     """Block blobs in one container under a prefix (see the module docstring)."""
 
     def __init__(self, name: str, config: AzureBlobConfig, service: Any = None) -> None:
         from azure.core import exceptions
 
-        self.name = name
+        super().__init__(name, config.prefix)
         self._config = config
         self._service = service if service is not None else _service(config)
         self._container = self._service.get_container_client(config.container)
         self._exc = exceptions
-
-    def location(self, key: str, size: int, sha256: str) -> ResultLocation:
-        return ResultLocation(self.name, self._uri(key), key, size, sha256)
 
     def put(self, key: str, source: Source, size: int, sha256: str) -> ResultLocation:
         from azure.storage.blob import BlobBlock
@@ -182,28 +177,9 @@ class AzureBlobStore:
         )
         return f"{blob.url}?{sas}"
 
-    def _exists_same(self, location: ResultLocation) -> bool:
-        try:
-            info = self.stat(location.key)
-        except ResultNotFound:
-            return False
-        if info.size != location.size or info.sha256 != location.sha256:
-            raise ResultConflict(
-                f"{location.uri} already holds a different object (size {info.size}, sha256 "
-                f"{info.sha256}); keys are per attempt, so this is a bug"
-            )
-        return True
-
-    def _full(self, key: str) -> str:
-        return self._config.prefix + check_key(key)
-
     def _uri(self, key: str) -> str:
         url: str = self._container.get_blob_client(self._config.prefix + key).url
         return url
-
-    def _own(self, location: ResultLocation) -> None:
-        if location.store != self.name or location.uri != self._uri(check_key(location.key)):
-            raise ResultStoreError(f"{location.uri} is not an object of store {self.name!r}")
 
 
 def _info(key: str, props: Any) -> ObjectInfo:

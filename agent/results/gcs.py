@@ -31,7 +31,6 @@ from agent.results._base import (
     SourceStream,
     VerifiedChunks,
     check_chunk_size,
-    check_key,
     check_older_than,
     check_prefix,
     check_put,
@@ -39,11 +38,10 @@ from agent.results._base import (
 )
 from agent.results._errors import (
     PresignUnsupported,
-    ResultConflict,
     ResultNotFound,
-    ResultStoreError,
     ResultStoreUnavailable,
 )
+from agent.results._object import PrefixedObjectStore
 
 CHUNK_QUANTUM = 256 * 1024  # resumable chunks are multiples of 256 KiB
 _DIGEST_META = "sha256"
@@ -63,20 +61,17 @@ class GcsConfig:
     anonymous: bool = False
 
 
-class GcsStore:
+class GcsStore(PrefixedObjectStore):
     """Objects in one bucket under a prefix (see the module docstring)."""
 
     def __init__(self, name: str, config: GcsConfig, client: Any = None) -> None:
         from google.api_core import exceptions
 
-        self.name = name
+        super().__init__(name, config.prefix)
         self._config = config
         self._client = client if client is not None else _client(config)
         self._bucket = self._client.bucket(config.bucket)
         self._exc = exceptions
-
-    def location(self, key: str, size: int, sha256: str) -> ResultLocation:
-        return ResultLocation(self.name, self._uri(key), key, size, sha256)
 
     def put(self, key: str, source: Source, size: int, sha256: str) -> ResultLocation:
         check_put(key, size, sha256)
@@ -174,27 +169,8 @@ class GcsStore:
             raise ResultNotFound(f"no object {self._uri(key)} in store {self.name!r}")
         return blob
 
-    def _exists_same(self, location: ResultLocation) -> bool:
-        try:
-            info = self.stat(location.key)
-        except ResultNotFound:
-            return False
-        if info.size != location.size or info.sha256 != location.sha256:
-            raise ResultConflict(
-                f"{location.uri} already holds a different object (size {info.size}, sha256 "
-                f"{info.sha256}); keys are per attempt, so this is a bug"
-            )
-        return True
-
-    def _full(self, key: str) -> str:
-        return self._config.prefix + check_key(key)
-
     def _uri(self, key: str) -> str:
         return f"gs://{self._config.bucket}/{self._config.prefix}{key}"
-
-    def _own(self, location: ResultLocation) -> None:
-        if location.store != self.name or location.uri != self._uri(check_key(location.key)):
-            raise ResultStoreError(f"{location.uri} is not an object of store {self.name!r}")
 
 
 def _info(key: str, blob: Any) -> ObjectInfo:

@@ -35,18 +35,16 @@ from agent.results._base import (
     SourceStream,
     VerifiedChunks,
     check_chunk_size,
-    check_key,
     check_older_than,
     check_prefix,
     check_put,
     check_ttl,
 )
 from agent.results._errors import (
-    ResultConflict,
     ResultNotFound,
-    ResultStoreError,
     ResultStoreUnavailable,
 )
+from agent.results._object import PrefixedObjectStore
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last
 MAX_PART_SIZE = 512 * 1024 * 1024
@@ -69,20 +67,17 @@ class S3Config:
     secret_access_key: str | None = None
 
 
-class S3Store:
+class S3Store(PrefixedObjectStore):
     """Objects in one bucket under a prefix (see the module docstring)."""
 
     def __init__(self, name: str, config: S3Config, client: Any = None) -> None:
-        self.name = name
+        super().__init__(name, config.prefix)
         self._config = config
         self._client = client if client is not None else _client(config)
         import botocore.exceptions
 
         self._client_error = botocore.exceptions.ClientError
         self._boto_error = botocore.exceptions.BotoCoreError
-
-    def location(self, key: str, size: int, sha256: str) -> ResultLocation:
-        return ResultLocation(self.name, self._uri(key), key, size, sha256)
 
     def put(self, key: str, source: Source, size: int, sha256: str) -> ResultLocation:
         check_put(key, size, sha256)
@@ -232,27 +227,8 @@ class S3Store:
         )
         return url
 
-    def _exists_same(self, location: ResultLocation) -> bool:
-        try:
-            info = self.stat(location.key)
-        except ResultNotFound:
-            return False
-        if info.size != location.size or info.sha256 != location.sha256:
-            raise ResultConflict(
-                f"{location.uri} already holds a different object (size {info.size}, sha256 "
-                f"{info.sha256}); keys are per attempt, so this is a bug"
-            )
-        return True
-
-    def _full(self, key: str) -> str:
-        return self._config.prefix + check_key(key)
-
     def _uri(self, key: str) -> str:
         return f"s3://{self._config.bucket}/{self._config.prefix}{key}"
-
-    def _own(self, location: ResultLocation) -> None:
-        if location.store != self.name or location.uri != self._uri(check_key(location.key)):
-            raise ResultStoreError(f"{location.uri} is not an object of store {self.name!r}")
 
     def _error(self, exc: Any, uri: str) -> Exception:
         code = _code(exc)
