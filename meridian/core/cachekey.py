@@ -30,12 +30,12 @@ import hashlib
 import hmac
 import inspect
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from meridian.core.errors import ValidationError
+from meridian.core.jsonwalk import NonJson, find_non_json
 
 MAX_DEPTH = 100
 MAX_USER_KEY = 256
@@ -63,7 +63,8 @@ def canonical_json(value: Any) -> str:
     :class:`ValidationError` naming the first part that is not JSON (a set, a datetime, a
     non-string dict key, NaN) instead of letting ``json`` coerce it silently.
     """
-    problem = _find_non_json(value, "", 0)
+    found = find_non_json(value, MAX_DEPTH)
+    problem = _non_json_text(found) if found else None
     if problem:
         raise ValidationError(
             f"cache key inputs must be JSON values; found {problem} (convert it, or give the "
@@ -74,32 +75,16 @@ def canonical_json(value: Any) -> str:
     )
 
 
-def _find_non_json(value: Any, path: str, depth: int) -> str | None:
-    if depth > MAX_DEPTH:
-        return f"nesting deeper than {MAX_DEPTH} levels at {path or 'top level'}"
-    if value is None or isinstance(value, bool | int | str):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else _at(f"the non-finite number {value!r}", path)
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _find_non_json(item, f"{path}[{index}]", depth + 1)
-            if found:
-                return found
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return _at(f"a dict key of type {type(key).__name__}", path)
-            found = _find_non_json(item, f"{path}[{key!r}]", depth + 1)
-            if found:
-                return found
-        return None
-    return _at(f"a value of type {type(value).__name__}", path)
-
-
-def _at(what: str, path: str) -> str:
-    return f"{what} at {path}" if path else what
+def _non_json_text(found: NonJson) -> str:
+    what = {
+        "depth": f"nesting deeper than {found.detail} levels",
+        "float": f"the non-finite number {found.detail}",
+        "key": f"a dict key of type {found.detail}",
+        "type": f"a value of type {found.detail}",
+    }[found.kind]
+    if found.kind == "depth":
+        return f"{what} at {found.path or 'top level'}"
+    return f"{what} at {found.path}" if found.path else what
 
 
 def bind_inputs(

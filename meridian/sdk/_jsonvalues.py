@@ -9,8 +9,9 @@ refuse it with a message naming where it is.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
+
+from meridian.core.jsonwalk import NonJson, find_non_json
 
 _MAX_DEPTH = 200
 
@@ -20,35 +21,20 @@ def describe_non_json(value: Any) -> str | None:
 
     Tuples are accepted (they become lists, which is what users expect of ``*args``).
     """
-    return _find(value, "", 0)
+    found = find_non_json(value, _MAX_DEPTH)
+    return _describe(found) if found else None
 
 
-def _find(value: Any, path: str, depth: int) -> str | None:
-    if depth > _MAX_DEPTH:
-        return f"nesting deeper than {_MAX_DEPTH} levels at {path or 'top level'}"
-    if value is None or isinstance(value, bool | int | str):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else _at(f"non-finite float {value!r}", path)
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _find(item, f"{path}[{index}]", depth + 1)
-            if found:
-                return found
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return _at(f"a dict key of type {type(key).__name__}", path)
-            found = _find(item, f"{path}[{key!r}]", depth + 1)
-            if found:
-                return found
-        return None
-    return _at(type(value).__name__, path)
-
-
-def _at(what: str, path: str) -> str:
-    return f"{what} at {path}" if path else what
+def _describe(found: NonJson) -> str:
+    what = {
+        "depth": f"nesting deeper than {found.detail} levels",
+        "float": f"non-finite float {found.detail}",
+        "key": f"a dict key of type {found.detail}",
+        "type": found.detail,
+    }[found.kind]
+    if found.kind == "depth":
+        return f"{what} at {found.path or 'top level'}"
+    return f"{what} at {found.path}" if found.path else what
 
 
 def dumps(value: Any) -> str:
