@@ -248,6 +248,12 @@ class StepRunRow(Base):
     # A CACHED step run: the run and step key whose result it reused.
     cached_from_run_id: Mapped[str | None] = mapped_column(String(36))
     cached_from_step_key: Mapped[str | None] = mapped_column(String(512))
+    # A result that stayed at its site (docs/results.md): its reference (resultref JSON form;
+    # result_json is then None), and the reference's digest, indexed to check references
+    # that later inputs name. input_refs_json: the JSON list of references the inputs name.
+    result_ref_json: Mapped[str | None] = mapped_column(Text)
+    result_ref_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    input_refs_json: Mapped[str | None] = mapped_column(Text)
 
 
 class AttemptRow(Base):
@@ -360,3 +366,64 @@ class AuditRecordRow(Base):
     # not fork the chain silently (the second insert fails instead).
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class EnvironmentRow(Base):
+    """Control-plane policy of one environment: its data residency rule (docs/results.md).
+
+    A row exists only once an admin set something; an environment without one has no rule.
+    """
+
+    __tablename__ = "environments"
+
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    residency: Mapped[str] = mapped_column(String(1024), default="")
+    updated_at: Mapped[dt.datetime]
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class TransferRow(Base):
+    """One movement of a stored result out of its environment (to an agent or a client)."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (Index("ix_transfers_started_at", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    flow_run_id: Mapped[str] = mapped_column(String(36), index=True)
+    step_key: Mapped[str] = mapped_column(String(512), default="")
+    attempt_id: Mapped[str | None] = mapped_column(String(36))
+    from_environment: Mapped[str] = mapped_column(String(253))
+    to_environment: Mapped[str] = mapped_column(String(253), default="")
+    store: Mapped[str] = mapped_column(String(63))
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(Text, default="")
+    producer_run_id: Mapped[str] = mapped_column(String(36), default="")
+    producer_step_key: Mapped[str] = mapped_column(String(512), default="")
+    # Who asked: the consuming agent's id, or the API principal of a client download.
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+    started_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+
+
+class ResultDeletionRow(Base):
+    """A stored result object to delete at its site (its run was deleted or expired, or it
+    is an orphan): kept until an agent of the environment confirms, so none is forgotten."""
+
+    __tablename__ = "result_deletions"
+    __table_args__ = (Index("ix_result_deletions_environment", "environment"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    environment: Mapped[str] = mapped_column(String(253))
+    store: Mapped[str] = mapped_column(String(63))
+    uri: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    reason: Mapped[str] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+    tries: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")

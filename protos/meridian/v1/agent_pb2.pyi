@@ -30,6 +30,22 @@ VERDICT_UNSPECIFIED: Verdict
 VERDICT_ACCEPT: Verdict
 VERDICT_REJECT: Verdict
 
+class FetchResultRequest(_message.Message):
+    __slots__ = ("attempt_id", "fencing_token", "ref_json", "offset")
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REF_JSON_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    attempt_id: str
+    fencing_token: int
+    ref_json: str
+    offset: int
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class PushResultResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class EnrollRequest(_message.Message):
     __slots__ = ("join_token", "csr_pem", "name")
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -61,16 +77,56 @@ class FetchBundleRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "heartbeat", "reports", "renew_certificate")
+    __slots__ = ("hello", "heartbeat", "reports", "renew_certificate", "result_listing", "results_deleted")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_LISTING_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_DELETED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     reports: ReportBatch
     renew_certificate: RenewCertificate
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ...) -> None: ...
+    result_listing: ResultListing
+    results_deleted: ResultsDeleted
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., result_listing: _Optional[_Union[ResultListing, _Mapping]] = ..., results_deleted: _Optional[_Union[ResultsDeleted, _Mapping]] = ...) -> None: ...
+
+class StoredObject(_message.Message):
+    __slots__ = ("store", "uri", "size", "modified_unix_ms")
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    store: str
+    uri: str
+    size: int
+    modified_unix_ms: int
+    def __init__(self, store: _Optional[str] = ..., uri: _Optional[str] = ..., size: _Optional[int] = ..., modified_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ResultListing(_message.Message):
+    __slots__ = ("sweep_id", "objects", "done", "error")
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    objects: _containers.RepeatedCompositeFieldContainer[StoredObject]
+    done: bool
+    error: str
+    def __init__(self, sweep_id: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[StoredObject, _Mapping]]] = ..., done: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ResultsDeleted(_message.Message):
+    __slots__ = ("request_id", "count", "bytes", "errors")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    count: int
+    bytes: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., count: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RenewCertificate(_message.Message):
     __slots__ = ("csr_pem",)
@@ -95,7 +151,7 @@ class HeldAttempt(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining", "degraded")
+    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining", "degraded", "result_stores", "default_result_store")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +167,8 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_STORES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
     version: str
     labels: _containers.ScalarMap[str, str]
     providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
@@ -119,7 +177,9 @@ class Hello(_message.Message):
     hostname: str
     draining: bool
     degraded: str
-    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ...) -> None: ...
+    result_stores: _containers.RepeatedScalarFieldContainer[str]
+    default_result_store: str
+    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("in_use", "held_attempts", "draining", "degraded", "loop_stall_ms")
@@ -160,16 +220,18 @@ class LogChunk(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[_common_pb2.LogLine, _Mapping]]] = ...) -> None: ...
 
 class AttemptFinished(_message.Message):
-    __slots__ = ("outcome", "result_json", "error", "exit_code")
+    __slots__ = ("outcome", "result_json", "result_ref_json", "error", "exit_code")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_REF_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     outcome: AttemptOutcome
     result_json: str
+    result_ref_json: str
     error: _common_pb2.ErrorInfo
     exit_code: int
-    def __init__(self, outcome: _Optional[_Union[AttemptOutcome, str]] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ...) -> None: ...
+    def __init__(self, outcome: _Optional[_Union[AttemptOutcome, str]] = ..., result_json: _Optional[str] = ..., result_ref_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class Report(_message.Message):
     __slots__ = ("seq", "attempt_id", "fencing_token", "at_unix_ms", "running", "handle", "logs", "finished")
@@ -192,7 +254,7 @@ class Report(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., running: _Optional[_Union[ProposeRunning, _Mapping]] = ..., handle: _Optional[_Union[HandleRecorded, _Mapping]] = ..., logs: _Optional[_Union[LogChunk, _Mapping]] = ..., finished: _Optional[_Union[AttemptFinished, _Mapping]] = ...) -> None: ...
 
 class ControlFrame(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions", "certificate")
+    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions", "certificate", "serve_result", "sweep_results", "delete_results")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +262,9 @@ class ControlFrame(_message.Message):
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SERVE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: AssignBatch
     cancel: Cancel
@@ -207,7 +272,36 @@ class ControlFrame(_message.Message):
     drain: Drain
     decisions: DecisionBatch
     certificate: CertificateRenewal
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ..., certificate: _Optional[_Union[CertificateRenewal, _Mapping]] = ...) -> None: ...
+    serve_result: ServeResult
+    sweep_results: SweepResults
+    delete_results: DeleteResults
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ..., certificate: _Optional[_Union[CertificateRenewal, _Mapping]] = ..., serve_result: _Optional[_Union[ServeResult, _Mapping]] = ..., sweep_results: _Optional[_Union[SweepResults, _Mapping]] = ..., delete_results: _Optional[_Union[DeleteResults, _Mapping]] = ...) -> None: ...
+
+class ServeResult(_message.Message):
+    __slots__ = ("transfer_id", "ref_json", "offset")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REF_JSON_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    ref_json: str
+    offset: int
+    def __init__(self, transfer_id: _Optional[str] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SweepResults(_message.Message):
+    __slots__ = ("sweep_id", "older_than_s")
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_S_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    older_than_s: float
+    def __init__(self, sweep_id: _Optional[str] = ..., older_than_s: _Optional[float] = ...) -> None: ...
+
+class DeleteResults(_message.Message):
+    __slots__ = ("request_id", "objects")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    objects: _containers.RepeatedCompositeFieldContainer[StoredObject]
+    def __init__(self, request_id: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[StoredObject, _Mapping]]] = ...) -> None: ...
 
 class CertificateRenewal(_message.Message):
     __slots__ = ("certificate_pem", "renew_in_s", "refused", "retry_in_s")
@@ -251,7 +345,7 @@ class Welcome(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., environment: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ..., last_applied_seq: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., certificate_renew_in_s: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assign(_message.Message):
-    __slots__ = ("attempt_id", "fencing_token", "flow_run_id", "step_run_id", "step_key", "attempt_number", "spec", "bundle_sha256", "inputs_json")
+    __slots__ = ("attempt_id", "fencing_token", "flow_run_id", "step_run_id", "step_key", "attempt_number", "spec", "bundle_sha256", "inputs_json", "input_refs_json")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +355,7 @@ class Assign(_message.Message):
     SPEC_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REFS_JSON_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     fencing_token: int
     flow_run_id: str
@@ -270,7 +365,8 @@ class Assign(_message.Message):
     spec: _common_pb2.StepSpec
     bundle_sha256: str
     inputs_json: str
-    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., step_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_number: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., inputs_json: _Optional[str] = ...) -> None: ...
+    input_refs_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., step_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_number: _Optional[int] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., bundle_sha256: _Optional[str] = ..., inputs_json: _Optional[str] = ..., input_refs_json: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssignBatch(_message.Message):
     __slots__ = ("assignments",)

@@ -50,6 +50,16 @@ class AgentServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_agent__pb2.FetchBundleRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.FetchResult = channel.unary_stream(
+                '/meridian.v1.AgentService/FetchResult',
+                request_serializer=protos_dot_meridian_dot_v1_dot_agent__pb2.FetchResultRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.FromString,
+                _registered_method=True)
+        self.PushResult = channel.stream_unary(
+                '/meridian.v1.AgentService/PushResult',
+                request_serializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_agent__pb2.PushResultResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -77,6 +87,23 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchResult(self, request, context):
+        """Result transfers between environments (docs/results.md), relayed by the control plane in
+        bounded chunks; both agents dial out, no site opens a port.
+        The consumer: the bytes of a result one of its attempts takes as input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushResult(self, request_iterator, context):
+        """The producer, after a ServeResult frame: the requested bytes, first chunk naming the
+        transfer (ResultChunk.transfer_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +121,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.FetchBundle,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_agent__pb2.FetchBundleRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_agent__pb2.FetchResultRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.SerializeToString,
+            ),
+            'PushResult': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushResult,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_agent__pb2.PushResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +214,60 @@ class AgentService:
             '/meridian.v1.AgentService/FetchBundle',
             protos_dot_meridian_dot_v1_dot_agent__pb2.FetchBundleRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_common__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meridian.v1.AgentService/FetchResult',
+            protos_dot_meridian_dot_v1_dot_agent__pb2.FetchResultRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushResult(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/meridian.v1.AgentService/PushResult',
+            protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_agent__pb2.PushResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

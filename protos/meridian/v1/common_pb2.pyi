@@ -21,7 +21,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, error_class: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., type_mro: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepSpec(_message.Message):
-    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets", "isolation")
+    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets", "isolation", "result_store", "inline_threshold_bytes", "serializer")
     class SecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,9 @@ class StepSpec(_message.Message):
     LOST_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     SECRETS_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
+    INLINE_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZER_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: str
     function: str
@@ -63,7 +66,26 @@ class StepSpec(_message.Message):
     lost_after_s: float
     secrets: _containers.ScalarMap[str, str]
     isolation: str
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ...) -> None: ...
+    result_store: str
+    inline_threshold_bytes: int
+    serializer: str
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ..., result_store: _Optional[str] = ..., inline_threshold_bytes: _Optional[int] = ..., serializer: _Optional[str] = ...) -> None: ...
+
+class ResultChunk(_message.Message):
+    __slots__ = ("transfer_id", "offset", "data", "total_size", "sha256", "error")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    offset: int
+    data: bytes
+    total_size: int
+    sha256: str
+    error: str
+    def __init__(self, transfer_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("at_unix_ms", "stream", "text")

@@ -64,32 +64,42 @@ class CreateRunResponse(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., runner_token: _Optional[str] = ...) -> None: ...
 
 class StepSubmission(_message.Message):
-    __slots__ = ("key", "spec", "inputs_json", "cache_key", "cache_expires_after_s")
+    __slots__ = ("key", "spec", "inputs_json", "cache_key", "cache_expires_after_s", "input_refs_json")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     CACHE_EXPIRES_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REFS_JSON_FIELD_NUMBER: _ClassVar[int]
     key: str
     spec: _common_pb2.StepSpec
     inputs_json: str
     cache_key: str
     cache_expires_after_s: float
-    def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ..., cache_key: _Optional[str] = ..., cache_expires_after_s: _Optional[float] = ...) -> None: ...
+    input_refs_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., inputs_json: _Optional[str] = ..., cache_key: _Optional[str] = ..., cache_expires_after_s: _Optional[float] = ..., input_refs_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InputRefs(_message.Message):
+    __slots__ = ("ref_json",)
+    REF_JSON_FIELD_NUMBER: _ClassVar[int]
+    ref_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref_json: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepBatch(_message.Message):
-    __slots__ = ("spec", "keys", "inputs_json", "cache_keys", "cache_expires_after_s")
+    __slots__ = ("spec", "keys", "inputs_json", "cache_keys", "cache_expires_after_s", "input_refs")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEYS_FIELD_NUMBER: _ClassVar[int]
     CACHE_EXPIRES_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REFS_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.StepSpec
     keys: _containers.RepeatedScalarFieldContainer[str]
     inputs_json: _containers.RepeatedScalarFieldContainer[str]
     cache_keys: _containers.RepeatedScalarFieldContainer[str]
     cache_expires_after_s: float
-    def __init__(self, spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., inputs_json: _Optional[_Iterable[str]] = ..., cache_keys: _Optional[_Iterable[str]] = ..., cache_expires_after_s: _Optional[float] = ...) -> None: ...
+    input_refs: _containers.RepeatedCompositeFieldContainer[InputRefs]
+    def __init__(self, spec: _Optional[_Union[_common_pb2.StepSpec, _Mapping]] = ..., keys: _Optional[_Iterable[str]] = ..., inputs_json: _Optional[_Iterable[str]] = ..., cache_keys: _Optional[_Iterable[str]] = ..., cache_expires_after_s: _Optional[float] = ..., input_refs: _Optional[_Iterable[_Union[InputRefs, _Mapping]]] = ...) -> None: ...
 
 class SubmitStepsRequest(_message.Message):
     __slots__ = ("flow_run_id", "steps", "batches")
@@ -174,18 +184,20 @@ class RunUpdate(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., step_run_id: _Optional[str] = ..., attempt_id: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[str] = ..., step_outcome: _Optional[_Union[StepOutcome, _Mapping]] = ..., run_state: _Optional[str] = ..., approval: _Optional[_Union[ApprovalInfo, _Mapping]] = ..., environment: _Optional[str] = ..., batch: _Optional[_Iterable[_Union[RunUpdate, _Mapping]]] = ...) -> None: ...
 
 class StepOutcome(_message.Message):
-    __slots__ = ("step_run_id", "key", "state", "result_json", "error")
+    __slots__ = ("step_run_id", "key", "state", "result_json", "error", "result_ref_json")
     STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_REF_JSON_FIELD_NUMBER: _ClassVar[int]
     step_run_id: str
     key: str
     state: str
     result_json: str
     error: _common_pb2.ErrorInfo
-    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ...) -> None: ...
+    result_ref_json: str
+    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., state: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., result_ref_json: _Optional[str] = ...) -> None: ...
 
 class FinishRunRequest(_message.Message):
     __slots__ = ("flow_run_id", "succeeded", "result_json", "error")
@@ -372,7 +384,7 @@ class AttemptDetail(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., number: _Optional[int] = ..., state: _Optional[str] = ..., environment: _Optional[str] = ..., agent_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., provider: _Optional[str] = ..., resource_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., queued_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., exit_code: _Optional[int] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class StepRunDetail(_message.Message):
-    __slots__ = ("step_run_id", "key", "name", "state", "target", "provider", "inputs_digest", "result_json", "error", "created_at_unix_ms", "ended_at_unix_ms", "attempts", "reused_from_run_id", "reused_from_step_key")
+    __slots__ = ("step_run_id", "key", "name", "state", "target", "provider", "inputs_digest", "result_json", "error", "created_at_unix_ms", "ended_at_unix_ms", "attempts", "reused_from_run_id", "reused_from_step_key", "result_ref_json")
     STEP_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +399,7 @@ class StepRunDetail(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     REUSED_FROM_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REUSED_FROM_STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_REF_JSON_FIELD_NUMBER: _ClassVar[int]
     step_run_id: str
     key: str
     name: str
@@ -401,7 +414,8 @@ class StepRunDetail(_message.Message):
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptDetail]
     reused_from_run_id: str
     reused_from_step_key: str
-    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., inputs_digest: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptDetail, _Mapping]]] = ..., reused_from_run_id: _Optional[str] = ..., reused_from_step_key: _Optional[str] = ...) -> None: ...
+    result_ref_json: str
+    def __init__(self, step_run_id: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., inputs_digest: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptDetail, _Mapping]]] = ..., reused_from_run_id: _Optional[str] = ..., reused_from_step_key: _Optional[str] = ..., result_ref_json: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("event_id", "at_unix_ms", "kind", "step_key", "attempt_id", "from_state", "to_state", "message")
@@ -424,7 +438,7 @@ class RunEvent(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunDetail(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms", "approvals")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms", "approvals", "transfers")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +456,7 @@ class RunDetail(_message.Message):
     RETRY_OF_FIELD_NUMBER: _ClassVar[int]
     RESUMED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -459,7 +474,8 @@ class RunDetail(_message.Message):
     retry_of: str
     resumed_at_unix_ms: int
     approvals: _containers.RepeatedCompositeFieldContainer[ApprovalInfo]
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ..., approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ...) -> None: ...
+    transfers: _containers.RepeatedCompositeFieldContainer[TransferInfo]
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ..., approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[TransferInfo, _Mapping]]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "state", "flow_name")
@@ -645,3 +661,165 @@ class AgentRequest(_message.Message):
     agent: str
     reason: str
     def __init__(self, agent: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FetchRunResultRequest(_message.Message):
+    __slots__ = ("flow_run_id", "step_key", "offset")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    step_key: str
+    offset: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class TransferInfo(_message.Message):
+    __slots__ = ("transfer_id", "flow_run_id", "step_key", "attempt_id", "from_environment", "to_environment", "store", "bytes", "sha256", "state", "error", "started_at_unix_ms", "ended_at_unix_ms", "producer_run_id", "producer_step_key")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    TO_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    flow_run_id: str
+    step_key: str
+    attempt_id: str
+    from_environment: str
+    to_environment: str
+    store: str
+    bytes: int
+    sha256: str
+    state: str
+    error: str
+    started_at_unix_ms: int
+    ended_at_unix_ms: int
+    producer_run_id: str
+    producer_step_key: str
+    def __init__(self, transfer_id: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_environment: _Optional[str] = ..., to_environment: _Optional[str] = ..., store: _Optional[str] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., producer_run_id: _Optional[str] = ..., producer_step_key: _Optional[str] = ...) -> None: ...
+
+class TransferTotal(_message.Message):
+    __slots__ = ("from_environment", "to_environment", "bytes", "transfers")
+    FROM_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    TO_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    from_environment: str
+    to_environment: str
+    bytes: int
+    transfers: int
+    def __init__(self, from_environment: _Optional[str] = ..., to_environment: _Optional[str] = ..., bytes: _Optional[int] = ..., transfers: _Optional[int] = ...) -> None: ...
+
+class ListTransfersRequest(_message.Message):
+    __slots__ = ("since_unix_ms", "flow_run_id", "limit")
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since_unix_ms: int
+    flow_run_id: str
+    limit: int
+    def __init__(self, since_unix_ms: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListTransfersResponse(_message.Message):
+    __slots__ = ("transfers", "totals")
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[TransferInfo]
+    totals: _containers.RepeatedCompositeFieldContainer[TransferTotal]
+    def __init__(self, transfers: _Optional[_Iterable[_Union[TransferInfo, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[TransferTotal, _Mapping]]] = ...) -> None: ...
+
+class EnvironmentInfo(_message.Message):
+    __slots__ = ("name", "residency", "agents", "connected", "result_stores", "default_result_store")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_STORES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    residency: str
+    agents: int
+    connected: int
+    result_stores: _containers.RepeatedScalarFieldContainer[str]
+    default_result_store: str
+    def __init__(self, name: _Optional[str] = ..., residency: _Optional[str] = ..., agents: _Optional[int] = ..., connected: _Optional[int] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ...) -> None: ...
+
+class ListEnvironmentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListEnvironmentsResponse(_message.Message):
+    __slots__ = ("environments",)
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
+    environments: _containers.RepeatedCompositeFieldContainer[EnvironmentInfo]
+    def __init__(self, environments: _Optional[_Iterable[_Union[EnvironmentInfo, _Mapping]]] = ...) -> None: ...
+
+class SetResidencyRequest(_message.Message):
+    __slots__ = ("environment", "rule", "reason")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    rule: str
+    reason: str
+    def __init__(self, environment: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("flow_run_id", "reason")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    reason: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteRunResponse(_message.Message):
+    __slots__ = ("flow_run_id", "stored_objects")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    stored_objects: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., stored_objects: _Optional[int] = ...) -> None: ...
+
+class CollectResultsRequest(_message.Message):
+    __slots__ = ("dry_run", "environment", "older_than_s")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_S_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    environment: str
+    older_than_s: float
+    def __init__(self, dry_run: _Optional[bool] = ..., environment: _Optional[str] = ..., older_than_s: _Optional[float] = ...) -> None: ...
+
+class StoreSweep(_message.Message):
+    __slots__ = ("environment", "store", "objects", "orphans", "orphan_bytes", "deleted", "errors")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    ORPHAN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    store: str
+    objects: int
+    orphans: int
+    orphan_bytes: int
+    deleted: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, environment: _Optional[str] = ..., store: _Optional[str] = ..., objects: _Optional[int] = ..., orphans: _Optional[int] = ..., orphan_bytes: _Optional[int] = ..., deleted: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CollectResultsResponse(_message.Message):
+    __slots__ = ("sweeps", "skipped")
+    SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    sweeps: _containers.RepeatedCompositeFieldContainer[StoreSweep]
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sweeps: _Optional[_Iterable[_Union[StoreSweep, _Mapping]]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -145,6 +145,36 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
                 _registered_method=True)
+        self.FetchResult = channel.unary_stream(
+                '/meridian.v1.ControlService/FetchResult',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.FetchRunResultRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.FromString,
+                _registered_method=True)
+        self.ListTransfers = channel.unary_unary(
+                '/meridian.v1.ControlService/ListTransfers',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersResponse.FromString,
+                _registered_method=True)
+        self.ListEnvironments = channel.unary_unary(
+                '/meridian.v1.ControlService/ListEnvironments',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsResponse.FromString,
+                _registered_method=True)
+        self.SetResidency = channel.unary_unary(
+                '/meridian.v1.ControlService/SetResidency',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetResidencyRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.EnvironmentInfo.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/meridian.v1.ControlService/DeleteRun',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
+        self.CollectResults = channel.unary_unary(
+                '/meridian.v1.ControlService/CollectResults',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -307,6 +337,49 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchResult(self, request, context):
+        """Results that stay at their site (docs/results.md).
+        The bytes of a step's stored result, relayed from an agent of its environment (viewers;
+        refused when the producing environment has a residency rule).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransfers(self, request, context):
+        """Cross-environment transfers: each one, and bytes summed per (from, to) pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironments(self, request, context):
+        """Environments and their residency rules (setting one: admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetResidency(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """Delete a finished run, its history and its stored result objects (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectResults(self, request, context):
+        """Find (and unless dry_run, remove) stored objects no run refers to (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -419,6 +492,36 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.FetchRunResultRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.SerializeToString,
+            ),
+            'ListTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransfers,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersResponse.SerializeToString,
+            ),
+            'ListEnvironments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironments,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsResponse.SerializeToString,
+            ),
+            'SetResidency': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetResidency,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetResidencyRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.EnvironmentInfo.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunResponse.SerializeToString,
+            ),
+            'CollectResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectResults,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1015,6 +1118,168 @@ class ControlService:
             '/meridian.v1.ControlService/DrainAgent',
             protos_dot_meridian_dot_v1_dot_control__pb2.AgentRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.AgentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meridian.v1.ControlService/FetchResult',
+            protos_dot_meridian_dot_v1_dot_control__pb2.FetchRunResultRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_common__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListTransfers',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListEnvironments',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListEnvironmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetResidency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/SetResidency',
+            protos_dot_meridian_dot_v1_dot_control__pb2.SetResidencyRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.EnvironmentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/DeleteRun',
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeleteRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/CollectResults',
+            protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,
