@@ -29,6 +29,9 @@ class Assignment:
     spec: StepSpec
     bundle_sha256: str = ""
     inputs_json: str = ""
+    # The result references the inputs name (meridian.core.resultref JSON form), parsed by
+    # the runner; it materializes exactly these before the step starts (agent.results.inputs).
+    input_refs_json: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

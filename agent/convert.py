@@ -114,6 +114,8 @@ def hello_to_proto(info: HelloInfo) -> Any:
         hostname=info.hostname,
         draining=info.draining,
         degraded=info.degraded,
+        result_stores=list(info.result_stores),
+        default_result_store=info.default_result_store,
     )
     return agent_pb2.AgentFrame(hello=hello)
 
@@ -145,6 +147,7 @@ def encode_report(body: ReportBody, at_unix_ms: int) -> tuple[str, bytes]:
     else:
         msg.finished.outcome = _OUTCOME_TO_PROTO[body.outcome]
         msg.finished.result_json = body.result_json
+        msg.finished.result_ref_json = body.result_ref_json
         msg.finished.exit_code = body.exit_code
         if body.error is not None:
             msg.finished.error.CopyFrom(error_to_proto(body.error))
@@ -193,6 +196,7 @@ def report_body_from_proto(msg: Any) -> ReportBody:
         result_json=fin.result_json,
         error=error,
         exit_code=int(fin.exit_code),
+        result_ref_json=fin.result_ref_json,
     )
 
 
@@ -267,4 +271,5 @@ def _assignment_from_proto(a: Any) -> Assignment:
         spec=spec_from_proto(a.spec),
         bundle_sha256=a.bundle_sha256,
         inputs_json=a.inputs_json,
+        input_refs_json=tuple(a.input_refs_json),
     )

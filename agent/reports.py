@@ -46,6 +46,9 @@ class AttemptFinished:
     result_json: str = ""
     error: ErrorInfo | None = None
     exit_code: int = 0
+    # Set instead of result_json when the result stayed in a result store of this site:
+    # its reference (meridian.core.resultref JSON form), journaled only after the put committed.
+    result_ref_json: str = ""
 
 
 ReportBody = ProposeRunning | HandleRecorded | LogChunk | AttemptFinished
@@ -75,6 +78,9 @@ class HelloInfo:
     hostname: str
     draining: bool
     degraded: str = ""  # why the agent takes no new work (e.g. "disk_full"); "" if healthy
+    # The result stores configured at this site (names only) and the default one ("" = none).
+    result_stores: tuple[str, ...] = ()
+    default_result_store: str = ""
 
 
 @dataclass(frozen=True)

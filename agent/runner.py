@@ -49,6 +49,8 @@ from agent.reports import (
     ReportBody,
     infrastructure_failure,
 )
+from agent.results import ResultStore
+from agent.results.inputs import Fetcher
 from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finished
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
 from meridian.core.errors import SealError
@@ -92,6 +94,13 @@ class RunnerContext:
     # Who runs the steps, for meridian.context() in them (from the agent's identity).
     agent_id: str = ""
     environment: str = ""
+    # This site's result stores by name (``[result_stores.NAME]``, built once at start) and
+    # the environment's default one ("" = none: a result over the inline threshold fails).
+    result_stores: Mapping[str, ResultStore] = field(default_factory=dict)
+    default_result_store: str = ""
+    # Downloads inputs produced in other environments (agent.transfers); None = such inputs
+    # fail the attempt with an infrastructure error.
+    fetcher: Fetcher | None = None
 
     def log_caps(self) -> LogCaps:
         lim = self.limits
