@@ -199,6 +199,16 @@ class KeyRing:
         self.require(group)
         return fingerprint(self._keys[group])
 
+    def derive_key(self, group: str, info: bytes, salt: bytes | None = None) -> bytes:
+        """A 256-bit key for another cipher, derived from ``group``'s key with HKDF-SHA256
+        (``info`` names its use, e.g. ``meridian.core.sealedfile``); never the key itself."""
+        self.require(group)
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info)
+        return hkdf.derive(self._keys[group])
+
     def seal(
         self, group: str, plaintext: bytes, purpose: str, flow_run_id: str, step_key: str
     ) -> Envelope:
