@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from meridian.sdk.approval import Approval, approve
     from meridian.sdk.flow import Flow, flow
     from meridian.sdk.futures import StepFuture, wait
+    from meridian.sdk.results import ResultRef
     from meridian.sdk.step import Step, step
 
 _ERRORS = "meridian.core.errors"
@@ -63,6 +64,7 @@ _HOMES = {
     "NotFound": _ERRORS,
     "Permanent": _ERRORS,
     "PermissionDenied": _ERRORS,
+    "ResultRef": "meridian.sdk.results",
     "RunContext": _RUN,
     "SealError": _ERRORS,
     "SelectorError": _ERRORS,
@@ -93,6 +95,7 @@ __all__ = [
     "NotFound",
     "Permanent",
     "PermissionDenied",
+    "ResultRef",
     "RunContext",
     "SealError",
     "SelectorError",

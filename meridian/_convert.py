@@ -26,6 +26,7 @@ def submission_to_proto(sub: models.StepSubmission) -> control_pb2.StepSubmissio
         inputs_json=sub.inputs_json,
         cache_key=sub.cache_key,
         cache_expires_after_s=sub.cache_expires_after_s,
+        input_refs_json=list(sub.input_refs_json),
     )
 
 
@@ -47,9 +48,17 @@ def submit_request(
                 inputs_json=[s.inputs_json for s in group],
                 cache_keys=[s.cache_key for s in group] if any(s.cache_key for s in group) else [],
                 cache_expires_after_s=group[0].cache_expires_after_s,
+                input_refs=_batch_input_refs(group),
             )
         )
     return request
+
+
+def _batch_input_refs(group: Sequence[models.StepSubmission]) -> list[control_pb2.InputRefs]:
+    """None when no call of the batch names a reference, else one list per call."""
+    if not any(s.input_refs_json for s in group):
+        return []
+    return [control_pb2.InputRefs(ref_json=list(s.input_refs_json)) for s in group]
 
 
 def _same_spec_runs(
@@ -114,6 +123,7 @@ def outcome_from_proto(msg: control_pb2.StepOutcome) -> models.StepOutcome:
         state=msg.state,
         result_json=msg.result_json,
         error=error_from_proto(msg.error),
+        result_ref_json=msg.result_ref_json,
     )
 
 
@@ -190,6 +200,7 @@ def step_run_from_proto(msg: control_pb2.StepRunDetail) -> models.StepRunDetail:
         attempts=tuple(attempt_from_proto(a) for a in msg.attempts),
         reused_from_run_id=msg.reused_from_run_id,
         reused_from_step_key=msg.reused_from_step_key,
+        result_ref_json=msg.result_ref_json,
     )
 
 

@@ -8,9 +8,13 @@ with messages a user can act on. Messages are converted by ``meridian._convert``
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
+import hashlib
 import json
+import os
 import random
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -31,6 +35,7 @@ from meridian.core.errors import (
     PermissionDenied,
     ValidationError,
 )
+from meridian.core.resultref import MAX_RESULT_BYTES, ResultRef
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 # How long idempotent calls keep retrying while the control plane restarts.
@@ -47,6 +52,7 @@ _T = TypeVar("_T")
 _VERIFY_TIMEOUT_S = 300.0
 
 _TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleLike(Protocol):
@@ -305,6 +311,29 @@ class ControlClient:
             raise self._map_error(exc) from None
         return b"".join(chunks)
 
+    def fetch_result(
+        self,
+        flow_run_id: str,
+        step_key: str,
+        dest: Path | str,
+        *,
+        expected: ResultRef | None = None,
+    ) -> models.FetchedResult:
+        """Download the stored result of a step (``ControlService.FetchResult``) to ``dest``.
+
+        The bytes stream to ``DEST.part`` and are renamed to ``dest`` only when their size
+        and sha256 match what the stream announced (and ``expected``, when given): nothing
+        partial or wrong is left at ``dest``. A stream cut while the control plane restarts
+        is resumed from the bytes already received.
+
+        Raises:
+            NotFound: no such run or step, or the step has no stored result.
+            PermissionDenied: e.g. a residency rule forbids downloads of the producing
+                environment.
+            ConflictError: the bytes did not match, or the site could not serve them.
+        """
+        return _ResultDownload(self, flow_run_id, step_key, Path(dest), expected).run()
+
     def revoke_agent(self, agent: str, reason: str = "") -> models.AgentInfo:
         request = control_pb2.AgentRequest(agent=agent, reason=reason)
         return _convert.agent_from_proto(self._call(self._stub.RevokeAgent, request))
@@ -445,6 +474,109 @@ class RunUpdateStream(Iterator[models.RunUpdate]):
 
     def cancel(self) -> None:
         self._batches.cancel()
+
+
+class _ResultDownload:
+    """One ``fetch_result``: the stream's chunks checked in order and digested on the way to
+    a ``.part`` file, resumed from its offset after a restart, renamed when complete."""
+
+    RESUMES = 5
+
+    def __init__(
+        self,
+        client: ControlClient,
+        flow_run_id: str,
+        step_key: str,
+        dest: Path,
+        expected: ResultRef | None,
+    ) -> None:
+        self.client = client
+        self.flow_run_id = flow_run_id
+        self.step_key = step_key
+        self.dest = dest
+        self.expected = expected
+        self.where = f"the stored result of step {step_key!r} of run {flow_run_id}"
+        self.size: int | None = None
+        self.sha256 = ""
+        self.received = 0
+        self.digest = hashlib.sha256()
+
+    def run(self) -> models.FetchedResult:
+        part = self.dest.with_name(f"{self.dest.name}.part")
+        try:
+            with open(part, "wb") as out:
+                self._stream_into(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, self.dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        return models.FetchedResult(self.dest, self.received, self.sha256)
+
+    def _stream_into(self, out: Any) -> None:
+        resumes = 0
+        while True:
+            request = control_pb2.FetchRunResultRequest(
+                flow_run_id=self.flow_run_id, step_key=self.step_key, offset=self.received
+            )
+            before = self.received
+            try:
+                for chunk in self.client._stub.FetchResult(request, metadata=self.client._metadata):
+                    self._take(chunk, out)
+                break
+            except grpc.RpcError as exc:
+                progressed = self.received > before
+                resumes = 0 if progressed else resumes + 1
+                if _code(exc) != grpc.StatusCode.UNAVAILABLE or resumes > self.RESUMES:
+                    raise self.client._map_error(exc) from None
+                time.sleep(min(0.2 * 2**resumes, 2.0) * random.uniform(0.5, 1.0))
+        self._finish()
+
+    def _take(self, chunk: common_pb2.ResultChunk, out: Any) -> None:
+        if chunk.error:
+            raise ConflictError(f"cannot download {self.where}: {chunk.error}")
+        if chunk.sha256 or self.size is None:
+            self._announce(chunk.total_size, chunk.sha256)
+        if chunk.offset != self.received:
+            raise ConflictError(
+                f"{self.where}: a chunk starts at byte {chunk.offset}, expected {self.received}"
+            )
+        assert self.size is not None
+        if self.received + len(chunk.data) > self.size:
+            raise ConflictError(f"{self.where}: more bytes arrived than the {self.size} announced")
+        out.write(chunk.data)
+        self.digest.update(chunk.data)
+        self.received += len(chunk.data)
+
+    def _announce(self, size: int, sha256: str) -> None:
+        """The first chunk of a stream names the object; a resumed stream must name the same."""
+        if not 0 <= size <= MAX_RESULT_BYTES or not _SHA256.fullmatch(sha256):
+            raise ConflictError(f"{self.where}: the stream did not name the object's size, sha256")
+        if self.size is not None and (size, sha256) != (self.size, self.sha256):
+            raise ConflictError(f"{self.where}: the object changed while it was downloaded")
+        expected = self.expected
+        if expected is not None and (size, sha256) != (expected.size, expected.sha256):
+            raise ConflictError(
+                f"{self.where}: the control plane serves {size} bytes with sha256 "
+                f"{sha256[:12]}..., but the reference names {expected.size} bytes with "
+                f"{expected.sha256[:12]}..."
+            )
+        self.size, self.sha256 = size, sha256
+
+    def _finish(self) -> None:
+        if self.size is None:
+            raise ConflictError(f"{self.where}: the control plane sent no data")
+        if self.received != self.size:
+            raise ConflictError(
+                f"{self.where}: the stream ended after {self.received} of {self.size} bytes"
+            )
+        if self.digest.hexdigest() != self.sha256:
+            raise ConflictError(
+                f"{self.where}: the bytes do not match their sha256 (corrupted on the way); "
+                "nothing was written"
+            )
 
 
 def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:

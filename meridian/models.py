@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 # The shared vocabulary, re-exported: SDK code names them as ``models.ErrorInfo`` too.
@@ -31,6 +32,9 @@ class StepSubmission:
     # Caching across runs (meridian.core.cachekey): "" = not cached; 0 = no expiration.
     cache_key: str = ""
     cache_expires_after_s: float = 0.0
+    # The result references the inputs name (ResultRef JSON), listed outside the possibly
+    # sealed inputs so the control plane can check them (docs/results.md).
+    input_refs_json: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,17 @@ class StepOutcome:
     state: str
     result_json: str = ""
     error: ErrorInfo | None = None
+    # Set instead of result_json when the result stayed at its site: its ResultRef JSON.
+    result_ref_json: str = ""
+
+
+@dataclass(frozen=True)
+class FetchedResult:
+    """A stored result downloaded through the control plane: where, and what was checked."""
+
+    path: Path
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,7 @@ class StepRunDetail:
     # A CACHED step: the run and step key whose result it reused (caching across runs).
     reused_from_run_id: str = ""
     reused_from_step_key: str = ""
+    result_ref_json: str = ""  # set instead of result_json when the result stayed at its site
 
 
 @dataclass(frozen=True)

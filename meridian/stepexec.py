@@ -7,7 +7,7 @@ that a provider (or a re-attached agent) can read the outcome even after this pr
 
 This module owns the on-disk format of ``spec.json`` and ``outcome.json`` and the exit-code
 contract (0 = succeeded, 1 = failed, 2 = the work dir itself is unusable). It imports only the
-standard library and two small ``meridian.core`` modules so that it starts fast inside a bare
+standard library and a few small ``meridian.core`` modules so that it starts fast inside a bare
 bundle.
 
 ``spec.json``'s optional ``"context"`` object (``meridian.core.runcontext.RunContext``: run id,
@@ -16,6 +16,13 @@ during the call, and only during it; without one, the ``MERIDIAN_*`` variables p
 give a smaller context.
 ``meridian.stepworker`` (the warm workers of the process provider) runs steps through the same
 ``run_step`` / ``record_outcome``, many per process.
+
+Results and inputs by reference (docs/results.md): ``spec.json``'s ``"result"`` (a
+``meridian.core.stepfiles.ResultPolicy``) says when the result goes to ``DIR/result.bin``
+instead of inline (the outcome then has ``"result_file"``); ``"input_files"`` maps the sha256
+of each result the inputs reference (``{"$meridian_ref": ...}``) to the local file that holds
+it, and each marker is replaced by the loaded value before the call. With ``--spec-env`` there
+is no work dir: a result that must be stored at the site fails the step, saying so.
 """
 
 from __future__ import annotations
@@ -35,6 +42,15 @@ from typing import Any
 
 from meridian.core import runcontext
 from meridian.core.errors import Permanent
+from meridian.core.resultio import InputRefError, ResultError, encode_result, load_input_refs
+from meridian.core.stepfiles import (
+    INPUT_FILES_KEY,
+    RESULT_KEY,
+    InputFile,
+    ResultPolicy,
+    StepFileError,
+    input_files_from_value,
+)
 
 SPEC_FILE = "spec.json"
 OUTCOME_FILE = "outcome.json"
@@ -170,19 +186,61 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _encode_result(result: Any, step_key: str) -> str:
+def _result_policy(spec: dict[str, Any], step_key: str) -> ResultPolicy | None:
+    """The spec's result policy; None from an agent that predates it (inline JSON only)."""
+    raw = spec.get(RESULT_KEY)
+    if raw is None:
+        return None
     try:
-        # allow_nan=False: NaN/Infinity are not JSON and other languages could not read them.
-        return json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return ResultPolicy.from_value(raw)
+    except (StepFileError, TypeError) as exc:
+        raise StepSetupError(f"step {step_key!r}: malformed result policy: {exc}") from exc
+
+
+def _input_files(spec: dict[str, Any], step_key: str) -> dict[str, InputFile]:
+    raw = spec.get(INPUT_FILES_KEY)
+    if raw is None:
+        return {}
+    try:
+        return input_files_from_value(raw)
+    except (StepFileError, TypeError) as exc:
+        raise StepSetupError(f"step {step_key!r}: malformed input files: {exc}") from exc
+
+
+def _resolve_inputs(
+    args: list[Any],
+    kwargs: dict[str, Any],
+    files: dict[str, InputFile],
+    policy: ResultPolicy | None,
+    step_key: str,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Replace each input reference marker by the value its input file holds."""
+    try:
+        return load_input_refs(
+            args, kwargs, files, allow_pickle=policy is not None and policy.allow_pickle
+        )
+    except InputRefError as exc:
+        raise StepSetupError(f"step {step_key!r}: {exc}") from exc
+
+
+def _encode_result(
+    result: Any, policy: ResultPolicy | None, work_dir: Path | None, step_key: str
+) -> dict[str, Any]:
+    try:
+        return encode_result(result, policy, work_dir)
+    except ResultError as exc:
         raise StepSetupError(
             f"step {step_key!r} returned a value of type {type(result).__qualname__!r} "
-            f"that is not JSON-serializable: {_safe_str(exc)}"
+            f"that cannot be handed back: {_safe_str(exc)}"
         ) from TypeError(_safe_str(exc))
 
 
-def run_step(spec: dict[str, Any]) -> dict[str, Any]:
-    """Import, call and encode one step; return its outcome document (never raises)."""
+def run_step(spec: dict[str, Any], work_dir: Path | None = None) -> dict[str, Any]:
+    """Import, call and encode one step; return its outcome document (never raises).
+
+    ``work_dir`` is where a result too large to go inline is written (``result.bin``);
+    None when there is none (``--spec-env``): such a result fails the step.
+    """
     step_key = str(spec.get("step_key", "?"))
     try:
         ctx = runcontext.step_context_of(spec)
@@ -192,7 +250,7 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
         )
     try:
         with runcontext.step_scope(ctx):
-            return _call_step(spec, step_key)
+            return _call_step(spec, step_key, work_dir)
     finally:
         # A step may have re-levelled or silenced meridian.get_logger(); the next step of a
         # warm worker starts from the defaults. Only if a step ever loaded it (no import cost).
@@ -201,18 +259,21 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
             runlog.reset()
 
 
-def _call_step(spec: dict[str, Any], step_key: str) -> dict[str, Any]:
+def _call_step(spec: dict[str, Any], step_key: str, work_dir: Path | None) -> dict[str, Any]:
     try:
         bundle_dir = spec.get("bundle_dir")
         if bundle_dir and str(bundle_dir) not in sys.path:
             # A warm worker runs many steps of one bundle: put it on the path once.
             sys.path.insert(0, str(bundle_dir))
+        policy = _result_policy(spec, step_key)
+        files = _input_files(spec, step_key)
         fn = _import_step(str(spec["module"]), str(spec["function"]), step_key)
         args, kwargs = _decode_inputs(str(spec.get("inputs_json", "")), step_key)
+        args, kwargs = _resolve_inputs(args, kwargs, files, policy, step_key)
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
-        return {"state": "succeeded", "result_json": _encode_result(result, step_key)}
+        return {"state": "succeeded", **_encode_result(result, policy, work_dir, step_key)}
     except BaseException as exc:  # SystemExit/KeyboardInterrupt in a step are failures too
         return error_outcome(exc)
 
@@ -273,11 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"meridian-step: cannot read the step spec: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
-    outcome = run_step(spec)
+    work_dir = args.work_dir.resolve() if args.work_dir is not None else None
+    outcome = run_step(spec, work_dir)
     text = json.dumps(outcome)
     flush_output()
-    if args.work_dir is not None:
-        record_outcome(args.work_dir.resolve(), text)
+    if work_dir is not None:
+        record_outcome(work_dir, text)
     if args.result_marker or args.spec_env:
         out = sys.__stdout__ or sys.stdout
         # Readers look for the last marker, so output the step left unterminated is harmless.

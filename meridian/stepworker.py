@@ -2,8 +2,9 @@
 
 The ``process`` provider keeps a pool of these (``python -m meridian.stepworker``) so that a
 step does not pay for a fresh interpreter and its imports. Each step runs exactly as
-``meridian.stepexec`` runs it (``run_step``, then ``DIR/outcome.json`` via ``record_outcome``),
-with the per-step isolation a fresh process would give:
+``meridian.stepexec`` runs it (``run_step``, which writes a large result to ``DIR/result.bin``,
+then ``DIR/outcome.json`` via ``record_outcome``), with the per-step isolation a fresh process
+would give:
 
 * fd 1 and 2 point at the attempt's ``stdout.log`` / ``stderr.log`` for the step only;
 * ``os.environ`` is exactly the step's environment and the cwd the step's cwd, both restored
@@ -269,7 +270,7 @@ class Worker:
             outcome["error"]["error_class"] = "infrastructure"
         if outcome is None:
             with step_scope(work_dir, cwd, env):
-                outcome = run_step(spec)
+                outcome = run_step(spec, work_dir)  # result.bin goes next to outcome.json
             kill_descendants(self.grace_s)
         record_outcome(work_dir, json.dumps(outcome))
         # A step that left threads running would run on into the next steps: retire instead.

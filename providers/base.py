@@ -18,6 +18,10 @@ from typing import Any, ClassVar, Literal
 
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.runcontext import RunContext
+from meridian.core.stepfiles import InputFile as InputFile
+from meridian.core.stepfiles import ResultFile as ResultFile
+from meridian.core.stepfiles import ResultPolicy as ResultPolicy
+from meridian.core.stepfiles import spec_fields
 
 OutcomeState = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
@@ -42,6 +46,10 @@ class ExecutionSpec:
     providers that always start fresh infrastructure ignore it.
     ``context`` is what ``meridian.context()`` returns in the step: a provider that writes a
     step spec for ``meridian.stepexec`` merges ``context_fields()`` into it.
+    ``result_policy`` says when the step's result goes to ``work_dir/result.bin`` instead of
+    inline (None: inline JSON only, as before results could stay at their site);
+    ``input_files`` maps the sha256 of each result the inputs reference to the local file
+    holding it. A provider that writes a step spec merges ``result_fields()`` into it too.
     """
 
     attempt_id: str
@@ -60,10 +68,17 @@ class ExecutionSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     isolation: str = "warm"
     context: RunContext | None = None
+    result_policy: ResultPolicy | None = None
+    input_files: Mapping[str, InputFile] = field(default_factory=dict)
 
     def context_fields(self) -> dict[str, Any]:
         """``{"context": {...}}`` to merge into a step spec for ``meridian.stepexec``, or {}."""
         return {} if self.context is None else {"context": self.context.to_dict()}
+
+    def result_fields(self) -> dict[str, Any]:
+        """``{"result": {...}, "input_files": {...}}`` (each when set) to merge into a step
+        spec for ``meridian.stepexec``."""
+        return spec_fields(self.result_policy, self.input_files)
 
 
 @dataclass(frozen=True)
@@ -99,12 +114,25 @@ class Handle:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended. ``result_json`` is set only when ``state == "succeeded"``."""
+    """How an attempt ended. When ``state == "succeeded"``, either ``result_json`` is set or
+    ``result_file`` (the result the step wrote to a file; see ``result_path``).
+
+    ``result_dir`` is the directory the outcome was read from, when a provider's step writes
+    elsewhere than the attempt's ``work_dir`` (e.g. a Slurm shared directory).
+    """
 
     state: OutcomeState
     exit_code: int | None = None
     result_json: str | None = None
     error: ErrorInfo | None = None
+    result_file: ResultFile | None = None
+    result_dir: Path | None = None
+
+    def result_path(self, work_dir: Path) -> Path | None:
+        """Where ``result_file`` is: in ``result_dir`` if set, else in ``work_dir``."""
+        if self.result_file is None:
+            return None
+        return (self.result_dir or work_dir) / self.result_file.path
 
 
 @dataclass(frozen=True)

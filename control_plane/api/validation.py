@@ -17,9 +17,11 @@ from control_plane.usecases.agents import HelloIn
 from meridian.core.convert import error_from_proto, spec_from_proto
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import SelectorError, ValidationError
+from meridian.core.resultref import MAX_INLINE_THRESHOLD_BYTES, store_name_problem
 from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector, validate_key, validate_value
+from meridian.core.serializers import KNOWN_SERIALIZERS
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, Isolation, OnAgentLost, StepSpec
 from meridian.core.states import RunState
 from protos.meridian.v1 import common_pb2, control_pb2
@@ -219,6 +221,7 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
     options_where = f"{where}: options_json"
     if spec.options_json and not isinstance(_json(spec.options_json, options_where), dict):
         raise ValidationError(f"{where}: options must be a JSON object")
+    _check_result_fields(spec, where)
     return dataclasses.replace(
         spec,
         target=target,
@@ -228,6 +231,26 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
         retry_backoff=spec.retry_backoff or 1.0,
         schedule_timeout_s=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S,
     )
+
+
+def _check_result_fields(spec: StepSpec, where: str) -> None:
+    """Where the step's result goes (docs/results.md): a store name, a bounded threshold
+    (0 = the default) and a known serializer ("" = automatic)."""
+    if spec.result_store:
+        # Cut to 64 characters so the message cannot echo a huge name (64 is already too long).
+        problem = store_name_problem(spec.result_store[:64])
+        if problem:
+            raise ValidationError(f"{where}: result_store: {problem}")
+    if not 0 <= spec.inline_threshold_bytes <= MAX_INLINE_THRESHOLD_BYTES:
+        raise ValidationError(
+            f"{where}: inline_threshold_bytes must be from 0 (the default) to "
+            f"{MAX_INLINE_THRESHOLD_BYTES}, got {spec.inline_threshold_bytes}"
+        )
+    if spec.serializer and spec.serializer not in KNOWN_SERIALIZERS:
+        raise ValidationError(
+            f"{where}: serializer {spec.serializer[:40]!r} must be '' (automatic) or one of "
+            f"{', '.join(sorted(KNOWN_SERIALIZERS))}"
+        )
 
 
 def validate_options(

@@ -13,7 +13,9 @@ changing either runs the step again:
   ``cache_key`` or bump a version argument when that matters).
 * **Inputs**: the call's arguments bound to parameter names with defaults applied
   (:func:`bind_inputs`), so ``f(1)``, ``f(x=1)`` and ``f()`` with ``x=1`` share a key, then
-  :func:`canonical_json`: keys sorted, no whitespace, refusing anything that is not JSON.
+  :func:`canonical_json`: keys sorted, no whitespace, refusing anything that is not JSON. A
+  stored result passed as an argument (a ``ResultRef`` or its marker) counts by its sha256
+  alone: the same bytes give the same key wherever they are stored.
 
 A user's ``cache_key`` callable receives a :class:`CacheKeyContext` and returns a string, or
 None for "do not cache this call". Every key is scoped to the step's name. With ``secret``
@@ -36,6 +38,7 @@ from typing import Any
 
 from meridian.core.errors import ValidationError
 from meridian.core.jsonwalk import NonJson, find_non_json
+from meridian.core.resultref import REF_MARKER, ResultRef, marker_ref
 
 MAX_DEPTH = 100
 MAX_USER_KEY = 256
@@ -59,10 +62,12 @@ CacheKeyFn = Callable[[CacheKeyContext], str | None]
 def canonical_json(value: Any) -> str:
     """JSON text that is equal for equal values, whatever the order of dict keys.
 
-    Tuples count as lists (what a step receives for ``*args``). Raises
-    :class:`ValidationError` naming the first part that is not JSON (a set, a datetime, a
-    non-string dict key, NaN) instead of letting ``json`` coerce it silently.
+    Tuples count as lists (what a step receives for ``*args``); a result reference counts by
+    its sha256. Raises :class:`ValidationError` naming the first part that is not JSON (a
+    set, a datetime, a non-string dict key, NaN) instead of letting ``json`` coerce it
+    silently.
     """
+    value = _refs_by_digest(value, 0)
     found = find_non_json(value, MAX_DEPTH)
     problem = _non_json_text(found) if found else None
     if problem:
@@ -73,6 +78,22 @@ def canonical_json(value: Any) -> str:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+
+
+def _refs_by_digest(value: Any, depth: int) -> Any:
+    """``value`` with each ``ResultRef`` or reference marker replaced by its sha256 alone."""
+    if isinstance(value, ResultRef):
+        return {REF_MARKER: {"sha256": value.sha256}}
+    if depth > MAX_DEPTH:
+        return value  # find_non_json reports the depth
+    if isinstance(value, dict):
+        ref = marker_ref(value)
+        if ref is not None:
+            return {REF_MARKER: {"sha256": ref.sha256}}
+        return {k: _refs_by_digest(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_refs_by_digest(v, depth + 1) for v in value]
+    return value
 
 
 def _non_json_text(found: NonJson) -> str:

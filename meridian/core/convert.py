@@ -81,6 +81,9 @@ def spec_to_proto(spec: StepSpec) -> common_pb2.StepSpec:
         lost_after_s=spec.lost_after_s,
         secrets=dict(spec.secrets),
         isolation=str(spec.isolation),
+        result_store=spec.result_store,
+        inline_threshold_bytes=spec.inline_threshold_bytes,
+        serializer=spec.serializer,
     )
 
 
@@ -105,4 +108,7 @@ def spec_from_proto(msg: common_pb2.StepSpec) -> StepSpec:
         lost_after_s=msg.lost_after_s,
         secrets=tuple(sorted(msg.secrets.items())),
         isolation=msg.isolation or Isolation.WARM,  # "" from senders that predate the field
+        result_store=msg.result_store,
+        inline_threshold_bytes=msg.inline_threshold_bytes,
+        serializer=msg.serializer,
     )

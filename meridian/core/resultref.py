@@ -6,16 +6,19 @@ travels: which environment and store hold it, where (URI), its size, its sha256,
 that wrote it and whether its bytes are sealed. The JSON form is strict (exact keys, types and
 bounds) because references arrive from agents and flow runners over the network.
 
-Not wired yet: nothing in the protocol, runner or control plane produces or stores these today
-(docs/results.md).
+In step inputs (and a flow's result) a reference is the marker ``{"$meridian_ref": <the JSON
+form>}`` (:data:`REF_MARKER`): exactly that one key, so a dict that merely has the key is
+refused rather than taken for data. ``find_ref_markers`` lists the references a value names;
+``replace_ref_markers`` puts loaded values in their place (the step executor).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from meridian.core.errors import ValidationError
 from meridian.core.selectors import validate_value
@@ -30,6 +33,10 @@ MAX_RESULT_BYTES = 5 * 1024**4
 MAX_URI_LENGTH = 2048
 MAX_REF_JSON_LENGTH = 4096
 REF_VERSION = 1
+# The one key of a reference marker inside step inputs or a flow result.
+REF_MARKER: Final = "$meridian_ref"
+# Markers are searched no deeper than inputs may nest (the SDK refuses deeper values).
+MAX_MARKER_DEPTH = 200
 
 _STORE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _SERIALIZER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -118,12 +125,20 @@ class ResultRef:
         return cls.from_value(value)
 
 
+def store_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a result store name (as in ``[result_stores.NAME]``), or None."""
+    if not isinstance(name, str) or not _STORE_NAME_RE.match(name):
+        return f"store {name!r} must be 1-63 lowercase letters, digits, '-' or '_'"
+    return None
+
+
 def ref_problem(ref: ResultRef) -> str | None:
     """Why ``ref`` is not a valid reference, or ``None``."""
     if not isinstance(ref.environment, str) or validate_value(ref.environment) is not None:
         return f"environment {ref.environment!r} is not a valid environment name"
-    if not isinstance(ref.store, str) or not _STORE_NAME_RE.match(ref.store):
-        return f"store {ref.store!r} must be 1-63 lowercase letters, digits, '-' or '_'"
+    store_problem = store_name_problem(ref.store)
+    if store_problem is not None:
+        return store_problem
     uri_problem = _uri_problem(ref.uri)
     if uri_problem is not None:
         return uri_problem
@@ -174,3 +189,72 @@ def placement(
     if store_requested or size >= threshold:
         return "reference"
     return "inline"
+
+
+def ref_marker(ref: ResultRef) -> dict[str, Any]:
+    """The JSON value that stands for ``ref`` inside step inputs or a flow result."""
+    return {REF_MARKER: ref.to_value()}
+
+
+def marker_ref(value: Any) -> ResultRef | None:
+    """The reference ``value`` marks, or None when it is not a marker.
+
+    Raises:
+        ValidationError: ``value`` is a dict with the marker key and other keys, or the
+            reference in it is invalid (a half-marker is never taken for plain data).
+    """
+    if not isinstance(value, dict) or REF_MARKER not in value:
+        return None
+    if len(value) != 1:
+        others = sorted(str(k) for k in value if k != REF_MARKER)[:5]
+        raise ValidationError(
+            f"a result reference marker must be exactly {{{REF_MARKER!r}: <reference>}}; "
+            f"this one also has the keys {others} ({REF_MARKER!r} is reserved for references)"
+        )
+    return ResultRef.from_value(value[REF_MARKER])
+
+
+def find_ref_markers(value: Any) -> list[ResultRef]:
+    """Every reference ``value`` names (nested in lists and dicts), each distinct one once,
+    in depth-first order.
+
+    Raises:
+        ValidationError: a malformed marker, or nesting deeper than ``MAX_MARKER_DEPTH``.
+    """
+    found: dict[str, ResultRef] = {}
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_MARKER_DEPTH:
+            raise ValidationError(f"value nested deeper than {MAX_MARKER_DEPTH} levels")
+        ref = marker_ref(item)
+        if ref is not None:
+            found.setdefault(ref.to_json(), ref)
+        elif isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in reversed(list(item.values())))
+        elif isinstance(item, list | tuple):
+            pending.extend((v, depth + 1) for v in reversed(item))
+    return list(found.values())
+
+
+def replace_ref_markers(value: Any, load: Callable[[ResultRef], Any], _depth: int = 0) -> Any:
+    """``value`` with each marker replaced by ``load(ref)`` (containers without a marker are
+    returned as they are, not copied).
+
+    Raises:
+        ValidationError: a malformed marker, or nesting deeper than ``MAX_MARKER_DEPTH``.
+    """
+    if _depth > MAX_MARKER_DEPTH:
+        raise ValidationError(f"value nested deeper than {MAX_MARKER_DEPTH} levels")
+    ref = marker_ref(value)
+    if ref is not None:
+        return load(ref)
+    if isinstance(value, dict):
+        items = {k: replace_ref_markers(v, load, _depth + 1) for k, v in value.items()}
+        changed = any(items[k] is not v for k, v in value.items())
+        return items if changed else value
+    if isinstance(value, list):
+        replaced = [replace_ref_markers(v, load, _depth + 1) for v in value]
+        changed = any(r is not v for r, v in zip(replaced, value, strict=True))
+        return replaced if changed else value
+    return value

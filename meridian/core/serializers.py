@@ -10,8 +10,9 @@ Three serializers, each recorded by name next to what it wrote (``ResultRef.seri
   reader trusts it: unpickling runs code chosen by whoever wrote the file, so a reader refuses
   it unless ``trusted`` names it.
 
-Serializers work on file paths so large values need not exist as one ``bytes`` in memory (JSON
-is written in pieces; Parquet is written and read by pyarrow). This module is pure apart from
+Serializers work on files (a path, or a binary stream to write to) so large values need not
+exist as one ``bytes`` in memory (JSON is written in pieces; Parquet is written and read by
+pyarrow). This module is pure apart from
 the file it is given; it imports pyarrow and pandas only when a value needs them.
 """
 
@@ -21,7 +22,7 @@ import json
 import os
 import pickle
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from meridian.core.errors import PermissionDenied, ValidationError
 
@@ -33,6 +34,14 @@ KNOWN_SERIALIZERS: Final = frozenset({JSON, PARQUET, PICKLE})
 SAFE_SERIALIZERS: Final = frozenset({JSON, PARQUET})
 
 StrPath = str | os.PathLike[str]
+
+
+class BinarySink(Protocol):
+    """Where ``write`` puts bytes: a binary file, or a wrapper of one (it needs ``tell`` too)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def tell(self) -> int: ...
 
 
 class SerializerError(ValidationError):
@@ -85,17 +94,31 @@ def dump(
 ) -> str:
     """Write ``value`` to ``path`` (created or truncated); return the serializer's name."""
     name = choose(value, serializer, allow_pickle=allow_pickle)
-    if name == JSON:
-        _dump_json(value, path)
-    elif name == PARQUET:
-        _dump_parquet(value, path)
-    else:
-        with open(path, "wb") as f:
-            try:
-                pickle.dump(value, f, protocol=5)
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                raise SerializerError(f"cannot pickle {type(value).__name__}: {exc}") from None
+    with open(path, "wb") as f:
+        _write(value, f, name)
     return name
+
+
+def write(
+    value: Any, out: BinarySink, serializer: str | None = None, *, allow_pickle: bool = False
+) -> str:
+    """Write ``value`` to the binary stream ``out`` (which needs ``write`` and ``tell``, e.g.
+    a wrapper that digests what passes); return the serializer's name."""
+    name = choose(value, serializer, allow_pickle=allow_pickle)
+    _write(value, out, name)
+    return name
+
+
+def _write(value: Any, out: BinarySink, name: str) -> None:
+    if name == JSON:
+        _dump_json(value, out)
+    elif name == PARQUET:
+        _dump_parquet(value, out)
+    else:
+        try:
+            pickle.dump(value, out, protocol=5)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise SerializerError(f"cannot pickle {type(value).__name__}: {exc}") from None
 
 
 def load(path: StrPath, serializer: str, *, trusted: Iterable[str] = SAFE_SERIALIZERS) -> Any:
@@ -124,18 +147,28 @@ def load(path: StrPath, serializer: str, *, trusted: Iterable[str] = SAFE_SERIAL
             raise SerializerError(f"cannot unpickle the result: {exc}") from None
 
 
-def _dump_json(value: Any, path: StrPath) -> None:
+# JSON text is handed to the stream in pieces of about this size, not token by token.
+_JSON_WRITE_BYTES = 64 * 1024
+
+
+def _dump_json(value: Any, out: BinarySink) -> None:
     # iterencode writes piece by piece, so no whole-document string is built in memory.
     encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    pending: list[str] = []
+    size = 0
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            for chunk in encoder.iterencode(value):
-                f.write(chunk)
+        for chunk in encoder.iterencode(value):
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= _JSON_WRITE_BYTES:
+                out.write("".join(pending).encode("utf-8"))
+                pending, size = [], 0
     except (TypeError, ValueError) as exc:
         raise SerializerError(
             f"the result is not JSON-serializable: {exc}; return JSON values, or a "
             "DataFrame/Table for parquet, or opt in to pickle"
         ) from None
+    out.write("".join(pending).encode("utf-8"))
 
 
 def _load_json(path: StrPath) -> Any:
@@ -162,11 +195,11 @@ def _pyarrow() -> tuple[Any, Any]:
     return pyarrow, pyarrow.parquet
 
 
-def _dump_parquet(value: Any, path: StrPath) -> None:
+def _dump_parquet(value: Any, out: BinarySink) -> None:
     pa, pq = _pyarrow()
     table = pa.Table.from_pandas(value) if is_dataframe(value) else value
     try:
-        pq.write_table(table, os.fspath(path))
+        pq.write_table(table, out)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise SerializerError(f"cannot write the table as parquet: {exc}") from None
 

@@ -56,6 +56,13 @@ class StepSpec:
         lost_after_s: 0 = the control plane's default.
         secrets: (environment variable, secret reference) pairs, resolved at the site.
         isolation: see :class:`Isolation`; providers that always start fresh ignore it.
+        result_store: a result store of the site (docs/results.md) that always keeps the
+            result and returns a reference; "" = the environment's default store, used once
+            the serialized result reaches the inline threshold.
+        inline_threshold_bytes: serialized results of at least this many bytes stay at the
+            site (0 = the default, ``meridian.core.resultref.INLINE_THRESHOLD_BYTES``).
+        serializer: "" (automatic: JSON; Parquet for DataFrames and Arrow tables), "json",
+            "parquet" or "pickle" (an explicit opt-in: reading a pickle runs code).
     """
 
     name: str
@@ -75,6 +82,9 @@ class StepSpec:
     lost_after_s: float = 0.0
     secrets: tuple[tuple[str, str], ...] = ()  # (env var name, secret reference)
     isolation: str = Isolation.WARM
+    result_store: str = ""
+    inline_threshold_bytes: int = 0
+    serializer: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the step run's stored spec); ``from_json`` reads it back."""

@@ -17,6 +17,7 @@ from typing import Any
 from meridian import models
 from meridian.core.cachekey import CacheKeyFn, code_digest, validate_expiration
 from meridian.core.errors import SealError, SelectorError, ValidationError
+from meridian.core.resultref import MAX_INLINE_THRESHOLD_BYTES, store_name_problem
 from meridian.core.sealing import check_key_group
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector
@@ -53,6 +54,10 @@ class StepOptions:
     cache: bool = False
     cache_key: CacheKeyFn | None = None
     cache_expiration: dt.timedelta | float | None = None
+    # Results that stay at their site (docs/results.md).
+    result_store: str | None = None
+    inline_threshold: int | None = None
+    serializer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,51 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         lost_after_s=_check_number("lost_after", opts.lost_after or 0.0, where),
         secrets=tuple(sorted(check_secret_references(opts.secrets or {}, where).items())),
         isolation=_check_isolation(opts.isolation, where),
+        result_store=_check_result_store(opts.result_store, where),
+        inline_threshold_bytes=_check_inline_threshold(opts.inline_threshold, where),
+        serializer=_check_serializer(opts.serializer, where),
     )
+
+
+# The serializers a step may ask for; pickle is an explicit opt-in (reading one runs code).
+SERIALIZERS = ("json", "parquet", "pickle")
+
+
+def _check_result_store(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    problem = store_name_problem(value)
+    if problem:
+        raise ValidationError(
+            f"{where}: result_store {value!r} must name a result store of the site's agent "
+            f"config ([result_stores.NAME]): {problem}"
+        )
+    return str(value)
+
+
+def _check_inline_threshold(value: Any, where: str) -> int:
+    """Bytes; 0 on the wire means the default, so a step gives 1 .. 4 MiB."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{where}: inline_threshold must be a number of bytes, got {value!r}")
+    if not 1 <= value <= MAX_INLINE_THRESHOLD_BYTES:
+        raise ValidationError(
+            f"{where}: inline_threshold must be from 1 to {MAX_INLINE_THRESHOLD_BYTES} bytes "
+            f"(4 MiB), got {value!r}; to always store the result, name a result_store"
+        )
+    return value
+
+
+def _check_serializer(value: Any, where: str) -> str:
+    if value is None or value == "":
+        return ""
+    if value not in SERIALIZERS:
+        raise ValidationError(
+            f"{where}: serializer must be 'json', 'parquet' or 'pickle' (None: automatic), got "
+            f"{value!r}"
+        )
+    return str(value)
 
 
 def check_seal(value: Any, where: str, *, allow_false: bool) -> str | bool | None:

@@ -12,7 +12,8 @@ import dataclasses
 
 from meridian import models
 from meridian.core import sealing
-from meridian.core.errors import StepFailed
+from meridian.core.errors import SealError, StepFailed, ValidationError
+from meridian.core.resultref import ResultRef
 from meridian.core.sealing import KeyRing
 
 _COMPLETED_STATES = frozenset({"COMPLETED", "CACHED"})
@@ -26,10 +27,17 @@ def open_outcome(
     """``outcome`` of a step sealed with ``group``, with its result and error texts opened.
 
     Raises SealError when a completed step's result is not sealed with ``group`` (it did not
-    come from an agent holding the key) or does not authenticate.
+    come from an agent holding the key) or does not authenticate. A result that stayed at its
+    site must be stored sealed; its bytes are opened when they are loaded.
     """
     result_json = outcome.result_json
-    if outcome.state in _COMPLETED_STATES:
+    if outcome.state in _COMPLETED_STATES and outcome.result_ref_json:
+        if not _ref_is_sealed(outcome.result_ref_json):
+            raise SealError(
+                f"the stored result of sealed step {outcome.key} is not sealed (key group "
+                f"{group!r}): refusing it; was it produced by an agent without the key?"
+            )
+    elif outcome.state in _COMPLETED_STATES:
         result_json = sealing.open_text(
             keys, result_json, sealing.RESULT, flow_run_id, outcome.key, group
         )
@@ -45,6 +53,13 @@ def open_outcome(
             ),
         )
     return dataclasses.replace(outcome, result_json=result_json, error=error)
+
+
+def _ref_is_sealed(ref_json: str) -> bool:
+    try:
+        return ResultRef.from_json(ref_json).sealed
+    except ValidationError:
+        return True  # not a sealing problem: applying the outcome reports the bad reference
 
 
 def seal_flow_error(

@@ -11,6 +11,9 @@ watch stream as step outcomes) and their call counter (``approve("deploy")`` -> 
 It holds the run's sealing state too: the flow's default key group, the keys (read from
 ``MERIDIAN_SEAL_KEYS`` the first time a sealed step needs them) and which step keys were
 submitted sealed, so that their results are opened, and required to be sealed, on the way back.
+
+A step whose result stayed at its site resolves to a ``meridian.ResultRef`` bound to this run
+and step, downloadable through the runner's client (``ResultRef.load``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Protocol, cast
 
 from meridian import models
-from meridian.core import sealing
-from meridian.core.errors import ConflictError, SealError, StepCancelled, StepFailed
+from meridian.core import resultref, sealing
+from meridian.core.errors import (
+    ConflictError,
+    SealError,
+    StepCancelled,
+    StepFailed,
+    ValidationError,
+)
 from meridian.core.sealing import KeyRing
 from meridian.sdk._approvals import ApprovalWaits
 from meridian.sdk._sealed import open_outcome
 from meridian.sdk.futures import StepFuture
+from meridian.sdk.results import ResultFetcher, ResultRef, ResultSource
 
 # One SubmitSteps RPC carries at most this many calls (the control plane's limit per request:
 # a 10,000-item map is one RPC) and stays well below the 16 MiB message limit when inputs are
@@ -137,7 +147,20 @@ class FlowContext:
                     StepFailed(outcome.key, "permanent", "meridian.core.errors.SealError", str(exc))
                 )
                 return
-        apply_outcome(future, outcome, sealed_with=group)
+        apply_outcome(
+            future,
+            outcome,
+            sealed_with=group,
+            flow_run_id=self.flow_run_id,
+            source=self.result_source(),
+        )
+
+    def result_source(self) -> ResultSource | None:
+        """Where this run's result references are downloaded from: the runner's client."""
+        fetcher = self._submitter
+        if not callable(getattr(fetcher, "fetch_result", None)):
+            return None
+        return ResultSource(cast(ResultFetcher, fetcher), self.keys)
 
     # -- submission --------------------------------------------------------------------------
 
@@ -263,9 +286,24 @@ def _utf8_len(text: str) -> int:
 
 
 def apply_outcome(
-    future: StepFuture, outcome: models.StepOutcome, *, sealed_with: str = ""
+    future: StepFuture,
+    outcome: models.StepOutcome,
+    *,
+    sealed_with: str = "",
+    flow_run_id: str = "",
+    source: ResultSource | None = None,
 ) -> None:
-    """Resolve ``future`` from a terminal step outcome (already opened if it was sealed)."""
+    """Resolve ``future`` from a terminal step outcome (already opened if it was sealed); a
+    result that stayed at its site resolves to a :class:`ResultRef` of ``flow_run_id``."""
+    if outcome.state in _COMPLETED_STATES and outcome.result_ref_json:
+        try:
+            ref = resultref.ResultRef.from_json(outcome.result_ref_json)
+        except ValidationError as exc:
+            message = f"bad result reference: {exc}"
+            future._set_exception(StepFailed(outcome.key, "infrastructure", "ValueError", message))
+            return
+        future._set_result(ResultRef.of(ref, flow_run_id, outcome.key, source))
+        return
     if outcome.state in _COMPLETED_STATES:
         try:
             value = json.loads(outcome.result_json) if outcome.result_json else None

@@ -37,6 +37,7 @@ from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
+from meridian.sdk.results import with_markers
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,8 @@ _BodyEnd = tuple[bool, Any, models.ErrorInfo | None, models.ErrorInfo | None]
 def _run_body(fn: Any, params: dict[str, Any]) -> _BodyEnd:
     """(succeeded, result, error as shown here, error as the control plane may store it)."""
     try:
-        result = fn(**params)
+        # A stored result (ResultRef) in the flow's result is reported as its marker.
+        result = with_markers(fn(**params))
     except Exception as exc:
         return False, None, error_info(exc), error_info(exc, shared=True)
     problem = describe_non_json(result)

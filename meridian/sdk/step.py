@@ -18,6 +18,11 @@ Caching across runs: ``@step(cache=True)`` sends each call with a cache key (a d
 step's name, source and bound arguments, ``meridian.core.cachekey``); the control plane answers
 a call whose key an earlier completed run computed (in the same environment scope, within
 ``cache_expiration``) with that result at once, and the step does not run.
+
+Results that stay at their site (docs/results.md): a ``ResultRef`` (what a step with a stored
+result resolves to) passed anywhere in a call's arguments travels as a ``{"$meridian_ref":
+...}`` marker inside the inputs, and is listed beside them (``input_refs_json``, outside any
+sealing) so the control plane can check it; the step receives the loaded value.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from meridian.core.cachekey import (
     user_cache_key,
 )
 from meridian.core.errors import SealError, ValidationError
+from meridian.core.resultref import find_ref_markers
+from meridian.core.stepfiles import MAX_INPUT_FILES
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._options import (
     CachePolicy,
@@ -51,6 +58,7 @@ from meridian.sdk._options import (
 )
 from meridian.sdk.context import FlowContext, current_context
 from meridian.sdk.futures import StepFuture
+from meridian.sdk.results import with_markers
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,7 +134,7 @@ class Step(Generic[P, R]):
         expires_after_s = self.cache.expires_after_s if self.cache else 0.0
         submissions = []
         for args, kwargs in calls:
-            inputs = self._encode_inputs(args, kwargs)
+            inputs, input_refs = self._encode_inputs(args, kwargs)
             number = context.next_call_number(self.name)
             key = self._key_for(number, args, kwargs)
             cache_key = self._cache_key_for(args, kwargs)
@@ -139,6 +147,7 @@ class Step(Generic[P, R]):
                     inputs_json=inputs,
                     cache_key=cache_key,
                     cache_expires_after_s=expires_after_s if cache_key else 0.0,
+                    input_refs_json=input_refs,
                 )
             )
         return context.submit(submissions)
@@ -171,9 +180,15 @@ class Step(Generic[P, R]):
             check_key(key, f"step {self.name!r}: the key function", allow_callable=False)
         return key if isinstance(key, str) else f"{self.name}#{number}"
 
-    def _encode_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    def _encode_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, tuple[str, ...]]:
+        """The call's inputs JSON, with each result reference as its marker, and the JSON of
+        every reference the inputs name."""
+        encoded_args = [with_markers(value) for value in args]
+        encoded_kwargs = {name: with_markers(value) for name, value in kwargs.items()}
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            bound = self._signature.bind(*encoded_args, **encoded_kwargs)
         except TypeError as exc:
             raise ValidationError(f"step {self.name!r} called with bad arguments: {exc}") from None
         for name, value in bound.arguments.items():
@@ -183,7 +198,17 @@ class Step(Generic[P, R]):
                     f"argument {name!r} of step {self.name!r} is not JSON-serializable "
                     f"(got {problem})"
                 )
-        return dumps({"args": list(args), "kwargs": kwargs})
+        inputs = {"args": encoded_args, "kwargs": encoded_kwargs}
+        try:
+            refs = find_ref_markers(inputs)
+        except ValidationError as exc:
+            raise ValidationError(f"step {self.name!r} called with a bad input: {exc}") from None
+        if len(refs) > MAX_INPUT_FILES:
+            raise ValidationError(
+                f"step {self.name!r} is called with {len(refs)} stored results; at most "
+                f"{MAX_INPUT_FILES} may be passed to one call"
+            )
+        return dumps(inputs), tuple(ref.to_json() for ref in refs)
 
     def _check_importable(self) -> None:
         # The agent finds the step as `module.function` inside the bundle; these cannot be.
@@ -232,6 +257,9 @@ def step(
     cache: bool = False,
     cache_key: CacheKeyFn | None = None,
     cache_expiration: dt.timedelta | float | None = None,
+    result_store: str | None = None,
+    inline_threshold: int | None = None,
+    serializer: str | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -276,6 +304,18 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             that call; giving it implies ``cache=True``.
         cache_expiration: how old a reused result may be (a timedelta or seconds; None = any
             age). Sealed steps cannot be cached: their results open only in their own run.
+        result_store: a result store of the site (``[result_stores.NAME]`` in the agent's
+            config) that always keeps the result; the call then resolves to a
+            ``meridian.ResultRef`` (docs/results.md). None: results of at least
+            ``inline_threshold`` bytes go to the environment's default store.
+        inline_threshold: bytes (1 .. 4 MiB; None = 256 KiB) from which a serialized result
+            stays at its site and travels as a ``ResultRef`` instead of a value.
+        serializer: how the result is written when it stays at its site: None (automatic:
+            JSON; Parquet for pandas DataFrames and pyarrow Tables), "json", "parquet", or
+            "pickle" for any picklable object. Pickle is an explicit opt-in: loading a
+            pickle runs code chosen by whoever wrote it, so readers refuse it unless they
+            trust it (``ResultRef.load(trust_pickle=True)``; a step opted in to pickle may
+            take pickled inputs).
     """
     if fn is not None:
         if kwargs:

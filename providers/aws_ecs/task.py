@@ -69,6 +69,7 @@ def environment(spec: ExecutionSpec, python_step: bool, default_code_dir: str) -
                 "bundle_dir": spec.options.get("code_dir") or default_code_dir,
                 "step_key": spec.step_key,
                 **spec.context_fields(),
+                **spec.result_fields(),
             },
             separators=(",", ":"),
         )

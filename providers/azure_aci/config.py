@@ -248,6 +248,7 @@ def build_group(spec: ExecutionSpec, cfg: AciConfig, models: Any) -> Any:
             "bundle_dir": opts.get("code_dir", DEFAULT_CODE_DIR),
             "step_key": spec.step_key,
             **spec.context_fields(),
+            **spec.result_fields(),
         }
         env["MERIDIAN_STEP_SPEC"] = (json.dumps(step_spec), True)
     gpu = opts.get("gpu")

@@ -132,6 +132,7 @@ class CloudRunProvider(Provider):
                     "bundle_dir": str(options.get("code_dir", s.code_dir)),
                     "step_key": spec.step_key,
                     **spec.context_fields(),
+                    **spec.result_fields(),
                 }
             )
         timeout = spec.timeout_s if spec.timeout_s and spec.timeout_s > 0 else None

@@ -72,6 +72,7 @@ def step_spec_json(spec: ExecutionSpec, code_dir: str) -> str:
             "bundle_dir": code_dir,
             "step_key": spec.step_key,
             **spec.context_fields(),
+            **spec.result_fields(),
         }
     )
     if len(text.encode("utf-8")) > MAX_SPEC_ENV_BYTES:

@@ -127,6 +127,7 @@ class ProcessProvider(Provider):
             "bundle_dir": bundle,
             "step_key": spec.step_key,
             **spec.context_fields(),  # meridian.context() in the step
+            **spec.result_fields(),  # result policy, input files (docs/results.md)
         }
         write_json_atomic(work_dir / SPEC_FILE, step)
         cwd = self._cwd(spec, work_dir)

@@ -194,6 +194,7 @@ def job_request(config: RayConfig, spec: ExecutionSpec, submission_id: str) -> d
         "bundle_dir": "." if upload else bundle,  # uploaded: the working_dir is the job's cwd
         "step_key": spec.step_key,
         **spec.context_fields(),
+        **spec.result_fields(),
     }
     command = options.get("command")
     if command is not None:

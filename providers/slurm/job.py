@@ -199,6 +199,7 @@ def write_job_files(config: SlurmConfig, spec: ExecutionSpec, job_dir: Path) -> 
         "bundle_dir": bundle,
         "step_key": spec.step_key,
         **spec.context_fields(),
+        **spec.result_fields(),
     }
     _write_atomic(job_dir / SPEC_FILE, json.dumps(step))
     # Owner-only: the script holds the step's environment, which may carry secrets.

@@ -21,6 +21,7 @@ def test_meridian_all_is_pinned() -> None:
         "NotFound",
         "Permanent",
         "PermissionDenied",
+        "ResultRef",
         "RunContext",
         "SealError",
         "SelectorError",
