@@ -97,6 +97,12 @@ class AgentEndpoint:
     def FetchBundle(self, request: Any, timeout: float | None = None) -> Any:
         return self._require().FetchBundle(request, timeout=timeout)
 
+    def FetchResult(self, request: Any, timeout: float | None = None) -> Any:
+        return self._require().FetchResult(request, timeout=timeout)
+
+    def PushResult(self, request_iterator: Any, timeout: float | None = None) -> Any:
+        return self._require().PushResult(request_iterator, timeout=timeout)
+
     def _require(self) -> Any:
         if self._stub is None:
             raise RuntimeError("AgentEndpoint.refresh() must run before the first call")

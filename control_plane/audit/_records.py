@@ -20,6 +20,7 @@ from control_plane.store.models import (
     FlowRunRow,
     JoinTokenRow,
     StepRunRow,
+    TransferRow,
 )
 
 _JOIN_TOKEN_OF = "meridian.audit.join_token_of"
@@ -165,3 +166,48 @@ def _agent_identity(session: Session, agent: AgentRow | None) -> dict[str, Any] 
         "join_token_id": token_id or "",
         "labels": dict(agent.labels or {}),
     }
+
+
+def transfer_ended(session: Session, transfer: TransferRow, *, actor: str) -> None:
+    """``result.transferred`` / ``result.transfer_failed``: a stored result (or part of it)
+    left its environment: where from and to, how many bytes, which object, who asked."""
+    assert transfer.ended_at is not None
+    append(
+        session,
+        actor=actor,
+        action="result.transferred" if transfer.state == "COMPLETED" else "result.transfer_failed",
+        subject=transfer.flow_run_id,
+        details={
+            "transfer_id": transfer.id,
+            "from_environment": transfer.from_environment,
+            "to_environment": transfer.to_environment,
+            "store": transfer.store,
+            "uri": transfer.uri,
+            "sha256": transfer.sha256,
+            "size": transfer.size,
+            "bytes": transfer.bytes,
+            "flow_run_id": transfer.flow_run_id,
+            "step_key": transfer.step_key,
+            "attempt_id": transfer.attempt_id or "",
+            "producer_run_id": transfer.producer_run_id,
+            "producer_step_key": transfer.producer_step_key,
+            "requested_by": transfer.requested_by,
+            **({"error": transfer.error} if transfer.error else {}),
+        },
+        now=transfer.ended_at,
+    )
+
+
+def transfer_refused(
+    session: Session, *, actor: str, run_id: str, now: dt.datetime, **details: Any
+) -> None:
+    """``result.transfer_refused``: a request for a stored result's bytes that was refused
+    (a residency rule, or a reference the asker may not read): who asked, for what, why."""
+    append(
+        session,
+        actor=actor,
+        action="result.transfer_refused",
+        subject=run_id,
+        details=details,
+        now=now,
+    )

@@ -18,6 +18,7 @@ from control_plane.store.models import (
     FlowRunRow,
     LogRow,
     StepRunRow,
+    TransferRow,
 )
 from meridian.core.errors import NotFound, ValidationError
 from meridian.core.states import RunState, StepState
@@ -33,6 +34,8 @@ class RunView:
     agent_names: dict[str, str]
     events: list[EventRow]
     approvals: list[ApprovalRow] = field(default_factory=list)
+    # Stored results that crossed environments for this run's steps (decision 0020).
+    transfers: list[TransferRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,16 @@ def run_view(session: Session, run_id: str, *, max_events: int = 10_000) -> RunV
             .order_by(ApprovalRow.requested_at, ApprovalRow.key)
         )
     )
+    transfers = list(
+        session.scalars(
+            select(TransferRow)
+            .where(TransferRow.flow_run_id == run_id)
+            .order_by(TransferRow.started_at, TransferRow.id)
+            .limit(max_events)
+        )
+    )
     names_by_id = {str(k): str(v) for k, v in names.items()}
-    return RunView(run, steps, attempts, names_by_id, events, approvals)
+    return RunView(run, steps, attempts, names_by_id, events, approvals, transfers)
 
 
 def events_after(
