@@ -16,6 +16,15 @@ group named in them; the outcome is sealed with that group before it is journale
 a re-attach (the seal is persisted with the handle). An attempt whose inputs cannot be opened
 fails permanently with a message naming the key group, and nothing is started.
 
+Results and inputs at the site (docs/results.md, ``agent.results``): before the step starts,
+the runner decides where a stored result would go (``ResultTarget``, saved in the work dir; a
+store the step names that this agent lacks fails it permanently, unstarted) and makes the
+result references its inputs name local files (``agent.results.inputs``). When the outcome
+names a result file, the runner puts it into the store off the event loop and reports its
+``ResultRef`` instead of a value; the finished report is journaled only after the put
+committed, so a re-attached attempt simply puts again (a no-op for the same bytes). The
+result file, its sealed copy and copied inputs are deleted once the report is journaled.
+
 Local faults never leave an attempt hanging: a full disk, an unwritable work dir, a provider
 that raises or a runner that dies fail the attempt with error class ``infrastructure`` and a
 message saying what happened, and a disk or work-dir fault makes the agent degraded
@@ -28,6 +37,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import shutil
 import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +60,9 @@ from agent.reports import (
     infrastructure_failure,
 )
 from agent.results import ResultStore
-from agent.results.inputs import Fetcher
+from agent.results.inputs import INPUTS_DIR, Fetcher, InputError, InputSite, materialize
+from agent.results.registry import choose_store
+from agent.results.upload import SEALED_FILE, ResultTarget, store_failure, store_result
 from agent.sealing import AttemptSeal, open_assignment, seal_failure, seal_finished
 from agent.secrets import Redactor, ResolvedSecrets, SecretError, SecretStore, redact_report
 from meridian.core.errors import SealError
@@ -61,10 +73,12 @@ from providers.base import (
     ErrorInfo,
     ExecutionSpec,
     Handle,
+    InputFile,
     LogRecord,
     Outcome,
     Provider,
     ProviderOptionsError,
+    ResultPolicy,
 )
 
 log = logging.getLogger("meridian.agent.runner")
@@ -128,6 +142,8 @@ class Runner:
         self._redactor = Redactor()
         self._seal: AttemptSeal | None = None  # set when the attempt's inputs were sealed
         self._log_records = 0  # records read from the provider's log stream so far
+        self._target: ResultTarget | None = None  # where a result file goes (set before start)
+        self._result_path: Path | None = None  # the step's result file, deleted once reported
 
     # ---- signals from the worker --------------------------------------------------------
 
@@ -147,6 +163,7 @@ class Runner:
     async def run(self, assignment: Assignment) -> None:
         """Run a fresh assignment to its end; never raises except for task cancellation."""
         await self._guard(self._run(assignment))
+        await self._discard_files()
 
     async def resume(self, handle: Handle, seal: AttemptSeal | None = None) -> None:
         """Watch infrastructure recovered after an agent restart until it ends."""
@@ -154,6 +171,11 @@ class Runner:
         # Logs are not streamed again: the provider replays them from the start and the
         # control plane already holds those sent before the restart.
         await self._guard(self._watch(handle, stream_logs=False))
+        await self._discard_files()
+
+    @property
+    def _work_dir(self) -> Path:
+        return self._ctx.work_root / self.attempt_id
 
     async def _guard(self, body: Any) -> None:
         try:
@@ -221,10 +243,30 @@ class Runner:
         except SealError as exc:
             await self._finish(seal_failure(exc))
             return None
+        try:
+            policy = ResultPolicy.for_step(
+                result_store=spec.result_store,
+                inline_threshold_bytes=spec.inline_threshold_bytes,
+                serializer=spec.serializer,
+            )
+            self._target = self._result_target(assignment)
+        except Exception as exc:  # StepFileError, UnknownResultStore: nothing was started
+            await self._finish(store_failure(exc, spec.result_store))
+            return None
         secrets = await self._resolve_secrets(spec.secret_map)
         if secrets is None:
             return None
-        work_dir = self._ctx.work_root / assignment.attempt_id
+        work_dir = self._work_dir
+        try:
+            await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
+            if self._target.store:  # without a store, a re-attached attempt needs none
+                await asyncio.to_thread(self._target.save, work_dir)
+        except OSError as exc:
+            await self._finish(self._local_fault(exc, f"cannot create the work dir {work_dir}"))
+            return None
+        input_files = await self._materialize(assignment, work_dir)
+        if input_files is None:
+            return None
         execution = ExecutionSpec(
             attempt_id=assignment.attempt_id,
             flow_run_id=assignment.flow_run_id,
@@ -249,12 +291,9 @@ class Runner:
                 ENV_ATTEMPT_NUMBER: str(assignment.attempt_number),
             },
             context=self._run_context(assignment),
+            result_policy=policy,
+            input_files=input_files,
         )
-        try:
-            await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            await self._finish(self._local_fault(exc, f"cannot create the work dir {work_dir}"))
-            return None
         try:
             handle = await self._provider.submit(execution)
         except Exception as exc:
@@ -286,6 +325,44 @@ class Runner:
             agent_id=self._ctx.agent_id or None,
         )
 
+    def _result_target(self, assignment: Assignment) -> ResultTarget:
+        """Where a result file of this attempt goes; UnknownResultStore when the step names a
+        store this agent lacks. No store at all is decided later: most results are small."""
+        ctx, requested = self._ctx, assignment.spec.result_store
+        store = ""
+        if requested or ctx.default_result_store:
+            store = choose_store(ctx.result_stores, ctx.default_result_store, requested).name
+        return ResultTarget(
+            assignment.flow_run_id, assignment.step_key, assignment.attempt_id, store
+        )
+
+    async def _materialize(
+        self, assignment: Assignment, work_dir: Path
+    ) -> dict[str, InputFile] | None:
+        """Local files of the input references, or None once the attempt has been finished
+        instead (an input failed, or a cancel arrived while fetching)."""
+        if not assignment.input_refs_json:
+            return {}
+        ctx = self._ctx
+        site = InputSite(
+            ctx.environment, ctx.result_stores, ctx.keys, ctx.fetcher, ctx.limits.min_free_bytes
+        )
+        work = materialize(
+            assignment.input_refs_json,
+            site,
+            work_dir,
+            attempt_id=self.attempt_id,
+            fencing_token=self.fencing_token,
+        )
+        try:
+            files: dict[str, InputFile] | None = await self._until_cancelled(work)
+        except InputError as exc:
+            await self._finish(_failure(exc.error_class, exc.type_name, str(exc)))
+            return None
+        if files is None:
+            await self._finish_cancelled()
+        return files
+
     async def _resolve_secrets(self, references: Mapping[str, str]) -> ResolvedSecrets | None:
         """This attempt's secrets, or None once the attempt has been finished instead."""
         if not references:
@@ -311,7 +388,7 @@ class Runner:
         try:
             await asyncio.wait({waiting, cancelled}, return_when=asyncio.FIRST_COMPLETED)
             if waiting.done():
-                finished = _finished_from(waiting)
+                finished = await self._store_result(waiting, _finished_from(waiting))
             else:
                 finished = await self._cancel_running(handle, waiting)
             if logs is not None:
@@ -328,6 +405,51 @@ class Runner:
         # The outcome and the handle's removal commit together: a restart finds either the
         # handle (and re-attaches) or the outcome in the journal, never neither.
         await self._finish(self._sealed(await self._with_disk_state(finished)), remove_handle=True)
+
+    async def _store_result(
+        self, waiting: asyncio.Future[Outcome], finished: AttemptFinished
+    ) -> AttemptFinished:
+        """``finished`` with the reference of the stored result in place of a value, when the
+        step wrote its result to a file; the failure that explains it if it cannot be stored."""
+        if waiting.exception() is not None or finished.outcome != "succeeded":
+            return finished
+        outcome = waiting.result()
+        work_dir = self._work_dir
+        path = outcome.result_path(work_dir)
+        if outcome.result_file is None or path is None:
+            return finished
+        self._result_path = path
+        store_name = ""
+        try:
+            # After a restart, the target saved before the step started (none: no store).
+            target = self._target or await asyncio.to_thread(ResultTarget.load, work_dir)
+            target = target or ResultTarget("", "", self.attempt_id, "")
+            store_name = target.store
+            ref = await asyncio.to_thread(
+                store_result,
+                self._ctx.result_stores,
+                target,
+                self._ctx.environment,
+                path,
+                outcome.result_file,
+                keys=self._ctx.keys,
+                seal=self._seal,
+                sealed_path=work_dir / SEALED_FILE,
+            )
+        except Exception as exc:
+            log.warning("attempt %s: its result could not be stored: %s", self.attempt_id, exc)
+            return dataclasses.replace(store_failure(exc, store_name), exit_code=finished.exit_code)
+        return dataclasses.replace(finished, result_json="", result_ref_json=ref.to_json())
+
+    async def _discard_files(self) -> None:
+        """Once the finished report is journaled: the result file (stored now, or failed),
+        its sealed copy and the copied inputs are of no further use."""
+        if not self._finished:
+            return
+        try:
+            await asyncio.to_thread(_discard, self._work_dir, self._result_path)
+        except Exception as exc:
+            log.warning("attempt %s: cannot delete its result files: %s", self.attempt_id, exc)
 
     def _sealed(self, finished: AttemptFinished) -> AttemptFinished:
         """The outcome of a sealed step as it may leave the site: scrubbed of secrets first
@@ -464,6 +586,13 @@ class Runner:
                 error_class="infrastructure", type="meridian.DiskFull", message=message
             ),
         )
+
+
+def _discard(work_dir: Path, result_path: Path | None) -> None:
+    for path in (result_path, work_dir / SEALED_FILE):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    shutil.rmtree(work_dir / INPUTS_DIR, ignore_errors=True)
 
 
 def parse_options(options_json: str) -> dict[str, Any]:

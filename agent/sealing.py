@@ -4,7 +4,9 @@ The flow runner sealed the inputs with a key group it names in the envelope; thi
 them with its own copy of that group's key (``[sealing.keys]`` in its config), so the provider
 gets plain inputs here, at the site. The result, and the message and traceback of an error
 raised by the step's own code, are sealed with the same key group before they are journaled
-or sent: the control plane stores ciphertext and digests only (docs/security.md).
+or sent: the control plane stores ciphertext and digests only (docs/security.md). A result
+stored at the site is sealed as a file before it is put (``meridian.core.sealedfile``,
+``agent.results.upload``); only its reference, which names no data, travels in the clear.
 
 Failures the agent or provider reports itself (a timeout, a lost process, a missing key) stay
 readable: they say nothing about the step's data and the operator needs them.
@@ -66,7 +68,9 @@ def seal_finished(keys: KeyRing, seal: AttemptSeal, finished: AttemptFinished) -
     be, e.g. a result above the size limit or a key removed since the attempt started)."""
     group, run_id, key = seal.key_group, seal.flow_run_id, seal.step_key
     result_json = finished.result_json
-    if finished.outcome == "succeeded":
+    # A stored result is sealed already (agent.results.upload); its reference stays readable
+    # so the control plane can route transfers and clean up.
+    if finished.outcome == "succeeded" and not finished.result_ref_json:
         text = result_json or "null"
         result_json = sealing.seal_text(keys, group, text, sealing.RESULT, run_id, key)
     error = finished.error

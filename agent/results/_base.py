@@ -155,9 +155,14 @@ def key_segment(text: str) -> str:
     return encoded[:MAX_SEGMENT_LENGTH]
 
 
-def attempt_key(run_id: str, step_key: str, attempt: int, name: str = "result") -> str:
-    """The key of what one attempt of a step wrote: ``runs/RUN/STEP/ATTEMPT/NAME``."""
-    return check_key(f"runs/{key_segment(run_id)}/{key_segment(step_key)}/{attempt}/{name}")
+def attempt_key(run_id: str, step_key: str, attempt: int | str, name: str = "result") -> str:
+    """The key of what one attempt of a step wrote: ``runs/RUN/STEP/ATTEMPT/NAME``.
+
+    ``attempt`` is the attempt's id (the agent uses it: unique even when a resumed run numbers
+    a step's attempts again) or its number."""
+    return check_key(
+        f"runs/{key_segment(run_id)}/{key_segment(step_key)}/{key_segment(str(attempt))}/{name}"
+    )
 
 
 def check_put(key: str, size: int, sha256: str) -> None:

@@ -20,6 +20,12 @@ TOML (or JSON, by extension)::
     max_result_bytes = 3145728
     log_head_bytes = 4194304
 
+    [result_stores.scratch]
+    type = "filesystem"
+    root = "/scratch/meridian/results"
+    retention_days = 14
+    default = true
+
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
 ``[secrets.SCHEME]`` sections configure the site's secret resolvers (docs/secrets.md).
@@ -27,6 +33,11 @@ section is handed to the provider as its config, which validates it when the age
 and seals results with (docs/security.md); the files are read when the agent starts.
 ``[limits]`` overrides the agent's bounds on results, errors, logs, disk and loop stalls
 (``agent.limits.AgentLimits``; the keys and defaults are in docs/reliability.md).
+``[result_stores.NAME]`` tables name the site's result stores (``filesystem``, ``s3``,
+``gcs``, ``azure_blob``), where results at or above a step's inline threshold, or of a step
+that names a store, stay; one is the environment's default (``default = true``, or the only
+one). They are validated here (an error names the table) and opened when the agent starts;
+``retention_days`` deletes a store's objects older than that (docs/results.md).
 """
 
 from __future__ import annotations
@@ -35,11 +46,14 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meridian.core.errors import ValidationError
 
-KNOWN_SECTIONS = {"providers", "secrets", "sealing", "limits"}
+if TYPE_CHECKING:
+    from agent.results import ResultStoresConfig
+
+KNOWN_SECTIONS = {"providers", "secrets", "sealing", "limits", "result_stores"}
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,12 @@ class AgentFileConfig:
     secrets: dict[str, dict[str, Any]]  # secret scheme -> resolver settings
     seal_keys: dict[str, str] = field(default_factory=dict)  # key group -> "file:/path"
     limits: dict[str, Any] = field(default_factory=dict)  # AgentLimits field -> value
+    # The site's result stores ([result_stores.NAME]), validated; None without the section.
+    result_stores: ResultStoresConfig | None = None
 
 
 def load_agent_config_file(path: Path) -> AgentFileConfig:
-    """The provider and secret-resolver sections of a TOML or JSON agent config file."""
+    """The sections of a TOML or JSON agent config file, each validated."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -73,7 +89,19 @@ def load_agent_config_file(path: Path) -> AgentFileConfig:
         secrets=_tables(raw, "secrets", "secret scheme", path),
         seal_keys=_seal_keys(raw, path),
         limits=_limits(raw, path),
+        result_stores=_result_stores(raw, path),
     )
+
+
+def _result_stores(raw: dict[str, Any], path: Path) -> ResultStoresConfig | None:
+    if "result_stores" not in raw:
+        return None
+    from agent.results import parse_result_stores  # the agent's modules, only when used
+
+    try:
+        return parse_result_stores(raw.get("result_stores"))
+    except ValidationError as exc:
+        raise ValidationError(f"agent config {path}: {exc}") from None
 
 
 def _limits(raw: dict[str, Any], path: Path) -> dict[str, Any]:

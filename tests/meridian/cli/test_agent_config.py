@@ -67,3 +67,33 @@ def test_bad_sealing_sections_say_what_is_expected(tmp_path: Path, text: str) ->
     path.write_text(text)
     with pytest.raises(ValidationError, match=r"\[sealing.keys\], of GROUP"):
         load_agent_config_file(path)
+
+
+def test_result_stores_section_is_validated_and_picks_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[result_stores.scratch]\ntype = "filesystem"\nroot = "/scratch/results"\n'
+        "retention_days = 14\n"
+        '[result_stores.s3-main]\ntype = "s3"\nbucket = "b"\ndefault = true\n'
+    )
+    stores = load_agent_config_file(path).result_stores
+    assert stores is not None
+    assert sorted(stores.stores) == ["s3-main", "scratch"] and stores.default == "s3-main"
+    assert stores.stores["scratch"].retention_days == 14
+    path.write_text('[providers.slurm]\npartition = "p"\n')
+    assert load_agent_config_file(path).result_stores is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[result_stores.s3-main]\ntype = "s3"\nbucket_name = "b"\n', r"\[result_stores.s3-main\]"),
+        ('[result_stores.x]\ntype = "filesystem"\nroot = "relative"\n', r"\[result_stores.x\]"),
+        ("result_stores = 3\n", r"\[result_stores\] must be a table"),
+    ],
+)
+def test_a_bad_result_store_table_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError, match=f"agent config {path}: {message}"):
+        load_agent_config_file(path)
