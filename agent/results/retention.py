@@ -28,6 +28,9 @@ log = logging.getLogger("meridian.agent.results.retention")
 RUNS_PREFIX = "runs/"
 SWEEP_INTERVAL_S = 3600.0
 STALE_UPLOAD_AGE = timedelta(days=1)
+# A sweep stops after this many deletes and the next one goes on: each stays short, so an
+# agent that stops never waits long for a sweep running in its thread.
+MAX_DELETES_PER_SWEEP = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,20 @@ class SweepResult:
 
 
 def sweep_store(
-    store: ResultStore, retention_days: int | None, now: datetime | None = None
+    store: ResultStore,
+    retention_days: int | None,
+    now: datetime | None = None,
+    max_deletes: int = MAX_DELETES_PER_SWEEP,
 ) -> SweepResult:
-    """One sweep of ``store`` (blocking): expired objects and stale incomplete uploads."""
+    """One sweep of ``store`` (blocking): expired objects (at most ``max_deletes`` attempts)
+    and stale incomplete uploads."""
     now = now or datetime.now(UTC)
     deleted = deleted_bytes = errors = 0
     if retention_days is not None:
         cutoff = now - timedelta(days=retention_days)
         for info in store.list(RUNS_PREFIX, older_than=cutoff):
+            if deleted + errors >= max_deletes:
+                break
             try:
                 if store.delete(info.key):
                     deleted += 1

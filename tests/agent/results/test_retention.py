@@ -48,6 +48,17 @@ def test_expired_objects_and_stale_uploads_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / ".incoming").iterdir()) == ["live.part"]
 
 
+def test_a_sweep_deletes_a_bounded_number_and_the_next_goes_on(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    store = FilesystemStore("scratch", FilesystemConfig(root))
+    for n in range(5):
+        put(store, f"runs/r{n}/s/a/result")
+        age(root / f"runs/r{n}/s/a/result", 20)
+    assert sweep_store(store, 14, max_deletes=3).deleted == 3
+    assert sweep_store(store, 14, max_deletes=3).deleted == 2
+    assert list(store.list()) == []
+
+
 def test_without_retention_days_objects_stay_and_stale_uploads_still_go(tmp_path: Path) -> None:
     root = tmp_path / "root"
     store = FilesystemStore("scratch", FilesystemConfig(root))
