@@ -243,26 +243,14 @@ class Runner:
         except SealError as exc:
             await self._finish(seal_failure(exc))
             return None
-        try:
-            policy = ResultPolicy.for_step(
-                result_store=spec.result_store,
-                inline_threshold_bytes=spec.inline_threshold_bytes,
-                serializer=spec.serializer,
-            )
-            self._target = self._result_target(assignment)
-        except Exception as exc:  # StepFileError, UnknownResultStore: nothing was started
-            await self._finish(store_failure(exc, spec.result_store))
+        policy = await self._result_policy(assignment)
+        if policy is None:
             return None
         secrets = await self._resolve_secrets(spec.secret_map)
         if secrets is None:
             return None
         work_dir = self._work_dir
-        try:
-            await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
-            if self._target.store:  # without a store, a re-attached attempt needs none
-                await asyncio.to_thread(self._target.save, work_dir)
-        except OSError as exc:
-            await self._finish(self._local_fault(exc, f"cannot create the work dir {work_dir}"))
+        if not await self._prepare_work_dir(work_dir):
             return None
         input_files = await self._materialize(assignment, work_dir)
         if input_files is None:
@@ -324,6 +312,35 @@ class Runner:
             environment=self._ctx.environment or None,
             agent_id=self._ctx.agent_id or None,
         )
+
+    async def _result_policy(self, assignment: Assignment) -> ResultPolicy | None:
+        """How the step hands back its result, and where a stored one goes; None once the
+        attempt has been failed instead (a bad policy, a store this agent lacks)."""
+        spec = assignment.spec
+        try:
+            policy = ResultPolicy.for_step(
+                result_store=spec.result_store,
+                inline_threshold_bytes=spec.inline_threshold_bytes,
+                serializer=spec.serializer,
+            )
+            self._target = self._result_target(assignment)
+        except Exception as exc:  # StepFileError, UnknownResultStore: nothing was started
+            await self._finish(store_failure(exc, spec.result_store))
+            return None
+        return policy
+
+    async def _prepare_work_dir(self, work_dir: Path) -> bool:
+        """Create the work dir and save the result target in it; False once the attempt has
+        been failed instead."""
+        try:
+            await asyncio.to_thread(work_dir.mkdir, parents=True, exist_ok=True)
+            if self._target is not None and self._target.store:
+                # Without a store a re-attached attempt needs no target.
+                await asyncio.to_thread(self._target.save, work_dir)
+        except OSError as exc:
+            await self._finish(self._local_fault(exc, f"cannot create the work dir {work_dir}"))
+            return False
+        return True
 
     def _result_target(self, assignment: Assignment) -> ResultTarget:
         """Where a result file of this attempt goes; UnknownResultStore when the step names a
