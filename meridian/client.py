@@ -530,9 +530,17 @@ class _ResultDownload:
                 progressed = self.received > before
                 resumes = 0 if progressed else resumes + 1
                 if _code(exc) != grpc.StatusCode.UNAVAILABLE or resumes > self.RESUMES:
-                    raise self.client._map_error(exc) from None
+                    raise self._error(exc) from None
                 time.sleep(min(0.2 * 2**resumes, 2.0) * random.uniform(0.5, 1.0))
         self._finish()
+
+    def _error(self, exc: grpc.RpcError) -> MeridianError:
+        """A reached control plane answers UNAVAILABLE when no agent can serve the bytes now
+        (e.g. none of the producing environment is connected): say that, not "unreachable"."""
+        reached = self.client._reached or self.size is not None
+        if reached and _code(exc) == grpc.StatusCode.UNAVAILABLE:
+            return ConnectionFailed(f"cannot download {self.where} now: {_details(exc)}")
+        return self.client._map_error(exc)
 
     def _take(self, chunk: common_pb2.ResultChunk, out: Any) -> None:
         if chunk.error:

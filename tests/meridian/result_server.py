@@ -45,6 +45,7 @@ class ResultControl(control_pb2_grpc.ControlServiceServicer):
     cut_after_bytes: int | None = None  # abort once with UNAVAILABLE after this many bytes
     corrupt: bool = False  # flip a byte of the body (the announced digest stays right)
     error: str = ""  # send this in a chunk instead of the bytes
+    unavailable: str = ""  # answer every fetch UNAVAILABLE with this (no agent can serve it)
     requests: list[tuple[str, str, int]] = field(default_factory=list)
 
     def GetRun(self, request: Any, context: Any) -> Any:
@@ -72,6 +73,8 @@ class ResultControl(control_pb2_grpc.ControlServiceServicer):
         if request.flow_run_id != self.run_id or stored is None:
             why = f"step {request.step_key!r} has no stored result"
             context.abort(grpc.StatusCode.NOT_FOUND, why)
+        if self.unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.unavailable)
         if self.error:
             yield common_pb2.ResultChunk(error=self.error)
             return

@@ -16,8 +16,16 @@ import pandas as pd
 import pytest
 
 import meridian
-from meridian import ConflictError, NotFound, SealError, StepFailed, ValidationError, step
-from meridian.client import ControlClient
+from meridian import (
+    ConflictError,
+    ConnectionFailed,
+    NotFound,
+    SealError,
+    StepFailed,
+    ValidationError,
+    step,
+)
+from meridian.client import ControlClient, _ResultDownload
 from meridian.core import resultref, sealing, serializers
 from meridian.core.cachekey import bind_inputs, default_cache_key
 from meridian.core.errors import PermissionDenied
@@ -312,6 +320,24 @@ def test_errors_of_the_site_and_of_the_control_plane_are_meridian_errors(
     served.fake.error = "no agent of environment aws-prod is connected"
     with pytest.raises(ConflictError, match="no agent of environment aws-prod"):
         result_client.fetch_result(served.fake.run_id, "rows#1", tmp_path / "x")
+
+
+def test_a_site_that_cannot_serve_now_is_named_not_an_unreachable_control_plane(
+    served: ResultServer,
+    result_client: ControlClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_ResultDownload, "RESUMES", 1)
+    served.fake.stored["rows#1"] = StoredResult(b"[1]")
+    served.fake.unavailable = "no agent of environment aws-prod is connected"
+    result_client.get_run(served.fake.run_id)  # the control plane is reachable
+    with pytest.raises(ConnectionFailed) as info:
+        result_client.fetch_result(served.fake.run_id, "rows#1", tmp_path / "x")
+    assert str(info.value).startswith("cannot download the stored result of step 'rows#1'")
+    assert "no agent of environment aws-prod" in str(info.value)
+    assert len(served.fake.requests) == 2  # tried again once, then gave up
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
 
 
 def test_a_pickle_loads_only_when_trusted_and_is_refused_before_downloading(
