@@ -242,6 +242,7 @@ class FlowContext:
                 _utf8_len(sub.inputs_json)
                 + _utf8_len(sub.key)
                 + len(sub.cache_key)
+                + sum(_utf8_len(ref) + _CALL_OVERHEAD for ref in sub.input_refs_json)
                 + _CALL_OVERHEAD
             )
             spec_size = len(sub.spec.options_json) + _SPEC_OVERHEAD

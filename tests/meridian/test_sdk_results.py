@@ -370,3 +370,17 @@ def test_a_sealed_result_is_opened_with_the_runners_keys(
 def test_a_reference_not_from_a_running_flow_cannot_be_downloaded() -> None:
     with pytest.raises(ValidationError, match="pass it to a step instead"):
         ResultRef.of(_ref(serializer="json"), "", "").load()
+
+
+def test_listed_references_count_towards_the_bytes_of_a_submission_chunk() -> None:
+    refs = [_ref(f"{i:02x}" * 32) for i in range(10)]
+    submitter = RecordingSubmitter()
+    with activate(FlowContext("run-1", submitter, chunk_bytes=4000)):
+        consume.map(refs)
+    chunks = submitter.calls
+    sizes = [
+        sum(len(s.inputs_json) + sum(len(r) for r in s.input_refs_json) for s in chunk)
+        for chunk in chunks
+    ]
+    assert len(chunks) > 1 and max(sizes) <= 4000, sizes
+    assert sum(len(chunk) for chunk in chunks) == 10
