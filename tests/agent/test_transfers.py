@@ -1,0 +1,380 @@
+"""Result transfers between two environments through a real control plane, over loopback
+mutual TLS: the producing agent is the real ``Agent`` (environment aws-demo, a filesystem
+result store), the consumer is the real ``ResultFetcher`` with the identity of an enrolled
+agent of gcp-demo, and the control plane is the real one on its own thread.
+
+The run, its steps and the consumer's attempt are written into the control plane's database
+(the way the scheduler would leave them), so the transfer is all that happens. The producer's
+store pauses its first read where a test says (``GatedStore``), so a test can act while a
+transfer is in flight: push with the wrong agent, or cut the consumer's connection (a TCP
+proxy) and watch the fetcher resume from its offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from agent import Agent, AgentConfig, enroll
+from agent.channel import secure_channel
+from agent.identity import AgentIdentity, load_identity
+from agent.results import (
+    FilesystemStore,
+    ResultStoresConfig,
+    attempt_key,
+    build_store,
+    parse_result_stores,
+)
+from agent.results.inputs import InputError
+from agent.transfers import ResultFetcher
+from control_plane import ServerConfig, create_api_token, create_join_token
+from control_plane.orchestration.values import StepSubmission
+from control_plane.store.db import Store
+from control_plane.store.models import AttemptRow, BundleRow, StepRunRow, TransferRow
+from control_plane.store.tx import Tx
+from control_plane.usecases.runs import create_run
+from control_plane.usecases.steps import submit_steps
+from meridian.client import ControlClient
+from meridian.core.resultref import ResultRef
+from meridian.core.spec import StepSpec
+from meridian.core.states import AttemptState
+from protos.meridian.v1 import agent_pb2_grpc, common_pb2
+from tests.agent.fakecp import FakeProvider
+from tests.faults.tcp_proxy import TcpProxy
+from tests.support.deadlines import DEADLINE_S
+from tests.support.plane import ThreadedControlPlane
+from tests.support.polling import apoll_until
+
+pytestmark = pytest.mark.timeout(120)
+
+MiB = 1024 * 1024
+DATA = os.urandom(20 * MiB + 4321)
+
+
+class GatedReader:
+    """A store reader that stops before chunk ``after`` until ``gate`` is set."""
+
+    def __init__(self, inner: Any, after: int, gate: threading.Event) -> None:
+        self._inner, self._after, self._gate = inner, after, gate
+        self.read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if self.read == self._after:
+                assert self._gate.wait(DEADLINE_S), "the test never opened the gate"
+            self.read += 1
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> GatedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GatedStore:
+    """The real filesystem store; its first ``open`` pauses after ``after`` chunks."""
+
+    def __init__(self, inner: FilesystemStore) -> None:
+        self._inner = inner
+        self.name = inner.name
+        self.after: int | None = None
+        self.gate = threading.Event()
+        self.readers: list[GatedReader] = []
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    def open(self, location: Any, chunk_size: int = MiB) -> Any:
+        reader = self._inner.open(location, chunk_size)
+        if self.after is None or self.readers:
+            return reader
+        gated = GatedReader(reader, self.after, self.gate)
+        self.readers.append(gated)
+        return gated
+
+
+@dataclass
+class Site:
+    address: str  # the agent listener
+    client_address: str
+    ca_file: Path
+    store: Store  # the control plane's database, opened beside it
+    producer_store: GatedStore
+    consumer: AgentIdentity
+    run_id: str
+    attempt_id: str
+    ref: ResultRef
+    admin_token: str
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    config = ServerConfig(
+        data_dir=tmp_path / "server",
+        listen="127.0.0.1:0",
+        agent_listen="127.0.0.1:0",
+        heartbeat_interval_s=0.5,
+        agent_lost_after_s=600.0,
+    )
+    server = ThreadedControlPlane(config)
+    plane = server.start()
+    try:
+        for env in ("aws-demo", "gcp-demo"):
+            enroll(plane.address, plane.ca_file, create_join_token(config.data_dir, env),
+                   tmp_path / env, name=f"{env}-agent")  # fmt: skip
+        store = Store(config.database_url)
+        scratch = build_store(stores_config(tmp_path).stores["scratch"])
+        assert isinstance(scratch, FilesystemStore)
+        yield from _with_data(plane, config, store, scratch, tmp_path, monkeypatch)
+    finally:
+        server.stop()
+
+
+def _with_data(
+    plane: Any,
+    config: ServerConfig,
+    store: Store,
+    scratch: FilesystemStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Site]:
+    consumer = load_identity(tmp_path / "gcp-demo")
+    location = scratch.put(
+        attempt_key("r", "produce#1", "a"), [DATA], len(DATA), hashlib.sha256(DATA).hexdigest()
+    )
+    ref = ResultRef("aws-demo", "scratch", location.uri, location.size, location.sha256, "pickle")
+    run_id, attempt_id = store.run_sync(_recorded, ref, consumer.agent_id)
+    gated = GatedStore(scratch)
+    # The producing agent's store is the real one, gated by the test.
+    monkeypatch.setattr("agent.agent.build_stores", lambda _config: {"scratch": gated})
+    try:
+        yield Site(
+            plane.agent_address,
+            plane.address,
+            plane.ca_file,
+            store,
+            gated,
+            consumer,
+            run_id,
+            attempt_id,
+            ref,
+            create_api_token(config.data_dir, "admin"),
+        )
+    finally:
+        store.close()
+
+
+def _recorded(session: Any, ref: ResultRef, consumer_id: str) -> tuple[str, str]:
+    """A run whose step produce#1 recorded ``ref`` and whose step measure#1 takes it, with
+    measure#1's attempt assigned to the consumer (nothing else can be scheduled: no agent
+    has ``cloud=nowhere``)."""
+    from meridian.core.clock import utcnow
+
+    tx = Tx(session, now=utcnow())
+    if session.get(BundleRow, "b" * 64) is None:
+        session.add(BundleRow(sha256="b" * 64, size=1, data=b"x", created_at=tx.now))
+    run = create_run(tx, flow_name="cross", entrypoint="f.py:cross", parameters_json="{}",
+                     bundle_sha256="b" * 64, trigger="manual")  # fmt: skip
+    spec = StepSpec(name="s", module="m", function="f", target="cloud=nowhere")
+    submit_steps(
+        tx,
+        run.id,
+        [StepSubmission("produce#1", spec, "{}"), StepSubmission("measure#1", spec, "{}")],
+    )
+    session.flush()
+    steps = {
+        s.key: s
+        for s in session.scalars(select(StepRunRow).where(StepRunRow.flow_run_id == run.id))
+    }
+    steps["produce#1"].result_ref_json, steps["produce#1"].result_ref_sha256 = (
+        ref.to_json(),
+        ref.sha256,
+    )
+    steps["measure#1"].input_refs_json = json.dumps([ref.to_value()])
+    steps["measure#1"].last_fencing_token = 1
+    attempt = session.scalar(
+        select(AttemptRow).where(AttemptRow.step_run_id == steps["measure#1"].id)
+    )
+    attempt.state, attempt.agent_id, attempt.fencing_token = AttemptState.ASSIGNED, consumer_id, 1
+    attempt.environment, attempt.assigned_at = "gcp-demo", tx.now
+    return run.id, attempt.id
+
+
+def stores_config(tmp_path: Path) -> ResultStoresConfig:
+    return parse_result_stores({"scratch": {"type": "filesystem", "root": str(tmp_path / "s")}})
+
+
+async def producing_agent(tmp_path: Path, site: Site) -> Agent:
+    config = AgentConfig(
+        control_plane=site.client_address,
+        data_dir=tmp_path / "aws-demo",
+        labels={"cloud": "aws"},
+        providers=("fake",),
+        drain_grace_s=1.0,
+        reconnect_max_backoff_s=0.3,
+        result_stores=stores_config(tmp_path),
+    )
+    agent = Agent(config, provider_loader=lambda _type, _cfg: FakeProvider())
+    await agent.__aenter__()
+    await apoll_until(lambda: agent.connected, message="the producing agent to connect")
+    return agent
+
+
+def channel_of(identity: AgentIdentity, address: str) -> grpc.aio.Channel:
+    return secure_channel(
+        address, ca_pem=identity.ca_pem, key_pem=identity.key_pem, cert_pem=identity.cert_pem
+    )
+
+
+def transfers(site: Site) -> list[TransferRow]:
+    return site.store.run_sync(
+        lambda s: list(s.scalars(select(TransferRow).order_by(TransferRow.started_at)))
+    )
+
+
+def run(scenario: Callable[[], Any]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE_S * 2))
+
+
+def test_a_result_crosses_environments_digest_checked_and_audited(
+    tmp_path: Path, site: Site
+) -> None:
+    dest = tmp_path / "in" / "input.bin"
+    dest.parent.mkdir()
+
+    async def scenario() -> None:
+        agent = await producing_agent(tmp_path, site)
+        channel = channel_of(site.consumer, site.address)
+        try:
+            fetcher = ResultFetcher(agent_pb2_grpc.AgentServiceStub(channel))
+            await fetcher.fetch(site.attempt_id, 1, site.ref, dest)
+        finally:
+            await channel.close(None)
+            await agent.__aexit__(None, None, None)
+
+    run(scenario)
+    assert dest.read_bytes() == DATA and not dest.with_name("input.bin.part").exists()
+    [row] = transfers(site)
+    assert (row.state, row.bytes, row.from_environment, row.to_environment) == (
+        "COMPLETED", len(DATA), "aws-demo", "gcp-demo")  # fmt: skip
+    with ControlClient(site.client_address, site.ca_file, token=site.admin_token) as client:
+        [record] = [
+            r for r in client.list_audit_records(limit=1000) if r.action == "result.transferred"
+        ]
+        listing = client.list_transfers(flow_run_id=site.run_id)
+        detail = client.get_run(site.run_id)
+    assert record.subject == site.run_id and record.actor == f"agent:{site.consumer.agent_id}"
+    assert record.details["bytes"] == len(DATA) and record.details["sha256"] == site.ref.sha256
+    assert [(t.from_environment, t.to_environment, t.bytes) for t in listing.totals] == [
+        ("aws-demo", "gcp-demo", len(DATA))
+    ]
+    assert [t.step_key for t in detail.transfers] == ["measure#1"]
+
+
+def test_references_the_attempt_does_not_take_are_refused(tmp_path: Path, site: Site) -> None:
+    forged = ResultRef(
+        "aws-demo", "scratch", site.ref.uri.replace("produce", "secret"), 10, "0" * 64, "json"
+    )
+
+    async def scenario() -> None:
+        channel = channel_of(site.consumer, site.address)
+        try:
+            fetcher = ResultFetcher(agent_pb2_grpc.AgentServiceStub(channel))
+            with pytest.raises(InputError, match="not among the inputs of attempt") as refused:
+                await fetcher.fetch(site.attempt_id, 1, forged, tmp_path / "forged")
+            assert refused.value.error_class == "permanent"
+            with pytest.raises(InputError, match="holds no attempt"):
+                await fetcher.fetch("another-attempt", 1, site.ref, tmp_path / "other")
+        finally:
+            await channel.close(None)
+
+    run(scenario)
+    assert transfers(site) == [] and not (tmp_path / "forged").exists()
+
+
+def test_an_agent_that_was_not_asked_cannot_push_the_transfer(tmp_path: Path, site: Site) -> None:
+    site.producer_store.after = 0  # the producer opens the object, then waits
+    dest = tmp_path / "input.bin"
+
+    async def scenario() -> None:
+        agent = await producing_agent(tmp_path, site)
+        channel = channel_of(site.consumer, site.address)
+        try:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            fetching = asyncio.ensure_future(
+                ResultFetcher(stub).fetch(site.attempt_id, 1, site.ref, dest)
+            )
+            running = await apoll_until(lambda: transfers(site), message="the transfer to start")
+
+            async def forged() -> AsyncIterator[Any]:
+                yield common_pb2.ResultChunk(
+                    transfer_id=running[0].id,
+                    offset=0,
+                    data=b"evil",
+                    total_size=site.ref.size,
+                    sha256=site.ref.sha256,
+                )
+
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await stub.PushResult(forged())
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "asked of another agent" in (denied.value.details() or "")
+            site.producer_store.gate.set()
+            await fetching
+        finally:
+            site.producer_store.gate.set()
+            await channel.close(None)
+            await agent.__aexit__(None, None, None)
+
+    run(scenario)
+    assert dest.read_bytes() == DATA
+    assert [t.state for t in transfers(site)] == ["COMPLETED"]
+
+
+def test_a_consumer_cut_mid_transfer_resumes_from_its_offset(tmp_path: Path, site: Site) -> None:
+    site.producer_store.after = 3  # three chunks arrive, then the producer waits
+    dest = tmp_path / "input.bin"
+    part = tmp_path / "input.bin.part"
+
+    async def scenario() -> None:
+        agent = await producing_agent(tmp_path, site)
+        proxy = TcpProxy(site.address).start()
+        channel = channel_of(site.consumer, proxy.address)
+        try:
+            fetcher = ResultFetcher(agent_pb2_grpc.AgentServiceStub(channel), backoff_s=0.1)
+            fetching = asyncio.ensure_future(fetcher.fetch(site.attempt_id, 1, site.ref, dest))
+            await apoll_until(lambda: part.exists() and part.stat().st_size == 3 * MiB,
+                              message="three chunks to arrive")  # fmt: skip
+            proxy.reset()  # the consumer's connection is cut mid-transfer
+            await apoll_until(
+                lambda: transfers(site)[0].state == "FAILED", message="the cut to be seen"
+            )
+            proxy.passthrough()
+            site.producer_store.gate.set()
+            await fetching
+        finally:
+            site.producer_store.gate.set()
+            await channel.close(None)
+            proxy.stop()
+            await agent.__aexit__(None, None, None)
+
+    run(scenario)
+    assert dest.read_bytes() == DATA and not part.exists()
+    first, *_, last = transfers(site)
+    assert first.state == "FAILED" and first.bytes == 3 * MiB
+    assert last.state == "COMPLETED" and last.bytes == len(DATA) - 3 * MiB
