@@ -1,11 +1,13 @@
 """How a step result becomes a file in a result store, and back.
 
-Three serializers, each recorded by name next to what it wrote (``ResultRef.serializer``):
+Four serializers, each recorded by name next to what it wrote (``ResultRef.serializer``):
 
 - ``json`` (the default): strict JSON (no NaN/Infinity), written incrementally to the file;
 - ``parquet``: a pandas DataFrame or a pyarrow Table, when pyarrow is installed (extra
   ``results-arrow``); a file written from a DataFrame reads back as a DataFrame, from a Table
   as a Table;
+- ``bytes``: ``bytes``, ``bytearray`` or ``memoryview`` (a file's contents, an image, an
+  archive), written as they are and read back as ``bytes``;
 - ``pickle``: any picklable object, **only** when the writer opts in (``allow_pickle``) and the
   reader trusts it: unpickling runs code chosen by whoever wrote the file, so a reader refuses
   it unless ``trusted`` names it.
@@ -29,9 +31,11 @@ from meridian.core.errors import PermissionDenied, ValidationError
 JSON: Final = "json"
 PARQUET: Final = "parquet"
 PICKLE: Final = "pickle"
-KNOWN_SERIALIZERS: Final = frozenset({JSON, PARQUET, PICKLE})
+BYTES: Final = "bytes"
+KNOWN_SERIALIZERS: Final = frozenset({JSON, PARQUET, PICKLE, BYTES})
 # What a reader accepts unless it says otherwise: formats whose loading runs no stored code.
-SAFE_SERIALIZERS: Final = frozenset({JSON, PARQUET})
+SAFE_SERIALIZERS: Final = frozenset({JSON, PARQUET, BYTES})
+_COPY_CHUNK = 1024 * 1024
 
 StrPath = str | os.PathLike[str]
 
@@ -65,8 +69,8 @@ def is_dataframe(value: Any) -> bool:
 def choose(value: Any, requested: str | None = None, *, allow_pickle: bool = False) -> str:
     """The serializer for ``value``: ``requested`` if given and usable, else the default.
 
-    DataFrames and Tables default to ``parquet``; everything else to ``json``. ``pickle`` is
-    chosen only when asked for with ``allow_pickle``.
+    DataFrames and Tables default to ``parquet``, bytes-like values to ``bytes``; everything
+    else to ``json``. ``pickle`` is chosen only when asked for with ``allow_pickle``.
     """
     if requested is not None:
         if requested not in KNOWN_SERIALIZERS:
@@ -83,10 +87,20 @@ def choose(value: Any, requested: str | None = None, *, allow_pickle: bool = Fal
                 f"parquet serializes pandas DataFrames and pyarrow Tables, not "
                 f"{type(value).__name__}"
             )
+        if requested == BYTES and not is_bytes_like(value):
+            raise SerializerError(
+                f"bytes serializes bytes, bytearray or memoryview, not {type(value).__name__}"
+            )
         return requested
     if is_dataframe(value) or is_arrow_table(value):
         return PARQUET
+    if is_bytes_like(value):
+        return BYTES
     return JSON
+
+
+def is_bytes_like(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
 
 
 def dump(
@@ -114,6 +128,11 @@ def _write(value: Any, out: BinarySink, name: str) -> None:
         _dump_json(value, out)
     elif name == PARQUET:
         _dump_parquet(value, out)
+    elif name == BYTES:
+        view = memoryview(value).cast("B")
+        # In pieces: a digesting wrapper then never copies the whole value at once.
+        for start in range(0, len(view), _COPY_CHUNK):
+            out.write(view[start : start + _COPY_CHUNK])
     else:
         try:
             pickle.dump(value, out, protocol=5)
@@ -140,6 +159,9 @@ def load(path: StrPath, serializer: str, *, trusted: Iterable[str] = SAFE_SERIAL
         return _load_json(path)
     if serializer == PARQUET:
         return _load_parquet(path)
+    if serializer == BYTES:
+        with open(path, "rb") as f:
+            return f.read()
     with open(path, "rb") as f:
         try:
             return pickle.load(f)

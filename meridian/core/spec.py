@@ -61,8 +61,9 @@ class StepSpec:
             the serialized result reaches the inline threshold.
         inline_threshold_bytes: serialized results of at least this many bytes stay at the
             site (0 = the default, ``meridian.core.resultref.INLINE_THRESHOLD_BYTES``).
-        serializer: "" (automatic: JSON; Parquet for DataFrames and Arrow tables), "json",
-            "parquet" or "pickle" (an explicit opt-in: reading a pickle runs code).
+        serializer: "" (automatic: JSON; Parquet for DataFrames and Arrow tables; raw bytes
+            for bytes values), "json", "parquet", "bytes" or "pickle" (an explicit opt-in:
+            reading a pickle runs code).
     """
 
     name: str

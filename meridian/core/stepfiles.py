@@ -50,7 +50,7 @@ class ResultPolicy:
     Attributes:
         inline_threshold: serialized results of at least this many bytes go to a file.
         by_reference: always write a file (the step named a result store).
-        serializer: "" (automatic), "json", "parquet" or "pickle".
+        serializer: "" (automatic), "json", "parquet", "bytes" or "pickle".
         allow_pickle: the step opted in to pickle (writing its result, reading its inputs).
     """
 

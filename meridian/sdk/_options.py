@@ -169,7 +169,7 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
 
 
 # The serializers a step may ask for; pickle is an explicit opt-in (reading one runs code).
-SERIALIZERS = ("json", "parquet", "pickle")
+SERIALIZERS = ("json", "parquet", "bytes", "pickle")
 
 
 def _check_result_store(value: Any, where: str) -> str:

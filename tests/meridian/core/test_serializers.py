@@ -116,3 +116,27 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "needs pyarrow" in out and "results-arrow" in out
+
+
+@pytest.mark.parametrize("value", [b"\x00\xffraw", bytearray(b"abc"), memoryview(b"xyz" * 3)])
+def test_bytes_like_values_are_stored_as_they_are_and_read_back_as_bytes(
+    tmp_path: Path, value: bytes | bytearray | memoryview
+) -> None:
+    path = tmp_path / "result.bin"
+    assert dump(value, path) == "bytes"
+    assert path.read_bytes() == bytes(value)
+    assert load(path, "bytes") == bytes(value)
+
+
+def test_bytes_larger_than_one_write_piece_round_trip(tmp_path: Path) -> None:
+    value = bytes(range(256)) * (5 * 4096 + 7)  # about 5 MiB, not a multiple of a piece
+    path = tmp_path / "big.bin"
+    assert dump(value, path) == "bytes"
+    assert load(path, "bytes") == value
+
+
+def test_bytes_serializer_refuses_other_values(tmp_path: Path) -> None:
+    with pytest.raises(SerializerError, match="bytes serializes bytes"):
+        choose({"a": 1}, "bytes")
+    assert choose(b"x") == "bytes"
+    assert choose("text") == "json"
