@@ -49,6 +49,9 @@ MAX_RETRY_BACKOFF_S = 10.0
 IDLE_TIMEOUT_S = 120.0
 # Pushes this agent runs at once (the control plane asks no more of one agent).
 MAX_SERVING = 8
+# Fetches at once: the control plane counts serving and fetching together per agent (8), so
+# fetches leave room for serving; more attempts' inputs wait here instead of being refused.
+MAX_FETCHING = 4
 HASH_OFF_LOOP_BYTES = 64 * 1024
 
 RETRYABLE = frozenset(
@@ -136,8 +139,10 @@ class ResultFetcher:
         max_retries: int = MAX_RETRIES,
         backoff_s: float = RETRY_BACKOFF_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_fetching: int = MAX_FETCHING,
     ) -> None:
         self._stub = stub
+        self._slots = asyncio.Semaphore(max_fetching)
         self._max_retries = max_retries
         self._backoff_s = backoff_s
         self._idle_timeout_s = idle_timeout_s
@@ -151,6 +156,10 @@ class ResultFetcher:
             DigestMismatch: the bytes did not match even after starting afresh.
             OSError: the local disk failed.
         """
+        async with self._slots:
+            await self._fetch(attempt_id, fencing_token, ref, dest)
+
+    async def _fetch(self, attempt_id: str, fencing_token: int, ref: ResultRef, dest: Path) -> None:
         part = dest.with_name(dest.name + ".part")
         progress = await asyncio.to_thread(_Progress.resume, part, ref.size)
         stalled = 0

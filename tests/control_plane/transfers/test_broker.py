@@ -492,3 +492,43 @@ def test_listing_sums_completed_bytes_per_pair(world: World) -> None:
 
 def _columns(row: TransferRow) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in TransferRow.__table__.columns}
+
+
+def test_transfers_a_previous_control_plane_left_running_end_as_failed(world: World) -> None:
+    async def scenario() -> None:
+        producer = asyncio.ensure_future(produce(world))
+        await consume(world)
+        await producer
+
+    left = {**_columns_of_new(world), "id": "left-behind"}
+    world.store.run_sync(lambda s: s.add(TransferRow(**left)))
+    run(scenario)
+    rows = {row.id: row for row in transfers(world.store)}
+    assert rows["left-behind"].state == "FAILED"
+    assert rows["left-behind"].error == "the control plane stopped during the transfer"
+    assert [r["transfer_id"] for r in audit_records(world.store, "result.transfer_failed")] == [
+        "left-behind"
+    ]
+
+
+def _columns_of_new(w: World) -> dict[str, Any]:
+    """A RUNNING transfer that started before this control plane did."""
+    return {
+        "flow_run_id": w.run_id,
+        "step_key": "load#1",
+        "attempt_id": w.attempt.id,
+        "from_environment": "aws-demo",
+        "to_environment": "gcp-demo",
+        "store": "s3-main",
+        "uri": REF.uri,
+        "sha256": REF.sha256,
+        "size": REF.size,
+        "bytes": 0,
+        "state": "RUNNING",
+        "error": "",
+        "producer_run_id": w.run_id,
+        "producer_step_key": "extract#1",
+        "requested_by": "g1",
+        "started_at": T0,
+        "ended_at": None,
+    }
