@@ -144,6 +144,7 @@ class Connection:
         self._tls_refusals = 0
         self.connected = False
         self.welcome: Welcome | None = None
+        self._call: Any = None  # the open stream, while a session runs
 
     async def run(self) -> None:
         """Connect, serve the session, back off, repeat; returns after ``stop()``."""
@@ -273,6 +274,7 @@ class Connection:
         if refresh is not None:  # an AgentEndpoint: find the agent listener first
             await refresh()
         call = self._stub.Connect()
+        self._call = call
         try:
             hello = self._hello()
             if inspect.isawaitable(hello):
@@ -293,6 +295,7 @@ class Connection:
                     group.create_task(self._rotate(call, self._rotator))
         finally:
             self.connected = False
+            self._call = None
             call.cancel()
 
     async def _apply_welcome(self, welcome: Welcome) -> None:
@@ -316,6 +319,14 @@ class Connection:
             welcome.session_id,
             labels,
         )
+
+    async def send(self, frame: Any) -> None:
+        """Write one frame on the open stream: answers to result-store housekeeping. They are
+        not journaled; one that finds no stream is lost, and the control plane asks again."""
+        call = self._call
+        if call is None or not self.connected:
+            raise ConnectionFailed("not connected to the control plane")
+        await self._write(call, frame)
 
     async def _write(self, call: Any, frame: Any) -> None:
         # grpc.aio allows one outstanding write per stream.

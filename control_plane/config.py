@@ -37,6 +37,9 @@ class ServerConfig:
     metrics_public: bool = False
     # OTLP/HTTP endpoint traces of finished runs go to (extra "otel"); off unless given.
     otlp_endpoint: str | None = None
+    # Finished runs are deleted (with their stored result objects) this many days after they
+    # ended; 0 keeps them for ever (docs/results.md, "Clean-up").
+    run_retention_days: float = 0.0
 
     @property
     def database_url(self) -> str:

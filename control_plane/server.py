@@ -30,6 +30,7 @@ from control_plane.config import ServerConfig
 from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.values import Effects
 from control_plane.scheduler.dispatcher import Dispatcher
+from control_plane.scheduler.housekeeping import Housekeeping
 from control_plane.scheduler.registry import AgentRegistry, CloseOut
 from control_plane.store.db import Store
 from control_plane.telemetry.frames import FrameCounts
@@ -105,6 +106,8 @@ class ControlPlane:
         )
         await self._server.start()
         self._services.dispatcher.start()
+        if self._services.housekeeping is not None:
+            self._services.housekeeping.start()
         if self._observer is not None:
             self._observer.start()
         if self.config.http_listen:
@@ -154,7 +157,23 @@ class ControlPlane:
             store.after_commit(apply)
         else:
             store.after_commit(dispatcher.apply)  # every committed use case's effects
-        return Services(self.config, store, ca, registry, dispatcher, notifier, frames=self.frames)
+        housekeeping = Housekeeping(
+            store,
+            registry,
+            run_retention_days=self.config.run_retention_days,
+            max_frame_bytes=self.config.max_frame_bytes,
+            max_silence_s=dispatcher.max_silence_s,
+        )
+        return Services(
+            self.config,
+            store,
+            ca,
+            registry,
+            dispatcher,
+            notifier,
+            frames=self.frames,
+            housekeeping=housekeeping,
+        )
 
     async def _start_web(self, cert_path: Path, key_path: Path) -> None:
         from control_plane.web.guard import Console
@@ -222,6 +241,8 @@ class ControlPlane:
         if self._web is not None:
             await self._web.shutdown()
         await self._services.dispatcher.stop()
+        if self._services.housekeeping is not None:
+            await self._services.housekeeping.stop()
         if self._observer is not None:
             await self._observer.stop()
         # Agent streams never end on their own: close them so stop() need not wait out grace.

@@ -34,7 +34,7 @@ from meridian.cli.run import add_progress_option
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     runs = commands.add_parser(
-        "runs", help="list, show, watch, cancel, resume and approve runs; their logs",
+        "runs", help="list, show, watch, cancel, resume, approve and delete runs; their logs",
         parents=parents,
     )  # fmt: skip
     actions = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -65,6 +65,19 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     recovery.register(actions, parents)
     approvals.register(actions, parents)
+
+    delete = actions.add_parser(
+        "delete",
+        help="delete a finished run, its history and its stored results (admins; network)",
+        description="Delete a finished run (COMPLETED, FAILED, CANCELLED or CRASHED) with its "
+        "history. Its stored result objects are deleted at their sites by a connected agent of "
+        "each environment, as soon as one is connected. Audited.",
+        parents=parents,
+    )
+    delete.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+    delete.add_argument("--reason", default="", help="recorded in the audit log")
+    add_client_options(delete)
+    delete.set_defaults(func=cmd_delete)
 
 
 # ---- pure formatting --------------------------------------------------------------------------
@@ -109,6 +122,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     with connect(args) as client:
         runs = client.list_runs(limit=args.limit, state=args.state.upper(), flow_name=args.flow)
     print(to_json(run_list_to_json(runs)) if args.json else render_run_list(runs))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        deleted = client.delete_run(args.run, args.reason)
+    objects = deleted.stored_objects
+    queued = f"; {objects} stored result object(s) queued for deletion at their sites"
+    print(f"Deleted run {deleted.flow_run_id}" + (queued if objects else ""))
     return 0
 
 

@@ -115,6 +115,14 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "http://collector:4318 (needs the 'otel' extra)",
     )
     start.add_argument(
+        "--run-retention-days",
+        metavar="DAYS",
+        type=retention_days,
+        default=0.0,
+        help="delete finished runs and their stored results this many days after they ended "
+        "(default 0: keep them)",
+    )
+    start.add_argument(
         "--log-format",
         choices=FORMATS,
         default="text",
@@ -192,6 +200,17 @@ async def serve(config: ServerConfig, grace: float) -> None:
     await asyncio.wait_for(terminated, timeout=grace + 5)  # surfaces a server crash
 
 
+def retention_days(text: str) -> float:
+    """argparse ``type=`` for ``--run-retention-days``: 0 (keep) or a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not 0 <= value <= 100 * 365:
+        raise argparse.ArgumentTypeError(f"expected 0 to 36500 days, got {text!r}")
+    return value
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     listen = parse_address(args.listen, allow_port_zero=True)
     agent_listen = parse_address(args.agent_listen, allow_port_zero=True)
@@ -225,6 +244,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         http_listen=http_listen,
         metrics_public=args.metrics_public,
         otlp_endpoint=args.otlp_endpoint or None,
+        run_retention_days=args.run_retention_days,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     with logging_to(None, debug=args.debug):
