@@ -4,7 +4,10 @@
 configured providers, re-attaches to attempts that survived a restart and keeps the connection
 worker running until ``shutdown(grace)``, or until the control plane refuses the agent for a
 reason reconnecting cannot fix (``AgentRefused``, raised from ``run()``). Beside the connection
-run the health probe (degraded states, ``agent.health``) and the event-loop watchdog.
+run the health probe (degraded states, ``agent.health``), the event-loop watchdog and one
+retention sweeper per result store (``agent.results.retention``). The result stores
+(``[result_stores.NAME]``) are built once, before anything else opens: a store that cannot be
+opened stops the agent with an error naming its table.
 Shutdown drains in a fixed order: stop accepting and
 say so, let running steps finish up to ``grace``, cancel the rest, flush reports, close.
 """
@@ -35,6 +38,9 @@ from agent.limits import AgentLimits
 from agent.metrics import AgentGauges, AgentMetrics, ProviderErrors
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
+from agent.results import ResultStore, ResultStoresConfig
+from agent.results.registry import build_stores
+from agent.results.retention import retention_tasks
 from agent.rotation import CertificateRotator
 from agent.runner import RunnerContext
 from agent.secrets import SecretStore
@@ -71,6 +77,8 @@ class AgentConfig:
     limits: AgentLimits = field(default_factory=AgentLimits)
     # HOST:PORT of the agent's own Prometheus endpoint (agent/metrics.py); "" = off.
     metrics_listen: str = ""
+    # The site's result stores, validated ([result_stores.NAME], docs/results.md).
+    result_stores: ResultStoresConfig = field(default_factory=lambda: ResultStoresConfig({}, None))
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -122,6 +130,7 @@ class Agent:
         self._health: Health | None = None
         self._background: list[asyncio.Task[None]] = []
         self._metrics: AgentMetrics | None = None
+        self._result_stores: dict[str, ResultStore] = {}
         self.metrics_address: tuple[str, int] | None = None
 
     @property
@@ -175,6 +184,8 @@ class Agent:
         _warn_if_expired(identity.cert_pem, cfg.data_dir)
         # Before anything opens: a bad secrets configuration must stop the agent at once.
         secrets = SecretStore.from_config(cfg.secrets)
+        # So must a result store that cannot be opened (its error names the table).
+        self._result_stores = await asyncio.to_thread(build_stores, cfg.result_stores)
         ca_pem = Path(cfg.ca_file).read_bytes() if cfg.ca_file else identity.ca_pem
         for provider_type in cfg.providers:
             config = cfg.provider_config.get(provider_type, {})
@@ -208,6 +219,8 @@ class Agent:
             health=health,
             agent_id=identity.agent_id,
             environment=identity.environment,
+            result_stores=self._result_stores,
+            default_result_store=cfg.result_stores.default or "",
         )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
@@ -230,6 +243,7 @@ class Agent:
         self._background = [
             asyncio.ensure_future(health.run_probe()),
             asyncio.ensure_future(loop_watchdog(cfg.limits.loop_stall_s, on_stall)),
+            *retention_tasks(self._result_stores, cfg.result_stores.stores),
         ]
 
     def _serve_metrics(
@@ -309,6 +323,8 @@ class Agent:
             hostname=socket.gethostname(),
             draining=self._worker.draining,
             degraded=self._worker.degraded,
+            result_stores=tuple(sorted(self._result_stores)),
+            default_result_store=self._config.result_stores.default or "",
         )
 
     async def _held_attempts(self) -> tuple[HeldAttempt, ...]:

@@ -100,7 +100,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     start.add_argument(
         "--config",
         metavar="FILE",
-        help="agent config (TOML or JSON): [providers.TYPE], [secrets.SCHEME] and [sealing.keys]",
+        help="agent config (TOML or JSON): [providers.TYPE], [secrets.SCHEME], [sealing.keys], "
+        "[limits] and [result_stores.NAME]",
     )
     start.add_argument(
         "--drain-grace",
@@ -219,6 +220,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
     seal_keys = KeyRing.from_references(file_config.seal_keys if file_config else {})
     from agent import AgentConfig
     from agent.limits import AgentLimits
+    from agent.results import ResultStoresConfig
 
     try:
         limits = AgentLimits.from_mapping(file_config.limits if file_config else {})
@@ -242,6 +244,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         drain_grace_s=args.drain_grace,
         limits=limits,
         metrics_listen=args.metrics_listen,
+        result_stores=(file_config and file_config.result_stores) or ResultStoresConfig({}, None),
     )
 
 
