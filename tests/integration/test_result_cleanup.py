@@ -140,7 +140,6 @@ def test_gc_reports_orphans_on_a_dry_run_and_removes_them_otherwise(
 
 
 def test_gc_names_environments_it_could_not_sweep(estate: Estate) -> None:
-    estate.new_token("nowhere")  # no agent: nothing to sweep it with
     lonely = gc(estate, "--dry-run", "--environment", "nowhere")
     assert lonely["sweeps"] == []
     assert lonely["skipped"] == ["nowhere: no agent of this environment is connected"]
