@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -215,6 +216,24 @@ class FlowRunRow(Base):
     # The environment scope of the token that triggered the run (empty = not scoped): its
     # steps must target these environments and only tokens covering them see the run.
     scope: Mapped[list[Any]] = mapped_column(default=list)
+    # Automated execution (issue 12). A deployment run records the version it ran and who or
+    # what fired it; a subflow its parent and the call's key in it.
+    deployment_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    deployment_version: Mapped[int | None]
+    trigger_detail: Mapped[dict[str, Any] | None]
+    parent_run_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    parent_key: Mapped[str | None] = mapped_column(String(512))
+    # Hosted runners (decision 0018): a run that wants a runner on an agent matching
+    # runner_target; each hand-out takes the next epoch (calls from older ones are refused).
+    wants_runner: Mapped[bool] = mapped_column(default=False, index=True)
+    runner_target: Mapped[str | None] = mapped_column(String(1024))
+    runner_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    runner_agent_id: Mapped[str | None] = mapped_column(String(36))
+    runner_resumes: Mapped[int] = mapped_column(default=0)
+    on_runner_lost: Mapped[str | None] = mapped_column(String(16))
+    max_runner_resumes: Mapped[int | None]
+    # A scheduled run starts at its slot's nominal time plus jitter (a stored timer).
+    start_after: Mapped[dt.datetime | None]
 
 
 class StepRunRow(Base):
@@ -427,3 +446,116 @@ class ResultDeletionRow(Base):
     sent_at: Mapped[dt.datetime | None]
     tries: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class DeploymentRow(Base):
+    """A named deployment; its definitions are versions (``DeploymentVersionRow``)."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    current_version: Mapped[int]
+    paused: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    deleted_at: Mapped[dt.datetime | None]
+
+
+class DeploymentVersionRow(Base):
+    """One deploy: the whole spec as sent (control.proto DeploymentSpec as JSON), immutable."""
+
+    __tablename__ = "deployment_versions"
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    bundle_sha256: Mapped[str] = mapped_column(ForeignKey("bundles.sha256"))
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ScheduleRow(Base):
+    """A schedule of a deployment with its cursor (decision 0019)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_active_next_fire_at", "active", "next_fire_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    definition: Mapped[dict[str, Any]]
+    parameters: Mapped[dict[str, Any]]
+    catch_up: Mapped[dict[str, Any]]
+    jitter_s: Mapped[float] = mapped_column(Float(), default=0.0)
+    paused: Mapped[bool] = mapped_column(default=False)
+    # Not paused, deployment not paused or deleted, schedule still in the current version.
+    active: Mapped[bool] = mapped_column(default=True)
+    evaluated_through: Mapped[dt.datetime]
+    next_fire_at: Mapped[dt.datetime | None]
+
+
+class ScheduleFireRow(Base):
+    """One fired slot: the unique key that makes a slot fire exactly once (decision 0019)."""
+
+    __tablename__ = "schedule_fires"
+
+    deployment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    slot_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(String(36))
+    nominal_at: Mapped[dt.datetime]
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    fired_at: Mapped[dt.datetime]
+
+
+class TriggerKeyRow(Base):
+    """An idempotency key of a trigger (API, webhook, outcome): a repeat finds its run."""
+
+    __tablename__ = "trigger_keys"
+
+    deployment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class WebhookRow(Base):
+    """A webhook token of a deployment: only its hash is kept."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class ConcurrencyLimitRow(Base):
+    """A named global concurrency limit (``meridian limits set NAME N``)."""
+
+    __tablename__ = "concurrency_limits"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    limit: Mapped[int]
+    updated_at: Mapped[dt.datetime]
+
+
+class LimitSlotRow(Base):
+    """Who holds or waits for a slot of a limit (a named limit, or ``deployment:<id>``).
+
+    One row per (limit, holder): the primary key is what keeps the count exact. A holder has
+    a lease (``expires_at``); a waiter has none yet (``expires_at`` None) and keeps its place
+    by ``requested_at`` then ``seq``.
+    """
+
+    __tablename__ = "limit_slots"
+
+    limit_name: Mapped[str] = mapped_column(String(160), primary_key=True)
+    holder_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    requested_at: Mapped[dt.datetime]
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    acquired_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime | None]

@@ -77,20 +77,34 @@ class FetchBundleRequest(_message.Message):
     def __init__(self, sha256: _Optional[str] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "heartbeat", "reports", "renew_certificate", "result_listing", "results_deleted")
+    __slots__ = ("hello", "heartbeat", "reports", "renew_certificate", "result_listing", "results_deleted", "runner_exited")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_LISTING_FIELD_NUMBER: _ClassVar[int]
     RESULTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EXITED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     reports: ReportBatch
     renew_certificate: RenewCertificate
     result_listing: ResultListing
     results_deleted: ResultsDeleted
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., result_listing: _Optional[_Union[ResultListing, _Mapping]] = ..., results_deleted: _Optional[_Union[ResultsDeleted, _Mapping]] = ...) -> None: ...
+    runner_exited: RunnerExited
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reports: _Optional[_Union[ReportBatch, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., result_listing: _Optional[_Union[ResultListing, _Mapping]] = ..., results_deleted: _Optional[_Union[ResultsDeleted, _Mapping]] = ..., runner_exited: _Optional[_Union[RunnerExited, _Mapping]] = ...) -> None: ...
+
+class RunnerExited(_message.Message):
+    __slots__ = ("flow_run_id", "runner_epoch", "exit_code", "message")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    runner_epoch: int
+    exit_code: int
+    message: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., runner_epoch: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StoredObject(_message.Message):
     __slots__ = ("store", "uri", "size", "modified_unix_ms")
@@ -151,7 +165,7 @@ class HeldAttempt(_message.Message):
     def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining", "degraded", "result_stores", "default_result_store")
+    __slots__ = ("version", "labels", "providers", "capacity", "held_attempts", "hostname", "draining", "degraded", "result_stores", "default_result_store", "runner_slots", "held_runners")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +183,8 @@ class Hello(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     RESULT_STORES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    HELD_RUNNERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     labels: _containers.ScalarMap[str, str]
     providers: _containers.RepeatedCompositeFieldContainer[ProviderInfo]
@@ -179,21 +195,33 @@ class Hello(_message.Message):
     degraded: str
     result_stores: _containers.RepeatedScalarFieldContainer[str]
     default_result_store: str
-    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ...) -> None: ...
+    runner_slots: int
+    held_runners: _containers.RepeatedCompositeFieldContainer[HeldRunner]
+    def __init__(self, version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ..., capacity: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., hostname: _Optional[str] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ..., runner_slots: _Optional[int] = ..., held_runners: _Optional[_Iterable[_Union[HeldRunner, _Mapping]]] = ...) -> None: ...
+
+class HeldRunner(_message.Message):
+    __slots__ = ("flow_run_id", "runner_epoch")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    runner_epoch: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., runner_epoch: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("in_use", "held_attempts", "draining", "degraded", "loop_stall_ms")
+    __slots__ = ("in_use", "held_attempts", "draining", "degraded", "held_runners", "loop_stall_ms")
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     HELD_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    HELD_RUNNERS_FIELD_NUMBER: _ClassVar[int]
     LOOP_STALL_MS_FIELD_NUMBER: _ClassVar[int]
     in_use: int
     held_attempts: _containers.RepeatedCompositeFieldContainer[HeldAttempt]
     draining: bool
     degraded: str
+    held_runners: _containers.RepeatedCompositeFieldContainer[HeldRunner]
     loop_stall_ms: int
-    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., loop_stall_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, in_use: _Optional[int] = ..., held_attempts: _Optional[_Iterable[_Union[HeldAttempt, _Mapping]]] = ..., draining: _Optional[bool] = ..., degraded: _Optional[str] = ..., held_runners: _Optional[_Iterable[_Union[HeldRunner, _Mapping]]] = ..., loop_stall_ms: _Optional[int] = ...) -> None: ...
 
 class ReportBatch(_message.Message):
     __slots__ = ("reports",)
@@ -254,7 +282,7 @@ class Report(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., running: _Optional[_Union[ProposeRunning, _Mapping]] = ..., handle: _Optional[_Union[HandleRecorded, _Mapping]] = ..., logs: _Optional[_Union[LogChunk, _Mapping]] = ..., finished: _Optional[_Union[AttemptFinished, _Mapping]] = ...) -> None: ...
 
 class ControlFrame(_message.Message):
-    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions", "certificate", "serve_result", "sweep_results", "delete_results")
+    __slots__ = ("welcome", "assign", "cancel", "ack", "drain", "decisions", "certificate", "serve_result", "sweep_results", "delete_results", "assign_runner", "cancel_runner")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +293,8 @@ class ControlFrame(_message.Message):
     SERVE_RESULT_FIELD_NUMBER: _ClassVar[int]
     SWEEP_RESULTS_FIELD_NUMBER: _ClassVar[int]
     DELETE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_RUNNER_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_RUNNER_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assign: AssignBatch
     cancel: Cancel
@@ -275,7 +305,39 @@ class ControlFrame(_message.Message):
     serve_result: ServeResult
     sweep_results: SweepResults
     delete_results: DeleteResults
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ..., certificate: _Optional[_Union[CertificateRenewal, _Mapping]] = ..., serve_result: _Optional[_Union[ServeResult, _Mapping]] = ..., sweep_results: _Optional[_Union[SweepResults, _Mapping]] = ..., delete_results: _Optional[_Union[DeleteResults, _Mapping]] = ...) -> None: ...
+    assign_runner: AssignRunner
+    cancel_runner: CancelRunner
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[AssignBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., decisions: _Optional[_Union[DecisionBatch, _Mapping]] = ..., certificate: _Optional[_Union[CertificateRenewal, _Mapping]] = ..., serve_result: _Optional[_Union[ServeResult, _Mapping]] = ..., sweep_results: _Optional[_Union[SweepResults, _Mapping]] = ..., delete_results: _Optional[_Union[DeleteResults, _Mapping]] = ..., assign_runner: _Optional[_Union[AssignRunner, _Mapping]] = ..., cancel_runner: _Optional[_Union[CancelRunner, _Mapping]] = ...) -> None: ...
+
+class AssignRunner(_message.Message):
+    __slots__ = ("flow_run_id", "runner_epoch", "bundle_sha256", "entrypoint", "runner_token", "client_address", "ca_certificate_pem")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    runner_epoch: int
+    bundle_sha256: str
+    entrypoint: str
+    runner_token: str
+    client_address: str
+    ca_certificate_pem: bytes
+    def __init__(self, flow_run_id: _Optional[str] = ..., runner_epoch: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., entrypoint: _Optional[str] = ..., runner_token: _Optional[str] = ..., client_address: _Optional[str] = ..., ca_certificate_pem: _Optional[bytes] = ...) -> None: ...
+
+class CancelRunner(_message.Message):
+    __slots__ = ("flow_run_id", "runner_epoch", "reason", "grace_s")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    runner_epoch: int
+    reason: str
+    grace_s: float
+    def __init__(self, flow_run_id: _Optional[str] = ..., runner_epoch: _Optional[int] = ..., reason: _Optional[str] = ..., grace_s: _Optional[float] = ...) -> None: ...
 
 class ServeResult(_message.Message):
     __slots__ = ("transfer_id", "ref_json", "offset")

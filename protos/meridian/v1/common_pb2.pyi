@@ -21,7 +21,7 @@ class ErrorInfo(_message.Message):
     def __init__(self, error_class: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., type_mro: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StepSpec(_message.Message):
-    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets", "isolation", "result_store", "inline_threshold_bytes", "serializer")
+    __slots__ = ("name", "module", "function", "target", "provider", "retries", "retry_delay_s", "retry_backoff", "retry_jitter", "timeout_s", "schedule_timeout_s", "retry_on", "options_json", "on_agent_lost", "lost_after_s", "secrets", "isolation", "result_store", "inline_threshold_bytes", "serializer", "concurrency")
     class SecretsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class StepSpec(_message.Message):
     RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
     INLINE_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERIALIZER_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     name: str
     module: str
     function: str
@@ -69,7 +70,8 @@ class StepSpec(_message.Message):
     result_store: str
     inline_threshold_bytes: int
     serializer: str
-    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ..., result_store: _Optional[str] = ..., inline_threshold_bytes: _Optional[int] = ..., serializer: _Optional[str] = ...) -> None: ...
+    concurrency: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ..., result_store: _Optional[str] = ..., inline_threshold_bytes: _Optional[int] = ..., serializer: _Optional[str] = ..., concurrency: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("transfer_id", "offset", "data", "total_size", "sha256", "error")

@@ -42,18 +42,22 @@ class UploadBundleResponse(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger")
+    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger", "parent_run_id", "parent_key")
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
     flow_name: str
     entrypoint: str
     parameters_json: str
     bundle_sha256: str
     trigger: str
-    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ...) -> None: ...
+    parent_run_id: str
+    parent_key: str
+    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
     __slots__ = ("flow_run_id", "runner_token")
@@ -264,7 +268,7 @@ class RetryRunRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
 
 class RunToExecute(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id", "runner_token")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id", "runner_token", "runner_epoch")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +277,7 @@ class RunToExecute(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     WATCH_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -281,7 +286,8 @@ class RunToExecute(_message.Message):
     state: str
     watch_after_event_id: int
     runner_token: str
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ...) -> None: ...
+    runner_epoch: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ..., runner_epoch: _Optional[int] = ...) -> None: ...
 
 class RequestApprovalRequest(_message.Message):
     __slots__ = ("flow_run_id", "key", "message", "timeout_s")
@@ -438,7 +444,7 @@ class RunEvent(_message.Message):
     def __init__(self, event_id: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_state: _Optional[str] = ..., to_state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunDetail(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms", "approvals", "transfers")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "trigger", "parameters_json", "bundle_sha256", "state", "created_at_unix_ms", "started_at_unix_ms", "ended_at_unix_ms", "result_json", "error", "steps", "events", "retry_of", "resumed_at_unix_ms", "approvals", "transfers", "deployment", "deployment_version", "trigger_detail_json", "parent_run_id", "parent_key", "children", "runner_agent_id", "runner_resumes", "waiting_for")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -457,6 +463,15 @@ class RunDetail(_message.Message):
     RESUMED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_RESUMES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -475,7 +490,16 @@ class RunDetail(_message.Message):
     resumed_at_unix_ms: int
     approvals: _containers.RepeatedCompositeFieldContainer[ApprovalInfo]
     transfers: _containers.RepeatedCompositeFieldContainer[TransferInfo]
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ..., approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[TransferInfo, _Mapping]]] = ...) -> None: ...
+    deployment: str
+    deployment_version: int
+    trigger_detail_json: str
+    parent_run_id: str
+    parent_key: str
+    children: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    runner_agent_id: str
+    runner_resumes: int
+    waiting_for: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., trigger: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.ErrorInfo, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[StepRunDetail, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., retry_of: _Optional[str] = ..., resumed_at_unix_ms: _Optional[int] = ..., approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[TransferInfo, _Mapping]]] = ..., deployment: _Optional[str] = ..., deployment_version: _Optional[int] = ..., trigger_detail_json: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ..., children: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ..., runner_agent_id: _Optional[str] = ..., runner_resumes: _Optional[int] = ..., waiting_for: _Optional[str] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "state", "flow_name")
@@ -488,7 +512,7 @@ class ListRunsRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ..., state: _Optional[str] = ..., flow_name: _Optional[str] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "state", "created_at_unix_ms", "ended_at_unix_ms", "steps_total", "steps_failed")
+    __slots__ = ("flow_run_id", "flow_name", "state", "created_at_unix_ms", "ended_at_unix_ms", "steps_total", "steps_failed", "deployment", "deployment_version", "trigger", "parent_run_id")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -496,6 +520,10 @@ class RunSummary(_message.Message):
     ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     STEPS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     state: str
@@ -503,7 +531,11 @@ class RunSummary(_message.Message):
     ended_at_unix_ms: int
     steps_total: int
     steps_failed: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps_failed: _Optional[int] = ...) -> None: ...
+    deployment: str
+    deployment_version: int
+    trigger: str
+    parent_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., state: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., steps_total: _Optional[int] = ..., steps_failed: _Optional[int] = ..., deployment: _Optional[str] = ..., deployment_version: _Optional[int] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
 
 class ListRunsResponse(_message.Message):
     __slots__ = ("runs",)
@@ -823,3 +855,221 @@ class CollectResultsResponse(_message.Message):
     sweeps: _containers.RepeatedCompositeFieldContainer[StoreSweep]
     skipped: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, sweeps: _Optional[_Iterable[_Union[StoreSweep, _Mapping]]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScheduleSpec(_message.Message):
+    __slots__ = ("schedule_id", "definition_json", "parameters_json", "catch_up", "catch_up_window_s", "max_catch_up_runs", "jitter_s", "paused", "description", "next_fire_unix_ms")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_CATCH_UP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_S_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    definition_json: str
+    parameters_json: str
+    catch_up: str
+    catch_up_window_s: float
+    max_catch_up_runs: int
+    jitter_s: float
+    paused: bool
+    description: str
+    next_fire_unix_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, schedule_id: _Optional[str] = ..., definition_json: _Optional[str] = ..., parameters_json: _Optional[str] = ..., catch_up: _Optional[str] = ..., catch_up_window_s: _Optional[float] = ..., max_catch_up_runs: _Optional[int] = ..., jitter_s: _Optional[float] = ..., paused: _Optional[bool] = ..., description: _Optional[str] = ..., next_fire_unix_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OutcomeTrigger(_message.Message):
+    __slots__ = ("upstream_deployment", "states", "run_id_parameter", "result_parameter")
+    UPSTREAM_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    upstream_deployment: str
+    states: _containers.RepeatedScalarFieldContainer[str]
+    run_id_parameter: str
+    result_parameter: str
+    def __init__(self, upstream_deployment: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., run_id_parameter: _Optional[str] = ..., result_parameter: _Optional[str] = ...) -> None: ...
+
+class DeploymentSpec(_message.Message):
+    __slots__ = ("name", "flow_name", "entrypoint", "bundle_sha256", "description", "tags", "runner_target", "parameters_json", "parameter_schema_json", "schedules", "concurrency", "concurrency_overflow", "on_runner_lost", "max_runner_resumes", "triggers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_TARGET_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    ON_RUNNER_LOST_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNER_RESUMES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    flow_name: str
+    entrypoint: str
+    bundle_sha256: str
+    description: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    runner_target: str
+    parameters_json: str
+    parameter_schema_json: str
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleSpec]
+    concurrency: int
+    concurrency_overflow: str
+    on_runner_lost: str
+    max_runner_resumes: int
+    triggers: _containers.RepeatedCompositeFieldContainer[OutcomeTrigger]
+    def __init__(self, name: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., runner_target: _Optional[str] = ..., parameters_json: _Optional[str] = ..., parameter_schema_json: _Optional[str] = ..., schedules: _Optional[_Iterable[_Union[ScheduleSpec, _Mapping]]] = ..., concurrency: _Optional[int] = ..., concurrency_overflow: _Optional[str] = ..., on_runner_lost: _Optional[str] = ..., max_runner_resumes: _Optional[int] = ..., triggers: _Optional[_Iterable[_Union[OutcomeTrigger, _Mapping]]] = ...) -> None: ...
+
+class CreateDeploymentRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: DeploymentSpec
+    def __init__(self, spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ...) -> None: ...
+
+class DeploymentInfo(_message.Message):
+    __slots__ = ("deployment_id", "spec", "version", "paused", "created_at_unix_ms", "created_by", "active_runs", "queued_runs", "recent_runs")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_RUNS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RUNS_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    spec: DeploymentSpec
+    version: int
+    paused: bool
+    created_at_unix_ms: int
+    created_by: str
+    active_runs: int
+    queued_runs: int
+    recent_runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[DeploymentSpec, _Mapping]] = ..., version: _Optional[int] = ..., paused: _Optional[bool] = ..., created_at_unix_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., active_runs: _Optional[int] = ..., queued_runs: _Optional[int] = ..., recent_runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[DeploymentInfo]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[DeploymentInfo, _Mapping]]] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListDeploymentVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[DeploymentInfo]
+    def __init__(self, versions: _Optional[_Iterable[_Union[DeploymentInfo, _Mapping]]] = ...) -> None: ...
+
+class SetDeploymentPausedRequest(_message.Message):
+    __slots__ = ("name", "paused", "schedule_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    schedule_id: str
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., schedule_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TriggerDeploymentRequest(_message.Message):
+    __slots__ = ("name", "parameters_json", "idempotency_key", "parent_run_id", "parent_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parameters_json: str
+    idempotency_key: str
+    parent_run_id: str
+    parent_key: str
+    def __init__(self, name: _Optional[str] = ..., parameters_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ...) -> None: ...
+
+class TriggerDeploymentResponse(_message.Message):
+    __slots__ = ("flow_run_id", "existing", "state", "message")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    existing: bool
+    state: str
+    message: str
+    def __init__(self, flow_run_id: _Optional[str] = ..., existing: _Optional[bool] = ..., state: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SetLimitRequest(_message.Message):
+    __slots__ = ("name", "limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LimitInfo(_message.Message):
+    __slots__ = ("name", "limit", "holders", "waiting")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    waiting: int
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., holders: _Optional[_Iterable[str]] = ..., waiting: _Optional[int] = ...) -> None: ...
+
+class ListLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[LimitInfo]
+    def __init__(self, limits: _Optional[_Iterable[_Union[LimitInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteLimitRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateWebhookRequest(_message.Message):
+    __slots__ = ("deployment", "name")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    name: str
+    def __init__(self, deployment: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateWebhookResponse(_message.Message):
+    __slots__ = ("webhook_id", "token", "url_path")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    URL_PATH_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    token: str
+    url_path: str
+    def __init__(self, webhook_id: _Optional[str] = ..., token: _Optional[str] = ..., url_path: _Optional[str] = ...) -> None: ...

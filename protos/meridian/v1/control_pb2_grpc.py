@@ -175,6 +175,61 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.FromString,
                 _registered_method=True)
+        self.CreateDeployment = channel.unary_unary(
+                '/meridian.v1.ControlService/CreateDeployment',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+                _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/meridian.v1.ControlService/ListDeployments',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.GetDeployment = channel.unary_unary(
+                '/meridian.v1.ControlService/GetDeployment',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+                _registered_method=True)
+        self.ListDeploymentVersions = channel.unary_unary(
+                '/meridian.v1.ControlService/ListDeploymentVersions',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetDeploymentPaused = channel.unary_unary(
+                '/meridian.v1.ControlService/SetDeploymentPaused',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetDeploymentPausedRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+                _registered_method=True)
+        self.DeleteDeployment = channel.unary_unary(
+                '/meridian.v1.ControlService/DeleteDeployment',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+                _registered_method=True)
+        self.TriggerDeployment = channel.unary_unary(
+                '/meridian.v1.ControlService/TriggerDeployment',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentResponse.FromString,
+                _registered_method=True)
+        self.SetLimit = channel.unary_unary(
+                '/meridian.v1.ControlService/SetLimit',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetLimitRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.FromString,
+                _registered_method=True)
+        self.ListLimits = channel.unary_unary(
+                '/meridian.v1.ControlService/ListLimits',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsResponse.FromString,
+                _registered_method=True)
+        self.DeleteLimit = channel.unary_unary(
+                '/meridian.v1.ControlService/DeleteLimit',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteLimitRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.FromString,
+                _registered_method=True)
+        self.CreateWebhook = channel.unary_unary(
+                '/meridian.v1.ControlService/CreateWebhook',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -380,6 +435,84 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDeployment(self, request, context):
+        """Deployments (docs/user-guide.md, "Deployments"; decisions 0018, 0019). Deploying a name
+        again makes a new version; old versions stay readable; runs record the version they ran.
+        operators
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeployments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeployment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeploymentVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeploymentPaused(self, request, context):
+        """operators
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeployment(self, request, context):
+        """admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerDeployment(self, request, context):
+        """A run of a deployment's current version (operators; a run-scoped token of a parent run
+        may trigger subflows). The run waits for a hosted runner on a matching agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimit(self, request, context):
+        """Named global concurrency limits that steps and flows take (`@step(concurrency=...)`).
+        admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLimit(self, request, context):
+        """admins
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateWebhook(self, request, context):
+        """Webhook tokens of a deployment (the HTTP endpoint itself is on the web listener).
+        operators
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -522,6 +655,61 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.CollectResults,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.SerializeToString,
+            ),
+            'CreateDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDeployment,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateDeploymentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'GetDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeployment,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.SerializeToString,
+            ),
+            'ListDeploymentVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeploymentVersions,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentVersionsResponse.SerializeToString,
+            ),
+            'SetDeploymentPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeploymentPaused,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetDeploymentPausedRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.SerializeToString,
+            ),
+            'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeployment,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteDeploymentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.SerializeToString,
+            ),
+            'TriggerDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerDeployment,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentResponse.SerializeToString,
+            ),
+            'SetLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLimit,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.SetLimitRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.SerializeToString,
+            ),
+            'ListLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLimits,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsResponse.SerializeToString,
+            ),
+            'DeleteLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLimit,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.DeleteLimitRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.SerializeToString,
+            ),
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1280,6 +1468,303 @@ class ControlService:
             '/meridian.v1.ControlService/CollectResults',
             protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.CollectResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/CreateDeployment',
+            protos_dot_meridian_dot_v1_dot_control__pb2.CreateDeploymentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListDeployments',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/GetDeployment',
+            protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeploymentVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListDeploymentVersions',
+            protos_dot_meridian_dot_v1_dot_control__pb2.GetDeploymentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListDeploymentVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeploymentPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/SetDeploymentPaused',
+            protos_dot_meridian_dot_v1_dot_control__pb2.SetDeploymentPausedRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/DeleteDeployment',
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeleteDeploymentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeploymentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/TriggerDeployment',
+            protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.TriggerDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/SetLimit',
+            protos_dot_meridian_dot_v1_dot_control__pb2.SetLimitRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListLimits',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/DeleteLimit',
+            protos_dot_meridian_dot_v1_dot_control__pb2.DeleteLimitRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.LimitInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/CreateWebhook',
+            protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,
