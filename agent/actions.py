@@ -100,6 +100,31 @@ class CertificateAction:
 
 
 @dataclass(frozen=True)
+class StoredObjectRef:
+    """An object of one of this site's result stores, as the control plane names it."""
+
+    store: str
+    uri: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class SweepResultsAction:
+    """List the result stores' run objects older than ``older_than_s``, in pages."""
+
+    sweep_id: str
+    older_than_s: float
+
+
+@dataclass(frozen=True)
+class DeleteResultsAction:
+    """Delete these objects (their run was deleted or expired, or they are orphans)."""
+
+    request_id: str
+    objects: tuple[StoredObjectRef, ...]
+
+
+@dataclass(frozen=True)
 class UnknownAction:
     """A frame this agent version does not understand; logged and ignored, never fatal."""
 
@@ -114,5 +139,7 @@ Action = (
     | DrainAction
     | DecisionAction
     | CertificateAction
+    | SweepResultsAction
+    | DeleteResultsAction
     | UnknownAction
 )

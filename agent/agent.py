@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent import convert
 from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
 from agent.endpoint import AgentEndpoint
@@ -39,6 +40,7 @@ from agent.metrics import AgentGauges, AgentMetrics, ProviderErrors
 from agent.reporter import Reporter
 from agent.reports import HeartbeatInfo, HeldAttempt, HelloInfo, ProviderInfo
 from agent.results import ResultStore, ResultStoresConfig
+from agent.results.housekeeping import ResultHousekeeper
 from agent.results.registry import build_stores
 from agent.results.retention import retention_tasks
 from agent.rotation import CertificateRotator
@@ -234,6 +236,10 @@ class Agent:
             self._heartbeat,
             max_backoff_s=cfg.reconnect_max_backoff_s,
             rotator=CertificateRotator(cfg.data_dir, self._endpoint, socket.gethostname()),
+        )
+        connection = self._connection
+        self._worker.housekeeper = ResultHousekeeper(
+            self._result_stores, lambda answer: connection.send(convert.housekeeping_frame(answer))
         )
         self._connection_task = asyncio.ensure_future(self._connection.run())
         health.on_change(self._connection.send_heartbeat_now)

@@ -21,7 +21,10 @@ from agent.actions import (
     CertificateAction,
     DecisionAction,
     DecisionValue,
+    DeleteResultsAction,
     DrainAction,
+    StoredObjectRef,
+    SweepResultsAction,
     UnknownAction,
     Verdict,
     Welcome,
@@ -38,6 +41,7 @@ from agent.reports import (
     ProposeRunning,
     ReportBody,
 )
+from agent.results.housekeeping import ResultListingOut, ResultsDeletedOut
 from meridian.core.convert import error_to_proto, spec_from_proto
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2, control_pb2, control_pb2_grpc
 from providers.base import ErrorInfo
@@ -216,6 +220,32 @@ def renew_certificate_frame(csr_pem: bytes) -> Any:
     return agent_pb2.AgentFrame(renew_certificate=agent_pb2.RenewCertificate(csr_pem=csr_pem))
 
 
+def housekeeping_frame(answer: ResultListingOut | ResultsDeletedOut) -> Any:
+    """The AgentFrame answering a SweepResults (one listing page) or a DeleteResults."""
+    if isinstance(answer, ResultListingOut):
+        return agent_pb2.AgentFrame(
+            result_listing=agent_pb2.ResultListing(
+                sweep_id=answer.sweep_id,
+                objects=[
+                    agent_pb2.StoredObject(
+                        store=o.store, uri=o.uri, size=o.size, modified_unix_ms=o.modified_ms
+                    )
+                    for o in answer.objects
+                ],
+                done=answer.done,
+                error=answer.error,
+            )
+        )
+    return agent_pb2.AgentFrame(
+        results_deleted=agent_pb2.ResultsDeleted(
+            request_id=answer.request_id,
+            count=answer.count,
+            bytes=answer.bytes,
+            errors=list(answer.errors),
+        )
+    )
+
+
 # ---- control frames ---------------------------------------------------------------------
 
 
@@ -251,6 +281,13 @@ def action_from_proto(frame: Any) -> Action:
         return CertificateAction(
             bytes(c.certificate_pem), float(c.renew_in_s), c.refused, float(c.retry_in_s)
         )
+    if kind == "sweep_results":
+        sweep = frame.sweep_results
+        return SweepResultsAction(sweep.sweep_id, float(sweep.older_than_s))
+    if kind == "delete_results":
+        d = frame.delete_results
+        objects = tuple(StoredObjectRef(o.store, o.uri, int(o.size)) for o in d.objects)
+        return DeleteResultsAction(d.request_id, objects)
     return UnknownAction(str(kind))
 
 

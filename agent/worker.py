@@ -20,11 +20,14 @@ from agent.actions import (
     Assignment,
     CancelAction,
     DecisionAction,
+    DeleteResultsAction,
     DrainAction,
+    SweepResultsAction,
     UnknownAction,
 )
 from agent.handles import StoredHandle
 from agent.reports import AttemptFinished, HeldAttempt, infrastructure_failure
+from agent.results.housekeeping import ResultHousekeeper
 from agent.runner import Runner, RunnerContext
 from agent.sealing import AttemptSeal
 from providers.base import Handle, Provider
@@ -48,6 +51,9 @@ class Worker:
         self._detached: set[asyncio.Task[None]] = set()  # rejected runners finishing up
         self._reports: set[asyncio.Task[Any]] = set()  # refusals being journaled
         self.draining = False
+        # Answers the control plane's result-store sweeps and deletions; set once the
+        # connection it answers on exists (``Agent._start``).
+        self.housekeeper: ResultHousekeeper | None = None
 
     @property
     def in_use(self) -> int:
@@ -75,6 +81,9 @@ class Worker:
         elif isinstance(action, DrainAction):
             log.info("control plane asked this agent to drain: %s", action.reason)
             self.draining = True
+        elif isinstance(action, SweepResultsAction | DeleteResultsAction):
+            if self.housekeeper is not None:
+                self.housekeeper.handle(action)
         elif isinstance(action, UnknownAction):
             log.warning("ignoring control frame %r this agent does not understand", action.kind)
 
@@ -195,6 +204,8 @@ class Worker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.housekeeper is not None:
+            await self.housekeeper.close()
         # Refusals being journaled finish (they are short) so none is lost at close.
         if self._reports:
             await asyncio.wait(set(self._reports), timeout=5.0)

@@ -288,6 +288,24 @@ def agent_from_proto(msg: control_pb2.AgentInfo) -> models.AgentInfo:
     )
 
 
+def collect_result_from_proto(msg: control_pb2.CollectResultsResponse) -> models.CollectResult:
+    return models.CollectResult(
+        sweeps=tuple(
+            models.StoreSweep(
+                environment=s.environment,
+                store=s.store,
+                objects=s.objects,
+                orphans=s.orphans,
+                orphan_bytes=s.orphan_bytes,
+                deleted=s.deleted,
+                errors=tuple(s.errors),
+            )
+            for s in msg.sweeps
+        ),
+        skipped=tuple(msg.skipped),
+    )
+
+
 def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExecute:
     return models.RunToExecute(
         flow_run_id=msg.flow_run_id,

@@ -50,6 +50,8 @@ _UPLOAD_SECONDS_PER_MIB = 1.0
 _T = TypeVar("_T")
 # Verifying rereads the whole log: give it longer than an ordinary call.
 _VERIFY_TIMEOUT_S = 300.0
+# A garbage collection's sweeps take up to the server's call budget (60 s by default).
+_COLLECT_TIMEOUT_S = 90.0
 
 _TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -347,6 +349,29 @@ class ControlClient:
             self._stub.ListAgents, control_pb2.ListAgentsRequest(), idempotent=True
         )
         return [_convert.agent_from_proto(a) for a in response.agents]
+
+    # -- clean-up ----------------------------------------------------------------------------
+
+    def delete_run(self, run_id_or_prefix: str, reason: str = "") -> models.RunDeletion:
+        """Delete a finished run and its history; its stored result objects are queued for
+        deletion at their sites (admins; audited with ``reason``)."""
+        request = control_pb2.DeleteRunRequest(flow_run_id=run_id_or_prefix, reason=reason)
+        answer = self._call(self._stub.DeleteRun, request)
+        return models.RunDeletion(answer.flow_run_id, answer.stored_objects)
+
+    def collect_results(
+        self, *, dry_run: bool = False, environment: str = "", older_than_s: float = 0.0
+    ) -> models.CollectResult:
+        """Find stored objects no run refers to, older than ``older_than_s`` (0: the server's
+        default, an hour), through a connected agent of each environment (or ``environment``
+        only), and remove them unless ``dry_run`` (admins; audited)."""
+        request = control_pb2.CollectResultsRequest(
+            dry_run=dry_run, environment=environment, older_than_s=older_than_s
+        )
+        # The server bounds its sweeps by its call budget: wait a little longer than that.
+        timeout = max(self.timeout_s, _COLLECT_TIMEOUT_S)
+        answer = self._call(self._stub.CollectResults, request, timeout=timeout)
+        return _convert.collect_result_from_proto(answer)
 
     # -- audit -------------------------------------------------------------------------------
 

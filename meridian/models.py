@@ -279,6 +279,31 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class RunDeletion:
+    flow_run_id: str
+    stored_objects: int  # result objects queued for deletion at their sites
+
+
+@dataclass(frozen=True)
+class StoreSweep:
+    """What a garbage collection found in one store ("" = the environment as a whole)."""
+
+    environment: str
+    store: str
+    objects: int  # listed (older than the collection's age)
+    orphans: int  # of them, referred to by no run
+    orphan_bytes: int
+    deleted: int  # 0 on a dry run
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    sweeps: tuple[StoreSweep, ...] = ()
+    skipped: tuple[str, ...] = ()  # environments not swept, each with why
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One record of the control plane's hash-chained audit log (docs/audit.md).
 

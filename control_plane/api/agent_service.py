@@ -187,6 +187,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             expiry.cancel()
             reader.cancel()
             if self._s.registry.remove(session):
+                if self._s.housekeeping is not None:
+                    self._s.housekeeping.agent_gone(session.agent.agent_id)
                 last_seen = self._s.store.clock() - dt.timedelta(seconds=session.silent_for())
                 await self._s.store.transact(agent_disconnected, session.agent.agent_id, last_seen)
                 log.info("agent %s disconnected", session.agent.name)
@@ -257,6 +259,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self._s.dispatcher.wake()
             elif body == "reports":
                 await self._apply_reports(session, frame.reports)
+            elif body in ("result_listing", "results_deleted"):
+                await self._housekeeping_answer(session, frame)
             elif body == "renew_certificate":
                 # One signing per interval per stream, however fast a broken agent asks.
                 now_s = asyncio.get_running_loop().time()
@@ -292,6 +296,21 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         else:
             log.warning("agent %s: renewal refused: %s", session.agent.name, renewal.refused)
         session.send(renewal)
+
+    async def _housekeeping_answer(
+        self, session: AgentSession, frame: agent_pb2.AgentFrame
+    ) -> None:
+        """A listing page or a deletion answer (result-store housekeeping)."""
+        housekeeping = self._s.housekeeping
+        if housekeeping is None:
+            return  # nothing was asked: an agent volunteering answers is ignored
+        agent_id = session.agent.agent_id
+        if frame.WhichOneof("body") == "result_listing":
+            page = convert.result_listing_from_proto(frame.result_listing)
+            housekeeping.on_listing(agent_id, page)
+        else:
+            answer = convert.results_deleted_from_proto(frame.results_deleted)
+            await housekeeping.on_results_deleted(agent_id, answer)
 
     async def _apply_reports(self, session: AgentSession, batch: agent_pb2.ReportBatch) -> None:
         if len(batch.reports) > MAX_REPORTS_PER_BATCH:

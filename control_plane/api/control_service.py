@@ -35,6 +35,7 @@ from control_plane.store import queries
 from control_plane.usecases.agent_admin import drain_agent, revoke_agent
 from control_plane.usecases.approvals import decide_approval, request_approval
 from control_plane.usecases.bundles import bundle_data, has_bundle, store_bundle
+from control_plane.usecases.cleanup import delete_run
 from control_plane.usecases.runs import (
     cancel_run,
     finish_run,
@@ -45,7 +46,13 @@ from control_plane.usecases.runs import (
 )
 from control_plane.usecases.steps import submit_steps
 from meridian.core.convert import ms_from_time
-from meridian.core.errors import LimitExceeded, PermissionDenied, ValidationError
+from meridian.core.errors import (
+    ConflictError,
+    LimitExceeded,
+    PermissionDenied,
+    ValidationError,
+)
+from meridian.core.selectors import validate_value
 from meridian.core.states import TERMINAL_RUN
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
@@ -60,6 +67,10 @@ WATCH_BATCH_BYTES = 1024 * 1024
 MAX_ANSWER_OUTCOME_BYTES = 4 * 1024 * 1024
 SERVER_VERSION = "0.1.0"
 MAX_AUDIT_PAGE = 1000
+# CollectResults: how long sweeps may take at most, the default and largest age of an orphan.
+COLLECT_WAIT_S = 50.0
+DEFAULT_ORPHAN_AGE_S = 3600.0
+MAX_ORPHAN_AGE_S = 10 * 365 * 86400.0
 
 
 class ControlService(control_pb2_grpc.ControlServiceServicer):
@@ -386,6 +397,45 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         config = self._s.config
         return HeartbeatPolicy(config.heartbeat_interval_s, config.agent_lost_after_s)
 
+    # ---- clean-up of runs and stored results -------------------------------------------
+
+    @rpc
+    async def DeleteRun(
+        self, request: control_pb2.DeleteRunRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.DeleteRunResponse:
+        reason = validate_reason(request.reason, "delete reason")
+        run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
+        deleted = await self._s.store.transact(delete_run, run_id, reason)
+        if self._s.housekeeping is not None:
+            self._s.housekeeping.wake()  # send the queued deletions now
+        return control_pb2.DeleteRunResponse(
+            flow_run_id=deleted.flow_run_id, stored_objects=deleted.queued
+        )
+
+    @rpc
+    async def CollectResults(
+        self, request: control_pb2.CollectResultsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.CollectResultsResponse:
+        environment, older_than_s = _collect_options(request)
+        scope = allowed_environments()
+        if environment and scope and environment not in scope:
+            raise PermissionDenied(
+                f"this API token is limited to environments {', '.join(scope)}; "
+                f"it cannot collect results of {environment!r}"
+            )
+        if self._s.housekeeping is None:
+            raise ConflictError("result housekeeping is not running on this control plane")
+        # Within the call's budget (api/budgets.py), leaving time to answer.
+        budget_s = max(1.0, min(COLLECT_WAIT_S, 0.8 * self._s.config.call_budget_s))
+        report = await self._s.housekeeping.collect(
+            environment=environment,
+            older_than_s=older_than_s,
+            dry_run=request.dry_run,
+            scope=scope,
+            budget_s=budget_s,
+        )
+        return views.collect_answer(report)
+
     # ---- audit --------------------------------------------------------------------------
 
     @rpc
@@ -436,3 +486,19 @@ def _require_json(text: str, what: str) -> None:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ValidationError(f"{what} is nested too deeply") from exc
+
+
+def _collect_options(request: control_pb2.CollectResultsRequest) -> tuple[str, float]:
+    """(environment, older_than_s) of a CollectResults request, checked."""
+    environment = request.environment.strip()
+    if environment:
+        problem = validate_value(environment)
+        if problem is not None:
+            raise ValidationError(f"environment: {problem}")
+    older_than_s = request.older_than_s
+    if not 0 <= older_than_s <= MAX_ORPHAN_AGE_S:  # NaN fails too
+        raise ValidationError(
+            f"older_than_s must be from 0 (the default, {DEFAULT_ORPHAN_AGE_S:g} s) to "
+            f"{MAX_ORPHAN_AGE_S:g} seconds"
+        )
+    return environment, older_than_s or DEFAULT_ORPHAN_AGE_S

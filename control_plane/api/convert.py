@@ -10,6 +10,13 @@ from typing import Any
 
 from control_plane.api.validation import validate_error
 from control_plane.auth.rotation import Renewal
+from control_plane.orchestration.housekeeping import (
+    DeleteResultsOut,
+    ResultListingIn,
+    ResultsDeletedIn,
+    StoredObjectValue,
+    SweepResultsOut,
+)
 from control_plane.orchestration.values import (
     AssignOut,
     CancelOut,
@@ -197,6 +204,22 @@ def outgoing_to_frame(item: Outgoing) -> agent_pb2.ControlFrame:
                 retry_in_s=item.retry_in_s,
             )
         )
+    if isinstance(item, SweepResultsOut):
+        return agent_pb2.ControlFrame(
+            sweep_results=agent_pb2.SweepResults(
+                sweep_id=item.sweep_id, older_than_s=item.older_than_s
+            )
+        )
+    if isinstance(item, DeleteResultsOut):
+        return agent_pb2.ControlFrame(
+            delete_results=agent_pb2.DeleteResults(
+                request_id=item.request_id,
+                objects=[
+                    agent_pb2.StoredObject(store=o.store, uri=o.uri, size=o.size)
+                    for o in item.objects
+                ],
+            )
+        )
     raise TypeError(f"cannot send {item!r}")  # CloseOut is handled by the stream itself
 
 
@@ -236,3 +259,29 @@ def merge_assign_frames(
 
 def is_close(item: Outgoing) -> bool:
     return isinstance(item, CloseOut)
+
+
+# ---- result-store housekeeping ----------------------------------------------------------
+
+MAX_HOUSEKEEPING_ERRORS = 1000
+
+
+def result_listing_from_proto(listing: agent_pb2.ResultListing) -> ResultListingIn:
+    """A sweep's page as sent; its bounds are judged by ``orchestration.housekeeping``."""
+    return ResultListingIn(
+        sweep_id=listing.sweep_id[:64],
+        objects=tuple(
+            StoredObjectValue(o.store, o.uri, o.size, o.modified_unix_ms) for o in listing.objects
+        ),
+        done=listing.done,
+        error=listing.error[:8192],
+    )
+
+
+def results_deleted_from_proto(answer: agent_pb2.ResultsDeleted) -> ResultsDeletedIn:
+    return ResultsDeletedIn(
+        request_id=answer.request_id[:64],
+        count=answer.count,
+        bytes=answer.bytes,
+        errors=tuple(line[:4096] for line in answer.errors[:MAX_HOUSEKEEPING_ERRORS]),
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from control_plane.auth.ca import CertificateAuthority
 from control_plane.config import ServerConfig
 from control_plane.scheduler.dispatcher import Dispatcher
+from control_plane.scheduler.housekeeping import Housekeeping
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.telemetry.frames import FrameCounter, FrameCounts
@@ -50,3 +51,5 @@ class Services:
     # Agent-stream frames in and out (``meridian_stream_frames_*_total`` on /metrics); the
     # web listener renders the same object.
     frames: FrameCounter = field(default_factory=FrameCounts)
+    # Result-store clean-up: deletions sent to agents, sweeps for CollectResults (None: off).
+    housekeeping: Housekeeping | None = None

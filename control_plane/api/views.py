@@ -20,6 +20,7 @@ from control_plane.api.readmodels import (
 from control_plane.audit import VerifyReport
 from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.values import SubmittedStep
+from control_plane.scheduler.housekeeping import CollectReport
 from control_plane.scheduler.registry import AgentSession
 from control_plane.telemetry.fleet import agent_status, last_heard
 from meridian.core.convert import error_to_proto, ms_from_time
@@ -335,4 +336,24 @@ def verify_report(report: VerifyReport) -> control_pb2.VerifyAuditResponse:
         head_hash=report.head_hash,
         first_bad_id=report.first_bad_id or 0,
         problem=report.problem,
+    )
+
+
+def collect_answer(report: CollectReport) -> control_pb2.CollectResultsResponse:
+    """What each store of each swept environment held and lost; a sweep of store "" holds
+    errors of the environment as a whole (its agent disconnected, the listing timed out)."""
+    return control_pb2.CollectResultsResponse(
+        sweeps=[
+            control_pb2.StoreSweep(
+                environment=t.environment,
+                store=t.store,
+                objects=t.objects,
+                orphans=t.orphans,
+                orphan_bytes=t.orphan_bytes,
+                deleted=t.deleted,
+                errors=t.errors,
+            )
+            for t in report.tallies
+        ],
+        skipped=report.skipped,
     )

@@ -66,6 +66,8 @@ REQUIRED_ROLE: dict[str, Role] = {
     },
     SERVICE + "RevokeAgent": Role.ADMIN,
     SERVICE + "DrainAgent": Role.ADMIN,
+    SERVICE + "DeleteRun": Role.ADMIN,
+    SERVICE + "CollectResults": Role.ADMIN,
 }
 # What a runner token may do, always for its own run only.
 # A runner asks for approvals of its run but never decides them: that is a person's call.

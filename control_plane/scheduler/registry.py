@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from control_plane.auth.rotation import Renewal
+from control_plane.orchestration.housekeeping import DeleteResultsOut, SweepResultsOut
 from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
 from control_plane.usecases.agents import ConnectedAgent, LiveAgent
@@ -47,7 +48,17 @@ class CloseOut:
     refused: bool = False
 
 
-Outgoing = AssignOut | CancelOut | AckOut | DrainOut | CloseOut | Renewal | list[DecisionOut]
+Outgoing = (
+    AssignOut
+    | CancelOut
+    | AckOut
+    | DrainOut
+    | CloseOut
+    | Renewal
+    | list[DecisionOut]
+    | SweepResultsOut
+    | DeleteResultsOut
+)
 
 
 class AgentSession:

@@ -1,4 +1,8 @@
-"""``meridian results get``: a step's result, inline or stored at its site (docs/results.md).
+"""``meridian results get|gc``: a step's result, inline or stored at its site, and the garbage
+collection of stored results no run refers to (docs/results.md).
+
+``gc`` asks the control plane to collect (``CollectResults``): it lists every environment's
+stores through a connected agent and removes the objects no run refers to.
 
 ``get`` reads the run (``GetRun``) to find the step: an inline result is printed (or written
 with ``-o``); a stored one is downloaded through the control plane (``FetchResult``, relayed
@@ -16,6 +20,7 @@ from typing import Any
 
 from meridian import models
 from meridian.cli.common import add_client_options, connect
+from meridian.cli.render import format_size, table, to_json
 from meridian.core.errors import ConflictError, NotFound, ValidationError
 from meridian.core.resultref import ResultRef
 from meridian.core.serializers import JSON
@@ -44,6 +49,48 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     add_client_options(get)
     get.set_defaults(func=cmd_get)
+
+    gc = actions.add_parser(
+        "gc",
+        help="report and remove stored results no run refers to (admins; network)",
+        description="Ask a connected agent of each environment to list its result stores, "
+        "then remove the objects no run refers to (orphans: left by deleted runs, lost "
+        "attempts, crashed uploads). Objects younger than --older-than are left alone (uploads "
+        "in flight). Environments without a connected agent are skipped and named. Audited.",
+        parents=parents,
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report orphans, remove nothing")
+    gc.add_argument("--environment", metavar="ENV", default="", help="only this environment")
+    gc.add_argument(
+        "--older-than",
+        metavar="AGE",
+        type=parse_age,
+        default=3600.0,
+        help="only objects at least this old, e.g. 90s, 30m, 1h (default), 7d",
+    )
+    gc.add_argument("--json", action="store_true", help="print JSON")
+    add_client_options(gc)
+    gc.set_defaults(func=cmd_gc)
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_AGE_S = 10 * 365 * 86400
+
+
+def parse_age(text: str) -> float:
+    """argparse ``type=`` for ``--older-than``: seconds, or a number with s, m, h, d or w."""
+    text = text.strip().lower()
+    unit = _AGE_UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an age such as 90s, 30m, 1h or 7d, got {text!r}"
+        ) from None
+    if not 0 < seconds <= MAX_AGE_S:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected an age above 0 and up to 10 years: {text!r}")
+    return seconds
 
 
 def find_step(detail: models.RunDetail, key: str) -> models.StepRunDetail:
@@ -97,3 +144,65 @@ def _check_printable(key: str, ref: ResultRef) -> None:
             f"the result of step {key!r} is {ref.size} bytes of {what}{ref.serializer}, stored "
             f"in {ref.store} ({ref.environment}); write it to a file with -o FILE"
         )
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = client.collect_results(
+            dry_run=args.dry_run, environment=args.environment, older_than_s=args.older_than
+        )
+    if args.json:
+        print(to_json(gc_to_dict(result, dry_run=args.dry_run)))
+    else:
+        print(render_gc(result, dry_run=args.dry_run))
+    # Errors are worth a non-zero exit (a cron job notices); a skipped environment is not.
+    return 1 if any(s.errors for s in result.sweeps) else 0
+
+
+def render_gc(result: models.CollectResult, *, dry_run: bool) -> str:
+    lines = []
+    stores = [s for s in result.sweeps if s.store]
+    if stores:
+        rows = [
+            [s.environment, s.store, str(s.objects), str(s.orphans), format_size(s.orphan_bytes),
+             "-" if dry_run else str(s.deleted)]
+            for s in stores
+        ]  # fmt: skip
+        headers = ("ENVIRONMENT", "STORE", "LISTED", "ORPHANS", "ORPHAN SIZE", "DELETED")
+        lines.append(table(headers, rows))
+    elif result.sweeps or not result.skipped:
+        lines.append("no stored objects listed")
+    for sweep in result.sweeps:
+        where = f"{sweep.environment}/{sweep.store}" if sweep.store else sweep.environment
+        lines.extend(f"error ({where}): {error}" for error in sweep.errors)
+    lines.extend(f"skipped {why}" for why in result.skipped)
+    orphans = sum(s.orphans for s in result.sweeps)
+    size = format_size(sum(s.orphan_bytes for s in result.sweeps))
+    if dry_run:
+        lines.append(
+            f"Dry run: {orphans} orphan(s), {size}, would be removed; "
+            "run without --dry-run to remove them"
+        )
+    else:
+        deleted = sum(s.deleted for s in result.sweeps)
+        lines.append(f"Removed {deleted} of {orphans} orphan(s) ({size})")
+    return "\n".join(lines)
+
+
+def gc_to_dict(result: models.CollectResult, *, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "sweeps": [
+            {
+                "environment": s.environment,
+                "store": s.store,
+                "objects": s.objects,
+                "orphans": s.orphans,
+                "orphan_bytes": s.orphan_bytes,
+                "deleted": s.deleted,
+                "errors": list(s.errors),
+            }
+            for s in result.sweeps
+        ],
+        "skipped": list(result.skipped),
+    }
