@@ -1,0 +1,143 @@
+"""Outcome triggers: a run of one deployment ending in a chosen state runs another deployment.
+
+``meridian deploy ... --on-completion-of UPSTREAM [--on-state FAILED]`` stores an
+``OutcomeTrigger`` in the downstream deployment's version. When a run of UPSTREAM ends, the use
+case that ends it calls :func:`fire_outcome_triggers` in the same transaction: every
+deployment whose *current* version has a trigger on UPSTREAM and that state is triggered, with
+the upstream run's id and result (its JSON value) in the parameters the trigger names. The
+idempotency key ``outcome:<upstream run id>`` makes a repeated end (a retried FinishRun) or a
+resumed run that ends again create no second downstream run, and the audit record of the
+trigger names the upstream run.
+
+A downstream deployment that refuses (paused, deleted, parameters that do not validate) never
+stops the upstream run from ending: the refusal is undone in its savepoint and audited as
+``trigger.refused``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, select
+
+from control_plane import audit
+from control_plane.orchestration.deployment_specs import spec_from_json
+from control_plane.store.models import DeploymentRow, DeploymentVersionRow, FlowRunRow
+from control_plane.store.tx import Tx
+from control_plane.usecases.savepoints import attempt
+from meridian.core.errors import MeridianError
+from meridian.core.states import TERMINAL_RUN
+
+DEFAULT_STATES = ("COMPLETED",)
+
+
+@dataclass(frozen=True)
+class OutcomeRule:
+    """One ``OutcomeTrigger`` of a downstream deployment's current version."""
+
+    downstream: str  # deployment name
+    upstream: str
+    states: tuple[str, ...]
+    run_id_parameter: str = ""
+    result_parameter: str = ""
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A downstream deployment triggered (or refused) by an upstream run's end."""
+
+    deployment: str
+    flow_run_id: str | None
+    existing: bool = False
+    refused: str = ""
+
+
+def fire_outcome_triggers(tx: Tx, run: FlowRunRow) -> list[Fired]:
+    """Trigger the deployments waiting on ``run`` ending in its (terminal) state."""
+    if run.deployment_id is None or run.state not in TERMINAL_RUN:
+        return []
+    upstream = tx.session.get(DeploymentRow, run.deployment_id)
+    if upstream is None:
+        return []
+    fired = []
+    for rule in _rules_on(tx, upstream.name):
+        if str(run.state) in rule.states:
+            fired.append(_fire(tx, rule, run))
+    return fired
+
+
+def _fire(tx: Tx, rule: OutcomeRule, run: FlowRunRow) -> Fired:
+    # Imported here: the use cases that end runs import this module, and deployments
+    # imports theirs (creating runs) — a module-level import would be a cycle.
+    from control_plane.usecases import deployments
+
+    parameters: dict[str, Any] = {}
+    if rule.run_id_parameter:
+        parameters[rule.run_id_parameter] = run.id
+    if rule.result_parameter:
+        parameters[rule.result_parameter] = json.loads(run.result_json) if run.result_json else None
+    source = deployments.TriggerSource(
+        "outcome",
+        actor=f"run:{run.id}",
+        detail={
+            "upstream_run_id": run.id,
+            "upstream_deployment": rule.upstream,
+            "state": str(run.state),
+        },
+    )
+    outcome = attempt(
+        tx,
+        deployments.trigger_deployment,
+        rule.downstream,
+        parameters,
+        source=source,
+        idempotency_key=f"outcome:{run.id}",
+    )
+    if isinstance(outcome, MeridianError):
+        audit.append(
+            tx.session,
+            actor=f"run:{run.id}",
+            action="trigger.refused",
+            subject=rule.downstream,
+            details={
+                "kind": "outcome",
+                "deployment": rule.downstream,
+                "upstream_run_id": run.id,
+                "upstream_deployment": rule.upstream,
+                "state": str(run.state),
+                "reason": str(outcome),
+            },
+            now=tx.now,
+        )
+        return Fired(rule.downstream, None, refused=str(outcome))
+    return Fired(rule.downstream, outcome.flow_run_id, outcome.existing)
+
+
+def _rules_on(tx: Tx, upstream: str) -> Iterator[OutcomeRule]:
+    """The outcome triggers on ``upstream`` of every live deployment's current version (a
+    paused one answers SKIPPED and audits it: ``deployment_triggers``)."""
+    rows = tx.session.execute(
+        select(DeploymentRow.name, DeploymentVersionRow.spec)
+        .join(
+            DeploymentVersionRow,
+            and_(
+                DeploymentVersionRow.deployment_id == DeploymentRow.id,
+                DeploymentVersionRow.version == DeploymentRow.current_version,
+            ),
+        )
+        .where(DeploymentRow.deleted_at.is_(None))
+        .order_by(DeploymentRow.name)
+    ).all()
+    for name, spec in rows:
+        for trigger in spec_from_json(spec).triggers:
+            if trigger.upstream_deployment == upstream:
+                yield OutcomeRule(
+                    downstream=name,
+                    upstream=upstream,
+                    states=trigger.states or DEFAULT_STATES,
+                    run_id_parameter=trigger.run_id_parameter,
+                    result_parameter=trigger.result_parameter,
+                )
