@@ -432,3 +432,73 @@ def _expect(value: Any, kind: type, described: str) -> Any:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+# ---- text (``meridian deployments run -p k=v``: no flow code at hand, only the schema) ------
+
+_TRUE = frozenset({"true", "1", "yes", "y", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "off"})
+
+
+def from_text(schema: Mapping[str, Any], raw: Mapping[str, str]) -> dict[str, Any]:
+    """``-p`` texts converted to JSON values by the schema's types (as params.py converts
+    them by annotations), then checked with :func:`validate` minus the required check (the
+    deployment's defaults may supply them; the control plane checks the merged call)."""
+    entries = {entry["name"]: entry for entry in schema.get("parameters", ())}
+    converted: dict[str, Any] = {}
+    for name, text in raw.items():
+        entry = entries.get(name)
+        kind = entry["type"] if entry is not None else {"kind": "any"}
+        try:
+            converted[name] = _from_text(text, kind)
+        except ValueError as exc:
+            raise ValidationError(f"parameter {name!r}: {exc}") from None
+    optional = {**schema, "parameters": [dict(e, required=False) for e in entries.values()]}
+    return validate(optional, converted)
+
+
+def _from_text(text: str, kind: Mapping[str, Any]) -> Any:
+    name = kind["kind"]
+    if name in ("optional", "union"):
+        nullable = name == "optional" or kind.get("nullable")
+        if nullable and text.strip().lower() in ("none", "null"):
+            return None
+        members = [kind["of"]] if name == "optional" else list(kind["of"])
+        errors = []
+        for member in members:
+            try:
+                value = _from_text(text, member)
+                _check(value, member)
+                return value
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors))
+    if name == "bool":
+        lowered = text.strip().lower()
+        if lowered in _TRUE or lowered in _FALSE:
+            return lowered in _TRUE
+        raise ValueError(f"expected true or false, got {_shown(text)}")
+    if name in ("int", "float"):
+        try:
+            return int(text.strip()) if name == "int" else float(text.strip())
+        except ValueError:
+            expected = "an integer" if name == "int" else "a number"
+            raise ValueError(f"expected {expected}, got {_shown(text)}") from None
+    if name in ("str", "path", "date", "datetime"):
+        return text
+    if name == "enum":
+        names = {m["name"] for m in kind.get("members", ())}
+        return text if text in names else _json_or_text(text)
+    if name in ("list", "dict", "pydantic"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError(f"expected JSON, got {_shown(text)}") from None
+    return _json_or_text(text)
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
