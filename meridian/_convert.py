@@ -306,6 +306,17 @@ def collect_result_from_proto(msg: control_pb2.CollectResultsResponse) -> models
     )
 
 
+def environment_from_proto(msg: control_pb2.EnvironmentInfo) -> models.EnvironmentInfo:
+    return models.EnvironmentInfo(
+        name=msg.name,
+        residency=msg.residency,
+        agents=msg.agents,
+        connected=msg.connected,
+        result_stores=tuple(msg.result_stores),
+        default_result_store=msg.default_result_store,
+    )
+
+
 def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExecute:
     return models.RunToExecute(
         flow_run_id=msg.flow_run_id,

@@ -373,6 +373,23 @@ class ControlClient:
         answer = self._call(self._stub.CollectResults, request, timeout=timeout)
         return _convert.collect_result_from_proto(answer)
 
+    # -- environments ------------------------------------------------------------------------
+
+    def list_environments(self) -> list[models.EnvironmentInfo]:
+        """Every environment with agents or a residency rule (viewers)."""
+        response = self._call(
+            self._stub.ListEnvironments, control_pb2.ListEnvironmentsRequest(), idempotent=True
+        )
+        return [_convert.environment_from_proto(e) for e in response.environments]
+
+    def set_residency(
+        self, environment: str, rule: str, reason: str = ""
+    ) -> models.EnvironmentInfo:
+        """Set ``environment``'s data residency rule (a label selector; "" removes it). Admins
+        only; audited with ``reason``. It applies to steps queued from then on."""
+        request = control_pb2.SetResidencyRequest(environment=environment, rule=rule, reason=reason)
+        return _convert.environment_from_proto(self._call(self._stub.SetResidency, request))
+
     # -- audit -------------------------------------------------------------------------------
 
     def list_audit_records(

@@ -258,6 +258,18 @@ class AgentInfo:
 
 
 @dataclass(frozen=True)
+class EnvironmentInfo:
+    """An environment: its data residency rule, its agents and the result stores they have."""
+
+    name: str
+    residency: str = ""  # "" = no rule
+    agents: int = 0  # enrolled, not revoked
+    connected: int = 0
+    result_stores: tuple[str, ...] = ()  # advertised by its connected agents
+    default_result_store: str = ""
+
+
+@dataclass(frozen=True)
 class RunToExecute:
     """What a runner needs to resume or retry a run's flow body."""
 

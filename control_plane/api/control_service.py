@@ -36,6 +36,12 @@ from control_plane.usecases.agent_admin import drain_agent, revoke_agent
 from control_plane.usecases.approvals import decide_approval, request_approval
 from control_plane.usecases.bundles import bundle_data, has_bundle, store_bundle
 from control_plane.usecases.cleanup import delete_run
+from control_plane.usecases.environments import (
+    ResidencyRefusal,
+    environment_policies,
+    record_residency_refusal,
+    set_residency,
+)
 from control_plane.usecases.runs import (
     cancel_run,
     finish_run,
@@ -173,14 +179,20 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         check_step_targets(targets, scope or caller)
         # Assigned in the same transaction when a matching agent has a free slot.
         needs = ((call.spec.target, call.spec.provider) for call in submissions.calls)
-        submitted = await self._s.dispatcher.queue_and_assign(
-            needs,
-            submit_steps,
-            request.flow_run_id,
-            submissions.calls,
-            outcome_bytes=MAX_ANSWER_OUTCOME_BYTES,
-            full_answers=submissions.singles,  # older clients send only these
-        )
+        try:
+            submitted = await self._s.dispatcher.queue_and_assign(
+                needs,
+                submit_steps,
+                request.flow_run_id,
+                submissions.calls,
+                outcome_bytes=MAX_ANSWER_OUTCOME_BYTES,
+                full_answers=submissions.singles,  # older clients send only these
+                caller=caller,
+            )
+        except ResidencyRefusal as refusal:
+            # The submission rolled back; its refusal is kept in the audit log.
+            await self._s.store.transact(record_residency_refusal, refusal)
+            raise
         return views.submit_answer(submitted, submissions.singles, submissions.batch_sizes)
 
     @rpc
@@ -392,6 +404,40 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
                 for agent, held in rows
             ]
         )
+
+    # ---- environments -------------------------------------------------------------------
+
+    @rpc
+    async def ListEnvironments(
+        self, request: control_pb2.ListEnvironmentsRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListEnvironmentsResponse:
+        policies = await self._s.store.run(environment_policies, allowed_environments())
+        sessions = self._s.registry.sessions()
+        return control_pb2.ListEnvironmentsResponse(
+            environments=[
+                views.environment_info(
+                    policy, [s for s in sessions if s.agent.environment == policy.name]
+                )
+                for policy in policies
+            ]
+        )
+
+    @rpc
+    async def SetResidency(
+        self, request: control_pb2.SetResidencyRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.EnvironmentInfo:
+        """Set or (with an empty rule) remove an environment's residency rule; audited. It
+        applies to attempts queued from now on."""
+        reason = validate_reason(request.reason, "residency reason")
+        policy = await self._s.store.transact(
+            set_residency,
+            request.environment.strip(),
+            request.rule.strip(),
+            reason,
+            allowed_environments(),
+        )
+        sessions = [s for s in self._s.registry.sessions() if s.agent.environment == policy.name]
+        return views.environment_info(policy, sessions)
 
     def _heartbeats(self) -> HeartbeatPolicy:
         config = self._s.config

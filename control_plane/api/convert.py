@@ -81,6 +81,13 @@ def hello_from_proto(hello: agent_pb2.Hello) -> HelloIn:
     )
 
 
+def default_store(hello: agent_pb2.Hello, advertised: tuple[str, ...]) -> str:
+    """The environment's default result store as the agent named it: one of the stores it
+    advertised, else none."""
+    name = hello.default_result_store
+    return name if name in advertised else ""
+
+
 MAX_DEGRADED = 64
 
 
@@ -129,6 +136,9 @@ def report_from_proto(report: agent_pb2.Report, now: dt.datetime) -> ReportIn:
             kind=ReportKind.FINISHED,
             outcome=outcome,
             result_json=finished.result_json,
+            # Judged when applied (its environment, an advertised store): a bad one fails
+            # its attempt, it does not break the stream.
+            result_ref_json=finished.result_ref_json,
             error=validate_error(finished.error),
             exit_code=finished.exit_code,
         )
@@ -146,6 +156,7 @@ def assign_to_proto(assign: AssignOut) -> agent_pb2.Assign:
         spec=spec_to_proto(assign.spec),
         bundle_sha256=assign.bundle_sha256,
         inputs_json=assign.inputs_json,
+        input_refs_json=list(assign.input_refs_json),
     )
 
 

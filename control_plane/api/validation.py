@@ -7,7 +7,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,13 @@ from control_plane.usecases.agents import HelloIn
 from meridian.core.convert import error_from_proto, spec_from_proto
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import SelectorError, ValidationError
-from meridian.core.resultref import MAX_INLINE_THRESHOLD_BYTES, store_name_problem
+from meridian.core.resultref import (
+    MAX_INLINE_THRESHOLD_BYTES,
+    REF_MARKER,
+    ResultRef,
+    find_ref_markers,
+    store_name_problem,
+)
 from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector, validate_key, validate_value
@@ -43,6 +49,10 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # bound leaves room for other versions without letting a key carry arbitrary text.
 CACHE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 MAX_CACHE_EXPIRATION_S = 3650 * 24 * 3600.0
+# Stored results a call's inputs may name (each at most MAX_REF_JSON_LENGTH characters), and
+# a request's calls together: each is checked against the store before anything is stored.
+MAX_INPUT_REFS_PER_CALL = 1000
+MAX_INPUT_REFS_PER_REQUEST = 10_000
 
 
 def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
@@ -93,6 +103,13 @@ def validate_submissions(request: control_pb2.SubmitStepsRequest) -> Submissions
             f"{total} step calls in one request, above the limit of {MAX_CALLS_PER_REQUEST}; "
             "split them over several requests"
         )
+    refs = len([r for s in request.steps for r in s.input_refs_json])
+    refs += sum(len(i.ref_json) for b in request.batches for i in b.input_refs)
+    if refs > MAX_INPUT_REFS_PER_REQUEST:
+        raise ValidationError(
+            f"the request's inputs name {refs} stored results, above the limit of "
+            f"{MAX_INPUT_REFS_PER_REQUEST}; split the calls over several requests"
+        )
     calls = [_submission(s) for s in request.steps]
     sizes = []
     for number, batch in enumerate(request.batches, 1):
@@ -120,18 +137,32 @@ def _batch(batch: control_pb2.StepBatch, number: int) -> list[StepSubmission]:
             f"{where} has {len(batch.keys)} keys but {len(batch.cache_keys)} cache keys; "
             "give none or one per key"
         )
+    if batch.input_refs and len(batch.input_refs) != len(batch.keys):
+        raise ValidationError(
+            f"{where} has {len(batch.keys)} keys but {len(batch.input_refs)} input reference "
+            "lists; give none or one per key"
+        )
     spec = validate_spec(batch.spec, f"{where} (step {batch.keys[0][:MAX_KEY]!r})")
     cache_keys = list(batch.cache_keys) or [""] * len(batch.keys)
+    refs: list[Sequence[str]] = [i.ref_json for i in batch.input_refs] or [()] * len(batch.keys)
+    calls = zip(batch.keys, batch.inputs_json, cache_keys, refs, strict=True)
     return [
-        _call(key, inputs, spec, cache_key, batch.cache_expires_after_s)
-        for key, inputs, cache_key in zip(batch.keys, batch.inputs_json, cache_keys, strict=True)
+        _call(key, inputs, spec, cache_key, batch.cache_expires_after_s, input_refs)
+        for key, inputs, cache_key, input_refs in calls
     ]
 
 
 def _submission(step: control_pb2.StepSubmission) -> StepSubmission:
     _check_key(step.key)
     spec = validate_spec(step.spec, f"step {step.key!r}")
-    return _call(step.key, step.inputs_json, spec, step.cache_key, step.cache_expires_after_s)
+    return _call(
+        step.key,
+        step.inputs_json,
+        spec,
+        step.cache_key,
+        step.cache_expires_after_s,
+        step.input_refs_json,
+    )
 
 
 def _check_key(key: str) -> None:
@@ -140,7 +171,12 @@ def _check_key(key: str) -> None:
 
 
 def _call(
-    key: str, inputs_json: str, spec: StepSpec, cache_key: str = "", expires_after_s: float = 0.0
+    key: str,
+    inputs_json: str,
+    spec: StepSpec,
+    cache_key: str = "",
+    expires_after_s: float = 0.0,
+    input_refs: Sequence[str] = (),
 ) -> StepSubmission:
     _check_key(key)
     where = f"step {key!r}"
@@ -161,13 +197,51 @@ def _call(
     if cache_key and "sealed" in inputs:
         # A sealed result is bound to its run (docs/user-guide.md): another run cannot open it.
         raise ValidationError(f"{where}: a step with sealed inputs cannot be cached")
+    refs = _input_refs(where, input_refs)
+    if "sealed" not in inputs and REF_MARKER in inputs_json:
+        _check_markers_listed(where, inputs, refs)
     return StepSubmission(
         key=key,
         spec=spec,
         inputs_json=inputs_json or json.dumps(inputs),
         cache_key=cache_key,
         cache_expires_after_s=expires_after_s if cache_key else 0.0,
+        input_refs=refs,
     )
+
+
+def _input_refs(where: str, texts: Sequence[str]) -> tuple[ResultRef, ...]:
+    """The call's input references, each parsed strictly, each distinct one once (whether
+    the control plane recorded them is the use case's check)."""
+    if len(texts) > MAX_INPUT_REFS_PER_CALL:
+        raise ValidationError(
+            f"{where}: its inputs name {len(texts)} stored results, above the limit of "
+            f"{MAX_INPUT_REFS_PER_CALL}"
+        )
+    refs: dict[str, ResultRef] = {}
+    for number, text in enumerate(texts, 1):
+        try:
+            ref = ResultRef.from_json(text)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: input reference {number}: {exc}") from None
+        refs.setdefault(ref.to_json(), ref)
+    return tuple(refs.values())
+
+
+def _check_markers_listed(where: str, inputs: Any, refs: tuple[ResultRef, ...]) -> None:
+    """Every reference marker in (unsealed) inputs must be listed in ``input_refs_json``:
+    the agent materializes exactly the listed ones, and only listed ones are checked."""
+    try:
+        named = find_ref_markers(inputs)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: inputs_json: {exc}") from None
+    listed = set(refs)
+    for ref in named:
+        if ref not in listed:
+            raise ValidationError(
+                f"{where}: inputs_json names a stored result (sha256 {ref.sha256[:12]}…) that "
+                "input_refs_json does not list; list every reference the inputs name"
+            )
 
 
 def _check_cache(where: str, cache_key: str, expires_after_s: float) -> None:

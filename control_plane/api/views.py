@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 from control_plane.api.readmodels import (
@@ -23,6 +24,7 @@ from control_plane.orchestration.values import SubmittedStep
 from control_plane.scheduler.housekeeping import CollectReport
 from control_plane.scheduler.registry import AgentSession
 from control_plane.telemetry.fleet import agent_status, last_heard
+from control_plane.usecases.environments import EnvironmentPolicy
 from meridian.core.convert import error_to_proto, ms_from_time
 from meridian.core.kinds import EventKind
 from meridian.core.states import TERMINAL_RUN, TERMINAL_STEP, AttemptState, StepState
@@ -73,6 +75,7 @@ def run_update(view: EventViewLike) -> control_pb2.RunUpdate:
                 state=step.state,
                 result_json=step.result_json or "",
                 error=error_to_proto(step.error),
+                result_ref_json=step.result_ref_json or "",
             )
         )
     if view.approval is not None:
@@ -164,6 +167,7 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
                 ],
                 reused_from_run_id=step.cached_from_run_id or "",
                 reused_from_step_key=step.cached_from_step_key or "",
+                result_ref_json=step.result_ref_json or "",
             )
             for step in view.steps
         ],
@@ -200,6 +204,7 @@ def submitted_step(step: SubmittedStep) -> control_pb2.SubmittedStep:
                 state=step.state,
                 result_json=step.result_json,
                 error=error_to_proto(step.error),
+                result_ref_json=step.result_ref_json,
             )
         )
     return answer
@@ -225,6 +230,24 @@ def submit_answer(
             )
         )
     return answer
+
+
+def environment_info(
+    policy: EnvironmentPolicy, connected: Sequence[AgentSession]
+) -> control_pb2.EnvironmentInfo:
+    """One environment: its rule and agents from the store; connected agents, the result
+    stores they advertised and their default store from the registry (``connected``: the
+    sessions of this environment). Agents that disagree on the default: the most common one."""
+    defaults = Counter(s.default_result_store for s in connected if s.default_result_store)
+    default = min(defaults, key=lambda name: (-defaults[name], name)) if defaults else ""
+    return control_pb2.EnvironmentInfo(
+        name=policy.name,
+        residency=policy.residency,
+        agents=policy.agents,
+        connected=len(connected),
+        result_stores=sorted({name for s in connected for name in s.result_stores}),
+        default_result_store=default,
+    )
 
 
 def run_to_execute(

@@ -47,6 +47,7 @@ REQUIRED_ROLE: dict[str, Role] = {
             "VerifyAudit",
             "HasBundle",
             "DownloadBundle",
+            "ListEnvironments",
         )
     },
     **{
@@ -66,6 +67,7 @@ REQUIRED_ROLE: dict[str, Role] = {
     },
     SERVICE + "RevokeAgent": Role.ADMIN,
     SERVICE + "DrainAgent": Role.ADMIN,
+    SERVICE + "SetResidency": Role.ADMIN,
     SERVICE + "DeleteRun": Role.ADMIN,
     SERVICE + "CollectResults": Role.ADMIN,
 }

@@ -1,9 +1,10 @@
 """Matching a step's target to connected agents: pure functions over agent slots.
 
 An agent is eligible for an attempt when it is not draining, offers the step's provider, has a
-free slot and its labels satisfy the target selector. Every agent also carries the implicit
-label ``environment=<its environment>``, so ``target="environment=onprem-dc1"`` works without
-anyone copying the environment name into the labels.
+free slot and its labels satisfy the target selector; a step whose inputs name stored results
+must also go to an agent allowed to read them (``residency_check``). Every agent also carries
+the implicit label ``environment=<its environment>``, so ``target="environment=onprem-dc1"``
+works without anyone copying the environment name into the labels.
 
 When nothing is eligible for long enough, :func:`explain_no_match` writes the message the user
 sees, listing what the control plane knows about so the typo or missing agent is obvious.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency, allows
 from meridian.core.selectors import ENVIRONMENT_LABEL, Selector
 
 _MAX_ENVIRONMENTS_SHOWN = 10
@@ -65,17 +67,32 @@ def has_potential_match(selector: Selector, provider: str, agents: Sequence[Agen
     return any(could_run(selector, provider, slot) for slot in agents)
 
 
+def may_read_inputs(residency: Residency, slot: AgentSlot) -> bool:
+    """Whether the agent may read the step's referenced inputs under their residency rules."""
+    return allows(residency, slot.environment, slot.labels)
+
+
 def choose_agent(
-    selector: Selector, provider: str, agents: Sequence[AgentSlot], *, tiebreak: int = 0
+    selector: Selector,
+    provider: str,
+    agents: Sequence[AgentSlot],
+    *,
+    tiebreak: int = 0,
+    residency: Residency = NO_RESIDENCY,
 ) -> AgentSlot | None:
-    """Pick the eligible agent with the most spare room, or ``None``.
+    """Pick the eligible agent with the most spare room, or ``None``. ``residency``: the
+    rules of the step's referenced inputs; an agent that may not read them is never eligible.
 
     Order: lowest ``in_use / capacity``, then fewest ``in_use``, then agent id; agents still
     tied are rotated by ``tiebreak`` so successive calls with an incrementing tiebreak spread
     work round-robin instead of always filling the same agent first.
     """
     eligible = [
-        slot for slot in agents if accepts_work(slot) and could_run(selector, provider, slot)
+        slot
+        for slot in agents
+        if accepts_work(slot)
+        and could_run(selector, provider, slot)
+        and (not residency or may_read_inputs(residency, slot))
     ]
     if not eligible:
         return None

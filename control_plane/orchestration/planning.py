@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from control_plane.orchestration.matching import AgentSlot, accepts_work, choose_agent
+from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency
 from meridian.core.selectors import Selector
 
 
@@ -22,6 +23,8 @@ class ReadyAttempt:
     attempt_id: str
     selector: Selector
     provider: str
+    # The residency rules of its referenced inputs (none for most steps).
+    residency: Residency = NO_RESIDENCY
 
 
 @dataclass(frozen=True)
@@ -43,20 +46,28 @@ def plan(
     of work spreads over them instead of always landing on the first. An attempt no agent
     can take now is left out (it stays queued until a slot frees or its deadline passes).
     ``ready`` is read lazily and only until the free slots are used up, and once no agent can
-    take a (selector, provider) the later attempts asking the same are skipped unchecked
-    (slots only fill up during a plan), so a long queue costs little.
+    take a (selector, provider, residency) the later attempts asking the same are skipped
+    unchecked (slots only fill up during a plan), so a long queue costs little. An attempt
+    whose inputs name stored results goes only to an agent allowed to read them.
     """
     free = list(slots)
     assignments: list[Assignment] = []
-    hopeless: set[tuple[Selector, str]] = set()
+    hopeless: set[tuple[Selector, str, Residency]] = set()
     for i, attempt in enumerate(ready):
         if not has_free_slot(free):
             break
-        if (attempt.selector, attempt.provider) in hopeless:
+        need = (attempt.selector, attempt.provider, attempt.residency)
+        if need in hopeless:
             continue
-        slot = choose_agent(attempt.selector, attempt.provider, free, tiebreak=tiebreak + i)
+        slot = choose_agent(
+            attempt.selector,
+            attempt.provider,
+            free,
+            tiebreak=tiebreak + i,
+            residency=attempt.residency,
+        )
         if slot is None:
-            hopeless.add((attempt.selector, attempt.provider))
+            hopeless.add(need)
             continue
         free[free.index(slot)] = dataclasses.replace(slot, in_use=slot.in_use + 1)
         assignments.append(Assignment(attempt.attempt_id, slot.agent_id))

@@ -10,6 +10,10 @@ and what it explains (bounded per pass).
 It is pure bookkeeping with no I/O. It may be stale in one direction only: an entry whose
 attempt has meanwhile been assigned, cancelled or failed elsewhere. The pass re-checks the
 stored state of what it assigns and drops such entries (``discard``).
+
+An entry of a step whose inputs name stored results carries their residency rules (as they
+were when it was queued); it is grouped apart from entries without them, since it may wait for
+another reason.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-# (run, target, provider): the attempts a waiting reason is recorded for, once per reason.
-GroupKey = tuple[str, str, str]
-# (run, target, provider, reason) of an ``attempt.waiting`` event already recorded.
-ExplainedKey = tuple[str, str, str, str]
+from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency, describe
+
+# (run, target, provider, residency): the attempts a waiting reason is recorded for, once per
+# reason; residency is ``residency_check.describe``'s text ("" for most steps).
+GroupKey = tuple[str, str, str, str]
+# (run, target, provider, residency, reason) of an ``attempt.waiting`` event already recorded.
+ExplainedKey = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,13 @@ class ReadyEntry:
     queued_at: dt.datetime
     not_before: dt.datetime
     deadline: dt.datetime | None
+    # The residency rules of the step's referenced inputs, when it was queued.
+    residency: Residency = NO_RESIDENCY
 
     @property
     def group(self) -> GroupKey:
-        return (self.flow_run_id, self.target, self.provider)
+        rules = describe(self.residency) if self.residency else ""
+        return (self.flow_run_id, self.target, self.provider, rules)
 
 
 class ReadyQueue:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from control_plane.orchestration.ready import ReadyEntry
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.kinds import ReportKind
+from meridian.core.resultref import ResultRef
 from meridian.core.spec import StepSpec
 from meridian.core.states import AttemptState, StepState
 
@@ -21,6 +22,8 @@ class StepSubmission:
     # Caching across runs: reuse the newest completed result with this key ("" = never).
     cache_key: str = ""
     cache_expires_after_s: float = 0.0  # 0 = a result of any age
+    # The stored results the inputs name (docs/results.md), each distinct one once.
+    input_refs: tuple[ResultRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class SubmittedStep:
     result_json: str = ""  # set with error when the step run had already ended
     error: ErrorInfo | None = None
     outcome_omitted: bool = False  # it had ended, but its outcome did not fit the answer
+    result_ref_json: str = ""  # instead of result_json: the result stayed at its site
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class ReportIn:
     lines: tuple[LogLineIn, ...] = ()
     outcome: AttemptState | None = None  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
     result_json: str = ""
+    # Instead of result_json: the reference to a result kept in the site's store, as the
+    # agent sent it (checked when applied: its environment and an advertised store).
+    result_ref_json: str = ""
     error: ErrorInfo | None = None
     exit_code: int | None = None
 
@@ -78,6 +85,8 @@ class AssignOut:
     spec: StepSpec
     bundle_sha256: str
     inputs_json: str
+    # The references the inputs name (JSON form each), checked at submission.
+    input_refs_json: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ Order of the checks, most specific first: a connected agent could run the step b
 (``full``), or every such agent is ``draining`` or ``degraded``; else an enrolled agent could
 run it but is not connected (``disconnected``); else the labels match somewhere but the
 provider is not offered (``no_provider``); else nothing matches (``no_match``), or no agent is
-enrolled at all (``no_agents``).
+enrolled at all (``no_agents``). A step whose inputs name stored results counts only agents
+allowed to read them (``residency_check``); when agents match its target but none may read its
+inputs, it waits for ``residency`` and the message names the rule.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from control_plane.orchestration.matching import (
     effective_labels,
     explain_no_match,
     is_degraded,
+    may_read_inputs,
+)
+from control_plane.orchestration.residency_check import (
+    NO_RESIDENCY,
+    Reader,
+    Residency,
+    waiting_message,
 )
 from meridian.core.selectors import Selector
 
@@ -41,6 +50,7 @@ class WaitReason(StrEnum):
     NO_PROVIDER = "no_provider"
     NO_MATCH = "no_match"
     NO_AGENTS = "no_agents"
+    RESIDENCY = "residency"
 
 
 @dataclass(frozen=True)
@@ -66,15 +76,22 @@ def classify_wait(
     provider: str,
     connected: Sequence[AgentSlot],
     known: Sequence[KnownAgent],
+    residency: Residency = NO_RESIDENCY,
 ) -> Waiting:
     """Why an attempt with ``selector``/``provider`` was not assigned in this pass.
 
     ``connected``: the slots the scheduler planned with (agents heard from recently);
-    ``known``: every enrolled agent that is not revoked, connected or not.
+    ``known``: every enrolled agent that is not revoked, connected or not; ``residency``:
+    the rules of the step's referenced inputs.
     """
-    busy = classify_busy(selector, provider, connected)
+    busy = classify_busy(selector, provider, connected, residency)
     if busy is not None:
         return busy
+    if residency:
+        blocked = _residency_blocked(selector, provider, connected, known, residency)
+        if blocked is not None:
+            return blocked
+        known = [a for a in known if may_read_inputs(residency, _as_slot(a))]
     live = {s.agent_id for s in connected}
     offline = [
         a for a in known if a.agent_id not in live and _known_could_run(selector, provider, a)
@@ -105,13 +122,37 @@ def classify_wait(
 
 
 def classify_busy(
-    selector: Selector, provider: str, connected: Sequence[AgentSlot]
+    selector: Selector,
+    provider: str,
+    connected: Sequence[AgentSlot],
+    residency: Residency = NO_RESIDENCY,
 ) -> Waiting | None:
-    """``full`` / ``degraded`` / ``draining`` when a connected agent could run the step, else
-    None. Needs only the scheduler's slots: the common case (a fan-out waiting for free slots)
-    is answered without reading the stored agents."""
-    capable = [s for s in connected if could_run(selector, provider, s)]
+    """``full`` / ``degraded`` / ``draining`` when a connected agent could run the step (and
+    may read its inputs), else None. Needs only the scheduler's slots: the common case (a
+    fan-out waiting for free slots) is answered without reading the stored agents."""
+    capable = [
+        s
+        for s in connected
+        if could_run(selector, provider, s) and (not residency or may_read_inputs(residency, s))
+    ]
     return _busy(capable) if capable else None
+
+
+def _residency_blocked(
+    selector: Selector,
+    provider: str,
+    connected: Sequence[AgentSlot],
+    known: Sequence[KnownAgent],
+    residency: Residency,
+) -> Waiting | None:
+    """``residency`` when agents (connected or not) could run the step but none may read its
+    inputs; None when one may, or when none could run it anyway (the other reasons say why)."""
+    capable = [s for s in connected if could_run(selector, provider, s)]
+    capable += [_as_slot(a) for a in known if _known_could_run(selector, provider, a)]
+    if not capable or any(may_read_inputs(residency, s) for s in capable):
+        return None
+    readers = [Reader(s.environment, s.labels) for s in capable]
+    return _waiting(WaitReason.RESIDENCY, waiting_message(residency, readers))
 
 
 def _busy(capable: Sequence[AgentSlot]) -> Waiting:

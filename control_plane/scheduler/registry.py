@@ -79,6 +79,11 @@ class AgentSession:
         self.loop_stall_ms = 0
         self.loop_stall_seen = 0.0
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        # The result stores the agent advertised in its Hello (names only): a transfer asks
+        # an agent of the producing environment that has the result's store.
+        self.result_stores: tuple[str, ...] = ()
+        # Which of them the environment's results go to by default ("" = none advertised).
+        self.default_result_store = ""
         # Monotonic time of the last frame from the agent. A stream can look open long after
         # its peer went silent (a black-holed network): such an agent gets no new work.
         self.last_seen = time.monotonic()

@@ -9,13 +9,20 @@ time the agent journaled the report), not the moment the report arrived: a repor
 after an outage keeps its time. Agents' clocks are not trusted blindly (``reported_time``): a
 time more than ``MAX_CLOCK_SKEW`` ahead of the control plane's, or before the attempt was
 assigned, is clamped, and the event of the change says so.
+
+A successful attempt's result may have stayed in its site's result store: the report then
+carries a reference (``ResultRef``) instead of JSON. It is applied only if it is a valid
+reference of the reporting agent's own environment and of a store that agent advertised;
+otherwise the report is rejected (an event says why) and the attempt fails, as for any report
+the control plane cannot accept. The step run keeps the reference, never the bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
@@ -25,15 +32,18 @@ from control_plane.orchestration.decisions import (
     error_for_outcome,
     reported_time,
 )
+from control_plane.orchestration.reported_refs import checked_result_ref
 from control_plane.orchestration.rules import AttemptFacts, judge_report
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut, ReportIn
 from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, move_attempt, move_run, move_step, record_event
+from control_plane.usecases.environments import stored_refs
 from control_plane.usecases.logs import store_log_lines
 from control_plane.usecases.steps import queue_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
-from meridian.core.errors import NotFound
+from meridian.core.errors import NotFound, ValidationError
 from meridian.core.kinds import EventKind, ReportKind, Verdict
+from meridian.core.resultref import ResultRef
 from meridian.core.states import (
     LIVE_ATTEMPT,
     LIVE_RUN,
@@ -47,6 +57,8 @@ from meridian.core.states import (
 # How far ahead of the control plane's clock an agent's report time may be.
 # The error type of an attempt the agent ended because it quarantined one of its reports.
 REPORT_QUARANTINED = "meridian.ReportQuarantined"
+# The error type of an attempt whose agent reported a result reference it may not report.
+INVALID_RESULT_REFERENCE = "meridian.InvalidResultReference"
 _ID_CHUNK = 500
 
 
@@ -147,6 +159,7 @@ def assign_frame(attempt: AttemptRow, step: StepRunRow, run: FlowRunRow) -> Assi
         spec=step.spec,
         bundle_sha256=run.bundle_sha256,
         inputs_json=step.inputs_json,
+        input_refs_json=tuple(ref.to_json() for ref in stored_refs(step.input_refs_json)),
     )
 
 
@@ -158,14 +171,29 @@ def fail_unschedulable(tx: Tx, attempt: AttemptRow, step: StepRunRow, explanatio
 # ---- reports ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Reporter:
+    """The reporting agent as far as its result references are concerned."""
+
+    agent_id: str
+    environment: str
+    result_stores: Collection[str]
+
+
 def apply_reports(
-    tx: Tx, agent_id: str, reports: Sequence[ReportIn]
+    tx: Tx,
+    agent_id: str,
+    reports: Sequence[ReportIn],
+    *,
+    result_stores: Collection[str] = frozenset(),
 ) -> tuple[int, list[DecisionOut]]:
     """Apply each report once, in seq order; return the new watermark to ack and the answers
-    to RUNNING proposals."""
+    to RUNNING proposals. ``result_stores``: the stores the agent advertised in its Hello (a
+    result reference must name one of them)."""
     agent = tx.session.get(AgentRow, agent_id, with_for_update=True)
     if agent is None:
         raise NotFound(f"agent {agent_id} is not enrolled")
+    reporter = _Reporter(agent_id, agent.environment, frozenset(result_stores))
     watermark = agent.last_applied_seq
     decisions: list[DecisionOut] = []
     held, _keep = _load_batch(tx, reports)  # _keep: the session holds rows only weakly
@@ -175,7 +203,7 @@ def apply_reports(
             if report.kind == ReportKind.RUNNING:
                 decisions.append(_redecide_running(tx, agent_id, report))
             continue
-        decision = _apply_one(tx, agent_id, report, held.get(report.attempt_id))
+        decision = _apply_one(tx, reporter, report, held.get(report.attempt_id))
         if decision is not None:
             decisions.append(decision)
         watermark = report.seq
@@ -224,8 +252,9 @@ def _facts(attempt: AttemptRow | None) -> AttemptFacts | None:
 
 
 def _apply_one(
-    tx: Tx, agent_id: str, report: ReportIn, attempt: AttemptRow | None
+    tx: Tx, reporter: _Reporter, report: ReportIn, attempt: AttemptRow | None
 ) -> DecisionOut | None:
+    agent_id = reporter.agent_id
     judgement = judge_report(agent_id, _facts(attempt), report)
     if judgement is not None:
         # A late outcome (e.g. the copy of a lost attempt finishing) is not applied, but the
@@ -265,6 +294,9 @@ def _apply_one(
         assert report.outcome is not None  # the API layer refuses a finish without one
         if report.error is not None and report.error.type == REPORT_QUARANTINED:
             _audit_quarantine(tx, agent_id, attempt, report)
+        if report.result_ref_json:
+            _finish_with_reference(tx, reporter, attempt, step, report)
+            return None
         finish_attempt(
             tx,
             attempt,
@@ -277,6 +309,47 @@ def _apply_one(
             at=report.at,
         )
     return None
+
+
+def _finish_with_reference(
+    tx: Tx, reporter: _Reporter, attempt: AttemptRow, step: StepRunRow, report: ReportIn
+) -> None:
+    """Apply a finish whose result stayed at the site, or reject the report and fail the
+    attempt when its reference is not one this agent may report."""
+    assert report.outcome is not None
+    actor = audit.agent_actor(reporter.agent_id)
+    try:
+        ref = checked_result_ref(report, reporter.environment, reporter.result_stores)
+    except ValidationError as exc:
+        problem = str(exc)[:1000]
+        record_event(
+            tx,
+            kind=EventKind.verdict(Verdict.REJECT),
+            flow_run_id=attempt.flow_run_id,
+            step=step,
+            attempt=attempt,
+            message=f"{report.kind} report from agent {reporter.agent_id} rejected: {problem}",
+            details={
+                "agent_id": reporter.agent_id,
+                "token": report.fencing_token,
+                "seq": report.seq,
+            },
+        )
+        error = ErrorInfo(ErrorClass.INFRASTRUCTURE, INVALID_RESULT_REFERENCE, problem)
+        finish_attempt(
+            tx, attempt, step, AttemptState.FAILED, error=error, actor=actor, at=report.at
+        )
+        return
+    finish_attempt(
+        tx,
+        attempt,
+        step,
+        report.outcome,
+        result_ref=ref,
+        exit_code=report.exit_code,
+        actor=actor,
+        at=report.at,
+    )
 
 
 def _audit_quarantine(tx: Tx, agent_id: str, attempt: AttemptRow, report: ReportIn) -> None:
@@ -318,6 +391,7 @@ def finish_attempt(
     outcome: AttemptState,
     *,
     result_json: str = "",
+    result_ref: ResultRef | None = None,
     error: ErrorInfo | None = None,
     exit_code: int | None = None,
     actor: str = audit.SYSTEM,
@@ -325,9 +399,12 @@ def finish_attempt(
 ) -> None:
     """End an attempt and decide its step's next move: complete, retry later, or fail.
 
+    ``result_ref``: instead of ``result_json``, the reference of a result kept at its site
+    (already checked); the audit record's result digest is then that of its JSON form.
     ``actor`` is who ended it for the audit log: the reporting agent, or the control plane.
     ``at`` is when the agent saw it end (default: now), bounded by ``reported_time``.
     """
+    ref_json = result_ref.to_json() if result_ref is not None else None
     held = attempt.state in SLOT_HOLDING
     error = error_for_outcome(outcome, error)
     attempt.ended_at, note = reported_time(at, tx.now, attempt.started_at or attempt.assigned_at)
@@ -335,14 +412,20 @@ def finish_attempt(
     attempt.error = error
     message = (error.describe()[:1000] if error else outcome.lower()) + note
     move_attempt(tx, attempt, step, outcome, message, error.to_json() if error else None)
-    audit.records.attempt_finished(tx.session, attempt, step, result_json=result_json, actor=actor)
+    audit.records.attempt_finished(
+        tx.session, attempt, step, result_json=ref_json or result_json, actor=actor
+    )
     if held:
         tx.effects.release(attempt.agent_id)
     try:
         if step.state in TERMINAL_STEP:
             return  # e.g. a cancel confirmation after the run already ended
         if outcome == AttemptState.SUCCEEDED:
-            step.result_json = result_json or "null"
+            if result_ref is not None:
+                step.result_json = None
+                step.result_ref_json, step.result_ref_sha256 = ref_json, result_ref.sha256
+            else:
+                step.result_json = result_json or "null"
             step.ended_at = tx.now
             move_step(tx, step, StepState.COMPLETED, f"attempt {attempt.number}")
             return

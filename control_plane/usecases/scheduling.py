@@ -12,6 +12,11 @@ SKIP LOCKED``: another replica may hold it); entries that are no longer queued a
 ``queue_and_assign`` runs a use case that queues attempts (a submission) and assigns them in
 the same transaction to slots the dispatcher reserved for it (one commit instead of two on
 the path to a step's start); what it does not assign stays queued for the next pass.
+
+Data residency: an attempt whose inputs name stored results carries the residency rules of
+their environments (``ReadyEntry.residency``, set when it was queued, or here when the queue is
+rebuilt); planning never gives it to an agent that may not read them, and its waiting reason
+names the rule when that is what it waits for.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from sqlalchemy import select
 from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.planning import Assignment, ReadyAttempt, has_free_slot, plan
 from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
+from control_plane.orchestration.residency_check import NO_RESIDENCY
 from control_plane.orchestration.waiting import KnownAgent, classify_busy, classify_wait
 from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, record_event
 from control_plane.usecases.attempts import assign_attempt, fail_unschedulable
+from control_plane.usecases.environments import residency_for_steps
 from meridian.core.kinds import EventKind
 from meridian.core.selectors import Selector, parse_selector
 from meridian.core.states import AttemptState
@@ -102,7 +109,7 @@ def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -
     ``reserved`` slots; the assigned ones leave ``tx.effects.queued`` (the ready queue never
     sees them). Returns the assignments made."""
     due = (
-        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider)
+        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency)
         for e in tx.effects.queued
         if e.not_before <= tx.now
     )
@@ -116,8 +123,9 @@ def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -
 
 
 def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
-    """Every queued attempt as a ``ReadyEntry`` (a few columns each; the step's target is
-    read only for attempts ``known`` does not have yet)."""
+    """Every queued attempt as a ``ReadyEntry`` (a few columns each; the step's target, and
+    the residency rules of steps whose inputs name stored results, are read only for
+    attempts ``known`` does not have yet)."""
     rows = tx.session.execute(
         select(
             AttemptRow.id,
@@ -134,6 +142,7 @@ def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
     entries: list[ReadyEntry] = []
     missing = [row for row in rows if known is None or row.id not in known]
     targets = _targets(tx, {row.step_run_id for row in missing})
+    residency = residency_for_steps(tx.session, {row.step_run_id for row in missing})
     for row in rows:
         entry = known.get(row.id) if known is not None else None
         if entry is None:
@@ -146,6 +155,7 @@ def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
                 queued_at=row.queued_at,
                 not_before=row.not_before,
                 deadline=row.schedule_deadline,
+                residency=residency.get(row.step_run_id, NO_RESIDENCY),
             )
         entries.append(entry)
     return entries
@@ -169,7 +179,7 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
     free, stale = list(slots), 0
     while True:
         due = (
-            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider)
+            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency)
             for e in ready.due(tx.now)
         )
         planned = plan(due, free, tiebreak=tiebreak)
@@ -215,22 +225,22 @@ def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[Assignment]:
 
 def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> bool:
     """Record why unassigned attempts wait: one ``attempt.waiting`` event per run, target,
-    provider and distinct reason (on the oldest such attempt), so a fan-out of thousands
-    waiting for free slots writes one event, not thousands. Returns whether some groups were
-    left for the next pass."""
+    provider, residency rules and distinct reason (on the oldest such attempt), so a fan-out
+    of thousands waiting for free slots writes one event, not thousands. Returns whether some
+    groups were left for the next pass."""
     groups = list(ready.groups(tx.now))
     if not groups:
         return False
     _learn_recorded_reasons(tx, ready, {key[0] for key, _, _ in groups})
     known: list[KnownAgent] | None = None
     to_write: list[tuple[ReadyEntry, int, Any]] = []
-    for (run_id, target, provider), first, count in groups:
-        selector = cached_selector(target)
-        why = classify_busy(selector, provider, slots)
+    for group, first, count in groups:
+        selector = cached_selector(first.target)
+        why = classify_busy(selector, first.provider, slots, first.residency)
         if why is None:
             known = _known_agents(tx) if known is None else known
-            why = classify_wait(selector, provider, slots, known)
-        if (run_id, target, provider, why.reason.value) in ready.explained:
+            why = classify_wait(selector, first.provider, slots, known, first.residency)
+        if (*group, why.reason.value) in ready.explained:
             continue
         if len(to_write) >= MAX_WAITING_EVENTS_PER_PASS:
             break
@@ -253,6 +263,14 @@ def _record_waiting(
     tx: Tx, attempt: AttemptRow, step: StepRunRow, first: ReadyEntry, count: int, why: Any
 ) -> None:
     note = f" ({count} queued attempts of this target)" if count > 1 else ""
+    details = {
+        "reason": why.reason.value,
+        "target": first.target,
+        "provider": first.provider,
+        "attempts": count,
+    }
+    if first.residency:
+        details["residency"] = first.group[3]
     record_event(
         tx,
         kind=EventKind.ATTEMPT_WAITING,
@@ -260,12 +278,7 @@ def _record_waiting(
         step=step,
         attempt=attempt,
         message=f"{why.message}{note}",
-        details={
-            "reason": why.reason.value,
-            "target": first.target,
-            "provider": first.provider,
-            "attempts": count,
-        },
+        details=details,
     )
     tx.effects.touched_runs.add(first.flow_run_id)
 
@@ -279,10 +292,10 @@ def _learn_recorded_reasons(tx: Tx, ready: ReadyQueue, run_ids: set[str]) -> Non
         ready.explained_runs |= new
 
 
-def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str]]:
-    """(run, target, provider, reason) of the waiting events already written: a handful per
-    run, so reading them all is cheap."""
-    found: set[tuple[str, str, str, str]] = set()
+def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str, str]]:
+    """(run, target, provider, residency, reason) of the waiting events already written: a
+    handful per run, so reading them all is cheap."""
+    found: set[tuple[str, str, str, str, str]] = set()
     ids = sorted(run_ids)
     for start in range(0, len(ids), _ID_CHUNK):
         rows = tx.session.execute(
@@ -294,7 +307,7 @@ def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str
         for run_id, details in rows:
             d = details or {}
             key = (run_id or "", str(d.get("target", "")), str(d.get("provider", "")))
-            found.add((*key, str(d.get("reason", ""))))
+            found.add((*key, str(d.get("residency", "")), str(d.get("reason", ""))))
     return found
 
 
@@ -324,10 +337,12 @@ def _expire(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> None:
         return
     known = _known_agents(tx)
     steps = _by_id(tx, StepRunRow, {a.step_run_id for a in expired})
+    residency = residency_for_steps(tx.session, steps)
     for attempt in expired:
         step = steps[attempt.step_run_id]
         selector = cached_selector(step.spec.target)
-        explanation = classify_wait(selector, attempt.provider, slots, known).message
+        rules = residency.get(step.id, NO_RESIDENCY)
+        explanation = classify_wait(selector, attempt.provider, slots, known, rules).message
         waited = step.spec.schedule_timeout_s
         message = f"{explanation} (waited {waited:g}s; raise schedule_timeout to wait longer)"
         fail_unschedulable(tx, attempt, step, message)

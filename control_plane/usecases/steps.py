@@ -1,5 +1,12 @@
 """Submitting step calls: new step runs with their first attempt, or the stored result of a
-call the run made before (resume replays the body; completed steps are not run again)."""
+call the run made before (resume replays the body; completed steps are not run again).
+
+A call's inputs may name stored results (``input_refs``, docs/results.md): each must be one
+this control plane recorded in a run the submitter may read, and data residency must leave an
+agent that may read them (``usecases.input_refs``); they are stored on the step run
+(``input_refs_json``) and its attempts are queued with their residency rules. A completed
+step's result may itself be a reference (``result_ref_json``); answers carry it instead of
+``result_json``, and caching across runs reuses it."""
 
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from control_plane.store.tx import (
     record_event,
     record_events,
 )
+from control_plane.usecases.environments import refs_text, residency_for_steps
+from control_plane.usecases.input_refs import check_recorded, check_residency, constrain_queued
 from meridian.core.errors import ConflictError, NotFound
 from meridian.core.kinds import EventKind
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, StepSpec
@@ -40,9 +49,14 @@ def submit_steps(
     *,
     outcome_bytes: int | None = None,
     full_answers: int = 0,
+    caller: Sequence[str] = (),
 ) -> list[SubmittedStep]:
     """Store each call as a new step run with its first attempt queued, or answer with the
     step run its key already names (a retried request, a resumed run).
+
+    ``caller``: the submitter's environment scope (empty: unscoped); the references new calls
+    name must come from runs that the run's scope (or else ``caller``) covers. A call refused
+    for data residency raises ``ResidencyRefusal`` (its caller audits it).
 
     New step runs, their attempts and their events are inserted in bulk (one executemany per
     table): a 10,000-call fan-out is one transaction of a few statements. The stored outcomes
@@ -57,15 +71,20 @@ def submit_steps(
         raise ConflictError(f"flow run {run_id} is {run.state}; only RUNNING runs take new steps")
     known = _known_steps(tx, run_id, [s.key for s in submissions])
     scope = cache_scope(run.scope)
-    hits = _cache_hits(tx, scope, [s for s in submissions if s.cache_key and s.key not in known])
+    unseen = [s for s in submissions if s.key not in known]
+    check_recorded(tx, tuple(run.scope) or tuple(caller), unseen)
+    hits = _cache_hits(tx, scope, [s for s in unseen if s.cache_key])
+    residency = check_residency(tx, run_id, [s for s in unseen if s.key not in hits])
     fresh: dict[str, _NewStep] = {}
     ids = iter(new_ids(2 * (len(submissions) - len(known))))  # a step run and its attempt
     result = []
     for sub in submissions:
         inputs_digest = digest(sub.inputs_json)
+        refs = refs_text(sub.input_refs)
         step = known.get(sub.key)
         if step is not None:
             _check_same_inputs(run_id, sub.key, step.inputs_digest, inputs_digest)
+            _check_same_refs(run_id, sub.key, step.input_refs_json, refs)
             state = _reopen_after_resume(tx, run, step)
             result.append(SubmittedStep(sub.key, step.id, state, existing=True))
             continue
@@ -73,13 +92,17 @@ def submit_steps(
         repeated = new is not None
         if new is not None:  # the same key twice in one call: one step run
             _check_same_inputs(run_id, sub.key, new.inputs_digest, inputs_digest)
+            _check_same_refs(run_id, sub.key, new.refs, refs)
         else:
             hit = hits.get(sub.key)
-            new = fresh[sub.key] = _NewStep(next(ids), next(ids), sub, inputs_digest, hit)
+            new = fresh[sub.key] = _NewStep(next(ids), next(ids), sub, inputs_digest, hit, refs)
         state = StepState.PENDING if new.hit is None else StepState.CACHED
         result.append(SubmittedStep(sub.key, new.step_id, state, existing=repeated))
     if fresh:
         _insert_new_steps(tx, run_id, scope, list(fresh.values()))
+        constrain_queued(
+            tx, {n.step_id: residency[n.sub.key] for n in fresh.values() if n.sub.key in residency}
+        )
     return _with_outcomes(tx, result, outcome_bytes, full_answers)
 
 
@@ -95,8 +118,11 @@ class _CacheHit:
     step_run_id: str
     flow_run_id: str
     key: str
-    result_json: str
+    result_json: str | None
     ended_at: dt.datetime
+    # Set instead of result_json when the result stayed at its site: the copy reuses it too.
+    result_ref_json: str | None = None
+    result_ref_sha256: str | None = None
 
 
 def _cache_hits(tx: Tx, scope: str, subs: Sequence[StepSubmission]) -> dict[str, _CacheHit]:
@@ -142,10 +168,17 @@ def _cache_hits(tx: Tx, scope: str, subs: Sequence[StepSubmission]) -> dict[str,
             StepRunRow.key,
             StepRunRow.result_json,
             StepRunRow.ended_at,
+            StepRunRow.result_ref_json,
+            StepRunRow.result_ref_sha256,
         ).where(StepRunRow.id.in_(ids[i : i + _LOOKUP_CHUNK]))
-        for step_id, run_id, key, result_json, ended_at in tx.session.execute(read):
+        for row in tx.session.execute(read):
+            step_id, run_id, key, result_json, ended_at, ref_json, ref_sha256 = row
             assert ended_at is not None  # selected above for having ended
-            sources[step_id] = _CacheHit(step_id, run_id, key, result_json or "", ended_at)
+            if ref_json is None:
+                result_json = result_json or ""
+            sources[step_id] = _CacheHit(
+                step_id, run_id, key, result_json, ended_at, ref_json, ref_sha256
+            )
     return {key: sources[step_id] for key, step_id in fresh.items()}
 
 
@@ -164,18 +197,21 @@ def _with_outcomes(
     for start in range(0, len(ended), _OUTCOME_CHUNK):
         chunk = ended[start : start + _OUTCOME_CHUNK]
         ids = [answers[i].step_run_id for i in chunk]
-        query = select(StepRunRow.id, StepRunRow.result_json, StepRunRow.error).where(
-            StepRunRow.id.in_(ids)
-        )
-        stored = {row[0]: (row[1] or "", row[2]) for row in tx.session.execute(query)}
+        query = select(
+            StepRunRow.id, StepRunRow.result_json, StepRunRow.error, StepRunRow.result_ref_json
+        ).where(StepRunRow.id.in_(ids))
+        stored = {row[0]: (row[1] or "", row[2], row[3] or "") for row in tx.session.execute(query)}
         for i in chunk:
-            result_json, error = stored[answers[i].step_run_id]
-            size = len(result_json.encode()) + (len(repr(error.to_json())) if error else 0)
+            result_json, error, ref_json = stored[answers[i].step_run_id]
+            size = len(result_json.encode()) + len(ref_json)
+            size += len(repr(error.to_json())) if error else 0
             if budget is not None and i >= full and spent and spent + size > budget:
                 out[i] = dataclasses.replace(answers[i], outcome_omitted=True)
                 continue
             spent += size
-            out[i] = dataclasses.replace(answers[i], result_json=result_json, error=error)
+            out[i] = dataclasses.replace(
+                answers[i], result_json=result_json, error=error, result_ref_json=ref_json
+            )
     return out
 
 
@@ -193,11 +229,18 @@ class _Known:
     inputs_digest: str
     state: StepState
     ended_at: dt.datetime | None
+    input_refs_json: str | None
 
 
 def _known_steps(tx: Tx, run_id: str, keys: list[str]) -> dict[str, _Known]:
     known: dict[str, _Known] = {}
-    columns = (StepRunRow.id, StepRunRow.inputs_digest, StepRunRow.state, StepRunRow.ended_at)
+    columns = (
+        StepRunRow.id,
+        StepRunRow.inputs_digest,
+        StepRunRow.state,
+        StepRunRow.ended_at,
+        StepRunRow.input_refs_json,
+    )
     for i in range(0, len(keys), _LOOKUP_CHUNK):
         chunk = keys[i : i + _LOOKUP_CHUNK]
         query = select(StepRunRow.key, *columns).where(
@@ -216,6 +259,15 @@ def _check_same_inputs(run_id: str, key: str, stored: str, submitted: str) -> No
         )
 
 
+def _check_same_refs(run_id: str, key: str, stored: str | None, submitted: str | None) -> None:
+    if stored != submitted:
+        raise ConflictError(
+            f"step key {key!r} was already submitted in run {run_id} with different input "
+            "references (the stored results its inputs name); give calls with different "
+            "inputs different keys"
+        )
+
+
 @dataclass(frozen=True)
 class _NewStep:
     step_id: str
@@ -223,6 +275,7 @@ class _NewStep:
     sub: StepSubmission
     inputs_digest: str
     hit: _CacheHit | None = None  # set when the call reuses a cached result
+    refs: str | None = None  # the stored form of the call's input references
 
 
 _STEPS = cast(Table, StepRunRow.__table__)
@@ -257,6 +310,9 @@ def _insert_new_steps(tx: Tx, run_id: str, scope: str, new: list[_NewStep]) -> N
                 "inputs_digest": item.inputs_digest,
                 "state": StepState.PENDING if hit is None else StepState.CACHED,
                 "result_json": None if hit is None else hit.result_json,
+                "result_ref_json": None if hit is None else hit.result_ref_json,
+                "result_ref_sha256": None if hit is None else hit.result_ref_sha256,
+                "input_refs_json": item.refs,
                 "created_at": now,
                 "ended_at": None if hit is None else now,
                 "last_fencing_token": 0,
@@ -380,6 +436,10 @@ def queue_attempt(tx: Tx, step: StepRunRow, number: int, not_before: dt.datetime
         to_state=AttemptState.QUEUED,
         message=f"attempt {number} queued" + (f", starts in {delay:.2f}s" if delay > 0 else ""),
     )
+    if step.input_refs_json:
+        # Under the residency rules as they are now (a rule changed since the step was
+        # submitted applies to its later attempts).
+        constrain_queued(tx, residency_for_steps(tx.session, [step.id]))
     tx.effects.touched_runs.add(step.flow_run_id)
     tx.effects.wake_scheduler = True
     return attempt

@@ -39,6 +39,7 @@ from control_plane.web.roles import Action, allowed
 from control_plane.web.sessions import Session
 from meridian.core.errors import NotFound, PermissionDenied, ValidationError
 from meridian.core.kinds import ApprovalState
+from meridian.core.resultref import ResultRef
 from meridian.core.states import TERMINAL_RUN, RunState
 
 RUN_ID = re.compile(r"^[0-9a-f-]{4,36}$")
@@ -229,6 +230,8 @@ def _step_detail(view: queries.RunView, step_key: str, live: bool) -> Markup:
     return tag(
         "section",
         tag("h2", "Step ", tag("span", step.key, class_="mono"), " ", badge(str(step.state))),
+        tag("h3", "Result"),
+        _result(step),
         tag("h3", "Logs"),
         tag("pre", "", id="step-log", class_="log", aria_live="polite"),
         id="step-detail",
@@ -392,8 +395,39 @@ def _result(r: object) -> Markup:
     error = getattr(r, "error", None)
     if error is not None:
         return tag("pre", f"{error.type}: {error.message}", class_="error")
+    ref_json = getattr(r, "result_ref_json", None)
+    if ref_json:
+        return _stored_result(ref_json)
     result = getattr(r, "result_json", None)
     return tag("pre", _pretty(result)) if result else tag("p", "—")
+
+
+def _stored_result(ref_json: str) -> Markup:
+    """A result that stayed at its site: its reference, never its bytes."""
+    try:
+        ref = ResultRef.from_json(ref_json)
+    except ValidationError:
+        return tag("p", "stored result (unreadable reference)", class_="error")
+    sealed = ", sealed" if ref.sealed else ""
+    return join(
+        [
+            tag(
+                "p",
+                f"stored result: {_size(ref.size)} in {ref.environment}/{ref.store} "
+                f"({ref.serializer}{sealed}, sha256 {ref.sha256[:12]}…)",
+            ),
+            tag("p", tag("span", ref.uri, class_="mono"), class_="hint"),
+        ]
+    )
+
+
+def _size(size: int) -> str:
+    value, unit = float(size), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
 def _events(view: queries.RunView) -> Markup:

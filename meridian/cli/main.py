@@ -19,6 +19,7 @@ from meridian.cli import (
     audit,
     completion,
     dev,
+    environments,
     results,
     run,
     runs,
@@ -30,7 +31,8 @@ from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.core.errors import ConnectionFailed, MeridianError
 
 COMMAND_MODULES = (
-    *(server, tokens, access, agent, run, runs, results, agents, audit, sealkeys, dev, completion),
+    *(server, tokens, access, agent, run, runs, results, agents, environments, audit),
+    *(sealkeys, dev, completion),
 )
 
 # Where each top-level command acts: on this host's files (no network, no token: whoever can
@@ -46,6 +48,7 @@ WHERE = {
     "runs": "network",
     "results": "network",
     "agents": "network",
+    "environments": "network",
     "audit": "network",
     "seal-key": "local: key files",
     "dev": "local: a throwaway estate",
@@ -57,8 +60,9 @@ where commands act:
            ~/.meridian/server) or on local files; no network and no API token needed:
            server, join-tokens (alias: tokens), api-tokens, seal-key, dev, completion
   network  over gRPC + TLS to the control plane (--control-plane, --ca-file, --token or a
-           profile saved by `meridian login`): login, run, runs, results, agents, audit;
-           agent dials the control plane and keeps its identity in its own --data-dir
+           profile saved by `meridian login`): login, run, runs, results, agents,
+           environments, audit; agent dials the control plane and keeps its identity in
+           its own --data-dir
 """
 
 

@@ -19,6 +19,8 @@ from itertools import groupby
 from typing import Any
 
 from meridian import models
+from meridian.core.errors import ValidationError
+from meridian.core.resultref import ResultRef
 from meridian.core.sealing import describe_sealed, mask_sealed
 
 # Display order for state counts; unknown states sort after these, alphabetically.
@@ -142,6 +144,41 @@ def parse_json_text(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def format_size(size: int) -> str:
+    """``300.0 MiB``: bytes in the largest binary unit that keeps the number above 1."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def parse_ref(text: str) -> ResultRef | None:
+    """A step's stored-result reference, or None (none, or not one this version can read)."""
+    if not text:
+        return None
+    try:
+        return ResultRef.from_json(text)
+    except ValidationError:
+        return None
+
+
+def describe_ref(ref: ResultRef) -> str:
+    """``300.0 MiB stored in aws/s3-main (parquet, sha256 1a2b3c4d5e6f…)``."""
+    sealed = ", sealed" if ref.sealed else ""
+    return (
+        f"{format_size(ref.size)} stored in {ref.environment}/{ref.store} "
+        f"({ref.serializer}{sealed}, sha256 {ref.sha256[:12]}…)"
+    )
+
+
+def ref_to_dict(text: str) -> dict[str, Any] | None:
+    """A stored result's reference for JSON output (its fields; no bytes)."""
+    ref = parse_ref(text)
+    return ref.to_value() if ref is not None else None
 
 
 def stored_value(text: str) -> Any:
@@ -432,7 +469,21 @@ def render_run(detail: models.RunDetail, pending: Sequence[str] = ()) -> str:
         lines += ["", "Other failed steps:"]
         for failure in summary.other:
             lines += _failure_lines(failure, with_traceback=False)
-    return "\n".join(lines + _sealed_lines(detail))
+    return "\n".join(lines + _stored_lines(detail) + _sealed_lines(detail))
+
+
+def _stored_lines(detail: models.RunDetail) -> list[str]:
+    """The results that stayed at their site: where each is and how big (never its bytes);
+    ``meridian results get`` fetches one."""
+    lines = []
+    for step in sorted_steps(detail):
+        ref = parse_ref(step.result_ref_json)
+        if ref is not None:
+            lines.append(f"  {step.key}: result: {describe_ref(ref)}")
+    if not lines:
+        return []
+    header = "Stored results (kept at their site; `meridian results get RUN STEP` fetches one):"
+    return ["", header, *lines]
 
 
 def _sealed_lines(detail: models.RunDetail) -> list[str]:
@@ -497,6 +548,7 @@ def _step_to_dict(step: models.StepRunDetail, marks: dict[str, tuple[str, ...]])
         "provider": step.provider,
         "inputs_digest": step.inputs_digest,
         "result": stored_value(step.result_json),
+        "result_ref": ref_to_dict(step.result_ref_json),
         "created_at": iso(step.created_at),
         "ended_at": iso(step.ended_at),
         "error": error_to_dict(step.error),

@@ -45,14 +45,14 @@ def test_discard_and_add_keep_groups_with_their_oldest_entry() -> None:
     later = T0 + dt.timedelta(seconds=10)
     groups = {key: (first.attempt_id, size) for key, first, size in queue.groups(later)}
     assert groups == {
-        ("r1", "cloud=aws", "process"): ("a1", 2),
-        ("r2", "cloud=aws", "process"): ("a3", 1),
+        ("r1", "cloud=aws", "process", ""): ("a1", 2),
+        ("r2", "cloud=aws", "process", ""): ("a3", 1),
     }
     queue.discard(["a1", "a3", "unknown"])
     queue.add([entry(2), entry(4)])  # a known entry is not added twice
     assert len(queue) == 2
     groups = {key: (first.attempt_id, size) for key, first, size in queue.groups(later)}
-    assert groups == {("r1", "cloud=aws", "process"): ("a2", 2)}
+    assert groups == {("r1", "cloud=aws", "process", ""): ("a2", 2)}
 
 
 def test_next_timer_is_the_next_start_or_deadline_of_what_is_queued() -> None:
