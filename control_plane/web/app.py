@@ -17,7 +17,7 @@ from control_plane.store import queries
 from control_plane.telemetry.fleet import agent_status
 from control_plane.telemetry.metrics import CONTENT_TYPE
 from control_plane.telemetry.queries import snapshot
-from control_plane.web import actions, logs, pages
+from control_plane.web import actions, logs, pages, webhooks
 from control_plane.web.guard import (
     Console,
     Hardening,
@@ -189,9 +189,11 @@ def build_app(console: Console) -> Starlette:
         Route("/audit", pages.audit_log),
         Route("/audit/export.json", pages.audit_export),
         Route("/metrics", metrics),
+        Route("/hooks/{webhook_id}", webhooks.receive, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
     app.state.console = console
+    app.state.webhook_limits = webhooks.WebhookLimits.default()
     app.add_middleware(Hardening)
     return app

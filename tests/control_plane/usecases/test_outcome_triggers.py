@@ -67,7 +67,7 @@ def runs_of(store: Store, flow: str) -> list[FlowRunRow]:
 
 
 def records(store: Store) -> list[Any]:
-    return store.run_sync(lambda s: audit.list_records(s, limit=1000))
+    return list(store.run_sync(lambda s: audit.list_records(s, limit=1000)))
 
 
 FAILED = ErrorInfo(type="KeyError", message="'day'", error_class=ErrorClass.PERMANENT)
@@ -85,7 +85,7 @@ def test_a_failed_run_triggers_the_deployment_waiting_on_it_with_its_id(store: S
     (alert,) = runs_of(store, "alert")
     assert json.loads(alert.parameters_json) == {"failed_run": upstream}
     assert alert.trigger == "outcome" and alert.state == "PENDING"
-    assert alert.trigger_detail["detail"]["upstream_run_id"] == upstream
+    assert (alert.trigger_detail or {})["detail"]["upstream_run_id"] == upstream
     (record,) = [r for r in records(store) if r.subject == alert.id]
     assert record.action == "deployment.triggered" and record.actor == f"run:{upstream}"
     # A retried FinishRun ends nothing new and triggers nothing new.

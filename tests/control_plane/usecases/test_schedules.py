@@ -78,7 +78,7 @@ def fires(store: Store) -> list[ScheduleFireRow]:
 
 
 def slots_of_runs(store: Store) -> list[str]:
-    return sorted(r.trigger_detail["detail"]["slot"] for r in runs(store))
+    return sorted((r.trigger_detail or {})["detail"]["slot"] for r in runs(store))
 
 
 def schedule_row(store: Store, schedule_id: str) -> ScheduleRow:
@@ -101,7 +101,7 @@ def test_each_slot_fires_once_with_its_key_in_the_run_and_the_fire_row(store: St
     assert [(f.slot_key, f.reason) for f in fires(store)] == [(k, "") for k in keys]
     run = runs(store)[0]
     assert run.state == "PENDING" and run.wants_runner and run.trigger == "schedule"
-    assert run.trigger_detail["actor"] == f"schedule:{sid}"
+    assert (run.trigger_detail or {})["actor"] == f"schedule:{sid}"
     assert run.start_after == T0 + MINUTE  # no jitter: the nominal time
     assert store.run_sync(next_schedule_due) == T0 + 3 * MINUTE
     assert audit_actions(store).count("deployment.triggered") == 2
