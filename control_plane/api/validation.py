@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control_plane.api.json_schema import first_problem
+from control_plane.orchestration.limits import acquisition_order
 from control_plane.orchestration.values import StepSubmission
 from control_plane.usecases.agents import HelloIn
 from meridian.core.convert import error_from_proto, spec_from_proto
@@ -39,6 +40,7 @@ MAX_CALLS_PER_REQUEST = 10_000
 MAX_KEY = 512
 MAX_INPUTS_BYTES = 4 * 1024 * 1024
 MAX_OPTIONS_BYTES = 64 * 1024
+MAX_STEP_LIMITS = 8  # named concurrency limits one step may take
 MAX_PARAMETERS_BYTES = 1024 * 1024
 MAX_RETRIES = 1000
 MAX_SECONDS = 30 * 24 * 3600.0
@@ -298,6 +300,7 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
     _check_result_fields(spec, where)
     return dataclasses.replace(
         spec,
+        concurrency=_check_concurrency(spec.concurrency, where),
         target=target,
         on_agent_lost=OnAgentLost(spec.on_agent_lost),
         isolation=Isolation(spec.isolation),
@@ -305,6 +308,17 @@ def validate_spec(proto: common_pb2.StepSpec, where: str) -> StepSpec:
         retry_backoff=spec.retry_backoff or 1.0,
         schedule_timeout_s=spec.schedule_timeout_s or DEFAULT_SCHEDULE_TIMEOUT_S,
     )
+
+
+def _check_concurrency(names: Sequence[str], where: str) -> tuple[str, ...]:
+    """Named limits a step takes: valid names, at most MAX_STEP_LIMITS, in acquisition order
+    (whether each exists is checked when the step is submitted)."""
+    if len(names) > MAX_STEP_LIMITS:
+        raise ValidationError(f"{where}: concurrency names at most {MAX_STEP_LIMITS} limits")
+    try:
+        return acquisition_order(names)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
 
 
 def _check_result_fields(spec: StepSpec, where: str) -> None:

@@ -8,7 +8,7 @@ one slot from the snapshot it works on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from control_plane.orchestration.matching import AgentSlot, accepts_work, choose_agent
@@ -25,6 +25,8 @@ class ReadyAttempt:
     provider: str
     # The residency rules of its referenced inputs (none for most steps).
     residency: Residency = NO_RESIDENCY
+    # Named concurrency limits it must hold a slot of before it is assigned (most: none).
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,11 @@ def has_free_slot(slots: Sequence[AgentSlot]) -> bool:
 
 
 def plan(
-    ready: Iterable[ReadyAttempt], slots: Sequence[AgentSlot], *, tiebreak: int = 0
+    ready: Iterable[ReadyAttempt],
+    slots: Sequence[AgentSlot],
+    *,
+    tiebreak: int = 0,
+    admit: Callable[[ReadyAttempt], bool] | None = None,
 ) -> list[Assignment]:
     """Assign ready attempts, in order, to the eligible agent with the most spare room.
 
@@ -49,6 +55,10 @@ def plan(
     take a (selector, provider, residency) the later attempts asking the same are skipped
     unchecked (slots only fill up during a plan), so a long queue costs little. An attempt
     whose inputs name stored results goes only to an agent allowed to read them.
+
+    An attempt that takes concurrency limits is assigned only if ``admit`` says it holds
+    their slots, asked once an agent could take it (so no slot is taken for work no agent
+    can start); without ``admit`` such attempts are left out. Others never pay for it.
     """
     free = list(slots)
     assignments: list[Assignment] = []
@@ -68,6 +78,8 @@ def plan(
         )
         if slot is None:
             hopeless.add(need)
+            continue
+        if attempt.limits and (admit is None or not admit(attempt)):
             continue
         free[free.index(slot)] = dataclasses.replace(slot, in_use=slot.in_use + 1)
         assignments.append(Assignment(attempt.attempt_id, slot.agent_id))

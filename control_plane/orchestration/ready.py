@@ -46,6 +46,8 @@ class ReadyEntry:
     deadline: dt.datetime | None
     # The residency rules of the step's referenced inputs, when it was queued.
     residency: Residency = NO_RESIDENCY
+    # Named concurrency limits the step takes (``StepSpec.concurrency``; none for most).
+    limits: tuple[str, ...] = ()
 
     @property
     def group(self) -> GroupKey:

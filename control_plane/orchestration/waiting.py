@@ -51,6 +51,7 @@ class WaitReason(StrEnum):
     NO_MATCH = "no_match"
     NO_AGENTS = "no_agents"
     RESIDENCY = "residency"
+    CONCURRENCY_LIMIT = "concurrency_limit"  # decided by usecases.limits, not here
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert, text
+from sqlalchemy import Table, delete, event, insert, text
 from sqlalchemy.orm import Session
 
 from control_plane.orchestration.machines import (
@@ -28,9 +28,9 @@ from control_plane.orchestration.machines import (
 )
 from control_plane.orchestration.ready import ReadyEntry
 from control_plane.orchestration.values import Effects
-from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, StepRunRow
+from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, LimitSlotRow, StepRunRow
 from meridian.core.kinds import EventKind
-from meridian.core.states import AttemptState, RunState, StepState
+from meridian.core.states import TERMINAL_ATTEMPT, AttemptState, RunState, StepState
 
 SYSTEM_ACTOR = "system"  # the control plane itself (sweeps, timers)
 CLI_ACTOR = "cli"  # a local operator with the data directory, or an unauthenticated caller
@@ -200,13 +200,32 @@ def move_attempt(
         details=details,
     )
     tx.effects.touched_runs.add(attempt.flow_run_id)
+    if target in TERMINAL_ATTEMPT and step.spec.concurrency:
+        release_attempt_slots(tx, attempt.id)
+
+
+# A ``LimitSlotRow.holder_id`` naming an attempt (``usecases.limits``).
+ATTEMPT_HOLDER = "attempt:"
+
+
+def release_attempt_slots(tx: Tx, attempt_id: str) -> None:
+    """An attempt that ends gives back the concurrency-limit slots it held (or leaves their
+    queues) in the transaction that ends it; the scheduler wakes for the next waiter."""
+    tx.session.execute(
+        delete(LimitSlotRow).where(LimitSlotRow.holder_id == f"{ATTEMPT_HOLDER}{attempt_id}")
+    )
+    tx.effects.wake_scheduler = True
 
 
 def announce_queued_rows(
-    tx: Tx, rows: Iterable[Mapping[str, Any]], targets: Mapping[str, str]
+    tx: Tx,
+    rows: Iterable[Mapping[str, Any]],
+    targets: Mapping[str, str],
+    limits: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
-    """``announce_queued`` for attempts inserted in bulk: their column values, and the target
-    of each step run by id."""
+    """``announce_queued`` for attempts inserted in bulk: their column values, the target of
+    each step run by id, and the concurrency limits of those that take some."""
+    limits = limits or {}
     tx.effects.queued.extend(
         ReadyEntry(
             attempt_id=row["id"],
@@ -217,6 +236,7 @@ def announce_queued_rows(
             queued_at=row["queued_at"],
             not_before=row["not_before"],
             deadline=row["schedule_deadline"],
+            limits=limits.get(row["step_run_id"], ()),
         )
         for row in rows
     )
@@ -235,6 +255,7 @@ def announce_queued(tx: Tx, attempt: AttemptRow, step: StepRunRow) -> None:
             queued_at=attempt.queued_at,
             not_before=attempt.not_before,
             deadline=attempt.schedule_deadline,
+            limits=step.spec.concurrency,
         )
     )
     tx.effects.wake_scheduler = True

@@ -17,6 +17,12 @@ Data residency: an attempt whose inputs name stored results carries the residenc
 their environments (``ReadyEntry.residency``, set when it was queued, or here when the queue is
 rebuilt); planning never gives it to an agent that may not read them, and its waiting reason
 names the rule when that is what it waits for.
+
+Concurrency limits: an attempt whose step names limits (``ReadyEntry.limits``) is assigned
+only once it holds a slot of each (``usecases.limits.acquire``, asked by the plan when an
+agent could take it); within a pass a limit found full turns away later attempts that do not
+hold it without asking the store again. Its waiting reason names the limit and its place in
+line. Attempts without limits never touch any of it.
 """
 
 from __future__ import annotations
@@ -33,13 +39,21 @@ from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.planning import Assignment, ReadyAttempt, has_free_slot, plan
 from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
 from control_plane.orchestration.residency_check import NO_RESIDENCY
-from control_plane.orchestration.waiting import KnownAgent, classify_busy, classify_wait
+from control_plane.orchestration.waiting import (
+    KnownAgent,
+    Waiting,
+    WaitReason,
+    classify_busy,
+    classify_wait,
+)
 from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, record_event
+from control_plane.usecases import limits
 from control_plane.usecases.attempts import assign_attempt, fail_unschedulable
 from control_plane.usecases.environments import residency_for_steps
 from meridian.core.kinds import EventKind
 from meridian.core.selectors import Selector, parse_selector
+from meridian.core.spec import StepSpec
 from meridian.core.states import AttemptState
 
 # Waiting reasons explained per pass at most: a burst of thousands of queued attempts is
@@ -109,11 +123,11 @@ def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -
     ``reserved`` slots; the assigned ones leave ``tx.effects.queued`` (the ready queue never
     sees them). Returns the assignments made."""
     due = (
-        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency)
+        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits)
         for e in tx.effects.queued
         if e.not_before <= tx.now
     )
-    planned = plan(due, reserved, tiebreak=tiebreak)
+    planned = plan(due, reserved, tiebreak=tiebreak)  # those taking limits wait for the pass
     if not planned:
         return []
     taken = _assign_planned(tx, planned)
@@ -141,7 +155,7 @@ def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
     ).all()
     entries: list[ReadyEntry] = []
     missing = [row for row in rows if known is None or row.id not in known]
-    targets = _targets(tx, {row.step_run_id for row in missing})
+    specs = _specs(tx, {row.step_run_id for row in missing})
     residency = residency_for_steps(tx.session, {row.step_run_id for row in missing})
     for row in rows:
         entry = known.get(row.id) if known is not None else None
@@ -150,24 +164,25 @@ def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
                 attempt_id=row.id,
                 flow_run_id=row.flow_run_id,
                 step_run_id=row.step_run_id,
-                target=targets[row.step_run_id],
+                target=specs[row.step_run_id].target,
                 provider=row.provider,
                 queued_at=row.queued_at,
                 not_before=row.not_before,
                 deadline=row.schedule_deadline,
                 residency=residency.get(row.step_run_id, NO_RESIDENCY),
+                limits=specs[row.step_run_id].concurrency,
             )
         entries.append(entry)
     return entries
 
 
-def _targets(tx: Tx, step_ids: set[str]) -> dict[str, str]:
+def _specs(tx: Tx, step_ids: set[str]) -> dict[str, StepSpec]:
     ids, found = sorted(step_ids), {}
     for start in range(0, len(ids), _ID_CHUNK):
         query = select(StepRunRow.id, StepRunRow.spec).where(
             StepRunRow.id.in_(ids[start : start + _ID_CHUNK])
         )
-        found.update({step_id: spec.target for step_id, spec in tx.session.execute(query)})
+        found.update({step_id: spec for step_id, spec in tx.session.execute(query)})
     return found
 
 
@@ -177,15 +192,20 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
     they left free, reading at most ``MAX_STALE_PER_PASS`` such rows; True when that bound
     was hit (plan again soon)."""
     free, stale = list(slots), 0
+    admit = _limit_gate(tx)
     while True:
         due = (
-            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency)
+            ReadyAttempt(
+                e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits
+            )
             for e in ready.due(tx.now)
         )
-        planned = plan(due, free, tiebreak=tiebreak)
+        planned = plan(due, free, tiebreak=tiebreak, admit=admit)
         if not planned:
             return False
-        taken = [a.agent_id for a in _assign_planned(tx, planned)]
+        assigned = _assign_planned(tx, planned)
+        _release_unassigned(tx, ready, planned, assigned)
+        taken = [a.agent_id for a in assigned]
         ready.discard(a.attempt_id for a in planned)
         stale += len(planned) - len(taken)
         if len(taken) == len(planned):
@@ -196,6 +216,37 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
             dataclasses.replace(slot, in_use=slot.in_use + taken.count(slot.agent_id))
             for slot in free
         ]
+
+
+def _limit_gate(tx: Tx) -> Callable[[ReadyAttempt], bool]:
+    """``plan``'s ``admit`` for one pass: take the attempt's limit slots or queue it for them.
+    A limit found full is remembered with its holders, so later attempts that do not hold it
+    are turned away without another query."""
+    full: dict[str, frozenset[str]] = {}
+
+    def admit(attempt: ReadyAttempt) -> bool:
+        holder = limits.attempt_holder(attempt.attempt_id)
+        if any(holder not in full.get(name, (holder,)) for name in attempt.limits):
+            return False
+        blocked = limits.acquire(tx, holder, attempt.limits)
+        if blocked is None:
+            return True
+        full[blocked.name] = blocked.holders
+        return False
+
+    return admit
+
+
+def _release_unassigned(
+    tx: Tx, ready: ReadyQueue, planned: Sequence[Assignment], assigned: Sequence[Assignment]
+) -> None:
+    """Planned attempts taking limits that were not assigned (no longer queued) give back
+    the slots the plan just took for them."""
+    taken = {a.attempt_id for a in assigned}
+    for assignment in planned:
+        entry = ready.get(assignment.attempt_id)
+        if assignment.attempt_id not in taken and entry is not None and entry.limits:
+            limits.release(tx, limits.attempt_holder(assignment.attempt_id))
 
 
 def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[Assignment]:
@@ -236,7 +287,10 @@ def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> b
     to_write: list[tuple[ReadyEntry, int, Any]] = []
     for group, first, count in groups:
         selector = cached_selector(first.target)
-        why = classify_busy(selector, first.provider, slots, first.residency)
+        if first.limits and (*group, WaitReason.CONCURRENCY_LIMIT.value) in ready.explained:
+            continue  # said once; its place in line is not re-read every pass
+        why = _waiting_for_limit(tx, first) if first.limits else None
+        why = why or classify_busy(selector, first.provider, slots, first.residency)
         if why is None:
             known = _known_agents(tx) if known is None else known
             why = classify_wait(selector, first.provider, slots, known, first.residency)
@@ -257,6 +311,17 @@ def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> b
         _record_waiting(tx, attempt, steps[first.step_run_id], first, count, why)
         ready.explained.add((*first.group, why.reason.value))
     return len(to_write) >= MAX_WAITING_EVENTS_PER_PASS
+
+
+def _waiting_for_limit(tx: Tx, entry: ReadyEntry) -> Waiting | None:
+    """The limit a queued attempt waits on, if that is what it waits for: it stands in a
+    line, or (never asked yet: a full limit turned it away) it joins the line now."""
+    holder = limits.attempt_holder(entry.attempt_id)
+    position = limits.waiting_position(tx, holder, entry.limits)
+    if position is None:
+        blocked = limits.acquire(tx, holder, entry.limits)
+        position = None if blocked is None else blocked.position
+    return None if position is None else Waiting(WaitReason.CONCURRENCY_LIMIT, position.message)
 
 
 def _record_waiting(

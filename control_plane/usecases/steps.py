@@ -32,6 +32,7 @@ from control_plane.store.tx import (
 )
 from control_plane.usecases.environments import refs_text, residency_for_steps
 from control_plane.usecases.input_refs import check_recorded, check_residency, constrain_queued
+from control_plane.usecases.limits import check_limits_exist
 from meridian.core.errors import ConflictError, NotFound
 from meridian.core.kinds import EventKind
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, StepSpec
@@ -73,6 +74,7 @@ def submit_steps(
     scope = cache_scope(run.scope)
     unseen = [s for s in submissions if s.key not in known]
     check_recorded(tx, tuple(run.scope) or tuple(caller), unseen)
+    check_limits_exist(tx, {name for s in unseen for name in s.spec.concurrency})
     hits = _cache_hits(tx, scope, [s for s in unseen if s.cache_key])
     residency = check_residency(tx, run_id, [s for s in unseen if s.key not in hits])
     fresh: dict[str, _NewStep] = {}
@@ -363,7 +365,12 @@ def _insert_new_steps(tx: Tx, run_id: str, scope: str, new: list[_NewStep]) -> N
     tx.session.execute(_INSERT_STEPS, step_rows)
     if attempt_rows:
         tx.session.execute(insert(_ATTEMPTS), attempt_rows)
-        announce_queued_rows(tx, attempt_rows, {i.step_id: i.sub.spec.target for i in new})
+        announce_queued_rows(
+            tx,
+            attempt_rows,
+            {i.step_id: i.sub.spec.target for i in new},
+            {i.step_id: i.sub.spec.concurrency for i in new if i.sub.spec.concurrency},
+        )
         tx.effects.wake_scheduler = True
     record_events(tx, pending + queued)  # the order single submissions always had
     tx.effects.touched_runs.add(run_id)

@@ -84,6 +84,7 @@ def spec_to_proto(spec: StepSpec) -> common_pb2.StepSpec:
         result_store=spec.result_store,
         inline_threshold_bytes=spec.inline_threshold_bytes,
         serializer=spec.serializer,
+        concurrency=list(spec.concurrency),
     )
 
 
@@ -111,4 +112,5 @@ def spec_from_proto(msg: common_pb2.StepSpec) -> StepSpec:
         result_store=msg.result_store,
         inline_threshold_bytes=msg.inline_threshold_bytes,
         serializer=msg.serializer,
+        concurrency=tuple(msg.concurrency),
     )

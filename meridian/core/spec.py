@@ -64,6 +64,8 @@ class StepSpec:
         serializer: "" (automatic: JSON; Parquet for DataFrames and Arrow tables; raw bytes
             for bytes values), "json", "parquet", "bytes" or "pickle" (an explicit opt-in:
             reading a pickle runs code).
+        concurrency: named global concurrency limits (``meridian limits set``) an attempt
+            must hold a slot of, each, before it is assigned; taken in name order.
     """
 
     name: str
@@ -86,11 +88,13 @@ class StepSpec:
     result_store: str = ""
     inline_threshold_bytes: int = 0
     serializer: str = ""
+    concurrency: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the step run's stored spec); ``from_json`` reads it back."""
         data = dataclasses.asdict(self)
         data["retry_on"] = list(self.retry_on)
+        data["concurrency"] = list(self.concurrency)
         data["secrets"] = dict(self.secrets)
         data["on_agent_lost"] = str(self.on_agent_lost)
         data["isolation"] = str(self.isolation)
@@ -102,6 +106,7 @@ class StepSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["retry_on"] = tuple(values.get("retry_on") or ())
+        values["concurrency"] = tuple(values.get("concurrency") or ())
         secrets = values.get("secrets") or {}
         values["secrets"] = tuple(sorted(dict(secrets).items()))
         return cls(**values)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,8 @@ class StepOptions:
     result_store: str | None = None
     inline_threshold: int | None = None
     serializer: str | None = None
+    # Named global concurrency limits (``meridian limits set``) the step holds while it runs.
+    concurrency: str | Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,32 @@ def build_spec(fn: Callable[..., Any], opts: StepOptions) -> models.StepSpec:
         result_store=_check_result_store(opts.result_store, where),
         inline_threshold_bytes=_check_inline_threshold(opts.inline_threshold, where),
         serializer=_check_serializer(opts.serializer, where),
+        concurrency=check_concurrency(opts.concurrency, where),
     )
+
+
+# As the control plane checks them (``control_plane.orchestration.limits.validate_name``).
+_LIMIT_NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,62}")
+MAX_STEP_LIMITS = 8
+
+
+def check_concurrency(value: Any, where: str) -> tuple[str, ...]:
+    """A limit name or a list of them, as sorted unique names (the order they are taken)."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or len(names) > MAX_STEP_LIMITS:
+        raise ValidationError(
+            f"{where}: concurrency must be a limit name or a list of at most {MAX_STEP_LIMITS}, "
+            f"got {value!r}"[:300]
+        )
+    for name in names:
+        if not isinstance(name, str) or not _LIMIT_NAME.fullmatch(name):
+            raise ValidationError(
+                f"{where}: concurrency limit name {name!r} must be 1-63 lower-case letters, "
+                "digits, '_', '.', ':' or '-', starting with a letter or digit"[:300]
+            )
+    return tuple(sorted(set(names)))
 
 
 # The serializers a step may ask for; pickle is an explicit opt-in (reading one runs code).

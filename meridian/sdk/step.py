@@ -31,7 +31,7 @@ import dataclasses
 import datetime as dt
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian import models
@@ -260,6 +260,7 @@ def step(
     result_store: str | None = None,
     inline_threshold: int | None = None,
     serializer: str | None = None,
+    concurrency: str | Sequence[str] | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -317,6 +318,11 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             pickle runs code chosen by whoever wrote it, so readers refuse it unless they
             trust it (``ResultRef.load(trust_pickle=True)``; a step opted in to pickle may
             take pickled inputs).
+        concurrency: a named global concurrency limit (``meridian limits set NAME N``) or a
+            list of them: each attempt holds a slot of every one while it is assigned or
+            running, so at most N such steps run at once across every run and agent. A
+            waiting attempt says which limit it waits for and its place in line; a limit
+            that does not exist is refused when the step is submitted.
     """
     if fn is not None:
         if kwargs:
