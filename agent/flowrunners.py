@@ -1,0 +1,317 @@
+"""Hosted flow runners on this agent (decision 0018): one ``meridian.flowexec`` process per
+flow body the control plane hands here with ``AssignRunner``.
+
+A runner is an ordinary SDK client of the control plane's client listener: it renews its run's
+lease itself, so its liveness never depends on this agent's connection. Each runs in its own
+process group (``start_new_session``) with the run-scoped token in its environment (never on
+its command line), its output going to ``work/runners/<run>-<epoch>/runner.log``.
+
+- ``CancelRunner``: SIGTERM to the group, SIGKILL after the grace.
+- A runner that ends is reported with ``RunnerExited`` (the control plane ignores the report
+  of a run that ended or moved on); reports wait in the state file until they could be sent.
+- The pid and start time of each runner are kept in ``flowrunners.json`` in the data
+  directory: a restarted agent re-attaches to runners still alive and lists them as held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.actions import AssignRunnerAction, CancelRunnerAction
+
+log = logging.getLogger("meridian.agent.flowrunners")
+
+STATE_FILE = "flowrunners.json"
+LOG_TAIL_BYTES = 2000
+# How often a re-attached runner (not our child: no wait()) is checked, and pending exit
+# reports are tried again.
+POLL_S = 0.5
+
+SendFrame = Callable[[str, int, int, str], Awaitable[None]]
+
+
+@dataclass
+class RunnerProcess:
+    flow_run_id: str
+    epoch: int
+    pid: int
+    start_time: str  # /proc/<pid>/stat starttime ("" where unknown): pid reuse is not us
+    work_dir: str
+
+
+@dataclass(frozen=True)
+class RunnerExit:
+    flow_run_id: str
+    epoch: int
+    exit_code: int
+    message: str
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` ("" off Linux), or None when it does not exist."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields and fields[0] == "Z":
+        return None  # a zombie has ended
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _alive(proc: RunnerProcess) -> bool:
+    started = process_start_time(proc.pid)
+    return started is not None and (not proc.start_time or started == proc.start_time)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class FlowRunners:
+    """The hosted runners of this agent: spawn, cancel, re-attach, report their exits."""
+
+    def __init__(
+        self,
+        slots: int,
+        data_dir: Path,
+        bundle_dir: Callable[[str], Awaitable[Path]],
+        control_host: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
+    ) -> None:
+        """``command``: what a runner runs (default ``python -m meridian.flowexec``)."""
+        self.slots = slots
+        self._data_dir = Path(data_dir)
+        self._state_path = self._data_dir / STATE_FILE
+        self._bundle_dir = bundle_dir
+        self._control_host = control_host
+        self._env = dict(os.environ if env is None else env)
+        self._command = tuple(command) or (sys.executable, "-m", "meridian.flowexec")
+        self._procs: dict[str, RunnerProcess] = {}
+        self._exits: list[RunnerExit] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._send: SendFrame | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, send: SendFrame) -> None:
+        """Load the state file, re-attach to runners still alive, start reporting exits."""
+        self._send = send
+        state = await asyncio.to_thread(self._load)
+        for entry in state.get("runners", []):
+            proc = RunnerProcess(**entry)
+            if _alive(proc):
+                log.info(
+                    "re-attached to the flow runner of run %s (pid %d)", proc.flow_run_id, proc.pid
+                )
+                self._procs[proc.flow_run_id] = proc
+                self._spawn_task(self._watch_foreign(proc))
+            else:
+                tail = _tail(Path(proc.work_dir) / "runner.log")
+                self._exits.append(
+                    RunnerExit(
+                        proc.flow_run_id, proc.epoch, -1, f"ended while the agent was down; {tail}"
+                    )
+                )
+        self._exits.extend(RunnerExit(**e) for e in state.get("exits", []))
+        await asyncio.to_thread(self._save)
+        self._poller = asyncio.ensure_future(self._report_exits())
+
+    async def close(self) -> None:
+        """Stop watching; the runner processes go on (a restarted agent re-attaches)."""
+        tasks = [*self._tasks, *([self._poller] if self._poller else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.to_thread(self._save)
+
+    def held(self) -> tuple[tuple[str, int], ...]:
+        return tuple((p.flow_run_id, p.epoch) for p in self._procs.values())
+
+    # ---- frames ---------------------------------------------------------------------------
+
+    def handle(self, action: AssignRunnerAction | CancelRunnerAction) -> None:
+        if isinstance(action, AssignRunnerAction):
+            self._spawn_task(self._assign(action))
+        else:
+            self._spawn_task(self._cancel(action))
+
+    async def _assign(self, a: AssignRunnerAction) -> None:
+        current = self._procs.get(a.flow_run_id)
+        if current is not None and current.epoch >= a.runner_epoch:
+            return  # redelivered, or older than what runs
+        if current is not None:  # an older epoch of the same run: it was fenced anyway
+            await self._stop(current, 5.0)
+        if len(self._procs) >= self.slots:
+            await self._exited(
+                a.flow_run_id, a.runner_epoch, -2, "the agent has no free runner slot"
+            )
+            return
+        try:
+            bundle = await self._bundle_dir(a.bundle_sha256)
+            proc = await self._spawn(a, bundle)
+        except Exception as exc:
+            log.warning("could not start the flow runner of run %s: %s", a.flow_run_id, exc)
+            await self._exited(a.flow_run_id, a.runner_epoch, -3, f"could not start: {exc}")
+            return
+        self._procs[a.flow_run_id] = proc
+        await asyncio.to_thread(self._save)
+
+    async def _spawn(self, a: AssignRunnerAction, bundle: Path) -> RunnerProcess:
+        work = self._data_dir / "work" / "runners" / f"{a.flow_run_id}-{a.runner_epoch}"
+        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+        ca_file = work / "ca.crt"
+        await asyncio.to_thread(ca_file.write_bytes, a.ca_certificate_pem)
+        address = a.client_address
+        if address.startswith(":"):
+            address = self._control_host + address
+        env = {k: v for k, v in self._env.items() if not k.startswith("MERIDIAN_FLOWEXEC_")}
+        env.pop("MERIDIAN_TOKEN", None)
+        env.update(
+            MERIDIAN_FLOWEXEC_RUN_ID=a.flow_run_id,
+            MERIDIAN_FLOWEXEC_EPOCH=str(a.runner_epoch),
+            MERIDIAN_FLOWEXEC_ADDRESS=address,
+            MERIDIAN_FLOWEXEC_CA_FILE=str(ca_file),
+            MERIDIAN_FLOWEXEC_TOKEN=a.runner_token,
+            MERIDIAN_FLOWEXEC_BUNDLE_DIR=str(bundle),
+            MERIDIAN_FLOWEXEC_ENTRYPOINT=a.entrypoint,
+        )
+        log_path = work / "runner.log"
+        with log_path.open("ab") as out:
+            child = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=str(work),
+                env=env,
+                start_new_session=True,  # its own group: cancel stops all of it
+            )
+        start = process_start_time(child.pid) or ""
+        proc = RunnerProcess(a.flow_run_id, a.runner_epoch, child.pid, start, str(work))
+        log.info(
+            "started the flow runner of run %s (epoch %d, pid %d)",
+            a.flow_run_id,
+            a.runner_epoch,
+            child.pid,
+        )
+        self._spawn_task(self._watch_child(proc, child))
+        return proc
+
+    async def _cancel(self, c: CancelRunnerAction) -> None:
+        proc = self._procs.get(c.flow_run_id)
+        if proc is None or proc.epoch > c.runner_epoch:
+            return
+        log.info("stopping the flow runner of run %s: %s", c.flow_run_id, c.reason)
+        await self._stop(proc, c.grace_s)
+
+    async def _stop(self, proc: RunnerProcess, grace_s: float) -> None:
+        """SIGTERM the runner's group, SIGKILL it after ``grace_s``."""
+        _signal_group(proc.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, grace_s)
+        while _alive(proc) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        _signal_group(proc.pid, signal.SIGKILL)
+
+    # ---- exits ----------------------------------------------------------------------------
+
+    async def _watch_child(self, proc: RunnerProcess, child: asyncio.subprocess.Process) -> None:
+        code = await child.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # nothing of a finished runner stays behind
+        await self._ended(proc, code)
+
+    async def _watch_foreign(self, proc: RunnerProcess) -> None:
+        while _alive(proc):
+            await asyncio.sleep(POLL_S)
+        await self._ended(proc, -1)  # not our child: its exit code is unknown
+
+    async def _ended(self, proc: RunnerProcess, code: int) -> None:
+        if self._procs.get(proc.flow_run_id) is proc:
+            del self._procs[proc.flow_run_id]
+        tail = await asyncio.to_thread(_tail, Path(proc.work_dir) / "runner.log") if code else ""
+        log.info("the flow runner of run %s exited with code %d", proc.flow_run_id, code)
+        await self._exited(proc.flow_run_id, proc.epoch, code, tail)
+
+    async def _exited(self, run_id: str, epoch: int, code: int, message: str) -> None:
+        self._exits.append(RunnerExit(run_id, epoch, code, message[-LOG_TAIL_BYTES:]))
+        await asyncio.to_thread(self._save)
+        await self._flush_exits()
+
+    async def _flush_exits(self) -> None:
+        while self._exits and self._send is not None:
+            report = self._exits[0]
+            try:
+                await self._send(report.flow_run_id, report.epoch, report.exit_code, report.message)
+            except Exception as exc:  # not connected: the poller tries again
+                log.debug("runner exit report not sent yet: %s", exc)
+                return
+            self._exits.pop(0)
+            await asyncio.to_thread(self._save)
+
+    async def _report_exits(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            await self._flush_exits()
+
+    # ---- state ----------------------------------------------------------------------------
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("flow runner task failed: %r", t.exception())
+
+        task.add_done_callback(done)
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save(self) -> None:
+        state = {
+            "runners": [asdict(p) for p in self._procs.values()],
+            "exits": [asdict(e) for e in self._exits],
+        }
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self._state_path)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,169 @@
+"""The agent's hosted flow runners (decision 0018) with real processes: a runner starts in
+its own process group with its settings in the environment, a cancel stops the whole group,
+a restarted agent re-attaches to a runner still alive, and every exit is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agent.actions import AssignRunnerAction, CancelRunnerAction
+from agent.flowrunners import STATE_FILE, FlowRunners, process_start_time
+from tests.support.polling import apoll_until
+
+# A stand-in for meridian.flowexec: records its environment, starts a grandchild in its
+# group, and lives until it is signalled (or until "stop" exists).
+RUNNER = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+work = Path(os.environ["TEST_WORK"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+(work / "seen.json").write_text(json.dumps({
+    "argv": sys.argv, "pid": os.getpid(), "pgid": os.getpgid(0), "child": child.pid,
+    "env": {k: v for k, v in os.environ.items() if k.startswith("MERIDIAN_FLOWEXEC_")},
+}))
+while not (work / "stop").exists():
+    time.sleep(0.05)
+sys.exit(int((work / "stop").read_text() or 0))
+"""
+
+
+def assign(epoch: int = 1) -> AssignRunnerAction:
+    return AssignRunnerAction(
+        "run-1", epoch, "a" * 64, "flows.py:etl", "mat_secret", ":7000", b"CA"
+    )
+
+
+def runners(tmp_path: Path, sent: list[tuple[str, int, int, str]]) -> FlowRunners:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(exist_ok=True)
+
+    async def bundle_dir(sha256: str) -> Path:
+        return bundle
+
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    env = {**os.environ, "TEST_WORK": str(tmp_path)}
+    return FlowRunners(
+        1, tmp_path / "data", bundle_dir, "10.0.0.5", env=env, command=(sys.executable, str(script))
+    )
+
+
+def sender(sent: list[tuple[str, int, int, str]]):  # type: ignore[no-untyped-def]
+    async def send(run_id: str, epoch: int, code: int, message: str) -> None:
+        sent.append((run_id, epoch, code, message))
+
+    return send
+
+
+def seen(tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    try:
+        return json.loads((tmp_path / "seen.json").read_text())
+    except (OSError, ValueError):  # not yet written, or being written
+        return {}
+
+
+def alive(pid: int) -> bool:
+    return process_start_time(pid) is not None
+
+
+async def _a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent)
+    await fr.start(sender(sent))
+    fr.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    info = seen(tmp_path)
+    assert info["pgid"] == info["pid"] != os.getpgid(0)
+    assert "mat_secret" not in " ".join(info["argv"])  # never on the command line
+    env = info["env"]
+    assert env["MERIDIAN_FLOWEXEC_TOKEN"] == "mat_secret"
+    assert env["MERIDIAN_FLOWEXEC_ADDRESS"] == "10.0.0.5:7000"
+    assert env["MERIDIAN_FLOWEXEC_EPOCH"] == "1"
+    assert Path(env["MERIDIAN_FLOWEXEC_CA_FILE"]).read_bytes() == b"CA"
+    assert fr.held() == (("run-1", 1),)
+    (tmp_path / "stop").write_text("3")
+    await apoll_until(lambda: sent, message="the exit to be reported")
+    assert sent[0][:3] == ("run-1", 1, 3)
+    assert fr.held() == ()
+    await fr.close()
+    os.kill(info["child"], signal.SIGKILL)
+
+
+async def _cancel_stops_the_runners_whole_group(tmp_path: Path) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent)
+    await fr.start(sender(sent))
+    fr.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    info = seen(tmp_path)
+    fr.handle(CancelRunnerAction("run-1", 1, "cancelled by a person", 1.0))
+    await apoll_until(lambda: sent, message="the exit to be reported")
+    assert sent[0][2] == -signal.SIGTERM
+    await apoll_until(lambda: not alive(info["child"]), message="the grandchild to end")
+    await fr.close()
+
+
+async def _a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    first = runners(tmp_path, sent)
+    await first.start(sender(sent))
+    first.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    await apoll_until(lambda: (tmp_path / "data" / STATE_FILE).exists(), message="state saved")
+    await first.close()  # the agent stops; its runner goes on
+    pid = seen(tmp_path)["pid"]
+    assert alive(pid)
+
+    again = runners(tmp_path, sent)
+    await again.start(sender(sent))
+    assert again.held() == (("run-1", 1),)
+    assert sent == []
+    (tmp_path / "stop").write_text("0")
+    await apoll_until(lambda: sent, message="the end of the re-attached runner to be reported")
+    assert sent[0][:3] == ("run-1", 1, -1)  # not our child: its exit code is unknown
+    assert again.held() == ()
+    await again.close()
+    os.kill(seen(tmp_path)["child"], signal.SIGKILL)
+
+
+async def _a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Path) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    first = runners(tmp_path, sent)
+    await first.start(sender(sent))
+    first.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    await apoll_until(lambda: (tmp_path / "data" / STATE_FILE).exists(), message="state saved")
+    await first.close()
+    os.killpg(seen(tmp_path)["pid"], signal.SIGKILL)
+    await apoll_until(lambda: not alive(seen(tmp_path)["pid"]), message="the runner to die")
+    again = runners(tmp_path, sent)
+    await again.start(sender(sent))
+    await apoll_until(lambda: sent, message="the report")
+    assert sent[0][:3] == ("run-1", 1, -1) and again.held() == ()
+    await again.close()
+    assert not alive(seen(tmp_path)["child"])  # the whole group was killed
+
+
+def test_a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(tmp_path))
+
+
+def test_cancel_stops_the_runners_whole_group(tmp_path: Path) -> None:
+    asyncio.run(_cancel_stops_the_runners_whole_group(tmp_path))
+
+
+def test_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> None:
+    asyncio.run(_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path))
+
+
+def test_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Path) -> None:
+    asyncio.run(_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path))

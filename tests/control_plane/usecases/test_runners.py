@@ -1,0 +1,134 @@
+"""Hosted flow runners in the store (decision 0018): assignment to runner slots, epoch
+fencing, and what a lapsed runner lease does to a hosted run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from control_plane.orchestration.runner_plan import RunnerHost
+from control_plane.orchestration.values import AssignRunnerOut
+from control_plane.store.db import Store
+from control_plane.store.models import FlowRunRow
+from control_plane.usecases.runners import (
+    RunnerEndpoint,
+    assign_runners,
+    check_runner_epoch,
+    create_hosted_run,
+)
+from control_plane.usecases.runs import crash_runs_with_lapsed_leases, finish_run
+from meridian.core.errors import ConflictError
+from tests.control_plane.usecases.helpers import T0, run_at
+
+ENDPOINT = RunnerEndpoint(":7000", b"ca")
+
+
+def hosts(slots: int = 1) -> list[RunnerHost]:
+    return [
+        RunnerHost("a1", "a1", "aws-demo", {"cloud": "aws"}, slots, 0),
+        RunnerHost("a2", "a2", "gcp-demo", {"cloud": "gcp"}, slots, 0),
+    ]
+
+
+def hosted_run(store: Store, target: str = "", at: dt.datetime = T0) -> str:
+    run, _ = run_at(
+        store,
+        at,
+        create_hosted_run,
+        flow_name="etl",
+        entrypoint="flows.py:etl",
+        parameters_json="{}",
+        bundle_sha256="b" * 64,
+        runner_target=target,
+    )
+    return run.id
+
+
+def row(store: Store, run_id: str) -> FlowRunRow:
+    return store.run_sync(lambda s: s.get(FlowRunRow, run_id))
+
+
+def test_assignment_never_over_fills_runner_slots(store: Store) -> None:
+    runs = [hosted_run(store, at=T0 + dt.timedelta(seconds=i)) for i in range(3)]
+    _, effects = run_at(store, T0 + dt.timedelta(seconds=5), assign_runners, hosts(), ENDPOINT)
+    assert sorted(f.agent_id for f in effects.runner_frames) == ["a1", "a2"]
+    assert {f.flow_run_id for f in effects.runner_frames} == set(runs[:2])  # oldest first
+    assert all(isinstance(f, AssignRunnerOut) and f.runner_token for f in effects.runner_frames)
+    assert all(f.runner_epoch == 1 for f in effects.runner_frames)
+    assert row(store, runs[0]).state == "RUNNING" and row(store, runs[2]).state == "PENDING"
+    # A second pass finds both slots held (counted from the store).
+    _, again = run_at(store, T0 + dt.timedelta(seconds=6), assign_runners, hosts(), ENDPOINT)
+    assert again.runner_frames == []
+    # A finished body frees its slot for the waiting run.
+    run_at(store, T0 + dt.timedelta(seconds=7), finish_run, runs[0], succeeded=True,
+           result_json="1", error=None)  # fmt: skip
+    _, freed = run_at(store, T0 + dt.timedelta(seconds=8), assign_runners, hosts(), ENDPOINT)
+    agent_of_first = next(f.agent_id for f in effects.runner_frames if f.flow_run_id == runs[0])
+    assert [(f.flow_run_id, f.agent_id) for f in freed.runner_frames] == [(runs[2], agent_of_first)]
+
+
+def test_runner_target_selects_the_agent(store: Store) -> None:
+    run_id = hosted_run(store, "cloud=gcp")
+    _, effects = run_at(store, T0, assign_runners, hosts(), ENDPOINT)
+    assert [(f.flow_run_id, f.agent_id) for f in effects.runner_frames] == [(run_id, "a2")]
+
+
+def test_a_call_from_an_older_runner_epoch_is_refused(store: Store) -> None:
+    run_id = hosted_run(store)
+    run_at(store, T0, assign_runners, hosts(), ENDPOINT)
+    run_at(store, T0, check_runner_epoch, run_id, 1)  # the current runner
+    run_at(store, T0, check_runner_epoch, run_id, None)  # not a runner: not fenced
+    with pytest.raises(ConflictError, match="superseded by runner epoch 1"):
+        run_at(store, T0, check_runner_epoch, run_id, 0)
+
+
+def _lose_runner(store: Store, run_id: str, at: dt.datetime) -> None:
+    run_at(store, at, crash_runs_with_lapsed_leases, T0 - dt.timedelta(hours=1), 1.0)
+
+
+def test_a_lapsed_lease_resumes_the_run_on_another_agent(store: Store) -> None:
+    run_id = hosted_run(store)
+    _, first = run_at(store, T0, assign_runners, hosts(), ENDPOINT)
+    lost_agent = first.runner_frames[0].agent_id
+    _lose_runner(store, run_id, T0 + dt.timedelta(minutes=5))
+    run = row(store, run_id)
+    assert run.state == "RUNNING" and run.wants_runner and run.runner_resumes == 1
+    _, second = run_at(store, T0 + dt.timedelta(minutes=6), assign_runners, hosts(), ENDPOINT)
+    (frame,) = second.runner_frames
+    assert frame.agent_id != lost_agent and frame.runner_epoch == 2
+    with pytest.raises(ConflictError, match="superseded by runner epoch 2"):
+        run_at(store, T0, check_runner_epoch, run_id, 1)
+
+
+def _fail_policy(store: Store, run_id: str, policy: str, max_resumes: int) -> None:
+    def change(session: object) -> None:
+        run = session.get(FlowRunRow, run_id)  # type: ignore[attr-defined]
+        run.on_runner_lost, run.max_runner_resumes = policy, max_resumes
+
+    store.run_sync(change)
+
+
+def test_on_runner_lost_fail_fails_the_run_with_the_reason(store: Store) -> None:
+    run_id = hosted_run(store)
+    run_at(store, T0, assign_runners, hosts(), ENDPOINT)
+    _fail_policy(store, run_id, "fail", 3)
+    _lose_runner(store, run_id, T0 + dt.timedelta(minutes=5))
+    run = row(store, run_id)
+    assert run.state == "FAILED" and not run.wants_runner
+    assert run.error is not None and run.error.error_class == "lost_agent"
+    assert "stopped renewing its lease" in run.error.message
+    assert run.error.message.endswith("on_runner_lost=fail")
+
+
+def test_no_resumes_left_fails_the_run(store: Store) -> None:
+    run_id = hosted_run(store)
+    _fail_policy(store, run_id, "resume", 1)
+    at = T0
+    for _ in range(2):
+        run_at(store, at, assign_runners, hosts(), ENDPOINT)
+        at += dt.timedelta(minutes=5)
+        _lose_runner(store, run_id, at)
+    run = row(store, run_id)
+    assert run.state == "FAILED" and run.runner_resumes == 1
+    assert run.error is not None and "1 resume used of max_runner_resumes=1" in run.error.message

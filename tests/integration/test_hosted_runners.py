@@ -1,0 +1,125 @@
+"""Hosted flow runners with real processes (decision 0018): a run's body runs on an agent
+offering runner slots; when that machine dies (the agent AND its runner process are
+SIGKILLed) the run completes on a second matching agent by replay, without re-running its
+completed steps; with on_runner_lost=fail it ends FAILED saying why."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import FLOWS, Estate
+from tests.support.deadlines import DEADLINE_S
+
+FLOW_FILE = FLOWS / "hosted_flows.py"
+
+
+@pytest.fixture
+def estate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
+    # Inherited by the agents' runner processes: a lost runner is noticed within seconds.
+    monkeypatch.setenv("MERIDIAN_RUNNER_LEASE_S", "2")
+    with Estate(tmp_path / "estate", heartbeat_s=0.5, runner_grace_s=1.0) as e:
+        e.add_agent("worker", {"role": "worker"}, capacity=4)
+        e.add_agent("hosted", {"pool": "hosted"}, name="host-a", runner_slots=1)
+        yield e
+
+
+def _starts(work: Path, name: str) -> list[str]:
+    path = work / name
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _kill_machine(estate: Estate, name: str) -> None:
+    """SIGKILL the agent and every runner process it started, as a dead machine would."""
+    state = estate.root / "agents" / name / "flowrunners.json"
+    runners = json.loads(state.read_text())["runners"] if state.exists() else []
+    estate.kill_agent(name)
+    for runner in runners:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner["pid"], signal.SIGKILL)
+    assert runners, "the agent held no runner"
+
+
+def _start_hosted_run(estate: Estate, work: Path) -> str:
+    follower = estate.cli_background(
+        "run", "--remote", f"{FLOW_FILE}:hosted_stages", "--runner-target", "pool=hosted",
+        "-p", f"work={work}",
+    )  # fmt: skip
+    run_id = estate.latest_run_id("hosted_stages")
+    estate._follower = follower  # type: ignore[attr-defined]
+    return run_id
+
+
+def _wait_mid_flow(estate: Estate, run_id: str) -> None:
+    client = estate.client()
+
+    def mid_flow() -> bool:
+        steps = {s.key: s.state for s in client.get_run(run_id).steps}
+        return (
+            steps.get("stage#1") == "COMPLETED"
+            and steps.get("stage#2") == "COMPLETED"
+            and (steps.get("stage#3") == "RUNNING")
+        )
+
+    estate.wait_until(mid_flow, "two steps to complete and the third to run")
+
+
+def test_a_hosted_run_survives_the_loss_of_its_runners_machine(
+    estate: Estate, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    run_id = _start_hosted_run(estate, work)
+    _wait_mid_flow(estate, run_id)
+    client = estate.client()
+    assert client.get_run(run_id).state == "RUNNING"
+
+    _kill_machine(estate, "host-a")
+    estate.add_agent("hosted", {"pool": "hosted"}, name="host-b", runner_slots=1)
+    (work / "go").touch()
+    assert estate.wait_for_state(run_id, {"COMPLETED", "FAILED"}) == "COMPLETED", estate.logs()
+
+    detail = client.get_run(run_id)
+    assert json.loads(detail.result_json) == 100
+    # The body ran twice (once per runner); each completed step ran exactly once.
+    assert len(_starts(work, "body.starts")) == 2
+    for step in detail.steps:
+        assert step.state == "COMPLETED"
+        assert len(step.attempts) == 1, (step.key, step.attempts)
+    for i in range(1, 5):
+        assert len(_starts(work, f"stage-{i}.starts")) == 1
+    kinds = [e.kind for e in detail.events]
+    assert kinds.count("run.runner_assigned") == 2
+    lost = [e for e in detail.events if e.kind == "run.runner_lost"]
+    assert len(lost) == 1 and "host-a" in lost[0].message and "resuming" in lost[0].message
+    follower = estate._follower  # type: ignore[attr-defined]
+    assert follower.wait(timeout=DEADLINE_S) == 0, estate.logs()
+
+
+def test_with_on_runner_lost_fail_the_run_fails_with_the_reason(
+    estate: Estate, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    run_id = _start_hosted_run(estate, work)
+    _wait_mid_flow(estate, run_id)
+    # The policy a deployment version would copy onto its runs (set here on the stored run).
+    db = sqlite3.connect(estate.server_dir / "meridian.db")
+    with db:
+        db.execute("UPDATE flow_runs SET on_runner_lost = 'fail' WHERE id = ?", (run_id,))
+    db.close()
+
+    _kill_machine(estate, "host-a")
+    assert estate.wait_for_state(run_id, {"COMPLETED", "FAILED"}) == "FAILED", estate.logs()
+    detail = estate.client().get_run(run_id)
+    assert detail.error is not None and detail.error.error_class == "lost_agent"
+    assert "the flow runner on agent host-a stopped renewing its lease" in detail.error.message
+    assert "on_runner_lost=fail" in detail.error.message
+    (work / "go").touch()
