@@ -81,6 +81,9 @@ class HelloInfo:
     # The result stores configured at this site (names only) and the default one ("" = none).
     result_stores: tuple[str, ...] = ()
     default_result_store: str = ""
+    # Hosted flow runners (decision 0018): slots offered, and runners alive here (run, epoch).
+    runner_slots: int = 0
+    held_runners: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class HeartbeatInfo:
     draining: bool
     degraded: str = ""
     loop_stall_ms: int = 0  # the longest event-loop stall since the previous heartbeat
+    held_runners: tuple[tuple[str, int], ...] = ()  # hosted flow runners alive here
 
 
 def infrastructure_failure(message: str, type_name: str = "meridian.AgentError") -> AttemptFinished:

@@ -104,6 +104,10 @@ class ControlPlane:
         self._services.advertised_agent_address = (
             self.config.advertise_agent_address or ":" + self.agent_address.rsplit(":", 1)[1]
         )
+        # Hosted flow runners reach the client listener on the host their agent dialled.
+        self._services.dispatcher.set_runner_endpoint(
+            ":" + self.address.rsplit(":", 1)[1], ca.certificate_pem
+        )
         await self._server.start()
         self._services.dispatcher.start()
         if self._services.housekeeping is not None:

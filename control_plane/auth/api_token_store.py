@@ -10,7 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane import audit
-from control_plane.auth.api_tokens import ROLES, Role, new_api_token, parse_api_token
+from control_plane.auth.api_tokens import (
+    ROLES,
+    Role,
+    new_api_token,
+    parse_api_token,
+    runner_epoch_of,
+    runner_token_name,
+)
 from control_plane.auth.join_tokens import verify_secret
 from control_plane.orchestration.scopes import normalize
 from control_plane.store.models import ApiTokenRow
@@ -28,6 +35,8 @@ class Principal:
     role: Role
     environments: tuple[str, ...]
     flow_run_id: str | None
+    # Runner tokens: the runner epoch of the run they were minted for (decision 0018).
+    runner_epoch: int | None = None
 
     @property
     def actor(self) -> str:
@@ -63,12 +72,19 @@ def issue_api_token(
 
 
 def issue_runner_token(
-    session: Session, flow_run_id: str, now: dt.datetime, scope: Sequence[str] = ()
+    session: Session,
+    flow_run_id: str,
+    now: dt.datetime,
+    scope: Sequence[str] = (),
+    *,
+    epoch: int = 0,
 ) -> str:
     """A token that may drive one flow run only (minted by CreateRun for its runner); it
-    carries the run's environment ``scope``, so its steps are held to the same limits."""
+    carries the run's environment ``scope``, so its steps are held to the same limits, and
+    the runner ``epoch`` it drives (calls from an older epoch are refused)."""
     expires = now + RUNNER_TOKEN_TTL
-    _, plaintext = _store(session, "runner", "", list(scope), flow_run_id, expires, now)
+    name = runner_token_name(epoch)
+    _, plaintext = _store(session, "runner", name, list(scope), flow_run_id, expires, now)
     return plaintext
 
 
@@ -109,7 +125,8 @@ def authenticate(session: Session, token: str, now: dt.datetime) -> Principal:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
     role = Role.RUNNER if row.role == "runner" else ROLES[row.role]
-    return Principal(row.id, role, tuple(row.environments or ()), row.flow_run_id)
+    epoch = runner_epoch_of(row.name) if role == Role.RUNNER else None
+    return Principal(row.id, role, tuple(row.environments or ()), row.flow_run_id, epoch)
 
 
 def list_api_tokens(session: Session) -> list[ApiTokenRow]:

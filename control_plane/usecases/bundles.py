@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from control_plane.store.models import AttemptRow, BundleRow, FlowRunRow
 from control_plane.store.tx import Tx
 from meridian.core.errors import NotFound
-from meridian.core.states import SLOT_HOLDING
+from meridian.core.states import SLOT_HOLDING, RunState
 
 
 def store_bundle(tx: Tx, sha256: str, data: bytes) -> None:
@@ -43,6 +43,18 @@ def bundle_for_agent(session: Session, agent_id: str, sha256: str) -> bytes:
         )
         .limit(1)
     )
+    if held is None:
+        # A hosted flow runner's agent fetches its run's bundle too (decision 0018).
+        held = session.scalar(
+            select(FlowRunRow.id)
+            .where(
+                FlowRunRow.runner_agent_id == agent_id,
+                FlowRunRow.wants_runner.is_(False),
+                FlowRunRow.bundle_sha256 == sha256,
+                FlowRunRow.state.in_([RunState.RUNNING, RunState.PAUSED]),
+            )
+            .limit(1)
+        )
     if held is None:
         raise NotFound(f"bundle {sha256[:12]} is not needed by any attempt this agent holds")
     return bundle_data(session, sha256)

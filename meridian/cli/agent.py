@@ -95,6 +95,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=4,
         help="steps run at once (default 4)",
     )
+    start.add_argument(
+        "--runner-slots",
+        metavar="N",
+        type=int,
+        default=0,
+        help="hosted flow bodies run at once here (decision 0018; default 0: none)",
+    )
     _add_data_dir(start)
     start.add_argument("--ca-file", metavar="FILE", help="default: the CA saved at enrollment")
     start.add_argument(
@@ -241,6 +248,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         secrets=file_config.secrets if file_config else {},
         seal_keys=seal_keys,
         capacity=args.capacity,
+        runner_slots=_runner_slots(args.runner_slots),
         drain_grace_s=args.drain_grace,
         limits=limits,
         metrics_listen=args.metrics_listen,
@@ -290,3 +298,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         use_format(args.log_format)
         asyncio.run(run_agent(config, args.drain_grace))
     return 0
+
+
+MAX_RUNNER_SLOTS = 1000
+
+
+def _runner_slots(value: int) -> int:
+    if not 0 <= value <= MAX_RUNNER_SLOTS:
+        raise UsageError(f"--runner-slots must be between 0 and {MAX_RUNNER_SLOTS}, got {value}")
+    return value

@@ -40,7 +40,13 @@ C = TypeVar("C")
 EXAMPLE = Path("examples") / "cross_cloud_etl.py"
 FLOW_NAME = "cross_cloud_etl"
 CONNECT_TIMEOUT_S = 20.0
+# Hosted flow runners per local agent (decision 0018): deployments' bodies run on them.
+DEV_RUNNER_SLOTS = 2
 AGENT_DRAIN_S = 5.0
+# The example also runs as a deployment on a schedule (a hosted runner runs its body).
+DEPLOYMENT = "demo-etl"
+SCHEDULE_EVERY_S = 3
+SCHEDULED_RUN_TIMEOUT_S = 60.0
 SERVER_GRACE_S = 2.0
 LOG_FILE = "dev.log"
 
@@ -214,6 +220,7 @@ class DemoEstate:
                 labels=site.labels,
                 providers=("process",),
                 capacity=4,
+                runner_slots=DEV_RUNNER_SLOTS,  # hosted runs of deployments run here too
                 drain_grace_s=AGENT_DRAIN_S,
                 reconnect_max_backoff_s=1.0,
             )
@@ -307,11 +314,62 @@ def _run_demo(estate: DemoEstate, example: Path, serve: bool = False) -> int:
         detail = client.get_run(outcome.flow_run_id)
     print(f"\nRun {outcome.flow_run_id} finished: {outcome.state}\n")
     print(render_run(detail))
+    with ControlClient(estate.address, estate.ca_file, token=token) as client:
+        scheduled = _scheduled_run(client, example)
     if serve:
         print(f"\nconsole: https://{estate.plane.http_address}/ — press Ctrl-C to stop", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-    return 0 if outcome.state == "COMPLETED" else 1
+    return 0 if outcome.state == scheduled == "COMPLETED" else 1
+
+
+def _scheduled_run(client: ControlClient, example: Path) -> str:
+    """Deploy the example with an interval schedule, show the deployment and its first
+    scheduled run (on a hosted runner of a demo agent), then pause it; returns its state."""
+    from meridian import _deployments
+    from meridian.cli.deployments import render_info
+    from meridian.core.bundle import pack_directory
+    from meridian.core.paramschema import schema_from_function
+    from meridian.sdk.loader import load_entrypoint
+
+    entrypoint = f"{example}:{FLOW_NAME}"
+    loaded = load_entrypoint(entrypoint)
+    bundle = pack_directory(loaded.root)
+    client.ensure_bundle(bundle)
+    anchor = "2000-01-01T00:00:00Z"
+    every = {"kind": "interval", "every_seconds": SCHEDULE_EVERY_S, "anchor": anchor}
+    request = _deployments.DeploymentRequest(
+        name=DEPLOYMENT,
+        flow_name=loaded.flow.name,
+        entrypoint=entrypoint,
+        bundle_sha256=bundle.sha256,
+        parameter_schema=schema_from_function(loaded.flow.fn),
+        schedules=(_deployments.ScheduleRequest(every),),
+        concurrency=1,
+        concurrency_overflow="skip",  # one run at a time: slots during a run are skipped
+        description=f"meridian dev: {FLOW_NAME} every {SCHEDULE_EVERY_S} s",
+    )
+    client.create_deployment(request)
+    client.set_deployment_paused(DEPLOYMENT, False)  # a kept --data-dir may have it paused
+    print(f"\ndeployed {DEPLOYMENT}: {FLOW_NAME} every {SCHEDULE_EVERY_S}s on a hosted runner; "
+          "waiting for its first scheduled run\n", flush=True)  # fmt: skip
+    deadline = time.monotonic() + SCHEDULED_RUN_TIMEOUT_S
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+    while True:
+        info = client.get_deployment(DEPLOYMENT)
+        done = [r for r in info.recent_runs if r.trigger == "schedule" and r.state in ended]
+        if done:
+            break
+        if time.monotonic() > deadline:
+            raise CliError(f"no scheduled run of {DEPLOYMENT} ended within "
+                           f"{SCHEDULED_RUN_TIMEOUT_S:g}s")  # fmt: skip
+        time.sleep(0.2)
+    info = client.set_deployment_paused(DEPLOYMENT, True)  # one scheduled run is the demo
+    run = done[-1]
+    print(render_info(info))
+    print(f"\nScheduled run {run.flow_run_id} finished: {run.state}\n")
+    print(render_run(client.get_run(run.flow_run_id)))
+    return run.state
 
 
 def _announce_console(estate: DemoEstate, token: str) -> None:

@@ -54,6 +54,18 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="flow parameter (repeatable); converted using the flow's type hints",
     )
     run.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    run.add_argument(
+        "--remote",
+        action="store_true",
+        help="run the flow body on a hosted runner of an agent offering runner slots "
+        "(decision 0018) instead of in this process; this command follows it",
+    )
+    run.add_argument(
+        "--runner-target",
+        metavar="SELECTOR",
+        default="",
+        help="with --remote: labels of the agents that may run the body, e.g. 'site=dc1'",
+    )
     add_progress_option(run)
     add_client_options(run)
     run.set_defaults(func=cmd_run)
@@ -210,11 +222,43 @@ def interrupted_lines(run_id: str, state: str, *, abandoned: bool) -> list[str]:
     ]
 
 
+def run_remote(args: argparse.Namespace, entrypoint: str, raw_params: dict[str, str]) -> int:
+    """Upload the bundle, create a run that waits for a hosted runner, then follow it like
+    ``meridian runs watch`` (Ctrl-C stops following; the run goes on)."""
+    from meridian.cli.runs import cmd_watch
+    from meridian.core.bundle import pack_directory
+    from meridian.sdk.loader import load_entrypoint
+    from meridian.sdk.params import parse_params as flow_params
+
+    loaded = load_entrypoint(entrypoint)
+    params = flow_params(loaded.flow.fn, raw_params)
+    bundle = pack_directory(loaded.root)
+    with connect(args) as client:
+        client.ensure_bundle(bundle)
+        run_id = client.create_run(
+            loaded.flow.name,
+            entrypoint,
+            params,
+            bundle.sha256,
+            "remote",
+            runner_target=args.runner_target,
+        )
+    print(f"Run {run_id} created; it waits for a hosted flow runner", file=sys.stderr)
+    if args.json:
+        print(to_json({"flow_run_id": run_id}))
+        return 0
+    return cmd_watch(argparse.Namespace(**{**vars(args), "run": run_id}))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from meridian.sdk.runner import RunInterrupted, run_flow
 
     entrypoint = check_entrypoint(args.entrypoint)
     params = parse_params(args.param)
+    if args.remote:
+        return run_remote(args, entrypoint, params)
+    if args.runner_target:
+        raise UsageError("--runner-target needs --remote")
     # With --json, stdout carries only the JSON document; progress goes to stderr.
     progress_stream = sys.stderr if args.json else sys.stdout
     view = progress_view(progress_stream, args.progress)

@@ -51,6 +51,9 @@ class EventKind(StrEnum):
     RUN_CANCELLED = "run.cancelled"
     RUN_CRASHED = "run.crashed"
     RUN_RETRIED = "run.retried"
+    # Hosted flow runners (decision 0018): a runner took the run, or its lease lapsed.
+    RUN_RUNNER_ASSIGNED = "run.runner_assigned"
+    RUN_RUNNER_LOST = "run.runner_lost"
     STEP_PENDING = "step.pending"
     STEP_RUNNING = "step.running"
     STEP_COMPLETED = "step.completed"

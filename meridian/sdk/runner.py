@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -187,6 +187,7 @@ def execute_body(
     keys: KeyRing | None = None,
     canceller: Canceller | None = None,
     flow_name: str | None = None,
+    on_superseded: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
     report the body's outcome. ``seal`` is the flow's key group; ``keys`` default to
@@ -200,7 +201,7 @@ def execute_body(
     context = FlowContext(run_id, client, keys=keys, seal=seal)
     watcher = RunWatcher(client, context, on_update, after_event_id=watch_after_event_id)
     watcher.start()
-    lease = RunnerLease(client, run_id)
+    lease = RunnerLease(client, run_id, on_superseded=on_superseded)
     lease.start()
     interrupted: BaseException | None = None
     try:
@@ -288,8 +289,12 @@ class RunnerLease:
         *,
         interval_s: float = RUNNER_LEASE_RENEW_S,
         lease_s: float = RUNNER_LEASE_S,
+        on_superseded: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
+        # A hosted runner (decision 0018) whose run was handed to a newer runner epoch is
+        # told so here; it must stop without touching the run (``meridian.flowexec``).
+        self._on_superseded = on_superseded
         self._run_id = run_id
         self._interval_s = interval_s
         self._lease_s = lease_s
@@ -316,10 +321,23 @@ class RunnerLease:
         while True:
             try:
                 self._client.renew_runner_lease(self._run_id, self._lease_s)
+            except ConflictError as exc:
+                if self._on_superseded is not None and is_superseded_error(exc):
+                    self._on_superseded(str(exc))
+                    return
+                log.debug("runner lease renewal failed (will retry): %s", exc)
             except MeridianError as exc:
                 log.debug("runner lease renewal failed (will retry): %s", exc)
             if self._stopping.wait(self._interval_s):
                 return
+
+
+SUPERSEDED = "superseded by runner epoch"
+
+
+def is_superseded_error(exc: BaseException) -> bool:
+    """Whether the control plane refused a call because a newer runner took the run."""
+    return isinstance(exc, ConflictError) and SUPERSEDED in str(exc)
 
 
 def resume_flow(
@@ -353,9 +371,16 @@ def _execute_stored(
     on_update: UpdateCallback | None,
     cache_dir: Path | None,
     watch_after_event_id: int,
+    *,
+    bundle_root: Path | None = None,
+    on_superseded: Callable[[str], None] | None = None,
 ) -> RunOutcome:
+    """Run a stored run's body from its own bundle (fetched, or ``bundle_root`` when the
+    caller has it unpacked already: a hosted runner's agent fetched it)."""
     # The run's own code bundle, not whatever is on disk now: resume runs the same code.
-    root = fetch_bundle(client, target.bundle_sha256, cache_dir or default_cache_dir())
+    root = bundle_root or fetch_bundle(
+        client, target.bundle_sha256, cache_dir or default_cache_dir()
+    )
     file_part, flow_name = split_entrypoint(target.entrypoint)
     entry = f"{root / file_part.name}:{flow_name}" if flow_name else str(root / file_part.name)
     loaded = load_entrypoint(entry)
@@ -370,6 +395,7 @@ def _execute_stored(
         seal=loaded.flow.seal,
         canceller=_canceller(client),
         flow_name=loaded.flow.name,
+        on_superseded=on_superseded,
     )
 
 

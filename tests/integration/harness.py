@@ -228,6 +228,7 @@ class Estate:
         capacity: int = 4,
         name: str | None = None,
         config: Path | None = None,
+        runner_slots: int = 0,
     ) -> str:
         name = name or f"{environment}-agent"
         data_dir = self.root / "agents" / name
@@ -247,7 +248,11 @@ class Estate:
             name,
             check=True,
         )
-        if config is None:  # subclasses may override start_agent without ``config``
+        if runner_slots:
+            self.start_agent(
+                name, environment, labels, capacity=capacity, runner_slots=runner_slots
+            )
+        elif config is None:  # subclasses may override start_agent without ``config``
             self.start_agent(name, environment, labels, capacity=capacity)
         else:
             self.start_agent(name, environment, labels, capacity=capacity, config=config)
@@ -276,8 +281,10 @@ class Estate:
         *,
         capacity: int = 4,
         config: Path | None = None,
+        runner_slots: int = 0,
     ) -> None:
-        """``config``: an agent config file (``--config``), e.g. with ``[sealing.keys]``."""
+        """``config``: an agent config file (``--config``), e.g. with ``[sealing.keys]``;
+        ``runner_slots``: hosted flow runners it offers (decision 0018)."""
         data_dir = self.root / "agents" / name
         args = [
             "agent",
@@ -301,6 +308,8 @@ class Estate:
             args += ["--label", f"{key}={value}"]
         if config is not None:
             args += ["--config", str(config)]
+        if runner_slots:
+            args += ["--runner-slots", str(runner_slots)]
         self._agent_labels[name] = dict(labels)
         self.agents[name] = self._spawn(f"agent-{name}", args)
         self.wait_until(lambda: self._connected(name), f"agent {name} to connect")

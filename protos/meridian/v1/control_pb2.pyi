@@ -42,7 +42,7 @@ class UploadBundleResponse(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger", "parent_run_id", "parent_key")
+    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger", "parent_run_id", "parent_key", "runner_target")
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class CreateRunRequest(_message.Message):
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_TARGET_FIELD_NUMBER: _ClassVar[int]
     flow_name: str
     entrypoint: str
     parameters_json: str
@@ -57,7 +58,8 @@ class CreateRunRequest(_message.Message):
     trigger: str
     parent_run_id: str
     parent_key: str
-    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ...) -> None: ...
+    runner_target: str
+    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ..., runner_target: _Optional[str] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
     __slots__ = ("flow_run_id", "runner_token")
