@@ -158,8 +158,10 @@ class Estate:
         labels: Mapping[str, str] | None = None,
         capacity: int = 4,
         wait: bool = True,
+        config: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Enroll and start one real agent (process provider) through the CLI."""
+        """Enroll and start one real agent (process provider) through the CLI; ``config`` is an
+        agent config file (e.g. with ``[result_stores.NAME]``)."""
         environment = environment or name
         data_dir = self.root / "agents" / name
         self.cli(
@@ -171,6 +173,8 @@ class Estate:
         args += ["--capacity", str(capacity), "--drain-grace", "5"]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
+        if config is not None:
+            args += ["--config", str(config)]
         proc = self.spawn(f"agent-{name}", args)
         if wait:
             self.wait_until(lambda: self.connected(name), f"agent {name} to connect")
