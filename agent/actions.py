@@ -125,6 +125,40 @@ class DeleteResultsAction:
 
 
 @dataclass(frozen=True)
+class ServeResultAction:
+    """Push the bytes of a stored result of this site, from ``offset`` on, for a transfer
+    the control plane relays to another environment (``agent.transfers``)."""
+
+    transfer_id: str
+    ref_json: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class AssignRunnerAction:
+    """Run a flow body here (decision 0018): ``meridian.flowexec`` with a run-scoped token."""
+
+    flow_run_id: str
+    runner_epoch: int
+    bundle_sha256: str
+    entrypoint: str
+    runner_token: str
+    client_address: str
+    ca_certificate_pem: bytes
+
+    def __repr__(self) -> str:  # never the token, in logs or tracebacks
+        return f"AssignRunnerAction({self.flow_run_id!r}, epoch={self.runner_epoch})"
+
+
+@dataclass(frozen=True)
+class CancelRunnerAction:
+    flow_run_id: str
+    runner_epoch: int
+    reason: str
+    grace_s: float
+
+
+@dataclass(frozen=True)
 class UnknownAction:
     """A frame this agent version does not understand; logged and ignored, never fatal."""
 
@@ -141,5 +175,8 @@ Action = (
     | CertificateAction
     | SweepResultsAction
     | DeleteResultsAction
+    | ServeResultAction
+    | AssignRunnerAction
+    | CancelRunnerAction
     | UnknownAction
 )

@@ -31,6 +31,7 @@ from agent import convert
 from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
 from agent.endpoint import AgentEndpoint
+from agent.flowrunners import FlowRunners
 from agent.handles import HandleStore
 from agent.health import Health, StallMeter, loop_watchdog
 from agent.identity import certificate_not_after, load_identity
@@ -46,6 +47,7 @@ from agent.results.retention import retention_tasks
 from agent.rotation import CertificateRotator
 from agent.runner import RunnerContext
 from agent.secrets import SecretStore
+from agent.transfers import ResultFetcher, ResultServer
 from agent.worker import Worker
 from meridian.core.sealing import KeyRing
 from providers.base import Provider
@@ -81,6 +83,8 @@ class AgentConfig:
     metrics_listen: str = ""
     # The site's result stores, validated ([result_stores.NAME], docs/results.md).
     result_stores: ResultStoresConfig = field(default_factory=lambda: ResultStoresConfig({}, None))
+    # Hosted flow runners (decision 0018): flow bodies this agent runs at once (0 = none).
+    runner_slots: int = 0
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -133,6 +137,7 @@ class Agent:
         self._background: list[asyncio.Task[None]] = []
         self._metrics: AgentMetrics | None = None
         self._result_stores: dict[str, ResultStore] = {}
+        self._flow_runners: FlowRunners | None = None
         self.metrics_address: tuple[str, int] | None = None
 
     @property
@@ -223,10 +228,20 @@ class Agent:
             environment=identity.environment,
             result_stores=self._result_stores,
             default_result_store=cfg.result_stores.default or "",
+            fetcher=ResultFetcher(self._endpoint),
         )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
+        self._worker.result_server = ResultServer(self._endpoint, self._result_stores)
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(await asyncio.to_thread(self._handles.load_all))
+        if cfg.runner_slots > 0:
+            self._flow_runners = FlowRunners(
+                cfg.runner_slots,
+                cfg.data_dir,
+                bundles.get,
+                cfg.control_plane.rsplit(":", 1)[0] or "127.0.0.1",
+            )
+            self._worker.flow_runners = self._flow_runners
         self._connection = Connection(
             self._endpoint,
             self._journal,
@@ -238,6 +253,13 @@ class Agent:
             rotator=CertificateRotator(cfg.data_dir, self._endpoint, socket.gethostname()),
         )
         connection = self._connection
+        if self._flow_runners is not None:
+
+            async def send_exit(run_id: str, epoch: int, code: int, message: str) -> None:
+                await connection.send(convert.runner_exited_frame(run_id, epoch, code, message))
+
+            # Re-attached runners are listed in the first Hello.
+            await self._flow_runners.start(send_exit)
         self._worker.housekeeper = ResultHousekeeper(
             self._result_stores, lambda answer: connection.send(convert.housekeeping_frame(answer))
         )
@@ -302,6 +324,8 @@ class Agent:
                 await self._connection_task
         if self._worker is not None:
             await self._worker.abort()
+        if self._flow_runners is not None:
+            await self._flow_runners.close()  # the runner processes go on
         for provider in self._providers.values():
             try:
                 await provider.close()
@@ -331,6 +355,8 @@ class Agent:
             degraded=self._worker.degraded,
             result_stores=tuple(sorted(self._result_stores)),
             default_result_store=self._config.result_stores.default or "",
+            runner_slots=self._config.runner_slots,
+            held_runners=self._flow_runners.held() if self._flow_runners else (),
         )
 
     async def _held_attempts(self) -> tuple[HeldAttempt, ...]:
@@ -352,4 +378,5 @@ class Agent:
             draining=self._worker.draining,
             degraded=self._worker.degraded,
             loop_stall_ms=self._stalls.take_ms(),
+            held_runners=self._flow_runners.held() if self._flow_runners else (),
         )

@@ -17,12 +17,15 @@ from agent.actions import (
     Action,
     AssignAction,
     Assignment,
+    AssignRunnerAction,
     CancelAction,
+    CancelRunnerAction,
     CertificateAction,
     DecisionAction,
     DecisionValue,
     DeleteResultsAction,
     DrainAction,
+    ServeResultAction,
     StoredObjectRef,
     SweepResultsAction,
     UnknownAction,
@@ -120,8 +123,22 @@ def hello_to_proto(info: HelloInfo) -> Any:
         degraded=info.degraded,
         result_stores=list(info.result_stores),
         default_result_store=info.default_result_store,
+        runner_slots=info.runner_slots,
+        held_runners=_held_runners_to_proto(info.held_runners),
     )
     return agent_pb2.AgentFrame(hello=hello)
+
+
+def _held_runners_to_proto(held: Sequence[tuple[str, int]]) -> list[Any]:
+    return [agent_pb2.HeldRunner(flow_run_id=r, runner_epoch=e) for r, e in held]
+
+
+def runner_exited_frame(flow_run_id: str, epoch: int, exit_code: int, message: str) -> Any:
+    """A hosted flow runner's process ended (decision 0018)."""
+    exited = agent_pb2.RunnerExited(
+        flow_run_id=flow_run_id, runner_epoch=epoch, exit_code=exit_code, message=message
+    )
+    return agent_pb2.AgentFrame(runner_exited=exited)
 
 
 def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
@@ -131,6 +148,7 @@ def heartbeat_to_proto(info: HeartbeatInfo) -> Any:
         draining=info.draining,
         degraded=info.degraded,
         loop_stall_ms=info.loop_stall_ms,
+        held_runners=_held_runners_to_proto(info.held_runners),
     )
     return agent_pb2.AgentFrame(heartbeat=beat)
 
@@ -246,6 +264,39 @@ def housekeeping_frame(answer: ResultListingOut | ResultsDeletedOut) -> Any:
     )
 
 
+# ---- result transfers -------------------------------------------------------------------
+
+
+def fetch_result_request(attempt_id: str, fencing_token: int, ref_json: str, offset: int) -> Any:
+    return agent_pb2.FetchResultRequest(
+        attempt_id=attempt_id, fencing_token=fencing_token, ref_json=ref_json, offset=offset
+    )
+
+
+def result_chunk(
+    transfer_id: str,
+    offset: int,
+    data: bytes = b"",
+    *,
+    total_size: int = 0,
+    sha256: str = "",
+    error: str = "",
+) -> Any:
+    return common_pb2.ResultChunk(
+        transfer_id=transfer_id,
+        offset=offset,
+        data=data,
+        total_size=total_size,
+        sha256=sha256,
+        error=error,
+    )
+
+
+def result_piece_from_proto(msg: Any) -> tuple[int, bytes, int, str]:
+    """(offset, data, total_size, sha256) of a relayed chunk; the last two only on the first."""
+    return int(msg.offset), bytes(msg.data), int(msg.total_size), str(msg.sha256)
+
+
 # ---- control frames ---------------------------------------------------------------------
 
 
@@ -288,6 +339,23 @@ def action_from_proto(frame: Any) -> Action:
         d = frame.delete_results
         objects = tuple(StoredObjectRef(o.store, o.uri, int(o.size)) for o in d.objects)
         return DeleteResultsAction(d.request_id, objects)
+    if kind == "serve_result":
+        serve = frame.serve_result
+        return ServeResultAction(serve.transfer_id, serve.ref_json, int(serve.offset))
+    if kind == "assign_runner":
+        a = frame.assign_runner
+        return AssignRunnerAction(
+            a.flow_run_id,
+            int(a.runner_epoch),
+            a.bundle_sha256,
+            a.entrypoint,
+            a.runner_token,
+            a.client_address,
+            bytes(a.ca_certificate_pem),
+        )
+    if kind == "cancel_runner":
+        c = frame.cancel_runner
+        return CancelRunnerAction(c.flow_run_id, int(c.runner_epoch), c.reason, float(c.grace_s))
     return UnknownAction(str(kind))
 
 

@@ -18,18 +18,23 @@ from agent.actions import (
     Action,
     AssignAction,
     Assignment,
+    AssignRunnerAction,
     CancelAction,
+    CancelRunnerAction,
     DecisionAction,
     DeleteResultsAction,
     DrainAction,
+    ServeResultAction,
     SweepResultsAction,
     UnknownAction,
 )
+from agent.flowrunners import FlowRunners
 from agent.handles import StoredHandle
 from agent.reports import AttemptFinished, HeldAttempt, infrastructure_failure
 from agent.results.housekeeping import ResultHousekeeper
 from agent.runner import Runner, RunnerContext
 from agent.sealing import AttemptSeal
+from agent.transfers import ResultServer
 from providers.base import Handle, Provider
 
 log = logging.getLogger("meridian.agent.worker")
@@ -54,6 +59,10 @@ class Worker:
         # Answers the control plane's result-store sweeps and deletions; set once the
         # connection it answers on exists (``Agent._start``).
         self.housekeeper: ResultHousekeeper | None = None
+        # Pushes stored results for transfers to other environments (``Agent._start``).
+        self.result_server: ResultServer | None = None
+        # Hosted flow runners (decision 0018), when the agent offers runner slots.
+        self.flow_runners: FlowRunners | None = None
 
     @property
     def in_use(self) -> int:
@@ -84,6 +93,14 @@ class Worker:
         elif isinstance(action, SweepResultsAction | DeleteResultsAction):
             if self.housekeeper is not None:
                 self.housekeeper.handle(action)
+        elif isinstance(action, ServeResultAction):
+            if self.result_server is not None:
+                self.result_server.handle(action)
+        elif isinstance(action, AssignRunnerAction | CancelRunnerAction):
+            if self.flow_runners is not None:
+                self.flow_runners.handle(action)
+            else:
+                log.warning("this agent offers no runner slots; ignoring %r", action)
         elif isinstance(action, UnknownAction):
             log.warning("ignoring control frame %r this agent does not understand", action.kind)
 
@@ -206,6 +223,8 @@ class Worker:
                 await task
         if self.housekeeper is not None:
             await self.housekeeper.close()
+        if self.result_server is not None:
+            await self.result_server.close()
         # Refusals being journaled finish (they are short) so none is lost at close.
         if self._reports:
             await asyncio.wait(set(self._reports), timeout=5.0)

@@ -236,6 +236,37 @@ def run_detail_from_proto(msg: control_pb2.RunDetail) -> models.RunDetail:
         retry_of=msg.retry_of,
         resumed_at=time_from_ms(msg.resumed_at_unix_ms),
         approvals=tuple(approval_from_proto(a) for a in msg.approvals),
+        transfers=tuple(transfer_from_proto(t) for t in msg.transfers),
+    )
+
+
+def transfer_from_proto(msg: control_pb2.TransferInfo) -> models.TransferInfo:
+    return models.TransferInfo(
+        transfer_id=msg.transfer_id,
+        flow_run_id=msg.flow_run_id,
+        step_key=msg.step_key,
+        from_environment=msg.from_environment,
+        to_environment=msg.to_environment,
+        store=msg.store,
+        bytes=msg.bytes,
+        sha256=msg.sha256,
+        state=msg.state,
+        attempt_id=msg.attempt_id,
+        error=msg.error,
+        started_at=time_from_ms(msg.started_at_unix_ms),
+        ended_at=time_from_ms(msg.ended_at_unix_ms),
+        producer_run_id=msg.producer_run_id,
+        producer_step_key=msg.producer_step_key,
+    )
+
+
+def transfer_listing_from_proto(msg: control_pb2.ListTransfersResponse) -> models.TransferListing:
+    return models.TransferListing(
+        transfers=tuple(transfer_from_proto(t) for t in msg.transfers),
+        totals=tuple(
+            models.TransferTotal(t.from_environment, t.to_environment, t.bytes, t.transfers)
+            for t in msg.totals
+        ),
     )
 
 
@@ -288,6 +319,17 @@ def agent_from_proto(msg: control_pb2.AgentInfo) -> models.AgentInfo:
     )
 
 
+def environment_from_proto(msg: control_pb2.EnvironmentInfo) -> models.EnvironmentInfo:
+    return models.EnvironmentInfo(
+        name=msg.name,
+        residency=msg.residency,
+        agents=msg.agents,
+        connected=msg.connected,
+        result_stores=tuple(msg.result_stores),
+        default_result_store=msg.default_result_store,
+    )
+
+
 def collect_result_from_proto(msg: control_pb2.CollectResultsResponse) -> models.CollectResult:
     return models.CollectResult(
         sweeps=tuple(
@@ -303,17 +345,6 @@ def collect_result_from_proto(msg: control_pb2.CollectResultsResponse) -> models
             for s in msg.sweeps
         ),
         skipped=tuple(msg.skipped),
-    )
-
-
-def environment_from_proto(msg: control_pb2.EnvironmentInfo) -> models.EnvironmentInfo:
-    return models.EnvironmentInfo(
-        name=msg.name,
-        residency=msg.residency,
-        agents=msg.agents,
-        connected=msg.connected,
-        result_stores=tuple(msg.result_stores),
-        default_result_store=msg.default_result_store,
     )
 
 

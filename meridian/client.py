@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from meridian import _convert, models
+from meridian import _convert, _deployments, _limits, models
 from meridian.core import convert as core_convert
 from meridian.core.errors import (
     BundleError,
@@ -174,13 +174,18 @@ class ControlClient:
         parameters: Mapping[str, Any],
         bundle_sha256: str,
         trigger: str = "manual",
+        *,
+        runner_target: str = "",
     ) -> str:
+        """Create a run; ``trigger="remote"`` makes it wait for a hosted flow runner on an
+        agent matching ``runner_target`` (decision 0018) instead of running here."""
         request = control_pb2.CreateRunRequest(
             flow_name=flow_name,
             entrypoint=entrypoint,
             parameters_json=json.dumps(dict(parameters)),
             bundle_sha256=bundle_sha256,
             trigger=trigger,
+            runner_target=runner_target,
         )
         answer = self._call(self._stub.CreateRun, request)
         self.runner_tokens[answer.flow_run_id] = answer.runner_token
@@ -350,6 +355,36 @@ class ControlClient:
         )
         return [_convert.agent_from_proto(a) for a in response.agents]
 
+    # -- environments ------------------------------------------------------------------------
+
+    def list_environments(self) -> list[models.EnvironmentInfo]:
+        """Every environment with agents or a residency rule (viewers)."""
+        response = self._call(
+            self._stub.ListEnvironments, control_pb2.ListEnvironmentsRequest(), idempotent=True
+        )
+        return [_convert.environment_from_proto(e) for e in response.environments]
+
+    def set_residency(
+        self, environment: str, rule: str, reason: str = ""
+    ) -> models.EnvironmentInfo:
+        """Set ``environment``'s data residency rule (a label selector; "" removes it). Admins
+        only; audited with ``reason``. It applies to steps queued from then on."""
+        request = control_pb2.SetResidencyRequest(environment=environment, rule=rule, reason=reason)
+        return _convert.environment_from_proto(self._call(self._stub.SetResidency, request))
+
+    # -- transfers ---------------------------------------------------------------------------
+
+    def list_transfers(
+        self, *, since: datetime | None = None, flow_run_id: str = "", limit: int = 100
+    ) -> models.TransferListing:
+        """Result transfers between environments, newest first (``limit`` is capped at 1000
+        by the server), and the bytes of the completed ones since ``since`` per (from, to)."""
+        request = control_pb2.ListTransfersRequest(
+            since_unix_ms=core_convert.ms_from_time(since), flow_run_id=flow_run_id, limit=limit
+        )
+        response = self._call(self._stub.ListTransfers, request, idempotent=True)
+        return _convert.transfer_listing_from_proto(response)
+
     # -- clean-up ----------------------------------------------------------------------------
 
     def delete_run(self, run_id_or_prefix: str, reason: str = "") -> models.RunDeletion:
@@ -372,23 +407,6 @@ class ControlClient:
         timeout = max(self.timeout_s, _COLLECT_TIMEOUT_S)
         answer = self._call(self._stub.CollectResults, request, timeout=timeout)
         return _convert.collect_result_from_proto(answer)
-
-    # -- environments ------------------------------------------------------------------------
-
-    def list_environments(self) -> list[models.EnvironmentInfo]:
-        """Every environment with agents or a residency rule (viewers)."""
-        response = self._call(
-            self._stub.ListEnvironments, control_pb2.ListEnvironmentsRequest(), idempotent=True
-        )
-        return [_convert.environment_from_proto(e) for e in response.environments]
-
-    def set_residency(
-        self, environment: str, rule: str, reason: str = ""
-    ) -> models.EnvironmentInfo:
-        """Set ``environment``'s data residency rule (a label selector; "" removes it). Admins
-        only; audited with ``reason``. It applies to steps queued from then on."""
-        request = control_pb2.SetResidencyRequest(environment=environment, rule=rule, reason=reason)
-        return _convert.environment_from_proto(self._call(self._stub.SetResidency, request))
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -432,6 +450,88 @@ class ControlClient:
             idempotent=True,
         )
         return _convert.audit_verification_from_proto(response)
+
+    # -- deployments (meridian/_deployments.py) ---------------------------------------------
+
+    def create_deployment(
+        self, spec: _deployments.DeploymentRequest
+    ) -> _deployments.DeploymentInfo:
+        answer = self._call(self._stub.CreateDeployment, _deployments.request_to_proto(spec))
+        return _deployments.info_from_proto(answer)
+
+    def list_deployments(self) -> list[_deployments.DeploymentInfo]:
+        request = control_pb2.ListDeploymentsRequest()
+        answer = self._call(self._stub.ListDeployments, request, idempotent=True)
+        return [_deployments.info_from_proto(d) for d in answer.deployments]
+
+    def get_deployment(self, name: str, version: int = 0) -> _deployments.DeploymentInfo:
+        request = control_pb2.GetDeploymentRequest(name=name, version=version)
+        answer = self._call(self._stub.GetDeployment, request, idempotent=True)
+        return _deployments.info_from_proto(answer)
+
+    def list_deployment_versions(self, name: str) -> list[_deployments.DeploymentInfo]:
+        request = control_pb2.GetDeploymentRequest(name=name)
+        answer = self._call(self._stub.ListDeploymentVersions, request, idempotent=True)
+        return [_deployments.info_from_proto(v) for v in answer.versions]
+
+    def set_deployment_paused(
+        self, name: str, paused: bool, schedule_id: str = ""
+    ) -> _deployments.DeploymentInfo:
+        request = control_pb2.SetDeploymentPausedRequest(
+            name=name, paused=paused, schedule_id=schedule_id
+        )
+        answer = self._call(self._stub.SetDeploymentPaused, request, idempotent=True)
+        return _deployments.info_from_proto(answer)
+
+    def delete_deployment(self, name: str) -> _deployments.DeploymentInfo:
+        request = control_pb2.DeleteDeploymentRequest(name=name)
+        return _deployments.info_from_proto(self._call(self._stub.DeleteDeployment, request))
+
+    def trigger_deployment(
+        self,
+        name: str,
+        parameters: Mapping[str, Any],
+        *,
+        idempotency_key: str = "",
+        parent_run_id: str = "",
+        parent_key: str = "",
+    ) -> _deployments.TriggerResult:
+        """A run of the deployment's current version; with a key, retried safely."""
+        request = control_pb2.TriggerDeploymentRequest(
+            name=name,
+            parameters_json=json.dumps(dict(parameters)),
+            idempotency_key=idempotency_key,
+            parent_run_id=parent_run_id,
+            parent_key=parent_key,
+        )
+        keyed = bool(idempotency_key or parent_key)
+        answer = self._call(self._stub.TriggerDeployment, request, idempotent=keyed)
+        return _deployments.trigger_from_proto(answer)
+
+    # -- concurrency limits ------------------------------------------------------------------
+
+    def set_limit(self, name: str, limit: int) -> _limits.LimitInfo:
+        """Create or resize the named global concurrency limit ``name`` (admins; audited)."""
+        request = control_pb2.SetLimitRequest(name=name, limit=limit)
+        answer = self._call(self._stub.SetLimit, request, idempotent=True)
+        return _limits.limit_from_proto(answer)
+
+    def list_limits(self) -> list[_limits.LimitInfo]:
+        """Every named limit with its holders and how many wait (viewers)."""
+        request = control_pb2.ListLimitsRequest()
+        answer = self._call(self._stub.ListLimits, request, idempotent=True)
+        return [_limits.limit_from_proto(m) for m in answer.limits]
+
+    def delete_limit(self, name: str) -> _limits.LimitInfo:
+        """Delete a limit nothing holds or waits for (admins; audited)."""
+        request = control_pb2.DeleteLimitRequest(name=name)
+        return _limits.limit_from_proto(self._call(self._stub.DeleteLimit, request))
+
+    def create_webhook(self, deployment: str, name: str = "") -> models.CreatedWebhook:
+        """A token that may trigger ``deployment`` through ``POST /hooks/<id>`` (operators)."""
+        request = control_pb2.CreateWebhookRequest(deployment=deployment, name=name)
+        answer = self._call(self._stub.CreateWebhook, request)
+        return models.CreatedWebhook(answer.webhook_id, answer.token, answer.url_path)
 
     # -- plumbing ----------------------------------------------------------------------------
 

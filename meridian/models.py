@@ -194,6 +194,45 @@ class RunDetail:
     retry_of: str = ""  # the run this one retries
     resumed_at: datetime | None = None  # last time the run was resumed
     approvals: tuple[ApprovalInfo, ...] = ()
+    transfers: tuple[TransferInfo, ...] = ()  # stored results that crossed environments
+
+
+@dataclass(frozen=True)
+class TransferInfo:
+    """One movement of a stored result out of its environment (to_environment "": a client
+    download)."""
+
+    transfer_id: str
+    flow_run_id: str  # the consumer's run
+    step_key: str  # the consumer step ("" for a client download of a run's result)
+    from_environment: str
+    to_environment: str
+    store: str
+    bytes: int  # bytes that crossed
+    sha256: str
+    state: str  # RUNNING | COMPLETED | FAILED
+    attempt_id: str = ""
+    error: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    producer_run_id: str = ""
+    producer_step_key: str = ""
+
+
+@dataclass(frozen=True)
+class TransferTotal:
+    """Bytes of the completed transfers from one environment to another."""
+
+    from_environment: str
+    to_environment: str
+    bytes: int
+    transfers: int
+
+
+@dataclass(frozen=True)
+class TransferListing:
+    transfers: tuple[TransferInfo, ...] = ()  # newest first
+    totals: tuple[TransferTotal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -348,3 +387,12 @@ class AuditVerification:
     head_hash: str
     first_bad_id: int | None = None
     problem: str = ""
+
+
+@dataclass(frozen=True)
+class CreatedWebhook:
+    """A new webhook token (``CreateWebhook``): the token is shown this once, never again."""
+
+    webhook_id: str
+    token: str
+    url_path: str  # POST here on the web listener with "Authorization: Bearer <token>"

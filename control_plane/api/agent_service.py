@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 
@@ -31,6 +31,7 @@ from control_plane.auth.enrollment import enroll_agent
 from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
 from control_plane.auth.rotation import issued_at, renew_in_s, rotate_certificate
 from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
+from control_plane.transfers.broker import TransferBroker, TransferUnavailable
 from control_plane.usecases.agents import (
     agent_connected,
     agent_disconnected,
@@ -38,12 +39,14 @@ from control_plane.usecases.agents import (
 )
 from control_plane.usecases.attempts import apply_reports
 from control_plane.usecases.bundles import bundle_for_agent
+from control_plane.usecases.runners import runner_exited
 from meridian.core.errors import (
     LimitExceeded,
     PermissionDenied,
     Unauthenticated,
     ValidationError,
 )
+from meridian.core.resultref import store_name_problem
 from protos.meridian.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,19 @@ MAX_REPORTS_PER_BATCH = 5000
 HELLO_TIMEOUT_S = 30.0
 MIN_RENEWAL_INTERVAL_S = 1.0
 MAX_DOWNLOADS_PER_AGENT = 4
+MAX_RESULT_STORES = 64
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, services: Services) -> None:
         self._s = services
         self._downloads = InFlightLimit(MAX_DOWNLOADS_PER_AGENT)
+        self._transfers = TransferBroker(
+            services.store,
+            services.registry,
+            services.relay,
+            lambda: services.dispatcher.max_silence_s,
+        )
 
     @rpc
     async def Enroll(
@@ -109,6 +119,40 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         finally:
             self._downloads.release(identity.agent_id)
 
+    @rpc_stream
+    async def FetchResult(
+        self, request: agent_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.ResultChunk]:
+        """A consuming agent's input from another environment, relayed from an agent there."""
+        identity = self._identity(context)
+        chunks = self._transfers.fetch_for_agent(
+            identity.agent_id,
+            request.attempt_id[:64],
+            request.fencing_token,
+            request.ref_json,
+            request.offset,
+        )
+        try:
+            async for chunk in chunks:
+                yield convert.chunk_to_proto(chunk)
+        except TransferUnavailable as exc:
+            raise StreamClosed(str(exc)) from None
+
+    @rpc
+    async def PushResult(
+        self,
+        request_iterator: AsyncIterator[common_pb2.ResultChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> agent_pb2.PushResultResponse:
+        """A producing agent's bytes for a transfer it was asked to serve (ServeResult)."""
+        identity = self._identity(context)
+        chunks = (convert.chunk_from_proto(chunk) async for chunk in request_iterator)
+        try:
+            await self._transfers.push(identity.agent_id, chunks)
+        except TransferUnavailable as exc:
+            raise StreamClosed(str(exc)) from None
+        return agent_pb2.PushResultResponse()
+
     @rpc
     async def Connect(
         self,
@@ -131,6 +175,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             agent_connected, identity.agent_id, identity.fingerprint, hello
         )
         session = AgentSession(connected, str(uuid.uuid4()))
+        session.result_stores = advertised_stores(first.hello.result_stores)
+        session.default_result_store = convert.default_store(first.hello, session.result_stores)
+        session.runner_slots = convert.runner_slots(first.hello)
+        session.held_runners = convert.held_runners(first.hello.held_runners)
         replaced = self._s.registry.add(session)
         if replaced is not None:
             replaced.send(CloseOut("a newer connection of this agent took over"))
@@ -153,6 +201,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._s.store.apply_effects(effects)
         if connected.drain_requested:
             session.send(DrainOut("an operator drained this agent"))
+        if session.runner_slots:
+            self._s.dispatcher.wake_runners()  # runs waiting for a hosted runner may fit now
         await self._serve(session, identity, context)
 
     async def _serve(
@@ -250,6 +300,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                     session.degraded = degraded
                 self._note_loop_stall(session, frame.heartbeat.loop_stall_ms)
+                session.held_runners = convert.held_runners(frame.heartbeat.held_runners)
                 # Kept in memory (session.seen above); only a change of status is stored now,
                 # the time heard from is stored by the lease sweep (decision 0017).
                 if session.draining != session.stored_draining:
@@ -259,6 +310,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self._s.dispatcher.wake()
             elif body == "reports":
                 await self._apply_reports(session, frame.reports)
+            elif body == "runner_exited":
+                exited = convert.runner_exited_from_proto(frame.runner_exited)
+                await self._s.store.transact(
+                    runner_exited,
+                    agent_id,
+                    exited.flow_run_id,
+                    exited.runner_epoch,
+                    exited.exit_code,
+                    exited.message,
+                )
             elif body in ("result_listing", "results_deleted"):
                 await self._housekeeping_answer(session, frame)
             elif body == "renew_certificate":
@@ -321,7 +382,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except ValueError as exc:
             raise ProtocolError(str(exc)) from exc
         watermark, decisions = await self._s.store.transact(
-            apply_reports, session.agent.agent_id, reports
+            apply_reports, session.agent.agent_id, reports, result_stores=session.result_stores
         )
         # Acknowledge only after the commit above: the agent may then forget these reports.
         session.send(AckOut(watermark))
@@ -335,6 +396,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "this call needs the agent's client certificate; run `meridian agent enroll`"
             )
         return identity
+
+
+def advertised_stores(names: Sequence[str]) -> tuple[str, ...]:
+    """The result store names of a Hello that are store names at all (bounded)."""
+    return tuple(n for n in names[:MAX_RESULT_STORES] if store_name_problem(n) is None)
 
 
 def bundle_chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:

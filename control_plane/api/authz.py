@@ -82,7 +82,8 @@ class ApiTokenAuth(grpc.aio.ServerInterceptor):
 
 
 def _run_of(request: Any) -> str | None:
-    run = getattr(request, "flow_run_id", None)
+    # A subflow trigger names its parent run: a runner token may only be that parent's.
+    run = getattr(request, "flow_run_id", None) or getattr(request, "parent_run_id", None)
     return str(run) if run else None
 
 

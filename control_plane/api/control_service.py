@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from control_plane import audit
-from control_plane.api import views
+from control_plane.api import convert, views
 from control_plane.api.agent_service import bundle_chunks
-from control_plane.api.authz import allowed_environments
-from control_plane.api.errors import rpc, rpc_stream
+from control_plane.api.authz import CURRENT_PRINCIPAL, allowed_environments
+from control_plane.api.deployments_api import DeploymentsApi
+from control_plane.api.errors import StreamClosed, rpc, rpc_stream
+from control_plane.api.limits_api import LimitsApi
 from control_plane.api.services import Services
 from control_plane.api.validation import (
     validate_approval_request,
@@ -28,10 +30,12 @@ from control_plane.api.validation import (
     validate_run_state,
     validate_submissions,
 )
+from control_plane.api.webhooks_api import WebhooksApi
 from control_plane.orchestration.fleet import HeartbeatPolicy
 from control_plane.orchestration.scopes import check_step_targets
 from control_plane.scheduler.registry import CloseOut, DrainOut
 from control_plane.store import queries
+from control_plane.transfers.broker import TransferBroker, TransferUnavailable
 from control_plane.usecases.agent_admin import drain_agent, revoke_agent
 from control_plane.usecases.approvals import decide_approval, request_approval
 from control_plane.usecases.bundles import bundle_data, has_bundle, store_bundle
@@ -42,6 +46,7 @@ from control_plane.usecases.environments import (
     record_residency_refusal,
     set_residency,
 )
+from control_plane.usecases.runners import REMOTE_TRIGGER, create_hosted_run, fenced
 from control_plane.usecases.runs import (
     cancel_run,
     finish_run,
@@ -51,6 +56,7 @@ from control_plane.usecases.runs import (
     start_run,
 )
 from control_plane.usecases.steps import submit_steps
+from control_plane.usecases.transfers import list_transfers
 from meridian.core.convert import ms_from_time
 from meridian.core.errors import (
     ConflictError,
@@ -73,15 +79,26 @@ WATCH_BATCH_BYTES = 1024 * 1024
 MAX_ANSWER_OUTCOME_BYTES = 4 * 1024 * 1024
 SERVER_VERSION = "0.1.0"
 MAX_AUDIT_PAGE = 1000
+DEFAULT_TRANSFERS_PAGE = 100
+MAX_TRANSFERS_PAGE = 1000
+MAX_STEP_KEY = 512
 # CollectResults: how long sweeps may take at most, the default and largest age of an orphan.
 COLLECT_WAIT_S = 50.0
 DEFAULT_ORPHAN_AGE_S = 3600.0
 MAX_ORPHAN_AGE_S = 10 * 365 * 86400.0
 
 
-class ControlService(control_pb2_grpc.ControlServiceServicer):
+class ControlService(
+    DeploymentsApi, LimitsApi, WebhooksApi, control_pb2_grpc.ControlServiceServicer
+):
     def __init__(self, services: Services) -> None:
         self._s = services
+        self._transfers = TransferBroker(
+            services.store,
+            services.registry,
+            services.relay,
+            lambda: services.dispatcher.max_silence_s,
+        )
 
     @rpc
     async def GetServerInfo(
@@ -154,6 +171,18 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
+        if request.trigger == REMOTE_TRIGGER:
+            # `meridian run --remote`: the body runs on a hosted runner (decision 0018).
+            run = await self._s.store.transact(
+                create_hosted_run,
+                flow_name=request.flow_name,
+                entrypoint=request.entrypoint,
+                parameters_json=request.parameters_json or "{}",
+                bundle_sha256=request.bundle_sha256,
+                runner_target=request.runner_target,
+                scope=allowed_environments(),
+            )
+            return control_pb2.CreateRunResponse(flow_run_id=run.id)
         run_id, runner_token = await self._s.store.transact(
             start_run,
             flow_name=request.flow_name,
@@ -182,7 +211,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         try:
             submitted = await self._s.dispatcher.queue_and_assign(
                 needs,
-                submit_steps,
+                fenced(submit_steps, _runner_epoch()),
                 request.flow_run_id,
                 submissions.calls,
                 outcome_bytes=MAX_ANSWER_OUTCOME_BYTES,
@@ -204,7 +233,7 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
             _require_json(request.result_json, "result_json")
         await self._visible_run(request.flow_run_id)
         state = await self._s.store.transact(
-            finish_run,
+            fenced(finish_run, _runner_epoch()),
             request.flow_run_id,
             succeeded=request.succeeded,
             result_json=request.result_json or "null",
@@ -218,7 +247,9 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.RenewRunnerLeaseResponse:
         await self._visible_run(request.flow_run_id)
         state, expires = await self._s.store.transact(
-            renew_runner_lease, request.flow_run_id, request.lease_s or 30.0
+            fenced(renew_runner_lease, _runner_epoch()),
+            request.flow_run_id,
+            request.lease_s or 30.0,
         )
         return control_pb2.RenewRunnerLeaseResponse(
             state=state, expires_at_unix_ms=ms_from_time(expires)
@@ -258,7 +289,11 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         validate_approval_request(request)
         await self._visible_run(request.flow_run_id)
         approval, run_state = await self._s.store.transact(
-            request_approval, request.flow_run_id, request.key, request.message, request.timeout_s
+            fenced(request_approval, _runner_epoch()),
+            request.flow_run_id,
+            request.key,
+            request.message,
+            request.timeout_s,
         )
         return views.approval_state(approval, run_state)
 
@@ -482,6 +517,51 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         )
         return views.collect_answer(report)
 
+    # ---- result transfers -----------------------------------------------------------------
+
+    @rpc_stream
+    async def FetchResult(
+        self, request: control_pb2.FetchRunResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.ResultChunk]:
+        """A step's stored result, relayed from an agent of the environment that keeps it."""
+        step_key = request.step_key
+        if not step_key or len(step_key) > MAX_STEP_KEY:
+            raise ValidationError(f"give the step key (1 to {MAX_STEP_KEY} characters)")
+        run_id = await self._s.store.run(
+            queries.resolve_run_id, request.flow_run_id.strip(), allowed_environments()
+        )
+        principal = CURRENT_PRINCIPAL.get()
+        requester = principal.actor if principal is not None else audit.CLI
+        chunks = self._transfers.fetch_for_client(requester, run_id, step_key, request.offset)
+        try:
+            async for chunk in chunks:
+                yield convert.chunk_to_proto(chunk)
+        except TransferUnavailable as exc:
+            raise StreamClosed(str(exc)) from None
+
+    @rpc
+    async def ListTransfers(
+        self, request: control_pb2.ListTransfersRequest, context: grpc.aio.ServicerContext
+    ) -> control_pb2.ListTransfersResponse:
+        since = _audit_since(request.since_unix_ms)
+        scope = allowed_environments()
+        run_id = request.flow_run_id.strip()
+        if run_id:
+            run_id = await self._s.store.run(queries.resolve_run_id, run_id, scope)
+        listing = await self._s.store.run(
+            lambda session: list_transfers(
+                session,
+                since=since,
+                run_id=run_id,
+                limit=min(request.limit or DEFAULT_TRANSFERS_PAGE, MAX_TRANSFERS_PAGE),
+                scope=scope,
+            )
+        )
+        totals = [
+            (t.from_environment, t.to_environment, t.bytes, t.transfers) for t in listing.totals
+        ]
+        return views.transfers_page(listing.transfers, totals)
+
     # ---- audit --------------------------------------------------------------------------
 
     @rpc
@@ -514,6 +594,12 @@ class ControlService(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.VerifyAuditResponse:
         return views.verify_report(await self._s.store.run(audit.verify_chain))
+
+
+def _runner_epoch() -> int | None:
+    """The runner epoch of the caller's token when it is a flow runner's (decision 0018)."""
+    principal = CURRENT_PRINCIPAL.get()
+    return principal.runner_epoch if principal is not None else None
 
 
 def _audit_since(value_ms: int) -> dt.datetime | None:

@@ -19,17 +19,20 @@ from control_plane.orchestration.housekeeping import (
 )
 from control_plane.orchestration.values import (
     AssignOut,
+    AssignRunnerOut,
     CancelOut,
+    CancelRunnerOut,
     DecisionOut,
     LogLineIn,
     ReportIn,
 )
-from control_plane.scheduler.registry import AckOut, CloseOut, DrainOut, Outgoing
+from control_plane.scheduler.registry import AckOut, CloseOut, DrainOut, Outgoing, ServeResultOut
+from control_plane.transfers.broker import Chunk
 from control_plane.usecases.agents import HelloIn
 from meridian.core.convert import spec_to_proto, time_from_ms
 from meridian.core.kinds import ReportKind
 from meridian.core.states import AttemptState
-from protos.meridian.v1 import agent_pb2
+from protos.meridian.v1 import agent_pb2, common_pb2
 
 OUTCOMES = {
     agent_pb2.ATTEMPT_OUTCOME_SUCCEEDED: AttemptState.SUCCEEDED,
@@ -231,7 +234,67 @@ def outgoing_to_frame(item: Outgoing) -> agent_pb2.ControlFrame:
                 ],
             )
         )
+    if isinstance(item, ServeResultOut):
+        return agent_pb2.ControlFrame(
+            serve_result=agent_pb2.ServeResult(
+                transfer_id=item.transfer_id, ref_json=item.ref_json, offset=item.offset
+            )
+        )
+    if isinstance(item, AssignRunnerOut | CancelRunnerOut):
+        return runner_frame(item)
     raise TypeError(f"cannot send {item!r}")  # CloseOut is handled by the stream itself
+
+
+def runner_frame(item: AssignRunnerOut | CancelRunnerOut) -> agent_pb2.ControlFrame:
+    """The AssignRunner / CancelRunner frame of a hosted flow runner (decision 0018)."""
+    if isinstance(item, CancelRunnerOut):
+        return agent_pb2.ControlFrame(
+            cancel_runner=agent_pb2.CancelRunner(
+                flow_run_id=item.flow_run_id,
+                runner_epoch=item.runner_epoch,
+                reason=item.reason,
+                grace_s=item.grace_s,
+            )
+        )
+    return agent_pb2.ControlFrame(
+        assign_runner=agent_pb2.AssignRunner(
+            flow_run_id=item.flow_run_id,
+            runner_epoch=item.runner_epoch,
+            bundle_sha256=item.bundle_sha256,
+            entrypoint=item.entrypoint,
+            runner_token=item.runner_token,
+            client_address=item.client_address,
+            ca_certificate_pem=item.ca_certificate_pem,
+        )
+    )
+
+
+MAX_RUNNER_SLOTS = 1000
+MAX_HELD_RUNNERS = 10_000
+
+
+def runner_slots(hello: agent_pb2.Hello) -> int:
+    """The runner slots an agent offers, bounded (a huge number is a broken agent)."""
+    return min(int(hello.runner_slots), MAX_RUNNER_SLOTS)
+
+
+def held_runners(held: Any) -> dict[str, int]:
+    """HeldRunner entries (Hello or Heartbeat) as run id -> epoch, bounded."""
+    return {h.flow_run_id: int(h.runner_epoch) for h in list(held)[:MAX_HELD_RUNNERS]}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerExitedIn:
+    flow_run_id: str
+    runner_epoch: int
+    exit_code: int
+    message: str
+
+
+def runner_exited_from_proto(msg: agent_pb2.RunnerExited) -> RunnerExitedIn:
+    return RunnerExitedIn(
+        msg.flow_run_id[:64], int(msg.runner_epoch), int(msg.exit_code), msg.message[:4000]
+    )
 
 
 def decisions_to_proto(decisions: list[DecisionOut]) -> agent_pb2.DecisionBatch:
@@ -295,4 +358,29 @@ def results_deleted_from_proto(answer: agent_pb2.ResultsDeleted) -> ResultsDelet
         count=answer.count,
         bytes=answer.bytes,
         errors=tuple(line[:4096] for line in answer.errors[:MAX_HOUSEKEEPING_ERRORS]),
+    )
+
+
+# ---- result transfers -------------------------------------------------------------------
+
+
+def chunk_from_proto(msg: common_pb2.ResultChunk) -> Chunk:
+    """A pushed chunk as sent; the broker judges its bounds (sizes, offsets, digest)."""
+    return Chunk(
+        offset=msg.offset,
+        data=msg.data,
+        transfer_id=msg.transfer_id[:64],
+        total_size=msg.total_size,
+        sha256=msg.sha256[:64],
+        error=msg.error[:4096],
+    )
+
+
+def chunk_to_proto(chunk: Chunk) -> common_pb2.ResultChunk:
+    return common_pb2.ResultChunk(
+        transfer_id=chunk.transfer_id,
+        offset=chunk.offset,
+        data=chunk.data,
+        total_size=chunk.total_size,
+        sha256=chunk.sha256,
     )

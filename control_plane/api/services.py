@@ -13,6 +13,7 @@ from control_plane.scheduler.housekeeping import Housekeeping
 from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.telemetry.frames import FrameCounter, FrameCounts
+from control_plane.transfers.relay import Relay
 
 
 class RunNotifier:
@@ -53,3 +54,6 @@ class Services:
     frames: FrameCounter = field(default_factory=FrameCounts)
     # Result-store clean-up: deletions sent to agents, sweeps for CollectResults (None: off).
     housekeeping: Housekeeping | None = None
+    # Result transfers in flight: one bounded pipe each, and their limits (control_plane/
+    # transfers); AgentService and ControlService relay through the same one.
+    relay: Relay = field(default_factory=Relay)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from control_plane.api.readmodels import (
     AgentLike,
@@ -17,6 +19,7 @@ from control_plane.api.readmodels import (
     RunLike,
     RunViewLike,
     StepLike,
+    TransferLike,
 )
 from control_plane.audit import VerifyReport
 from control_plane.orchestration.fleet import HeartbeatPolicy
@@ -149,6 +152,9 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
         error=error_to_proto(run.error),
         retry_of=run.retry_of or "",
         resumed_at_unix_ms=ms_from_time(run.resumed_at),
+        **_deployment_fields(run),
+        trigger_detail_json=json.dumps(run.trigger_detail) if run.trigger_detail else "",
+        parent_key=run.parent_key or "",
         steps=[
             control_pb2.StepRunDetail(
                 step_run_id=step.id,
@@ -185,6 +191,40 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
             for e in view.events
         ],
         approvals=[approval_info(a) for a in view.approvals],
+        transfers=[transfer_info(t) for t in view.transfers],
+    )
+
+
+def transfer_info(row: TransferLike) -> control_pb2.TransferInfo:
+    return control_pb2.TransferInfo(
+        transfer_id=row.id,
+        flow_run_id=row.flow_run_id,
+        step_key=row.step_key,
+        attempt_id=row.attempt_id or "",
+        from_environment=row.from_environment,
+        to_environment=row.to_environment,
+        store=row.store,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        state=row.state,
+        error=row.error,
+        started_at_unix_ms=ms_from_time(row.started_at),
+        ended_at_unix_ms=ms_from_time(row.ended_at),
+        producer_run_id=row.producer_run_id,
+        producer_step_key=row.producer_step_key,
+    )
+
+
+def transfers_page(
+    rows: Sequence[TransferLike], totals: Sequence[tuple[str, str, int, int]]
+) -> control_pb2.ListTransfersResponse:
+    """Transfers newest first, and (from, to, bytes, transfers) sums of the completed ones."""
+    return control_pb2.ListTransfersResponse(
+        transfers=[transfer_info(t) for t in rows],
+        totals=[
+            control_pb2.TransferTotal(from_environment=f, to_environment=t, bytes=b, transfers=n)
+            for f, t, b, n in totals
+        ],
     )
 
 
@@ -274,7 +314,19 @@ def run_summary(run: RunLike, total: int, failed: int) -> control_pb2.RunSummary
         ended_at_unix_ms=ms_from_time(run.ended_at),
         steps_total=total,
         steps_failed=failed,
+        trigger=run.trigger,
+        **_deployment_fields(run),
     )
+
+
+def _deployment_fields(run: RunLike) -> dict[str, Any]:
+    """A deployment run's name (as it was when fired), version and parent run."""
+    detail = run.trigger_detail or {}
+    return {
+        "deployment": str(detail.get("deployment", "")),
+        "deployment_version": run.deployment_version or 0,
+        "parent_run_id": run.parent_run_id or "",
+    }
 
 
 def logs_page(rows: Sequence[LogLineLike], after_id: int) -> control_pb2.GetLogsResponse:

@@ -47,7 +47,13 @@ REQUIRED_ROLE: dict[str, Role] = {
             "VerifyAudit",
             "HasBundle",
             "DownloadBundle",
+            "FetchResult",
+            "ListTransfers",
             "ListEnvironments",
+            "ListDeployments",
+            "GetDeployment",
+            "ListDeploymentVersions",
+            "ListLimits",
         )
     },
     **{
@@ -63,13 +69,20 @@ REQUIRED_ROLE: dict[str, Role] = {
             "RetryRun",
             "RequestApproval",
             "DecideApproval",
+            "CreateDeployment",
+            "TriggerDeployment",
+            "SetDeploymentPaused",
+            "CreateWebhook",
         )
     },
     SERVICE + "RevokeAgent": Role.ADMIN,
     SERVICE + "DrainAgent": Role.ADMIN,
-    SERVICE + "SetResidency": Role.ADMIN,
     SERVICE + "DeleteRun": Role.ADMIN,
+    SERVICE + "DeleteDeployment": Role.ADMIN,
     SERVICE + "CollectResults": Role.ADMIN,
+    SERVICE + "SetResidency": Role.ADMIN,
+    SERVICE + "SetLimit": Role.ADMIN,
+    SERVICE + "DeleteLimit": Role.ADMIN,
 }
 # What a runner token may do, always for its own run only.
 # A runner asks for approvals of its run but never decides them: that is a person's call.
@@ -82,6 +95,10 @@ RUNNER_METHODS = frozenset(
         "RenewRunnerLease",
         "GetRun",
         "RequestApproval",
+        # ResultRef.load() in a flow body: a stored result of its own run's steps.
+        "FetchResult",
+        # A subflow: a deployment run whose parent is the token's own run (parent_run_id).
+        "TriggerDeployment",
     )
 )
 PUBLIC_PREFIXES = (
@@ -90,6 +107,25 @@ PUBLIC_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
 )
+
+
+# A runner token is bound to the runner epoch it was minted for (decision 0018); the epoch is
+# kept in the token's name, which runner tokens use for nothing else.
+_RUNNER_EPOCH_PREFIX = "runner-epoch:"
+
+
+def runner_token_name(epoch: int) -> str:
+    return f"{_RUNNER_EPOCH_PREFIX}{int(epoch)}"
+
+
+def runner_epoch_of(name: str) -> int:
+    """The epoch a runner token was minted for (0 for tokens minted before epochs)."""
+    if name.startswith(_RUNNER_EPOCH_PREFIX):
+        try:
+            return int(name[len(_RUNNER_EPOCH_PREFIX) :])
+        except ValueError:
+            return -1  # never equal to a run's epoch: such a token drives nothing
+    return 0
 
 
 def new_api_token() -> tuple[str, str, str]:

@@ -98,6 +98,31 @@ class CancelOut:
     grace_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class AssignRunnerOut:
+    """Run a flow body on this agent (decision 0018): the AssignRunner frame's values."""
+
+    agent_id: str
+    flow_run_id: str
+    runner_epoch: int
+    bundle_sha256: str
+    entrypoint: str
+    runner_token: str
+    client_address: str = ""  # ":PORT" = the host the agent dialled
+    ca_certificate_pem: bytes = b""
+
+
+@dataclass(frozen=True)
+class CancelRunnerOut:
+    """Stop the hosted runner of this run on its agent (after a grace)."""
+
+    agent_id: str
+    flow_run_id: str
+    runner_epoch: int
+    reason: str
+    grace_s: float
+
+
 @dataclass
 class Effects:
     """What must happen after the transaction commits (never before: nothing is sent for a
@@ -113,6 +138,10 @@ class Effects:
     timers: list[dt.datetime] = field(default_factory=list)
     # Attempts this change queued: the scheduler's in-memory ready queue learns them here.
     queued: list[ReadyEntry] = field(default_factory=list)
+    # Hosted flow runners (decision 0018): frames for runners' agents, and whether a run now
+    # wants a runner or a runner slot was freed (the dispatcher's runner pass runs).
+    runner_frames: list[AssignRunnerOut | CancelRunnerOut] = field(default_factory=list)
+    runners_wanted: bool = False
 
     def release(self, agent_id: str | None) -> None:
         if agent_id:
@@ -127,5 +156,7 @@ class Effects:
         self.decisions.extend(other.decisions)
         self.timers.extend(other.timers)
         self.queued.extend(other.queued)
+        self.runner_frames.extend(other.runner_frames)
+        self.runners_wanted = self.runners_wanted or other.runners_wanted
         for agent_id, n in other.released_slots.items():
             self.released_slots[agent_id] = self.released_slots.get(agent_id, 0) + n

@@ -17,7 +17,9 @@ thread) and when no due attempt in the queue could use those slots (a new submis
 overtakes work already waiting for the same agents). Approval
 deadlines are stored timers too: checked when the next one falls due (learnt from the
 database at every sweep, so a restart or another replica's approvals are found) and when a
-new one is created here.
+new one is created here. So are schedules' fire times (decision 0019): the loop wakes at
+the smallest ``next_fire_at`` of the active schedules and fires what is due, one
+transaction per schedule (``usecases.schedules``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from control_plane.scheduler.registry import AgentRegistry, Reservation
 from control_plane.store.db import Store
 from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.approvals import expire_approvals
+from control_plane.usecases.limits import LEASE, HolderLiveness, sweep_limit_leases
+from control_plane.usecases.runners import RunnerEndpoint, assign_runners
 from control_plane.usecases.runs import crash_runs_with_lapsed_leases
+from control_plane.usecases.schedules import fire_due_schedule, next_schedule_due
 from control_plane.usecases.scheduling import (
     cached_selector,
     load_ready,
@@ -48,6 +53,8 @@ from control_plane.usecases.scheduling import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Schedules evaluated by one pass at most (one transaction each); more due: the next pass.
+MAX_SCHEDULES_PER_PASS = 50
 
 
 class Dispatcher:
@@ -74,8 +81,11 @@ class Dispatcher:
         # An agent that missed this many heartbeats gets no new work (it may be cut off).
         self._max_silence_s = 3 * sweep_interval_s
         self._runner_grace_s = runner_grace_s
+        # Concurrency-limit slots outlive a few sweeps unrenewed (usecases.limits).
+        self._limit_lease = max(LEASE, dt.timedelta(seconds=3 * sweep_interval_s))
         self._next_sweep = self._store.clock()
         self._next_approval: dt.datetime | None = None  # known at the first sweep
+        self._next_schedule: dt.datetime | None = None  # known at the first sweep too
         self._passes = 0
         self._ready = ReadyQueue()
         # Changes to the ready queue noted by ``apply``, made by the loop between passes.
@@ -84,6 +94,20 @@ class Dispatcher:
         self._resync = True  # rebuild the queue from the store before the next pass
         # A pass (or the queue's rebuild) is running: it reads the queue on the store's thread.
         self._in_pass = False
+        # Hosted flow runners (decision 0018): a runner pass is due when a run wants a runner,
+        # a runner slot was freed or offered, at every sweep, and at the next start_after.
+        self._runners_due = True
+        self._next_runner_start: dt.datetime | None = None
+        self._runner_endpoint = RunnerEndpoint()
+
+    def set_runner_endpoint(self, client_address: str, ca_certificate_pem: bytes) -> None:
+        """Where hosted runners reach the client listener (known once it listens)."""
+        self._runner_endpoint = RunnerEndpoint(client_address, ca_certificate_pem)
+
+    def wake_runners(self) -> None:
+        """A run may now get a runner (an agent offering runner slots connected)."""
+        self._runners_due = True
+        self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatcher")
@@ -126,7 +150,13 @@ class Dispatcher:
 
     def _seconds_to_next_due(self) -> float:
         now = self._store.clock()
-        due = [self._next_sweep] + [t for t in (self._next_timer, self._next_approval) if t]
+        timers = (
+            self._next_timer,
+            self._next_approval,
+            self._next_schedule,
+            self._next_runner_start,
+        )
+        due = [self._next_sweep] + [t for t in timers if t]
         return max(0.0, min((t - now).total_seconds() for t in due))
 
     async def _pass(self) -> None:
@@ -137,6 +167,10 @@ class Dispatcher:
             self._resync = True  # another writer (replica, offline command) may have queued
         elif self._next_approval is not None and now >= self._next_approval:
             await self._expire_approvals(now)
+        elif self._next_schedule is not None and now >= self._next_schedule:
+            await self._fire_schedules(now)
+        if self._runners_due or (self._next_runner_start and now >= self._next_runner_start):
+            await self._assign_runners()
         if self._resync:
             self._resync = False
             self._ready.replace(await self._store.transact(load_ready, self._ready))
@@ -248,7 +282,47 @@ class Dispatcher:
         await self._store.transact(
             crash_runs_with_lapsed_leases, self._started_at, self._runner_grace_s
         )
+        await self._store.transact(sweep_limit_leases, self._limit_liveness(now), self._limit_lease)
         await self._expire_approvals(now)
+        await self._fire_schedules(now)
+        self._runners_due = True  # lost runners' runs may want a new one
+
+    def _limit_liveness(self, now: dt.datetime) -> HolderLiveness:
+        """When agents were last heard from: limit slots of their attempts are renewed."""
+        heard = {agent_id: a.last_seen for agent_id, a in self._registry.live_agents(now).items()}
+        return HolderLiveness(self._started_at, heard, self._lost_after_s)
+
+    async def _assign_runners(self) -> None:
+        """Hand runs that want a hosted runner to free runner slots (decision 0018)."""
+        self._runners_due = False
+        self._next_runner_start = None
+        try:
+            self._next_runner_start = await self._store.transact(
+                assign_runners,
+                self._registry.runner_hosts(max_silence_s=self._max_silence_s),
+                self._runner_endpoint,
+            )
+        except Exception:  # never stops the pass that assigns steps
+            log.exception("assigning hosted runners failed; retrying at the next sweep")
+
+    async def _fire_schedules(self, now: dt.datetime) -> None:
+        """Fire the due slots of schedules (decision 0019), then learn the next fire time.
+
+        A schedule whose evaluation fails is logged and retried at the next sweep; it never
+        stops the pass that assigns work."""
+        try:
+            for _ in range(MAX_SCHEDULES_PER_PASS):
+                self._next_schedule = await self._store.run(next_schedule_due)
+                if self._next_schedule is None or self._next_schedule > now:
+                    return
+                if await self._store.transact(fire_due_schedule) is None:
+                    # Another replica is evaluating the due ones: look again shortly.
+                    self._next_schedule = now + dt.timedelta(seconds=1)
+                    return
+            self._next_schedule = now  # more are due: the next pass goes on
+        except Exception:
+            log.exception("evaluating schedules failed; retrying at the next sweep")
+            self._next_schedule = now + dt.timedelta(seconds=self._sweep_interval_s)
 
     async def _expire_approvals(self, now: dt.datetime) -> None:
         found = await self._store.transact(expire_approvals)
@@ -284,9 +358,19 @@ class Dispatcher:
                 session.in_use = max(0, session.in_use - count)
         if effects.timers:
             due = min(effects.timers)
+            # A stored timer may be a schedule's next fire time (a deployment was created).
+            if self._next_schedule is None or due < self._next_schedule:
+                self._next_schedule = due
             if self._next_approval is None or due < self._next_approval:
                 self._next_approval = due
                 self._wake.set()
+        for frame in effects.runner_frames:
+            session = self._registry.get(frame.agent_id)
+            if session is not None:
+                session.send(frame)  # unreachable: its lease lapses, or it is fenced anyway
+        if effects.runners_wanted:
+            self._runners_due = True
+            self.wake()
         if effects.touched_runs:
             self._on_runs_touched(effects.touched_runs)
         if effects.wake_scheduler:

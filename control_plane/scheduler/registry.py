@@ -22,7 +22,14 @@ from typing import Any
 from control_plane.auth.rotation import Renewal
 from control_plane.orchestration.housekeeping import DeleteResultsOut, SweepResultsOut
 from control_plane.orchestration.matching import AgentSlot
-from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut
+from control_plane.orchestration.runner_plan import RunnerHost
+from control_plane.orchestration.values import (
+    AssignOut,
+    AssignRunnerOut,
+    CancelOut,
+    CancelRunnerOut,
+    DecisionOut,
+)
 from control_plane.usecases.agents import ConnectedAgent, LiveAgent
 
 
@@ -48,6 +55,15 @@ class CloseOut:
     refused: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeResultOut:
+    """Ask the agent to push a stored result's bytes for a transfer (``PushResult``)."""
+
+    transfer_id: str
+    ref_json: str
+    offset: int
+
+
 Outgoing = (
     AssignOut
     | CancelOut
@@ -58,6 +74,10 @@ Outgoing = (
     | list[DecisionOut]
     | SweepResultsOut
     | DeleteResultsOut
+    | ServeResultOut
+    # Hosted flow runners (decision 0018); defined beside Effects, which carries them.
+    | AssignRunnerOut
+    | CancelRunnerOut
 )
 
 
@@ -87,6 +107,24 @@ class AgentSession:
         # Monotonic time of the last frame from the agent. A stream can look open long after
         # its peer went silent (a black-holed network): such an agent gets no new work.
         self.last_seen = time.monotonic()
+        # Hosted flow runners (decision 0018): how many bodies the agent runs at once, and
+        # the runs (id -> epoch) whose runners it last said are alive there.
+        self.runner_slots = 0
+        self.held_runners: dict[str, int] = {}
+
+    def runner_host(self) -> RunnerHost:
+        """What the runner planner sees (``held`` is counted from the store there)."""
+        a = self.agent
+        return RunnerHost(
+            a.agent_id,
+            a.name,
+            a.environment,
+            a.labels,
+            self.runner_slots,
+            0,
+            self.draining,
+            bool(self.degraded),
+        )
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
@@ -158,6 +196,14 @@ class AgentRegistry:
             s.slot(self._reserved.get(agent_id, 0))
             for agent_id, s in self._sessions.items()
             if s.silent_for() <= max_silence_s
+        ]
+
+    def runner_hosts(self, max_silence_s: float = float("inf")) -> list[RunnerHost]:
+        """Connected agents offering runner slots, heard from within ``max_silence_s``."""
+        return [
+            s.runner_host()
+            for s in self._sessions.values()
+            if s.runner_slots > 0 and s.silent_for() <= max_silence_s
         ]
 
     def reserve(self, counts: Mapping[str, int]) -> Reservation:

@@ -39,6 +39,7 @@ from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRun
 from control_plane.store.tx import Tx, move_attempt, move_run, move_step, record_event
 from control_plane.usecases.environments import stored_refs
 from control_plane.usecases.logs import store_log_lines
+from control_plane.usecases.outcome_triggers import fire_outcome_triggers
 from control_plane.usecases.steps import queue_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import NotFound, ValidationError
@@ -120,6 +121,7 @@ def complete_cancel_if_confirmed(tx: Tx, run_id: str) -> None:
     run.ended_at = tx.now
     run.runner_lease_expires_at = None
     move_run(tx, run, RunState.CANCELLED, "every attempt confirmed")
+    fire_outcome_triggers(tx, run)
 
 
 # ---- assignment -------------------------------------------------------------------------

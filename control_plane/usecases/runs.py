@@ -20,7 +20,9 @@ from control_plane.store.ids import new_id
 from control_plane.store.models import BundleRow, EventRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
 from control_plane.store.tx import Tx, move_run, record_event
+from control_plane.usecases import outcome_triggers
 from control_plane.usecases.attempts import cancel_live_attempts, complete_cancel_if_confirmed
+from control_plane.usecases.runners import cancel_hosted_runner, is_hosted, runner_lost
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import ConflictError, NotFound, ValidationError
 from meridian.core.kinds import EventKind
@@ -99,6 +101,9 @@ def finish_run(
     run.error = None if succeeded else error
     message = "" if succeeded or not error else f"{error.type}: {error.message}"
     move_run(tx, run, target, message)
+    if is_hosted(run):
+        tx.effects.runners_wanted = True  # its runner slot is free
+    outcome_triggers.fire_outcome_triggers(tx, run)
     return run.state
 
 
@@ -115,7 +120,9 @@ def renew_runner_lease(tx: Tx, run_id: str, lease_s: float) -> tuple[RunState, d
 
 
 def crash_runs_with_lapsed_leases(tx: Tx, started_at: dt.datetime, grace_s: float) -> None:
-    """RUNNING or PAUSED runs whose runner stopped renewing its lease become CRASHED.
+    """RUNNING or PAUSED runs whose runner stopped renewing its lease become CRASHED; a
+    hosted run's (decision 0018) is resumed on another runner or failed instead
+    (``usecases.runners.runner_lost``).
 
     A PAUSED run's runner waits for an approval and keeps renewing; one that died while
     waiting crashes the run like any other (its pending approvals stay answerable, and a
@@ -133,6 +140,10 @@ def crash_runs_with_lapsed_leases(tx: Tx, started_at: dt.datetime, grace_s: floa
         )
     ).all()
     for run in runs:
+        if is_hosted(run):
+            # Decision 0018: a hosted run resumes on another agent or fails, per its policy.
+            runner_lost(tx, run, lost_at=run.runner_lease_expires_at or tx.now)
+            continue
         run.runner_lease_expires_at = None
         move_run(
             tx,
@@ -141,6 +152,7 @@ def crash_runs_with_lapsed_leases(tx: Tx, started_at: dt.datetime, grace_s: floa
             "the flow runner stopped renewing its lease; its steps keep running and "
             f"`meridian runs resume {run.id}` continues from the point of failure",
         )
+        outcome_triggers.fire_outcome_triggers(tx, run)
 
 
 def cancel_run(tx: Tx, run_id: str, reason: str) -> tuple[FlowRunRow, int]:
@@ -156,6 +168,7 @@ def cancel_run(tx: Tx, run_id: str, reason: str) -> tuple[FlowRunRow, int]:
         tx.session, "run.cancelled", run, tx.now, reason=message, previous_state=run.state
     )
     move_run(tx, run, RunState.CANCELLING, message)
+    cancel_hosted_runner(tx, run, message)
     waiting = cancel_live_attempts(tx, run, message)
     complete_cancel_if_confirmed(tx, run.id)
     return run, waiting
@@ -233,7 +246,8 @@ def start_run(
 def resume_run_for_runner(tx: Tx, run_id: str) -> tuple[FlowRunRow, int, str]:
     """``resume_run`` plus a fresh runner token: (run, event watermark, token)."""
     run, watermark = resume_run(tx, run_id)
-    return run, watermark, issue_runner_token(tx.session, run.id, tx.now, run.scope)
+    token = issue_runner_token(tx.session, run.id, tx.now, run.scope, epoch=run.runner_epoch)
+    return run, watermark, token
 
 
 def retry_run_for_runner(tx: Tx, run_id: str) -> tuple[FlowRunRow, str]:

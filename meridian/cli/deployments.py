@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from meridian import _deployments
-from meridian.cli import runs
+from meridian.cli import runs, webhooks
 from meridian.cli.common import add_client_options, connect, parse_params
 from meridian.cli.deploy import schedule_lines
 from meridian.cli.render import format_datetime, table, to_json
@@ -30,6 +30,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=func)
         return parser
 
+    webhooks.register_under(actions, parents)
     listing = action("list", "deployments and their state", cmd_list, named=False)
     listing.add_argument("--json", action="store_true")
     show = action("show", "one deployment: spec, schedules, next fire times, recent runs", cmd_show)

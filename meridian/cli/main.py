@@ -18,20 +18,25 @@ from meridian.cli import (
     agents,
     audit,
     completion,
+    deploy,
+    deployments,
     dev,
     environments,
+    limits,
     results,
     run,
     runs,
     sealkeys,
     server,
     tokens,
+    transfers,
 )
 from meridian.cli.common import ArgumentParser, CliError, UsageError, one_line
 from meridian.core.errors import ConnectionFailed, MeridianError
 
 COMMAND_MODULES = (
-    *(server, tokens, access, agent, run, runs, results, agents, environments, audit),
+    *(server, tokens, access, agent, run, runs, results, transfers, agents, environments),
+    *(audit, deploy, deployments, limits),
     *(sealkeys, dev, completion),
 )
 
@@ -47,9 +52,13 @@ WHERE = {
     "run": "network",
     "runs": "network",
     "results": "network",
+    "transfers": "network",
     "agents": "network",
     "environments": "network",
     "audit": "network",
+    "deploy": "network",
+    "deployments": "network",
+    "limits": "network",
     "seal-key": "local: key files",
     "dev": "local: a throwaway estate",
     "completion": "local",
@@ -60,9 +69,9 @@ where commands act:
            ~/.meridian/server) or on local files; no network and no API token needed:
            server, join-tokens (alias: tokens), api-tokens, seal-key, dev, completion
   network  over gRPC + TLS to the control plane (--control-plane, --ca-file, --token or a
-           profile saved by `meridian login`): login, run, runs, results, agents,
-           environments, audit; agent dials the control plane and keeps its identity in
-           its own --data-dir
+           profile saved by `meridian login`): login, run, runs, results, transfers,
+           agents, environments, audit; agent dials the control plane and keeps its
+           identity in its own --data-dir
 """
 
 

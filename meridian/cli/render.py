@@ -469,7 +469,7 @@ def render_run(detail: models.RunDetail, pending: Sequence[str] = ()) -> str:
         lines += ["", "Other failed steps:"]
         for failure in summary.other:
             lines += _failure_lines(failure, with_traceback=False)
-    return "\n".join(lines + _stored_lines(detail) + _sealed_lines(detail))
+    return "\n".join(lines + _stored_lines(detail) + _crossed_lines(detail) + _sealed_lines(detail))
 
 
 def _stored_lines(detail: models.RunDetail) -> list[str]:
@@ -484,6 +484,30 @@ def _stored_lines(detail: models.RunDetail) -> list[str]:
         return []
     header = "Stored results (kept at their site; `meridian results get RUN STEP` fetches one):"
     return ["", header, *lines]
+
+
+def _crossed_lines(detail: models.RunDetail) -> list[str]:
+    """Stored results relayed between environments for this run: bytes per step and
+    (from, to), counting completed transfers (failed ones are only counted)."""
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    for t in detail.transfers:
+        totals = sums.setdefault((t.step_key, t.from_environment, t.to_environment), [0, 0, 0])
+        if t.state == "COMPLETED":
+            totals[0] += t.bytes
+            totals[1] += 1
+        elif t.state == "FAILED":
+            totals[2] += 1
+    if not sums:
+        return []
+    lines = ["", "Crossed environments (stored results relayed between sites):"]
+    for (step, source, target), (sent, done, failed) in sorted(sums.items()):
+        note = f", {failed} failed" if failed else ""
+        plural = "" if done == 1 else "s"
+        lines.append(
+            f"  {step or '(download)'}: {source} -> {target or '(client)'}  "
+            f"{format_size(sent)} in {done} transfer{plural}{note}"
+        )
+    return lines
 
 
 def _sealed_lines(detail: models.RunDetail) -> list[str]:
@@ -574,6 +598,27 @@ def approval_to_dict(approval: models.ApprovalInfo) -> dict[str, Any]:
     }
 
 
+def transfer_to_dict(t: models.TransferInfo) -> dict[str, Any]:
+    """One result transfer for JSON output (``runs show --json``, ``transfers --json``)."""
+    return {
+        "transfer_id": t.transfer_id,
+        "flow_run_id": t.flow_run_id,
+        "step_key": t.step_key,
+        "attempt_id": t.attempt_id or None,
+        "from_environment": t.from_environment,
+        "to_environment": t.to_environment,
+        "store": t.store,
+        "bytes": t.bytes,
+        "sha256": t.sha256,
+        "state": t.state,
+        "error": t.error or None,
+        "started_at": iso(t.started_at),
+        "ended_at": iso(t.ended_at),
+        "producer_run_id": t.producer_run_id,
+        "producer_step_key": t.producer_step_key,
+    }
+
+
 def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
     """The audit view as one JSON-ready document with stable keys."""
     summary = summarize(detail)
@@ -596,6 +641,7 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "error": error_to_dict(detail.error),
         "steps": [_step_to_dict(s, marks) for s in sorted_steps(detail)],
         "approvals": [approval_to_dict(a) for a in detail.approvals],
+        "transfers": [transfer_to_dict(t) for t in detail.transfers],
         "summary": {
             "step_counts": summary.step_counts,
             "recovered_failures": [f.to_dict() for f in summary.recovered],

@@ -32,7 +32,7 @@ _WITH_RESULT = frozenset({"COMPLETED", "CACHED"})
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     results = commands.add_parser(
-        "results", help="step results, also those stored at their site", parents=parents
+        "results", help="step results, inline or stored at a site", parents=parents
     )
     actions = results.add_subparsers(dest="action", metavar="ACTION", required=True)
     get = actions.add_parser(

@@ -44,3 +44,7 @@ def test_dev_demo_end_to_end(cli, tmp_path: Path) -> None:
     recovered = out.split("Recovered failures:")[1].split("Failure that ended the run:")[0]
     assert "load#1 attempt 1" in recovered and "ConnectionResetError" in recovered
     assert out.split("Failure that ended the run:")[1].split()[0] == "none"
+    # The example also runs as a deployment: its first scheduled run, on a hosted runner.
+    assert "Deployment  demo-etl (version" in out and "every 3 s" in out
+    scheduled = out.split("Scheduled run ")[1]
+    assert scheduled.split("\n")[0].endswith("finished: COMPLETED")
