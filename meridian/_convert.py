@@ -237,6 +237,9 @@ def run_detail_from_proto(msg: control_pb2.RunDetail) -> models.RunDetail:
         resumed_at=time_from_ms(msg.resumed_at_unix_ms),
         approvals=tuple(approval_from_proto(a) for a in msg.approvals),
         transfers=tuple(transfer_from_proto(t) for t in msg.transfers),
+        parent_run_id=msg.parent_run_id,
+        parent_key=msg.parent_key,
+        children=tuple(run_summary_from_proto(c) for c in msg.children),
     )
 
 
@@ -279,6 +282,8 @@ def run_summary_from_proto(msg: control_pb2.RunSummary) -> models.RunSummary:
         ended_at=time_from_ms(msg.ended_at_unix_ms),
         steps_total=msg.steps_total,
         steps_failed=msg.steps_failed,
+        parent_run_id=msg.parent_run_id,
+        trigger=msg.trigger,
     )
 
 

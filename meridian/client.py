@@ -176,9 +176,14 @@ class ControlClient:
         trigger: str = "manual",
         *,
         runner_target: str = "",
+        parent_run_id: str = "",
+        parent_key: str = "",
     ) -> str:
         """Create a run; ``trigger="remote"`` makes it wait for a hosted flow runner on an
-        agent matching ``runner_target`` (decision 0018) instead of running here."""
+        agent matching ``runner_target`` (decision 0018) instead of running here. With
+        ``parent_run_id`` (a runner token of that run) it is the subflow ``parent_key`` of
+        that run: asked again, the same child comes back (``bundle_sha256`` "": the
+        parent's code)."""
         request = control_pb2.CreateRunRequest(
             flow_name=flow_name,
             entrypoint=entrypoint,
@@ -186,8 +191,10 @@ class ControlClient:
             bundle_sha256=bundle_sha256,
             trigger=trigger,
             runner_target=runner_target,
+            parent_run_id=parent_run_id,
+            parent_key=parent_key,
         )
-        answer = self._call(self._stub.CreateRun, request)
+        answer = self._call(self._stub.CreateRun, request, idempotent=bool(parent_key))
         self.runner_tokens[answer.flow_run_id] = answer.runner_token
         return answer.flow_run_id
 

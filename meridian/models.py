@@ -195,6 +195,9 @@ class RunDetail:
     resumed_at: datetime | None = None  # last time the run was resumed
     approvals: tuple[ApprovalInfo, ...] = ()
     transfers: tuple[TransferInfo, ...] = ()  # stored results that crossed environments
+    parent_run_id: str = ""  # a subflow's parent run, and its call's key there
+    parent_key: str = ""
+    children: tuple[RunSummary, ...] = ()  # subflows started from this run, oldest first
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,8 @@ class RunSummary:
     ended_at: datetime | None = None
     steps_total: int = 0
     steps_failed: int = 0
+    parent_run_id: str = ""  # a subflow's parent run
+    trigger: str = ""
 
 
 @dataclass(frozen=True)

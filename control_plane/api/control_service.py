@@ -56,6 +56,7 @@ from control_plane.usecases.runs import (
     start_run,
 )
 from control_plane.usecases.steps import submit_steps
+from control_plane.usecases.subflows import start_child_run
 from control_plane.usecases.transfers import list_transfers
 from meridian.core.convert import ms_from_time
 from meridian.core.errors import (
@@ -171,6 +172,8 @@ class ControlService(
         self, request: control_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.CreateRunResponse:
         validate_create_run(request)
+        if request.parent_run_id:
+            return await self._create_child_run(request)
         if request.trigger == REMOTE_TRIGGER:
             # `meridian run --remote`: the body runs on a hosted runner (decision 0018).
             run = await self._s.store.transact(
@@ -193,6 +196,23 @@ class ControlService(
             scope=allowed_environments(),
         )
         return control_pb2.CreateRunResponse(flow_run_id=run_id, runner_token=runner_token)
+
+    async def _create_child_run(
+        self, request: control_pb2.CreateRunRequest
+    ) -> control_pb2.CreateRunResponse:
+        """A subflow: only the parent's runner token may start it (``usecases.subflows``)."""
+        principal = CURRENT_PRINCIPAL.get()
+        run, token, _ = await self._s.store.transact(
+            start_child_run,
+            parent_run_id=request.parent_run_id,
+            parent_key=request.parent_key,
+            caller_run_id=principal.flow_run_id if principal is not None else None,
+            flow_name=request.flow_name,
+            entrypoint=request.entrypoint,
+            parameters_json=request.parameters_json or "{}",
+            bundle_sha256=request.bundle_sha256,
+        )
+        return control_pb2.CreateRunResponse(flow_run_id=run.id, runner_token=token)
 
     @rpc
     async def SubmitSteps(

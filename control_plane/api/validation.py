@@ -62,7 +62,14 @@ def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
         raise ValidationError("flow_name must be 1-255 characters")
     if len(request.entrypoint) > 1024 or len(request.trigger) > 64:
         raise ValidationError("entrypoint (max 1024) or trigger (max 64) too long")
-    if not SHA256.match(request.bundle_sha256):
+    if request.parent_key and not request.parent_run_id:
+        raise ValidationError("parent_key needs a parent_run_id")
+    if request.parent_run_id and not 1 <= len(request.parent_key) <= MAX_KEY:
+        raise ValidationError(f"a subflow needs a parent_key of 1-{MAX_KEY} characters")
+    # A subflow may leave the bundle empty: it runs the parent's code.
+    if not SHA256.match(request.bundle_sha256) and not (
+        request.parent_run_id and not request.bundle_sha256
+    ):
         raise ValidationError("bundle_sha256 must be 64 lowercase hex characters")
     if len(request.parameters_json) > MAX_PARAMETERS_BYTES:
         raise ValidationError(f"parameters exceed {MAX_PARAMETERS_BYTES} bytes")

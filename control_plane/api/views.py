@@ -155,6 +155,7 @@ def run_detail(view: RunViewLike) -> control_pb2.RunDetail:
         **_deployment_fields(run),
         trigger_detail_json=json.dumps(run.trigger_detail) if run.trigger_detail else "",
         parent_key=run.parent_key or "",
+        children=[run_summary(child, 0, 0) for child in view.children],
         steps=[
             control_pb2.StepRunDetail(
                 step_run_id=step.id,

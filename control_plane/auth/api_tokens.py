@@ -99,6 +99,8 @@ RUNNER_METHODS = frozenset(
         "FetchResult",
         # A subflow: a deployment run whose parent is the token's own run (parent_run_id).
         "TriggerDeployment",
+        # A subflow started in the body (@flow(subflow=True)): its parent is the token's run.
+        "CreateRun",
     )
 )
 PUBLIC_PREFIXES = (

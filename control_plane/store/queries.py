@@ -36,6 +36,8 @@ class RunView:
     approvals: list[ApprovalRow] = field(default_factory=list)
     # Stored results that crossed environments for this run's steps (decision 0020).
     transfers: list[TransferRow] = field(default_factory=list)
+    # Subflows started from this run's body (child runs), oldest first.
+    children: list[FlowRunRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ def resolve_run_id(session: Session, run_id: str, caller: Sequence[str] = ()) ->
     return matches[0]
 
 
+MAX_CHILDREN = 1000  # children listed in a run's detail
+
+
 def run_view(session: Session, run_id: str, *, max_events: int = 10_000) -> RunView:
     run_id = resolve_run_id(session, run_id)
     run = session.get(FlowRunRow, run_id)
@@ -130,7 +135,15 @@ def run_view(session: Session, run_id: str, *, max_events: int = 10_000) -> RunV
         )
     )
     names_by_id = {str(k): str(v) for k, v in names.items()}
-    return RunView(run, steps, attempts, names_by_id, events, approvals, transfers)
+    children = list(  # subflows, in creation order
+        session.scalars(
+            select(FlowRunRow)
+            .where(FlowRunRow.parent_run_id == run_id)
+            .order_by(FlowRunRow.created_at, FlowRunRow.id)
+            .limit(MAX_CHILDREN)
+        )
+    )
+    return RunView(run, steps, attempts, names_by_id, events, approvals, transfers, children)
 
 
 def events_after(

@@ -171,7 +171,20 @@ def cancel_run(tx: Tx, run_id: str, reason: str) -> tuple[FlowRunRow, int]:
     cancel_hosted_runner(tx, run, message)
     waiting = cancel_live_attempts(tx, run, message)
     complete_cancel_if_confirmed(tx, run.id)
+    for child in _unfinished_children(tx.session, run.id):  # subflows: cancel cascades
+        waiting += cancel_run(tx, child.id, f"its parent run {run.id} was cancelled")[1]
     return run, waiting
+
+
+def _unfinished_children(session: Session, run_id: str) -> list[FlowRunRow]:
+    ended = [RunState.COMPLETED, RunState.FAILED, RunState.CANCELLING, RunState.CANCELLED]
+    return list(
+        session.scalars(
+            select(FlowRunRow).where(
+                FlowRunRow.parent_run_id == run_id, FlowRunRow.state.not_in(ended)
+            )
+        )
+    )
 
 
 def resume_run(tx: Tx, run_id: str) -> tuple[FlowRunRow, int]:

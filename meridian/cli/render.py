@@ -399,6 +399,11 @@ def _header_lines(detail: models.RunDetail) -> list[str]:
         f"Trigger     {detail.trigger}"
         + (f" (retry of {detail.retry_of})" if detail.retry_of else "")
         + (f", resumed {format_datetime(detail.resumed_at)}" if detail.resumed_at else ""),
+        *(
+            [f"Parent      {detail.parent_run_id} (subflow {detail.parent_key})"]
+            if detail.parent_run_id
+            else []
+        ),
         f"Parameters  {json.dumps(params, sort_keys=True) if params is not None else '{}'}",
         f"Code        sha256:{detail.bundle_sha256}" if detail.bundle_sha256 else "Code        -",
         f"State       {detail.state}",
@@ -440,6 +445,17 @@ def _approval_lines(detail: models.RunDetail) -> list[str]:
     return lines
 
 
+def _children_lines(detail: models.RunDetail) -> list[str]:
+    """Subflows the run started (child runs), oldest first."""
+    if not detail.children:
+        return []
+    rows = [
+        [c.flow_run_id, c.flow_name, c.state, format_datetime(c.created_at)]
+        for c in detail.children
+    ]
+    return ["", "Subflows", table(("RUN", "FLOW", "STATE", "CREATED"), rows)]
+
+
 def render_run(detail: models.RunDetail, pending: Sequence[str] = ()) -> str:
     """The full audit view of one run as text; ``pending``: what the run waits for, shown
     right under the header."""
@@ -448,7 +464,7 @@ def render_run(detail: models.RunDetail, pending: Sequence[str] = ()) -> str:
     lines += ["", "Timeline (times UTC)"]
     rows = _timeline_rows(detail)
     lines.append(table(TIMELINE_HEADERS, rows) if rows else "  (no steps)")
-    lines += _approval_lines(detail)
+    lines += _approval_lines(detail) + _children_lines(detail)
     counts = ", ".join(f"{n} {state}" for state, n in summary.step_counts.items()) or "none"
     lines += ["", f"Steps: {counts}", "", "Recovered failures:"]
     if summary.recovered:
@@ -631,6 +647,12 @@ def run_to_dict(detail: models.RunDetail) -> dict[str, Any]:
         "trigger": detail.trigger,
         "retry_of": detail.retry_of or None,
         "resumed_at": iso(detail.resumed_at),
+        "parent_run_id": detail.parent_run_id or None,
+        "parent_key": detail.parent_key or None,
+        "children": [
+            {"flow_run_id": c.flow_run_id, "flow_name": c.flow_name, "state": c.state}
+            for c in detail.children
+        ],
         "parameters": parse_json_text(detail.parameters_json) or {},
         "bundle_sha256": detail.bundle_sha256,
         "state": detail.state,

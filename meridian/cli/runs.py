@@ -94,10 +94,11 @@ def render_run_list(runs: Sequence[models.RunSummary]) -> str:
             format_datetime(r.created_at),
             format_seconds(seconds_between(r.created_at, r.ended_at)),
             f"{r.steps_total}" + (f" ({r.steps_failed} failed)" if r.steps_failed else ""),
+            r.parent_run_id[:8] if r.parent_run_id else "-",
         ]
         for r in runs
     ]
-    return table(("RUN", "FLOW", "STATE", "CREATED", "DURATION", "STEPS"), rows)
+    return table(("RUN", "FLOW", "STATE", "CREATED", "DURATION", "STEPS", "PARENT"), rows)
 
 
 def run_list_to_json(runs: Sequence[models.RunSummary]) -> list[dict[str, Any]]:
@@ -110,6 +111,7 @@ def run_list_to_json(runs: Sequence[models.RunSummary]) -> list[dict[str, Any]]:
             "ended_at": iso(r.ended_at),
             "steps_total": r.steps_total,
             "steps_failed": r.steps_failed,
+            "parent_run_id": r.parent_run_id or None,
         }
         for r in runs
     ]

@@ -54,6 +54,8 @@ class EventKind(StrEnum):
     # Hosted flow runners (decision 0018): a runner took the run, or its lease lapsed.
     RUN_RUNNER_ASSIGNED = "run.runner_assigned"
     RUN_RUNNER_LOST = "run.runner_lost"
+    # A subflow (a child run) started from this run's body.
+    RUN_SUBFLOW = "run.subflow"
     STEP_PENDING = "step.pending"
     STEP_RUNNING = "step.running"
     STEP_COMPLETED = "step.completed"

@@ -14,6 +14,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian.core.errors import ValidationError
 from meridian.sdk._options import check_seal, location
+from meridian.sdk.context import current_context
+from meridian.sdk.subflows import run_subflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,7 +27,11 @@ class Flow(Generic[P, R]):
     __meridian_flow__ = True
 
     def __init__(
-        self, fn: Callable[P, R], name: str | None = None, seal: str | None = None
+        self,
+        fn: Callable[P, R],
+        name: str | None = None,
+        seal: str | None = None,
+        subflow: bool = False,
     ) -> None:
         if not callable(fn):
             raise ValidationError(f"@flow must decorate a function, got {fn!r}")
@@ -41,6 +47,10 @@ class Flow(Generic[P, R]):
         # The key group of every step that does not choose its own, and of the run's own
         # result and error (docs/security.md).
         self.seal: str | None = checked if isinstance(checked, str) else None
+        if not isinstance(subflow, bool):
+            raise ValidationError(f"flow {self.name!r}: subflow must be True or False")
+        # Called in a running flow body, it runs as a child run (``sdk.subflows``).
+        self.subflow = subflow
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -48,6 +58,10 @@ class Flow(Generic[P, R]):
         return f"<Flow {self.name} ({location(self.fn)})>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        parent = current_context() if self.subflow else None
+        if parent is not None:
+            result: R = run_subflow(parent, self, args, dict(kwargs))
+            return result
         return self.fn(*args, **kwargs)
 
 
@@ -57,7 +71,7 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    *, name: str | None = None, seal: str | None = None
+    *, name: str | None = None, seal: str | None = None, subflow: bool = False
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -67,17 +81,23 @@ def flow(
     *,
     name: str | None = None,
     seal: str | None = None,
+    subflow: bool = False,
 ) -> Any:
     """Declare a flow: ``@flow`` or ``@flow(name="nightly-etl", seal="eu-sites")``.
 
     ``seal`` names the key group that seals every step's inputs and results (unless a step
     says ``seal=...`` itself) and the flow run's own result and error, so the control plane
     stores only ciphertext for them.
+
+    ``subflow=True``: called inside another flow's running body, the flow runs as a child
+    run of that run (its own steps, result and history, linked to the parent: cancelling
+    the parent cancels it; a resumed parent reuses a child that completed). Called anywhere
+    else it is its plain function.
     """
     if fn is not None:
         return Flow(fn, name, seal)
 
     def decorate(func: Callable[P, R]) -> Flow[P, R]:
-        return Flow(func, name, seal)
+        return Flow(func, name, seal, subflow)
 
     return decorate

@@ -59,7 +59,7 @@ def test_a_step_naming_a_missing_limit_is_refused(estate: Estate) -> None:
 def test_a_limit_of_two_never_has_three_holders_even_when_a_holders_agent_dies(
     estate: Estate,
 ) -> None:
-    estate.client().set_limit("warehouse", 2)
+    estate.cli("limits", "set", "warehouse", "2", check=True)
     runner = estate.run_background(FLOWS, "limited", "n=6", "seconds=1.5")
     run_id = estate.latest_run_id("limited")
     sampler = Sampler(estate, run_id)
@@ -85,5 +85,9 @@ def test_a_limit_of_two_never_has_three_holders_even_when_a_holders_agent_dies(
     assert sum(a.state == "SUCCEEDED" for a in attempts) == 6
     (warehouse,) = estate.client().list_limits()
     assert warehouse.holders == () and warehouse.waiting == 0
+    listing = estate.cli("limits", "list", check=True).stdout
+    assert "warehouse" in listing and "LIMIT" in listing
+    refused = estate.cli("limits", "set", "Bad Name", "1")
+    assert refused.returncode != 0 and "lower-case letters" in refused.stderr + refused.stdout
     waiting = [e.message for e in detail.events if e.kind == "attempt.waiting"]
     assert any("waiting for concurrency limit 'warehouse' (2/2 held;" in m for m in waiting)
