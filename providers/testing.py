@@ -10,8 +10,17 @@ Subclass ``ProviderConformance`` in a test module (name it ``Test...``) and supp
 
 The suite writes its own small step module (plain functions, no SDK) into a temporary bundle
 dir. Class attributes tune it to the provider: whether steps see this machine's files
-(``shares_filesystem``), which options are valid or invalid, and how long a scenario may take.
-Checks that need a capability the provider does not declare are skipped, never passed.
+(``shares_filesystem``), whether they hand results back as files in the attempt's directory
+and read the input files the agent materialized (``returns_result_files``), which options are
+valid or invalid, and how long a scenario may take. Checks that need a capability the provider
+does not declare are skipped, never passed.
+
+Results that stay at their site (docs/results.md): under a ``ResultPolicy`` a JSON result of at
+least ``inline_threshold`` bytes, or any result with ``by_reference``, must come back as
+``Outcome.result_file`` whose file holds exactly the size and sha256 the outcome names. A
+provider whose results travel inline only (containers: the outcome comes back on the step's
+output) must fail such a step with the executor's "inline only" error, never hand back a torn
+or silently truncated result.
 
 Deadlines: every wait of the suite (a step to start, a cleanup cancel, a whole scenario by
 default) is bounded by ``BASE_DEADLINE_S`` seconds times the float in the environment variable
@@ -24,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -35,13 +46,16 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 
+from meridian.core.resultref import ResultRef, ref_marker
 from providers.base import (
     ExecutionSpec,
     Handle,
+    InputFile,
     LogRecord,
     Outcome,
     Provider,
     ProviderOptionsError,
+    ResultPolicy,
 )
 
 T = TypeVar("T")
@@ -128,7 +142,22 @@ def chatter(n):
 def slow_add(a, b, seconds):
     time.sleep(seconds)
     return a + b
+
+
+def text_of(n):
+    """A JSON string of exactly ``n + 2`` bytes."""
+    return "r" * n
+
+
+def length_of(value):
+    return len(value)
 '''
+
+#: The inline threshold of the suite's result policy: small, so that results cross it cheaply.
+RESULT_THRESHOLD = 1024
+SMALL_POLICY = ResultPolicy(inline_threshold=RESULT_THRESHOLD)
+#: What the executor says when a result must be stored but the provider returns results inline.
+INLINE_ONLY = "returns results inline only"
 
 
 def write_step_module(bundle_dir: Path) -> Path:
@@ -143,6 +172,31 @@ def _result(outcome: Outcome) -> Any:
     assert outcome.error is None
     assert outcome.result_json is not None
     return json.loads(outcome.result_json)
+
+
+def _stored_result(outcome: Outcome, spec: ExecutionSpec) -> Any:
+    """The value of a result handed back as a file, once the file is checked to be exactly
+    what the outcome says (size, sha256, serializer): a torn file must not pass."""
+    assert outcome.state == "succeeded", f"expected success, got {outcome}"
+    assert outcome.error is None and outcome.result_json is None, outcome
+    assert outcome.result_file is not None, f"expected a result file, got {outcome}"
+    path = outcome.result_path(spec.work_dir)
+    assert path is not None and path.is_file(), f"the result file {path} does not exist"
+    data = path.read_bytes()  # the suite's results are a few KiB
+    assert len(data) == outcome.result_file.size, "the result file's size is not the outcome's"
+    assert hashlib.sha256(data).hexdigest() == outcome.result_file.sha256, "torn result file"
+    assert outcome.result_file.serializer == "json"
+    return json.loads(data)
+
+
+def _assert_inline_only(outcome: Outcome, why: str) -> None:
+    """The step failed, saying its result had to be stored and the provider cannot."""
+    assert outcome.state == "failed", f"expected the inline-only failure, got {outcome}"
+    assert outcome.result_json is None and outcome.result_file is None
+    assert outcome.error is not None
+    assert outcome.error.error_class == "permanent", outcome.error
+    assert outcome.error.type == "builtins.TypeError", outcome.error
+    assert INLINE_ONLY in outcome.error.message and why in outcome.error.message, outcome.error
 
 
 class Session:
@@ -174,6 +228,11 @@ class ProviderConformance:
     scenario_timeout_s: ClassVar[float] = BASE_DEADLINE_S
     #: steps run where they can write files this test process reads (tick files prove liveness)
     shares_filesystem: ClassVar[bool] = True
+    #: steps hand a result back as a file in the attempt's directory, which the agent reads,
+    #: and read the input files the agent materialized (process, slurm's shared directory,
+    #: ray without upload_bundle); False where results travel inline only, on the step's
+    #: output (the container providers)
+    returns_result_files: ClassVar[bool] = True
     #: grace the suite passes to cancel()
     cancel_grace_s: ClassVar[float] = 0.5
     #: a timeout must be reported within timeout + this many seconds
@@ -230,6 +289,19 @@ class ProviderConformance:
             timeout_s=timeout_s,
             options=dict(options or {}),
         )
+
+    def result_spec(
+        self,
+        bundle: Path,
+        function: str,
+        args: Sequence[Any] = (),
+        *,
+        policy: ResultPolicy = SMALL_POLICY,
+        input_files: Mapping[str, InputFile] | None = None,
+    ) -> ExecutionSpec:
+        """``make_spec`` with a result policy and input files, as the agent sets them."""
+        spec = self.make_spec(bundle, function, args)
+        return dataclasses.replace(spec, result_policy=policy, input_files=dict(input_files or {}))
 
     def tick_file(self, bundle: Path) -> str | None:
         return (
@@ -424,3 +496,59 @@ class ProviderConformance:
                 await session.submit(provider, spec)
 
         self.run(provider, scenario)
+
+    # ---- results that stay at their site -------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "json_bytes", [RESULT_THRESHOLD - 1, RESULT_THRESHOLD, 4096], ids=["under", "at", "4KiB"]
+    )
+    def test_result_reaching_the_inline_threshold_is_a_file(
+        self, provider: Provider, bundle: Path, json_bytes: int
+    ) -> None:
+        expected = "r" * (json_bytes - 2)  # a JSON string of exactly json_bytes bytes
+        spec = self.result_spec(bundle, "text_of", [len(expected)])
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        if json_bytes < RESULT_THRESHOLD:
+            assert _result(outcome) == expected and outcome.result_file is None
+        elif self.returns_result_files:
+            assert _stored_result(outcome, spec) == expected
+        else:
+            _assert_inline_only(outcome, f"inline threshold of {RESULT_THRESHOLD} bytes")
+
+    def test_result_by_reference_is_a_file_however_small(
+        self, provider: Provider, bundle: Path
+    ) -> None:
+        policy = dataclasses.replace(SMALL_POLICY, by_reference=True)
+        spec = self.result_spec(bundle, "add", [2, 3], policy=policy)
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        if self.returns_result_files:
+            assert _stored_result(outcome, spec) == 5
+        else:
+            _assert_inline_only(outcome, "names a result store")
+
+    def test_input_reference_receives_the_loaded_value(
+        self, provider: Provider, bundle: Path
+    ) -> None:
+        if not self.returns_result_files:
+            pytest.skip("provider returns results inline only: its steps do not see input files")
+        value = "i" * 3000
+        data = json.dumps(value).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        path = bundle.parent / f"input-{digest[:12]}.json"  # as the agent materializes one
+        path.write_bytes(data)
+        ref = ResultRef(
+            environment="conformance",
+            store="scratch",
+            uri="file:///conformance/input.json",
+            size=len(data),
+            sha256=digest,
+            serializer="json",
+        )
+        spec = self.result_spec(
+            bundle,
+            "length_of",
+            [ref_marker(ref)],
+            input_files={digest: InputFile(str(path), "json", len(data), digest)},
+        )
+        outcome = self.run(provider, lambda s: self.submit_and_wait(s, spec))
+        assert _result(outcome) == len(value)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from providers.base import Handle, LogRecord, Outcome, Provider
+from providers.base import ExecutionSpec, Handle, LogRecord, Outcome, Provider
 from providers.process import ProcessProvider
 from providers.testing import ProviderConformance, write_step_module
 
@@ -55,8 +55,41 @@ class _AllTransient(ProcessProvider):
         return outcome
 
 
+class _TearsResultFiles(ProcessProvider):
+    """Hands back a result file cut short (its outcome still names the whole file)."""
+
+    async def wait(self, handle: Handle) -> Outcome:
+        outcome = await super().wait(handle)
+        path = outcome.result_path(Path(handle.data["work_dir"]))
+        if path is not None:
+            path.write_bytes(path.read_bytes()[:-1])
+        return outcome
+
+
+class _IgnoresResultPolicy(ProcessProvider):
+    """Does not pass the result policy on: every result comes back inline."""
+
+    async def submit(self, spec: ExecutionSpec) -> Handle:
+        return await super().submit(replace(spec, result_policy=None))
+
+
+class _IgnoresInputFiles(ProcessProvider):
+    async def submit(self, spec: ExecutionSpec) -> Handle:
+        return await super().submit(replace(spec, input_files={}))
+
+
+class _HandsBackFiles(ProcessProvider):
+    """A provider handing back result files, run by a suite that declares inline only."""
+
+
 class _Suite(ProviderConformance):
     scenario_timeout_s = 4.0  # broken providers may hang; give up quickly
+
+
+class _InlineOnlySuite(_Suite):
+    """Declares results inline only: a provider that hands back result files breaks that."""
+
+    returns_result_files = False
 
 
 BROKEN: list[tuple[type[Provider], Callable[[_Suite, Provider, Path], None]]] = [
@@ -66,6 +99,22 @@ BROKEN: list[tuple[type[Provider], Callable[[_Suite, Provider, Path], None]]] = 
     (_Forgetful, lambda s, p, b: s.test_recover_after_restart(p, b)),
     (_Lenient, lambda s, p, b: s.test_bad_options_rejected(p, b)),
     (_AllTransient, lambda s, p, b: s.test_permanent_error(p, b, True)),
+    (
+        _TearsResultFiles,
+        lambda s, p, b: s.test_result_reaching_the_inline_threshold_is_a_file(p, b, 4096),
+    ),
+    (_TearsResultFiles, lambda s, p, b: s.test_result_by_reference_is_a_file_however_small(p, b)),
+    (
+        _IgnoresResultPolicy,
+        lambda s, p, b: s.test_result_reaching_the_inline_threshold_is_a_file(p, b, 1024),
+    ),
+    (_IgnoresInputFiles, lambda s, p, b: s.test_input_reference_receives_the_loaded_value(p, b)),
+    (
+        _HandsBackFiles,
+        lambda s, p, b: _InlineOnlySuite().test_result_reaching_the_inline_threshold_is_a_file(
+            p, b, 4096
+        ),
+    ),
 ]
 
 

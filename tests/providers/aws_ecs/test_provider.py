@@ -498,6 +498,7 @@ class TestEcsConformance(ProviderConformance):
     """The conformance suite, with LocalContainerRuntime running the tasks moto records."""
 
     shares_filesystem = True  # the stand-in runtime runs on this machine
+    returns_result_files = False  # the outcome comes back in the task's logs
     invalid_options = ({"command": "not-a-list"}, {"cpu": -1}, {"env": {"A": 1}})
     valid_options = ({}, {"command": ["true"], "memory": 1024})
 

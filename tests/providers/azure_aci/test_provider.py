@@ -111,6 +111,7 @@ async def _submit_wait(provider: Provider, spec: ExecutionSpec) -> tuple[Handle,
 
 class TestAciConformance(ProviderConformance):
     shares_filesystem = True  # the fake runs each container's command on this machine
+    returns_result_files = False  # the outcome comes back in the container's logs
     valid_options = (
         {},
         {"cpu": 2, "memory_gb": 3.5, "gpu": 1, "gpu_sku": "K80", "image": "img:2"},
