@@ -31,6 +31,7 @@ from meridian.cli.render import (
     to_json,
     truncate,
 )
+from meridian.cli.resultparams import with_stored_results
 from meridian.core.sealing import mask_sealed
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def interrupted_lines(run_id: str, state: str, *, abandoned: bool) -> list[str]:
     ]
 
 
-def run_remote(args: argparse.Namespace, entrypoint: str, raw_params: dict[str, str]) -> int:
+def run_remote(args: argparse.Namespace, entrypoint: str, raw_params: dict[str, Any]) -> int:
     """Upload the bundle, create a run that waits for a hosted runner, then follow it like
     ``meridian runs watch`` (Ctrl-C stops following; the run goes on)."""
     from meridian.cli.runs import cmd_watch
@@ -254,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meridian.sdk.runner import RunInterrupted, run_flow
 
     entrypoint = check_entrypoint(args.entrypoint)
-    params = parse_params(args.param)
+    params = with_stored_results(args, parse_params(args.param))  # -p NAME=@result:RUN/STEP
     if args.remote:
         return run_remote(args, entrypoint, params)
     if args.runner_target:

@@ -39,6 +39,7 @@ from typing import Any
 
 from meridian.core.errors import ValidationError
 from meridian.sdk._jsonvalues import describe_non_json
+from meridian.sdk.refparams import stored_param
 
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
@@ -61,9 +62,18 @@ def split_assignments(items: Sequence[str]) -> dict[str, str]:
     return result
 
 
-def parse_params(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:
-    """Convert raw strings to the JSON values ``fn`` expects; check names and required ones."""
-    return _bind(fn, raw, lambda name, text, hint: convert(name, text, hint), cli=True)
+def parse_params(fn: Callable[..., Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert raw strings to the JSON values ``fn`` expects; check names and required ones.
+
+    A value that is not a string is a stored result's marker (``-p NAME=@result:RUN/STEP``,
+    resolved by the CLI): checked and kept as it is (``meridian.sdk.refparams``)."""
+    return _bind(fn, raw, _from_cli, cli=True)
+
+
+def _from_cli(name: str, given: Any, hint: Any) -> Any:
+    if isinstance(given, str):
+        return convert(name, given, hint)
+    return stored_param(name, given, hint)
 
 
 def coerce_params(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
+from meridian.sdk.refparams import with_result_refs
 from meridian.sdk.results import with_markers
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class RunOutcome:
 def run_flow(
     client: RunnerClient,
     entrypoint: str,
-    raw_params: Mapping[str, str],
+    raw_params: Mapping[str, Any],
     *,
     on_update: UpdateCallback | None = None,
     trigger: str = "manual",
@@ -426,8 +427,9 @@ _BodyEnd = tuple[bool, Any, models.ErrorInfo | None, models.ErrorInfo | None]
 def _run_body(fn: Any, params: dict[str, Any]) -> _BodyEnd:
     """(succeeded, result, error as shown here, error as the control plane may store it)."""
     try:
-        # A stored result (ResultRef) in the flow's result is reported as its marker.
-        result = with_markers(fn(**params))
+        # A stored result (ResultRef) in the flow's result is reported as its marker, and a
+        # parameter given as one (-p NAME=@result:RUN/STEP) arrives as a ResultRef.
+        result = with_markers(fn(**with_result_refs(params)))
     except Exception as exc:
         return False, None, error_info(exc), error_info(exc, shared=True)
     problem = describe_non_json(result)
