@@ -117,7 +117,9 @@ def idle_rss(pids: Mapping[str, int]) -> dict[str, int]:
     return {name: sorted(values)[len(values) // 2] for name, values in samples.items()}
 
 
-def transfer_round(estate: common.Estate, flow_file: Path, mib: int, timeout_s: float) -> dict[str, Any]:
+def transfer_round(
+    estate: common.Estate, flow_file: Path, mib: int, timeout_s: float
+) -> dict[str, Any]:
     pids = {name: estate.pid(name) for name in ("control-plane", "agent-aws", "agent-onprem")}
     idle = idle_rss(pids)
     with PeakRss(pids) as meter:
@@ -132,10 +134,10 @@ def transfer_round(estate: common.Estate, flow_file: Path, mib: int, timeout_s: 
     if transfers and transfers[0].started_at and transfers[0].ended_at:
         t = transfers[0]
         seconds = max((t.ended_at - t.started_at).total_seconds(), 1e-6)
-        row.update(bytes=t.bytes, seconds=round(seconds, 3), mb_per_s=round(t.bytes / seconds / 1e6, 1))
-    row["extra_rss_mib"] = {
-        name: round((meter.peak[name] - idle[name]) / 1024, 1) for name in pids
-    }
+        row.update(
+            bytes=t.bytes, seconds=round(seconds, 3), mb_per_s=round(t.bytes / seconds / 1e6, 1)
+        )
+    row["extra_rss_mib"] = {name: round((meter.peak[name] - idle[name]) / 1024, 1) for name in pids}
     row["idle_rss_mib"] = {name: round(kib / 1024, 1) for name, kib in idle.items()}
     return row
 
@@ -223,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.print_table(
             ["small results", "p50 ms", "p95 ms"],
             [
-                [name, cost[name]["round_trip_ms"].get("p50"), cost[name]["round_trip_ms"].get("p95")]
+                [
+                    name,
+                    cost[name]["round_trip_ms"].get("p50"),
+                    cost[name]["round_trip_ms"].get("p95"),
+                ]
                 for name in ("inline_steps", "stored_steps")
             ],
         )

@@ -151,7 +151,12 @@ def test_only_the_cross_site_read_moved_bytes_and_it_is_audited(
 ) -> None:
     run_id, _, _, _ = big_run
     ref = _stored_ref(estate, run_id)
-    assert (ref.environment, ref.store, ref.size, ref.serializer) == ("aws", "scratch", BIG, "bytes")
+    assert (ref.environment, ref.store, ref.size, ref.serializer) == (
+        "aws",
+        "scratch",
+        BIG,
+        "bytes",
+    )
     client = estate.client()
     transfers = client.list_transfers(flow_run_id=run_id).transfers
     # The same-site step read the store in place: the only transfer is the onprem one.
@@ -164,9 +169,7 @@ def test_only_the_cross_site_read_moved_bytes_and_it_is_audited(
         for r in client.iter_audit_records()
         if r.action == "result.transferred" and r.subject == run_id
     ]
-    assert [(r.details["to_environment"], r.details["bytes"]) for r in audited] == [
-        ("onprem", BIG)
-    ]
+    assert [(r.details["to_environment"], r.details["bytes"]) for r in audited] == [("onprem", BIG)]
 
 
 def test_the_step_outside_the_residency_rule_is_refused_before_it_runs(
@@ -177,9 +180,7 @@ def test_the_step_outside_the_residency_rule_is_refused_before_it_runs(
     assert "residency" in refusal and RULE in refusal and "gcp-us" in refusal, refusal
     detail = estate.client().get_run(run_id)
     assert "outside#1" not in {s.key for s in detail.steps}  # nothing was created, nothing ran
-    refused = [
-        r for r in estate.client().iter_audit_records() if r.action == "residency.refused"
-    ]
+    refused = [r for r in estate.client().iter_audit_records() if r.action == "residency.refused"]
     assert any(r.subject == run_id or r.details.get("flow_run_id") == run_id for r in refused)
 
 
@@ -203,16 +204,14 @@ def _wait_for_file(root: Path, pattern: str, min_bytes: int) -> Path:
                 continue
         return None
 
-    return poll_until(
-        found, timeout=4 * DEADLINE_S, interval=0.01, message=f"{pattern} in {root}"
-    )
+    return poll_until(found, timeout=4 * DEADLINE_S, interval=0.01, message=f"{pattern} in {root}")
 
 
-def _wait_connected_again(estate: Estate, name: str, environment: str, labels: dict[str, str]) -> None:
+def _wait_connected_again(
+    estate: Estate, name: str, environment: str, labels: dict[str, str]
+) -> None:
     config = estate.root / f"{environment}.toml"
-    estate.start_agent(
-        name, environment, labels, config=config if config.exists() else None
-    )
+    estate.start_agent(name, environment, labels, config=config if config.exists() else None)
 
 
 def test_a_producer_killed_while_storing_its_result_leaves_no_torn_object(
