@@ -195,9 +195,7 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
     admit = _limit_gate(tx)
     while True:
         due = (
-            ReadyAttempt(
-                e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits
-            )
+            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits)
             for e in ready.due(tx.now)
         )
         planned = plan(due, free, tiebreak=tiebreak, admit=admit)
