@@ -159,9 +159,11 @@ class Estate:
         capacity: int = 4,
         wait: bool = True,
         config: Path | None = None,
+        runner_slots: int = 0,
     ) -> subprocess.Popen[bytes]:
         """Enroll and start one real agent (process provider) through the CLI; ``config`` is an
-        agent config file (e.g. with ``[result_stores.NAME]``)."""
+        agent config file (e.g. with ``[result_stores.NAME]``); ``runner_slots`` hosted flow
+        runners it offers (``--runner-slots``)."""
         environment = environment or name
         data_dir = self.root / "agents" / name
         self.cli(
@@ -175,6 +177,8 @@ class Estate:
             args += ["--label", f"{key}={value}"]
         if config is not None:
             args += ["--config", str(config)]
+        if runner_slots:
+            args += ["--runner-slots", str(runner_slots)]
         proc = self.spawn(f"agent-{name}", args)
         if wait:
             self.wait_until(lambda: self.connected(name), f"agent {name} to connect")

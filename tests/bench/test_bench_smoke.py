@@ -3,7 +3,8 @@
 The smoke test asserts that the benchmarks run and report, never how fast (docs/performance.md).
 The scripts run at once, as subprocesses, so the whole module takes about as long as the
 slowest one (~20-40 s on a busy 2-core machine). The real Prefect side of ``peers.py``
-installs Prefect and is marked ``slow`` (``pytest -m slow tests/bench``).
+and of ``deploy_latency.py`` install Prefect and are marked ``slow`` (``pytest -m slow
+tests/bench``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ DOCUMENT_KEYS = {
     "results",
 }
 
+DEPLOY_LATENCY_ARGS = ["--skip-prefect", "--rounds", "1", "--n", "2", "--burst", "3",
+                       "--agents", "1", "--runner-slots", "4"]  # fmt: skip
+
 # script -> (arguments, keys its "results" must have)
 SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
     "throughput": (["--n", "5", "--m", "3"], {"fanout", "chain"}),
@@ -51,6 +55,10 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
         {"idle", "dispatch", "agents_connected", "simulated"},
     ),
     "peers": (["--skip-prefect", "--rounds", "1", "--n", "3", "--m", "2"], {"runs"}),
+    "deploy_latency": (
+        DEPLOY_LATENCY_ARGS,
+        {"runs", "pooled"},
+    ),
 }
 
 
@@ -148,6 +156,38 @@ def test_peers_skips_prefect_when_asked(outcomes: dict[str, Outcome]) -> None:
     document = _document(outcomes["peers"])
     assert document["config"]["prefect_skipped"]
     assert [run["system"] for run in document["results"]["runs"]] == ["meridian"]
+
+
+def test_deploy_latency_runs_every_trigger_on_a_hosted_runner(
+    outcomes: dict[str, Outcome],
+) -> None:
+    document = _document(outcomes["deploy_latency"])
+    assert document["config"]["meridian_runner_slots"] == 4
+    (run,) = document["results"]["runs"]
+    assert run["system"] == "meridian"
+    assert run["sequential"]["completed"] == 2
+    assert run["sequential"]["trigger_to_body_ms"]["count"] == 2
+    assert run["burst"]["completed"] == 3
+    assert run["burst"]["all_completed_s"] is not None
+
+
+@pytest.mark.slow
+def test_deploy_latency_against_prefect(tmp_path: Path) -> None:
+    """Installs Prefect (once), serves its flow against a local server and runs one round."""
+    out_file = tmp_path / "deploy_latency.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "deploy_latency.py"), "--rounds", "1", "--n", "2",
+         "--burst", "3", "--agents", "1", "--runner-slots", "4", "--out", str(out_file)],
+        capture_output=True, text=True, env=_env(), timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(out_file.read_text())
+    if document["config"]["prefect_skipped"]:
+        pytest.skip(f"Prefect unavailable: {document['config']['prefect_skipped']}")
+    runs = document["results"]["runs"]
+    assert [run["system"] for run in runs] == ["meridian", "prefect"]
+    assert runs[1]["sequential"]["completed"] == 2
+    assert runs[1]["burst"]["completed"] == 3
 
 
 @pytest.mark.slow
