@@ -36,6 +36,10 @@ LOG_TAIL_BYTES = 2000
 # How often a re-attached runner (not our child: no wait()) is checked, and pending exit
 # reports are tried again.
 POLL_S = 0.5
+# An assignment that finds every runner slot taken waits this long for one to free up before
+# it is refused. The control plane frees a run's slot when the run finishes, a moment before
+# its runner process has exited here: a burst of runs must not be refused for that moment.
+SLOT_WAIT_S = 30.0
 
 SendFrame = Callable[[str, int, int, str], Awaitable[None]]
 
@@ -112,6 +116,11 @@ class FlowRunners:
         self._env = dict(os.environ if env is None else env)
         self._command = tuple(command) or (sys.executable, "-m", "meridian.flowexec")
         self._procs: dict[str, RunnerProcess] = {}
+        # Assignments between taking a slot and their process being in _procs, and the runs of
+        # assignments waiting for a slot (a redelivered frame must not start a second one).
+        self._starting = 0
+        self._waiting: set[str] = set()
+        self._slot_freed = asyncio.Condition()
         self._exits: list[RunnerExit] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._send: SendFrame | None = None
@@ -167,11 +176,22 @@ class FlowRunners:
         current = self._procs.get(a.flow_run_id)
         if current is not None and current.epoch >= a.runner_epoch:
             return  # redelivered, or older than what runs
+        if a.flow_run_id in self._waiting:
+            return  # redelivered while the first delivery waits for a slot
         if current is not None:  # an older epoch of the same run: it was fenced anyway
             await self._stop(current, 5.0)
-        if len(self._procs) >= self.slots:
+        self._waiting.add(a.flow_run_id)
+        try:
+            has_slot = await self._take_slot(SLOT_WAIT_S)
+        finally:
+            self._waiting.discard(a.flow_run_id)
+        if not has_slot:
             await self._exited(
-                a.flow_run_id, a.runner_epoch, -2, "the agent has no free runner slot"
+                a.flow_run_id,
+                a.runner_epoch,
+                -2,
+                f"the agent has no free runner slot (all {self.slots} still busy after "
+                f"{SLOT_WAIT_S:g} s)",
             )
             return
         try:
@@ -179,10 +199,34 @@ class FlowRunners:
             proc = await self._spawn(a, bundle)
         except Exception as exc:
             log.warning("could not start the flow runner of run %s: %s", a.flow_run_id, exc)
+            await self._release_slot()
             await self._exited(a.flow_run_id, a.runner_epoch, -3, f"could not start: {exc}")
             return
         self._procs[a.flow_run_id] = proc
+        await self._release_slot()  # counted in _procs from now on
         await asyncio.to_thread(self._save)
+
+    async def _take_slot(self, timeout_s: float) -> bool:
+        """Reserve a runner slot, waiting up to ``timeout_s`` for one to free up."""
+        async with self._slot_freed:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._slot_freed.wait_for(
+                        lambda: len(self._procs) + self._starting < self.slots
+                    )
+            except TimeoutError:
+                return False
+            self._starting += 1
+            return True
+
+    async def _release_slot(self) -> None:
+        async with self._slot_freed:
+            self._starting -= 1
+            self._slot_freed.notify_all()
+
+    async def _slot_ended(self) -> None:
+        async with self._slot_freed:
+            self._slot_freed.notify_all()
 
     async def _spawn(self, a: AssignRunnerAction, bundle: Path) -> RunnerProcess:
         work = self._data_dir / "work" / "runners" / f"{a.flow_run_id}-{a.runner_epoch}"
@@ -256,6 +300,7 @@ class FlowRunners:
     async def _ended(self, proc: RunnerProcess, code: int) -> None:
         if self._procs.get(proc.flow_run_id) is proc:
             del self._procs[proc.flow_run_id]
+            await self._slot_ended()
         tail = await asyncio.to_thread(_tail, Path(proc.work_dir) / "runner.log") if code else ""
         log.info("the flow runner of run %s exited with code %d", proc.flow_run_id, code)
         await self._exited(proc.flow_run_id, proc.epoch, code, tail)

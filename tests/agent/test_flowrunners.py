@@ -11,6 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
+from agent import flowrunners
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.flowrunners import STATE_FILE, FlowRunners, process_start_time
 from tests.support.polling import apoll_until
@@ -167,3 +170,53 @@ def test_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> Non
 
 def test_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Path) -> None:
     asyncio.run(_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path))
+
+
+def assign_run(run_id: str) -> AssignRunnerAction:
+    return AssignRunnerAction(run_id, 1, "a" * 64, "flows.py:etl", "mat_secret", ":7000", b"CA")
+
+
+async def _an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path) -> None:
+    # The control plane frees a finished run's slot a moment before its runner has exited
+    # here: the next run must wait for the slot, not be refused (and counted as a lost runner).
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent)  # one runner slot
+    await fr.start(sender(sent))
+    fr.handle(assign_run("run-1"))
+    await apoll_until(lambda: seen(tmp_path).get("pid"), message="the first runner to start")
+    fr.handle(assign_run("run-2"))  # no slot free yet
+    fr.handle(assign_run("run-2"))  # redelivered while it waits: still one runner
+    await asyncio.sleep(0.3)
+    assert [r for r, _ in fr.held()] == ["run-1"]
+    assert sent == []
+    (tmp_path / "stop").write_text("0")  # run-1 ends; run-2 starts, sees "stop", ends
+    await apoll_until(lambda: len(sent) == 2, message="both runners to exit")
+    assert sorted((run, code) for run, _, code, _ in sent) == [("run-1", 0), ("run-2", 0)]
+    await fr.close()
+
+
+async def _an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path: Path) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent)
+    await fr.start(sender(sent))
+    fr.handle(assign_run("run-1"))
+    await apoll_until(lambda: seen(tmp_path).get("pid"), message="the first runner to start")
+    fr.handle(assign_run("run-2"))
+    await apoll_until(lambda: sent, message="the refusal")
+    [(run, _, code, message)] = sent
+    assert (run, code) == ("run-2", -2) and "no free runner slot" in message
+    assert [r for r, _ in fr.held()] == ["run-1"]
+    (tmp_path / "stop").write_text("0")
+    await apoll_until(lambda: len(sent) == 2, message="the first runner to exit")
+    await fr.close()
+
+
+def test_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path) -> None:
+    asyncio.run(_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path))
+
+
+def test_an_assignment_is_refused_when_no_slot_frees_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flowrunners, "SLOT_WAIT_S", 0.3)
+    asyncio.run(_an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path))
