@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from meridian.core.runcontext import NoRunContext, RunContext, context
     from meridian.core.runlog import get_logger
     from meridian.sdk.approval import Approval, approve
+    from meridian.sdk.deployment_runs import DeploymentRun, run_deployment
     from meridian.sdk.flow import Flow, flow
     from meridian.sdk.futures import StepFuture, wait
     from meridian.sdk.results import ResultRef
     from meridian.sdk.step import Step, step
+    from meridian.sdk.subflows import SubflowFailed
 
 _ERRORS = "meridian.core.errors"
 _RUN = "meridian.core.runcontext"  # in the core: a step process must not load the SDK
@@ -58,6 +60,7 @@ _HOMES = {
     "ConflictError": _ERRORS,
     "ConnectionFailed": _ERRORS,
     "ControlClient": "meridian.client",
+    "DeploymentRun": "meridian.sdk.deployment_runs",
     "Flow": "meridian.sdk.flow",
     "MeridianError": _ERRORS,
     "NoRunContext": _RUN,
@@ -72,11 +75,13 @@ _HOMES = {
     "StepCancelled": _ERRORS,
     "StepFailed": _ERRORS,
     "StepFuture": "meridian.sdk.futures",
+    "SubflowFailed": "meridian.sdk.subflows",
     "ValidationError": _ERRORS,
     "approve": "meridian.sdk.approval",
     "context": _RUN,
     "flow": "meridian.sdk.flow",
     "get_logger": "meridian.core.runlog",
+    "run_deployment": "meridian.sdk.deployment_runs",
     "step": "meridian.sdk.step",
     "wait": "meridian.sdk.futures",
 }
@@ -89,6 +94,7 @@ __all__ = [
     "ConflictError",
     "ConnectionFailed",
     "ControlClient",
+    "DeploymentRun",
     "Flow",
     "MeridianError",
     "NoRunContext",
@@ -103,11 +109,13 @@ __all__ = [
     "StepCancelled",
     "StepFailed",
     "StepFuture",
+    "SubflowFailed",
     "ValidationError",
     "approve",
     "context",
     "flow",
     "get_logger",
+    "run_deployment",
     "step",
     "wait",
 ]

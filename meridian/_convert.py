@@ -240,6 +240,7 @@ def run_detail_from_proto(msg: control_pb2.RunDetail) -> models.RunDetail:
         parent_run_id=msg.parent_run_id,
         parent_key=msg.parent_key,
         children=tuple(run_summary_from_proto(c) for c in msg.children),
+        waiting_for=msg.waiting_for,
     )
 
 
@@ -389,4 +390,15 @@ def audit_verification_from_proto(msg: control_pb2.VerifyAuditResponse) -> model
         head_hash=msg.head_hash,
         first_bad_id=msg.first_bad_id or None,
         problem=msg.problem,
+    )
+
+
+def webhook_from_proto(msg: control_pb2.WebhookInfo) -> models.WebhookInfo:
+    return models.WebhookInfo(
+        webhook_id=msg.webhook_id,
+        deployment=msg.deployment,
+        name=msg.name,
+        created_at=time_from_ms(msg.created_at_unix_ms),
+        created_by=msg.created_by,
+        revoked_at=time_from_ms(msg.revoked_at_unix_ms) if msg.revoked_at_unix_ms else None,
     )

@@ -52,6 +52,7 @@ class DeploymentRequest:
     on_runner_lost: str = ""
     max_runner_resumes: int = 0
     triggers: tuple[OutcomeTriggerRequest, ...] = ()
+    flow_concurrency: tuple[str, ...] = ()  # @flow(concurrency=...): limits each run holds
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class DeploymentInfo:
     active_runs: int
     queued_runs: int
     recent_runs: list[DeploymentRun]
+    flow_concurrency: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def request_to_proto(spec: DeploymentRequest) -> control_pb2.CreateDeploymentReq
                 )
                 for t in spec.triggers
             ],
+            flow_concurrency=list(spec.flow_concurrency),
         )
     )
 
@@ -195,6 +198,7 @@ def info_from_proto(info: control_pb2.DeploymentInfo) -> DeploymentInfo:
             )
             for r in info.recent_runs
         ],
+        flow_concurrency=list(spec.flow_concurrency),
     )
 
 

@@ -178,6 +178,7 @@ class ControlClient:
         runner_target: str = "",
         parent_run_id: str = "",
         parent_key: str = "",
+        concurrency: Sequence[str] = (),
     ) -> str:
         """Create a run; ``trigger="remote"`` makes it wait for a hosted flow runner on an
         agent matching ``runner_target`` (decision 0018) instead of running here. With
@@ -193,6 +194,7 @@ class ControlClient:
             runner_target=runner_target,
             parent_run_id=parent_run_id,
             parent_key=parent_key,
+            concurrency=list(concurrency),  # @flow(concurrency=...): held for the whole run
         )
         answer = self._call(self._stub.CreateRun, request, idempotent=bool(parent_key))
         self.runner_tokens[answer.flow_run_id] = answer.runner_token
@@ -539,6 +541,18 @@ class ControlClient:
         request = control_pb2.CreateWebhookRequest(deployment=deployment, name=name)
         answer = self._call(self._stub.CreateWebhook, request)
         return models.CreatedWebhook(answer.webhook_id, answer.token, answer.url_path)
+
+    def list_webhooks(self, deployment: str) -> list[models.WebhookInfo]:
+        """The webhooks of ``deployment``, live and revoked, without their tokens (viewers)."""
+        request = control_pb2.ListWebhooksRequest(deployment=deployment)
+        answer = self._call(self._stub.ListWebhooks, request, idempotent=True)
+        return [_convert.webhook_from_proto(w) for w in answer.webhooks]
+
+    def revoke_webhook(self, deployment: str, webhook_id: str) -> models.WebhookInfo:
+        """Revoke a webhook: its token is refused (401) from now on (operators; audited)."""
+        request = control_pb2.RevokeWebhookRequest(deployment=deployment, webhook_id=webhook_id)
+        answer = self._call(self._stub.RevokeWebhook, request, idempotent=True)
+        return _convert.webhook_from_proto(answer)
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -198,6 +198,7 @@ class RunDetail:
     parent_run_id: str = ""  # a subflow's parent run, and its call's key there
     parent_key: str = ""
     children: tuple[RunSummary, ...] = ()  # subflows started from this run, oldest first
+    waiting_for: str = ""  # why a run that has not started waits (runner, limit, start time)
 
 
 @dataclass(frozen=True)
@@ -401,3 +402,15 @@ class CreatedWebhook:
     webhook_id: str
     token: str
     url_path: str  # POST here on the web listener with "Authorization: Bearer <token>"
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    """A deployment's webhook (``ListWebhooks``/``RevokeWebhook``): never its token."""
+
+    webhook_id: str
+    deployment: str
+    name: str
+    created_at: datetime | None
+    created_by: str
+    revoked_at: datetime | None  # None while it is live

@@ -3,7 +3,9 @@
 A grpc.aio server interceptor wraps each non-public method's handler: the wrapper reads the
 ``authorization: Bearer mat_...`` metadata, looks the token up (cached for a few seconds, so a
 revocation takes effect within ``CACHE_S``), checks the role table in
-``control_plane/auth/api_tokens.py``, and records the caller for the audit log.
+``control_plane/auth/api_tokens.py``, and records the caller for the audit log. A runner
+token refused for another run may still read (GetRun, WatchRun, FetchResult) a direct child
+of its own run, looked up in the store (``run_deployment`` follows the child it started).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import grpc
 from control_plane.api.errors import abort
 from control_plane.audit import acting_as
 from control_plane.auth.api_token_store import Principal, authenticate
-from control_plane.auth.api_tokens import check_role, is_public
+from control_plane.auth.api_tokens import check_role, is_public, may_read_child
 from control_plane.store.db import Store
+from control_plane.usecases.subflows import is_child_of
 from meridian.core.errors import MeridianError, PermissionDenied, Unauthenticated
 
 CACHE_S = 5.0
@@ -63,9 +66,20 @@ class ApiTokenAuth(grpc.aio.ServerInterceptor):
         try:
             check_role(method, principal.role, principal.flow_run_id, _run_of(request))
         except PermissionDenied as exc:
-            await abort(context, exc)
+            if not await self._reads_own_child(method, principal, _run_of(request)):
+                await abort(context, exc)
         acting_as(principal.actor)
         CURRENT_PRINCIPAL.set(principal)
+
+    async def _reads_own_child(
+        self, method: str, principal: Principal, request_run: str | None
+    ) -> bool:
+        """A runner token reading a direct child of its own run (``run_deployment`` waits for
+        the child it triggered): GetRun, WatchRun and FetchResult only, full run id only."""
+        if not may_read_child(method, principal.role) or not request_run:
+            return False
+        parent = principal.flow_run_id or ""
+        return bool(await self._store.run(is_child_of, request_run.strip(), parent))
 
     async def _principal(self, token: str, context: Any) -> Principal:
         cached = self._cache.get(token)

@@ -46,6 +46,7 @@ from control_plane.usecases.environments import (
     record_residency_refusal,
     set_residency,
 )
+from control_plane.usecases.run_waits import run_waiting_for
 from control_plane.usecases.runners import REMOTE_TRIGGER, create_hosted_run, fenced
 from control_plane.usecases.runs import (
     cancel_run,
@@ -66,7 +67,7 @@ from meridian.core.errors import (
     ValidationError,
 )
 from meridian.core.selectors import validate_value
-from meridian.core.states import TERMINAL_RUN
+from meridian.core.states import TERMINAL_RUN, RunState
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 WATCH_SAFETY_WAKE_S = 15.0
@@ -184,6 +185,7 @@ class ControlService(
                 bundle_sha256=request.bundle_sha256,
                 runner_target=request.runner_target,
                 scope=allowed_environments(),
+                concurrency=tuple(request.concurrency),
             )
             return control_pb2.CreateRunResponse(flow_run_id=run.id)
         run_id, runner_token = await self._s.store.transact(
@@ -194,6 +196,7 @@ class ControlService(
             bundle_sha256=request.bundle_sha256,
             trigger=request.trigger or "api",
             scope=allowed_environments(),
+            concurrency=tuple(request.concurrency),
         )
         return control_pb2.CreateRunResponse(flow_run_id=run_id, runner_token=runner_token)
 
@@ -211,6 +214,7 @@ class ControlService(
             entrypoint=request.entrypoint,
             parameters_json=request.parameters_json or "{}",
             bundle_sha256=request.bundle_sha256,
+            caller_epoch=_runner_epoch(),
         )
         return control_pb2.CreateRunResponse(flow_run_id=run.id, runner_token=token)
 
@@ -412,7 +416,13 @@ class ControlService(
     ) -> control_pb2.RunDetail:
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
         view = await self._s.store.run(queries.run_view, run_id)
-        return views.run_detail(view)
+        detail = views.run_detail(view)
+        if view.run.state == RunState.PENDING or view.run.wants_runner:
+            hosts = self._s.registry.runner_hosts(self._s.dispatcher.max_silence_s)
+            detail.waiting_for = await self._s.store.run(
+                run_waiting_for, run_id, self._s.store.clock(), hosts
+            )
+        return detail
 
     @rpc
     async def ListRuns(

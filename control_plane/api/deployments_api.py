@@ -30,8 +30,8 @@ from control_plane.usecases.deployments import (
     create_deployment,
     delete_deployment,
     set_paused,
-    trigger_deployment,
 )
+from control_plane.usecases.subflows import trigger_child_deployment
 from meridian.core.convert import ms_from_time
 from meridian.core.errors import ValidationError
 from protos.meridian.v1 import control_pb2
@@ -100,9 +100,10 @@ class DeploymentsApi:
         actor = principal.actor if principal is not None else ""
         source = TriggerSource("subflow" if parent else "api", actor)
         outcome = await self._s.store.transact(
-            trigger_deployment,
+            trigger_child_deployment,
             request.name,
             params,
+            caller_epoch=principal.runner_epoch if principal is not None else None,
             source=source,
             idempotency_key=request.idempotency_key or None,
             parent=parent,
@@ -149,6 +150,7 @@ def spec_from_proto(spec: control_pb2.DeploymentSpec) -> DeploymentSpec:
             )
             for t in spec.triggers
         ),
+        flow_concurrency=tuple(spec.flow_concurrency[: MAX_REPEATED + 1]),
     )
 
 
@@ -222,6 +224,7 @@ def _spec_to_proto(view: DeploymentView) -> control_pb2.DeploymentSpec:
             )
             for t in spec.triggers
         ],
+        flow_concurrency=list(spec.flow_concurrency),
     )
 
 

@@ -77,6 +77,7 @@ def validate_create_run(request: control_pb2.CreateRunRequest) -> None:
         value = _json(request.parameters_json, "parameters_json")
         if not isinstance(value, dict):
             raise ValidationError("parameters_json must be a JSON object")
+    _check_concurrency(request.concurrency, "the flow")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ REQUIRED_ROLE: dict[str, Role] = {
             "GetDeployment",
             "ListDeploymentVersions",
             "ListLimits",
+            "ListWebhooks",
         )
     },
     **{
@@ -73,6 +74,7 @@ REQUIRED_ROLE: dict[str, Role] = {
             "TriggerDeployment",
             "SetDeploymentPaused",
             "CreateWebhook",
+            "RevokeWebhook",
         )
     },
     SERVICE + "RevokeAgent": Role.ADMIN,
@@ -103,6 +105,9 @@ RUNNER_METHODS = frozenset(
         "CreateRun",
     )
 )
+# What a runner token may also call for a direct child of its run (a deployment run it
+# triggered with run_deployment, a subflow): read it, follow it, fetch its results; never drive it.
+RUNNER_CHILD_READS = frozenset(SERVICE + m for m in ("GetRun", "WatchRun", "FetchResult"))
 PUBLIC_PREFIXES = (
     SERVICE + "GetServerInfo",
     "/meridian.v1.AgentService/",  # Enroll by join token; the rest by client certificate
@@ -147,6 +152,12 @@ def parse_api_token(text: str) -> tuple[str, str]:
 
 def is_public(method: str) -> bool:
     return method.startswith(PUBLIC_PREFIXES)
+
+
+def may_read_child(method: str, role: Role) -> bool:
+    """Whether a refused runner call is one a parent's runner may make about its child (the
+    caller then checks, in the store, that the run is a direct child of the token's run)."""
+    return role == Role.RUNNER and method in RUNNER_CHILD_READS
 
 
 def check_role(method: str, role: Role, scoped_run: str | None, request_run: str | None) -> None:

@@ -8,7 +8,8 @@ protobuf's JSON mapping, so the stored form does not change with field renames o
 "schedules": [{"schedule_id", "definition" (schedule_codec JSON), "parameters", "catch_up",
 "catch_up_window_s", "max_catch_up_runs", "jitter_s", "paused"}], "concurrency",
 "concurrency_overflow", "on_runner_lost", "max_runner_resumes", "triggers":
-[{"upstream_deployment", "states", "run_id_parameter", "result_parameter"}]}``
+[{"upstream_deployment", "states", "run_id_parameter", "result_parameter"}],
+"flow_concurrency" (the flow's named limits; absent in specs stored before it)}``
 
 Readers (the schedule evaluator, the runner assignment, outcome triggers) use
 :func:`spec_from_json`. Pure: what needs the store (does the bundle exist, which deployments
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.orchestration import catchup, runners, schedule_codec, schedules
+from control_plane.orchestration import catchup, limits, runners, schedule_codec, schedules
 from meridian.core import paramschema
 from meridian.core.errors import ValidationError
 from meridian.core.selectors import parse_selector
@@ -36,6 +37,7 @@ MAX_TAG = 64
 MAX_SCHEDULES = 20
 MAX_TRIGGERS = 20
 MAX_CONCURRENCY = 10_000
+MAX_FLOW_LIMITS = 8  # named limits one flow may take (as for a step)
 DEFAULT_WINDOW_S = 86_400.0
 DEFAULT_MAX_CATCH_UP_RUNS = 10
 OVERFLOW = ("queue", "skip")
@@ -91,6 +93,8 @@ class DeploymentSpec:
     on_runner_lost: str = "resume"
     max_runner_resumes: int = runners.DEFAULT_MAX_RUNNER_RESUMES
     triggers: tuple[OutcomeTrigger, ...] = ()
+    # The flow's @flow(concurrency=...) at deploy time: named limits each run holds.
+    flow_concurrency: tuple[str, ...] = ()
 
     def runner_policy(self) -> runners.RunnerPolicy:
         return runners.RunnerPolicy(
@@ -100,6 +104,7 @@ class DeploymentSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["tags"] = list(self.tags)
+        data["flow_concurrency"] = list(self.flow_concurrency)
         data["triggers"] = [{**t, "states": list(t["states"])} for t in data["triggers"]]
         data["schedules"] = list(data["schedules"])
         return data
@@ -110,6 +115,7 @@ def spec_from_json(data: Mapping[str, Any]) -> DeploymentSpec:
     fields = {f.name for f in dataclasses.fields(DeploymentSpec)}
     values = {k: v for k, v in data.items() if k in fields}
     values["tags"] = tuple(values.get("tags", ()))
+    values["flow_concurrency"] = tuple(values.get("flow_concurrency", ()))
     values["schedules"] = tuple(ScheduleSpec(**s) for s in values.get("schedules", ()))
     values["triggers"] = tuple(
         OutcomeTrigger(**{**t, "states": tuple(t.get("states", ()))})
@@ -155,6 +161,9 @@ def validate_spec(spec: DeploymentSpec) -> DeploymentSpec:
     if spec.on_runner_lost not in ("resume", "fail"):
         raise ValidationError(f"on_runner_lost must be resume or fail, got {spec.on_runner_lost!r}")
     runners.validate_runner_policy(spec.runner_policy())
+    if len(spec.flow_concurrency) > MAX_FLOW_LIMITS:
+        raise ValidationError(f"a flow takes at most {MAX_FLOW_LIMITS} concurrency limits")
+    flow_limits = limits.acquisition_order(spec.flow_concurrency)
     checked = tuple(_schedule(spec, s, defaults) for s in spec.schedules)
     if len(checked) > MAX_SCHEDULES:
         raise ValidationError(f"at most {MAX_SCHEDULES} schedules per deployment")
@@ -164,7 +173,13 @@ def validate_spec(spec: DeploymentSpec) -> DeploymentSpec:
     triggers = tuple(_trigger(spec, t) for t in spec.triggers)
     if len(triggers) > MAX_TRIGGERS:
         raise ValidationError(f"at most {MAX_TRIGGERS} outcome triggers per deployment")
-    return dataclasses.replace(spec, parameters=defaults, schedules=checked, triggers=triggers)
+    return dataclasses.replace(
+        spec,
+        parameters=defaults,
+        schedules=checked,
+        triggers=triggers,
+        flow_concurrency=flow_limits,
+    )
 
 
 def _check_tags(tags: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ from control_plane.orchestration.ready import ReadyEntry
 from control_plane.orchestration.values import Effects
 from control_plane.store.models import AttemptRow, EventRow, FlowRunRow, LimitSlotRow, StepRunRow
 from meridian.core.kinds import EventKind
-from meridian.core.states import TERMINAL_ATTEMPT, AttemptState, RunState, StepState
+from meridian.core.states import TERMINAL_ATTEMPT, TERMINAL_RUN, AttemptState, RunState, StepState
 
 SYSTEM_ACTOR = "system"  # the control plane itself (sweeps, timers)
 CLI_ACTOR = "cli"  # a local operator with the data directory, or an unauthenticated caller
@@ -154,6 +154,8 @@ def move_run(tx: Tx, run: FlowRunRow, target: RunState, message: str = "") -> No
         message=message,
     )
     tx.effects.touched_runs.add(run.id)
+    if target in TERMINAL_RUN and (run.trigger_detail or {}).get("concurrency"):
+        release_run_slots(tx, run.id)
 
 
 def move_step(
@@ -215,6 +217,19 @@ def release_attempt_slots(tx: Tx, attempt_id: str) -> None:
         delete(LimitSlotRow).where(LimitSlotRow.holder_id == f"{ATTEMPT_HOLDER}{attempt_id}")
     )
     tx.effects.wake_scheduler = True
+
+
+# A ``LimitSlotRow.holder_id`` naming a flow run (``@flow(concurrency=...)``).
+RUN_HOLDER = "run:"
+
+
+def release_run_slots(tx: Tx, run_id: str) -> None:
+    """A run that ends (finished, cancelled, crashed, failed for a lost runner) gives back its
+    flow's limit slots in the transaction that ends it; waiting runs and steps may start."""
+    holder = f"{RUN_HOLDER}{run_id}"
+    tx.session.execute(delete(LimitSlotRow).where(LimitSlotRow.holder_id == holder))
+    tx.effects.wake_scheduler = True
+    tx.effects.runners_wanted = True
 
 
 def announce_queued_rows(

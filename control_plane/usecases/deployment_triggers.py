@@ -47,6 +47,7 @@ from control_plane.store.models import (
     TriggerKeyRow,
 )
 from control_plane.store.tx import Tx, record_event
+from control_plane.usecases.run_limits import with_limits
 from meridian.core.errors import NotFound, ValidationError
 from meridian.core.kinds import EventKind
 from meridian.core.states import TERMINAL_RUN, RunState
@@ -233,7 +234,8 @@ def _new_run(
         scope=list(parent_run.scope) if parent_run is not None else [],
         deployment_id=deployment.id,
         deployment_version=version.version,
-        trigger_detail=detail,
+        # The flow's named limits, taken before a runner is assigned (usecases.run_limits).
+        trigger_detail=with_limits(detail, spec.flow_concurrency),
         parent_run_id=parent[0] if parent else None,
         parent_key=parent[1] if parent else None,
         wants_runner=True,

@@ -35,12 +35,13 @@ from control_plane.store.models import (
     AgentRow,
     AttemptRow,
     ConcurrencyLimitRow,
+    FlowRunRow,
     LimitSlotRow,
     StepRunRow,
 )
 from control_plane.store.tx import ATTEMPT_HOLDER, Tx
 from meridian.core.errors import ConflictError, NotFound
-from meridian.core.states import AttemptState
+from meridian.core.states import AttemptState, RunState
 
 # How long a granted slot stays held without renewal; the lease sweep renews live holders
 # far more often than this.
@@ -49,6 +50,7 @@ ATTEMPT = ATTEMPT_HOLDER
 RUN = "run:"
 MAX_LISTED_HOLDERS = 1000
 _LIVE_ATTEMPT = (AttemptState.QUEUED, AttemptState.ASSIGNED, AttemptState.RUNNING)
+_LIVE_RUN = (RunState.RUNNING, RunState.PAUSED, RunState.CANCELLING)
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,8 @@ def waiting_position(tx: Tx, holder_id: str, names: Sequence[str]) -> WaitPositi
 
 
 def renew_leases(tx: Tx, liveness: HolderLiveness, lease: dt.timedelta = LEASE) -> int:
-    """Renew the slots of live attempt holders (see the module docstring); returns how many."""
+    """Renew the slots of live attempt and run holders (see the module docstring); returns
+    how many."""
     # Expired leases not yet lapsed are judged like the others: the control plane judges its
     # holders' liveness itself (no owner renews its own lease here), and a lease that ran out
     # while the control plane was down could not have been renewed.
@@ -243,6 +246,7 @@ def renew_leases(tx: Tx, liveness: HolderLiveness, lease: dt.timedelta = LEASE) 
             for holder, state, agent_id, step in rows
             if _alive(state, agent_id, step, agents, liveness, tx.now)
         }
+        | _live_runs(tx, [h.removeprefix(RUN) for h in held if h.startswith(RUN)])
     )
     for start in range(0, len(alive), 500):
         tx.session.execute(
@@ -372,6 +376,27 @@ def _describe(tx: Tx, holder_ids: Sequence[str]) -> tuple[str, ...]:
         else:
             described.append(holder)
     return tuple(described)
+
+
+def _live_runs(tx: Tx, run_ids: Sequence[str]) -> set[str]:
+    """Run holders (``@flow(concurrency=...)``) still alive: PENDING (held back by the control
+    plane itself), waiting for a new hosted runner, or with a runner lease not lapsed — so a
+    run's slots lapse with its runner's lease (``usecases.run_limits``)."""
+    alive: set[str] = set()
+    for start in range(0, len(run_ids), 500):
+        for run_id, state, wants_runner, lease in tx.session.execute(
+            select(
+                FlowRunRow.id,
+                FlowRunRow.state,
+                FlowRunRow.wants_runner,
+                FlowRunRow.runner_lease_expires_at,
+            ).where(FlowRunRow.id.in_(run_ids[start : start + 500]))
+        ):
+            if state == RunState.PENDING or (
+                state in _LIVE_RUN and (wants_runner or (lease is not None and lease > tx.now))
+            ):
+                alive.add(run_holder(run_id))
+    return alive
 
 
 def _last_heard(tx: Tx, agent_ids: set[str], liveness: HolderLiveness) -> dict[str, dt.datetime]:

@@ -47,6 +47,7 @@ from control_plane.store.models import (
     FlowRunRow,
 )
 from control_plane.store.tx import Tx, move_run, record_event
+from control_plane.usecases import limits, run_limits
 from control_plane.usecases.attempts import cancel_live_attempts
 from control_plane.usecases.outcome_triggers import fire_outcome_triggers
 from meridian.core.errorinfo import ErrorInfo
@@ -93,6 +94,7 @@ def create_hosted_run(
     runner_target: str,
     trigger: str = REMOTE_TRIGGER,
     scope: Sequence[str] = (),
+    concurrency: Sequence[str] = (),
 ) -> FlowRunRow:
     """A run of an uploaded bundle that stays PENDING until an agent's runner takes it
     (``meridian run --remote``); deployments create theirs with ``trigger_deployment``."""
@@ -116,7 +118,10 @@ def create_hosted_run(
         runner_resumes=0,
         on_runner_lost=str(policy.on_runner_lost),
         max_runner_resumes=policy.max_resumes,
+        trigger_detail=run_limits.with_limits(None, concurrency),  # taken before a runner
     )
+    if concurrency:
+        limits.check_limits_exist(tx, concurrency, f"flow {flow_name}")
     tx.session.add(run)
     tx.session.flush()
     where = f" on an agent matching {runner_target!r}" if runner_target else ""
@@ -139,7 +144,9 @@ def create_hosted_run(
 def assign_runners(
     tx: Tx, hosts: Sequence[RunnerHost], endpoint: RunnerEndpoint
 ) -> dt.datetime | None:
-    """Hand waiting runs to free runner slots; returns the next ``start_after`` to wake for."""
+    """Hand waiting runs to free runner slots; returns the next ``start_after`` to wake for.
+    Local runs waiting for their flow's concurrency limits are started here too."""
+    run_limits.start_waiting_runs(tx)
     candidates = _candidates(tx)
     next_start = tx.session.scalar(
         select(func.min(FlowRunRow.start_after)).where(
@@ -155,7 +162,8 @@ def assign_runners(
     demands = [
         RunnerDemand(run.id, _selector(run), run.runner_agent_id)
         for run in candidates
-        if run.id in admitted
+        # A run of a @flow(concurrency=...) takes its limits before it gets a runner.
+        if run.id in admitted and run_limits.holds_limits(tx, run)
     ]
     by_id = {run.id: run for run in candidates}
     for placement in plan_runners(demands, hosts):

@@ -20,7 +20,7 @@ from control_plane.store.ids import new_id
 from control_plane.store.models import BundleRow, EventRow, FlowRunRow
 from control_plane.store.queries import resolve_run_id
 from control_plane.store.tx import Tx, move_run, record_event
-from control_plane.usecases import outcome_triggers
+from control_plane.usecases import limits, outcome_triggers, run_limits
 from control_plane.usecases.attempts import cancel_live_attempts, complete_cancel_if_confirmed
 from control_plane.usecases.runners import cancel_hosted_runner, is_hosted, runner_lost
 from meridian.core.errorinfo import ErrorInfo
@@ -51,7 +51,10 @@ def create_run(
     bundle_sha256: str,
     trigger: str,
     scope: Sequence[str] = (),
+    concurrency: Sequence[str] = (),
 ) -> FlowRunRow:
+    """A run whose runner is the caller; RUNNING at once, or PENDING while it waits for the
+    named limits of ``@flow(concurrency=...)`` (``usecases.run_limits``)."""
     if tx.session.get(BundleRow, bundle_sha256) is None:
         raise NotFound(f"code bundle {bundle_sha256[:12]} has not been uploaded")
     run = FlowRunRow(
@@ -74,9 +77,14 @@ def create_run(
         to_state=RunState.PENDING,
         message=f"{trigger} run of {flow_name} ({entrypoint})",
     )
-    run.started_at = tx.now
-    run.runner_lease_expires_at = tx.now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
-    move_run(tx, run, RunState.RUNNING, "flow runner started")
+    if concurrency:
+        limits.check_limits_exist(tx, concurrency, f"flow {flow_name}")
+        run.trigger_detail = run_limits.with_limits(None, concurrency)
+        run_limits.start_if_held(tx, run)
+    else:
+        run.started_at = tx.now
+        run.runner_lease_expires_at = tx.now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
+        move_run(tx, run, RunState.RUNNING, "flow runner started")
     audit.records.run_triggered(tx.session, run, actor=tx.actor)
     return run
 
@@ -242,6 +250,7 @@ def start_run(
     bundle_sha256: str,
     trigger: str,
     scope: Sequence[str] = (),
+    concurrency: Sequence[str] = (),
 ) -> tuple[str, str]:
     """Create a run and the token its runner drives it with: (run id, runner token)."""
     run = create_run(
@@ -252,6 +261,7 @@ def start_run(
         bundle_sha256=bundle_sha256,
         trigger=trigger,
         scope=scope,
+        concurrency=concurrency,
     )
     return run.id, issue_runner_token(tx.session, run.id, tx.now, scope)
 

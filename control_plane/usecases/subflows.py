@@ -7,16 +7,27 @@ same key gets the same child back — its result if it completed, reopened (like
 resume``) if it failed, crashed or was cancelled, with a fresh token either way. The child's
 creation is an event on the parent's timeline and an audit record naming both; cancelling a
 parent cancels its unfinished children (``usecases.runs.cancel_run``).
+
+A deployment started from a body (``meridian.run_deployment``) is a child too, created by
+``trigger_deployment`` with the parent's run and call key; it runs on a hosted runner, and the
+parent's token may read it (``is_child_of``, checked by ``api/authz.py``). Both ways to start a
+child refuse a superseded runner of the parent (``caller_epoch``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from control_plane import audit
 from control_plane.auth.api_token_store import issue_runner_token
 from control_plane.store.models import FlowRunRow
 from control_plane.store.tx import Tx, record_event
+from control_plane.usecases.deployment_triggers import TriggerOutcome, trigger_deployment
+from control_plane.usecases.runners import check_runner_epoch
 from control_plane.usecases.runs import RESUMABLE, create_run, resume_run
 from meridian.core.errors import ConflictError, NotFound, PermissionDenied
 from meridian.core.kinds import EventKind
@@ -36,11 +47,15 @@ def start_child_run(
     entrypoint: str,
     parameters_json: str,
     bundle_sha256: str = "",
+    caller_epoch: int | None = None,
 ) -> tuple[FlowRunRow, str, bool]:
     """The child run of ``parent_key`` in ``parent_run_id`` and a token its runner drives it
-    with: (run, token, existing). ``bundle_sha256`` "" = the parent's code."""
+    with: (run, token, existing). ``bundle_sha256`` "" = the parent's code. ``caller_epoch``:
+    the runner epoch of the caller's token; a superseded runner of the parent (decision 0018)
+    starts no child."""
     if caller_run_id != parent_run_id:
         raise PermissionDenied("only the parent run's own runner may start its subflows")
+    check_runner_epoch(tx, parent_run_id, caller_epoch)
     parent = tx.session.get(FlowRunRow, parent_run_id, with_for_update=True)
     if parent is None:
         raise NotFound(f"flow run {parent_run_id} does not exist")
@@ -89,6 +104,22 @@ def start_child_run(
     return child, _token(tx, child), False
 
 
+def trigger_child_deployment(
+    tx: Tx,
+    name: str,
+    parameters: Mapping[str, Any],
+    *,
+    caller_epoch: int | None,
+    **options: Any,
+) -> TriggerOutcome:
+    """``trigger_deployment`` for a caller that may be a parent's runner: with a ``parent``,
+    a superseded runner of that parent (an older epoch) triggers no child (decision 0018)."""
+    parent = options.get("parent")
+    if parent is not None:
+        check_runner_epoch(tx, parent[0], caller_epoch)
+    return trigger_deployment(tx, name, parameters, **options)
+
+
 def _reuse(tx: Tx, child: FlowRunRow, flow_name: str) -> FlowRunRow:
     if child.flow_name != flow_name:
         raise ConflictError(
@@ -102,6 +133,15 @@ def _reuse(tx: Tx, child: FlowRunRow, flow_name: str) -> FlowRunRow:
 
 def _token(tx: Tx, child: FlowRunRow) -> str:
     return issue_runner_token(tx.session, child.id, tx.now, child.scope, epoch=child.runner_epoch)
+
+
+def is_child_of(session: Session, run_id: str, parent_run_id: str) -> bool:
+    """Whether ``run_id`` (a full id) is a direct child of ``parent_run_id``: a parent's runner
+    token may read its children (``api/authz.py``), and nothing further down."""
+    if not run_id or not parent_run_id:
+        return False
+    found = session.scalar(select(FlowRunRow.parent_run_id).where(FlowRunRow.id == run_id))
+    return found is not None and found == parent_run_id
 
 
 def live_children(tx: Tx, run_id: str) -> list[FlowRunRow]:

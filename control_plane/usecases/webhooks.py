@@ -5,11 +5,14 @@ A webhook is a token that may trigger one deployment and nothing else: ``CreateW
 listener (``control_plane/web/webhooks.py``) checks the bearer token against that hash in
 constant time (:func:`authenticate_webhook`, a read), then triggers the deployment with the
 request's idempotency key (:func:`trigger_by_webhook`). A refused call leaves an audit record
-without the token (:func:`record_refusal`).
+without the token (:func:`record_refusal`). ``ListWebhooks`` shows a deployment's webhooks
+(never a token); ``RevokeWebhook`` (operators, audited ``webhook.revoked``) makes its token
+answer 401 from then on.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -181,3 +184,65 @@ def trigger_by_webhook(
         record_refusal(tx, caller.webhook_id, str(outcome), remote)
         return WebhookResult(None, error=outcome)
     return WebhookResult(outcome.flow_run_id, outcome.existing, outcome.state, outcome.message)
+
+
+@dataclass(frozen=True)
+class WebhookView:
+    """A webhook as people see it (never its token or hash)."""
+
+    webhook_id: str
+    deployment: str
+    name: str
+    created_at: dt.datetime
+    created_by: str
+    revoked_at: dt.datetime | None
+
+
+MAX_LISTED = 1000
+
+
+def list_webhooks(session: Session, deployment: str) -> list[WebhookView]:
+    """The webhooks of deployment ``deployment``, live and revoked, oldest first (a read)."""
+    row = _deployment(session, deployment)
+    hooks = session.scalars(
+        select(WebhookRow)
+        .where(WebhookRow.deployment_id == row.id)
+        .order_by(WebhookRow.created_at, WebhookRow.id)
+        .limit(MAX_LISTED)
+    )
+    return [_view(h, row.name) for h in hooks]
+
+
+def revoke_webhook(tx: Tx, deployment: str, webhook_id: str) -> WebhookView:
+    """Revoke a webhook of ``deployment`` (audited): its token is refused from now on (401).
+    Revoking one already revoked changes nothing and records nothing."""
+    row = _deployment(tx.session, deployment)
+    hook = tx.session.get(WebhookRow, webhook_id) if _WEBHOOK_ID.fullmatch(webhook_id) else None
+    if hook is None or hook.deployment_id != row.id:
+        raise NotFound(f"deployment {deployment!r} has no webhook {webhook_id[:40]!r}")
+    if hook.revoked_at is None:
+        hook.revoked_at = tx.now
+        audit.append(
+            tx.session,
+            actor=tx.actor,
+            action="webhook.revoked",
+            subject=row.id,
+            details={"webhook_id": hook.id, "name": hook.name, "deployment": deployment},
+            now=tx.now,
+        )
+    return _view(hook, row.name)
+
+
+def _deployment(session: Session, name: str) -> DeploymentRow:
+    row = session.scalars(
+        select(DeploymentRow).where(DeploymentRow.name == name, DeploymentRow.deleted_at.is_(None))
+    ).first()
+    if row is None:
+        raise NotFound(f"deployment {name!r} does not exist")
+    return row
+
+
+def _view(hook: WebhookRow, deployment: str) -> WebhookView:
+    return WebhookView(
+        hook.id, deployment, hook.name, hook.created_at, hook.created_by, hook.revoked_at
+    )

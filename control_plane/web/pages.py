@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from control_plane import audit
 from control_plane.store import queries
 from control_plane.telemetry.fleet import agent_status, last_heard
+from control_plane.usecases.run_waits import run_waiting_for
 from control_plane.web import timeline
 from control_plane.web.guard import console_of, page, query
 from control_plane.web.html import (
@@ -187,10 +188,14 @@ async def run(request: Request, session: Session) -> Response:
             )
         ],
     )
+    waiting = ""
+    if r.state == RunState.PENDING or r.wants_runner:  # why it has not started (runner, limit)
+        waiting = await console.store.run(run_waiting_for, r.id, now)
     body = join(
         [
             header,
             facts,
+            tag("p", f"Waiting: {waiting}", class_="waiting") if waiting else Markup(""),
             _run_actions(view, session),
             _live(
                 join(

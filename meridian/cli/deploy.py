@@ -205,6 +205,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 on_runner_lost=args.on_runner_lost,
                 max_runner_resumes=args.max_runner_resumes,
                 triggers=triggers,
+                flow_concurrency=loaded.flow.concurrency,
             )
         )
     print(f"Deployed {info.name} version {info.version} ({info.flow_name}, bundle "

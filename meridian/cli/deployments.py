@@ -92,7 +92,8 @@ def render_info(info: _deployments.DeploymentInfo) -> str:
         f"Runner      target {info.runner_target or '(any agent with runner slots)'}; "
         f"on lost: {info.on_runner_lost}, at most {info.max_runner_resumes} resumes",
         f"Concurrency {info.concurrency or 'unlimited'}"
-        + (f", overflow {info.concurrency_overflow}" if info.concurrency else ""),
+        + (f", overflow {info.concurrency_overflow}" if info.concurrency else "")
+        + _flow_limits(info),
     ]
     if info.description:
         lines.append(f"About       {info.description}")
@@ -127,6 +128,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         info = client.get_deployment(args.name, args.version)
     print(to_json(info_to_dict(info)) if args.json else render_info(info))
     return 0
+
+
+def _flow_limits(info: _deployments.DeploymentInfo) -> str:
+    if not info.flow_concurrency:
+        return ""
+    return f"; each run holds limit(s) {', '.join(info.flow_concurrency)}"
 
 
 def cmd_versions(args: argparse.Namespace) -> int:

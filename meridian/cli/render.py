@@ -407,6 +407,7 @@ def _header_lines(detail: models.RunDetail) -> list[str]:
         f"Parameters  {json.dumps(params, sort_keys=True) if params is not None else '{}'}",
         f"Code        sha256:{detail.bundle_sha256}" if detail.bundle_sha256 else "Code        -",
         f"State       {detail.state}",
+        *([f"Waiting     {detail.waiting_for}"] if detail.waiting_for else []),
         f"Created     {format_datetime(detail.created_at)}",
         f"Ended       {format_datetime(detail.ended_at)}  (took {format_seconds(duration)})",
         *_result_lines(detail),

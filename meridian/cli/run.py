@@ -243,6 +243,7 @@ def run_remote(args: argparse.Namespace, entrypoint: str, raw_params: dict[str, 
             bundle.sha256,
             "remote",
             runner_target=args.runner_target,
+            concurrency=loaded.flow.concurrency,
         )
     print(f"Run {run_id} created; it waits for a hosted flow runner", file=sys.stderr)
     if args.json:

@@ -1,5 +1,7 @@
 """``meridian deployments webhook create NAME [--name N]`` (network): a token that lets another
-system trigger one deployment with ``POST /hooks/<id>`` on the control plane's web listener."""
+system trigger one deployment with ``POST /hooks/<id>`` on the control plane's web listener;
+``webhook list NAME`` shows them (never a token) and ``webhook revoke NAME WEBHOOK_ID`` makes
+one's token refused (401)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import argparse
 from typing import Any
 
 from meridian.cli.common import add_client_options, connect
-from meridian.cli.render import to_json
+from meridian.cli.render import format_datetime, table, to_json
 
 
 def register_under(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -30,6 +32,24 @@ def register_under(actions: Any, parents: list[argparse.ArgumentParser]) -> None
     create.add_argument("--json", action="store_true")
     add_client_options(create)
     create.set_defaults(func=cmd_create)
+    listing = verbs.add_parser(
+        "list", help="the webhooks of deployment NAME (no tokens)", parents=parents
+    )
+    listing.add_argument("name", metavar="NAME", help="the deployment")
+    listing.add_argument("--json", action="store_true")
+    add_client_options(listing)
+    listing.set_defaults(func=cmd_list)
+    revoke = verbs.add_parser(
+        "revoke",
+        help="revoke a webhook: its token is refused from now on",
+        parents=parents,
+        description="Revoke webhook WEBHOOK_ID of deployment NAME (audited). Calls with its "
+        "token are answered 401 from then on. Needs an operator token.",
+    )
+    revoke.add_argument("name", metavar="NAME", help="the deployment")
+    revoke.add_argument("webhook_id", metavar="WEBHOOK_ID")
+    add_client_options(revoke)
+    revoke.set_defaults(func=cmd_revoke)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -47,4 +67,29 @@ def cmd_create(args: argparse.Namespace) -> int:
         f"    -H 'Authorization: Bearer {created.token}' \\\n"
         f"    -H 'Idempotency-Key: <unique per delivery>' -d '{{\"param\": \"value\"}}'"
     )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        found = client.list_webhooks(args.name)
+    if args.json:
+        print(to_json([{"webhook_id": w.webhook_id, "name": w.name, "created_by": w.created_by,
+                        "created_at": w.created_at, "revoked_at": w.revoked_at}
+                       for w in found]))  # fmt: skip
+        return 0
+    rows = [
+        [w.webhook_id, w.name, format_datetime(w.created_at), w.created_by or "-",
+         f"revoked {format_datetime(w.revoked_at)}" if w.revoked_at else "live"]
+        for w in found
+    ]  # fmt: skip
+    print(table(("WEBHOOK", "NAME", "CREATED", "BY", "STATE"), rows))
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        hook = client.revoke_webhook(args.name, args.webhook_id)
+    print(f"Revoked webhook {hook.webhook_id} ({hook.name}) of deployment {args.name}: "
+          "its token is refused from now on")  # fmt: skip
     return 0

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from meridian.core.errors import ValidationError
-from meridian.sdk._options import check_seal, location
+from meridian.sdk._options import check_concurrency, check_seal, location
 from meridian.sdk.context import current_context
 from meridian.sdk.subflows import run_subflow
 
@@ -32,6 +32,7 @@ class Flow(Generic[P, R]):
         name: str | None = None,
         seal: str | None = None,
         subflow: bool = False,
+        concurrency: str | list[str] | tuple[str, ...] | None = None,
     ) -> None:
         if not callable(fn):
             raise ValidationError(f"@flow must decorate a function, got {fn!r}")
@@ -51,6 +52,8 @@ class Flow(Generic[P, R]):
             raise ValidationError(f"flow {self.name!r}: subflow must be True or False")
         # Called in a running flow body, it runs as a child run (``sdk.subflows``).
         self.subflow = subflow
+        # Named global limits each run holds from before its body starts to its end.
+        self.concurrency = check_concurrency(concurrency, f"flow {self.name!r} ({location(fn)})")
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -71,7 +74,11 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 @overload
 def flow(
-    *, name: str | None = None, seal: str | None = None, subflow: bool = False
+    *,
+    name: str | None = None,
+    seal: str | None = None,
+    subflow: bool = False,
+    concurrency: str | list[str] | tuple[str, ...] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -82,6 +89,7 @@ def flow(
     name: str | None = None,
     seal: str | None = None,
     subflow: bool = False,
+    concurrency: str | list[str] | tuple[str, ...] | None = None,
 ) -> Any:
     """Declare a flow: ``@flow`` or ``@flow(name="nightly-etl", seal="eu-sites")``.
 
@@ -93,11 +101,16 @@ def flow(
     run of that run (its own steps, result and history, linked to the parent: cancelling
     the parent cancels it; a resumed parent reuses a child that completed). Called anywhere
     else it is its plain function.
+
+    ``concurrency="db"`` (or a list of names): every run of the flow holds a slot of each
+    named global limit (``meridian limits set db 1``) for its whole duration; a run waits
+    PENDING, saying which limit it waits for, until it holds them. A deployment of the flow
+    carries them too.
     """
     if fn is not None:
         return Flow(fn, name, seal)
 
     def decorate(func: Callable[P, R]) -> Flow[P, R]:
-        return Flow(func, name, seal, subflow)
+        return Flow(func, name, seal, subflow, concurrency)
 
     return decorate

@@ -35,6 +35,7 @@ from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._sealed import mask_opened_texts, seal_flow_error, sealed_failures
 from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
+from meridian.sdk.flow_limits import wait_until_started
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
 from meridian.sdk.params import parse_params
 from meridian.sdk.refparams import with_result_refs
@@ -141,9 +142,14 @@ def run_flow(
     else:
         bundle = pack_directory(loaded.root, max_size=max_bundle_bytes)
     client.ensure_bundle(bundle)
-    run_id = client.create_run(loaded.flow.name, entrypoint, params, bundle.sha256, trigger)
+    limits = {"concurrency": loaded.flow.concurrency} if loaded.flow.concurrency else {}
+    run_id = client.create_run(
+        loaded.flow.name, entrypoint, params, bundle.sha256, trigger, **limits
+    )
     token = getattr(client, "runner_tokens", {}).get(run_id, "")
     runner = _as_runner(client, token)
+    if limits and wait_until_started(runner, run_id) != "RUNNING":
+        return RunOutcome(run_id, runner.get_run(run_id).state)  # cancelled while waiting
     return execute_body(
         runner,
         run_id,

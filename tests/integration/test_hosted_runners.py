@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,13 +108,18 @@ def test_with_on_runner_lost_fail_the_run_fails_with_the_reason(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    run_id = _start_hosted_run(estate, work)
+    estate.cli(
+        "deploy", f"{FLOW_FILE}:hosted_stages", "--name", "stages-fail",
+        "--runner-target", "pool=hosted", "--on-runner-lost", "fail", "-p", f"work={work}",
+        check=True,
+    )  # fmt: skip
+    shown = estate.cli("deployments", "show", "stages-fail", check=True).stdout
+    assert "on lost: fail" in shown  # the policy the version copies onto its runs
+    started = estate.cli("deployments", "run", "stages-fail", check=True).stdout
+    match = re.search(r"Run (\S+) of stages-fail", started)
+    assert match, started
+    run_id = match.group(1)
     _wait_mid_flow(estate, run_id)
-    # The policy a deployment version would copy onto its runs (set here on the stored run).
-    db = sqlite3.connect(estate.server_dir / "meridian.db")
-    with db:
-        db.execute("UPDATE flow_runs SET on_runner_lost = 'fail' WHERE id = ?", (run_id,))
-    db.close()
 
     _kill_machine(estate, "host-a")
     assert estate.wait_for_state(run_id, {"COMPLETED", "FAILED"}) == "FAILED", estate.logs()

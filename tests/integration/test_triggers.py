@@ -193,3 +193,13 @@ def test_the_webhook_refuses_bad_calls_and_accepts_a_good_one(estate: WebEstate)
     assert len(refused) == 1 and hook["token"] not in refused[0].details_json
     triggered = [r for r in records if r.action == "deployment.triggered"]
     assert [r.actor for r in triggered] == [f"webhook:{hook['webhook_id']}"]
+
+    # Revoked (audited), its token is refused; the list shows it revoked, never a token.
+    listed = estate.cli("deployments", "webhook", "list", "ingest", check=True).stdout
+    assert hook["webhook_id"] in listed and "live" in listed and hook["token"] not in listed
+    estate.cli("deployments", "webhook", "revoke", "ingest", hook["webhook_id"], check=True)
+    assert post(hook["token"], "d-2", good).status_code == 401
+    (revoked,) = client.list_webhooks("ingest")
+    assert revoked.webhook_id == hook["webhook_id"] and revoked.revoked_at is not None
+    audited = [r for r in client.iter_audit_records() if r.action == "webhook.revoked"]
+    assert len(audited) == 1 and hook["webhook_id"] in audited[0].details_json

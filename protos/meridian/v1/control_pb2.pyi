@@ -42,7 +42,7 @@ class UploadBundleResponse(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger", "parent_run_id", "parent_key", "runner_target")
+    __slots__ = ("flow_name", "entrypoint", "parameters_json", "bundle_sha256", "trigger", "parent_run_id", "parent_key", "runner_target", "concurrency")
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class CreateRunRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
     RUNNER_TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     flow_name: str
     entrypoint: str
     parameters_json: str
@@ -59,7 +60,8 @@ class CreateRunRequest(_message.Message):
     parent_run_id: str
     parent_key: str
     runner_target: str
-    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ..., runner_target: _Optional[str] = ...) -> None: ...
+    concurrency: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., trigger: _Optional[str] = ..., parent_run_id: _Optional[str] = ..., parent_key: _Optional[str] = ..., runner_target: _Optional[str] = ..., concurrency: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
     __slots__ = ("flow_run_id", "runner_token")
@@ -895,7 +897,7 @@ class OutcomeTrigger(_message.Message):
     def __init__(self, upstream_deployment: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., run_id_parameter: _Optional[str] = ..., result_parameter: _Optional[str] = ...) -> None: ...
 
 class DeploymentSpec(_message.Message):
-    __slots__ = ("name", "flow_name", "entrypoint", "bundle_sha256", "description", "tags", "runner_target", "parameters_json", "parameter_schema_json", "schedules", "concurrency", "concurrency_overflow", "on_runner_lost", "max_runner_resumes", "triggers")
+    __slots__ = ("name", "flow_name", "entrypoint", "bundle_sha256", "description", "tags", "runner_target", "parameters_json", "parameter_schema_json", "schedules", "concurrency", "concurrency_overflow", "on_runner_lost", "max_runner_resumes", "triggers", "flow_concurrency")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -911,6 +913,7 @@ class DeploymentSpec(_message.Message):
     ON_RUNNER_LOST_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNER_RESUMES_FIELD_NUMBER: _ClassVar[int]
     TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     name: str
     flow_name: str
     entrypoint: str
@@ -926,7 +929,8 @@ class DeploymentSpec(_message.Message):
     on_runner_lost: str
     max_runner_resumes: int
     triggers: _containers.RepeatedCompositeFieldContainer[OutcomeTrigger]
-    def __init__(self, name: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., runner_target: _Optional[str] = ..., parameters_json: _Optional[str] = ..., parameter_schema_json: _Optional[str] = ..., schedules: _Optional[_Iterable[_Union[ScheduleSpec, _Mapping]]] = ..., concurrency: _Optional[int] = ..., concurrency_overflow: _Optional[str] = ..., on_runner_lost: _Optional[str] = ..., max_runner_resumes: _Optional[int] = ..., triggers: _Optional[_Iterable[_Union[OutcomeTrigger, _Mapping]]] = ...) -> None: ...
+    flow_concurrency: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., runner_target: _Optional[str] = ..., parameters_json: _Optional[str] = ..., parameter_schema_json: _Optional[str] = ..., schedules: _Optional[_Iterable[_Union[ScheduleSpec, _Mapping]]] = ..., concurrency: _Optional[int] = ..., concurrency_overflow: _Optional[str] = ..., on_runner_lost: _Optional[str] = ..., max_runner_resumes: _Optional[int] = ..., triggers: _Optional[_Iterable[_Union[OutcomeTrigger, _Mapping]]] = ..., flow_concurrency: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("spec",)
@@ -1075,3 +1079,39 @@ class CreateWebhookResponse(_message.Message):
     token: str
     url_path: str
     def __init__(self, webhook_id: _Optional[str] = ..., token: _Optional[str] = ..., url_path: _Optional[str] = ...) -> None: ...
+
+class WebhookInfo(_message.Message):
+    __slots__ = ("webhook_id", "deployment", "name", "created_at_unix_ms", "created_by", "revoked_at_unix_ms")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    deployment: str
+    name: str
+    created_at_unix_ms: int
+    created_by: str
+    revoked_at_unix_ms: int
+    def __init__(self, webhook_id: _Optional[str] = ..., deployment: _Optional[str] = ..., name: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., revoked_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListWebhooksRequest(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    def __init__(self, deployment: _Optional[str] = ...) -> None: ...
+
+class ListWebhooksResponse(_message.Message):
+    __slots__ = ("webhooks",)
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
+    webhooks: _containers.RepeatedCompositeFieldContainer[WebhookInfo]
+    def __init__(self, webhooks: _Optional[_Iterable[_Union[WebhookInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeWebhookRequest(_message.Message):
+    __slots__ = ("deployment", "webhook_id")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    webhook_id: str
+    def __init__(self, deployment: _Optional[str] = ..., webhook_id: _Optional[str] = ...) -> None: ...

@@ -230,6 +230,16 @@ class ControlServiceStub:
                 request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.SerializeToString,
                 response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.FromString,
                 _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/meridian.v1.ControlService/ListWebhooks',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.RevokeWebhook = channel.unary_unary(
+                '/meridian.v1.ControlService/RevokeWebhook',
+                request_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.RevokeWebhookRequest.SerializeToString,
+                response_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.WebhookInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -513,6 +523,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhooks(self, request, context):
+        """viewers
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeWebhook(self, request, context):
+        """operators
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -710,6 +734,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.CreateWebhook,
                     request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.FromString,
                     response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'RevokeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeWebhook,
+                    request_deserializer=protos_dot_meridian_dot_v1_dot_control__pb2.RevokeWebhookRequest.FromString,
+                    response_serializer=protos_dot_meridian_dot_v1_dot_control__pb2.WebhookInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1765,6 +1799,60 @@ class ControlService:
             '/meridian.v1.ControlService/CreateWebhook',
             protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookRequest.SerializeToString,
             protos_dot_meridian_dot_v1_dot_control__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/ListWebhooks',
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meridian.v1.ControlService/RevokeWebhook',
+            protos_dot_meridian_dot_v1_dot_control__pb2.RevokeWebhookRequest.SerializeToString,
+            protos_dot_meridian_dot_v1_dot_control__pb2.WebhookInfo.FromString,
             options,
             channel_credentials,
             insecure,

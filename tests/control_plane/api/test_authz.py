@@ -125,6 +125,46 @@ def test_runner_tokens_drive_only_their_own_run(
     operator.close()
 
 
+def test_a_runner_token_reads_its_direct_children_and_nothing_else(
+    plane: tuple[ServerConfig, str, Path], tmp_path: Path
+) -> None:
+    """run_deployment follows the child it started with its own token: GetRun, WatchRun
+    and FetchResult of a direct child are open to it; a grandchild, an unrelated run and
+    every call that drives the child are not."""
+    config, address, ca_file = plane
+    operator = ControlClient(address, ca_file, token=create_api_token(config.data_dir, "operator"))
+    (tmp_path / "flows.py").write_text("X = 2\n")
+    bundle = pack_directory(tmp_path)
+    operator.ensure_bundle(bundle)
+    parent = operator.create_run("f", "flows.py:f", {}, bundle.sha256)
+    unrelated = operator.create_run("f", "flows.py:f", {}, bundle.sha256)
+    runner = operator.with_token(operator.runner_tokens[parent])
+    child = runner.create_run("c", "flows.py:c", {}, "", "subflow", parent_run_id=parent,
+                              parent_key="c#1")  # fmt: skip
+    child_runner = runner.with_token(runner.runner_tokens[child])
+    grandchild = child_runner.create_run("g", "flows.py:g", {}, "", "subflow",
+                                         parent_run_id=child, parent_key="g#1")  # fmt: skip
+
+    assert runner.get_run(child).parent_run_id == parent
+    stream = runner.watch_run_batches(child)
+    assert next(stream)  # its events: the watch is open to the parent
+    stream.cancel()
+    with pytest.raises(NotFound):  # past authorization: the child has no such step
+        runner.fetch_result(child, "nothing#1", tmp_path / "out")
+    for run in (grandchild, unrelated):
+        with pytest.raises(PermissionDenied, match="its own run"):
+            runner.get_run(run)
+        with pytest.raises(PermissionDenied, match="its own run"):
+            next(runner.watch_run_batches(run))
+    with pytest.raises(PermissionDenied, match="its own run"):
+        runner.get_run(child[:8])  # a prefix is not a proven child
+    with pytest.raises(PermissionDenied, match="its own run"):
+        runner.renew_runner_lease(child, 30)  # reading is not driving
+    with pytest.raises(PermissionDenied, match="its own run"):
+        runner.finish_run(child, True, "1")
+    operator.close()
+
+
 def test_approval_calls_have_the_roles_of_the_docs() -> None:
     """Runners (and operators, like SubmitSteps) ask; operators and admins decide; viewers
     only read approvals through GetRun."""

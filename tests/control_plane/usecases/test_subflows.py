@@ -56,6 +56,26 @@ def test_a_child_run_is_linked_to_its_parent(store: Store) -> None:
     assert linked.subject == child and parent in linked.details
 
 
+def test_a_superseded_runner_of_the_parent_starts_no_child(store: Store) -> None:
+    """Decision 0018's fencing on CreateRun of a subflow: once the parent was handed to a
+    newer runner (epoch 2), the old runner's token (epoch 1) creates nothing."""
+    parent = new_run(store)
+    store.run_sync(lambda s: setattr(s.get(FlowRunRow, parent), "runner_epoch", 2))
+    start = {
+        "parent_run_id": parent,
+        "parent_key": "child#1",
+        "caller_run_id": parent,
+        "flow_name": "child",
+        "entrypoint": "flows:child",
+        "parameters_json": "{}",
+    }
+    with pytest.raises(ConflictError, match="superseded by runner epoch 2"):
+        run_at(store, T0, start_child_run, caller_epoch=1, **start)
+    assert store.run_sync(lambda s: run_view(s, parent)).children == []
+    (child, _, existing), _ = run_at(store, T0, start_child_run, caller_epoch=2, **start)
+    assert not existing and child.parent_run_id == parent
+
+
 def test_only_the_parents_runner_starts_a_child(store: Store) -> None:
     parent, other = new_run(store), new_run(store)
     with pytest.raises(PermissionDenied, match="parent run's own runner"):
