@@ -20,7 +20,7 @@ from meridian.core.states import TERMINAL_RUN, RunState
 
 
 def run_waiting_for(
-    session: Session, run_id: str, now: dt.datetime, hosts: Sequence[RunnerHost] = ()
+    session: Session, run_id: str, now: dt.datetime, hosts: Sequence[RunnerHost] | None = None
 ) -> str:
     """Why a run has not started (a read, for ``GetRun``): its scheduled start, a limit of
     its flow, its deployment's concurrency or a runner; "" once it runs."""

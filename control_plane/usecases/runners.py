@@ -306,8 +306,11 @@ def _hand_out(tx: Tx, run: FlowRunRow, agent_id: str, endpoint: RunnerEndpoint) 
     tx.effects.touched_runs.add(run.id)
 
 
-def runner_waiting_for(session: Any, run: FlowRunRow, hosts: Sequence[RunnerHost] = ()) -> str:
-    """Why a run that wants a runner has none yet ("" when it does not want one)."""
+def runner_waiting_for(
+    session: Any, run: FlowRunRow, hosts: Sequence[RunnerHost] | None = None
+) -> str:
+    """Why a run that wants a runner has none yet ("" when it does not want one). ``hosts``:
+    the connected agents offering runner slots (None: not known to the caller)."""
     if not run.wants_runner or run.state in TERMINAL_RUN:
         return ""
     if run.deployment_id and run.state == RunState.PENDING:
@@ -320,8 +323,11 @@ def runner_waiting_for(session: Any, run: FlowRunRow, hosts: Sequence[RunnerHost
                 f"waiting for a runner slot: deployment {label} has {active} of {limit} runs active"
             )
     target = run.runner_target or ""
-    if hosts and not has_runner_host(parse_selector(target), hosts):
-        return f"waiting for an agent with runner slots matching {target!r}"
+    if hosts is not None and not has_runner_host(parse_selector(target), hosts):
+        return (
+            f"waiting for an agent with runner slots matching {target!r}: no connected agent "
+            "that matches offers any (start one with `meridian agent start ... --runner-slots N`)"
+        )
     return f"waiting for a free runner slot on an agent matching {target!r}"
 
 

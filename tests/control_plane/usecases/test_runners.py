@@ -132,3 +132,23 @@ def test_no_resumes_left_fails_the_run(store: Store) -> None:
     run = row(store, run_id)
     assert run.state == "FAILED" and run.runner_resumes == 1
     assert run.error is not None and "1 resume used of max_runner_resumes=1" in run.error.message
+
+
+def test_a_waiting_hosted_run_says_what_it_waits_for(store: Store) -> None:
+    from control_plane.usecases.run_waits import run_waiting_for
+
+    run_id = hosted_run(store, "cloud=azure")
+
+    def why(known: list[RunnerHost] | None) -> str:
+        return store.run_sync(lambda s: run_waiting_for(s, run_id, T0, known))
+
+    # No connected agent matching the target offers runner slots: say how to get one.
+    for known in ([], hosts()):
+        assert why(known) == (
+            "waiting for an agent with runner slots matching 'cloud=azure': no connected agent "
+            "that matches offers any (start one with `meridian agent start ... --runner-slots N`)"
+        )
+    # One matches (its slots are busy) or the caller does not know the agents: a free slot.
+    azure = [RunnerHost("a3", "a3", "azure-demo", {"cloud": "azure"}, 1, 0)]
+    assert why(azure) == "waiting for a free runner slot on an agent matching 'cloud=azure'"
+    assert why(None) == "waiting for a free runner slot on an agent matching 'cloud=azure'"
