@@ -7,10 +7,18 @@ import pytest
 from tests.integration.harness import Estate
 from tests.support.databases import DATABASES, postgres_database, postgres_server
 
+# The PostgreSQL variant of every integration module is a long scenario (a second estate of
+# processes per module): it runs with ``pytest -m slow``. The store, use-case and API tests
+# run on PostgreSQL in the default suite.
+_ESTATE_DATABASES = [
+    pytest.param(db, marks=pytest.mark.slow) if db == "postgres" else db for db in DATABASES
+]
 
-@pytest.fixture(scope="module", params=DATABASES)
+
+@pytest.fixture(scope="module", params=_ESTATE_DATABASES)
 def estate_db(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """The control plane's database: SQLite in its data dir, and PostgreSQL when configured."""
+    """The control plane's database: SQLite in its data dir, and PostgreSQL when configured
+    (``-m slow``)."""
     if request.param == "sqlite":
         yield None
         return

@@ -103,6 +103,7 @@ def test_a_hosted_run_survives_the_loss_of_its_runners_machine(
     assert follower.wait(timeout=DEADLINE_S) == 0, estate.logs()
 
 
+@pytest.mark.slow  # a long scenario; the fail policy's decision is also a use-case test
 def test_with_on_runner_lost_fail_the_run_fails_with_the_reason(
     estate: Estate, tmp_path: Path
 ) -> None:

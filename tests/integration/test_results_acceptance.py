@@ -11,7 +11,8 @@ reads it through a relayed transfer (recorded and audited with its bytes and dig
 in gcp-us is refused before it runs, naming the rule, and the refusal is audited. The control
 plane's resident memory stays within 64 MiB of its idle size while the 300 MB cross.
 
-Then the crash cases, each with the agent SIGKILLed and started again: the producing agent
+Then the crash cases (long scenarios: ``pytest -m slow``), each with the agent SIGKILLed and
+started again: the producing agent
 while it stores its result, and the receiving agent in the middle of a transfer. The attempt
 is retried or re-attached, the consumers read exactly the producer's bytes (their digests
 match) and the store never holds a torn object.
@@ -37,7 +38,7 @@ from tests.support.polling import poll_until
 
 FLOW = f"{FLOWS / 'site_results.py'}:site_results"
 BIG = 300 * 1000 * 1000  # the 300 MB
-CRASH_SIZE = 160 * 1024 * 1024  # big enough that a transfer and an upload take a while
+CRASH_SIZE = 96 * 1024 * 1024  # big enough that a transfer and an upload take a while
 RULE = "region in (eu-west-1)"
 MiB = 1024 * 1024
 
@@ -214,6 +215,7 @@ def _wait_connected_again(
     estate.start_agent(name, environment, labels, config=config if config.exists() else None)
 
 
+@pytest.mark.slow
 def test_a_producer_killed_while_storing_its_result_leaves_no_torn_object(
     estate: Estate,
 ) -> None:
@@ -239,6 +241,7 @@ def test_a_producer_killed_while_storing_its_result_leaves_no_torn_object(
     assert digests == {ref.sha256}
 
 
+@pytest.mark.slow
 def test_a_receiver_killed_mid_transfer_is_retried_and_reads_the_right_bytes(
     estate: Estate,
 ) -> None:
