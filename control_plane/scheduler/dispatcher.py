@@ -162,9 +162,11 @@ class Dispatcher:
     async def _pass(self) -> None:
         now = self._store.clock()
         if now >= self._next_sweep:
-            await self._sweep_leases(now)
+            # Due again in an interval even if this sweep fails: a sweep that keeps raising
+            # must not keep every other branch of the pass from running.
             self._next_sweep = now + dt.timedelta(seconds=self._sweep_interval_s)
             self._resync = True  # another writer (replica, offline command) may have queued
+            await self._sweep_leases(now)
         elif self._next_approval is not None and now >= self._next_approval:
             await self._expire_approvals(now)
         elif self._next_schedule is not None and now >= self._next_schedule:

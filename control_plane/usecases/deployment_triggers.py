@@ -95,7 +95,7 @@ def trigger_deployment(
     spec = spec_from_json(version.spec)
     params = merged_parameters(spec.parameter_schema, spec.parameters, parameters)
     parent_run = _parent_run(tx, parent)
-    key = _key(idempotency_key, parent)
+    key = _key(idempotency_key, parent, source)
     if key is not None:
         found = _existing(tx, deployment.id, key)
         if found is not None:
@@ -149,13 +149,24 @@ def _parent_run(tx: Tx, parent: tuple[str, str] | None) -> FlowRunRow | None:
     return run
 
 
-def _key(idempotency_key: str | None, parent: tuple[str, str] | None) -> str | None:
+# Sources whose keys the control plane makes itself (a schedule's slot key, "outcome:<run>").
+_OWN_KEYS = frozenset({"schedule", "outcome"})
+
+
+def _key(
+    idempotency_key: str | None, parent: tuple[str, str] | None, source: TriggerSource
+) -> str | None:
     if idempotency_key:
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
             raise ValidationError(
                 f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
             )
-        return idempotency_key
+        if source.kind in _OWN_KEYS:
+            return idempotency_key
+        # A caller's key lives in its own namespace (the API, or one webhook): it can never
+        # take a schedule slot's or an outcome's key and so suppress that run.
+        namespace = source.actor if source.kind == "webhook" else source.kind
+        return f"{namespace}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
     if parent is not None:
         digest = hashlib.sha256(f"{parent[0]}/{parent[1]}".encode()).hexdigest()
         return f"subflow:{digest}"
@@ -167,7 +178,7 @@ def _existing(tx: Tx, deployment_id: str, key: str) -> TriggerOutcome | None:
     if row is None:
         return None
     if row.flow_run_id is None:
-        return TriggerOutcome(None, True, SKIPPED, f"idempotency key {key!r} was used: no run")
+        return TriggerOutcome(None, True, SKIPPED, "the idempotency key was used before: no run")
     run = tx.session.get(FlowRunRow, row.flow_run_id)
     state = run.state if run is not None else "DELETED"
     return TriggerOutcome(
@@ -257,6 +268,8 @@ def _new_run(
     )
     if start_after is not None:
         tx.effects.timers.append(start_after)
+    else:
+        tx.effects.runners_wanted = True  # a runner pass now, not at the next sweep
     return run
 
 

@@ -380,21 +380,18 @@ def _describe(tx: Tx, holder_ids: Sequence[str]) -> tuple[str, ...]:
 
 def _live_runs(tx: Tx, run_ids: Sequence[str]) -> set[str]:
     """Run holders (``@flow(concurrency=...)``) still alive: PENDING (held back by the control
-    plane itself), waiting for a new hosted runner, or with a runner lease not lapsed — so a
-    run's slots lapse with its runner's lease (``usecases.run_limits``)."""
+    plane itself) or live (RUNNING, PAUSED, CANCELLING). A run whose runner lease lapsed stays
+    alive until the lease sweep crashes it (after the restart grace: a control plane that was
+    down must not hand a slot on while the old runner reconnects) or resumes it elsewhere; a
+    CRASHED run's slots lapse here, and a run that ends releases them in ``move_run``."""
     alive: set[str] = set()
     for start in range(0, len(run_ids), 500):
-        for run_id, state, wants_runner, lease in tx.session.execute(
-            select(
-                FlowRunRow.id,
-                FlowRunRow.state,
-                FlowRunRow.wants_runner,
-                FlowRunRow.runner_lease_expires_at,
-            ).where(FlowRunRow.id.in_(run_ids[start : start + 500]))
+        for run_id, state in tx.session.execute(
+            select(FlowRunRow.id, FlowRunRow.state).where(
+                FlowRunRow.id.in_(run_ids[start : start + 500])
+            )
         ):
-            if state == RunState.PENDING or (
-                state in _LIVE_RUN and (wants_runner or (lease is not None and lease > tx.now))
-            ):
+            if state == RunState.PENDING or state in _LIVE_RUN:
                 alive.add(run_holder(run_id))
     return alive
 

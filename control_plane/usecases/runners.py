@@ -395,6 +395,9 @@ def runner_lost(tx: Tx, run: FlowRunRow, *, lost_at: dt.datetime, cause: str = "
         tx.session, "run.runner_lost", run, tx.now, reason=reason, resume=decision.resume
     )
     run.runner_lease_expires_at = None
+    # Fence the lost runner at once (it may only be cut off): its renewals and calls are
+    # refused from now on, not only after the next hand-out.
+    run.runner_epoch = int(run.runner_epoch or 0) + 1
     if decision.resume:
         # As a resume: the new runner replays the body; completed steps answer at once.
         run.runner_resumes = int(run.runner_resumes or 0) + 1

@@ -31,7 +31,7 @@ from control_plane.usecases.runners import check_runner_epoch
 from control_plane.usecases.runs import RESUMABLE, create_run, resume_run
 from meridian.core.errors import ConflictError, NotFound, PermissionDenied
 from meridian.core.kinds import EventKind
-from meridian.core.states import RunState
+from meridian.core.states import TERMINAL_RUN, RunState
 
 SUBFLOW_TRIGGER = "subflow"
 MAX_CHILDREN_SHOWN = 1000
@@ -128,6 +128,10 @@ def _reuse(tx: Tx, child: FlowRunRow, flow_name: str) -> FlowRunRow:
         )
     if child.state in RESUMABLE:
         resume_run(tx, child.id)  # the resumed parent runs it again; completed steps reused
+    if child.state not in TERMINAL_RUN:
+        # The body that drives the child moves to this runner: the previous one (a parent
+        # runner that was cut off and superseded) keeps a token for the child, so fence it.
+        child.runner_epoch = int(child.runner_epoch or 0) + 1
     return child
 
 

@@ -192,7 +192,12 @@ def recorded_producer(session: Session, ref: ResultRef) -> StepRunRow | None:
     that reused it from the cache does not hide the one that produced it)."""
     rows = session.scalars(
         select(StepRunRow)
-        .where(StepRunRow.result_ref_sha256 == ref.sha256)
+        # The exact reference (stored in its canonical JSON form), not only its digest: the
+        # same bytes produced by many runs are many objects, and all must stay findable.
+        .where(
+            StepRunRow.result_ref_sha256 == ref.sha256,
+            StepRunRow.result_ref_json == ref.to_json(),
+        )
         .order_by(StepRunRow.created_at)
         .limit(MAX_RECORDED_MATCHES)
     )

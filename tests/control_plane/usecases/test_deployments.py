@@ -184,6 +184,28 @@ def test_a_repeated_idempotency_key_returns_the_same_run(store: Store) -> None:
     assert other.flow_run_id != first.flow_run_id
 
 
+def test_a_callers_key_cannot_take_a_schedule_slots_or_an_outcomes_key(store: Store) -> None:
+    deploy(store)
+    args = ("nightly", {"day": "2026-03-01"})
+    slot = "sch_1/2026-03-01T02:30:00.000000Z"
+    hook = TriggerSource("webhook", "webhook:wh_1")
+    for source, key in ((API, slot), (hook, slot), (hook, "outcome:run-1")):
+        taken, _ = run_at(store, T0, trigger_deployment, *args, source=source, idempotency_key=key)
+        assert taken.flow_run_id and not taken.existing
+    schedule = TriggerSource("schedule", "schedule:sch_1", {"slot": slot})
+    fired, _ = run_at(store, T0, trigger_deployment, *args, source=schedule, idempotency_key=slot)
+    outcome = TriggerSource("outcome", "run:run-1")
+    chained, _ = run_at(
+        store, T0, trigger_deployment, *args, source=outcome, idempotency_key="outcome:run-1"
+    )
+    assert fired.flow_run_id and not fired.existing
+    assert chained.flow_run_id and not chained.existing
+    # Each webhook has its own keys too: the same key from another webhook is a new run.
+    other = TriggerSource("webhook", "webhook:wh_2")
+    mine, _ = run_at(store, T0, trigger_deployment, *args, source=other, idempotency_key=slot)
+    assert mine.flow_run_id and not mine.existing
+
+
 def test_skip_overflow_creates_no_run_beyond_the_limit(store: Store) -> None:
     deploy(store, concurrency=1, concurrency_overflow="skip")
     args = ("nightly", {"day": "2026-03-01"})

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy.orm import Session
+
 from control_plane.store.db import Store
 from control_plane.store.models import FlowRunRow, LimitSlotRow
 from control_plane.usecases.limits import HolderLiveness, lapse_expired, renew_leases, set_limit
 from control_plane.usecases.run_waits import run_waiting_for
 from control_plane.usecases.runners import assign_runners, create_hosted_run
 from control_plane.usecases.runs import finish_run
+from meridian.core.states import RunState
 from tests.control_plane.usecases.helpers import T0, run_at
 from tests.control_plane.usecases.test_runners import ENDPOINT, hosts
 
@@ -47,7 +50,7 @@ def test_a_hosted_run_takes_its_flow_limits_before_a_runner(store: Store) -> Non
     assert store.run_sync(lambda s: run_waiting_for(s, second, T0)) == ""
 
 
-def test_a_run_holders_slot_lapses_with_its_runners_lease(store: Store) -> None:
+def test_a_run_holders_slot_lapses_once_the_run_is_no_longer_live(store: Store) -> None:
     run_at(store, T0, set_limit, "db", 1)
     run_id = limited_run(store, T0)
     run_at(store, T0, assign_runners, hosts(), ENDPOINT)
@@ -56,8 +59,18 @@ def test_a_run_holders_slot_lapses_with_its_runners_lease(store: Store) -> None:
     # While the runner's lease holds, the sweep renews the run's slot past its own lease.
     renewed, _ = run_at(store, lease - dt.timedelta(seconds=1), renew_leases, liveness)
     assert renewed == 1
-    # Once the runner lease lapsed, it is not renewed and lapses.
+    # A lapsed runner lease alone does not free the slot: after a control-plane restart the
+    # old runner may still renew within the grace, and handing its slot on meanwhile would
+    # let two runs hold a limit of one. The run keeps it while it is live...
     later = lease + dt.timedelta(minutes=5)
-    assert run_at(store, later, renew_leases, liveness)[0] == 0
-    lapsed, _ = run_at(store, later, lapse_expired)
+    assert run_at(store, later, renew_leases, liveness)[0] == 1
+    # ... and once the lease sweep has crashed it, the slot is not renewed and lapses.
+
+    def crash(session: Session) -> None:
+        session.get(FlowRunRow, run_id).state = RunState.CRASHED
+
+    store.run_sync(crash)
+    much_later = later + dt.timedelta(minutes=5)
+    assert run_at(store, much_later, renew_leases, liveness)[0] == 0
+    lapsed, _ = run_at(store, much_later, lapse_expired)
     assert lapsed == [f"run:{run_id}"] and holders(store) == []

@@ -94,10 +94,14 @@ def test_a_lapsed_lease_resumes_the_run_on_another_agent(store: Store) -> None:
     _lose_runner(store, run_id, T0 + dt.timedelta(minutes=5))
     run = row(store, run_id)
     assert run.state == "RUNNING" and run.wants_runner and run.runner_resumes == 1
+    # The lost runner is fenced at once (it may only be cut off), before any hand-out.
+    assert run.runner_epoch == 2
+    with pytest.raises(ConflictError, match="superseded by runner epoch 2"):
+        run_at(store, T0, check_runner_epoch, run_id, 1)
     _, second = run_at(store, T0 + dt.timedelta(minutes=6), assign_runners, hosts(), ENDPOINT)
     (frame,) = second.runner_frames
-    assert frame.agent_id != lost_agent and frame.runner_epoch == 2
-    with pytest.raises(ConflictError, match="superseded by runner epoch 2"):
+    assert frame.agent_id != lost_agent and frame.runner_epoch == 3
+    with pytest.raises(ConflictError, match="superseded by runner epoch 3"):
         run_at(store, T0, check_runner_epoch, run_id, 1)
 
 

@@ -116,3 +116,17 @@ def test_cancelling_a_parent_cancels_its_unfinished_children_recursively(store: 
     assert state(store, child) == RunState.CANCELLED
     assert state(store, grandchild) == RunState.CANCELLED
     assert state(store, done) == RunState.COMPLETED
+
+
+def test_a_replayed_parent_fences_the_previous_driver_of_a_running_child(store: Store) -> None:
+    from control_plane.usecases.runners import check_runner_epoch
+
+    parent = new_run(store)
+    child = child_of(store, parent)
+    before = store.run_sync(lambda s: s.get(FlowRunRow, child).runner_epoch)
+    assert child_of(store, parent) == child  # the replayed parent finds the same child...
+    after = store.run_sync(lambda s: s.get(FlowRunRow, child).runner_epoch)
+    assert after == before + 1  # ... and drives it under a new epoch
+    run_at(store, T0, check_runner_epoch, child, after)
+    with pytest.raises(ConflictError, match="superseded"):
+        run_at(store, T0, check_runner_epoch, child, before)
