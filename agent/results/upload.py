@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ def store_result(
         ResultStoreUnavailable, ResultConflict, SealError, OSError.
     """
     store = choose_store(stores, target.store, target.store, result_file.size)
+    _check_plain_file(path)
     size, sha256 = result_file.size, result_file.sha256
     source = path
     if seal is not None:
@@ -123,6 +125,23 @@ def store_result(
         serializer=result_file.serializer,
         sealed=seal is not None,
     )
+
+
+class UnsafeResultFile(Exception):
+    """The step's result file is not a plain file of its own (a symlink, a device, ...)."""
+
+
+def _check_plain_file(path: Path) -> None:
+    """Refuse a result "file" that is a symlink or not a regular file: a step (on a host that
+    shares the work dir, e.g. Slurm) could point ``result.bin`` at one of the agent's own files
+    and have the agent store it for anyone who may read the run. The step has exited by now,
+    so nothing swaps the file between this check and the put."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise UnsafeResultFile(
+            f"the step's result file {path.name} is not a regular file (a symlink or special "
+            "file): it is not stored"
+        )
 
 
 def _sealed(
@@ -159,6 +178,8 @@ def store_failure(exc: Exception, store_name: str) -> AttemptFinished:
         return _failed("permanent", "meridian.UnknownResultStore", str(exc))
     if isinstance(exc, NoResultStore):
         return _failed("permanent", "meridian.NoResultStore", str(exc))
+    if isinstance(exc, UnsafeResultFile):
+        return _failed("permanent", "meridian.UnsafeResultFile", str(exc))
     if isinstance(exc, SealError):
         return _failed(
             "permanent", "meridian.core.errors.SealError", f"cannot seal the result: {exc}"

@@ -18,7 +18,7 @@ from agent.results import (
     ResultStoreUnavailable,
 )
 from agent.results.registry import NoResultStore, UnknownResultStore
-from agent.results.upload import ResultTarget, store_failure, store_result
+from agent.results.upload import ResultTarget, UnsafeResultFile, store_failure, store_result
 from agent.sealing import AttemptSeal
 from meridian.core import sealedfile
 from meridian.core.errors import SealError
@@ -144,3 +144,20 @@ def test_the_target_survives_in_the_work_dir(tmp_path: Path) -> None:
     (tmp_path / "result-target.json").write_text('{"run_id": 3}')
     with pytest.raises(ResultStoreError, match="malformed"):
         ResultTarget.load(tmp_path)
+
+
+def test_a_result_file_that_is_a_symlink_is_refused_and_nothing_is_stored(
+    tmp_path: Path, stores: dict[str, ResultStore]
+) -> None:
+    # A step on a host sharing the work dir points result.bin at a file of the agent's host.
+    secret = tmp_path / "agent.key"
+    secret.write_bytes(b"the agent's private key")
+    link = tmp_path / "result.bin"
+    link.symlink_to(secret)
+    rf = ResultFile("result.bin", 23, hashlib.sha256(secret.read_bytes()).hexdigest(), "bytes")
+    with pytest.raises(UnsafeResultFile, match="not a regular file") as refused:
+        store_result(stores, TARGET, "onprem", link, rf, keys=KeyRing(), seal=None,
+                     sealed_path=tmp_path / "s")  # fmt: skip
+    assert not (tmp_path / "root" / "runs").exists() or objects(tmp_path / "root") == []
+    failed = store_failure(refused.value, "scratch")
+    assert failed.error is not None and failed.error.error_class == "permanent"
