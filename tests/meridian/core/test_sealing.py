@@ -249,7 +249,11 @@ def test_key_files_in_base64_or_hex_of_32_or_64_bytes(tmp_path: Path, encode, si
     assert read_key_file(path) == KeyRing({"g": key})._keys["g"]
 
 
-@pytest.mark.parametrize("content", ["", "not a key", base64.b64encode(os.urandom(16)).decode()])
+@pytest.mark.parametrize(
+    "content",
+    ["", "not a key", base64.b64encode(os.urandom(16)).decode()],
+    ids=["empty", "text", "16-random-bytes"],  # stable across xdist workers
+)
 def test_a_key_file_without_a_key_is_refused_without_quoting_it(
     tmp_path: Path, content: str
 ) -> None:

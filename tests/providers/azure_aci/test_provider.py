@@ -509,6 +509,7 @@ def test_bad_config_rejected(change: dict[str, Any], match: str) -> None:
 @pytest.mark.parametrize(
     "attempt_id",
     [uuid.uuid4().hex, "Attempt_With.UPPER--and__symbols", "x" * 200, "---", "a1"],
+    ids=["uuid", "mixed-case", "too-long", "dashes", "short"],  # stable across xdist workers
 )
 def test_group_names_follow_arm_rules(attempt_id: str) -> None:
     name = group_name(attempt_id)
