@@ -132,6 +132,8 @@ class ServeResultAction:
     transfer_id: str
     ref_json: str
     offset: int
+    # The consumer accepts a presigned URL (a store with presign_transfers answers with one).
+    presigned_url_allowed: bool = False
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ class AgentConfig:
     limits: AgentLimits = field(default_factory=AgentLimits)
     # HOST:PORT of the agent's own Prometheus endpoint (agent/metrics.py); "" = off.
     metrics_listen: str = ""
-    # The site's result stores, validated ([result_stores.NAME], docs/results.md).
+    # The site's result stores, validated ([result_stores.NAME], docs/results.md), and how
+    # this agent takes results of other environments ([transfers], ``.transfers``).
     result_stores: ResultStoresConfig = field(default_factory=lambda: ResultStoresConfig({}, None))
     # Hosted flow runners (decision 0018): flow bodies this agent runs at once (0 = none).
     runner_slots: int = 0
@@ -228,10 +229,12 @@ class Agent:
             environment=identity.environment,
             result_stores=self._result_stores,
             default_result_store=cfg.result_stores.default or "",
-            fetcher=ResultFetcher(self._endpoint),
+            fetcher=ResultFetcher(self._endpoint, settings=cfg.result_stores.transfers),
         )
         self._worker = Worker(self._providers, ctx, cfg.capacity)
-        self._worker.result_server = ResultServer(self._endpoint, self._result_stores)
+        self._worker.result_server = ResultServer(
+            self._endpoint, self._result_stores, presigning=cfg.result_stores.presigning()
+        )
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(await asyncio.to_thread(self._handles.load_all))
         if cfg.runner_slots > 0:

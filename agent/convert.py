@@ -267,9 +267,20 @@ def housekeeping_frame(answer: ResultListingOut | ResultsDeletedOut) -> Any:
 # ---- result transfers -------------------------------------------------------------------
 
 
-def fetch_result_request(attempt_id: str, fencing_token: int, ref_json: str, offset: int) -> Any:
+def fetch_result_request(
+    attempt_id: str,
+    fencing_token: int,
+    ref_json: str,
+    offset: int,
+    *,
+    accept_presigned_url: bool = False,
+) -> Any:
     return agent_pb2.FetchResultRequest(
-        attempt_id=attempt_id, fencing_token=fencing_token, ref_json=ref_json, offset=offset
+        attempt_id=attempt_id,
+        fencing_token=fencing_token,
+        ref_json=ref_json,
+        offset=offset,
+        accept_presigned_url=accept_presigned_url,
     )
 
 
@@ -281,6 +292,8 @@ def result_chunk(
     total_size: int = 0,
     sha256: str = "",
     error: str = "",
+    presigned_url: str = "",
+    presigned_url_ttl_s: int = 0,
 ) -> Any:
     return common_pb2.ResultChunk(
         transfer_id=transfer_id,
@@ -289,12 +302,19 @@ def result_chunk(
         total_size=total_size,
         sha256=sha256,
         error=error,
+        presigned_url=presigned_url,
+        presigned_url_ttl_s=presigned_url_ttl_s,
     )
 
 
 def result_piece_from_proto(msg: Any) -> tuple[int, bytes, int, str]:
     """(offset, data, total_size, sha256) of a relayed chunk; the last two only on the first."""
     return int(msg.offset), bytes(msg.data), int(msg.total_size), str(msg.sha256)
+
+
+def presigned_url_from_proto(msg: Any) -> tuple[str, int]:
+    """(presigned URL, its lifetime in s) of a relayed chunk; ("", 0) on a chunk of bytes."""
+    return str(msg.presigned_url), int(msg.presigned_url_ttl_s)
 
 
 # ---- control frames ---------------------------------------------------------------------
@@ -341,7 +361,12 @@ def action_from_proto(frame: Any) -> Action:
         return DeleteResultsAction(d.request_id, objects)
     if kind == "serve_result":
         serve = frame.serve_result
-        return ServeResultAction(serve.transfer_id, serve.ref_json, int(serve.offset))
+        return ServeResultAction(
+            serve.transfer_id,
+            serve.ref_json,
+            int(serve.offset),
+            presigned_url_allowed=bool(serve.presigned_url_allowed),
+        )
     if kind == "assign_runner":
         a = frame.assign_runner
         return AssignRunnerAction(

@@ -7,32 +7,38 @@ Both directions are calls this agent makes to the control plane, which relays th
   ``offset`` = the bytes already written (a bounded number of times in a row without progress,
   with backoff), and the file is renamed to ``dest`` only once its size and sha256 match the
   reference. A ``.part`` left by a killed agent is hashed again and resumed, so no run of
-  crashes and cuts ever leaves a torn or wrong ``dest``.
+  crashes and cuts ever leaves a torn or wrong ``dest``. When the agent accepts presigned URLs
+  (``[transfers]``, on by default) it says so; a producing site that opted in answers with one
+  URL instead of the bytes, which ``agent.presigned`` downloads into the same ``.part``. Any
+  failure of the URL (refused, expired, unreachable, wrong bytes) falls back to the relay.
 - **producer** (``ResultServer``): the control plane asks (``ServeResult``) for an object of
   one of our stores. ``PushResult`` streams it from ``offset`` on, read with the store's own
   digest-checking reader off the event loop, one chunk at a time: while the relay is full the
   call's flow control holds the next read back. An object that cannot be read is answered with
-  one chunk carrying the error.
+  one chunk carrying the error. When the consumer accepts it and the store has
+  ``presign_transfers``, the answer is one chunk carrying a presigned URL instead (the bytes
+  are streamed after all if presigning fails).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import grpc
 
-from agent import convert
+from agent import convert, presigned
 from agent.actions import ServeResultAction
-from agent.results._base import ResultStore
+from agent.partfile import Progress
+from agent.results._base import ResultLocation, ResultStore
 from agent.results._errors import DigestMismatch
+from agent.results.config import TransferSettings
 from agent.results.inputs import InputError
 from agent.results.registry import locate
 from meridian.core.errors import ValidationError
@@ -80,52 +86,12 @@ class _Interrupted(Exception):
     """One stream ended early (a cut, a timeout, an answer to retry); resume it."""
 
 
-@dataclass
-class _Progress:
-    """The bytes of ``part`` so far and their running sha256."""
+@dataclass(frozen=True)
+class _Offer:
+    """The producer's answer was a presigned URL (a bearer credential: never logged)."""
 
-    part: Path
-    received: int = 0
-    digest: Any = field(default_factory=hashlib.sha256)
-    resumed: bool = False  # started from a .part an earlier run left
-
-    @classmethod
-    def resume(cls, part: Path, size: int) -> _Progress:
-        """(blocking) Pick up ``part`` where an earlier run left it, or start afresh."""
-        progress = cls(part)
-        try:
-            with open(part, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-                    progress.digest.update(block)
-                    progress.received += len(block)
-        except FileNotFoundError:
-            return progress
-        if progress.received > size:  # not a prefix of this object: start again
-            part.unlink()
-            return cls(part)
-        progress.resumed = progress.received > 0
-        return progress
-
-    def restart(self) -> None:
-        """(blocking) Throw the part away and start from nothing."""
-        with contextlib.suppress(FileNotFoundError):
-            self.part.unlink()
-        self.received, self.digest, self.resumed = 0, hashlib.sha256(), False
-
-    def commit(self, ref: ResultRef, dest: Path) -> None:
-        """(blocking) Check size and digest, make the file durable and rename it into place."""
-        if self.received != ref.size or self.digest.hexdigest() != ref.sha256:
-            raise DigestMismatch(
-                f"the transferred file has {self.received} bytes with sha256 "
-                f"{self.digest.hexdigest()}, not the reference's {ref.size} bytes with "
-                f"sha256 {ref.sha256}"
-            )
-        if not self.part.exists():  # an empty object that no chunk wrote
-            self.part.touch()
-        with open(self.part, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.part, dest)
-        _fsync_dir(dest.parent)
+    url: str = field(repr=False)
+    ttl_s: int
 
 
 class ResultFetcher:
@@ -140,9 +106,11 @@ class ResultFetcher:
         backoff_s: float = RETRY_BACKOFF_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_fetching: int = MAX_FETCHING,
+        settings: TransferSettings | None = None,
     ) -> None:
         self._stub = stub
         self._slots = asyncio.Semaphore(max_fetching)
+        self._settings = settings or TransferSettings()
         self._max_retries = max_retries
         self._backoff_s = backoff_s
         self._idle_timeout_s = idle_timeout_s
@@ -161,13 +129,21 @@ class ResultFetcher:
 
     async def _fetch(self, attempt_id: str, fencing_token: int, ref: ResultRef, dest: Path) -> None:
         part = dest.with_name(dest.name + ".part")
-        progress = await asyncio.to_thread(_Progress.resume, part, ref.size)
+        progress = await asyncio.to_thread(Progress.resume, part, ref.size)
         stalled = 0
+        accept_url = self._settings.accept_presigned_urls
         while True:
             before = progress.received
             try:
                 if progress.received < ref.size:
-                    await self._stream(attempt_id, fencing_token, ref, progress)
+                    offer = await self._stream(attempt_id, fencing_token, ref, progress, accept_url)
+                    if offer is not None:
+                        accept_url = False  # one URL per fetch: after a failure, the relay
+                        allow_http = self._settings.allow_http_presigned_urls
+                        if not await presigned.download_into(
+                            progress, offer.url, ref, allow_http=allow_http
+                        ):
+                            continue  # straight on through the relay
                 if progress.received == ref.size:
                     await asyncio.to_thread(progress.commit, ref, dest)
                     return
@@ -175,9 +151,9 @@ class ResultFetcher:
             except _Interrupted as exc:
                 problem = str(exc)
             except DigestMismatch:
-                if not progress.resumed:
+                if not progress.unchecked:
                     raise  # the relay checked these bytes: something is badly wrong
-                log.warning("the part %s an earlier run left was corrupt: fetching anew", part)
+                log.warning("the part %s held wrong bytes: fetching anew", part)
                 await asyncio.to_thread(progress.restart)
                 continue
             stalled = 0 if progress.received > before else stalled + 1
@@ -193,15 +169,25 @@ class ResultFetcher:
             await asyncio.sleep(delay)
 
     async def _stream(
-        self, attempt_id: str, fencing_token: int, ref: ResultRef, progress: _Progress
-    ) -> None:
+        self,
+        attempt_id: str,
+        fencing_token: int,
+        ref: ResultRef,
+        progress: Progress,
+        accept_url: bool,
+    ) -> _Offer | None:
+        """Relay the bytes into the part, or return the presigned URL the producer offered."""
         request = convert.fetch_result_request(
-            attempt_id, fencing_token, ref.to_json(), progress.received
+            attempt_id,
+            fencing_token,
+            ref.to_json(),
+            progress.received,
+            accept_presigned_url=accept_url,
         )
         call = self._stub.FetchResult(request)
         out = await asyncio.to_thread(open, progress.part, "ab")
         try:
-            await self._receive(call, ref, progress, out)
+            return await self._receive(call, ref, progress, out, accept_url)
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code in REFUSED:
@@ -225,14 +211,18 @@ class ResultFetcher:
             await asyncio.to_thread(_flush_close, out)
 
     async def _receive(
-        self, call: Any, ref: ResultRef, progress: _Progress, out: IO[bytes]
-    ) -> None:
-        first = True
+        self, call: Any, ref: ResultRef, progress: Progress, out: IO[bytes], accept_url: bool
+    ) -> _Offer | None:
+        first, offer = True, None
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._idle_timeout_s) as idle:
             async for message in call:
                 idle.reschedule(loop.time() + self._idle_timeout_s)
                 offset, data, total, sha256 = convert.result_piece_from_proto(message)
+                url, ttl_s = convert.presigned_url_from_proto(message)
+                if offer is not None or (url and not (accept_url and first and not data)):
+                    # A URL only alone, first and asked for (the relay checks this too).
+                    raise _Interrupted("the relay sent a presigned URL out of place")
                 if first and (total, sha256) != (ref.size, ref.sha256):
                     raise InputError(
                         "permanent",
@@ -246,34 +236,24 @@ class ResultFetcher:
                         f"{progress.received}, object of {ref.size} bytes)"
                     )
                 first = False
-                if data:
+                if url:
+                    offer = _Offer(url, ttl_s)  # read on: the call must end with no more
+                elif data:
                     await _append(out, progress, data)
+        return offer
 
 
-async def _append(out: IO[bytes], progress: _Progress, data: bytes) -> None:
-    def write() -> None:
-        out.write(data)
-        progress.digest.update(data)
-
+async def _append(out: IO[bytes], progress: Progress, data: bytes) -> None:
     if len(data) >= HASH_OFF_LOOP_BYTES:
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(progress.append, out, data)
     else:
-        write()
-    progress.received += len(data)
+        progress.append(out, data)
 
 
 def _flush_close(out: IO[bytes]) -> None:
     with contextlib.suppress(OSError):
         out.flush()
     out.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _where(ref: ResultRef) -> str:
@@ -295,11 +275,14 @@ class ResultServer:
         stub: Any,
         stores: Mapping[str, ResultStore],
         *,
+        presigning: Mapping[str, int] | None = None,
         max_serving: int = MAX_SERVING,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
+        """``presigning``: the stores with ``presign_transfers`` -> URL lifetime in s."""
         self._stub = stub
         self._stores = stores
+        self._presigning = dict(presigning or {})
         self._slots = asyncio.Semaphore(max_serving)
         self._chunk_bytes = chunk_bytes
         self._tasks: set[asyncio.Task[None]] = set()
@@ -331,7 +314,19 @@ class ResultServer:
     async def _chunks(self, action: ServeResultAction) -> AsyncIterator[Any]:
         transfer_id, offset = action.transfer_id, action.offset
         try:
-            ref, reader = await asyncio.to_thread(self._open, action)
+            ref, store, location = await asyncio.to_thread(self._locate, action)
+            url = await self._presign(action, ref, store, location)
+            if url:
+                yield convert.result_chunk(
+                    transfer_id,
+                    offset,
+                    total_size=ref.size,
+                    sha256=ref.sha256,
+                    presigned_url=url,
+                    presigned_url_ttl_s=self._presigning[ref.store],
+                )
+                return
+            reader = await asyncio.to_thread(store.open, location, self._chunk_bytes)
         except Exception as exc:  # any reason is the consumer's to know
             log.warning("cannot serve transfer %s: %s", transfer_id, exc)
             yield convert.result_chunk(transfer_id, offset, error=_why(exc))
@@ -360,8 +355,29 @@ class ResultServer:
         if first:  # nothing from offset on (an empty object): just describe it
             yield convert.result_chunk(transfer_id, offset, total_size=ref.size, sha256=ref.sha256)
 
-    def _open(self, action: ServeResultAction) -> tuple[ResultRef, Any]:
-        """(blocking) The reference and an open, digest-checking reader of its object."""
+    async def _presign(
+        self, action: ServeResultAction, ref: ResultRef, store: ResultStore, where: ResultLocation
+    ) -> str:
+        """A presigned URL of the object when the consumer accepts one and the store opted in;
+        "" otherwise, or when presigning failed (the bytes are relayed then)."""
+        ttl_s = self._presigning.get(ref.store)
+        if not action.presigned_url_allowed or ttl_s is None or action.offset >= ref.size:
+            return ""
+        try:
+            url = await asyncio.to_thread(store.presign, where, timedelta(seconds=ttl_s))
+            presigned.check_url(url, allow_http=True)  # the consumer judges http itself
+        except Exception as exc:  # the relay always works: say why, then stream
+            log.warning(
+                "transfer %s: cannot presign %s (%s); relaying the bytes",
+                action.transfer_id,
+                ref.uri,
+                _why(exc),
+            )
+            return ""
+        return url
+
+    def _locate(self, action: ServeResultAction) -> tuple[ResultRef, ResultStore, ResultLocation]:
+        """(blocking) The reference, the store holding it and the object's location there."""
         ref = ResultRef.from_json(action.ref_json)
         store = self._stores.get(ref.store)
         if store is None:
@@ -372,7 +388,7 @@ class ResultServer:
             raise ServeError(f"{ref.uri} is not an object of store {ref.store!r}")
         if not 0 <= action.offset <= ref.size:
             raise ValidationError(f"offset {action.offset} is outside the object")
-        return ref, store.open(location, self._chunk_bytes)
+        return ref, store, location
 
 
 class _Pieces:

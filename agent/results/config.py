@@ -18,8 +18,14 @@
 Each table has ``type`` (``filesystem``, ``s3``, ``gcs``, ``azure_blob``), the options of its
 backend (the fields of ``FilesystemConfig``, ``S3Config``, ``GcsConfig``, ``AzureBlobConfig``),
 an optional ``retention_days`` and ``default``. One store is the default: the one marked
-``default = true``, or the only one. The agent's config loader will call
-``parse_result_stores`` with the parsed ``result_stores`` table (not wired yet).
+``default = true``, or the only one. ``presign_transfers = true`` (object stores only) lets
+the agent answer a transfer to another environment with a presigned URL valid for
+``presign_ttl_s`` seconds (30..3600, default 300) instead of relaying the bytes.
+
+The ``[transfers]`` table holds how this agent takes results of other environments
+(``TransferSettings``): ``accept_presigned_urls`` (default true) and
+``allow_http_presigned_urls`` (default false: only https URLs are followed; emulators need
+http). It travels on ``ResultStoresConfig.transfers``, beside the stores.
 """
 
 from __future__ import annotations
@@ -45,11 +51,17 @@ _BACKENDS: dict[str, type[BackendConfig]] = {
     "gcs": GcsConfig,
     "azure_blob": AzureBlobConfig,
 }
-_COMMON = frozenset({"type", "retention_days", "default"})
+_COMMON = frozenset({"type", "retention_days", "default", "presign_transfers", "presign_ttl_s"})
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 MAX_STORES = 32
 MAX_RETENTION_DAYS = 36500
 MAX_OPTION_LENGTH = 4096
+# A presigned URL is a bearer credential: short-lived, but long enough for a large download to
+# start (the download itself may outlast it: the services check expiry when a request starts).
+DEFAULT_PRESIGN_TTL_S = 300
+MIN_PRESIGN_TTL_S = 30
+MAX_PRESIGN_TTL_S = 3600
+_TRANSFER_KEYS = frozenset({"accept_presigned_urls", "allow_http_presigned_urls"})
 
 
 @dataclass(frozen=True)
@@ -58,12 +70,30 @@ class StoreConfig:
     type: str
     backend: BackendConfig
     retention_days: int | None = None
+    # Answer transfers to other environments with a presigned URL (opt-in per store).
+    presign_transfers: bool = False
+    presign_ttl_s: int = DEFAULT_PRESIGN_TTL_S
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How this agent takes results of other environments (the ``[transfers]`` table)."""
+
+    # Ask for a presigned URL when the producing site offers one (else always the relay).
+    accept_presigned_urls: bool = True
+    # Follow http:// URLs too (emulators); https only by default.
+    allow_http_presigned_urls: bool = False
 
 
 @dataclass(frozen=True)
 class ResultStoresConfig:
     stores: Mapping[str, StoreConfig]
     default: str | None
+    transfers: TransferSettings = dataclasses.field(default_factory=TransferSettings)
+
+    def presigning(self) -> dict[str, int]:
+        """The stores that answer transfers with presigned URLs: name -> URL lifetime (s)."""
+        return {n: c.presign_ttl_s for n, c in self.stores.items() if c.presign_transfers}
 
     def build(self) -> dict[str, ResultStore]:
         return {name: build_store(config) for name, config in self.stores.items()}
@@ -160,7 +190,48 @@ def _parse_store(name: str, raw: Any) -> tuple[StoreConfig, bool]:
     is_default = raw.get("default", False)
     if type(is_default) is not bool:
         raise ResultStoreConfigError(f"{where}: default must be true or false")
-    return StoreConfig(name, kind, backend, retention), is_default
+    presign, ttl = _presign_options(where, kind, raw)
+    return StoreConfig(name, kind, backend, retention, presign, ttl), is_default
+
+
+def _presign_options(where: str, kind: str, raw: Mapping[str, Any]) -> tuple[bool, int]:
+    presign = raw.get("presign_transfers", False)
+    if type(presign) is not bool:
+        raise ResultStoreConfigError(f"{where}: presign_transfers must be true or false")
+    if presign and kind == "filesystem":
+        raise ResultStoreConfigError(
+            f"{where}: presign_transfers needs an object store (s3, gcs, azure_blob); a "
+            "filesystem store cannot hand out URLs, its results are relayed"
+        )
+    ttl = raw.get("presign_ttl_s", DEFAULT_PRESIGN_TTL_S)
+    if type(ttl) is not int or not MIN_PRESIGN_TTL_S <= ttl <= MAX_PRESIGN_TTL_S:
+        raise ResultStoreConfigError(
+            f"{where}: presign_ttl_s must be an integer from {MIN_PRESIGN_TTL_S} to "
+            f"{MAX_PRESIGN_TTL_S} (seconds a presigned URL stays valid)"
+        )
+    return presign, ttl
+
+
+def parse_transfer_settings(table: Any) -> TransferSettings:
+    """Validate the ``[transfers]`` table of the agent config (None: the defaults).
+
+    Raises:
+        ResultStoreConfigError: naming the key and the problem.
+    """
+    if table is None:
+        return TransferSettings()
+    if not isinstance(table, Mapping):
+        raise ResultStoreConfigError("[transfers] must be a table")
+    unknown = sorted(set(table) - _TRANSFER_KEYS)
+    if unknown:
+        raise ResultStoreConfigError(
+            f"[transfers]: unknown keys {', '.join(map(str, unknown))} (known: "
+            f"{', '.join(sorted(_TRANSFER_KEYS))})"
+        )
+    for key, value in table.items():
+        if type(value) is not bool:
+            raise ResultStoreConfigError(f"[transfers]: {key} must be true or false")
+    return TransferSettings(**table)
 
 
 def _typed(where: str, key: str, value: Any, default: Any) -> Any:

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 
 import grpc
 
@@ -30,8 +31,14 @@ from control_plane.api.validation import validate_hello
 from control_plane.auth.enrollment import enroll_agent
 from control_plane.auth.identity import AgentIdentity, identity_from_auth_context
 from control_plane.auth.rotation import issued_at, renew_in_s, rotate_certificate
-from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut
-from control_plane.transfers.broker import TransferBroker, TransferUnavailable
+from control_plane.scheduler.registry import AckOut, AgentSession, CloseOut, DrainOut, Outgoing
+from control_plane.transfers.broker import (
+    Chunk,
+    PresignableServe,
+    TransferBroker,
+    TransferUnavailable,
+)
+from control_plane.transfers.relay import MAX_URL_LENGTH
 from control_plane.usecases.agents import (
     agent_connected,
     agent_disconnected,
@@ -131,10 +138,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             request.fencing_token,
             request.ref_json,
             request.offset,
+            accept_presigned_url=request.accept_presigned_url,
         )
         try:
             async for chunk in chunks:
-                yield convert.chunk_to_proto(chunk)
+                yield _chunk_to_proto(chunk)
         except TransferUnavailable as exc:
             raise StreamClosed(str(exc)) from None
 
@@ -146,7 +154,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.PushResultResponse:
         """A producing agent's bytes for a transfer it was asked to serve (ServeResult)."""
         identity = self._identity(context)
-        chunks = (convert.chunk_from_proto(chunk) async for chunk in request_iterator)
+        chunks = (_chunk_from_proto(chunk) async for chunk in request_iterator)
         try:
             await self._transfers.push(identity.agent_id, chunks)
         except TransferUnavailable as exc:
@@ -264,7 +272,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             while not session.outbox.empty() and len(items) < 1000:
                 items.append(session.outbox.get_nowait())
             closing = next((i for i in items if isinstance(i, CloseOut)), None)
-            frames = [convert.outgoing_to_frame(i) for i in items if not convert.is_close(i)]
+            frames = [_frame(i) for i in items if not convert.is_close(i)]
             for frame in convert.merge_assign_frames(frames, max_bytes):
                 await context.write(frame)
                 self._s.frames.sent(frame.WhichOneof("body") or "")
@@ -401,6 +409,36 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 def advertised_stores(names: Sequence[str]) -> tuple[str, ...]:
     """The result store names of a Hello that are store names at all (bounded)."""
     return tuple(n for n in names[:MAX_RESULT_STORES] if store_name_problem(n) is None)
+
+
+# The presigned-URL fields of transfers (decision 0020), on top of the common conversions.
+
+
+def _frame(item: Outgoing) -> agent_pb2.ControlFrame:
+    frame = convert.outgoing_to_frame(item)
+    if isinstance(item, PresignableServe) and item.presigned_url_allowed:
+        frame.serve_result.presigned_url_allowed = True
+    return frame
+
+
+def _chunk_to_proto(chunk: Chunk) -> common_pb2.ResultChunk:
+    msg = convert.chunk_to_proto(chunk)
+    if chunk.presigned_url:
+        msg.presigned_url = chunk.presigned_url
+        msg.presigned_url_ttl_s = chunk.presigned_url_ttl_s
+    return msg
+
+
+def _chunk_from_proto(msg: common_pb2.ResultChunk) -> Chunk:
+    chunk = convert.chunk_from_proto(msg)
+    if not msg.presigned_url:
+        return chunk
+    # One character over the bound is enough for the broker to refuse a longer URL.
+    return replace(
+        chunk,
+        presigned_url=msg.presigned_url[: MAX_URL_LENGTH + 1],
+        presigned_url_ttl_s=msg.presigned_url_ttl_s,
+    )
 
 
 def bundle_chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:

@@ -424,6 +424,9 @@ class TransferRow(Base):
     producer_step_key: Mapped[str] = mapped_column(String(512), default="")
     # Who asked: the consuming agent's id, or the API principal of a client download.
     requested_by: Mapped[str] = mapped_column(String(128), default="")
+    # How the bytes moved: "relay" (through this control plane) or "presigned" (the consumer
+    # downloaded from a URL the producing site signed; the URL itself is never stored).
+    method: Mapped[str] = mapped_column(String(16), default="relay")
     started_at: Mapped[dt.datetime]
     ended_at: Mapped[dt.datetime | None]
 

@@ -12,6 +12,14 @@ the last chunk unless the digest matches (a resumed transfer is checked by its r
 
 The consumer's call owns the transfer: when it ends, the row becomes COMPLETED (every byte
 was handed to the consumer's call) or FAILED with why, with its audit record.
+
+Presigned URLs (decision 0020): a consumer that accepts one says so; the producer is asked
+with ``presigned_url_allowed`` and, when its store opted in, pushes one chunk carrying a URL
+instead of the bytes. That chunk must be the first and only one, describe the recorded object
+from the requested offset, carry no bytes and a bounded URL and lifetime. It is handed to the
+consumer and the transfer is COMPLETED with method ``presigned`` and the bytes from the offset
+to the end (they leave the environment, only not through us). The URL is in no row, record,
+log line or error.
 """
 
 from __future__ import annotations
@@ -25,15 +33,23 @@ from dataclasses import dataclass
 from control_plane.scheduler.registry import AgentRegistry, AgentSession, ServeResultOut
 from control_plane.store.db import Store
 from control_plane.store.ids import new_id
+from control_plane.transfers.chunks import (
+    Chunk,
+    check_chunk,
+    check_offset,
+    check_url_chunk,
+)
 from control_plane.transfers.relay import (
     END,
-    MAX_CHUNK_BYTES,
     Pipe,
     PipeClosed,
     PipeSpec,
+    PresignedUrl,
     Relay,
 )
 from control_plane.usecases.transfers import (
+    PRESIGNED,
+    RELAY,
     AgentFetch,
     Refused,
     TransferPlan,
@@ -46,6 +62,8 @@ from control_plane.usecases.transfers import (
 from meridian.core.errors import ConflictError, MeridianError, ValidationError
 from meridian.core.resultref import ResultRef
 
+__all__ = ["Chunk", "PresignableServe", "TransferBroker", "TransferUnavailable"]
+
 log = logging.getLogger(__name__)
 # Hashing a chunk this large moves off the event loop (hashlib releases the GIL).
 HASH_OFF_LOOP_BYTES = 64 * 1024
@@ -57,15 +75,10 @@ class TransferUnavailable(MeridianError):
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """A piece of a result on its way (``common.ResultChunk`` without protobuf)."""
+class PresignableServe(ServeResultOut):
+    """``ServeResultOut``, and whether the consumer accepts a presigned URL instead."""
 
-    offset: int
-    data: bytes = b""
-    transfer_id: str = ""
-    total_size: int = 0
-    sha256: str = ""
-    error: str = ""
+    presigned_url_allowed: bool = False
 
 
 class TransferBroker:
@@ -88,11 +101,20 @@ class TransferBroker:
     # ---- consumers --------------------------------------------------------------------
 
     async def fetch_for_agent(
-        self, agent_id: str, attempt_id: str, fencing_token: int, ref_json: str, offset: int
+        self,
+        agent_id: str,
+        attempt_id: str,
+        fencing_token: int,
+        ref_json: str,
+        offset: int,
+        *,
+        accept_presigned_url: bool = False,
     ) -> AsyncIterator[Chunk]:
-        """The bytes of ``ref_json`` from ``offset`` on, for an input of ``attempt_id``."""
+        """The bytes of ``ref_json`` from ``offset`` on, for an input of ``attempt_id`` (or,
+        when the consumer accepts one and the producer offers it, a presigned URL). Everything
+        before the producer is asked (authorization, residency, the row) is the same."""
         ref = ResultRef.from_json(ref_json)
-        _check_offset(offset, ref)
+        check_offset(offset, ref)
         with self._relay.consumer_slot(agent_id):
             await self._sweep_once()
             producer = self._producer(ref)
@@ -103,7 +125,7 @@ class TransferBroker:
                 new_id(),
                 producer.agent.agent_id if producer else None,
             )
-            async for chunk in self._serve(plan, producer):
+            async for chunk in self._serve(plan, producer, accept_presigned_url):
                 yield chunk
 
     async def fetch_for_client(
@@ -144,7 +166,7 @@ class TransferBroker:
         return min(candidates, key=lambda s: (s.draining, slots.in_use(s.agent.agent_id)))
 
     async def _serve(
-        self, plan: TransferPlan | Refused, producer: AgentSession | None
+        self, plan: TransferPlan | Refused, producer: AgentSession | None, url_ok: bool = False
     ) -> AsyncIterator[Chunk]:
         if isinstance(plan, Refused):
             raise plan.error
@@ -155,13 +177,19 @@ class TransferBroker:
                 "in flight); the result can move once one is, so try again"
             )
         ref = plan.ref
-        spec = PipeSpec(plan.transfer_id, plan.producer_agent_id, ref.size, ref.sha256, plan.offset)
-        sent = 0
+        spec = PipeSpec(
+            plan.transfer_id, plan.producer_agent_id, ref.size, ref.sha256, plan.offset, url_ok
+        )
+        sent, method = 0, RELAY
         failure: MeridianError | None = None
         try:
             with self._relay.open(spec) as pipe:
-                producer.send(ServeResultOut(plan.transfer_id, ref.to_json(), plan.offset))
+                producer.send(
+                    PresignableServe(plan.transfer_id, ref.to_json(), plan.offset, url_ok)
+                )
                 async for chunk in self._relayed(pipe, producer.agent.name):
+                    if chunk.presigned_url:  # the rest of the object leaves by the URL
+                        sent, method = ref.size - plan.offset, PRESIGNED
                     sent += len(chunk.data)  # handed to the consumer's call: it crossed
                     yield chunk
                 pipe.complete()
@@ -178,6 +206,7 @@ class TransferBroker:
                     plan.transfer_id,
                     sent,
                     "the consumer's call ended before the transfer did",
+                    method,
                 )
             )
             self._endings.add(ending)
@@ -185,7 +214,7 @@ class TransferBroker:
             raise
         # The row is final before the consumer's call ends.
         await self._store.transact(
-            finish_transfer, plan.transfer_id, sent, str(failure) if failure else ""
+            finish_transfer, plan.transfer_id, sent, str(failure) if failure else "", method
         )
         if failure is not None:
             raise failure
@@ -208,6 +237,11 @@ class TransferBroker:
             item = await pipe.get(timeout, waiting_for)
             if item is END:
                 break
+            if isinstance(item, PresignedUrl):  # the producer's push checked it is alone
+                yield Chunk(position, b"", spec.transfer_id, spec.size, spec.sha256,
+                            presigned_url=item.url, presigned_url_ttl_s=item.ttl_s)  # fmt: skip
+                first = False
+                continue
             assert isinstance(item, bytes)
             yield _chunk(spec, position, item, first)
             position += len(item)
@@ -231,7 +265,10 @@ class TransferBroker:
             pipe.fail(reason, retryable=False)
             return
         try:
-            await self._feed(pipe, first, chunks)
+            if first.presigned_url:
+                await self._feed_url(pipe, first, chunks)
+            else:
+                await self._feed(pipe, first, chunks)
             async with asyncio.timeout(self._relay.gap_timeout_s * (pipe.depth + 1)):
                 await pipe.finished.wait()
         except PipeClosed as exc:
@@ -256,7 +293,7 @@ class TransferBroker:
         digest = hashlib.sha256() if spec.offset == 0 else None
         position, chunk = spec.offset, first
         while True:
-            _check_chunk(chunk, position, spec.size, first=chunk is first)
+            check_chunk(chunk, position, spec.size, first=chunk is first)
             if digest is not None:
                 await _hash(digest, chunk.data)
             position += len(chunk.data)
@@ -273,6 +310,14 @@ class TransferBroker:
             chunk = following
         if position < spec.size:
             raise ValidationError(f"the producer ended after {position} of {spec.size} bytes")
+        await pipe.put(END, self._relay.gap_timeout_s)
+
+    async def _feed_url(self, pipe: Pipe, first: Chunk, chunks: AsyncIterator[Chunk]) -> None:
+        check_url_chunk(first, pipe.spec)
+        if await self._next(chunks, "the end of the stream") is not None:
+            raise ValidationError("a presigned URL must be the only chunk of its transfer")
+        url = PresignedUrl(first.presigned_url, first.presigned_url_ttl_s)
+        await pipe.put(url, self._relay.gap_timeout_s)
         await pipe.put(END, self._relay.gap_timeout_s)
 
     async def _next(self, chunks: AsyncIterator[Chunk], what: str) -> Chunk | None:
@@ -299,28 +344,6 @@ class TransferBroker:
         )
         if ended:
             log.warning("%d transfers were cut by a control plane restart: marked FAILED", ended)
-
-
-def _check_offset(offset: int, ref: ResultRef) -> None:
-    if not 0 <= offset <= ref.size:
-        raise ValidationError(f"offset {offset} is outside the result's {ref.size} bytes")
-
-
-def _check_chunk(chunk: Chunk, position: int, size: int, *, first: bool) -> None:
-    if chunk.error:
-        raise ValidationError(f"the producer failed mid-way: {chunk.error[:1000]}")
-    if len(chunk.data) > MAX_CHUNK_BYTES:
-        raise ValidationError(
-            f"a chunk of {len(chunk.data)} bytes is over the limit of {MAX_CHUNK_BYTES}"
-        )
-    if chunk.offset != position:
-        raise ValidationError(f"a chunk starts at offset {chunk.offset}, expected {position}")
-    if position + len(chunk.data) > size:
-        raise ValidationError(f"the producer sent more than the object's {size} bytes")
-    if not chunk.data and not first:
-        # Only the first may be empty (it may just describe the object): empty chunks would
-        # keep a stalled transfer alive past its gap timeout.
-        raise ValidationError("an empty chunk after the first")
 
 
 def _chunk(spec: PipeSpec, offset: int, data: bytes, first: bool) -> Chunk:

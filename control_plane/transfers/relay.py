@@ -6,7 +6,8 @@ pipe's reader) and the producer's ``PushResult`` (its writer). The pipe is an
 plane never holds more than that per transfer: a slow reader leaves the writer's ``put``
 waiting, the producer's handler stops reading its call, and HTTP/2 flow control makes the
 producing agent wait in turn. Either side failing (a timeout, a cut call, a bad chunk) closes
-the pipe with a reason that the other side raises.
+the pipe with a reason that the other side raises. Instead of bytes, a pipe may carry one
+``PresignedUrl`` (the producing site's store signed a URL the consumer downloads from).
 
 Pure asyncio: no database, no gRPC. ``broker`` puts it to work.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meridian.core.errors import ConflictError, LimitExceeded, NotFound, PermissionDenied
 
@@ -29,6 +30,9 @@ START_TIMEOUT_S = 30.0
 GAP_TIMEOUT_S = 60.0
 MAX_TRANSFERS_PER_AGENT = 8
 MAX_TRANSFERS = 64
+# A presigned URL the relay hands on: bounded in length and lifetime (the agents' own bounds).
+MAX_URL_LENGTH = 8 * 1024
+MAX_URL_TTL_S = 3600
 
 
 class PipeClosed(Exception):
@@ -49,9 +53,18 @@ class _Failed:
     """The pipe was closed; the reason is on the pipe."""
 
 
+@dataclass(frozen=True)
+class PresignedUrl:
+    """In place of the bytes: a read-only URL of the object, valid for ``ttl_s``. A bearer
+    credential: out of every repr, log line, error and row."""
+
+    url: str = field(repr=False)
+    ttl_s: int
+
+
 END = _End()
 _FAILED = _Failed()
-Item = bytes | _End | _Failed
+Item = bytes | PresignedUrl | _End | _Failed
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class PipeSpec:
     size: int
     sha256: str
     offset: int
+    # The consumer accepts a presigned URL in place of the bytes.
+    presigned_url_allowed: bool = False
 
 
 class Pipe:
@@ -85,7 +100,7 @@ class Pipe:
         self.finished = asyncio.Event()  # the consumer side ended, well or not
         self.queued = 0  # chunks waiting for the consumer (at most ``depth``)
 
-    async def put(self, item: bytes | _End, timeout_s: float) -> None:
+    async def put(self, item: bytes | PresignedUrl | _End, timeout_s: float) -> None:
         """Hand ``item`` to the consumer, waiting while the pipe is full (backpressure)."""
         self._raise_if_failed()
         if isinstance(item, bytes):
@@ -100,7 +115,7 @@ class Pipe:
             self.queued += 1
         self._queue.put_nowait(item)
 
-    async def get(self, timeout_s: float, waiting_for: str) -> bytes | _End:
+    async def get(self, timeout_s: float, waiting_for: str) -> bytes | PresignedUrl | _End:
         """The next chunk, or ``END``; raises ``PipeClosed`` when the producer side failed or
         nothing came within ``timeout_s`` (``waiting_for`` says what, for the message)."""
         self._raise_if_failed()

@@ -10,7 +10,9 @@ residency rule: a laptop is in no environment. A refused request that looks like
 breaks a rule is audited; the refusal is returned (not raised) so its record commits.
 
 Every transfer is a ``TransferRow``: RUNNING when the relay starts, COMPLETED or FAILED with
-the bytes that crossed when it ends, in the same transaction as its audit record.
+the bytes that crossed when it ends, in the same transaction as its audit record, and how they
+moved (``method``): through the relay, or from a presigned URL the producing site handed the
+consumer (counted as crossed when the URL is handed over; the URL is never recorded).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from meridian.core.resultref import ResultRef
 from meridian.core.states import SLOT_HOLDING
 
 RUNNING, COMPLETED, FAILED = "RUNNING", "COMPLETED", "FAILED"
+RELAY, PRESIGNED = "relay", "presigned"
+METHODS = frozenset({RELAY, PRESIGNED})
 MAX_ERROR = 2000
 # Step runs sharing one recorded reference (a result reused by cached steps) looked at to
 # find the one that produced it.
@@ -318,18 +322,24 @@ def _insert(tx: Tx, plan: TransferPlan) -> None:
             producer_run_id=plan.producer_run_id,
             producer_step_key=plan.producer_step_key,
             requested_by=plan.requested_by,
+            method=RELAY,
             started_at=tx.now,
             ended_at=None,
         )
     )
 
 
-def finish_transfer(tx: Tx, transfer_id: str, sent: int, error: str = "") -> None:
+def finish_transfer(
+    tx: Tx, transfer_id: str, sent: int, error: str = "", method: str = RELAY
+) -> None:
     """End a RUNNING transfer: COMPLETED when ``error`` is empty, else FAILED with it, and its
-    audit record. Ending one twice changes nothing."""
+    audit record; ``method`` says how the bytes moved. Ending one twice changes nothing."""
+    if method not in METHODS:
+        raise ValueError(f"unknown transfer method {method!r}")
     row = tx.session.get(TransferRow, transfer_id)
     if row is None or row.state != RUNNING:
         return
+    row.method = method
     row.state = FAILED if error else COMPLETED
     row.error = error[:MAX_ERROR]
     row.bytes = sent

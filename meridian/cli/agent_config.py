@@ -26,6 +26,9 @@ TOML (or JSON, by extension)::
     retention_days = 14
     default = true
 
+    [transfers]
+    allow_http_presigned_urls = true   # emulators only; https is always allowed
+
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
 ``[secrets.SCHEME]`` sections configure the site's secret resolvers (docs/secrets.md).
@@ -38,13 +41,16 @@ and seals results with (docs/security.md); the files are read when the agent sta
 that names a store, stay; one is the environment's default (``default = true``, or the only
 one). They are validated here (an error names the table) and opened when the agent starts;
 ``retention_days`` deletes a store's objects older than that (docs/results.md).
+``[transfers]`` says how this agent takes results of other environments (presigned URLs:
+``accept_presigned_urls``, ``allow_http_presigned_urls``); it is carried with the result
+stores (``ResultStoresConfig.transfers``), so an agent with no store of its own still has it.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +59,7 @@ from meridian.core.errors import ValidationError
 if TYPE_CHECKING:
     from agent.results import ResultStoresConfig
 
-KNOWN_SECTIONS = {"providers", "secrets", "sealing", "limits", "result_stores"}
+KNOWN_SECTIONS = {"providers", "secrets", "sealing", "limits", "result_stores", "transfers"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class AgentFileConfig:
     secrets: dict[str, dict[str, Any]]  # secret scheme -> resolver settings
     seal_keys: dict[str, str] = field(default_factory=dict)  # key group -> "file:/path"
     limits: dict[str, Any] = field(default_factory=dict)  # AgentLimits field -> value
-    # The site's result stores ([result_stores.NAME]), validated; None without the section.
+    # The site's result stores ([result_stores.NAME]) and [transfers], validated; None
+    # without either section.
     result_stores: ResultStoresConfig | None = None
 
 
@@ -94,14 +101,17 @@ def load_agent_config_file(path: Path) -> AgentFileConfig:
 
 
 def _result_stores(raw: dict[str, Any], path: Path) -> ResultStoresConfig | None:
-    if "result_stores" not in raw:
+    if "result_stores" not in raw and "transfers" not in raw:
         return None
-    from agent.results import parse_result_stores  # the agent's modules, only when used
+    # The agent's modules, only when used.
+    from agent.results.config import parse_result_stores, parse_transfer_settings
 
     try:
-        return parse_result_stores(raw.get("result_stores"))
+        stores = parse_result_stores(raw.get("result_stores"))
+        transfers = parse_transfer_settings(raw.get("transfers"))
     except ValidationError as exc:
         raise ValidationError(f"agent config {path}: {exc}") from None
+    return replace(stores, transfers=transfers)
 
 
 def _limits(raw: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -13,8 +13,10 @@ proxy) and watch the fetcher resume from its offset.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +38,7 @@ from agent.results import (
     build_store,
     parse_result_stores,
 )
+from agent.results.config import TransferSettings
 from agent.results.inputs import InputError
 from agent.transfers import ResultFetcher
 from control_plane import ServerConfig, create_api_token, create_join_token
@@ -378,3 +381,176 @@ def test_a_consumer_cut_mid_transfer_resumes_from_its_offset(tmp_path: Path, sit
     first, *_, last = transfers(site)
     assert first.state == "FAILED" and first.bytes == 3 * MiB
     assert last.state == "COMPLETED" and last.bytes == len(DATA) - 3 * MiB
+
+
+# ---- presigned URLs (decision 0020, "Presigned URLs") -------------------------------------
+
+SECRET = "sig=very-secret-0123456789"
+
+
+class ObjectServer:
+    """A small HTTP server standing in for the producing site's object store: it serves
+    ``DATA`` at any path with a query, honouring ``Range: bytes=N-``, or misbehaves as told
+    (``status``: answer that HTTP error; ``corrupt``: serve other bytes of the same size)."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.ranges.append(self.headers.get("Range", ""))
+                if server.status:
+                    self.send_error(server.status)
+                    return
+                body = bytes(len(DATA)) if server.corrupt else DATA
+                start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
+                self.send_header("Content-Length", str(len(DATA) - start))
+                self.end_headers()
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.status = 0
+        self.corrupt = False
+        self.ranges: list[str] = []
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._http.server_address[1]}/runs/result?{SECRET}"
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+@pytest.fixture
+def objects() -> Iterator[ObjectServer]:
+    server = ObjectServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def presigning(site: Site, url: str | None) -> None:
+    """The producer's store presigns ``url`` (None: presigning fails)."""
+
+    def presign(_location: Any, ttl: Any) -> str:
+        assert 30 <= ttl.total_seconds() <= 3600
+        if url is None:
+            raise RuntimeError("no signing credentials")
+        return url
+
+    site.producer_store.presign = presign  # type: ignore[attr-defined]
+
+
+async def presigning_agent(tmp_path: Path, site: Site) -> Agent:
+    """The producing agent with ``presign_transfers`` on its store. The store is the test's
+    filesystem store dressed as an object store (``presigning``), which the config parser
+    rightly refuses: so the validated table is changed here."""
+    config = stores_config(tmp_path)
+    scratch = dataclasses.replace(config.stores["scratch"], presign_transfers=True)
+    agent_config = AgentConfig(
+        control_plane=site.client_address,
+        data_dir=tmp_path / "aws-demo",
+        labels={"cloud": "aws"},
+        providers=("fake",),
+        drain_grace_s=1.0,
+        reconnect_max_backoff_s=0.3,
+        result_stores=dataclasses.replace(config, stores={"scratch": scratch}),
+    )
+    agent = Agent(agent_config, provider_loader=lambda _type, _cfg: FakeProvider())
+    await agent.__aenter__()
+    await apoll_until(lambda: agent.connected, message="the producing agent to connect")
+    return agent
+
+
+def fetch_through(
+    tmp_path: Path, site: Site, settings: TransferSettings, dest: Path
+) -> Callable[[], Any]:
+    async def scenario() -> None:
+        agent = await presigning_agent(tmp_path, site)
+        channel = channel_of(site.consumer, site.address)
+        try:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            await ResultFetcher(stub, settings=settings, backoff_s=0.1).fetch(
+                site.attempt_id, 1, site.ref, dest
+            )
+        finally:
+            await channel.close(None)
+            await agent.__aexit__(None, None, None)
+
+    return scenario
+
+
+EMULATOR = TransferSettings(allow_http_presigned_urls=True)
+
+
+def test_a_presigned_url_is_downloaded_from_the_parts_offset_and_checked(
+    tmp_path: Path, site: Site, objects: ObjectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    presigning(site, objects.url)
+    dest = tmp_path / "input.bin"
+    # An earlier run left 3 MiB: the download asks for the rest only.
+    dest.with_name("input.bin.part").write_bytes(DATA[: 3 * MiB])
+
+    run(fetch_through(tmp_path, site, EMULATOR, dest))
+    assert dest.read_bytes() == DATA and not dest.with_name("input.bin.part").exists()
+    assert objects.ranges == [f"bytes={3 * MiB}-"]
+    [row] = transfers(site)  # one transfer, and the relay moved none of its bytes
+    assert (row.state, row.method, row.bytes) == ("COMPLETED", "presigned", len(DATA) - 3 * MiB)
+    assert SECRET not in caplog.text
+
+
+FALLBACKS = {
+    "HTTP 403 (expired)": (lambda o: setattr(o, "status", 403), EMULATOR, "HTTP 403"),
+    "wrong bytes": (lambda o: setattr(o, "corrupt", True), EMULATOR, "other bytes"),
+    "http refused": (lambda o: None, TransferSettings(), "scheme 'http' is refused"),
+    "unreachable": (lambda o: o.stop(), EMULATOR, "could not be reached"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FALLBACKS))
+def test_a_presigned_url_that_fails_falls_back_to_the_relay(
+    tmp_path: Path,
+    site: Site,
+    objects: ObjectServer,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    break_it, settings, why = FALLBACKS[case]
+    presigning(site, objects.url)
+    break_it(objects)
+    dest = tmp_path / "input.bin"
+
+    run(fetch_through(tmp_path, site, settings, dest))
+    assert dest.read_bytes() == DATA
+    url_transfer, relayed = transfers(site)
+    assert (url_transfer.method, url_transfer.state) == ("presigned", "COMPLETED")
+    assert (relayed.method, relayed.state, relayed.bytes) == ("relay", "COMPLETED", len(DATA))
+    assert why in caplog.text and "using the relay" in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_a_consumer_that_refuses_urls_and_a_store_that_cannot_sign_are_relayed(
+    tmp_path: Path, site: Site, objects: ObjectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    presigning(site, objects.url)
+    run(fetch_through(tmp_path, site, TransferSettings(accept_presigned_urls=False),
+                      tmp_path / "a.bin"))  # fmt: skip
+    presigning(site, None)
+    run(fetch_through(tmp_path, site, EMULATOR, tmp_path / "b.bin"))
+    assert (tmp_path / "a.bin").read_bytes() == DATA == (tmp_path / "b.bin").read_bytes()
+    assert objects.ranges == []
+    assert [(t.method, t.bytes) for t in transfers(site)] == [("relay", len(DATA))] * 2
+    assert "cannot presign" in caplog.text and "no signing credentials" in caplog.text

@@ -31,16 +31,18 @@ VERDICT_ACCEPT: Verdict
 VERDICT_REJECT: Verdict
 
 class FetchResultRequest(_message.Message):
-    __slots__ = ("attempt_id", "fencing_token", "ref_json", "offset")
+    __slots__ = ("attempt_id", "fencing_token", "ref_json", "offset", "accept_presigned_url")
     ATTEMPT_ID_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REF_JSON_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_PRESIGNED_URL_FIELD_NUMBER: _ClassVar[int]
     attempt_id: str
     fencing_token: int
     ref_json: str
     offset: int
-    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    accept_presigned_url: bool
+    def __init__(self, attempt_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ..., accept_presigned_url: _Optional[bool] = ...) -> None: ...
 
 class PushResultResponse(_message.Message):
     __slots__ = ()
@@ -340,14 +342,16 @@ class CancelRunner(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., runner_epoch: _Optional[int] = ..., reason: _Optional[str] = ..., grace_s: _Optional[float] = ...) -> None: ...
 
 class ServeResult(_message.Message):
-    __slots__ = ("transfer_id", "ref_json", "offset")
+    __slots__ = ("transfer_id", "ref_json", "offset", "presigned_url_allowed")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     REF_JSON_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PRESIGNED_URL_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     ref_json: str
     offset: int
-    def __init__(self, transfer_id: _Optional[str] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    presigned_url_allowed: bool
+    def __init__(self, transfer_id: _Optional[str] = ..., ref_json: _Optional[str] = ..., offset: _Optional[int] = ..., presigned_url_allowed: _Optional[bool] = ...) -> None: ...
 
 class SweepResults(_message.Message):
     __slots__ = ("sweep_id", "older_than_s")

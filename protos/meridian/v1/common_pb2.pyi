@@ -74,20 +74,24 @@ class StepSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., module: _Optional[str] = ..., function: _Optional[str] = ..., target: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., retry_backoff: _Optional[float] = ..., retry_jitter: _Optional[float] = ..., timeout_s: _Optional[float] = ..., schedule_timeout_s: _Optional[float] = ..., retry_on: _Optional[_Iterable[str]] = ..., options_json: _Optional[str] = ..., on_agent_lost: _Optional[str] = ..., lost_after_s: _Optional[float] = ..., secrets: _Optional[_Mapping[str, str]] = ..., isolation: _Optional[str] = ..., result_store: _Optional[str] = ..., inline_threshold_bytes: _Optional[int] = ..., serializer: _Optional[str] = ..., concurrency: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("transfer_id", "offset", "data", "total_size", "sha256", "error")
+    __slots__ = ("transfer_id", "offset", "data", "total_size", "sha256", "error", "presigned_url", "presigned_url_ttl_s")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PRESIGNED_URL_FIELD_NUMBER: _ClassVar[int]
+    PRESIGNED_URL_TTL_S_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     offset: int
     data: bytes
     total_size: int
     sha256: str
     error: str
-    def __init__(self, transfer_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    presigned_url: str
+    presigned_url_ttl_s: int
+    def __init__(self, transfer_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ..., presigned_url: _Optional[str] = ..., presigned_url_ttl_s: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("at_unix_ms", "stream", "text")
