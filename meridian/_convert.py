@@ -364,6 +364,7 @@ def run_to_execute_from_proto(msg: control_pb2.RunToExecute) -> models.RunToExec
         state=msg.state,
         watch_after_event_id=msg.watch_after_event_id,
         runner_token=msg.runner_token,
+        hosted=msg.hosted,
     )
 
 

@@ -282,12 +282,16 @@ class ControlClient:
         answer = self._call(self._stub.CancelRun, request, idempotent=True)
         return models.CancelResult(answer.flow_run_id, answer.state, answer.attempts_to_confirm)
 
-    def resume_run(self, run_id_or_prefix: str) -> models.RunToExecute:
-        request = control_pb2.ResumeRunRequest(flow_run_id=run_id_or_prefix)
+    def resume_run(self, run_id_or_prefix: str, *, here: bool = False) -> models.RunToExecute:
+        """Reopen a run. A hosted run goes back to a hosted runner (``hosted`` in the answer:
+        do not run its body) unless ``here``: the caller runs it with the answer's token."""
+        request = control_pb2.ResumeRunRequest(flow_run_id=run_id_or_prefix, here=here)
         return _convert.run_to_execute_from_proto(self._call(self._stub.ResumeRun, request))
 
-    def retry_run(self, run_id_or_prefix: str) -> models.RunToExecute:
-        request = control_pb2.RetryRunRequest(flow_run_id=run_id_or_prefix)
+    def retry_run(self, run_id_or_prefix: str, *, here: bool = False) -> models.RunToExecute:
+        """A new run of the same flow version and parameters (hosted like the original
+        unless ``here``)."""
+        request = control_pb2.RetryRunRequest(flow_run_id=run_id_or_prefix, here=here)
         return _convert.run_to_execute_from_proto(self._call(self._stub.RetryRun, request))
 
     # -- approvals ---------------------------------------------------------------------------

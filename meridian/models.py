@@ -326,6 +326,7 @@ class RunToExecute:
     state: str
     watch_after_event_id: int = 0
     runner_token: str = ""  # may drive this run only; the runner calls with it
+    hosted: bool = False  # a hosted runner executes it: follow it, do not run its body
 
 
 @dataclass(frozen=True)

@@ -295,16 +295,18 @@ class ControlService(
         self, request: control_pb2.ResumeRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-        run, watermark, token = await self._s.store.transact(resume_run_for_runner, run_id)
-        return views.run_to_execute(run, watermark, token)
+        run, watermark, token = await self._s.store.transact(
+            resume_run_for_runner, run_id, here=request.here
+        )
+        return views.run_to_execute(run, watermark, token, hosted=not token)
 
     @rpc
     async def RetryRun(
         self, request: control_pb2.RetryRunRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.RunToExecute:
         run_id = await self._visible_run(request.flow_run_id.strip(), prefix=True)
-        run, token = await self._s.store.transact(retry_run_for_runner, run_id)
-        return views.run_to_execute(run, 0, token)
+        run, token = await self._s.store.transact(retry_run_for_runner, run_id, here=request.here)
+        return views.run_to_execute(run, 0, token, hosted=not token)
 
     @rpc
     async def RequestApproval(

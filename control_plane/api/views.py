@@ -292,11 +292,12 @@ def environment_info(
 
 
 def run_to_execute(
-    run: RunLike, watch_after_event_id: int = 0, runner_token: str = ""
+    run: RunLike, watch_after_event_id: int = 0, runner_token: str = "", *, hosted: bool = False
 ) -> control_pb2.RunToExecute:
     return control_pb2.RunToExecute(
         watch_after_event_id=watch_after_event_id,
         runner_token=runner_token,
+        hosted=hosted,
         flow_run_id=run.id,
         flow_name=run.flow_name,
         entrypoint=run.entrypoint,

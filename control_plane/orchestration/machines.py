@@ -32,10 +32,11 @@ _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
         }
     ),
     RunState.CANCELLING: frozenset({RunState.CANCELLED}),
-    # Resume: continue from the point of failure.
-    RunState.CRASHED: frozenset({RunState.RUNNING, RunState.CANCELLING}),
-    RunState.FAILED: frozenset({RunState.RUNNING}),
-    RunState.CANCELLED: frozenset({RunState.RUNNING}),
+    # Resume: continue from the point of failure, at once (RUNNING) or once a hosted runner
+    # or the flow's concurrency limits let it start (PENDING).
+    RunState.CRASHED: frozenset({RunState.RUNNING, RunState.PENDING, RunState.CANCELLING}),
+    RunState.FAILED: frozenset({RunState.RUNNING, RunState.PENDING}),
+    RunState.CANCELLED: frozenset({RunState.RUNNING, RunState.PENDING}),
 }
 _STEP_MOVES: dict[StepState, frozenset[StepState]] = {
     StepState.PENDING: frozenset(

@@ -14,8 +14,9 @@ slots are ``LimitSlotRow`` rows of holder ``run:<id>`` (``usecases.limits``, acq
   (``limits.renew_leases``) — so they lapse with the runner's lease, and they are released in
   the transaction that ends the run (``store.tx.move_run``).
 
-A run resumed later (``runs resume``) does not take its limits again (left as is: a resume is a
-person's explicit decision).
+A run resumed or retried later (``runs resume|retry``) takes its limits again: a local one is
+RUNNING if it holds them all at once, else PENDING in their lines like at ``CreateRun``; a hosted
+one waits for a runner and takes them before it gets one (``usecases.runs.resume_run``).
 """
 
 from __future__ import annotations

@@ -101,41 +101,92 @@ def create_hosted_run(
     parse_selector(runner_target)  # a typo is refused here, not found by nobody matching
     if tx.session.get(BundleRow, bundle_sha256) is None:
         raise NotFound(f"code bundle {bundle_sha256[:12]} has not been uploaded")
-    policy = RunnerPolicy()
-    run = FlowRunRow(
-        id=new_id(),
-        flow_name=flow_name,
-        entrypoint=entrypoint,
-        trigger=trigger,
-        parameters_json=parameters_json,
-        bundle_sha256=bundle_sha256,
-        state=RunState.PENDING,
-        created_at=tx.now,
-        scope=list(scope),
-        wants_runner=True,
-        runner_target=runner_target,
-        runner_epoch=0,
-        runner_resumes=0,
-        on_runner_lost=str(policy.on_runner_lost),
-        max_runner_resumes=policy.max_resumes,
-        trigger_detail=run_limits.with_limits(None, concurrency),  # taken before a runner
-    )
     if concurrency:
         limits.check_limits_exist(tx, concurrency, f"flow {flow_name}")
+    policy = RunnerPolicy()
+    return _add_hosted_run(
+        tx,
+        FlowRunRow(
+            id=new_id(),
+            flow_name=flow_name,
+            entrypoint=entrypoint,
+            trigger=trigger,
+            parameters_json=parameters_json,
+            bundle_sha256=bundle_sha256,
+            scope=list(scope),
+            runner_target=runner_target,
+            on_runner_lost=str(policy.on_runner_lost),
+            max_runner_resumes=policy.max_resumes,
+            trigger_detail=run_limits.with_limits(None, concurrency),  # taken before a runner
+        ),
+    )
+
+
+def hosted_copy(tx: Tx, original: FlowRunRow, trigger: str) -> FlowRunRow:
+    """A new run of a hosted run's flow version, parameters, deployment, runner target and
+    runner policy (``runs retry`` of a deployment's run): hosted too, reusing nothing."""
+    return _add_hosted_run(
+        tx,
+        FlowRunRow(
+            id=new_id(),
+            flow_name=original.flow_name,
+            entrypoint=original.entrypoint,
+            trigger=trigger,
+            parameters_json=original.parameters_json,
+            bundle_sha256=original.bundle_sha256,
+            scope=list(original.scope or []),
+            deployment_id=original.deployment_id,
+            deployment_version=original.deployment_version,
+            runner_target=original.runner_target,
+            on_runner_lost=original.on_runner_lost,
+            max_runner_resumes=original.max_runner_resumes,
+            trigger_detail=run_limits.with_limits(None, run_limits.flow_limits(original)),
+        ),
+    )
+
+
+def _add_hosted_run(tx: Tx, run: FlowRunRow) -> FlowRunRow:
+    """Store a new run that waits (PENDING) for a hosted runner, with its event and audit."""
+    run.state = RunState.PENDING
+    run.created_at = tx.now
+    run.wants_runner = True
+    run.runner_epoch = 0
+    run.runner_resumes = 0
     tx.session.add(run)
     tx.session.flush()
-    where = f" on an agent matching {runner_target!r}" if runner_target else ""
+    where = f" on an agent matching {run.runner_target!r}" if run.runner_target else ""
     record_event(
         tx,
         kind=EventKind.RUN_PENDING,
         flow_run_id=run.id,
         to_state=RunState.PENDING,
-        message=f"{trigger} run of {flow_name} ({entrypoint}), waiting for a hosted runner{where}",
+        message=f"{run.trigger} run of {run.flow_name} ({run.entrypoint}), waiting for a "
+        f"hosted runner{where}",
     )
     audit.records.run_triggered(tx.session, run, actor=tx.actor)
     tx.effects.runners_wanted = True
     tx.effects.touched_runs.add(run.id)
     return run
+
+
+def runs_on_hosted_runners(run: FlowRunRow) -> bool:
+    """Whether ``run``'s body runs on hosted runners (a deployment's run, ``run --remote``),
+    whether or not a runner holds it now. Only hosted runs carry a runner-lost policy."""
+    return run.on_runner_lost is not None or run.runner_agent_id is not None
+
+
+def reopen_for_runner(tx: Tx, run: FlowRunRow, message: str) -> None:
+    """A resumed hosted run waits (PENDING) for a hosted runner again, like a new run: it
+    queues behind its deployment's concurrency and takes its flow's limits before a runner
+    is assigned; that runner replays the body (completed steps are reused). Whatever ran it
+    before is fenced, and the automatic resumes after a lost runner count from zero again
+    (this one is a person's decision)."""
+    run.runner_epoch = int(run.runner_epoch or 0) + 1
+    run.runner_resumes = 0
+    run.runner_lease_expires_at = None
+    run.wants_runner = True
+    move_run(tx, run, RunState.PENDING, message)
+    tx.effects.runners_wanted = True
 
 
 # ---- assignment --------------------------------------------------------------------------
@@ -288,7 +339,7 @@ def _hand_out(tx: Tx, run: FlowRunRow, agent_id: str, endpoint: RunnerEndpoint) 
         details={"agent_id": agent_id, "runner_epoch": run.runner_epoch},
     )
     if run.state == RunState.PENDING:
-        run.started_at = tx.now
+        run.started_at = run.started_at or tx.now  # a resumed run keeps its first start
         move_run(tx, run, RunState.RUNNING, f"hosted flow runner starting on agent {name}")
     token = issue_runner_token(tx.session, run.id, tx.now, run.scope, epoch=run.runner_epoch)
     tx.effects.runner_frames.append(

@@ -22,7 +22,14 @@ from control_plane.store.queries import resolve_run_id
 from control_plane.store.tx import Tx, move_run, record_event
 from control_plane.usecases import limits, outcome_triggers, run_limits
 from control_plane.usecases.attempts import cancel_live_attempts, complete_cancel_if_confirmed
-from control_plane.usecases.runners import cancel_hosted_runner, is_hosted, runner_lost
+from control_plane.usecases.runners import (
+    cancel_hosted_runner,
+    hosted_copy,
+    is_hosted,
+    reopen_for_runner,
+    runner_lost,
+    runs_on_hosted_runners,
+)
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import ConflictError, NotFound, ValidationError
 from meridian.core.kinds import EventKind
@@ -195,38 +202,66 @@ def _unfinished_children(session: Session, run_id: str) -> list[FlowRunRow]:
     )
 
 
-def resume_run(tx: Tx, run_id: str) -> tuple[FlowRunRow, int]:
-    """Reopen a run for a new runner; returns it and the event id its watch starts after."""
+def resume_run(tx: Tx, run_id: str, *, here: bool = False) -> tuple[FlowRunRow, int]:
+    """Reopen a run for a new runner; returns it and the event id its watch starts after.
+
+    A hosted run goes back to a hosted runner (PENDING until one takes it) unless ``here``:
+    the caller runs the body itself. A run whose flow holds concurrency limits takes them
+    again first: it is RUNNING if it holds them all, else PENDING in their lines (its runner
+    waits, as at ``CreateRun``).
+    """
     run = _run(tx.session, run_id)
     if run.state not in RESUMABLE:
         raise ConflictError(
             f"flow run {run.id} is {run.state}; only CRASHED, FAILED or CANCELLED runs resume"
         )
-    audit.records.run_changed(tx.session, "run.resumed", run, tx.now, previous_state=run.state)
+    hosted = runs_on_hosted_runners(run) and not here
+    audit.records.run_changed(
+        tx.session, "run.resumed", run, tx.now, previous_state=run.state, hosted=hosted
+    )
     run.resumed_at = tx.now
     run.ended_at = None
     run.error = None
-    run.runner_lease_expires_at = tx.now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
     tx.session.flush()
     watermark = tx.session.scalar(
         select(func.max(EventRow.id)).where(EventRow.flow_run_id == run.id)
     )
+    if hosted:
+        reopen_for_runner(
+            tx, run, "resumed: waiting for a hosted runner; completed steps are reused"
+        )
+        return run, int(watermark or 0)
+    run.wants_runner = False
+    if run.runner_agent_id is not None:
+        # A hosted run resumed --here: the caller is its runner now. Fence the last hosted
+        # runner, and let a lapsed lease crash the run like a local one.
+        run.runner_agent_id = None
+        run.runner_epoch = int(run.runner_epoch or 0) + 1
+    if not run_limits.holds_limits(tx, run):
+        move_run(tx, run, RunState.PENDING, "resumed: waiting for its concurrency limits")
+        return run, int(watermark or 0)
+    run.runner_lease_expires_at = tx.now + dt.timedelta(seconds=DEFAULT_RUNNER_LEASE_S)
     move_run(tx, run, RunState.RUNNING, "resumed: completed steps are reused")
     return run, int(watermark or 0)
 
 
-def retry_run(tx: Tx, run_id: str) -> FlowRunRow:
-    """A fresh run of the same flow version and parameters that reuses nothing."""
+def retry_run(tx: Tx, run_id: str, *, here: bool = False) -> FlowRunRow:
+    """A fresh run of the same flow version and parameters that reuses nothing: hosted like
+    the original (same deployment version, runner target and policy) unless ``here``."""
     original = _run(tx.session, run_id)
-    run = create_run(
-        tx,
-        flow_name=original.flow_name,
-        entrypoint=original.entrypoint,
-        parameters_json=original.parameters_json,
-        bundle_sha256=original.bundle_sha256,
-        trigger="retry",
-        scope=original.scope,
-    )
+    if runs_on_hosted_runners(original) and not here:
+        run = hosted_copy(tx, original, trigger="retry")
+    else:
+        run = create_run(
+            tx,
+            flow_name=original.flow_name,
+            entrypoint=original.entrypoint,
+            parameters_json=original.parameters_json,
+            bundle_sha256=original.bundle_sha256,
+            trigger="retry",
+            scope=original.scope,
+            concurrency=run_limits.flow_limits(original),
+        )
     run.retry_of = original.id
     record_event(
         tx,
@@ -266,14 +301,21 @@ def start_run(
     return run.id, issue_runner_token(tx.session, run.id, tx.now, scope)
 
 
-def resume_run_for_runner(tx: Tx, run_id: str) -> tuple[FlowRunRow, int, str]:
-    """``resume_run`` plus a fresh runner token: (run, event watermark, token)."""
-    run, watermark = resume_run(tx, run_id)
+def resume_run_for_runner(
+    tx: Tx, run_id: str, *, here: bool = False
+) -> tuple[FlowRunRow, int, str]:
+    """``resume_run`` plus a fresh runner token for the caller: (run, event watermark, token).
+    The token is "" when a hosted runner takes the run (its agent gets one of its own)."""
+    run, watermark = resume_run(tx, run_id, here=here)
+    if run.wants_runner:
+        return run, watermark, ""
     token = issue_runner_token(tx.session, run.id, tx.now, run.scope, epoch=run.runner_epoch)
     return run, watermark, token
 
 
-def retry_run_for_runner(tx: Tx, run_id: str) -> tuple[FlowRunRow, str]:
-    """``retry_run`` plus the new run's runner token: (new run, token)."""
-    run = retry_run(tx, run_id)
+def retry_run_for_runner(tx: Tx, run_id: str, *, here: bool = False) -> tuple[FlowRunRow, str]:
+    """``retry_run`` plus the new run's runner token ("" for a hosted run): (new run, token)."""
+    run = retry_run(tx, run_id, here=here)
+    if run.wants_runner:
+        return run, ""
     return run, issue_runner_token(tx.session, run.id, tx.now, run.scope)

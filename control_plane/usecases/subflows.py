@@ -10,12 +10,15 @@ parent cancels its unfinished children (``usecases.runs.cancel_run``).
 
 A deployment started from a body (``meridian.run_deployment``) is a child too, created by
 ``trigger_deployment`` with the parent's run and call key; it runs on a hosted runner, and the
-parent's token may read it (``is_child_of``, checked by ``api/authz.py``). Both ways to start a
+parent's token may read it (``is_child_of``, checked by ``api/authz.py``). A replayed parent
+asking again gets the same child; one that failed, crashed or was cancelled is reopened for a
+hosted runner (``runs resume`` of a hosted run: completed steps reused). Both ways to start a
 child refuse a superseded runner of the parent (``caller_epoch``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,7 +120,18 @@ def trigger_child_deployment(
     parent = options.get("parent")
     if parent is not None:
         check_runner_epoch(tx, parent[0], caller_epoch)
-    return trigger_deployment(tx, name, parameters, **options)
+    outcome = trigger_deployment(tx, name, parameters, **options)
+    if parent is None or not outcome.existing or outcome.flow_run_id is None:
+        return outcome
+    child = tx.session.get(FlowRunRow, outcome.flow_run_id, with_for_update=True)
+    if child is None or child.parent_run_id != parent[0] or child.state not in RESUMABLE:
+        return outcome
+    resume_run(tx, child.id)  # as for an in-process subflow: the replayed parent runs it again
+    return dataclasses.replace(
+        outcome,
+        state=child.state,
+        message=f"run {child.id} of {name} was {outcome.state}: resumed for a hosted runner",
+    )
 
 
 def _reuse(tx: Tx, child: FlowRunRow, flow_name: str) -> FlowRunRow:

@@ -39,6 +39,13 @@ def register(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
     ):
         parser = actions.add_parser(name, help=text, parents=parents)
         parser.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+        parser.add_argument(
+            "--here",
+            action="store_true",
+            help="run the flow body in this process even when the run is hosted (a "
+            "deployment's, `run --remote`): by default a hosted runner takes it and this "
+            "command follows it to its end",
+        )
         parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
         add_progress_option(parser)
         add_client_options(parser)
@@ -91,7 +98,7 @@ def _execute(args: argparse.Namespace, how: Any) -> int:
     progress = sys.stderr if args.json else sys.stdout
     view = progress_view(progress, args.progress)
     with connect(args) as client, view:
-        outcome = how(client, args.run, on_update=view)
+        outcome = how(client, args.run, on_update=view, here=args.here)
     if args.json:
         print(to_json(outcome_to_dict(outcome)))
     else:

@@ -97,9 +97,11 @@ class RunnerClient(Protocol):
 class ExecutingClient(RunnerClient, Protocol):
     """What resuming or retrying a stored run needs on top of running a new one."""
 
-    def resume_run(self, run_id_or_prefix: str) -> models.RunToExecute: ...
+    def resume_run(self, run_id_or_prefix: str, *, here: bool = False) -> models.RunToExecute: ...
 
-    def retry_run(self, run_id_or_prefix: str) -> models.RunToExecute: ...
+    def retry_run(self, run_id_or_prefix: str, *, here: bool = False) -> models.RunToExecute: ...
+
+    def get_run(self, run_id_or_prefix: str) -> models.RunDetail: ...
 
     def download_bundle(self, sha256: str) -> bytes: ...
 
@@ -353,10 +355,16 @@ def resume_flow(
     *,
     on_update: UpdateCallback | None = None,
     cache_dir: Path | None = None,
+    here: bool = False,
 ) -> RunOutcome:
     """Continue a CRASHED/FAILED/CANCELLED run from the point of failure: the body runs
-    again and every step run that already COMPLETED returns its stored result."""
-    target = client.resume_run(run_id)
+    again and every step run that already COMPLETED returns its stored result.
+
+    A hosted run (a deployment's, ``run --remote``) goes back to a hosted runner and this
+    follows it to its end; ``here`` runs its body in this process instead."""
+    target = client.resume_run(run_id, here=here)
+    if target.hosted:
+        return _follow_hosted(client, target, on_update)
     return _execute_stored(client, target, on_update, cache_dir, target.watch_after_event_id)
 
 
@@ -366,10 +374,33 @@ def retry_flow(
     *,
     on_update: UpdateCallback | None = None,
     cache_dir: Path | None = None,
+    here: bool = False,
 ) -> RunOutcome:
-    """Run the same flow version with the same parameters again, as a new run."""
-    target = client.retry_run(run_id)
+    """Run the same flow version with the same parameters again, as a new run: hosted like
+    the original (followed to its end) unless ``here``."""
+    target = client.retry_run(run_id, here=here)
+    if target.hosted:
+        return _follow_hosted(client, target, on_update)
     return _execute_stored(client, target, on_update, cache_dir, 0)
+
+
+def _follow_hosted(
+    client: ExecutingClient, target: models.RunToExecute, on_update: UpdateCallback | None
+) -> RunOutcome:
+    """Follow a run a hosted runner executes until it ends (Ctrl-C stops following only:
+    the run goes on). The outcome's result is the stored result as JSON (None when it is
+    sealed or stayed at its site: ``runs show`` and ``ResultRef.load`` read those)."""
+    for update in client.watch_run(target.flow_run_id, target.watch_after_event_id):
+        if on_update is not None:
+            on_update(update)
+    detail = client.get_run(target.flow_run_id)
+    result: Any = None
+    if detail.state == "COMPLETED" and detail.result_json:
+        try:
+            result = json.loads(detail.result_json)
+        except ValueError:
+            result = None
+    return RunOutcome(detail.flow_run_id, detail.state, result, detail.error)
 
 
 def _execute_stored(
@@ -392,8 +423,12 @@ def _execute_stored(
     entry = f"{root / file_part.name}:{flow_name}" if flow_name else str(root / file_part.name)
     loaded = load_entrypoint(entry)
     params = json.loads(target.parameters_json or "{}")
+    runner = _as_runner(client, target.runner_token)
+    # A retried or resumed @flow(concurrency=...) run waits in its limits' lines first.
+    if target.state == "PENDING" and wait_until_started(runner, target.flow_run_id) != "RUNNING":
+        return RunOutcome(target.flow_run_id, runner.get_run(target.flow_run_id).state)
     return execute_body(
-        _as_runner(client, target.runner_token),
+        runner,
         target.flow_run_id,
         loaded.flow.fn,
         params,

@@ -103,6 +103,39 @@ def test_a_hosted_run_survives_the_loss_of_its_runners_machine(
     assert follower.wait(timeout=DEADLINE_S) == 0, estate.logs()
 
 
+def test_resume_and_retry_of_a_failed_hosted_run_go_back_to_a_hosted_runner(
+    estate: Estate, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    failed = estate.cli(
+        "run", "--remote", f"{FLOW_FILE}:fix_then_resume", "--runner-target", "pool=hosted",
+        "-p", f"work={work}",
+    )  # fmt: skip
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    run_id = estate.latest_run_id("fix_then_resume")
+    client = estate.client()
+    assert client.get_run(run_id).state == "FAILED"
+
+    (work / "fixed").touch()
+    resumed = estate.cli("runs", "resume", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + estate.logs()
+    assert "COMPLETED" in resumed.stdout
+    detail = client.get_run(run_id)
+    assert detail.state == "COMPLETED" and json.loads(detail.result_json) == "fixed"
+    # Both bodies ran on a hosted runner (never in the CLI's process); stage#1 ran once.
+    assert _starts(work, "body.starts") == [run_id, run_id]
+    assert len(_starts(work, "stage-1.starts")) == 1
+    assert [e.kind for e in detail.events].count("run.runner_assigned") == 2
+
+    retried = estate.cli("runs", "retry", run_id)
+    assert retried.returncode == 0, retried.stdout + retried.stderr + estate.logs()
+    new_id = estate.latest_run_id("fix_then_resume")
+    assert new_id != run_id and client.get_run(new_id).state == "COMPLETED"
+    assert _starts(work, "body.starts")[-1] == new_id  # hosted too
+    assert len(_starts(work, "stage-1.starts")) == 2  # a retry reuses nothing
+
+
 @pytest.mark.slow  # a long scenario; the fail policy's decision is also a use-case test
 def test_with_on_runner_lost_fail_the_run_fails_with_the_reason(
     estate: Estate, tmp_path: Path

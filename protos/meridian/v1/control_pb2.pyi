@@ -260,19 +260,23 @@ class CancelRunResponse(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., state: _Optional[str] = ..., attempts_to_confirm: _Optional[int] = ...) -> None: ...
 
 class ResumeRunRequest(_message.Message):
-    __slots__ = ("flow_run_id",)
+    __slots__ = ("flow_run_id", "here")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HERE_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
-    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+    here: bool
+    def __init__(self, flow_run_id: _Optional[str] = ..., here: _Optional[bool] = ...) -> None: ...
 
 class RetryRunRequest(_message.Message):
-    __slots__ = ("flow_run_id",)
+    __slots__ = ("flow_run_id", "here")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HERE_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
-    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+    here: bool
+    def __init__(self, flow_run_id: _Optional[str] = ..., here: _Optional[bool] = ...) -> None: ...
 
 class RunToExecute(_message.Message):
-    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id", "runner_token", "runner_epoch")
+    __slots__ = ("flow_run_id", "flow_name", "entrypoint", "parameters_json", "bundle_sha256", "state", "watch_after_event_id", "runner_token", "runner_epoch", "hosted")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +286,7 @@ class RunToExecute(_message.Message):
     WATCH_AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RUNNER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HOSTED_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     flow_name: str
     entrypoint: str
@@ -291,7 +296,8 @@ class RunToExecute(_message.Message):
     watch_after_event_id: int
     runner_token: str
     runner_epoch: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ..., runner_epoch: _Optional[int] = ...) -> None: ...
+    hosted: bool
+    def __init__(self, flow_run_id: _Optional[str] = ..., flow_name: _Optional[str] = ..., entrypoint: _Optional[str] = ..., parameters_json: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., state: _Optional[str] = ..., watch_after_event_id: _Optional[int] = ..., runner_token: _Optional[str] = ..., runner_epoch: _Optional[int] = ..., hosted: _Optional[bool] = ...) -> None: ...
 
 class RequestApprovalRequest(_message.Message):
     __slots__ = ("flow_run_id", "key", "message", "timeout_s")

@@ -41,6 +41,9 @@ RUN_MOVES: set[tuple[str, str]] = {
     (R.CRASHED, R.CANCELLING),
     (R.FAILED, R.RUNNING),  # resume
     (R.CANCELLED, R.RUNNING),  # resume
+    (R.CRASHED, R.PENDING),  # resume that waits for a hosted runner or the flow's limits
+    (R.FAILED, R.PENDING),
+    (R.CANCELLED, R.PENDING),
 }
 STEP_MOVES: set[tuple[str, str]] = {
     (S.PENDING, S.RUNNING),

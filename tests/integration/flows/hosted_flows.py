@@ -30,3 +30,19 @@ def hosted_stages(work: str, n: int = 4) -> int:
     for i in range(1, n + 1):
         total += stage(i, work)
     return total
+
+
+@step(target="role=worker")
+def needs_fix(work: str) -> str:
+    if not (Path(work) / "fixed").exists():
+        raise RuntimeError("the input is not fixed yet")
+    return "fixed"
+
+
+@flow
+def fix_then_resume(work: str) -> str:
+    """Fails until ``work/fixed`` exists; a resume after the fix reuses ``stage#1``."""
+    with open(Path(work) / "body.starts", "a") as f:
+        f.write(f"{os.environ.get('MERIDIAN_FLOWEXEC_RUN_ID', 'here')}\n")
+    stage(1, work)
+    return needs_fix(work)
