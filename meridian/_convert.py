@@ -261,6 +261,7 @@ def transfer_from_proto(msg: control_pb2.TransferInfo) -> models.TransferInfo:
         ended_at=time_from_ms(msg.ended_at_unix_ms),
         producer_run_id=msg.producer_run_id,
         producer_step_key=msg.producer_step_key,
+        method=msg.method or "relay",
     )
 
 

@@ -221,6 +221,7 @@ class TransferInfo:
     ended_at: datetime | None = None
     producer_run_id: str = ""
     producer_step_key: str = ""
+    method: str = "relay"  # relay | presigned (downloaded from a URL the site signed)
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,7 @@ def transfer_info(row: TransferLike) -> control_pb2.TransferInfo:
         ended_at_unix_ms=ms_from_time(row.ended_at),
         producer_run_id=row.producer_run_id,
         producer_step_key=row.producer_step_key,
+        method=row.method,
     )
 
 

@@ -192,6 +192,7 @@ def transfer_ended(session: Session, transfer: TransferRow, *, actor: str) -> No
             "producer_run_id": transfer.producer_run_id,
             "producer_step_key": transfer.producer_step_key,
             "requested_by": transfer.requested_by,
+            "method": transfer.method,  # relay | presigned (never the URL itself)
             **({"error": transfer.error} if transfer.error else {}),
         },
         now=transfer.ended_at,

@@ -633,6 +633,7 @@ def transfer_to_dict(t: models.TransferInfo) -> dict[str, Any]:
         "ended_at": iso(t.ended_at),
         "producer_run_id": t.producer_run_id,
         "producer_step_key": t.producer_step_key,
+        "method": t.method,
     }
 
 

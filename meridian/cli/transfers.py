@@ -112,7 +112,18 @@ def render_transfers(
 
 
 TOTAL_HEADERS = ["FROM", "TO", "BYTES", "TRANSFERS"]
-LIST_HEADERS = ["STARTED", "RUN", "STEP", "FROM", "TO", "STORE", "BYTES", "STATE", "ERROR"]
+LIST_HEADERS = [
+    "STARTED",
+    "RUN",
+    "STEP",
+    "FROM",
+    "TO",
+    "STORE",
+    "BYTES",
+    "METHOD",
+    "STATE",
+    "ERROR",
+]
 
 
 def total_rows(totals: Iterable[models.TransferTotal]) -> Iterable[list[str]]:
@@ -131,6 +142,7 @@ def transfer_rows(transfers: Iterable[models.TransferInfo]) -> Iterable[list[str
             t.to_environment or CLIENT,
             t.store,
             format_size(t.bytes),
+            t.method,
             t.state,
             truncate(t.error, ERROR_WIDTH),
         ]

@@ -123,7 +123,15 @@ def check_presigned(estate: Estate, run_id: str, ref: ResultRef, secret: str) ->
     assert (row.state, row.bytes, row.sha256, row.to_environment) == (
         "COMPLETED", ref.size, ref.sha256, "gcp-demo")  # fmt: skip
     assert row.step_key == "measure#1"
-    assert transfer_method(estate, row.transfer_id) == "presigned"
+    assert transfer_method(estate, row.transfer_id) == "presigned" == row.method
+    listed = estate.cli("transfers", "--list", "--run", run_id, check=True).stdout
+    assert "presigned" in listed
+    [record] = [
+        r
+        for r in estate.client().iter_audit_records()
+        if r.action == "result.transferred" and r.details["transfer_id"] == row.transfer_id
+    ]
+    assert record.details["method"] == "presigned"
     # The control plane's, the agents' and the commands' logs (the emulators' own access
     # logs name the URLs they served, as a store's would).
     ours = [p for p in estate.root.rglob("*.log") if p.name != "emulator.log"]

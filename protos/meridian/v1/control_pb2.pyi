@@ -715,7 +715,7 @@ class FetchRunResultRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class TransferInfo(_message.Message):
-    __slots__ = ("transfer_id", "flow_run_id", "step_key", "attempt_id", "from_environment", "to_environment", "store", "bytes", "sha256", "state", "error", "started_at_unix_ms", "ended_at_unix_ms", "producer_run_id", "producer_step_key")
+    __slots__ = ("transfer_id", "flow_run_id", "step_key", "attempt_id", "from_environment", "to_environment", "store", "bytes", "sha256", "state", "error", "started_at_unix_ms", "ended_at_unix_ms", "producer_run_id", "producer_step_key", "method")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -731,6 +731,7 @@ class TransferInfo(_message.Message):
     ENDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_STEP_KEY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     flow_run_id: str
     step_key: str
@@ -746,7 +747,8 @@ class TransferInfo(_message.Message):
     ended_at_unix_ms: int
     producer_run_id: str
     producer_step_key: str
-    def __init__(self, transfer_id: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_environment: _Optional[str] = ..., to_environment: _Optional[str] = ..., store: _Optional[str] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., producer_run_id: _Optional[str] = ..., producer_step_key: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, transfer_id: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., step_key: _Optional[str] = ..., attempt_id: _Optional[str] = ..., from_environment: _Optional[str] = ..., to_environment: _Optional[str] = ..., store: _Optional[str] = ..., bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., started_at_unix_ms: _Optional[int] = ..., ended_at_unix_ms: _Optional[int] = ..., producer_run_id: _Optional[str] = ..., producer_step_key: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class TransferTotal(_message.Message):
     __slots__ = ("from_environment", "to_environment", "bytes", "transfers")

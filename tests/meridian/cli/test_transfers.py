@@ -97,6 +97,7 @@ def test_list_adds_each_transfer(cli, fake: FakeClient) -> None:
         "s3-main",
         "300.0",
         "MiB",
+        "relay",
         "COMPLETED",
     ]
     assert "FAILED" in rows[1] and "did not start sending" in rows[1]
