@@ -214,7 +214,9 @@ def test_a_large_result_stays_in_the_store_and_its_consumer_reads_it_in_place(
             # Read where it is: the step got the store's own file, no copy was made.
             (given,) = provider.specs["c-1"].input_files.values()
             assert Path(given.path) == obj.resolve()
-            assert not (tmp_path / "agent" / "work" / "c-1" / "inputs").exists()
+            # Nothing stays behind in its work dir (cleared once its report is journaled).
+            c_inputs = tmp_path / "agent" / "work" / "c-1" / "inputs"
+            await apoll_until(lambda: not c_inputs.exists(), message="c-1/inputs removed")
 
     run_async(scenario)
 
