@@ -6,6 +6,14 @@ lease itself, so its liveness never depends on this agent's connection. Each run
 process group (``start_new_session``) with the run-scoped token in its environment (never on
 its command line), its output going to ``work/runners/<run>-<epoch>/runner.log``.
 
+A runner is a child of the agent's fork server (``agent/forkserver.py``, ``meridian.flowzygote``:
+no interpreter start, no imports) when the server is up, else a fresh
+``python -m meridian.flowexec`` — the server is never waited for. A forked runner's exit code
+comes from the server; if the server dies first, its runners are watched by pid and start time
+like re-attached ones (exit code unknown) and the server is restarted with backoff. A request
+the server took but never answered is reported as not started (-3), never retried as a fresh
+process: a child might run it, and two runners of one epoch are not fenced from each other.
+
 - ``CancelRunner``: SIGTERM to the group, SIGKILL after the grace.
 - A runner that ends is reported with ``RunnerExited`` (the control plane ignores the report
   of a run that ended or moved on); reports wait in the state file until they could be sent.
@@ -28,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.actions import AssignRunnerAction, CancelRunnerAction
+from agent.forkserver import MODULE as FORK_SERVER_MODULE
+from agent.forkserver import ForkServerClient
 
 log = logging.getLogger("meridian.agent.flowrunners")
 
@@ -106,8 +116,13 @@ class FlowRunners:
         *,
         env: Mapping[str, str] | None = None,
         command: Sequence[str] = (),
+        fork_server: bool = True,
+        fork_server_command: Sequence[str] = (),
     ) -> None:
-        """``command``: what a runner runs (default ``python -m meridian.flowexec``)."""
+        """``command``: what a fresh runner runs (default ``python -m meridian.flowexec``).
+        ``fork_server``: fork runners from a pre-imported server (``python -m
+        meridian.flowzygote``, or ``fork_server_command``); a custom ``command`` without a
+        ``fork_server_command`` turns it off (the default server runs ``meridian.flowexec``)."""
         self.slots = slots
         self._data_dir = Path(data_dir)
         self._state_path = self._data_dir / STATE_FILE
@@ -115,6 +130,14 @@ class FlowRunners:
         self._control_host = control_host
         self._env = dict(os.environ if env is None else env)
         self._command = tuple(command) or (sys.executable, "-m", "meridian.flowexec")
+        server_command = tuple(fork_server_command) or (
+            () if command else (sys.executable, "-m", FORK_SERVER_MODULE)
+        )
+        self._fork_server = (
+            ForkServerClient(server_command, self._base_env())
+            if fork_server and server_command and slots > 0
+            else None
+        )
         self._procs: dict[str, RunnerProcess] = {}
         # Assignments between taking a slot and their process being in _procs, and the runs of
         # assignments waiting for a slot (a redelivered frame must not start a second one).
@@ -150,6 +173,8 @@ class FlowRunners:
         self._exits.extend(RunnerExit(**e) for e in state.get("exits", []))
         await asyncio.to_thread(self._save)
         self._poller = asyncio.ensure_future(self._report_exits())
+        if self._fork_server is not None:
+            self._fork_server.start()  # in the background: runners start fresh meanwhile
 
     async def close(self) -> None:
         """Stop watching; the runner processes go on (a restarted agent re-attaches)."""
@@ -159,7 +184,13 @@ class FlowRunners:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._fork_server is not None:
+            await self._fork_server.close()
         await asyncio.to_thread(self._save)
+
+    def fork_server_pid(self) -> int | None:
+        """The fork server's pid while it is up (None: runners start as fresh processes)."""
+        return self._fork_server.pid if self._fork_server is not None else None
 
     def held(self) -> tuple[tuple[str, int], ...]:
         return tuple((p.flow_run_id, p.epoch) for p in self._procs.values())
@@ -228,6 +259,12 @@ class FlowRunners:
         async with self._slot_freed:
             self._slot_freed.notify_all()
 
+    def _base_env(self) -> dict[str, str]:
+        """The agent's environment a runner starts from (and the fork server runs in)."""
+        env = {k: v for k, v in self._env.items() if not k.startswith("MERIDIAN_FLOWEXEC_")}
+        env.pop("MERIDIAN_TOKEN", None)
+        return env
+
     async def _spawn(self, a: AssignRunnerAction, bundle: Path) -> RunnerProcess:
         work = self._data_dir / "work" / "runners" / f"{a.flow_run_id}-{a.runner_epoch}"
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
@@ -236,18 +273,34 @@ class FlowRunners:
         address = a.client_address
         if address.startswith(":"):
             address = self._control_host + address
-        env = {k: v for k, v in self._env.items() if not k.startswith("MERIDIAN_FLOWEXEC_")}
-        env.pop("MERIDIAN_TOKEN", None)
+        env = self._base_env()
         env.update(
             MERIDIAN_FLOWEXEC_RUN_ID=a.flow_run_id,
             MERIDIAN_FLOWEXEC_EPOCH=str(a.runner_epoch),
             MERIDIAN_FLOWEXEC_ADDRESS=address,
             MERIDIAN_FLOWEXEC_CA_FILE=str(ca_file),
-            MERIDIAN_FLOWEXEC_TOKEN=a.runner_token,
             MERIDIAN_FLOWEXEC_BUNDLE_DIR=str(bundle),
             MERIDIAN_FLOWEXEC_ENTRYPOINT=a.entrypoint,
         )
         log_path = work / "runner.log"
+        proc = await self._fork(a, env, work, log_path)
+        how = "forked by the fork server"
+        if proc is None:
+            how = "a fresh process"
+            env["MERIDIAN_FLOWEXEC_TOKEN"] = a.runner_token
+            proc = await self._start_fresh(a, env, work, log_path)
+        log.info(
+            "started the flow runner of run %s (epoch %d, pid %d, %s)",
+            a.flow_run_id,
+            a.runner_epoch,
+            proc.pid,
+            how,
+        )
+        return proc
+
+    async def _start_fresh(
+        self, a: AssignRunnerAction, env: Mapping[str, str], work: Path, log_path: Path
+    ) -> RunnerProcess:
         with log_path.open("ab") as out:
             child = await asyncio.create_subprocess_exec(
                 *self._command,
@@ -260,13 +313,23 @@ class FlowRunners:
             )
         start = process_start_time(child.pid) or ""
         proc = RunnerProcess(a.flow_run_id, a.runner_epoch, child.pid, start, str(work))
-        log.info(
-            "started the flow runner of run %s (epoch %d, pid %d)",
-            a.flow_run_id,
-            a.runner_epoch,
-            child.pid,
-        )
         self._spawn_task(self._watch_child(proc, child))
+        return proc
+
+    async def _fork(
+        self, a: AssignRunnerAction, env: Mapping[str, str], work: Path, log_path: Path
+    ) -> RunnerProcess | None:
+        """The runner as a child of the fork server; None when it is not up (or refused)."""
+        if self._fork_server is None or not self._fork_server.up:
+            return None
+        forked = await self._fork_server.fork(
+            a.flow_run_id, a.runner_epoch, env, str(work), str(log_path), a.runner_token
+        )
+        if forked is None:
+            return None
+        start = process_start_time(forked.pid) or ""
+        proc = RunnerProcess(a.flow_run_id, a.runner_epoch, forked.pid, start, str(work))
+        self._spawn_task(self._watch_forked(proc, forked.exit_code))
         return proc
 
     async def _cancel(self, c: CancelRunnerAction) -> None:
@@ -289,6 +352,16 @@ class FlowRunners:
 
     async def _watch_child(self, proc: RunnerProcess, child: asyncio.subprocess.Process) -> None:
         code = await child.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # nothing of a finished runner stays behind
+        await self._ended(proc, code)
+
+    async def _watch_forked(
+        self, proc: RunnerProcess, exit_code: asyncio.Future[int | None]
+    ) -> None:
+        code = await exit_code
+        if code is None:  # the fork server ended first: watch it as a re-attached runner
+            await self._watch_foreign(proc)
+            return
         _signal_group(proc.pid, signal.SIGKILL)  # nothing of a finished runner stays behind
         await self._ended(proc, code)
 

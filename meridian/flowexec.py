@@ -9,6 +9,10 @@ Everything comes from the environment, never the command line (``ps`` shows that
 bundle, unpacked by the agent) and ``_ENTRYPOINT``. The runner renews its run's lease itself
 (30 s, every 7.5 s, unless ``MERIDIAN_RUNNER_LEASE_S`` says otherwise).
 
+Two ways in, one entry point (``main``): ``python -m meridian.flowexec`` (a fresh process), or a
+child forked by the agent's fork server (``meridian.flowzygote``), which imported all this
+once and sets up the child's environment, files and session as a fresh process would have.
+
 Exit status: 0 once the body's end was reported (whatever the run's state), 1 otherwise —
 including when a newer runner epoch took the run over: such a runner stops at once, without
 touching the run.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +31,9 @@ log = logging.getLogger("meridian.flowexec")
 
 HOSTED_LEASE_S = "30"
 PREFIX = "MERIDIAN_FLOWEXEC_"
-# Events after which a replaced runner's watch starts: the hand-over's own record.
-_HANDOVER_KINDS = ("run.runner_lost",)
+# Events after which a runner's watch starts: the hand-over's own record (a lost runner's,
+# or the PENDING a person's resume reopened the run with; a new run's first event).
+_HANDOVER_KINDS = ("run.runner_lost", "run.pending")
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,16 @@ def run(config: FlowExecConfig) -> int:
     return 0
 
 
+def apply_defaults(environ: MutableMapping[str, str]) -> None:
+    """The hosted runner's defaults, set before ``meridian.sdk.runner`` is imported (it reads
+    them at import): the fork server sets them in itself before it imports the runner."""
+    environ.setdefault("MERIDIAN_RUNNER_LEASE_S", HOSTED_LEASE_S)
+
+
 def main() -> int:
+    """The runner's one entry point, with its settings in ``os.environ``: called by
+    ``python -m meridian.flowexec`` and in each child of the fork server
+    (``meridian.flowzygote``)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -132,7 +146,7 @@ def main() -> int:
         print(f"meridian.flowexec: {exc}", file=sys.stderr)
         return 2
     os.environ.pop(PREFIX + "TOKEN", None)
-    os.environ.setdefault("MERIDIAN_RUNNER_LEASE_S", HOSTED_LEASE_S)
+    apply_defaults(os.environ)
     return run(config)
 
 

@@ -68,32 +68,47 @@ class ProtocolError(Exception):
 
 def read_message(fd: int) -> dict[str, Any] | None:
     """The next message on ``fd``, or None at end of input."""
-    header = _read_exactly(fd, HEADER.size)
-    if header is None:
-        return None
-    (size,) = HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
-    body = _read_exactly(fd, size)
+    body = read_frame(fd)
     if body is None:
-        raise ProtocolError("input ended inside a message")
+        return None
     value = json.loads(body)
     if not isinstance(value, dict):
         raise ProtocolError("a message must be a JSON object")
     return value
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < size:
-        chunk = os.read(fd, size - got)
-        if not chunk:
-            if got:
-                raise ProtocolError("input ended inside a message")
-            return None
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+def read_frame(fd: int, limit: int = MAX_MESSAGE_BYTES) -> bytearray | None:
+    """The body of the next message on ``fd`` (at most ``limit`` bytes), or None at end of input.
+
+    The body is read straight into the returned ``bytearray``: no other copy of it exists in
+    this process, so a caller can wipe a secret it carries (``meridian.flowzygote``)."""
+    header = bytearray(HEADER.size)
+    if not _read_into(fd, header):
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > limit:
+        raise ProtocolError(f"message of {size} bytes exceeds {limit}")
+    body = bytearray(size)
+    if size and not _read_into(fd, body):
+        raise ProtocolError("input ended inside a message")
+    return body
+
+
+def _read_into(fd: int, buffer: bytearray) -> bool:
+    """Fill ``buffer`` from ``fd``; False at end of input before its first byte."""
+    view = memoryview(buffer)
+    try:
+        got = 0
+        while got < len(buffer):
+            n = os.readv(fd, [view[got:]])
+            if not n:
+                if got:
+                    raise ProtocolError("input ended inside a message")
+                return False
+            got += n
+        return True
+    finally:
+        view.release()
 
 
 def write_message(fd: int, message: Mapping[str, Any]) -> None:
@@ -304,7 +319,7 @@ class Worker:
         return outcome
 
 
-def _take_protocol_fds() -> tuple[int, int]:
+def take_protocol_fds() -> tuple[int, int]:
     """Move the agent's pipes off fds 0/1, which become /dev/null and stderr between steps."""
     commands, replies = os.dup(0), os.dup(1)
     # A step's forked (not exec'd) children must not hold the agent's pipes open: the agent
@@ -327,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meridian-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--grace", type=float, default=5.0, help="SIGTERM->SIGKILL grace, s")
     args = parser.parse_args(argv)
-    commands, replies = _take_protocol_fds()
+    commands, replies = take_protocol_fds()
     set_child_subreaper()
     code = Worker(commands, replies, max(0.0, args.grace)).serve()
     flush_output()

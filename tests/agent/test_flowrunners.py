@@ -1,6 +1,10 @@
 """The agent's hosted flow runners (decision 0018) with real processes: a runner starts in
 its own process group with its settings in the environment, a cancel stops the whole group,
-a restarted agent re-attaches to a runner still alive, and every exit is reported."""
+a restarted agent re-attaches to a runner still alive, and every exit is reported.
+
+Each case runs twice: with runners as fresh processes, and forked by the fork server (a real
+``meridian.flowzygote`` whose children run the same stand-in runner); plus the fork server's own
+failures: killed mid-run, or not up at all."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import flowrunners
+from agent import flowrunners, forkserver
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.flowrunners import STATE_FILE, FlowRunners, process_start_time
 from tests.support.polling import apoll_until
@@ -27,12 +31,30 @@ work = Path(os.environ["TEST_WORK"])
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 (work / "seen.json").write_text(json.dumps({
     "argv": sys.argv, "pid": os.getpid(), "pgid": os.getpgid(0), "child": child.pid,
+    "ppid": os.getppid(),
     "env": {k: v for k, v in os.environ.items() if k.startswith("MERIDIAN_FLOWEXEC_")},
 }))
 while not (work / "stop").exists():
     time.sleep(0.05)
 sys.exit(int((work / "stop").read_text() or 0))
 """
+
+# The fork server with the stand-in as what each child runs (instead of meridian.flowexec).
+FORK_SERVER = """
+import runpy, sys
+from meridian import flowzygote
+
+def entry():
+    runpy.run_path(sys.argv[1], run_name="__main__")
+    return 0
+
+flowzygote.main(entry=entry)
+"""
+
+
+@pytest.fixture(params=["fresh", "forked"])
+def forked(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param == "forked")
 
 
 def assign(epoch: int = 1) -> AssignRunnerAction:
@@ -41,7 +63,13 @@ def assign(epoch: int = 1) -> AssignRunnerAction:
     )
 
 
-def runners(tmp_path: Path, sent: list[tuple[str, int, int, str]]) -> FlowRunners:
+def runners(
+    tmp_path: Path,
+    sent: list[tuple[str, int, int, str]],
+    forked: bool = False,
+    fork_server: tuple[str, ...] = (),
+) -> FlowRunners:
+    """One runner slot; ``forked``: with the fork server (``fork_server``: its command)."""
     bundle = tmp_path / "bundle"
     bundle.mkdir(exist_ok=True)
 
@@ -50,10 +78,33 @@ def runners(tmp_path: Path, sent: list[tuple[str, int, int, str]]) -> FlowRunner
 
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
+    server = tmp_path / "fork_server.py"
+    server.write_text(FORK_SERVER)
     env = {**os.environ, "TEST_WORK": str(tmp_path)}
     return FlowRunners(
-        1, tmp_path / "data", bundle_dir, "10.0.0.5", env=env, command=(sys.executable, str(script))
+        1,
+        tmp_path / "data",
+        bundle_dir,
+        "10.0.0.5",
+        env=env,
+        command=(sys.executable, str(script)),
+        fork_server=forked,
+        fork_server_command=fork_server or (sys.executable, str(server), str(script)),
     )
+
+
+async def started(fr: FlowRunners, send: flowrunners.SendFrame, forked: bool) -> None:
+    """Start ``fr``; with the fork server, wait until it is up (else runners start fresh)."""
+    await fr.start(send)
+    if forked:
+        await apoll_until(fr.fork_server_pid, message="the fork server to be up")
+
+
+def assert_started_as(info: dict, fr: FlowRunners, forked: bool) -> None:  # type: ignore[type-arg]
+    if forked:
+        assert info["ppid"] == fr.fork_server_pid()
+    else:
+        assert info["ppid"] == os.getpid()
 
 
 def sender(sent: list[tuple[str, int, int, str]]):  # type: ignore[no-untyped-def]
@@ -75,14 +126,15 @@ def alive(pid: int) -> bool:
 
 
 async def _a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(
-    tmp_path: Path,
+    tmp_path: Path, forked: bool
 ) -> None:
     sent: list[tuple[str, int, int, str]] = []
-    fr = runners(tmp_path, sent)
-    await fr.start(sender(sent))
+    fr = runners(tmp_path, sent, forked)
+    await started(fr, sender(sent), forked)
     fr.handle(assign())
     await apoll_until(lambda: seen(tmp_path), message="the runner to start")
     info = seen(tmp_path)
+    assert_started_as(info, fr, forked)
     assert info["pgid"] == info["pid"] != os.getpgid(0)
     assert "mat_secret" not in " ".join(info["argv"])  # never on the command line
     env = info["env"]
@@ -99,13 +151,14 @@ async def _a_runner_starts_in_its_own_group_with_its_settings_in_the_environment
     os.kill(info["child"], signal.SIGKILL)
 
 
-async def _cancel_stops_the_runners_whole_group(tmp_path: Path) -> None:
+async def _cancel_stops_the_runners_whole_group(tmp_path: Path, forked: bool) -> None:
     sent: list[tuple[str, int, int, str]] = []
-    fr = runners(tmp_path, sent)
-    await fr.start(sender(sent))
+    fr = runners(tmp_path, sent, forked)
+    await started(fr, sender(sent), forked)
     fr.handle(assign())
     await apoll_until(lambda: seen(tmp_path), message="the runner to start")
     info = seen(tmp_path)
+    assert_started_as(info, fr, forked)
     fr.handle(CancelRunnerAction("run-1", 1, "cancelled by a person", 1.0))
     await apoll_until(lambda: sent, message="the exit to be reported")
     assert sent[0][2] == -signal.SIGTERM
@@ -113,10 +166,10 @@ async def _cancel_stops_the_runners_whole_group(tmp_path: Path) -> None:
     await fr.close()
 
 
-async def _a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> None:
+async def _a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path, forked: bool) -> None:
     sent: list[tuple[str, int, int, str]] = []
-    first = runners(tmp_path, sent)
-    await first.start(sender(sent))
+    first = runners(tmp_path, sent, forked)
+    await started(first, sender(sent), forked)
     first.handle(assign())
     await apoll_until(lambda: seen(tmp_path), message="the runner to start")
     await apoll_until(lambda: (tmp_path / "data" / STATE_FILE).exists(), message="state saved")
@@ -124,8 +177,8 @@ async def _a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> N
     pid = seen(tmp_path)["pid"]
     assert alive(pid)
 
-    again = runners(tmp_path, sent)
-    await again.start(sender(sent))
+    again = runners(tmp_path, sent, forked)
+    await started(again, sender(sent), forked)
     assert again.held() == (("run-1", 1),)
     assert sent == []
     (tmp_path / "stop").write_text("0")
@@ -136,18 +189,20 @@ async def _a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> N
     os.kill(seen(tmp_path)["child"], signal.SIGKILL)
 
 
-async def _a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Path) -> None:
+async def _a_runner_that_died_while_the_agent_was_down_is_reported(
+    tmp_path: Path, forked: bool
+) -> None:
     sent: list[tuple[str, int, int, str]] = []
-    first = runners(tmp_path, sent)
-    await first.start(sender(sent))
+    first = runners(tmp_path, sent, forked)
+    await started(first, sender(sent), forked)
     first.handle(assign())
     await apoll_until(lambda: seen(tmp_path), message="the runner to start")
     await apoll_until(lambda: (tmp_path / "data" / STATE_FILE).exists(), message="state saved")
     await first.close()
     os.killpg(seen(tmp_path)["pid"], signal.SIGKILL)
     await apoll_until(lambda: not alive(seen(tmp_path)["pid"]), message="the runner to die")
-    again = runners(tmp_path, sent)
-    await again.start(sender(sent))
+    again = runners(tmp_path, sent, forked)
+    await started(again, sender(sent), forked)
     await apoll_until(lambda: sent, message="the report")
     assert sent[0][:3] == ("run-1", 1, -1) and again.held() == ()
     await again.close()
@@ -155,33 +210,37 @@ async def _a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Pat
 
 
 def test_a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(
-    tmp_path: Path,
+    tmp_path: Path, forked: bool
 ) -> None:
-    asyncio.run(_a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(tmp_path))
+    asyncio.run(
+        _a_runner_starts_in_its_own_group_with_its_settings_in_the_environment(tmp_path, forked)
+    )
 
 
-def test_cancel_stops_the_runners_whole_group(tmp_path: Path) -> None:
-    asyncio.run(_cancel_stops_the_runners_whole_group(tmp_path))
+def test_cancel_stops_the_runners_whole_group(tmp_path: Path, forked: bool) -> None:
+    asyncio.run(_cancel_stops_the_runners_whole_group(tmp_path, forked))
 
 
-def test_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path) -> None:
-    asyncio.run(_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path))
+def test_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path: Path, forked: bool) -> None:
+    asyncio.run(_a_restarted_agent_re_attaches_to_a_living_runner(tmp_path, forked))
 
 
-def test_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path: Path) -> None:
-    asyncio.run(_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path))
+def test_a_runner_that_died_while_the_agent_was_down_is_reported(
+    tmp_path: Path, forked: bool
+) -> None:
+    asyncio.run(_a_runner_that_died_while_the_agent_was_down_is_reported(tmp_path, forked))
 
 
 def assign_run(run_id: str) -> AssignRunnerAction:
     return AssignRunnerAction(run_id, 1, "a" * 64, "flows.py:etl", "mat_secret", ":7000", b"CA")
 
 
-async def _an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path) -> None:
+async def _an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path, forked: bool) -> None:
     # The control plane frees a finished run's slot a moment before its runner has exited
     # here: the next run must wait for the slot, not be refused (and counted as a lost runner).
     sent: list[tuple[str, int, int, str]] = []
-    fr = runners(tmp_path, sent)  # one runner slot
-    await fr.start(sender(sent))
+    fr = runners(tmp_path, sent, forked)  # one runner slot
+    await started(fr, sender(sent), forked)
     fr.handle(assign_run("run-1"))
     await apoll_until(lambda: seen(tmp_path).get("pid"), message="the first runner to start")
     fr.handle(assign_run("run-2"))  # no slot free yet
@@ -195,10 +254,12 @@ async def _an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path) -> N
     await fr.close()
 
 
-async def _an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path: Path) -> None:
+async def _an_assignment_is_refused_when_no_slot_frees_in_time(
+    tmp_path: Path, forked: bool
+) -> None:
     sent: list[tuple[str, int, int, str]] = []
-    fr = runners(tmp_path, sent)
-    await fr.start(sender(sent))
+    fr = runners(tmp_path, sent, forked)
+    await started(fr, sender(sent), forked)
     fr.handle(assign_run("run-1"))
     await apoll_until(lambda: seen(tmp_path).get("pid"), message="the first runner to start")
     fr.handle(assign_run("run-2"))
@@ -211,12 +272,112 @@ async def _an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path: Path) -
     await fr.close()
 
 
-def test_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path) -> None:
-    asyncio.run(_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path))
+def test_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path: Path, forked: bool) -> None:
+    asyncio.run(_an_assignment_waits_for_a_runner_that_is_exiting(tmp_path, forked))
 
 
 def test_an_assignment_is_refused_when_no_slot_frees_in_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, forked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(flowrunners, "SLOT_WAIT_S", 0.3)
-    asyncio.run(_an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path))
+    asyncio.run(_an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path, forked))
+
+
+async def _a_runner_outlives_its_killed_fork_server_and_its_end_is_reported(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent, forked=True)
+    await started(fr, sender(sent), True)
+    server = fr.fork_server_pid()
+    assert server is not None
+    fr.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    info = seen(tmp_path)
+    assert info["ppid"] == server
+    os.kill(server, signal.SIGKILL)
+    await apoll_until(
+        lambda: fr.fork_server_pid() not in (None, server), message="the fork server's restart"
+    )
+    assert alive(info["pid"]) and fr.held() == (("run-1", 1),) and sent == []
+    (tmp_path / "stop").write_text("0")
+    await apoll_until(lambda: sent, message="the runner's end to be reported")
+    assert sent[0][:3] == ("run-1", 1, -1)  # the server that knew its exit code is gone
+    assert fr.held() == ()
+    await fr.close()
+    os.kill(info["child"], signal.SIGKILL)
+
+
+async def _assignments_start_fresh_processes_while_the_fork_server_is_down(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    broken = (sys.executable, "-c", "raise SystemExit(1)")  # dies before it is ever up
+    fr = runners(tmp_path, sent, forked=True, fork_server=broken)
+    await fr.start(sender(sent))
+    fr.handle(assign())
+    await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+    info = seen(tmp_path)
+    assert info["ppid"] == os.getpid() and fr.fork_server_pid() is None
+    assert info["env"]["MERIDIAN_FLOWEXEC_TOKEN"] == "mat_secret"
+    (tmp_path / "stop").write_text("4")
+    await apoll_until(lambda: sent, message="the exit to be reported")
+    assert sent[0][:3] == ("run-1", 1, 4)
+    await fr.close()
+    os.kill(info["child"], signal.SIGKILL)
+
+
+# A fork server that takes a request and dies without answering: did it fork or not?
+SILENT_SERVER = """
+import json, os, struct
+ready = json.dumps({"op": "ready", "pid": os.getpid()}).encode()
+os.write(1, struct.pack(">I", len(ready)) + ready)
+(size,) = struct.unpack(">I", os.read(0, 4))
+got = 0
+while got < size:
+    got += len(os.read(0, size - got))
+os._exit(1)
+"""
+
+
+async def _a_request_the_fork_server_took_and_never_answered_starts_no_second_runner(
+    tmp_path: Path,
+) -> None:
+    # A fresh process now could be a second runner of the same epoch: the runner is reported
+    # as not started instead (the control plane moves the run to its next epoch).
+    sent: list[tuple[str, int, int, str]] = []
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT_SERVER)
+    fr = runners(tmp_path, sent, forked=True, fork_server=(sys.executable, str(script)))
+    await started(fr, sender(sent), True)
+    fr.handle(assign())
+    await apoll_until(lambda: sent, message="the runner to be reported")
+    [(run, epoch, code, message)] = sent
+    assert (run, epoch, code) == ("run-1", 1, -3) and "fork server" in message
+    assert fr.held() == () and seen(tmp_path) == {}
+    await fr.close()
+
+
+def test_a_request_the_fork_server_took_and_never_answered_starts_no_second_runner(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(
+        _a_request_the_fork_server_took_and_never_answered_starts_no_second_runner(tmp_path)
+    )
+
+
+def test_a_runner_outlives_its_killed_fork_server_and_its_end_is_reported(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_a_runner_outlives_its_killed_fork_server_and_its_end_is_reported(tmp_path))
+
+
+def test_assignments_start_fresh_processes_while_the_fork_server_is_down(tmp_path: Path) -> None:
+    asyncio.run(_assignments_start_fresh_processes_while_the_fork_server_is_down(tmp_path))
+
+
+def test_the_agent_and_the_fork_server_frame_messages_alike() -> None:
+    from meridian import stepworker
+
+    assert forkserver.HEADER.format == stepworker.HEADER.format
+    assert forkserver.MAX_MESSAGE_BYTES == stepworker.MAX_MESSAGE_BYTES
