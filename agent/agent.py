@@ -86,6 +86,9 @@ class AgentConfig:
     result_stores: ResultStoresConfig = field(default_factory=lambda: ResultStoresConfig({}, None))
     # Hosted flow runners (decision 0018): flow bodies this agent runs at once (0 = none).
     runner_slots: int = 0
+    # Fork hosted runners from a process that imported the SDK once (decision 0018); off:
+    # a fresh interpreter per run.
+    runner_fork_server: bool = True
 
 
 def _default_loader(provider_type: str, config: Mapping[str, Any]) -> Provider:
@@ -243,6 +246,7 @@ class Agent:
                 cfg.data_dir,
                 bundles.get,
                 cfg.control_plane.rsplit(":", 1)[0] or "127.0.0.1",
+                fork_server=cfg.runner_fork_server,
             )
             self._worker.flow_runners = self._flow_runners
         self._connection = Connection(

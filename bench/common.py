@@ -160,6 +160,7 @@ class Estate:
         wait: bool = True,
         config: Path | None = None,
         runner_slots: int = 0,
+        extra_args: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         """Enroll and start one real agent (process provider) through the CLI; ``config`` is an
         agent config file (e.g. with ``[result_stores.NAME]``); ``runner_slots`` hosted flow
@@ -179,6 +180,7 @@ class Estate:
             args += ["--config", str(config)]
         if runner_slots:
             args += ["--runner-slots", str(runner_slots)]
+        args += list(extra_args)  # further `agent start` options
         proc = self.spawn(f"agent-{name}", args)
         if wait:
             self.wait_until(lambda: self.connected(name), f"agent {name} to connect")

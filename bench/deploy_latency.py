@@ -66,6 +66,11 @@ import peers
 
 DEPLOYMENT = "bench-stamp"
 RUNNER_LABEL = "bench=runner"
+# The previous version's runner path, side by side: agents that start a fresh interpreter per
+# hosted runner (--no-runner-fork-server), with a deployment of their own.
+FRESH = "meridian-fresh"
+FRESH_DEPLOYMENT = "bench-stamp-fresh"
+FRESH_LABEL = "bench=runner-fresh"
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 BURST_POLL_S = 0.25
 TARGET_BODY_P50_MS = 500.0
@@ -246,15 +251,15 @@ def wait_final(client: Any, run_id: str, poll_s: float, timeout_s: float) -> Any
         time.sleep(poll_s)
 
 
-def meridian_one(client: Any, poll_s: float, timeout_s: float) -> dict[str, Any]:
+def meridian_one(client: Any, deployment: str, poll_s: float, timeout_s: float) -> dict[str, Any]:
     trigger_s = time.time()
-    answer = client.trigger_deployment(DEPLOYMENT, {})
+    answer = client.trigger_deployment(deployment, {})
     detail = wait_final(client, answer.flow_run_id, poll_s, timeout_s)
     return describe_meridian(detail, trigger_s)
 
 
 def meridian_burst(
-    estate: common.Estate, size: int, senders: int, timeout_s: float
+    estate: common.Estate, deployment: str, size: int, senders: int, timeout_s: float
 ) -> dict[str, Any]:
     local = threading.local()
     clients: list[Any] = []
@@ -266,7 +271,7 @@ def meridian_burst(
             client = local.client = estate.client()
             with lock:
                 clients.append(client)
-        return str(client.trigger_deployment(DEPLOYMENT, {}).flow_run_id)
+        return str(client.trigger_deployment(deployment, {}).flow_run_id)
 
     with estate.client() as reader:
         with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="trigger") as pool:
@@ -290,15 +295,19 @@ def meridian_burst(
     return {"sent_s": round(sent_s, 3), "observed_s": round(observed_s, 3), "runs": runs}
 
 
-def run_meridian(estate: common.Estate, args: argparse.Namespace) -> dict[str, Any]:
+def run_meridian(
+    estate: common.Estate, args: argparse.Namespace, deployment: str
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with estate.client() as client:
-        out["first_trigger"] = meridian_one(client, args.poll, args.run_timeout)
+        out["first_trigger"] = meridian_one(client, deployment, args.poll, args.run_timeout)
         out["sequential"] = [
-            meridian_one(client, args.poll, args.run_timeout) for _ in range(args.n)
+            meridian_one(client, deployment, args.poll, args.run_timeout) for _ in range(args.n)
         ]
     if args.burst:
-        out["burst"] = meridian_burst(estate, args.burst, args.senders, args.run_timeout)
+        out["burst"] = meridian_burst(
+            estate, deployment, args.burst, args.senders, args.run_timeout
+        )
     return out
 
 
@@ -536,7 +545,7 @@ def print_tables(runs: list[dict[str, Any]], config: dict[str, Any]) -> None:
         if not burst:
             continue
         body = burst["trigger_to_body_ms"]
-        slots = config["meridian_runner_slots"] if entry["system"] == "meridian" else (
+        slots = config["meridian_runner_slots"] if entry["system"] != "prefect" else (
             config["prefect_runner_limit"])  # fmt: skip
         rows.append([f"{entry['round']} {entry['system']}", burst["size"], burst["completed"],
                      slots, burst["sent_s"], burst["all_completed_s"], burst["observed_s"],
@@ -578,6 +587,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how often a sequential trigger's run is read until final",
     )
     parser.add_argument("--skip-prefect", action="store_true", help="run Meridian's side only")
+    parser.add_argument(
+        "--skip-fresh",
+        action="store_true",
+        help="do not also run agents that start a fresh interpreter per hosted runner "
+        "(the runner path before the fork server)",
+    )
     parser.add_argument("--run-timeout", type=float, default=600.0, metavar="SECONDS")
     common.common_args(parser)
     args = parser.parse_args(argv)
@@ -600,6 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "meridian_agents": args.agents, "meridian_runner_slots_per_agent": args.runner_slots,
         "meridian_runner_slots": args.agents * args.runner_slots,
         "meridian_provider": "process", "meridian_database": "sqlite",
+        "meridian_runner_start": "fork server (meridian.flowzygote)",
+        "meridian_fresh_side": None if args.skip_fresh else
+            "the same agents' settings with --no-runner-fork-server (a fresh interpreter per "
+            "runner, as before the fork server), their own deployment",
         "prefect": prefect_version if python else None,
         "prefect_path": "flow.serve(), runner poll 1 s, local server, SQLite",
         "prefect_runner_limit": args.prefect_limit,
@@ -619,23 +638,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             if python is not None:
                 config["prefect_skipped"] = prefect
             print(f"Prefect: {config['prefect_skipped']}; running Meridian's side only")
-        for i in range(args.agents):
-            estate.add_agent(f"runner-{i}", labels={"bench": "runner"}, capacity=1,
-                             runner_slots=args.runner_slots)  # fmt: skip
         flow_file = common.write_flow(estate.root, MERIDIAN_FLOW)
-        estate.cli(
-            "deploy", f"{flow_file}:stamp", "--name", DEPLOYMENT, "--runner-target", RUNNER_LABEL,
-            "--control-plane", estate.address, "--ca-file", str(estate.ca_file),
-            "--token", estate.token,
-        )  # fmt: skip
+        deployments = {"meridian": (DEPLOYMENT, RUNNER_LABEL, ())}
+        if not args.skip_fresh:
+            deployments[FRESH] = (FRESH_DEPLOYMENT, FRESH_LABEL, ("--no-runner-fork-server",))
+        for side, (name, label, extra) in deployments.items():
+            key, value = label.split("=")
+            for i in range(args.agents):
+                estate.add_agent(f"{side}-runner-{i}", labels={key: value}, capacity=1,
+                                 runner_slots=args.runner_slots, extra_args=extra)  # fmt: skip
+            estate.cli(
+                "deploy", f"{flow_file}:stamp", "--name", name, "--runner-target", label,
+                "--control-plane", estate.address, "--ca-file", str(estate.ca_file),
+                "--token", estate.token,
+            )  # fmt: skip
         for round_no in range(1, args.rounds + 1):
-            sides = ["meridian"] + (["prefect"] if isinstance(prefect, PrefectSide) else [])
+            sides = [*deployments, *(["prefect"] if isinstance(prefect, PrefectSide) else [])]
             for side in sides:
                 load = common.load_average()
                 print(f"round {round_no}: {side} (load {load[0]}) ...", flush=True)
                 started = time.monotonic()
-                if side == "meridian":
-                    raw = run_meridian(estate, args)
+                if side in deployments:
+                    raw = run_meridian(estate, args, deployments[side][0])
                 else:
                     assert isinstance(prefect, PrefectSide)
                     raw = prefect.run_round(args)

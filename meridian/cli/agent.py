@@ -102,6 +102,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=0,
         help="hosted flow bodies run at once here (decision 0018; default 0: none)",
     )
+    start.add_argument(
+        "--no-runner-fork-server",
+        dest="runner_fork_server",
+        action="store_false",
+        help="start each hosted flow runner as a fresh Python process instead of forking it "
+        "from the agent's runner fork server (slower to start; for debugging)",
+    )
     _add_data_dir(start)
     start.add_argument("--ca-file", metavar="FILE", help="default: the CA saved at enrollment")
     start.add_argument(
@@ -249,6 +256,7 @@ def build_agent_config(args: argparse.Namespace) -> AgentConfig:
         seal_keys=seal_keys,
         capacity=args.capacity,
         runner_slots=_runner_slots(args.runner_slots),
+        runner_fork_server=args.runner_fork_server,
         drain_grace_s=args.drain_grace,
         limits=limits,
         metrics_listen=args.metrics_listen,

@@ -233,6 +233,19 @@ def test_agent_config_from_options(tmp_path: Path) -> None:
     assert dict(config.labels) == {"cloud": "aws", "region": "us-east-1"}
     assert tuple(config.providers) == ("process",)
     assert config.capacity == 2 and config.drain_grace_s == 7.0
+    assert config.runner_fork_server  # hosted runners are forked unless told otherwise
+
+
+def test_agent_start_can_turn_the_runner_fork_server_off(tmp_path: Path) -> None:
+    from meridian.cli.main import build_parser
+
+    data_dir = enrolled_dir(tmp_path)
+    args = build_parser().parse_args(
+        ["agent", "start", "--environment", "aws-demo", "--data-dir", str(data_dir),
+         "--runner-slots", "2", "--no-runner-fork-server"]
+    )  # fmt: skip
+    config = agent_cmd.build_agent_config(args)
+    assert config.runner_slots == 2 and not config.runner_fork_server
 
 
 def test_write_identity_keeps_extra_keys(tmp_path: Path) -> None:
