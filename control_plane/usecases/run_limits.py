@@ -61,7 +61,7 @@ def start_if_held(tx: Tx, run: FlowRunRow) -> bool:
     """A PENDING local run that now holds its limits starts: RUNNING with a runner lease."""
     if run.state != RunState.PENDING or run.wants_runner or not holds_limits(tx, run):
         return False
-    run.started_at = tx.now
+    run.started_at = run.started_at or tx.now  # a resumed run keeps its first start
     run.runner_lease_expires_at = tx.now + LOCAL_LEASE
     move_run(tx, run, RunState.RUNNING, "holds its concurrency limits: flow runner started")
     return True

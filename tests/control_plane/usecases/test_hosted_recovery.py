@@ -134,6 +134,7 @@ def test_a_resumed_local_run_waits_for_its_taken_limits(store: Store) -> None:
            result_json="1", error=None)  # fmt: skip
     started, _ = run_at(store, T0 + dt.timedelta(seconds=4), start_waiting_runs)
     assert started == 1 and row(store, first).state == "RUNNING"
+    assert row(store, first).started_at == T0  # its first start, not the resumed one
 
 
 def test_only_ended_runs_resume(store: Store) -> None:
