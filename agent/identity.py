@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from meridian.core.durable import fsync_dir
 from meridian.core.errors import NotFound, ValidationError
 
 KEY_FILE = "agent.key"
@@ -89,7 +90,7 @@ def save_rotated(data_dir: Path, key_pem: bytes, cert_pem: bytes) -> None:
     data_dir = Path(data_dir)
     _write_atomic(data_dir / NEXT_KEY_FILE, key_pem, 0o600)
     _write_atomic(data_dir / NEXT_CERT_FILE, cert_pem, 0o644)
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     _promote_next(data_dir)
 
 
@@ -123,18 +124,10 @@ def _promote_next(data_dir: Path) -> None:
         if key_path == next_key:
             os.replace(next_key, data_dir / KEY_FILE)
         os.replace(next_cert, data_dir / CERT_FILE)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         return
     next_key.unlink(missing_ok=True)
     next_cert.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_identity(data_dir: Path) -> AgentIdentity:

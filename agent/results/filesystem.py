@@ -43,6 +43,7 @@ from agent.results._errors import (
     ResultNotFound,
     ResultStoreError,
 )
+from meridian.core.durable import fsync_dir
 
 INCOMING = ".incoming"
 _WRITE_CHUNK = 1024 * 1024
@@ -82,7 +83,7 @@ class FilesystemStore:
             except FileExistsError:  # another writer committed first
                 self._same_or_conflict(final, location)
                 return location
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -174,11 +175,3 @@ class FilesystemStore:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

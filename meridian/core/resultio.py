@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meridian.core import serializers
+from meridian.core.durable import fsync_dir
 from meridian.core.errors import ValidationError
 from meridian.core.resultref import ResultRef, replace_ref_markers
 from meridian.core.stepfiles import RESULT_FILE, InputFile, ResultFile, ResultPolicy
@@ -173,16 +174,8 @@ def _write_file(path: Path, write: Any) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return ResultFile(path.name, out.size, out.digest.hexdigest(), name).to_value()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_input_refs(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from meridian.core.durable import fsync_dir
 from meridian.core.errors import SealError
 from meridian.core.sealing import KeyRing, check_key_group
 
@@ -360,15 +361,7 @@ class _AtomicWriter:
             self._f.close()
             if exc_type is None:
                 os.replace(self._tmp, self._dst)
-                _fsync_dir(self._dst.parent)
+                fsync_dir(self._dst.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
