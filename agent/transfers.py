@@ -9,8 +9,10 @@ Both directions are calls this agent makes to the control plane, which relays th
   reference. A ``.part`` left by a killed agent is hashed again and resumed, so no run of
   crashes and cuts ever leaves a torn or wrong ``dest``. When the agent accepts presigned URLs
   (``[transfers]``, on by default) it says so; a producing site that opted in answers with one
-  URL instead of the bytes, which ``agent.presigned`` downloads into the same ``.part``. Any
-  failure of the URL (refused, expired, unreachable, wrong bytes) falls back to the relay.
+  URL instead of the bytes, which ``agent.presigned`` downloads into the same ``.part`` (from
+  the hosts its ``presigned_url_hosts`` allows only, on its own threads, at a minimum pace).
+  Any failure of the URL (refused, expired, unreachable, too slow, wrong bytes) falls back to
+  the relay.
 - **producer** (``ResultServer``): the control plane asks (``ServeResult``) for an object of
   one of our stores. ``PushResult`` streams it from ``offset`` on, read with the store's own
   digest-checking reader off the event loop, one chunk at a time: while the relay is full the
@@ -139,9 +141,12 @@ class ResultFetcher:
                     offer = await self._stream(attempt_id, fencing_token, ref, progress, accept_url)
                     if offer is not None:
                         accept_url = False  # one URL per fetch: after a failure, the relay
-                        allow_http = self._settings.allow_http_presigned_urls
                         if not await presigned.download_into(
-                            progress, offer.url, ref, allow_http=allow_http
+                            progress,
+                            offer.url,
+                            ref,
+                            hosts=self._settings.presigned_url_hosts,
+                            allow_http=self._settings.allow_http_presigned_urls,
                         ):
                             continue  # straight on through the relay
                 if progress.received == ref.size:

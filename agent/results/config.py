@@ -23,14 +23,19 @@ the agent answer a transfer to another environment with a presigned URL valid fo
 ``presign_ttl_s`` seconds (30..3600, default 300) instead of relaying the bytes.
 
 The ``[transfers]`` table holds how this agent takes results of other environments
-(``TransferSettings``): ``accept_presigned_urls`` (default true) and
+(``TransferSettings``): ``accept_presigned_urls`` (default true),
 ``allow_http_presigned_urls`` (default false: only https URLs are followed; emulators need
-http). It travels on ``ResultStoresConfig.transfers``, beside the stores.
+http) and ``presigned_url_hosts``, the hosts it downloads presigned URLs from: exact hosts or
+``.suffix`` entries (any host ending with it), IP addresses only as exact entries. By default
+the clouds' storage endpoints (``DEFAULT_PRESIGNED_URL_HOSTS``); a list replaces them (on-prem
+MinIO, emulators: ``["127.0.0.1"]``). It travels on ``ResultStoresConfig.transfers``, beside
+the stores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,7 +66,21 @@ MAX_OPTION_LENGTH = 4096
 DEFAULT_PRESIGN_TTL_S = 300
 MIN_PRESIGN_TTL_S = 30
 MAX_PRESIGN_TTL_S = 3600
-_TRANSFER_KEYS = frozenset({"accept_presigned_urls", "allow_http_presigned_urls"})
+_TRANSFER_FLAGS = frozenset({"accept_presigned_urls", "allow_http_presigned_urls"})
+_TRANSFER_KEYS = _TRANSFER_FLAGS | {"presigned_url_hosts"}
+# Where presigned URLs of S3, GCS and Azure Blob point (their public, China and US government
+# endpoints): a consumer downloads from these hosts only, unless its config lists others.
+DEFAULT_PRESIGNED_URL_HOSTS = (
+    ".amazonaws.com",
+    ".amazonaws.com.cn",
+    "storage.googleapis.com",
+    ".blob.core.windows.net",
+    ".blob.core.chinacloudapi.cn",
+    ".blob.core.usgovcloudapi.net",
+)
+MAX_URL_HOSTS = 64
+MAX_HOST_LENGTH = 253
+_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,8 @@ class TransferSettings:
     accept_presigned_urls: bool = True
     # Follow http:// URLs too (emulators); https only by default.
     allow_http_presigned_urls: bool = False
+    # The hosts presigned URLs may point to: exact hosts (IP addresses included) or ".suffix".
+    presigned_url_hosts: tuple[str, ...] = DEFAULT_PRESIGNED_URL_HOSTS
 
 
 @dataclass(frozen=True)
@@ -228,10 +249,52 @@ def parse_transfer_settings(table: Any) -> TransferSettings:
             f"[transfers]: unknown keys {', '.join(map(str, unknown))} (known: "
             f"{', '.join(sorted(_TRANSFER_KEYS))})"
         )
+    options: dict[str, Any] = {}
     for key, value in table.items():
-        if type(value) is not bool:
+        if key == "presigned_url_hosts":
+            options[key] = _url_hosts(value)
+        elif type(value) is not bool:
             raise ResultStoreConfigError(f"[transfers]: {key} must be true or false")
-    return TransferSettings(**table)
+        else:
+            options[key] = value
+    return TransferSettings(**options)
+
+
+def _url_hosts(value: Any) -> tuple[str, ...]:
+    """The ``presigned_url_hosts`` list, checked and normalized (lowercase, IPs canonical)."""
+    where = "[transfers]: presigned_url_hosts"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ResultStoreConfigError(
+            f'{where} must be a list of hosts, e.g. [".amazonaws.com", "minio.example.com"]'
+        )
+    if not value:
+        raise ResultStoreConfigError(
+            f"{where} is empty: to never download from a presigned URL, set "
+            "accept_presigned_urls = false"
+        )
+    if len(value) > MAX_URL_HOSTS:
+        raise ResultStoreConfigError(f"{where} has more than {MAX_URL_HOSTS} entries")
+    return tuple(dict.fromkeys(_url_host(where, entry) for entry in value))
+
+
+def _url_host(where: str, entry: str) -> str:
+    if len(entry) > MAX_HOST_LENGTH + 1:
+        raise ResultStoreConfigError(f"{where}: an entry is longer than {MAX_HOST_LENGTH}")
+    text = entry.strip().lower()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text[1:] if text.startswith(".") else text
+    labels = name.split(".")
+    if not name or not all(_LABEL_RE.match(label) for label in labels):
+        raise ResultStoreConfigError(
+            f"{where}: {entry[:100]!r} is not a host name, an IP address or a '.suffix' (no "
+            'scheme, port, path or wildcard: write ".example.com" for its subdomains)'
+        )
+    if not text.startswith(".") and all(label.isdigit() for label in labels):
+        raise ResultStoreConfigError(f"{where}: {entry[:100]!r} is not a valid IP address")
+    return text
 
 
 def _typed(where: str, key: str, value: Any, default: Any) -> Any:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from agent import Agent, AgentConfig, enroll
+from agent import Agent, AgentConfig, enroll, presigned
 from agent.channel import secure_channel
 from agent.identity import AgentIdentity, load_identity
+from agent.partfile import Progress
 from agent.results import (
     FilesystemStore,
     ResultStoresConfig,
@@ -38,7 +40,7 @@ from agent.results import (
     build_store,
     parse_result_stores,
 )
-from agent.results.config import TransferSettings
+from agent.results.config import DEFAULT_PRESIGNED_URL_HOSTS, TransferSettings
 from agent.results.inputs import InputError
 from agent.transfers import ResultFetcher
 from control_plane import ServerConfig, create_api_token, create_join_token
@@ -390,8 +392,12 @@ SECRET = "sig=very-secret-0123456789"
 
 class ObjectServer:
     """A small HTTP server standing in for the producing site's object store: it serves
-    ``DATA`` at any path with a query, honouring ``Range: bytes=N-``, or misbehaves as told
-    (``status``: answer that HTTP error; ``corrupt``: serve other bytes of the same size)."""
+    ``DATA`` at any path with a query, honouring ``Range: bytes=N-``, or misbehaves as told by
+    ``mode``: ``status`` (answer HTTP ``status``), ``corrupt`` (other bytes of the same size),
+    ``bad status line``, ``cut chunked`` (a chunked body cut after one chunk), ``trickle``
+    (a byte at a time, slowly) or ``hang`` (the head, then nothing until the client closes,
+    which sets ``closed``). ``refuse()`` points ``url`` at an address that refuses
+    connections; ``query`` is the URL's query."""
 
     def __init__(self) -> None:
         import http.server
@@ -401,34 +407,71 @@ class ObjectServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.ranges.append(self.headers.get("Range", ""))
-                if server.status:
-                    self.send_error(server.status)
-                    return
-                body = bytes(len(DATA)) if server.corrupt else DATA
+                server.requested.set()
                 start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+                if server.mode == "status":
+                    self.send_error(server.status)
+                elif server.mode == "bad status line":
+                    self.wfile.write(b"NONSENSE 200\r\n\r\n")
+                elif server.mode == "cut chunked":
+                    self.head(start, {"Transfer-Encoding": "chunked"})
+                    self.wfile.write(b"%x\r\n%s\r\n" % (1000, DATA[start : start + 1000]))
+                elif server.mode in ("trickle", "hang"):
+                    self.head(start, {"Content-Length": str(len(DATA) - start)})
+                    self.wfile.flush()
+                    if server.mode == "hang":
+                        self.rfile.read(1)  # b"" once the client shut the connection
+                        server.closed.set()
+                    for byte in DATA[start:]:
+                        if server.stopping.wait(0.05):
+                            break
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                else:
+                    body = bytes(len(DATA)) if server.mode == "corrupt" else DATA
+                    self.head(start, {"Content-Length": str(len(DATA) - start)})
+                    self.wfile.write(body[start:])
+
+            def head(self, start: int, headers: dict[str, str]) -> None:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
-                self.send_header("Content-Length", str(len(DATA) - start))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body[start:])
 
             def log_message(self, *args: Any) -> None:
                 pass
 
+        self.mode = ""
         self.status = 0
-        self.corrupt = False
+        self.query = SECRET
         self.ranges: list[str] = []
+        self.requested = threading.Event()
+        self.closed = threading.Event()
+        self.stopping = threading.Event()
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._port = self._http.server_address[1]
+        self._refusing: socket.socket | None = None
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}/runs/result?{SECRET}"
+        return f"http://127.0.0.1:{self._port}/runs/result?{self.query}"
+
+    def refuse(self) -> None:
+        """Point ``url`` at a port bound without listening (kept until ``stop``): connecting
+        to it is refused, and no other test can take it meanwhile."""
+        self._refusing = socket.socket()
+        self._refusing.bind(("127.0.0.1", 0))
+        self._port = self._refusing.getsockname()[1]
 
     def stop(self) -> None:
+        self.stopping.set()
         self._http.shutdown()
         self._http.server_close()
+        if self._refusing is not None:
+            self._refusing.close()
 
 
 @pytest.fixture
@@ -491,7 +534,7 @@ def fetch_through(
     return scenario
 
 
-EMULATOR = TransferSettings(allow_http_presigned_urls=True)
+EMULATOR = TransferSettings(allow_http_presigned_urls=True, presigned_url_hosts=("127.0.0.1",))
 
 
 def test_a_presigned_url_is_downloaded_from_the_parts_offset_and_checked(
@@ -511,11 +554,43 @@ def test_a_presigned_url_is_downloaded_from_the_parts_offset_and_checked(
     assert SECRET not in caplog.text
 
 
+def _mode(mode: str) -> Callable[[ObjectServer], None]:
+    return lambda o: setattr(o, "mode", mode)
+
+
+def _status(o: ObjectServer) -> None:
+    o.mode, o.status = "status", 403
+
+
+ANY_HOST = dataclasses.replace(EMULATOR, presigned_url_hosts=(".example.com",))
+DEFAULT_HOSTS = TransferSettings(allow_http_presigned_urls=True)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    break_it: Callable[[ObjectServer], None]  # how the URL or its server breaks
+    why: str  # the reason logged
+    settings: TransferSettings = EMULATOR  # the consumer's
+    asked: bool = True  # whether the URL's server gets a request at all
+    kept: int | None = 0  # bytes of the download that stay in the part (None: some or none)
+
+
 FALLBACKS = {
-    "HTTP 403 (expired)": (lambda o: setattr(o, "status", 403), EMULATOR, "HTTP 403"),
-    "wrong bytes": (lambda o: setattr(o, "corrupt", True), EMULATOR, "other bytes"),
-    "http refused": (lambda o: None, TransferSettings(), "scheme 'http' is refused"),
-    "unreachable": (lambda o: o.stop(), EMULATOR, "could not be reached"),
+    "HTTP 403 (expired)": Fallback(_status, "HTTP 403"),
+    "wrong bytes": Fallback(_mode("corrupt"), "other bytes"),
+    "http refused": Fallback(
+        lambda o: None, "scheme 'http' is refused", TransferSettings(), asked=False
+    ),
+    "unreachable": Fallback(lambda o: o.refuse(), "could not be reached", asked=False),
+    "host not allowed": Fallback(
+        lambda o: None, "'127.0.0.1' is not one of", ANY_HOST, asked=False
+    ),
+    "not a default host": Fallback(
+        lambda o: None, "presigned_url_hosts", DEFAULT_HOSTS, asked=False
+    ),
+    "a bad status line": Fallback(_mode("bad status line"), "BadStatusLine"),
+    "a cut chunked body": Fallback(_mode("cut chunked"), "IncompleteRead", kept=1000),
+    "a trickle": Fallback(_mode("trickle"), "too little progress", kept=None),
 }
 
 
@@ -526,31 +601,110 @@ def test_a_presigned_url_that_fails_falls_back_to_the_relay(
     objects: ObjectServer,
     case: str,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    break_it, settings, why = FALLBACKS[case]
+    fallback = FALLBACKS[case]
+    if case == "a trickle":
+        monkeypatch.setattr("agent.presigned.STALL_S", 0.5)  # given up soon
+    fallback.break_it(objects)
     presigning(site, objects.url)
-    break_it(objects)
     dest = tmp_path / "input.bin"
 
-    run(fetch_through(tmp_path, site, settings, dest))
+    run(fetch_through(tmp_path, site, fallback.settings, dest))
     assert dest.read_bytes() == DATA
     url_transfer, relayed = transfers(site)
     assert (url_transfer.method, url_transfer.state) == ("presigned", "COMPLETED")
-    assert (relayed.method, relayed.state, relayed.bytes) == ("relay", "COMPLETED", len(DATA))
-    assert why in caplog.text and "using the relay" in caplog.text
-    assert SECRET not in caplog.text
+    assert (relayed.method, relayed.state) == ("relay", "COMPLETED")
+    if fallback.kept is None:  # the bytes the download wrote stay; the relay resumes after
+        assert relayed.bytes <= len(DATA)
+    else:
+        assert relayed.bytes == len(DATA) - fallback.kept
+    assert fallback.why in caplog.text and "using the relay" in caplog.text
+    assert bool(objects.ranges) == fallback.asked  # a refused URL is never connected to
+    assert "very-secret" not in caplog.text
 
 
-def test_a_consumer_that_refuses_urls_and_a_store_that_cannot_sign_are_relayed(
-    tmp_path: Path, site: Site, objects: ObjectServer, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x?sig=very-secret abc",
+        "http://127.0.0.1:9/x?sig=very-secret\r\nX-Injected: y",
+        "http://127.0.0.1:9/x?sig=very-secret\u00e9",
+        "http://user:very-secret@127.0.0.1:9/x",
+    ],
+)
+def test_urls_with_odd_characters_or_user_info_fall_back_without_being_quoted(
+    tmp_path: Path, url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    presigning(site, objects.url)
-    run(fetch_through(tmp_path, site, TransferSettings(accept_presigned_urls=False),
-                      tmp_path / "a.bin"))  # fmt: skip
-    presigning(site, None)
-    run(fetch_through(tmp_path, site, EMULATOR, tmp_path / "b.bin"))
-    assert (tmp_path / "a.bin").read_bytes() == DATA == (tmp_path / "b.bin").read_bytes()
-    assert objects.ranges == []
-    assert [(t.method, t.bytes) for t in transfers(site)] == [("relay", len(DATA))] * 2
-    assert "cannot presign" in caplog.text and "no signing credentials" in caplog.text
+    """The producer never hands such a URL out (it checks the same way), but a site may be
+    compromised: the consumer refuses it before any connection."""
+    caplog.set_level(logging.DEBUG)
+    progress = Progress(tmp_path / "x.part")
+    ok = asyncio.run(
+        presigned.download_into(progress, url, REF, hosts=("127.0.0.1",), allow_http=True)
+    )
+    assert not ok and progress.received == 0
+    assert "using the relay" in caplog.text and "very-secret" not in caplog.text
+    with pytest.raises(presigned.PresignedDownloadFailed) as caught:
+        presigned.download(url, 0, 10, lambda _data: None, hosts=("127.0.0.1",), allow_http=True)
+    assert "very-secret" not in str(caught.value)
+
+
+REF = ResultRef(
+    "aws-demo", "scratch", "file:///r/x", len(DATA), hashlib.sha256(DATA).hexdigest(), "pickle"
+)
+
+
+def test_hosts_match_exactly_by_suffix_and_ip_literals_only_exactly() -> None:
+    hosts = (".amazonaws.com", "storage.googleapis.com", "10.0.0.7", "::1")
+    allowed = presigned.host_allowed
+    assert allowed("bucket.s3.eu-west-1.amazonaws.com", hosts)
+    assert allowed("s3.amazonaws.com", hosts) and allowed("STORAGE.googleapis.com.", hosts)
+    assert not allowed("amazonaws.com", hosts)  # a suffix matches subdomains only
+    assert not allowed("evil-amazonaws.com", hosts) and not allowed("amazonaws.com.evil", hosts)
+    assert not allowed("x.storage.googleapis.com", hosts)  # an exact entry is exact
+    assert allowed("10.0.0.7", hosts) and allowed("0:0::1", hosts)
+    assert not allowed("10.0.0.8", hosts) and not allowed("169.254.169.254", hosts)
+    assert not allowed("10.0.0.7", (".7", ".0.0.7"))  # suffixes never match an address
+    assert not allowed("127.0.0.1", DEFAULT_PRESIGNED_URL_HOSTS)
+    for url in (
+        "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s",
+        "https://acct.blob.core.windows.net/c/k?sig=s",
+        "https://storage.googleapis.com/b/k?X-Goog-Signature=s",
+    ):
+        presigned.check_url(url, allow_http=False)
+        presigned.check_host(url, DEFAULT_PRESIGNED_URL_HOSTS)
+
+
+def test_a_cancelled_download_closes_its_connection_and_ends_its_thread(
+    tmp_path: Path, objects: ObjectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects.mode = "hang"  # the head, then nothing: the thread blocks in a read
+    progress = Progress(tmp_path / "x.part")
+    returned = threading.Event()
+    real = presigned.download
+
+    def download(*args: Any, **kwargs: Any) -> None:
+        try:
+            real(*args, **kwargs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(presigned, "download", download)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(
+            presigned.download_into(
+                progress, objects.url, REF, hosts=("127.0.0.1",), allow_http=True
+            )
+        )
+        assert await asyncio.to_thread(objects.requested.wait, DEADLINE_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario)
+    assert returned.wait(DEADLINE_S), "the download's thread never ended"
+    assert objects.closed.wait(DEADLINE_S), "the download never closed its connection"
+    assert progress.received == 0

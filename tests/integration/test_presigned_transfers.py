@@ -3,10 +3,12 @@ processes over loopback TLS, the process provider) and real object-store emulato
 own processes: S3 (moto in server mode) and Azure Blob (Azurite, when Node.js is present).
 
 aws-s3 and azure-az keep results in an object store with ``presign_transfers = true``; gcp-demo
-has no store and allows http URLs (emulators). A step on gcp-demo reads a result of each: the
-producing agent presigns a URL, the consumer downloads it and checks its digest, the transfer
-is one ledger row with method ``presigned`` and the object's bytes (the relay moved none:
-there is no second row), the consumer's input digest matches, and the URL is in no log.
+has no store and takes http URLs from 127.0.0.1 (``allow_http_presigned_urls`` and
+``presigned_url_hosts``: the emulators are no cloud storage endpoint). A step on gcp-demo
+reads a result of each: the producing agent presigns a URL, the consumer downloads it and
+checks its digest, the transfer is one ledger row with method ``presigned`` and the object's
+bytes (the relay moved none: there is no second row), the consumer's input digest matches,
+and the URL is in no log.
 """
 
 from __future__ import annotations
@@ -78,7 +80,11 @@ def estate(tmp_path_factory: pytest.TempPathFactory, estate_db: str | None) -> I
             aws.write_text(_s3_store(moto.url))
             azure = _azure_store(root, emulators_open)
             consumer = root / "agent-gcp.toml"
-            consumer.write_text("[transfers]\nallow_http_presigned_urls = true\n")
+            # The emulators listen on loopback: neither https nor a default storage host.
+            consumer.write_text(
+                "[transfers]\nallow_http_presigned_urls = true\n"
+                'presigned_url_hosts = ["127.0.0.1"]\n'
+            )
             with Estate(root, db_url=estate_db, heartbeat_s=0.5) as e:
                 e.add_agent("aws-s3", {"cloud": "aws"}, config=aws)
                 if azure is not None:

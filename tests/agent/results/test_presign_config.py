@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 
 from agent.results import ResultStoreConfigError, parse_result_stores
-from agent.results.config import TransferSettings, parse_transfer_settings
+from agent.results.config import (
+    DEFAULT_PRESIGNED_URL_HOSTS,
+    TransferSettings,
+    parse_transfer_settings,
+)
 from meridian.cli.agent_config import load_agent_config_file
 from meridian.core.errors import ValidationError
 
@@ -62,3 +66,47 @@ def test_the_agent_config_file_carries_transfers_even_without_stores(tmp_path: P
     path.write_text("[transfers]\nallow_http_presigned_urls = 'yes'\n")
     with pytest.raises(ValidationError, match=r"agent.toml: \[transfers\]: allow_http"):
         load_agent_config_file(path)
+
+
+def test_presigned_url_hosts_default_to_the_clouds_storage_endpoints_and_are_replaced() -> None:
+    assert TransferSettings().presigned_url_hosts == DEFAULT_PRESIGNED_URL_HOSTS
+    assert {".amazonaws.com", "storage.googleapis.com", ".blob.core.windows.net"} <= set(
+        DEFAULT_PRESIGNED_URL_HOSTS
+    )
+    settings = parse_transfer_settings(
+        {"presigned_url_hosts": ["MinIO.example.com", ".Storage.Example", "127.0.0.1", "::1"]}
+    )
+    assert settings.presigned_url_hosts == (
+        "minio.example.com",
+        ".storage.example",
+        "127.0.0.1",
+        "::1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("hosts", "why"),
+    [
+        ([], "is empty: to never download .* accept_presigned_urls = false"),
+        ("s3.amazonaws.com", "must be a list of hosts"),
+        ([1], "must be a list of hosts"),
+        (["https://minio.example.com"], "is not a host name, an IP address or a '.suffix'"),
+        (["minio.example.com:9000"], "no scheme, port"),
+        (["*.example.com"], "wildcard"),
+        (["[::1]"], "not a host name"),
+        (["300.1.2.3"], "not a valid IP address"),
+        (["a" * 300], "longer than 253"),
+        (["h.example.com"] * 65, "more than 64 entries"),
+    ],
+)
+def test_bad_presigned_url_hosts_are_refused(hosts: Any, why: str) -> None:
+    with pytest.raises(ResultStoreConfigError, match=rf"\[transfers\]: presigned_url_hosts.*{why}"):
+        parse_transfer_settings({"presigned_url_hosts": hosts})
+
+
+def test_the_agent_config_file_carries_presigned_url_hosts(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[transfers]\npresigned_url_hosts = ["127.0.0.1", ".minio.internal"]\n')
+    loaded = load_agent_config_file(path).result_stores
+    assert loaded is not None
+    assert loaded.transfers.presigned_url_hosts == ("127.0.0.1", ".minio.internal")
