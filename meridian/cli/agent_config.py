@@ -28,6 +28,7 @@ TOML (or JSON, by extension)::
 
     [transfers]
     allow_http_presigned_urls = true   # emulators only; https is always allowed
+    presigned_url_hosts = ["minio.dc1.internal"]   # default: the public clouds' storage hosts
 
 Every provider named here is enabled on the agent, in addition to ``--provider`` flags. Each
 section is handed to the provider as its config, which validates it when the agent starts.
@@ -42,7 +43,8 @@ that names a store, stay; one is the environment's default (``default = true``, 
 one). They are validated here (an error names the table) and opened when the agent starts;
 ``retention_days`` deletes a store's objects older than that (docs/results.md).
 ``[transfers]`` says how this agent takes results of other environments (presigned URLs:
-``accept_presigned_urls``, ``allow_http_presigned_urls``); it is carried with the result
+``accept_presigned_urls``, ``allow_http_presigned_urls``, ``presigned_url_hosts`` — the
+only hosts it downloads from); it is carried with the result
 stores (``ResultStoresConfig.transfers``), so an agent with no store of its own still has it.
 """
 
