@@ -12,7 +12,9 @@ no interpreter start, no imports) when the server is up, else a fresh
 comes from the server; if the server dies first, its runners are watched by pid and start time
 like re-attached ones (exit code unknown) and the server is restarted with backoff. A request
 the server took but never answered is reported as not started (-3), never retried as a fresh
-process: a child might run it, and two runners of one epoch are not fenced from each other.
+process: a child might run it, and two runners of one epoch are not fenced from each other (a
+``started`` that comes after that is killed). A runner the server is forking when the agent
+stops is waited for and recorded in the state file, like any other.
 
 - ``CancelRunner``: SIGTERM to the group, SIGKILL after the grace.
 - A runner that ends is reported with ``RunnerExited`` (the control plane ignores the report
@@ -139,10 +141,13 @@ class FlowRunners:
             else None
         )
         self._procs: dict[str, RunnerProcess] = {}
-        # Assignments between taking a slot and their process being in _procs, and the runs of
-        # assignments waiting for a slot (a redelivered frame must not start a second one).
+        # Assignments between taking a slot and their process being in _procs.
         self._starting = 0
-        self._waiting: set[str] = set()
+        # The newest epoch of each run whose assignment is under way (waiting for a slot, or
+        # its runner being started), until its runner is in _procs: a redelivered frame must
+        # not start a second runner of that epoch. Assignments of one run go one at a time.
+        self._assigning: dict[str, int] = {}
+        self._run_locks: dict[str, asyncio.Lock] = {}
         self._slot_freed = asyncio.Condition()
         self._exits: list[RunnerExit] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,7 +182,8 @@ class FlowRunners:
             self._fork_server.start()  # in the background: runners start fresh meanwhile
 
     async def close(self) -> None:
-        """Stop watching; the runner processes go on (a restarted agent re-attaches)."""
+        """Stop watching; the runner processes go on (a restarted agent re-attaches). A runner
+        the fork server was starting is waited for and recorded; the server is stopped after."""
         tasks = [*self._tasks, *([self._poller] if self._poller else [])]
         for task in tasks:
             task.cancel()
@@ -204,36 +210,51 @@ class FlowRunners:
             self._spawn_task(self._cancel(action))
 
     async def _assign(self, a: AssignRunnerAction) -> None:
-        current = self._procs.get(a.flow_run_id)
-        if current is not None and current.epoch >= a.runner_epoch:
+        run, epoch = a.flow_run_id, a.runner_epoch
+        current = self._procs.get(run)
+        if current is not None and current.epoch >= epoch:
             return  # redelivered, or older than what runs
-        if a.flow_run_id in self._waiting:
-            return  # redelivered while the first delivery waits for a slot
+        if self._assigning.get(run, -1) >= epoch:
+            return  # redelivered (or older) while that assignment is still under way
+        self._assigning[run] = epoch
+        lock = self._run_locks.setdefault(run, asyncio.Lock())
+        try:
+            async with lock:  # an older epoch's assignment still under way finishes first
+                if self._assigning.get(run) == epoch:  # else a newer epoch superseded it
+                    await self._assign_now(a)
+        finally:
+            if self._assigning.get(run) == epoch:
+                del self._assigning[run]
+                self._run_locks.pop(run, None)
+
+    async def _assign_now(self, a: AssignRunnerAction) -> None:
+        run, epoch = a.flow_run_id, a.runner_epoch
+        current = self._procs.get(run)
+        if current is not None and current.epoch >= epoch:
+            return
         if current is not None:  # an older epoch of the same run: it was fenced anyway
             await self._stop(current, 5.0)
-        self._waiting.add(a.flow_run_id)
-        try:
-            has_slot = await self._take_slot(SLOT_WAIT_S)
-        finally:
-            self._waiting.discard(a.flow_run_id)
-        if not has_slot:
+        if not await self._take_slot(SLOT_WAIT_S):
             await self._exited(
-                a.flow_run_id,
-                a.runner_epoch,
+                run,
+                epoch,
                 -2,
                 f"the agent has no free runner slot (all {self.slots} still busy after "
                 f"{SLOT_WAIT_S:g} s)",
             )
             return
+        if self._assigning.get(run) != epoch:  # superseded while it waited for the slot
+            await self._release_slot()
+            return
         try:
             bundle = await self._bundle_dir(a.bundle_sha256)
             proc = await self._spawn(a, bundle)
         except Exception as exc:
-            log.warning("could not start the flow runner of run %s: %s", a.flow_run_id, exc)
+            log.warning("could not start the flow runner of run %s: %s", run, exc)
             await self._release_slot()
-            await self._exited(a.flow_run_id, a.runner_epoch, -3, f"could not start: {exc}")
+            await self._exited(run, epoch, -3, f"could not start: {exc}")
             return
-        self._procs[a.flow_run_id] = proc
+        self._procs[run] = proc
         await self._release_slot()  # counted in _procs from now on
         await asyncio.to_thread(self._save)
 
@@ -322,9 +343,31 @@ class FlowRunners:
         """The runner as a child of the fork server; None when it is not up (or refused)."""
         if self._fork_server is None or not self._fork_server.up:
             return None
-        forked = await self._fork_server.fork(
-            a.flow_run_id, a.runner_epoch, env, str(work), str(log_path), a.runner_token
+        request = asyncio.ensure_future(
+            self._fork_server.fork(
+                a.flow_run_id, a.runner_epoch, env, str(work), str(log_path), a.runner_token
+            )
         )
+        try:
+            forked = await asyncio.shield(request)
+        except asyncio.CancelledError:
+            # The agent is stopping while the server may be forking this runner: let the
+            # exchange end (bounded by the server's reply timeout) and record a runner it
+            # started, so the state file has it and a restarted agent re-attaches to it.
+            with contextlib.suppress(Exception):
+                late = await request
+                current = self._procs.get(a.flow_run_id)
+                if late is not None and (current is None or current.epoch < a.runner_epoch):
+                    start = process_start_time(late.pid) or ""
+                    self._procs[a.flow_run_id] = RunnerProcess(
+                        a.flow_run_id, a.runner_epoch, late.pid, start, str(work)
+                    )
+                    log.info(
+                        "the flow runner of run %s (pid %d) started while the agent stopped",
+                        a.flow_run_id,
+                        late.pid,
+                    )
+            raise
         if forked is None:
             return None
         start = process_start_time(forked.pid) or ""

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +32,11 @@ log = logging.getLogger("meridian.agent.forkserver")
 HEADER = struct.Struct(">I")
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # = meridian.stepworker.MAX_MESSAGE_BYTES
 MODULE = "meridian.flowzygote"
-# A fork is answered in milliseconds; a server silent this long is broken and is replaced.
+# A fork is answered in milliseconds; a server silent this long after a request was written
+# to it (not counting the wait for earlier requests to be written) is broken and is replaced.
 REPLY_TIMEOUT_S = 10.0
+# How long ``close`` lets the server exit on its own (it answers what it has read first).
+CLOSE_TIMEOUT_S = 10.0
 # Restart backoff: doubles from MIN to MAX, back to MIN after a server lived STABLE_S.
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -89,7 +94,8 @@ class ForkServerClient:
             self._task = asyncio.ensure_future(self._supervise())
 
     async def close(self) -> None:
-        """Stop the server (its input ends, so it exits); its runners go on."""
+        """Stop the server (its input ends, so it exits; killed if it has not within
+        ``CLOSE_TIMEOUT_S``); its runners go on."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -97,9 +103,17 @@ class ForkServerClient:
             self._task = None
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await proc.wait()
+            except TimeoutError:
+                log.warning(
+                    "the fork server (pid %d) did not exit within %g s; killing it",
+                    proc.pid,
+                    CLOSE_TIMEOUT_S,
+                )
+                _kill(proc)
+                await proc.wait()
 
     async def fork(
         self,
@@ -111,7 +125,11 @@ class ForkServerClient:
         token: str,
     ) -> Forked | None:
         """Start a runner in the server; None when it certainly did not (the caller starts a
-        fresh process). Raises ForkUncertain when nobody can tell."""
+        fresh process). Raises ForkUncertain when nobody can tell.
+
+        A caller that must know of every runner started shields this call from cancellation
+        (``FlowRunners`` does): a ``started`` answer that finds its request gone (cancelled,
+        or given up on) has its runner killed, as nobody tracks it."""
         proc = self._proc
         if not self._up or proc is None or proc.stdin is None:
             return None
@@ -130,21 +148,34 @@ class ForkServerClient:
         if len(body) > MAX_MESSAGE_BYTES:
             log.warning("a runner request of %d bytes is too large for the fork server", len(body))
             return None
-        answer: asyncio.Future[Forked | str | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Forked | str | None] = loop.create_future()
         self._pending[key] = answer
         sent = False  # the server may hold the whole request
+        stdin = proc.stdin
         try:
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                async with self._write_lock:
-                    proc.stdin.write(HEADER.pack(len(body)) + body)
-                    # Nothing left in our buffer: the whole request is in the pipe.
-                    sent = proc.stdin.transport.get_write_buffer_size() == 0
-                    await proc.stdin.drain()
+            # Waiting for earlier requests to be written is not the server's silence: the
+            # deadline starts once this request is written. Each writer's wait is bounded (its
+            # own deadline), and a writer that hits it takes the server down for all.
+            async with self._write_lock:
+                if self._proc is not proc or not self._up or stdin.is_closing():
+                    return None  # replaced or gone while this request waited: nothing sent
+                stdin.write(HEADER.pack(len(body)) + body)
+                deadline = loop.time() + REPLY_TIMEOUT_S
+                # Nothing left in our buffer: the whole request is in the pipe.
+                sent = stdin.transport.get_write_buffer_size() == 0
+                async with asyncio.timeout_at(deadline):
+                    await stdin.drain()
                 sent = True
+            async with asyncio.timeout_at(deadline):
                 result = await answer
         except TimeoutError:
+            # Our buffer empty: the whole request reached the pipe (drain may not have returned
+            # yet) and the server may have read it. Bytes still buffered here never reach a
+            # server killed now, so it cannot have had the whole request.
+            sent = sent or stdin.transport.get_write_buffer_size() == 0
             log.warning("the fork server did not answer in %g s; replacing it", REPLY_TIMEOUT_S)
-            _kill(proc)
+            self._replace(proc)
             if sent:
                 raise ForkUncertain(
                     f"the fork server did not answer within {REPLY_TIMEOUT_S:g} s"
@@ -159,6 +190,13 @@ class ForkServerClient:
         if result == _GONE:
             raise ForkUncertain("the fork server ended before it answered")
         return result if isinstance(result, Forked) else None
+
+    def _replace(self, proc: asyncio.subprocess.Process) -> None:
+        """Take a broken server down at once: no request is written to it from now on (the
+        supervisor restarts it once it has exited)."""
+        if self._proc is proc:
+            self._up = False
+        _kill(proc)
 
     # ---- the server's life ----------------------------------------------------------------
 
@@ -208,15 +246,29 @@ class ForkServerClient:
             log.info("the fork server of hosted runners is up (pid %s)", message.get("pid"))
         elif op in ("started", "refused"):
             key = (str(message.get("run_id")), _int(message.get("epoch")))
+            answer = self._pending.get(key)
+            waited = answer is not None and not answer.done()
             forked = None
             if op == "started":
                 pid = _int(message.get("pid"))
+                if not waited:
+                    # Its request already ended (no answer in time: reported as not started,
+                    # and the run moves on): a runner nobody tracks would run on unfenced
+                    # until its first call. Stop it.
+                    log.warning(
+                        "the fork server started run %s (pid %d) after its request gave up; "
+                        "killing it",
+                        key[0],
+                        pid,
+                    )
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+                    return
                 forked = Forked(pid, asyncio.get_running_loop().create_future())
                 self._exits[pid] = forked.exit_code
             else:
                 log.warning("the fork server refused run %s: %s", key[0], message.get("reason"))
-            answer = self._pending.get(key)
-            if answer is not None and not answer.done():
+            if answer is not None and waited:
                 answer.set_result(forked)
         elif op == "exited":
             exit_code = self._exits.pop(_int(message.get("pid")), None)

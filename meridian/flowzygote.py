@@ -13,7 +13,9 @@ Protocol (the agent's pipes, moved off fds 0/1 at start; the framing of
 * request: a JSON object ``{"op": "run", "run_id", "epoch", "env", "work_dir", "log_path"}``,
   then a NUL byte, then the run's token (printable ASCII) — all in one message;
 * replies: ``{"op": "started", "run_id", "epoch", "pid"}``, or ``{"op": "refused", "run_id",
-  "epoch", "reason"}`` (the agent starts a fresh process instead); and for each child that
+  "epoch", "reason"}`` (nothing was forked — a request it cannot run faithfully, or a failed
+  ``fork()`` such as EAGAIN at a pids limit; the agent starts a fresh process instead, and the
+  server goes on); and for each child that
   ends, ``{"op": "exited", "pid", "code"}`` (``code`` as ``Popen.returncode``: -N for signal N).
 
 **The token.** Each child inherits this process's memory, so the server keeps no run's token
@@ -199,7 +201,19 @@ class ForkServer:
             )
             return
         flush_output()  # nothing buffered here is written twice
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN at a pids limit, ENOMEM: nothing was forked
+            reason = f"fork failed: {exc}"
+            self._reply(
+                {
+                    "op": "refused",
+                    "run_id": request.run_id,
+                    "epoch": request.epoch,
+                    "reason": reason,
+                }
+            )
+            return
         if pid == 0:
             self.become_runner(request, body)
         _wipe(body)  # the child has its copy; this process keeps none

@@ -9,6 +9,7 @@ failures: killed mid-run, or not up at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from agent import flowrunners, forkserver
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.flowrunners import STATE_FILE, FlowRunners, process_start_time
+from agent.forkserver import ForkServerClient, ForkUncertain
 from tests.support.polling import apoll_until
 
 # A stand-in for meridian.flowexec: records its environment, starts a grandchild in its
@@ -68,8 +70,10 @@ def runners(
     sent: list[tuple[str, int, int, str]],
     forked: bool = False,
     fork_server: tuple[str, ...] = (),
+    slots: int = 1,
 ) -> FlowRunners:
-    """One runner slot; ``forked``: with the fork server (``fork_server``: its command)."""
+    """One runner slot (``slots``); ``forked``: with the fork server (``fork_server``: its
+    command)."""
     bundle = tmp_path / "bundle"
     bundle.mkdir(exist_ok=True)
 
@@ -82,7 +86,7 @@ def runners(
     server.write_text(FORK_SERVER)
     env = {**os.environ, "TEST_WORK": str(tmp_path)}
     return FlowRunners(
-        1,
+        slots,
         tmp_path / "data",
         bundle_dir,
         "10.0.0.5",
@@ -381,3 +385,251 @@ def test_the_agent_and_the_fork_server_frame_messages_alike() -> None:
 
     assert forkserver.HEADER.format == stepworker.HEADER.format
     assert forkserver.MAX_MESSAGE_BYTES == stepworker.MAX_MESSAGE_BYTES
+
+
+# A fork server that answers each request only once the test writes "answer" in its work dir
+# (the runner it then starts is the stand-in runner, as a child of this server): a fork round
+# trip the test holds open. It records each request it got as "got-<epoch>".
+DELAYED_SERVER = """
+import json, os, struct, subprocess, sys, time
+from pathlib import Path
+work, runner = Path(sys.argv[1]), sys.argv[2]
+
+def send(message):
+    body = json.dumps(message).encode()
+    os.write(1, struct.pack(">I", len(body)) + body)
+
+def read(size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(0, size - len(data))
+        if not chunk:
+            sys.exit(0)
+        data += chunk
+    return data
+
+send({"op": "ready", "pid": os.getpid()})
+while True:
+    (size,) = struct.unpack(">I", read(4))
+    request = json.loads(read(size).split(b"\\0")[0])
+    (work / f"got-{request['epoch']}").write_text(request["run_id"])
+    deadline = time.monotonic() + 20
+    while not (work / "answer").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (work / "answer").unlink()
+    child = subprocess.Popen([sys.executable, runner], start_new_session=True)
+    send({"op": "started", "run_id": request["run_id"], "epoch": request["epoch"],
+          "pid": child.pid})
+"""
+
+
+def delayed_server(tmp_path: Path) -> tuple[str, ...]:
+    script = tmp_path / "delayed.py"
+    script.write_text(DELAYED_SERVER)
+    return (sys.executable, str(script), str(tmp_path), str(tmp_path / "runner.py"))
+
+
+def end_runner(tmp_path: Path) -> None:
+    """Stop the stand-in runner and its grandchild (also when a test failed midway)."""
+    (tmp_path / "stop").write_text("0")
+    info = seen(tmp_path)
+    for pid in (info.get("child"), info.get("pid")):
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _a_frame_redelivered_while_its_runner_is_forked_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    # Two free slots: the redelivered frame finds a slot, and the fork server already has the
+    # first delivery's request. Starting a fresh process would be a second runner of the epoch.
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent, forked=True, fork_server=delayed_server(tmp_path), slots=2)
+    await started(fr, sender(sent), True)
+    try:
+        fr.handle(assign())
+        await apoll_until(lambda: (tmp_path / "got-1").exists(), message="the fork request")
+        # The redelivered frame, handled to its end (its task would be fire-and-forget).
+        await asyncio.wait_for(fr._assign(assign()), 30)
+        assert fr.held() == () and seen(tmp_path) == {}
+        (tmp_path / "answer").write_text("")
+        await apoll_until(lambda: fr.held() == (("run-1", 1),), message="the forked runner")
+        info = await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+        assert info["ppid"] == fr.fork_server_pid()
+        assert sent == []
+    finally:
+        end_runner(tmp_path)
+        await fr.close()
+
+
+async def _a_newer_epoch_waits_for_the_older_being_forked_and_replaces_it(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent, forked=True, fork_server=delayed_server(tmp_path), slots=2)
+    await started(fr, sender(sent), True)
+    try:
+        fr.handle(assign(1))
+        await apoll_until(lambda: (tmp_path / "got-1").exists(), message="epoch 1's request")
+        fr.handle(assign(2))  # the run moved on while epoch 1 is being forked
+        fr.handle(assign(1))  # and epoch 1's frame comes again: superseded, nothing starts
+        (tmp_path / "answer").write_text("")
+        await apoll_until(lambda: (tmp_path / "got-2").exists(), message="epoch 2's request")
+        # Epoch 1's runner was started and recorded, then stopped before epoch 2 was forked.
+        state = json.loads((tmp_path / "data" / STATE_FILE).read_text())
+        [first] = state["runners"]
+        assert (first["flow_run_id"], first["epoch"]) == ("run-1", 1)
+        assert not alive(first["pid"])
+        with contextlib.suppress(FileNotFoundError):
+            (tmp_path / "seen.json").unlink()
+        (tmp_path / "answer").write_text("")
+        await apoll_until(lambda: fr.held() == (("run-1", 2),), message="epoch 2's runner")
+        await apoll_until(lambda: seen(tmp_path), message="epoch 2's runner to start")
+        assert not (tmp_path / "got-3").exists()
+    finally:
+        end_runner(tmp_path)
+        await fr.close()
+
+
+async def _a_runner_forked_while_the_agent_stops_is_recorded(tmp_path: Path) -> None:
+    # The agent stops (its tasks are cancelled) while the fork server is forking a runner:
+    # that runner must be in the state file, so a restarted agent re-attaches to it.
+    sent: list[tuple[str, int, int, str]] = []
+    fr = runners(tmp_path, sent, forked=True, fork_server=delayed_server(tmp_path))
+    await started(fr, sender(sent), True)
+    again: FlowRunners | None = None
+    try:
+        fr.handle(assign())
+        await apoll_until(lambda: (tmp_path / "got-1").exists(), message="the fork request")
+        closing = asyncio.ensure_future(fr.close())
+        await asyncio.sleep(0)  # close has cancelled the assignment; now the server answers
+        (tmp_path / "answer").write_text("")
+        await closing
+        info = await apoll_until(lambda: seen(tmp_path), message="the runner to start")
+        state = json.loads((tmp_path / "data" / STATE_FILE).read_text())
+        assert [(r["flow_run_id"], r["pid"]) for r in state["runners"]] == [("run-1", info["pid"])]
+        again = runners(tmp_path, sent)
+        await again.start(sender(sent))
+        assert again.held() == (("run-1", 1),)
+        (tmp_path / "stop").write_text("0")
+        await apoll_until(lambda: sent, message="the re-attached runner's end")
+        assert sent[0][:3] == ("run-1", 1, -1)
+    finally:
+        end_runner(tmp_path)
+        if again is not None:
+            await again.close()
+
+
+def test_a_frame_redelivered_while_its_runner_is_forked_starts_nothing(tmp_path: Path) -> None:
+    asyncio.run(_a_frame_redelivered_while_its_runner_is_forked_starts_nothing(tmp_path))
+
+
+def test_a_newer_epoch_waits_for_the_older_being_forked_and_replaces_it(tmp_path: Path) -> None:
+    asyncio.run(_a_newer_epoch_waits_for_the_older_being_forked_and_replaces_it(tmp_path))
+
+
+def test_a_runner_forked_while_the_agent_stops_is_recorded(tmp_path: Path) -> None:
+    asyncio.run(_a_runner_forked_while_the_agent_stops_is_recorded(tmp_path))
+
+
+# ---- the fork server's client on its own --------------------------------------------------
+
+# A fork server that is up and then neither reads nor answers, nor exits at end of input.
+STUCK_SERVER = """
+import json, os, struct, time
+ready = json.dumps({"op": "ready", "pid": os.getpid()}).encode()
+os.write(1, struct.pack(">I", len(ready)) + ready)
+time.sleep(600)
+"""
+
+
+def client_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_FLOWEXEC_")}
+
+
+async def up_client(command: tuple[str, ...]) -> ForkServerClient:
+    client = ForkServerClient(command, client_env())
+    client.start()
+    await apoll_until(lambda: client.up, message="the fork server to be up")
+    return client
+
+
+async def _a_request_waiting_to_be_written_is_not_timed_out(tmp_path: Path) -> None:
+    # The reply deadline starts once a request is written: waiting behind other requests (a
+    # burst) is not the server's silence, and must not get it killed.
+    quick = tmp_path / "quick.py"
+    quick.write_text("import sys; sys.exit(5)")
+    server = tmp_path / "fork_server.py"
+    server.write_text(FORK_SERVER)
+    client = await up_client((sys.executable, str(server), str(quick)))
+    pid = client.pid
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        async with client._write_lock:  # an earlier request is being written, a long time
+            request = asyncio.ensure_future(
+                client.fork("run-1", 1, client_env(), str(work), str(work / "log"), "mat_x")
+            )
+            await asyncio.sleep(3 * forkserver.REPLY_TIMEOUT_S)
+            assert not request.done()
+        forked = await request
+        assert forked is not None and await forked.exit_code == 5
+        assert client.up and client.pid == pid
+    finally:
+        await client.close()
+
+
+async def _a_server_that_fell_silent_is_down_at_once(tmp_path: Path) -> None:
+    # After a timeout the server is killed: the next request must not be written to it (it
+    # would be "uncertain" too, a lost runner) but start fresh.
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_SERVER)
+    client = await up_client((sys.executable, str(script)))
+    work = str(tmp_path)
+    try:
+        with pytest.raises(ForkUncertain):
+            await client.fork("run-1", 1, client_env(), work, work + "/log", "mat_x")
+        assert not client.up and client.pid is None
+        assert await client.fork("run-2", 1, client_env(), work, work + "/log", "mat_x") is None
+    finally:
+        await client.close()
+
+
+async def _close_kills_a_server_that_does_not_exit(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_SERVER)
+    client = await up_client((sys.executable, str(script)))
+    pid = client.pid
+    assert pid is not None
+    try:
+        await client.close()
+        assert process_start_time(pid) is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_request_waiting_to_be_written_is_not_timed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "REPLY_TIMEOUT_S", 0.2)
+    asyncio.run(_a_request_waiting_to_be_written_is_not_timed_out(tmp_path))
+
+
+def test_a_server_that_fell_silent_is_down_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "REPLY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(forkserver, "CLOSE_TIMEOUT_S", 0.2, raising=False)
+    asyncio.run(_a_server_that_fell_silent_is_down_at_once(tmp_path))
+
+
+def test_close_kills_a_server_that_does_not_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "REPLY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(forkserver, "CLOSE_TIMEOUT_S", 0.2, raising=False)
+    asyncio.run(_close_kills_a_server_that_does_not_exit(tmp_path))

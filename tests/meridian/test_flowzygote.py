@@ -7,6 +7,7 @@ is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -50,6 +51,17 @@ def entry():
         time.sleep(0.05)
     return int((work / "stop").read_text() or 0)
 
+# While the server's start directory has "nofork", its fork() fails as at a pids limit.
+NO_FORK = os.path.abspath("nofork")
+real_fork = os.fork
+
+def fork():
+    if os.path.exists(NO_FORK):
+        import errno
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    return real_fork()
+
+os.fork = fork
 flowzygote.main(entry=entry)
 """
 
@@ -71,6 +83,7 @@ class Server:
             start_new_session=True,
         )
         self.tmp_path = tmp_path
+        self.children: set[int] = set()  # started, and not reported as exited
         assert self.read()["op"] == "ready"
 
     def read(self) -> dict[str, Any]:
@@ -78,6 +91,10 @@ class Server:
         (size,) = struct.unpack(">I", header)
         value = json.loads(self._read(size))
         assert isinstance(value, dict)
+        if value.get("op") == "started":
+            self.children.add(value["pid"])
+        elif value.get("op") == "exited":
+            self.children.discard(value["pid"])
         return value
 
     def _read(self, size: int) -> bytes:
@@ -123,6 +140,11 @@ def server(tmp_path: Path) -> Any:
     if started.proc.poll() is None:
         started.proc.kill()
         started.proc.wait()
+    # A test that failed midway leaves children waiting for their "stop" forever: each leads
+    # its own group (a pid reused since is no group leader of that id, and is spared).
+    for pid in started.children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def seen(work: Path) -> dict[str, Any]:
@@ -256,6 +278,23 @@ def test_a_request_whose_settings_differ_from_the_servers_is_refused(server: Ser
     assert server.read()["op"] == "started"  # the server goes on
     (work / "stop").write_text("0")
     assert server.read()["op"] == "exited"
+
+
+def test_a_failed_fork_is_refused_and_the_server_goes_on(server: Server) -> None:
+    # fork() fails with EAGAIN at a pids limit: nothing was forked, so the agent may start a
+    # fresh process; the server must not die of it (the agent would count it as lost runners).
+    (server.tmp_path / "nofork").write_text("")
+    server.request("run-1", token())
+    refused = server.read()
+    assert refused["op"] == "refused" and refused["run_id"] == "run-1"
+    assert "fork failed" in refused["reason"]
+    assert server.proc.poll() is None
+    (server.tmp_path / "nofork").unlink()
+    work = Path(server.request("run-2", token())["work_dir"])
+    assert server.read()["op"] == "started"
+    (work / "stop").write_text("0")
+    assert server.read()["op"] == "exited"
+    assert server.stop() == 0
 
 
 def test_a_killed_child_is_reported_with_its_signal(server: Server) -> None:
