@@ -22,15 +22,16 @@ import json
 import logging
 import os
 import signal
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meridian.core import framing
+
 log = logging.getLogger("meridian.agent.forkserver")
 
-HEADER = struct.Struct(">I")
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # = meridian.stepworker.MAX_MESSAGE_BYTES
+HEADER = framing.HEADER
+MAX_MESSAGE_BYTES = framing.MAX_MESSAGE_BYTES
 MODULE = "meridian.flowzygote"
 # A fork is answered in milliseconds; a server silent this long after a request was written
 # to it (not counting the wait for earlier requests to be written) is broken and is replaced.
@@ -315,20 +316,6 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 async def read_message(stream: asyncio.StreamReader) -> dict[str, Any] | None:
     """The server's next message, or None at the end of its output."""
     try:
-        header = await stream.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ForkServerError("the output ended inside a message") from None
-        return None
-    (size,) = HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise ForkServerError(f"a message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        value = json.loads(await stream.readexactly(size))
-    except asyncio.IncompleteReadError:
-        raise ForkServerError("the output ended inside a message") from None
-    except ValueError as exc:
-        raise ForkServerError(f"malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ForkServerError("a message that is not a JSON object")
-    return value
+        return await framing.read_message(stream)
+    except framing.FramingError as exc:
+        raise ForkServerError(str(exc)) from None

@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from meridian.core.framing import HEADER, MAX_MESSAGE_BYTES
 from meridian.stepexec import (
     error_outcome,
     flush_output,
@@ -49,8 +49,6 @@ from meridian.stepexec import (
     run_step,
 )
 
-HEADER = struct.Struct(">I")
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 STDOUT_LOG = "stdout.log"  # the process provider's names (pinned by a test)
 STDERR_LOG = "stderr.log"
 _PR_SET_CHILD_SUBREAPER = 36

@@ -19,22 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meridian.core.framing import MAX_MESSAGE_BYTES, FramingError, encode, read_message
 from providers.base import ProviderError
 from providers.process.config import PoolConfig
 from providers.process.proctree import read_stat, terminate_group
 
 log = logging.getLogger("meridian.providers.process")
 
-HEADER = struct.Struct(">I")
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # both directions; = meridian.stepworker.MAX_MESSAGE_BYTES
 WORKER_MODULE = "meridian.stepworker"
 _CLOSE_WAIT_S = 2.0
 _EXIT_WAIT_S = 5.0
@@ -288,34 +285,20 @@ class WorkerPool:
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:
-    body = json.dumps(message).encode("utf-8")
-    if len(body) > MAX_MESSAGE_BYTES:
+    try:
+        return encode(message)
+    except FramingError:
         raise ProviderError(
-            f"the step's environment is too large for a warm worker ({len(body)} bytes, "
-            f"at most {MAX_MESSAGE_BYTES})"
-        )
-    return HEADER.pack(len(body)) + body
+            f"the step's environment is too large for a warm worker (at most "
+            f"{MAX_MESSAGE_BYTES} bytes of JSON)"
+        ) from None
 
 
 async def _read_message(stream: asyncio.StreamReader) -> dict[str, Any] | None:
     try:
-        header = await stream.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProviderError("the worker's output ended inside a message") from None
-        return None
-    (size,) = HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise ProviderError(f"a message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        value = json.loads(await stream.readexactly(size))
-    except asyncio.IncompleteReadError:
-        raise ProviderError("the worker's output ended inside a message") from None
-    except ValueError as exc:
-        raise ProviderError(f"the worker sent malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ProviderError("the worker sent a message that is not a JSON object")
-    return value
+        return await read_message(stream)
+    except FramingError as exc:
+        raise ProviderError(f"the warm worker broke its protocol: {exc}") from None
 
 
 def _number(value: Any) -> float:

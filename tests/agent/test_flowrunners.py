@@ -380,13 +380,6 @@ def test_assignments_start_fresh_processes_while_the_fork_server_is_down(tmp_pat
     asyncio.run(_assignments_start_fresh_processes_while_the_fork_server_is_down(tmp_path))
 
 
-def test_the_agent_and_the_fork_server_frame_messages_alike() -> None:
-    from meridian import stepworker
-
-    assert forkserver.HEADER.format == stepworker.HEADER.format
-    assert forkserver.MAX_MESSAGE_BYTES == stepworker.MAX_MESSAGE_BYTES
-
-
 # A fork server that answers each request only once the test writes "answer" in its work dir
 # (the runner it then starts is the stand-in runner, as a child of this server): a fork round
 # trip the test holds open. It records each request it got as "got-<epoch>".
