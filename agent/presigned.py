@@ -47,9 +47,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent.partfile import Progress
+from agent.results.config import S3_HOSTS
 from meridian.core.resultref import ResultRef
 
 log = logging.getLogger("meridian.agent.transfers")
+# Amazon S3 endpoint names ([transfers] presigned_url_hosts entry "@s3").
+_REGION = r"[a-z]{2}(?:-[a-z]+)+-\d"
+_S3_HOST = re.compile(
+    r"^(?:[a-z0-9][a-z0-9.-]*\.)?"  # a bucket's virtual host
+    rf"(?:s3|s3-fips|s3-accelerate|s3-external-1|s3-{_REGION})"
+    rf"(?:\.dualstack)?(?:\.{_REGION})?\.amazonaws\.com(?:\.cn)?$"
+)
 
 MAX_URL_LENGTH = 8 * 1024
 READ_BYTES = 1024 * 1024
@@ -320,7 +328,10 @@ def host_allowed(host: str, hosts: Sequence[str]) -> bool:
     address = _ip(host)
     for entry in hosts:
         entry = entry.lower()
-        if address is not None:
+        if entry == S3_HOSTS:
+            if address is None and is_s3_host(host):
+                return True
+        elif address is not None:
             if _ip(entry) == address:
                 return True
         elif entry.startswith("."):
@@ -329,6 +340,12 @@ def host_allowed(host: str, hosts: Sequence[str]) -> bool:
         elif host == entry.removesuffix("."):
             return True
     return False
+
+
+def is_s3_host(host: str) -> bool:
+    """Whether ``host`` is one of Amazon S3's endpoint names (path-style or a bucket's
+    virtual host; regional, legacy ``s3-REGION``, dual-stack, FIPS, accelerate; China)."""
+    return _S3_HOST.match(host) is not None
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -68,11 +68,13 @@ MIN_PRESIGN_TTL_S = 30
 MAX_PRESIGN_TTL_S = 3600
 _TRANSFER_FLAGS = frozenset({"accept_presigned_urls", "allow_http_presigned_urls"})
 _TRANSFER_KEYS = _TRANSFER_FLAGS | {"presigned_url_hosts"}
+# Amazon S3's endpoints (its host name patterns, agent.presigned.is_s3_host), not every name
+# under amazonaws.com: load balancers and instances there can resolve to private addresses.
+S3_HOSTS = "@s3"
 # Where presigned URLs of S3, GCS and Azure Blob point (their public, China and US government
 # endpoints): a consumer downloads from these hosts only, unless its config lists others.
 DEFAULT_PRESIGNED_URL_HOSTS = (
-    ".amazonaws.com",
-    ".amazonaws.com.cn",
+    S3_HOSTS,
     "storage.googleapis.com",
     ".blob.core.windows.net",
     ".blob.core.chinacloudapi.cn",
@@ -278,6 +280,8 @@ def _url_hosts(value: Any) -> tuple[str, ...]:
 
 
 def _url_host(where: str, entry: str) -> str:
+    if entry.strip().lower() == S3_HOSTS:
+        return S3_HOSTS
     if len(entry) > MAX_HOST_LENGTH + 1:
         raise ResultStoreConfigError(f"{where}: an entry is longer than {MAX_HOST_LENGTH}")
     text = entry.strip().lower()
@@ -289,8 +293,9 @@ def _url_host(where: str, entry: str) -> str:
     labels = name.split(".")
     if not name or not all(_LABEL_RE.match(label) for label in labels):
         raise ResultStoreConfigError(
-            f"{where}: {entry[:100]!r} is not a host name, an IP address or a '.suffix' (no "
-            'scheme, port, path or wildcard: write ".example.com" for its subdomains)'
+            f"{where}: {entry[:100]!r} is not a host name, an IP address, a '.suffix' or "
+            f'{S3_HOSTS!r} (no scheme, port, path or wildcard: write ".example.com" for its '
+            "subdomains)"
         )
     if not text.startswith(".") and all(label.isdigit() for label in labels):
         raise ResultStoreConfigError(f"{where}: {entry[:100]!r} is not a valid IP address")

@@ -669,6 +669,16 @@ def test_hosts_match_exactly_by_suffix_and_ip_literals_only_exactly() -> None:
     assert not allowed("10.0.0.7", (".7", ".0.0.7"))  # suffixes never match an address
     assert not allowed("127.0.0.1", DEFAULT_PRESIGNED_URL_HOSTS)
     for url in (
+        "https://s3-foo-123.us-east-1.elb.amazonaws.com/k?X-Amz-Signature=s",  # a load balancer
+        "https://ec2-10-0-0-7.compute-1.amazonaws.com/k?X-Amz-Signature=s",  # an instance
+    ):
+        with pytest.raises(presigned.PresignedDownloadFailed, match="not one of"):
+            presigned.check_host(url, DEFAULT_PRESIGNED_URL_HOSTS)
+    for url in (
+        "https://bucket.s3.eu-west-1.amazonaws.com/k?X-Amz-Signature=s",
+        "https://my.bucket.s3-us-west-2.amazonaws.com/k?X-Amz-Signature=s",
+        "https://bucket.s3.dualstack.us-east-1.amazonaws.com/k?X-Amz-Signature=s",
+        "https://s3.cn-north-1.amazonaws.com.cn/bucket/k?X-Amz-Signature=s",
         "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s",
         "https://acct.blob.core.windows.net/c/k?sig=s",
         "https://storage.googleapis.com/b/k?X-Goog-Signature=s",

@@ -70,7 +70,7 @@ def test_the_agent_config_file_carries_transfers_even_without_stores(tmp_path: P
 
 def test_presigned_url_hosts_default_to_the_clouds_storage_endpoints_and_are_replaced() -> None:
     assert TransferSettings().presigned_url_hosts == DEFAULT_PRESIGNED_URL_HOSTS
-    assert {".amazonaws.com", "storage.googleapis.com", ".blob.core.windows.net"} <= set(
+    assert {"@s3", "storage.googleapis.com", ".blob.core.windows.net"} <= set(
         DEFAULT_PRESIGNED_URL_HOSTS
     )
     settings = parse_transfer_settings(
@@ -90,7 +90,7 @@ def test_presigned_url_hosts_default_to_the_clouds_storage_endpoints_and_are_rep
         ([], "is empty: to never download .* accept_presigned_urls = false"),
         ("s3.amazonaws.com", "must be a list of hosts"),
         ([1], "must be a list of hosts"),
-        (["https://minio.example.com"], "is not a host name, an IP address or a '.suffix'"),
+        (["https://minio.example.com"], "is not a host name, an IP address, a '.suffix'"),
         (["minio.example.com:9000"], "no scheme, port"),
         (["*.example.com"], "wildcard"),
         (["[::1]"], "not a host name"),
