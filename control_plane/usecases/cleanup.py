@@ -75,8 +75,8 @@ def delete_run(tx: Tx, run_id: str, reason: str) -> RunDeleted:
     reuses the reference of the run it was cached from (``cached_from_run_id``), so its
     ``result_ref_json`` points at this run's object; deleting it would break that run. Such
     objects are checked by URI among the step runs with the same reference digest
-    (``result_ref_sha256``, indexed) and counted as ``kept``. Transfers stay: they are the
-    egress ledger.
+    (``result_ref_sha256``, indexed) and counted as ``kept``; so are objects a step of a run
+    still in progress takes as an input. Transfers stay: they are the egress ledger.
     """
     run = tx.session.get(FlowRunRow, resolve_run_id(tx.session, run_id), with_for_update=True)
     if run is None:
@@ -153,6 +153,7 @@ def _delete_run_rows(tx: Tx, run: FlowRunRow, reason: str) -> RunDeleted:
     session = tx.session
     refs = {r.uri: r for r in _stored_refs(session, run.id)}
     still_used = _referred_elsewhere(session, run.id, list(refs.values()))
+    still_used |= _inputs_of_live_runs(session, run.id, set(refs) - still_used)
     queued = [r for uri, r in refs.items() if uri not in still_used]
     session.add_all(
         ResultDeletionRow(
@@ -230,6 +231,36 @@ def _referred_elsewhere(session: Session, run_id: str, refs: Sequence[ResultRef]
             ref = _parse_ref(text)
             if ref is not None and ref.uri in wanted:
                 used.add(ref.uri)
+    return used
+
+
+def _inputs_of_live_runs(session: Session, run_id: str, wanted: set[str]) -> set[str]:
+    """URIs of ``wanted`` that a step of another run still in progress takes as an input
+    (``-p x=@result:RUN/STEP``, a parent's result handed to a child): deleting them now would
+    fail that step. They are kept; once no live run needs them, ``results gc`` finds them
+    (their run is gone) and removes them."""
+    if not wanted:
+        return set()
+    used: set[str] = set()
+    texts = session.scalars(
+        select(StepRunRow.input_refs_json)
+        .join(FlowRunRow, FlowRunRow.id == StepRunRow.flow_run_id)
+        .where(
+            FlowRunRow.state.not_in(list(TERMINAL_RUN)),
+            StepRunRow.flow_run_id != run_id,
+            StepRunRow.input_refs_json.is_not(None),
+        )
+        .execution_options(yield_per=REF_PAGE)
+    )
+    for text in texts:
+        try:
+            values = json.loads(text or "[]")
+        except ValueError:
+            continue
+        for value in values if isinstance(values, list) else ():
+            uri = value.get("uri") if isinstance(value, dict) else None
+            if uri in wanted:
+                used.add(uri)
     return used
 
 
@@ -349,20 +380,36 @@ def referenced_page(
 ) -> tuple[set[int], str]:
     """One page of stored references (by step run id after ``after``): the digests of the
     URIs of those in ``environments`` (``orchestration.housekeeping.uri_digest``), and the
-    cursor of the next page ("" at the end). A sweep keeps only digests: about 70 bytes per
+    cursor of the next page ("" at the end). A step run's result and the references its
+    inputs name both count: an object of a deleted run that another run took as an input is
+    not an orphan while that run is recorded. A sweep keeps only digests: about 70 bytes per
     reference in memory, whatever the URIs' length."""
     rows = session.execute(
-        select(StepRunRow.id, StepRunRow.result_ref_json)
-        .where(StepRunRow.result_ref_json.is_not(None), StepRunRow.id > after)
+        select(StepRunRow.id, StepRunRow.result_ref_json, StepRunRow.input_refs_json)
+        .where(
+            or_(StepRunRow.result_ref_json.is_not(None), StepRunRow.input_refs_json.is_not(None)),
+            StepRunRow.id > after,
+        )
         .order_by(StepRunRow.id)
         .limit(limit)
     ).all()
     digests = set()
-    for _, text in rows:
-        environment, uri = _where(text)
-        if uri and environment in environments:
-            digests.add(uri_digest(uri))
+    for _, result_text, inputs_text in rows:
+        for environment, uri in (_where(result_text), *_input_places(inputs_text)):
+            if uri and environment in environments:
+                digests.add(uri_digest(uri))
     return digests, (rows[-1][0] if len(rows) == limit else "")
+
+
+def _input_places(text: str | None) -> list[tuple[str, str]]:
+    """(environment, URI) of each reference a step run's ``input_refs_json`` lists."""
+    try:
+        values = json.loads(text or "[]")
+    except ValueError:
+        return []
+    if not isinstance(values, list):
+        return []
+    return [_where(json.dumps(value)) for value in values if isinstance(value, dict)]
 
 
 def _where(text: str | None) -> tuple[str, str]:

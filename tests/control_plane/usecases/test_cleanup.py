@@ -324,3 +324,25 @@ def test_the_sweep_snapshot_names_live_runs_and_referenced_uris(store: Store) ->
     second, cursor2 = store.run_sync(lambda s: referenced_page(s, cursor, envs, 1))
     assert first | second == {uri_digest(ref.uri), uri_digest(other.uri)}
     assert store.run_sync(lambda s: referenced_page(s, cursor2, envs, 1)) == (set(), "")
+
+
+def test_an_object_a_live_run_takes_as_an_input_is_kept(store: Store) -> None:
+    source = new_run(store)
+    given = produce(store, source, "extract#1")
+    own = produce(store, source, "load#1")
+    finish(store, source)
+    # Another run, still in progress, passes extract#1's result to one of its steps.
+    consumer = new_run(store)
+    sub = StepSubmission(
+        "use#1", spec(retries=0), '{"args": [], "kwargs": {}}', input_refs=(given,)
+    )
+    run_at(store, T0 + HOUR, submit_steps, consumer, [sub])
+
+    deleted, _ = run_at(store, T0 + 2 * HOUR, delete_run, source, "")
+
+    assert (deleted.queued, deleted.kept) == (1, 1)
+    assert [r.uri for r in queued(store)] == [own.uri]
+    # ... and the garbage collector does not take it for an orphan: its run is gone, but the
+    # consumer's step names it as an input.
+    digests, _ = store.run_sync(lambda s: referenced_page(s, "", {"aws-demo"}, 1000))
+    assert uri_digest(given.uri) in digests and uri_digest(own.uri) not in digests
