@@ -187,32 +187,22 @@ class ForkServer:
             finally:
                 _wipe(body)
 
+    def _refuse(self, request: RunRequest, reason: str) -> None:
+        self._reply(
+            {"op": "refused", "run_id": request.run_id, "epoch": request.epoch, "reason": reason}
+        )
+
     def handle(self, body: bytearray) -> None:
         request = parse_request(body)
         reason = self.refusal(request)
         if reason:
-            self._reply(
-                {
-                    "op": "refused",
-                    "run_id": request.run_id,
-                    "epoch": request.epoch,
-                    "reason": reason,
-                }
-            )
+            self._refuse(request, reason)
             return
         flush_output()  # nothing buffered here is written twice
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN at a pids limit, ENOMEM: nothing was forked
-            reason = f"fork failed: {exc}"
-            self._reply(
-                {
-                    "op": "refused",
-                    "run_id": request.run_id,
-                    "epoch": request.epoch,
-                    "reason": reason,
-                }
-            )
+            self._refuse(request, f"fork failed: {exc}")
             return
         if pid == 0:
             self.become_runner(request, body)
