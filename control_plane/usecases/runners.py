@@ -62,6 +62,12 @@ REMOTE_TRIGGER = "remote"
 # runner then renews with its own (shorter) lease.
 FIRST_LEASE_S = 60.0
 CANCEL_GRACE_S = 10.0
+# RunnerExited codes of a runner the agent never started (agent/flowrunners.py): no free slot
+# after all (-2), the bundle or the process could not be had (-3).
+NOT_STARTED_CODES = frozenset({-2, -3})
+# Hand-outs whose runner never started that a run tolerates before they count as lost runners.
+MAX_START_FAILURES = 5
+START_FAILURES_KEY = "runner_start_failures"  # in the run's trigger_detail (no migration)
 # Runs looked at per pass (oldest first): the rest wait for the next pass.
 MAX_CANDIDATES = 500
 # States in which a run may still get a runner; and those in which a runner holds a slot.
@@ -183,6 +189,10 @@ def reopen_for_runner(tx: Tx, run: FlowRunRow, message: str) -> None:
     (this one is a person's decision)."""
     run.runner_epoch = int(run.runner_epoch or 0) + 1
     run.runner_resumes = 0
+    if run.trigger_detail and START_FAILURES_KEY in run.trigger_detail:
+        run.trigger_detail = {
+            k: v for k, v in run.trigger_detail.items() if k != START_FAILURES_KEY
+        }
     run.runner_lease_expires_at = None
     run.wants_runner = True
     move_run(tx, run, RunState.PENDING, message)
@@ -479,8 +489,52 @@ def runner_exited(
         tx.effects.runners_wanted = True  # a slot may have been freed
         return
     tail = " ".join(message.split())[-300:]
+    if exit_code in NOT_STARTED_CODES and _hand_out_again(tx, run, exit_code, tail):
+        return
     cause = f"its process exited with code {exit_code}" + (f": {tail}" if tail else "")
     runner_lost(tx, run, lost_at=tx.now, cause=cause)
+
+
+def _hand_out_again(tx: Tx, run: FlowRunRow, exit_code: int, why: str) -> bool:
+    """A runner that never started (the agent had no free slot after all, or could not fetch
+    the bundle or start the process) lost no work: the run waits for a runner again without
+    using one of its resumes — up to ``MAX_START_FAILURES`` times, then it counts as lost.
+    The epoch moves on, so a runner that did start after all (a fork whose answer was lost)
+    is fenced."""
+    detail = dict(run.trigger_detail or {})
+    failures = int(detail.get(START_FAILURES_KEY, 0) or 0) + 1
+    if failures > MAX_START_FAILURES:
+        return False
+    run.trigger_detail = {**detail, START_FAILURES_KEY: failures}
+    agent = tx.session.get(AgentRow, run.runner_agent_id) if run.runner_agent_id else None
+    name = agent.name if agent is not None else str(run.runner_agent_id)
+    reason = (
+        f"the flow runner could not start on agent {name} "
+        f"(code {exit_code}: {why or 'no reason given'}); "
+        f"waiting for a runner again (start failure {failures} of {MAX_START_FAILURES}, "
+        "not counted as a resume)"
+    )
+    record_event(
+        tx,
+        kind=EventKind.RUN_RUNNER_LOST,
+        flow_run_id=run.id,
+        message=reason,
+        details={
+            "agent_id": run.runner_agent_id,
+            "runner_epoch": run.runner_epoch,
+            "resume": True,
+            "started": False,
+        },
+    )
+    audit.records.run_changed(
+        tx.session, "run.runner_lost", run, tx.now, reason=reason, resume=True
+    )
+    run.runner_epoch = int(run.runner_epoch or 0) + 1
+    run.runner_lease_expires_at = None
+    run.wants_runner = True  # runner_agent_id stays: the planner prefers another agent
+    tx.effects.runners_wanted = True
+    tx.effects.touched_runs.add(run.id)
+    return True
 
 
 # ---- cancel ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from control_plane.orchestration.runner_plan import RunnerHost
 from control_plane.orchestration.values import AssignRunnerOut
 from control_plane.store.db import Store
-from control_plane.store.models import FlowRunRow
+from control_plane.store.models import EventRow, FlowRunRow
 from control_plane.usecases.runners import (
     RunnerEndpoint,
     assign_runners,
@@ -156,3 +156,39 @@ def test_a_waiting_hosted_run_says_what_it_waits_for(store: Store) -> None:
     azure = [RunnerHost("a3", "a3", "azure-demo", {"cloud": "azure"}, 1, 0)]
     assert why(azure) == "waiting for a free runner slot on an agent matching 'cloud=azure'"
     assert why(None) == "waiting for a free runner slot on an agent matching 'cloud=azure'"
+
+
+def test_a_runner_that_never_started_is_handed_out_again_without_using_a_resume(
+    store: Store,
+) -> None:
+    from control_plane.usecases.runners import MAX_START_FAILURES, runner_exited
+
+    run_id = hosted_run(store)
+    _fail_policy(store, run_id, "fail", 3)  # even a run that may not lose its runner
+    at = T0
+    for failure in range(1, MAX_START_FAILURES + 1):
+        _, handed = run_at(store, at, assign_runners, hosts(), ENDPOINT)
+        (frame,) = handed.runner_frames
+        _, effects = run_at(store, at, runner_exited, frame.agent_id, run_id, frame.runner_epoch,
+                            -2, "the agent has no free runner slot")  # fmt: skip
+        run = row(store, run_id)
+        assert run.state == "RUNNING" and run.wants_runner and effects.runners_wanted
+        assert run.runner_resumes == 0 and run.runner_epoch == frame.runner_epoch + 1
+        assert run.trigger_detail == {"runner_start_failures": failure}
+        at += dt.timedelta(seconds=1)
+    # One more is a lost runner like any other: with on_runner_lost=fail the run fails.
+    _, handed = run_at(store, at, assign_runners, hosts(), ENDPOINT)
+    (frame,) = handed.runner_frames
+    run_at(store, at, runner_exited, frame.agent_id, run_id, frame.runner_epoch, -3,
+           "could not start: bundle unavailable")  # fmt: skip
+    run = row(store, run_id)
+    assert run.state == "FAILED" and run.error is not None
+    assert "could not start: bundle unavailable" in run.error.message
+    messages = store.run_sync(
+        lambda s: [
+            e.message
+            for e in s.query(EventRow).filter_by(flow_run_id=run_id, kind="run.runner_lost")
+        ]
+    )
+    assert len(messages) == MAX_START_FAILURES + 1
+    assert "not counted as a resume" in messages[0] and "start failure 1 of" in messages[0]
