@@ -428,43 +428,21 @@ def is_hosted(run: FlowRunRow) -> bool:
 
 def runner_lost(tx: Tx, run: FlowRunRow, *, lost_at: dt.datetime, cause: str = "") -> bool:
     """Resume the run on another runner or fail it; returns whether it resumes."""
-    agent = tx.session.get(AgentRow, run.runner_agent_id) if run.runner_agent_id else None
     policy = RunnerPolicy(
         OnRunnerLost(run.on_runner_lost or OnRunnerLost.RESUME),
         run.max_runner_resumes if run.max_runner_resumes is not None else 3,
     )
-    facts = RunnerLost(
-        agent.name if agent is not None else str(run.runner_agent_id),
-        lost_at,
-        int(run.runner_resumes or 0),
-    )
+    facts = RunnerLost(_runner_agent_name(tx, run), lost_at, int(run.runner_resumes or 0))
     decision = decide_runner_lost(policy, facts)
     reason = f"{decision.reason} ({cause})" if cause else decision.reason
-    record_event(
-        tx,
-        kind=EventKind.RUN_RUNNER_LOST,
-        flow_run_id=run.id,
-        message=reason,
-        details={
-            "agent_id": run.runner_agent_id,
-            "runner_epoch": run.runner_epoch,
-            "lease_expired_at": lost_at.isoformat(),
-            "resume": decision.resume,
-        },
+    _record_lost_runner(
+        tx, run, reason, resume=decision.resume, lease_expired_at=lost_at.isoformat()
     )
-    audit.records.run_changed(
-        tx.session, "run.runner_lost", run, tx.now, reason=reason, resume=decision.resume
-    )
-    run.runner_lease_expires_at = None
-    # Fence the lost runner at once (it may only be cut off): its renewals and calls are
-    # refused from now on, not only after the next hand-out.
-    run.runner_epoch = int(run.runner_epoch or 0) + 1
     if decision.resume:
         # As a resume: the new runner replays the body; completed steps answer at once.
         run.runner_resumes = int(run.runner_resumes or 0) + 1
         run.resumed_at = tx.now
-        run.wants_runner = True  # runner_agent_id stays: the planner avoids that agent
-        tx.effects.runners_wanted = True
+        _want_runner_again(tx, run)
     else:
         run.wants_runner = False
         cancel_live_attempts(tx, run, reason)
@@ -473,8 +451,43 @@ def runner_lost(tx: Tx, run: FlowRunRow, *, lost_at: dt.datetime, cause: str = "
         move_run(tx, run, RunState.FAILED, reason)
         fire_outcome_triggers(tx, run)  # deployments waiting on this run's failure
         tx.effects.runners_wanted = True  # its slot is free
-    tx.effects.touched_runs.add(run.id)
     return decision.resume
+
+
+def _runner_agent_name(tx: Tx, run: FlowRunRow) -> str:
+    agent = tx.session.get(AgentRow, run.runner_agent_id) if run.runner_agent_id else None
+    return agent.name if agent is not None else str(run.runner_agent_id)
+
+
+def _record_lost_runner(
+    tx: Tx, run: FlowRunRow, reason: str, *, resume: bool, **details: Any
+) -> None:
+    """The ``run.runner_lost`` event and audit record, and the lost runner fenced at once (it
+    may only be cut off): its renewals and calls are refused from now on, not only after the
+    next hand-out."""
+    record_event(
+        tx,
+        kind=EventKind.RUN_RUNNER_LOST,
+        flow_run_id=run.id,
+        message=reason,
+        details={
+            "agent_id": run.runner_agent_id,
+            "runner_epoch": run.runner_epoch,
+            "resume": resume,
+            **details,
+        },
+    )
+    audit.records.run_changed(
+        tx.session, "run.runner_lost", run, tx.now, reason=reason, resume=resume
+    )
+    run.runner_lease_expires_at = None
+    run.runner_epoch = int(run.runner_epoch or 0) + 1
+    tx.effects.touched_runs.add(run.id)
+
+
+def _want_runner_again(tx: Tx, run: FlowRunRow) -> None:
+    run.wants_runner = True  # runner_agent_id stays: the planner prefers another agent
+    tx.effects.runners_wanted = True
 
 
 def runner_exited(
@@ -506,34 +519,14 @@ def _hand_out_again(tx: Tx, run: FlowRunRow, exit_code: int, why: str) -> bool:
     if failures > MAX_START_FAILURES:
         return False
     run.trigger_detail = {**detail, START_FAILURES_KEY: failures}
-    agent = tx.session.get(AgentRow, run.runner_agent_id) if run.runner_agent_id else None
-    name = agent.name if agent is not None else str(run.runner_agent_id)
     reason = (
-        f"the flow runner could not start on agent {name} "
+        f"the flow runner could not start on agent {_runner_agent_name(tx, run)} "
         f"(code {exit_code}: {why or 'no reason given'}); "
         f"waiting for a runner again (start failure {failures} of {MAX_START_FAILURES}, "
         "not counted as a resume)"
     )
-    record_event(
-        tx,
-        kind=EventKind.RUN_RUNNER_LOST,
-        flow_run_id=run.id,
-        message=reason,
-        details={
-            "agent_id": run.runner_agent_id,
-            "runner_epoch": run.runner_epoch,
-            "resume": True,
-            "started": False,
-        },
-    )
-    audit.records.run_changed(
-        tx.session, "run.runner_lost", run, tx.now, reason=reason, resume=True
-    )
-    run.runner_epoch = int(run.runner_epoch or 0) + 1
-    run.runner_lease_expires_at = None
-    run.wants_runner = True  # runner_agent_id stays: the planner prefers another agent
-    tx.effects.runners_wanted = True
-    tx.effects.touched_runs.add(run.id)
+    _record_lost_runner(tx, run, reason, resume=True, started=False)
+    _want_runner_again(tx, run)
     return True
 
 
