@@ -224,7 +224,9 @@ def stores_config(tmp_path: Path) -> ResultStoresConfig:
     return parse_result_stores({"scratch": {"type": "filesystem", "root": str(tmp_path / "s")}})
 
 
-async def producing_agent(tmp_path: Path, site: Site) -> Agent:
+async def producing_agent(
+    tmp_path: Path, site: Site, stores: ResultStoresConfig | None = None
+) -> Agent:
     config = AgentConfig(
         control_plane=site.client_address,
         data_dir=tmp_path / "aws-demo",
@@ -232,7 +234,7 @@ async def producing_agent(tmp_path: Path, site: Site) -> Agent:
         providers=("fake",),
         drain_grace_s=1.0,
         reconnect_max_backoff_s=0.3,
-        result_stores=stores_config(tmp_path),
+        result_stores=stores or stores_config(tmp_path),
     )
     agent = Agent(config, provider_loader=lambda _type, _cfg: FakeProvider())
     await agent.__aenter__()
@@ -501,19 +503,9 @@ async def presigning_agent(tmp_path: Path, site: Site) -> Agent:
     rightly refuses: so the validated table is changed here."""
     config = stores_config(tmp_path)
     scratch = dataclasses.replace(config.stores["scratch"], presign_transfers=True)
-    agent_config = AgentConfig(
-        control_plane=site.client_address,
-        data_dir=tmp_path / "aws-demo",
-        labels={"cloud": "aws"},
-        providers=("fake",),
-        drain_grace_s=1.0,
-        reconnect_max_backoff_s=0.3,
-        result_stores=dataclasses.replace(config, stores={"scratch": scratch}),
+    return await producing_agent(
+        tmp_path, site, dataclasses.replace(config, stores={"scratch": scratch})
     )
-    agent = Agent(agent_config, provider_loader=lambda _type, _cfg: FakeProvider())
-    await agent.__aenter__()
-    await apoll_until(lambda: agent.connected, message="the producing agent to connect")
-    return agent
 
 
 def fetch_through(
