@@ -40,6 +40,7 @@ from typing import Any
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.forkserver import MODULE as FORK_SERVER_MODULE
 from agent.forkserver import ForkServerClient
+from meridian.core.kinds import RunnerNotStarted
 
 log = logging.getLogger("meridian.agent.flowrunners")
 
@@ -238,7 +239,7 @@ class FlowRunners:
             await self._exited(
                 run,
                 epoch,
-                -2,
+                int(RunnerNotStarted.NO_FREE_SLOT),
                 f"the agent has no free runner slot (all {self.slots} still busy after "
                 f"{SLOT_WAIT_S:g} s)",
             )
@@ -252,7 +253,9 @@ class FlowRunners:
         except Exception as exc:
             log.warning("could not start the flow runner of run %s: %s", run, exc)
             await self._release_slot()
-            await self._exited(run, epoch, -3, f"could not start: {exc}")
+            await self._exited(
+                run, epoch, int(RunnerNotStarted.COULD_NOT_START), f"could not start: {exc}"
+            )
             return
         self._procs[run] = proc
         await self._release_slot()  # counted in _procs from now on

@@ -52,7 +52,7 @@ from control_plane.usecases.attempts import cancel_live_attempts
 from control_plane.usecases.outcome_triggers import fire_outcome_triggers
 from meridian.core.errorinfo import ErrorInfo
 from meridian.core.errors import ConflictError, NotFound
-from meridian.core.kinds import EventKind
+from meridian.core.kinds import EventKind, RunnerNotStarted
 from meridian.core.selectors import Selector, parse_selector
 from meridian.core.states import TERMINAL_RUN, RunState
 
@@ -62,9 +62,6 @@ REMOTE_TRIGGER = "remote"
 # runner then renews with its own (shorter) lease.
 FIRST_LEASE_S = 60.0
 CANCEL_GRACE_S = 10.0
-# RunnerExited codes of a runner the agent never started (agent/flowrunners.py): no free slot
-# after all (-2), the bundle or the process could not be had (-3).
-NOT_STARTED_CODES = frozenset({-2, -3})
 # Hand-outs whose runner never started that a run tolerates before they count as lost runners.
 MAX_START_FAILURES = 5
 START_FAILURES_KEY = "runner_start_failures"  # in the run's trigger_detail (no migration)
@@ -502,7 +499,8 @@ def runner_exited(
         tx.effects.runners_wanted = True  # a slot may have been freed
         return
     tail = " ".join(message.split())[-300:]
-    if exit_code in NOT_STARTED_CODES and _hand_out_again(tx, run, exit_code, tail):
+    not_started = exit_code in {code.value for code in RunnerNotStarted}
+    if not_started and _hand_out_again(tx, run, exit_code, tail):
         return
     cause = f"its process exited with code {exit_code}" + (f": {tail}" if tail else "")
     runner_lost(tx, run, lost_at=tx.now, cause=cause)

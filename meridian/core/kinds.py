@@ -6,9 +6,17 @@ Each is a ``StrEnum`` so the stored and printed value is the plain string users 
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from meridian.core.states import AttemptState, RunState, StepState
+
+
+class RunnerNotStarted(IntEnum):
+    """``RunnerExited`` codes of a hosted runner its agent never started (real exit codes are
+    >= 0, or -N for a signal); the control plane hands such a run out again."""
+
+    NO_FREE_SLOT = -2  # every runner slot still busy after the agent's wait
+    COULD_NOT_START = -3  # the bundle or the process could not be had (or a fork was lost)
 
 
 class ReportKind(StrEnum):
