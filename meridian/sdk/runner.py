@@ -30,7 +30,7 @@ from meridian.core.bundle import pack_directory, unpack_bundle
 from meridian.core.errors import ConflictError, MeridianError, SealError, StepCancelled, StepFailed
 from meridian.core.runcontext import RunContext, flow_scope
 from meridian.core.sealing import FLOW as FLOW_STEP
-from meridian.core.sealing import RESULT, KeyRing, seal_text
+from meridian.core.sealing import RESULT, KeyRing, seal_text, sealed_envelope
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 from meridian.sdk._sealed import mask_opened_texts, seal_flow_error, sealed_failures
 from meridian.sdk._watch import RunWatcher, UpdateCallback
@@ -395,9 +395,10 @@ def _follow_hosted(
             on_update(update)
     detail = client.get_run(target.flow_run_id)
     result: Any = None
-    if detail.state == "COMPLETED" and detail.result_json:
+    text = detail.result_json
+    if detail.state == "COMPLETED" and text and sealed_envelope(text) is None:
         try:
-            result = json.loads(detail.result_json)
+            result = json.loads(text)
         except ValueError:
             result = None
     return RunOutcome(detail.flow_run_id, detail.state, result, detail.error)

@@ -280,3 +280,30 @@ def test_an_unconfirmed_cancel_is_reported_as_still_cancelling(
         assert raised.value.state == "CANCELLING"
     finally:
         fake.stopped.set()
+
+
+def test_resuming_a_hosted_run_follows_it_and_never_shows_a_sealed_result() -> None:
+    """A hosted run is resumed by a hosted runner: the caller only follows it; its outcome
+    carries the stored result, but never a sealed one's ciphertext as if it were the value."""
+    import os
+    from types import SimpleNamespace
+
+    from meridian import models as sdk_models
+    from meridian.core.sealing import RESULT, KeyRing, seal_text
+    from meridian.sdk.runner import resume_flow
+
+    sealed = seal_text(KeyRing({"eu": os.urandom(64)}), "eu", '{"x": 1}', RESULT, "r1", "")
+    for stored, expected in (('{"x": 1}', {"x": 1}), (sealed, None)):
+        updates: list[object] = []
+        client = SimpleNamespace(
+            resume_run=lambda run_id, here=False: sdk_models.RunToExecute(
+                "r1", "f", "flows.py:f", "{}", "b" * 64, "PENDING", 7, "", hosted=True
+            ),
+            watch_run=lambda run_id, after=0: iter(["update"]),
+            get_run=lambda run_id, stored=stored: SimpleNamespace(
+                flow_run_id="r1", state="COMPLETED", result_json=stored, error=None
+            ),
+        )
+        outcome = resume_flow(client, "r1", on_update=updates.append)  # type: ignore[arg-type]
+        assert (outcome.flow_run_id, outcome.state, outcome.result) == ("r1", "COMPLETED", expected)
+        assert updates == ["update"]
