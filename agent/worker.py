@@ -66,7 +66,10 @@ class Worker:
 
     @property
     def in_use(self) -> int:
-        return len(self._runners)
+        # A slot frees when the attempt's final report is journaled, as the control plane
+        # frees it when that report arrives: the runner's clean-up after it (deleting
+        # result files) must not refuse the next assignment the control plane sends at once.
+        return sum(1 for runner, _ in self._runners.values() if not runner.finished)
 
     def held_attempts(self) -> tuple[HeldAttempt, ...]:
         return tuple(HeldAttempt(r.attempt_id, r.fencing_token) for r, _ in self._runners.values())
@@ -137,7 +140,7 @@ class Worker:
             return "agent is draining"
         if self.degraded:
             return f"agent is degraded ({self.degraded}) and takes no new work until it clears"
-        if len(self._runners) >= self._capacity:
+        if self.in_use >= self._capacity:
             return "agent at capacity"
         if a.spec.provider not in self._providers:
             offered = ", ".join(sorted(self._providers)) or "none"

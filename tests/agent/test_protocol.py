@@ -14,6 +14,7 @@ import pytest
 
 from agent import Agent, AgentConfig, enroll
 from agent.journal import Journal
+from agent.runner import Runner
 from protos.meridian.v1 import agent_pb2
 from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session
 from tests.support.deadlines import DEADLINE_S
@@ -233,6 +234,37 @@ def test_refusals_and_start_failures(tmp_path: Path) -> None:
             failed = (await s.next_report()).finished
             assert failed.error.error_class == "infrastructure"
             assert "no capacity in region" in failed.error.message
+
+    run_async(scenario)
+
+
+def test_a_slot_frees_once_the_final_report_is_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control plane frees a slot when the finished report arrives and may assign the
+    next attempt at once: the runner's clean-up after its report must not refuse it."""
+    cleaning_up = asyncio.Event()
+    clean_up_may_end = asyncio.Event()
+
+    async def slow_clean_up(runner: Runner) -> None:
+        cleaning_up.set()
+        await clean_up_may_end.wait()
+
+    monkeypatch.setattr(Runner, "_discard_files", slow_clean_up)
+
+    async def scenario() -> None:
+        async with running_agent(tmp_path, capacity=1) as h:
+            s = await connect(h)
+            s.assign("a1", 1)
+            await s.next_report()
+            s.decide("a1", 1)
+            await s.reports_until_finished("a1")
+            await asyncio.wait_for(cleaning_up.wait(), DEADLINE_S)
+            s.assign("a2", 2)
+            report = await s.next_report()
+            assert report.attempt_id == "a2"
+            assert report.WhichOneof("body") != "finished", report.finished.error.message
+            clean_up_may_end.set()
 
     run_async(scenario)
 
