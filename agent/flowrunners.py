@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.forkserver import MODULE as FORK_SERVER_MODULE
 from agent.forkserver import ForkServerClient
+from meridian.core.durable import replace_file
 from meridian.core.kinds import RunnerNotStarted
 
 log = logging.getLogger("meridian.agent.flowrunners")
@@ -129,6 +131,9 @@ class FlowRunners:
         self.slots = slots
         self._data_dir = Path(data_dir)
         self._state_path = self._data_dir / STATE_FILE
+        self._write_lock = threading.Lock()
+        self._snapshots = 0  # taken
+        self._written = 0  # the newest one on disk
         self._bundle_dir = bundle_dir
         self._control_host = control_host
         self._env = dict(os.environ if env is None else env)
@@ -177,7 +182,7 @@ class FlowRunners:
                     )
                 )
         self._exits.extend(RunnerExit(**e) for e in state.get("exits", []))
-        await asyncio.to_thread(self._save)
+        await self._save()
         self._poller = asyncio.ensure_future(self._report_exits())
         if self._fork_server is not None:
             self._fork_server.start()  # in the background: runners start fresh meanwhile
@@ -193,7 +198,7 @@ class FlowRunners:
                 await task
         if self._fork_server is not None:
             await self._fork_server.close()
-        await asyncio.to_thread(self._save)
+        await self._save()
 
     def fork_server_pid(self) -> int | None:
         """The fork server's pid while it is up (None: runners start as fresh processes)."""
@@ -259,7 +264,7 @@ class FlowRunners:
             return
         self._procs[run] = proc
         await self._release_slot()  # counted in _procs from now on
-        await asyncio.to_thread(self._save)
+        await self._save()
 
     async def _take_slot(self, timeout_s: float) -> bool:
         """Reserve a runner slot, waiting up to ``timeout_s`` for one to free up."""
@@ -426,7 +431,7 @@ class FlowRunners:
 
     async def _exited(self, run_id: str, epoch: int, code: int, message: str) -> None:
         self._exits.append(RunnerExit(run_id, epoch, code, message[-LOG_TAIL_BYTES:]))
-        await asyncio.to_thread(self._save)
+        await self._save()
         await self._flush_exits()
 
     async def _flush_exits(self) -> None:
@@ -438,7 +443,7 @@ class FlowRunners:
                 log.debug("runner exit report not sent yet: %s", exc)
                 return
             self._exits.pop(0)
-            await asyncio.to_thread(self._save)
+            await self._save()
 
     async def _report_exits(self) -> None:
         while True:
@@ -465,15 +470,23 @@ class FlowRunners:
             return {}
         return state if isinstance(state, dict) else {}
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
+        # The snapshot is taken on the loop (which alone changes the state); the writes run
+        # on threads, so a slower, older snapshot must not land over a newer one.
+        self._snapshots += 1
+        seq = self._snapshots
         state = {
             "runners": [asdict(p) for p in self._procs.values()],
             "exits": [asdict(e) for e in self._exits],
         }
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._state_path)
+        await asyncio.to_thread(self._write_snapshot, seq, json.dumps(state).encode())
+
+    def _write_snapshot(self, seq: int, data: bytes) -> None:
+        with self._write_lock:
+            if seq <= self._written:
+                return
+            replace_file(self._state_path, data)
+            self._written = seq
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -287,6 +287,24 @@ def test_an_assignment_is_refused_when_no_slot_frees_in_time(
     asyncio.run(_an_assignment_is_refused_when_no_slot_frees_in_time(tmp_path, forked))
 
 
+async def _concurrent_saves_leave_the_newest_state(tmp_path: Path) -> None:
+    fr = runners(tmp_path, [])
+    saves = []
+    for n in range(30):
+        fr._exits.append(flowrunners.RunnerExit(f"run-{n}", 1, 0, ""))
+        # Each save snapshots now and writes on a thread: started together, they may
+        # finish in any order, and an older snapshot must not land over a newer one.
+        saves += [asyncio.ensure_future(fr._save()) for _ in range(3)]
+        await asyncio.sleep(0)
+    await asyncio.gather(*saves)
+    state = json.loads((tmp_path / "data" / flowrunners.STATE_FILE).read_text())
+    assert len(state["exits"]) == 30
+
+
+def test_concurrent_saves_leave_the_newest_state(tmp_path: Path) -> None:
+    asyncio.run(_concurrent_saves_leave_the_newest_state(tmp_path))
+
+
 async def _a_runner_outlives_its_killed_fork_server_and_its_end_is_reported(
     tmp_path: Path,
 ) -> None:
