@@ -35,6 +35,7 @@ from agent.results.housekeeping import ResultHousekeeper
 from agent.runner import Runner, RunnerContext
 from agent.sealing import AttemptSeal
 from agent.transfers import ResultServer
+from meridian.core.kinds import ASSIGNMENT_REFUSED
 from providers.base import Handle, Provider
 
 log = logging.getLogger("meridian.agent.worker")
@@ -113,7 +114,8 @@ class Worker:
             return
         refusal = self._refusal(a)
         if refusal is not None:
-            self._report_soon(a.attempt_id, a.fencing_token, infrastructure_failure(refusal))
+            failure = infrastructure_failure(refusal, ASSIGNMENT_REFUSED)
+            self._report_soon(a.attempt_id, a.fencing_token, failure)
             return
         runner = Runner(a.attempt_id, a.fencing_token, self._providers[a.spec.provider], self._ctx)
         self._track(runner, runner.run(a))

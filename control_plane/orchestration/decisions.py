@@ -81,6 +81,25 @@ def decide_after_failure(
     return StepDecision(reason, retry_delay_s=retry.delay_s)
 
 
+# Refusals of one attempt by agents before it started that queue it again; the next one fails
+# it like any infrastructure failure (then the retry policy decides).
+MAX_REFUSALS = 5
+_REFUSAL_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+
+def requeue_after_refusal(refusals_before: int) -> float | None:
+    """The delay before an attempt an agent refused (having started nothing) is queued for
+    placement again, given how often it was refused before; None once refused too often.
+
+    A refusal is a placement race (the control plane's view of the agent was a moment old), not
+    a failure of the step: it costs no retry. The growing delay keeps an agent that refuses
+    everything (say, degraded before it could tell) from bouncing the attempt in a hot loop.
+    """
+    if refusals_before >= MAX_REFUSALS:
+        return None
+    return _REFUSAL_BACKOFF_S[min(refusals_before, len(_REFUSAL_BACKOFF_S) - 1)]
+
+
 def lost_after_s(spec: StepSpec, default_s: float) -> float | None:
     """How long an attempt's agent may stay silent before the attempt is LOST; None when the
     step waits for its agent however long it takes (``on_agent_lost="wait"``)."""

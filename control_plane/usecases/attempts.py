@@ -24,26 +24,29 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from control_plane import audit
 from control_plane.orchestration.decisions import (
+    MAX_REFUSALS,
     decide_after_failure,
     error_for_outcome,
     reported_time,
+    requeue_after_refusal,
 )
 from control_plane.orchestration.reported_refs import checked_result_ref
 from control_plane.orchestration.rules import AttemptFacts, judge_report
 from control_plane.orchestration.values import AssignOut, CancelOut, DecisionOut, ReportIn
-from control_plane.store.models import AgentRow, AttemptRow, FlowRunRow, StepRunRow
+from control_plane.store.models import AgentRow, AttemptRow, EventRow, FlowRunRow, StepRunRow
 from control_plane.store.tx import Tx, move_attempt, move_run, move_step, record_event
-from control_plane.usecases.environments import stored_refs
+from control_plane.usecases.environments import residency_for_steps, stored_refs
+from control_plane.usecases.input_refs import constrain_queued
 from control_plane.usecases.logs import store_log_lines
 from control_plane.usecases.outcome_triggers import fire_outcome_triggers
 from control_plane.usecases.steps import queue_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import NotFound, ValidationError
-from meridian.core.kinds import EventKind, ReportKind, Verdict
+from meridian.core.kinds import ASSIGNMENT_REFUSED, EventKind, ReportKind, Verdict
 from meridian.core.resultref import ResultRef
 from meridian.core.states import (
     LIVE_ATTEMPT,
@@ -294,6 +297,8 @@ def _apply_one(
         store_log_lines(tx, attempt, step, report.lines)
     elif report.kind == ReportKind.FINISHED:
         assert report.outcome is not None  # the API layer refuses a finish without one
+        if _refused_before_start(attempt, report) and _queue_refused(tx, attempt, step, report):
+            return None
         if report.error is not None and report.error.type == REPORT_QUARANTINED:
             _audit_quarantine(tx, agent_id, attempt, report)
         if report.result_ref_json:
@@ -311,6 +316,61 @@ def _apply_one(
             at=report.at,
         )
     return None
+
+
+def _refused_before_start(attempt: AttemptRow, report: ReportIn) -> bool:
+    return (
+        attempt.state == AttemptState.ASSIGNED
+        and report.outcome == AttemptState.FAILED
+        and report.error is not None
+        and report.error.error_class == ErrorClass.INFRASTRUCTURE
+        and report.error.type == ASSIGNMENT_REFUSED
+    )
+
+
+def _queue_refused(tx: Tx, attempt: AttemptRow, step: StepRunRow, report: ReportIn) -> bool:
+    """Queue an attempt its agent refused before starting anything again, for any matching
+    agent, without counting it against the step's retries; False once it was refused too
+    often (it then fails like any infrastructure failure)."""
+    assert report.error is not None
+    refusals = _refusals(tx, attempt)
+    delay_s = requeue_after_refusal(refusals)
+    if delay_s is None:
+        return False
+    agent = tx.session.get(AgentRow, attempt.agent_id) if attempt.agent_id else None
+    who = f"agent {agent.name}" if agent is not None else "its agent"
+    tx.effects.release(attempt.agent_id)
+    attempt.agent_id = attempt.environment = attempt.assigned_at = None
+    attempt.not_before = tx.now + dt.timedelta(seconds=delay_s)
+    wait = f" in {delay_s:.1f}s" if delay_s else ""
+    move_attempt(
+        tx,
+        attempt,
+        step,
+        AttemptState.QUEUED,
+        f"{who} refused it before starting: {report.error.message[:500]}; "
+        f"queued again{wait} (refusal {refusals + 1} of {MAX_REFUSALS}, no retry used)",
+        {"refused_by": agent.id if agent is not None else None, "refusal": refusals + 1},
+    )
+    if step.input_refs_json:
+        # The ready queue learns a step's residency rules from here, as for a new attempt.
+        constrain_queued(tx, residency_for_steps(tx.session, [step.id]))
+    return True
+
+
+def _refusals(tx: Tx, attempt: AttemptRow) -> int:
+    """How often agents refused ``attempt`` before: its ASSIGNED -> QUEUED events."""
+    query = (
+        select(func.count())
+        .select_from(EventRow)
+        .where(
+            EventRow.flow_run_id == attempt.flow_run_id,
+            EventRow.attempt_id == attempt.id,
+            EventRow.kind == EventKind.ATTEMPT_QUEUED.value,
+            EventRow.from_state == AttemptState.ASSIGNED.value,
+        )
+    )
+    return tx.session.scalar(query) or 0
 
 
 def _finish_with_reference(

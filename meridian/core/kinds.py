@@ -19,6 +19,12 @@ class RunnerNotStarted(IntEnum):
     COULD_NOT_START = -3  # the bundle or the process could not be had (or a fork was lost)
 
 
+# The error type of an attempt its agent refused before starting anything (at capacity,
+# draining, degraded, provider not offered): the control plane queues it again instead of
+# failing it, a bounded number of times.
+ASSIGNMENT_REFUSED = "meridian.AssignmentRefused"
+
+
 class ReportKind(StrEnum):
     """What an agent's report says about an attempt."""
 

@@ -15,6 +15,7 @@ import pytest
 from agent import Agent, AgentConfig, enroll
 from agent.journal import Journal
 from agent.runner import Runner
+from meridian.core.kinds import ASSIGNMENT_REFUSED
 from protos.meridian.v1 import agent_pb2
 from tests.agent.fakecp import JOIN_TOKEN, FakeControlPlane, FakeProvider, Session
 from tests.support.deadlines import DEADLINE_S
@@ -221,6 +222,8 @@ def test_refusals_and_start_failures(tmp_path: Path) -> None:
             assert refused.attempt_id == "a2"
             assert refused.finished.error.error_class == "infrastructure"
             assert refused.finished.error.message == "agent at capacity"
+            # Named as a refusal: the control plane queues it again instead of failing it.
+            assert refused.finished.error.type == ASSIGNMENT_REFUSED
             s.decide("a1", 1, accept=False)
             s.assign("a3", 3, bogus=1)
             await s.next_report()

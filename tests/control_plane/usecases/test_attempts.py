@@ -9,6 +9,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from control_plane.orchestration.decisions import MAX_REFUSALS
 from control_plane.orchestration.values import Effects, ReportIn, StepSubmission
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow, EventRow, StepRunRow
@@ -16,7 +17,7 @@ from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.runs import finish_run
 from control_plane.usecases.steps import submit_steps
 from meridian.core.errors import ConflictError
-from meridian.core.kinds import EventKind, ReportKind
+from meridian.core.kinds import ASSIGNMENT_REFUSED, EventKind, ReportKind
 from tests.control_plane.usecases.helpers import (
     T0,
     apply,
@@ -110,6 +111,87 @@ def test_permanent_error_is_not_retried(store: Store) -> None:
         ],
         T0,
     )
+    step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
+    assert step.state == "FAILED" and len(attempts(store, step_id)) == 1
+
+
+def refusal(message: str = "agent at capacity") -> dict[str, object]:
+    """The error an agent reports for an assignment it refused before starting anything."""
+    return {"error_class": "infrastructure", "type": ASSIGNMENT_REFUSED, "message": message}
+
+
+def test_a_refused_assignment_is_queued_again_without_using_a_retry(store: Store) -> None:
+    run_id = new_run(store)
+    step_id = submit(store, run_id, retries=0)
+    schedule(store)
+    refused = attempts(store, step_id)[0]
+    _, _, effects = apply(
+        store, "a1", [report(refused, 1, "finished", outcome="FAILED", error=refusal())], T0
+    )
+    assert effects.released_slots == {"a1": 1}
+    [again] = attempts(store, step_id)
+    assert (again.state, again.agent_id, again.number) == ("QUEUED", None, 1)
+    step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
+    assert step.state == "PENDING" and step.error is None
+    events = store.run_sync(
+        lambda s: list(s.scalars(select(EventRow).where(EventRow.attempt_id == again.id)))
+    )
+    queued_again = [e for e in events if e.from_state == "ASSIGNED" and e.to_state == "QUEUED"]
+    assert len(queued_again) == 1
+    assert "a1 refused it before starting: agent at capacity" in queued_again[0].message
+    assert "no retry used" in queued_again[0].message
+    # Placed again with a new token; the refusing agent's old token no longer counts.
+    effects, _ = schedule(store)
+    assert [a.attempt_id for a in effects.assigns] == [again.id]
+    placed = attempts(store, step_id)[0]
+    assert placed.state == "ASSIGNED" and placed.fencing_token == refused.fencing_token + 1
+    _, decisions, _ = apply(store, "a1", [report(refused, 2, "running")], T0)
+    assert decisions and not decisions[0].accept
+    apply(store, "a1", [report(placed, 3, "running")], T0)
+    done = report(placed, 4, "finished", outcome="SUCCEEDED", result_json="1")
+    apply(store, "a1", [done], T0)
+    step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
+    assert step.state == "COMPLETED"
+
+
+def test_an_attempt_refused_too_often_fails_like_an_infrastructure_failure(
+    store: Store,
+) -> None:
+    run_id = new_run(store)
+    step_id = submit(store, run_id, retries=0)
+    now, seq = T0, 0
+    for _ in range(MAX_REFUSALS):
+        schedule(store, now)
+        attempt = attempts(store, step_id)[0]
+        assert attempt.state == "ASSIGNED"
+        seq += 1
+        message = "agent is draining"
+        apply(
+            store,
+            "a1",
+            [report(attempt, seq, "finished", outcome="FAILED", error=refusal(message))],
+            now,
+        )
+        assert attempts(store, step_id)[0].state == "QUEUED"
+        now = attempts(store, step_id)[0].not_before
+    schedule(store, now)
+    attempt = attempts(store, step_id)[0]
+    apply(
+        store, "a1", [report(attempt, seq + 1, "finished", outcome="FAILED", error=refusal())], now
+    )
+    [failed] = attempts(store, step_id)
+    assert failed.state == "FAILED" and failed.error.type == ASSIGNMENT_REFUSED
+    step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
+    assert step.state == "FAILED"
+
+
+def test_an_infrastructure_failure_after_the_start_is_not_a_refusal(store: Store) -> None:
+    run_id = new_run(store)
+    step_id = submit(store, run_id, retries=0)
+    schedule(store)
+    attempt = attempts(store, step_id)[0]
+    finished = report(attempt, 2, "finished", outcome="FAILED", error=refusal())
+    apply(store, "a1", [report(attempt, 1, "running"), finished], T0)
     step = store.run_sync(lambda s: s.get(StepRunRow, step_id))
     assert step.state == "FAILED" and len(attempts(store, step_id)) == 1
 
