@@ -20,33 +20,37 @@ stops is waited for and recorded in the state file, like any other.
 - A runner that ends is reported with ``RunnerExited`` (the control plane ignores the report
   of a run that ended or moved on); reports wait in the state file until they could be sent.
 - The pid and start time of each runner are kept in ``flowrunners.json`` in the data
-  directory: a restarted agent re-attaches to runners still alive and lists them as held.
+  directory (``agent/runnerstate.py``): a restarted agent re-attaches to runners still alive
+  and lists them as held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.actions import AssignRunnerAction, CancelRunnerAction
 from agent.forkserver import MODULE as FORK_SERVER_MODULE
 from agent.forkserver import ForkServerClient
-from meridian.core.durable import replace_file
+from agent.runnerstate import (
+    STATE_FILE,
+    RunnerExit,
+    RunnerProcess,
+    RunnerStateFile,
+    alive,
+    process_start_time,
+)
 from meridian.core.kinds import RunnerNotStarted
 
 log = logging.getLogger("meridian.agent.flowrunners")
 
-STATE_FILE = "flowrunners.json"
 LOG_TAIL_BYTES = 2000
 # How often a re-attached runner (not our child: no wait()) is checked, and pending exit
 # reports are tried again.
@@ -57,46 +61,6 @@ POLL_S = 0.5
 SLOT_WAIT_S = 30.0
 
 SendFrame = Callable[[str, int, int, str], Awaitable[None]]
-
-
-@dataclass
-class RunnerProcess:
-    flow_run_id: str
-    epoch: int
-    pid: int
-    start_time: str  # /proc/<pid>/stat starttime ("" where unknown): pid reuse is not us
-    work_dir: str
-
-
-@dataclass(frozen=True)
-class RunnerExit:
-    flow_run_id: str
-    epoch: int
-    exit_code: int
-    message: str
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` ("" off Linux), or None when it does not exist."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[-1].split()
-    if fields and fields[0] == "Z":
-        return None  # a zombie has ended
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _alive(proc: RunnerProcess) -> bool:
-    started = process_start_time(proc.pid)
-    return started is not None and (not proc.start_time or started == proc.start_time)
 
 
 def _tail(path: Path) -> str:
@@ -130,10 +94,7 @@ class FlowRunners:
         ``fork_server_command`` turns it off (the default server runs ``meridian.flowexec``)."""
         self.slots = slots
         self._data_dir = Path(data_dir)
-        self._state_path = self._data_dir / STATE_FILE
-        self._write_lock = threading.Lock()
-        self._snapshots = 0  # taken
-        self._written = 0  # the newest one on disk
+        self._state = RunnerStateFile(self._data_dir / STATE_FILE)
         self._bundle_dir = bundle_dir
         self._control_host = control_host
         self._env = dict(os.environ if env is None else env)
@@ -165,10 +126,10 @@ class FlowRunners:
     async def start(self, send: SendFrame) -> None:
         """Load the state file, re-attach to runners still alive, start reporting exits."""
         self._send = send
-        state = await asyncio.to_thread(self._load)
+        state = await asyncio.to_thread(self._state.load)
         for entry in state.get("runners", []):
             proc = RunnerProcess(**entry)
-            if _alive(proc):
+            if alive(proc):
                 log.info(
                     "re-attached to the flow runner of run %s (pid %d)", proc.flow_run_id, proc.pid
                 )
@@ -395,7 +356,7 @@ class FlowRunners:
         _signal_group(proc.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace_s)
-        while _alive(proc) and loop.time() < deadline:
+        while alive(proc) and loop.time() < deadline:
             await asyncio.sleep(0.1)
         _signal_group(proc.pid, signal.SIGKILL)
 
@@ -417,7 +378,7 @@ class FlowRunners:
         await self._ended(proc, code)
 
     async def _watch_foreign(self, proc: RunnerProcess) -> None:
-        while _alive(proc):
+        while alive(proc):
             await asyncio.sleep(POLL_S)
         await self._ended(proc, -1)  # not our child: its exit code is unknown
 
@@ -463,30 +424,9 @@ class FlowRunners:
 
         task.add_done_callback(done)
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self._state_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
     async def _save(self) -> None:
-        # The snapshot is taken on the loop (which alone changes the state); the writes run
-        # on threads, so a slower, older snapshot must not land over a newer one.
-        self._snapshots += 1
-        seq = self._snapshots
-        state = {
-            "runners": [asdict(p) for p in self._procs.values()],
-            "exits": [asdict(e) for e in self._exits],
-        }
-        await asyncio.to_thread(self._write_snapshot, seq, json.dumps(state).encode())
-
-    def _write_snapshot(self, seq: int, data: bytes) -> None:
-        with self._write_lock:
-            if seq <= self._written:
-                return
-            replace_file(self._state_path, data)
-            self._written = seq
+        # Snapshots the runners and pending exits now, before any await (RunnerStateFile.save).
+        await self._state.save(self._procs.values(), self._exits)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
