@@ -1,20 +1,17 @@
 """``ControlClient``: the synchronous gRPC client of the control API (control.proto).
 
-It owns the TLS channel, per-call deadlines, bundle chunking and the mapping of gRPC status
-codes to ``meridian.core.errors`` so that callers (CLI, flow runner) only ever see Meridian errors
-with messages a user can act on. Messages are converted by ``meridian._convert``.
+It owns the TLS channel, per-call deadlines and bundle chunking. gRPC failures become
+``meridian.core.errors`` in ``meridian.rpcerrors``, the ``WatchRun`` streams are in
+``meridian.clientstreams``, result downloads in ``meridian.resultdownload`` (their names are
+re-exported here, where callers and tests import them from); messages are converted by
+``meridian._convert``.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import copy
-import hashlib
 import json
-import os
 import random
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -25,17 +22,18 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from meridian import _convert, _deployments, _limits, models
+from meridian.clientstreams import RunBatchStream as RunBatchStream
+from meridian.clientstreams import RunUpdateStream as RunUpdateStream
 from meridian.core import convert as core_convert
-from meridian.core.errors import (
-    BundleError,
-    ConflictError,
-    ConnectionFailed,
-    MeridianError,
-    NotFound,
-    PermissionDenied,
-    ValidationError,
-)
-from meridian.core.resultref import MAX_RESULT_BYTES, ResultRef
+from meridian.core.errors import BundleError, MeridianError, ValidationError
+from meridian.core.resultref import ResultRef
+from meridian.resultdownload import _SHA256 as _SHA256
+from meridian.resultdownload import _ResultDownload as _ResultDownload
+from meridian.rpcerrors import _TLS_HINTS as _TLS_HINTS
+from meridian.rpcerrors import _code as _code
+from meridian.rpcerrors import _connection_error as _connection_error
+from meridian.rpcerrors import _details as _details
+from meridian.rpcerrors import map_rpc_error as map_rpc_error
 from protos.meridian.v1 import common_pb2, control_pb2, control_pb2_grpc
 
 # How long idempotent calls keep retrying while the control plane restarts.
@@ -52,9 +50,6 @@ _T = TypeVar("_T")
 _VERIFY_TIMEOUT_S = 300.0
 # A garbage collection's sweeps take up to the server's call budget (60 s by default).
 _COLLECT_TIMEOUT_S = 90.0
-
-_TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleLike(Protocol):
@@ -596,164 +591,6 @@ class ControlClient:
         return map_rpc_error(exc, self.address, self.ca_file)
 
 
-class RunBatchStream(Iterator[list[models.RunUpdate]]):
-    """The open batched ``WatchRun`` stream: iterate for lists of updates, ``cancel()`` to
-    stop early. A server that does not batch sends one update per message: a list of one."""
-
-    def __init__(self, call: Any, client: ControlClient) -> None:
-        self._call = call
-        self._client = client
-        self._cancelled = False
-
-    def __iter__(self) -> RunBatchStream:
-        return self
-
-    def __next__(self) -> list[models.RunUpdate]:
-        try:
-            message = next(self._call)
-        except grpc.RpcError as exc:
-            if self._cancelled and _code(exc) == grpc.StatusCode.CANCELLED:
-                raise StopIteration from None
-            raise self._client._map_error(exc) from None
-        if message.batch:
-            return [_convert.update_from_proto(m) for m in message.batch]
-        return [_convert.update_from_proto(message)]
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._call.cancel()
-
-
-class RunUpdateStream(Iterator[models.RunUpdate]):
-    """The open ``WatchRun`` stream, one update at a time; ``cancel()`` to stop early."""
-
-    def __init__(self, batches: RunBatchStream) -> None:
-        self._batches = batches
-        self._ready: collections.deque[models.RunUpdate] = collections.deque()
-
-    def __iter__(self) -> RunUpdateStream:
-        return self
-
-    def __next__(self) -> models.RunUpdate:
-        while not self._ready:
-            self._ready.extend(next(self._batches))
-        return self._ready.popleft()
-
-    def cancel(self) -> None:
-        self._batches.cancel()
-
-
-class _ResultDownload:
-    """One ``fetch_result``: the stream's chunks checked in order and digested on the way to
-    a ``.part`` file, resumed from its offset after a restart, renamed when complete."""
-
-    RESUMES = 5
-
-    def __init__(
-        self,
-        client: ControlClient,
-        flow_run_id: str,
-        step_key: str,
-        dest: Path,
-        expected: ResultRef | None,
-    ) -> None:
-        self.client = client
-        self.flow_run_id = flow_run_id
-        self.step_key = step_key
-        self.dest = dest
-        self.expected = expected
-        self.where = f"the stored result of step {step_key!r} of run {flow_run_id}"
-        self.size: int | None = None
-        self.sha256 = ""
-        self.received = 0
-        self.digest = hashlib.sha256()
-
-    def run(self) -> models.FetchedResult:
-        part = self.dest.with_name(f"{self.dest.name}.part")
-        try:
-            with open(part, "wb") as out:
-                self._stream_into(out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(part, self.dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.unlink()
-            raise
-        return models.FetchedResult(self.dest, self.received, self.sha256)
-
-    def _stream_into(self, out: Any) -> None:
-        resumes = 0
-        while True:
-            request = control_pb2.FetchRunResultRequest(
-                flow_run_id=self.flow_run_id, step_key=self.step_key, offset=self.received
-            )
-            before = self.received
-            try:
-                for chunk in self.client._stub.FetchResult(request, metadata=self.client._metadata):
-                    self._take(chunk, out)
-                break
-            except grpc.RpcError as exc:
-                progressed = self.received > before
-                resumes = 0 if progressed else resumes + 1
-                if _code(exc) != grpc.StatusCode.UNAVAILABLE or resumes > self.RESUMES:
-                    raise self._error(exc) from None
-                time.sleep(min(0.2 * 2**resumes, 2.0) * random.uniform(0.5, 1.0))
-        self._finish()
-
-    def _error(self, exc: grpc.RpcError) -> MeridianError:
-        """A reached control plane answers UNAVAILABLE when no agent can serve the bytes now
-        (e.g. none of the producing environment is connected): say that, not "unreachable"."""
-        reached = self.client._reached or self.size is not None
-        if reached and _code(exc) == grpc.StatusCode.UNAVAILABLE:
-            return ConnectionFailed(f"cannot download {self.where} now: {_details(exc)}")
-        return self.client._map_error(exc)
-
-    def _take(self, chunk: common_pb2.ResultChunk, out: Any) -> None:
-        if chunk.error:
-            raise ConflictError(f"cannot download {self.where}: {chunk.error}")
-        if chunk.sha256 or self.size is None:
-            self._announce(chunk.total_size, chunk.sha256)
-        if chunk.offset != self.received:
-            raise ConflictError(
-                f"{self.where}: a chunk starts at byte {chunk.offset}, expected {self.received}"
-            )
-        assert self.size is not None
-        if self.received + len(chunk.data) > self.size:
-            raise ConflictError(f"{self.where}: more bytes arrived than the {self.size} announced")
-        out.write(chunk.data)
-        self.digest.update(chunk.data)
-        self.received += len(chunk.data)
-
-    def _announce(self, size: int, sha256: str) -> None:
-        """The first chunk of a stream names the object; a resumed stream must name the same."""
-        if not 0 <= size <= MAX_RESULT_BYTES or not _SHA256.fullmatch(sha256):
-            raise ConflictError(f"{self.where}: the stream did not name the object's size, sha256")
-        if self.size is not None and (size, sha256) != (self.size, self.sha256):
-            raise ConflictError(f"{self.where}: the object changed while it was downloaded")
-        expected = self.expected
-        if expected is not None and (size, sha256) != (expected.size, expected.sha256):
-            raise ConflictError(
-                f"{self.where}: the control plane serves {size} bytes with sha256 "
-                f"{sha256[:12]}..., but the reference names {expected.size} bytes with "
-                f"{expected.sha256[:12]}..."
-            )
-        self.size, self.sha256 = size, sha256
-
-    def _finish(self) -> None:
-        if self.size is None:
-            raise ConflictError(f"{self.where}: the control plane sent no data")
-        if self.received != self.size:
-            raise ConflictError(
-                f"{self.where}: the stream ended after {self.received} of {self.size} bytes"
-            )
-        if self.digest.hexdigest() != self.sha256:
-            raise ConflictError(
-                f"{self.where}: the bytes do not match their sha256 (corrupted on the way); "
-                "nothing was written"
-            )
-
-
 def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
     # The first chunk names the bundle; an empty bundle is still one (empty) chunk.
     yield common_pb2.BundleChunk(
@@ -761,48 +598,3 @@ def _chunks(sha256: str, data: bytes) -> Iterator[common_pb2.BundleChunk]:
     )
     for start in range(UPLOAD_CHUNK_BYTES, len(data), UPLOAD_CHUNK_BYTES):
         yield common_pb2.BundleChunk(data=data[start : start + UPLOAD_CHUNK_BYTES])
-
-
-def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.Call) else None
-
-
-def _details(exc: grpc.RpcError) -> str:
-    details = exc.details() if isinstance(exc, grpc.Call) else None
-    return details or str(exc)
-
-
-def map_rpc_error(exc: grpc.RpcError, address: str, ca_file: Path) -> MeridianError:
-    """Turn a gRPC failure into the Meridian error a user can act on."""
-    code, details = _code(exc), _details(exc)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return _connection_error(code, details, address, ca_file)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ValidationError(details)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(details)
-    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
-        return ConflictError(details)
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return PermissionDenied(details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ValidationError(f"request too large: {details}")
-    name = code.name if code is not None else "UNKNOWN"
-    return MeridianError(f"the control plane at {address} answered {name}: {details}")
-
-
-def _connection_error(
-    code: grpc.StatusCode, details: str, address: str, ca_file: Path
-) -> ConnectionFailed:
-    lowered = details.lower()
-    if any(hint in lowered for hint in _TLS_HINTS):
-        return ConnectionFailed(
-            f"cannot verify the control plane at {address} with the CA file {ca_file}: "
-            f"TLS handshake failed ({details}); check --ca-file / MERIDIAN_CA_FILE"
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        details = f"no answer before the deadline ({details})"
-    return ConnectionFailed(
-        f"cannot reach the control plane at {address}: {details} "
-        "(check --control-plane / MERIDIAN_CONTROL_PLANE and --ca-file)"
-    )
