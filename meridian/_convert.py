@@ -1,6 +1,7 @@
 """Conversions between ``meridian.models`` values and the generated protobuf messages.
 
-This module and ``meridian/client.py`` are the only SDK modules that import ``*_pb2``; every
+This module, ``meridian/client.py`` and the client's helpers (``clientstreams``,
+``resultdownload``) are the only SDK modules that import ``*_pb2``; every
 ``to_*``/``*_from_proto`` pair here is the single place a wire field is mapped.
 """
 
@@ -330,6 +331,7 @@ def environment_from_proto(msg: control_pb2.EnvironmentInfo) -> models.Environme
     return models.EnvironmentInfo(
         name=msg.name,
         residency=msg.residency,
+        residency_pinned_labels_only=msg.residency_pinned_labels_only,
         agents=msg.agents,
         connected=msg.connected,
         result_stores=tuple(msg.result_stores),

@@ -373,11 +373,17 @@ class ControlClient:
         return [_convert.environment_from_proto(e) for e in response.environments]
 
     def set_residency(
-        self, environment: str, rule: str, reason: str = ""
+        self, environment: str, rule: str, reason: str = "", *, pinned_labels_only: bool = False
     ) -> models.EnvironmentInfo:
         """Set ``environment``'s data residency rule (a label selector; "" removes it). Admins
-        only; audited with ``reason``. It applies to steps queued from then on."""
-        request = control_pb2.SetResidencyRequest(environment=environment, rule=rule, reason=reason)
+        only; audited with ``reason``. It applies to steps queued from then on.
+        ``pinned_labels_only``: the rule counts only the labels agents' join tokens pinned."""
+        request = control_pb2.SetResidencyRequest(
+            environment=environment,
+            rule=rule,
+            reason=reason,
+            pinned_labels_only=pinned_labels_only,
+        )
         return _convert.environment_from_proto(self._call(self._stub.SetResidency, request))
 
     # -- transfers ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Plain values for everything the control API sends or receives.
 
 These frozen dataclasses mirror the messages of ``protos/meridian/v1/control.proto`` and
-``common.proto`` with the same field names, so code outside ``meridian/client.py`` and
-``meridian/_convert.py`` never touches generated protobuf classes. Two deliberate differences:
+``common.proto`` with the same field names, so code outside the client (``meridian/client.py``
+and its helper modules) and ``meridian/_convert.py`` never touches generated protobuf classes.
+Two deliberate differences:
 ``*_unix_ms`` integers become timezone-aware ``datetime`` values (``None`` when unset) named
 without the suffix, and an empty ``ErrorInfo`` becomes ``None``. Repeated fields are tuples so
 the values stay hashable and immutable.
@@ -313,6 +314,8 @@ class EnvironmentInfo:
     connected: int = 0
     result_stores: tuple[str, ...] = ()  # advertised by its connected agents
     default_result_store: str = ""
+    # The rule counts only labels agents' join tokens pinned, never labels an agent claims.
+    residency_pinned_labels_only: bool = False
 
 
 @dataclass(frozen=True)

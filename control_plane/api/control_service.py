@@ -502,6 +502,7 @@ class ControlService(
             request.rule.strip(),
             reason,
             allowed_environments(),
+            pinned_labels_only=request.pinned_labels_only,
         )
         sessions = [s for s in self._s.registry.sessions() if s.agent.environment == policy.name]
         return views.environment_info(policy, sessions)

@@ -285,6 +285,7 @@ def environment_info(
     return control_pb2.EnvironmentInfo(
         name=policy.name,
         residency=policy.residency,
+        residency_pinned_labels_only=policy.pinned_labels_only,
         agents=policy.agents,
         connected=len(connected),
         result_stores=sorted({name for s in connected for name in s.result_stores}),

@@ -13,7 +13,7 @@ sees, listing what the control plane knows about so the typo or missing agent is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency, allows
 from meridian.core.selectors import ENVIRONMENT_LABEL, Selector
@@ -38,6 +38,8 @@ class AgentSlot:
     # An agent that reported a local fault (e.g. a full disk) takes no new work until it
     # recovers, like a draining one; the registry sets it from the agent's session.
     degraded: bool = False
+    # The labels the agent's join token fixed (residency rules with ``pinned_labels_only``).
+    pinned_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def is_degraded(slot: AgentSlot) -> bool:
@@ -69,7 +71,7 @@ def has_potential_match(selector: Selector, provider: str, agents: Sequence[Agen
 
 def may_read_inputs(residency: Residency, slot: AgentSlot) -> bool:
     """Whether the agent may read the step's referenced inputs under their residency rules."""
-    return allows(residency, slot.environment, slot.labels)
+    return allows(residency, slot.environment, slot.labels, slot.pinned_labels)
 
 
 def choose_agent(

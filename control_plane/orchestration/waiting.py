@@ -17,7 +17,7 @@ inputs, it waits for ``residency`` and the message names the rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from control_plane.orchestration.matching import (
@@ -64,6 +64,7 @@ class KnownAgent:
     labels: Mapping[str, str]
     providers: frozenset[str]
     status: str = "disconnected"
+    pinned_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _residency_blocked(
     capable += [_as_slot(a) for a in known if _known_could_run(selector, provider, a)]
     if not capable or any(may_read_inputs(residency, s) for s in capable):
         return None
-    readers = [Reader(s.environment, s.labels) for s in capable]
+    readers = [Reader(s.environment, s.labels, s.pinned_labels) for s in capable]
     return _waiting(WaitReason.RESIDENCY, waiting_message(residency, readers))
 
 
@@ -212,6 +213,7 @@ def _as_slot(agent: KnownAgent) -> AgentSlot:
         providers=agent.providers,
         capacity=0,
         in_use=0,
+        pinned_labels=agent.pinned_labels,
     )
 
 

@@ -146,6 +146,7 @@ class AgentSession:
             in_use=self.in_use + reserved,
             draining=self.draining,
             degraded=bool(self.degraded),
+            pinned_labels=a.pinned_labels,
         )
 
     def send(self, item: Outgoing) -> None:

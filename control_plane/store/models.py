@@ -397,6 +397,8 @@ class EnvironmentRow(Base):
 
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     residency: Mapped[str] = mapped_column(String(1024), default="")
+    # The rule counts only labels join tokens pinned (an agent cannot claim those).
+    residency_pinned_only: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[dt.datetime]
     updated_by: Mapped[str] = mapped_column(String(128), default="")
 

@@ -55,6 +55,9 @@ class ConnectedAgent:
     provider_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     drain_requested: bool = False  # by an operator: survives the agent's own heartbeats
     degraded: str = ""  # as the agent said in its Hello
+    # The labels its join token fixed (it cannot claim others in their place): what a
+    # residency rule with ``pinned_labels_only`` counts.
+    pinned_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> ConnectedAgent:
@@ -101,6 +104,7 @@ def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> 
         provider_schemas=hello.provider_schemas,
         drain_requested=agent.drain_requested_at is not None,
         degraded=hello.degraded,
+        pinned_labels={str(k): str(v) for k, v in (agent.pinned_labels or {}).items()},
     )
     return connected
 

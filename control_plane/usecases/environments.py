@@ -53,6 +53,7 @@ class EnvironmentPolicy:
     residency: str  # "" = no rule
     agents: int  # enrolled, not revoked
     updated_by: str = ""
+    pinned_labels_only: bool = False  # the rule counts only labels join tokens pinned
 
 
 # ---- rules --------------------------------------------------------------------------------
@@ -64,13 +65,16 @@ def rules_for(session: Session, environments: Iterable[str]) -> dict[str, Reside
     rules: dict[str, ResidencyRule] = {}
     for start in range(0, len(names), _ID_CHUNK):
         rows = session.execute(
-            select(EnvironmentRow.name, EnvironmentRow.residency).where(
+            select(
+                EnvironmentRow.name, EnvironmentRow.residency, EnvironmentRow.residency_pinned_only
+            ).where(
                 EnvironmentRow.name.in_(names[start : start + _ID_CHUNK]),
                 EnvironmentRow.residency != "",
             )
         )
-        for name, text in rows:
-            rule = parse_rule(name, text)  # validated when it was set
+        for name, text, pinned_only in rows:
+            # Validated when it was set.
+            rule = parse_rule(name, text, pinned_labels_only=bool(pinned_only))
             if rule is not None:
                 rules[name] = rule
     return rules
@@ -136,16 +140,24 @@ def environment_policies(session: Session, caller: Sequence[str] = ()) -> list[E
             residency=rows[name].residency if name in rows else "",
             agents=int(counts.get(name, 0)),
             updated_by=rows[name].updated_by if name in rows else "",
+            pinned_labels_only=bool(rows[name].residency_pinned_only) if name in rows else False,
         )
         for name in names
     ]
 
 
 def set_residency(
-    tx: Tx, environment: str, rule: str, reason: str = "", caller: Sequence[str] = ()
+    tx: Tx,
+    environment: str,
+    rule: str,
+    reason: str = "",
+    caller: Sequence[str] = (),
+    *,
+    pinned_labels_only: bool = False,
 ) -> EnvironmentPolicy:
     """Set (or, with an empty ``rule``, remove) ``environment``'s residency rule; audited
-    with who did it and why. The rule is stored in its canonical form.
+    with who did it and why. The rule is stored in its canonical form. ``pinned_labels_only``:
+    the rule counts only the labels agents' join tokens pinned, never those agents claim.
 
     It applies to attempts queued from now on; attempts already queued keep the rules they
     were queued with (until the scheduler's queue is rebuilt at a control plane's start).
@@ -158,8 +170,9 @@ def set_residency(
         raise ValidationError(f"a residency rule is limited to {MAX_SELECTOR_LENGTH} characters")
     if len(reason) > MAX_REASON:
         raise ValidationError(f"the reason is limited to {MAX_REASON} characters")
-    parsed = parse_rule(environment, rule)
+    parsed = parse_rule(environment, rule, pinned_labels_only=pinned_labels_only)
     text = str(parsed) if parsed is not None else ""
+    pinned_only = parsed is not None and parsed.pinned_labels_only
     if len(text) > MAX_RULE_LENGTH:
         raise ValidationError(f"a residency rule is limited to {MAX_RULE_LENGTH} characters")
     if caller and environment not in caller:
@@ -169,22 +182,37 @@ def set_residency(
         )
     row = tx.session.get(EnvironmentRow, environment, with_for_update=True)
     previous = row.residency if row is not None else ""
+    previous_pinned_only = bool(row.residency_pinned_only) if row is not None else False
     actor = audit.current_actor()
     if not text:
         if row is not None:
             tx.session.delete(row)
     elif row is None:
         tx.session.add(
-            EnvironmentRow(name=environment, residency=text, updated_at=tx.now, updated_by=actor)
+            EnvironmentRow(
+                name=environment,
+                residency=text,
+                residency_pinned_only=pinned_only,
+                updated_at=tx.now,
+                updated_by=actor,
+            )
         )
     else:
         row.residency, row.updated_at, row.updated_by = text, tx.now, actor
+        row.residency_pinned_only = pinned_only
     audit.append(
         tx.session,
         actor=audit.CLI,
         action="environment.residency_set",
         subject=environment,
-        details={"environment": environment, "rule": text, "previous": previous, "reason": reason},
+        details={
+            "environment": environment,
+            "rule": text,
+            "pinned_labels_only": pinned_only,
+            "previous": previous,
+            "previous_pinned_labels_only": previous_pinned_only,
+            "reason": reason,
+        },
         now=tx.now,
     )
     agents = tx.session.scalar(
@@ -192,7 +220,9 @@ def set_residency(
             AgentRow.environment == environment, AgentRow.revoked_at.is_(None)
         )
     )
-    return EnvironmentPolicy(environment, text, int(agents or 0), actor if text else "")
+    return EnvironmentPolicy(
+        environment, text, int(agents or 0), actor if text else "", pinned_only
+    )
 
 
 def record_residency_refusal(tx: Tx, refusal: ResidencyRefusal) -> None:

@@ -124,19 +124,24 @@ def check_residency(tx: Tx, run_id: str, subs: Sequence[StepSubmission]) -> dict
 
 
 def _known_readers(tx: Tx) -> list[tuple[Reader, frozenset[str]]]:
-    """Every enrolled, not revoked agent: where it is, its labels, its providers."""
+    """Every enrolled, not revoked agent: where it is, its labels (and which its join token
+    pinned), its providers."""
     rows = tx.session.execute(
-        select(AgentRow.environment, AgentRow.labels, AgentRow.providers).where(
-            AgentRow.revoked_at.is_(None)
-        )
+        select(
+            AgentRow.environment, AgentRow.labels, AgentRow.pinned_labels, AgentRow.providers
+        ).where(AgentRow.revoked_at.is_(None))
     )
     return [
         (
-            Reader(environment, {str(k): str(v) for k, v in (labels or {}).items()}),
+            Reader(environment, _text_labels(labels), _text_labels(pinned)),
             frozenset(str(p) for p in providers or ()),
         )
-        for environment, labels, providers in rows
+        for environment, labels, pinned, providers in rows
     ]
+
+
+def _text_labels(labels: Mapping[str, object] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (labels or {}).items()}
 
 
 def constrain_queued(tx: Tx, residency: Mapping[str, Residency]) -> None:

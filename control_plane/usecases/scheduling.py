@@ -383,6 +383,7 @@ def _known_agents(tx: Tx) -> list[KnownAgent]:
             labels={str(k): str(v) for k, v in (row.labels or {}).items()},
             providers=frozenset(str(p) for p in row.providers or ()),
             status=row.status,
+            pinned_labels={str(k): str(v) for k, v in (row.pinned_labels or {}).items()},
         )
         for row in tx.session.scalars(select(AgentRow).where(AgentRow.revoked_at.is_(None)))
     ]

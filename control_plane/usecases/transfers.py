@@ -145,8 +145,13 @@ def begin_agent_transfer(
     if agent is None:
         raise PermissionDenied(f"agent {fetch.agent_id} is not enrolled here")
     labels = {str(k): str(v) for k, v in (agent.labels or {}).items()}
+    pinned = {str(k): str(v) for k, v in (agent.pinned_labels or {}).items()}
     decision = may_read(
-        _rule(session, fetch.ref.environment), fetch.ref.environment, agent.environment, labels
+        _rule(session, fetch.ref.environment),
+        fetch.ref.environment,
+        agent.environment,
+        labels,
+        pinned,
     )
     if not decision.allowed:
         return refuse(ResidencyRefused(decision.message))

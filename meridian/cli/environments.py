@@ -3,7 +3,8 @@ result stores their agents have (over the network; setting a rule needs an admin
 
 A residency rule is a label selector (``region in (eu-west-1,europe-west1)``): results produced
 in the environment may only be read by steps on agents whose labels, with
-``environment=<their environment>``, match it (docs/results.md).
+``environment=<their environment>``, match it (docs/results.md); with ``--pinned-labels-only``
+only the labels agents' join tokens pinned count, never those an agent claims.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=None,
         help='a label selector, e.g. "region in (eu-west-1,europe-west1)"',
     )
+    residency.add_argument(
+        "--pinned-labels-only",
+        action="store_true",
+        help="count only the labels agents' join tokens pinned (meridian tokens create "
+        "--label), never labels an agent claims: a rule that holds against a compromised site",
+    )
     residency.add_argument("--clear", action="store_true", help="remove the rule")
     residency.add_argument("--reason", default="", help="recorded in the audit log")
     add_client_options(residency)
@@ -63,7 +70,7 @@ def render_environments(environments: Sequence[models.EnvironmentInfo]) -> str:
     rows = [
         [
             e.name,
-            e.residency or "-",
+            _rule(e),
             str(e.agents),
             str(e.connected),
             _stores(e),
@@ -71,6 +78,14 @@ def render_environments(environments: Sequence[models.EnvironmentInfo]) -> str:
         for e in environments
     ]
     return table(HEADERS, rows)
+
+
+def _rule(environment: models.EnvironmentInfo) -> str:
+    if not environment.residency:
+        return "-"
+    if environment.residency_pinned_labels_only:
+        return f"{environment.residency} (pinned labels only)"
+    return environment.residency
 
 
 def _stores(environment: models.EnvironmentInfo) -> str:
@@ -89,6 +104,7 @@ def environments_to_json(environments: Sequence[models.EnvironmentInfo]) -> list
         {
             "name": e.name,
             "residency": e.residency,
+            "residency_pinned_labels_only": e.residency_pinned_labels_only,
             "agents": e.agents,
             "connected": e.connected,
             "result_stores": list(e.result_stores),
@@ -114,12 +130,21 @@ def cmd_residency(args: argparse.Namespace) -> int:
     rule = "" if args.clear else args.rule
     if not args.clear and not rule.strip():
         raise UsageError("the RULE is empty; use --clear to remove a rule")
+    if args.clear and args.pinned_labels_only:
+        raise UsageError("--pinned-labels-only goes with a RULE, not with --clear")
     with connect(args) as client:
-        environment = client.set_residency(args.environment, rule, args.reason)
+        environment = client.set_residency(
+            args.environment, rule, args.reason, pinned_labels_only=args.pinned_labels_only
+        )
     if environment.residency:
+        which = (
+            " by the labels agents' join tokens pinned"
+            if environment.residency_pinned_labels_only
+            else ""
+        )
         print(
             f"environment {environment.name}: results may only be read where "
-            f"{environment.residency!r} matches (steps queued from now on)"
+            f"{environment.residency!r} matches{which} (steps queued from now on)"
         )
     else:
         print(f"environment {environment.name}: no residency rule")

@@ -68,3 +68,33 @@ def test_a_rule_refuses_the_cross_environment_read_and_clearing_it_lets_it_run(
     code, output, run_id = run_cross(estate, "allowed")
     assert code == 0, output
     assert estate.client().get_run(run_id).state == "COMPLETED"
+
+
+def test_a_pinned_labels_only_rule_ignores_the_labels_an_agent_claims(estate: Estate) -> None:
+    # gcp-demo claims cloud=gcp in its configuration; its join token pinned nothing.
+    strict = estate.cli(
+        "environments", "residency", "aws-demo", "cloud=gcp", "--pinned-labels-only",
+        "--reason", "hold against a compromised site",
+    )  # fmt: skip
+    assert strict.returncode == 0, strict.stderr
+    assert "by the labels agents' join tokens pinned" in strict.stdout
+    listed = json.loads(estate.cli("environments", "list", "--json", check=True).stdout)
+    aws = next(e for e in listed if e["name"] == "aws-demo")
+    assert (aws["residency"], aws["residency_pinned_labels_only"]) == ("cloud=gcp", True)
+    shown = estate.cli("environments", "list", check=True).stdout
+    assert "cloud=gcp (pinned labels only)" in shown
+
+    code, output, run_id = run_cross(estate, "claimed")
+    assert code != 0, output
+    detail = estate.client().get_run(run_id)
+    said = output + (detail.error.message if detail.error else "")
+    assert "pinned labels only" in said and "'gcp-demo'" in said, said
+
+    # The same selector judged by every label lets the claimed label count again.
+    loose = estate.cli("environments", "residency", "aws-demo", "cloud=gcp", "--reason", "ok")
+    assert loose.returncode == 0, loose.stderr
+    code, output, run_id = run_cross(estate, "judged-by-claims")
+    assert code == 0, output
+    bad = estate.cli("environments", "residency", "aws-demo", "--clear", "--pinned-labels-only")
+    assert bad.returncode != 0 and "--pinned-labels-only goes with a RULE" in bad.stderr
+    estate.cli("environments", "residency", "aws-demo", "--clear", check=True)

@@ -781,20 +781,22 @@ class ListTransfersResponse(_message.Message):
     def __init__(self, transfers: _Optional[_Iterable[_Union[TransferInfo, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[TransferTotal, _Mapping]]] = ...) -> None: ...
 
 class EnvironmentInfo(_message.Message):
-    __slots__ = ("name", "residency", "agents", "connected", "result_stores", "default_result_store")
+    __slots__ = ("name", "residency", "agents", "connected", "result_stores", "default_result_store", "residency_pinned_labels_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_STORES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RESULT_STORE_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_PINNED_LABELS_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     residency: str
     agents: int
     connected: int
     result_stores: _containers.RepeatedScalarFieldContainer[str]
     default_result_store: str
-    def __init__(self, name: _Optional[str] = ..., residency: _Optional[str] = ..., agents: _Optional[int] = ..., connected: _Optional[int] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ...) -> None: ...
+    residency_pinned_labels_only: bool
+    def __init__(self, name: _Optional[str] = ..., residency: _Optional[str] = ..., agents: _Optional[int] = ..., connected: _Optional[int] = ..., result_stores: _Optional[_Iterable[str]] = ..., default_result_store: _Optional[str] = ..., residency_pinned_labels_only: _Optional[bool] = ...) -> None: ...
 
 class ListEnvironmentsRequest(_message.Message):
     __slots__ = ()
@@ -807,14 +809,16 @@ class ListEnvironmentsResponse(_message.Message):
     def __init__(self, environments: _Optional[_Iterable[_Union[EnvironmentInfo, _Mapping]]] = ...) -> None: ...
 
 class SetResidencyRequest(_message.Message):
-    __slots__ = ("environment", "rule", "reason")
+    __slots__ = ("environment", "rule", "reason", "pinned_labels_only")
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PINNED_LABELS_ONLY_FIELD_NUMBER: _ClassVar[int]
     environment: str
     rule: str
     reason: str
-    def __init__(self, environment: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    pinned_labels_only: bool
+    def __init__(self, environment: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., pinned_labels_only: _Optional[bool] = ...) -> None: ...
 
 class DeleteRunRequest(_message.Message):
     __slots__ = ("flow_run_id", "reason")

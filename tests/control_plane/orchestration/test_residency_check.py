@@ -109,3 +109,25 @@ def test_submission_is_refused_only_when_candidates_exist_and_none_may_read() ->
     assert decision is not None and not decision.allowed
     for needle in ("'load#1'", "'aws-eu'", "region in (eu-west-1,europe-west1)", "'aws-us'"):
         assert needle in decision.message
+
+
+def test_a_pinned_labels_only_rule_plans_and_refuses_by_pinned_labels() -> None:
+    strict = parse_rule("aws-eu", "region in (eu-west-1,europe-west1)", pinned_labels_only=True)
+    assert strict is not None
+    claims = slot("claims", "gcp-eu", {"region": "europe-west1"})
+    pinned = AgentSlot(
+        "pinned", "pinned", "gcp-eu2", {"region": "europe-west1"}, frozenset({"process"}), 2, 0,
+        pinned_labels={"region": "europe-west1"},
+    )  # fmt: skip
+    assert not allows((strict,), claims.environment, claims.labels, claims.pinned_labels)
+    assert allows((strict,), pinned.environment, pinned.labels, pinned.pinned_labels)
+    # The freer agent only claims the label: the attempt goes to the one whose token pinned it.
+    busy_pinned = AgentSlot(**{**pinned.__dict__, "in_use": 1})
+    chosen = choose_agent(ANY, "process", [claims, busy_pinned], residency=(strict,))
+    assert chosen == busy_pinned
+    # At submission, a reader that only claims the label is named in the refusal.
+    refused = refusal((strict,), "load#1", [Reader("gcp-eu", {"region": "europe-west1"})])
+    assert refused is not None and "pinned labels only" in refused.message
+    allowed = Reader("gcp-eu", {"region": "europe-west1"}, {"region": "europe-west1"})
+    assert refusal((strict,), "load#1", [allowed]) is None
+    assert describe((strict,)) == "aws-eu: region in (eu-west-1,europe-west1) (pinned labels only)"

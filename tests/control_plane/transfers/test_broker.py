@@ -25,6 +25,7 @@ from sqlalchemy import select
 from control_plane.scheduler.registry import AgentRegistry, AgentSession, ServeResultOut
 from control_plane.store.db import Store
 from control_plane.store.models import (
+    AgentRow,
     AttemptRow,
     AuditRecordRow,
     EnvironmentRow,
@@ -307,6 +308,40 @@ def test_a_residency_rule_the_consumer_does_not_satisfy_refuses_and_is_audited(
     run(scenario)
     [record] = audit_records(world.store, "result.transfer_refused")
     assert "cloud=aws" in record["reason"]
+
+
+def test_a_pinned_labels_only_rule_lets_only_an_agent_whose_token_pinned_the_label_fetch(
+    world: World,
+) -> None:
+    rule = EnvironmentRow(
+        name="aws-demo",
+        residency="cloud=gcp",
+        residency_pinned_only=True,
+        updated_at=T0,
+        updated_by="t",
+    )
+    world.store.run_sync(lambda s: s.add(rule))
+
+    async def refused() -> None:
+        # g1 claims cloud=gcp, but its token pinned nothing.
+        with pytest.raises(ResidencyRefused, match=r"pinned labels only"):
+            await consume(world)
+
+    run(refused)
+
+    def pin(session: Any) -> None:
+        session.get(AgentRow, "g1").pinned_labels = {"cloud": "gcp"}
+
+    world.store.run_sync(pin)
+
+    async def allowed() -> None:
+        producer = asyncio.ensure_future(produce(world))
+        data, _ = await consume(world)
+        await producer
+        assert data == DATA
+
+    run(allowed)
+    assert [row.state for row in transfers(world.store)] == ["COMPLETED"]
 
 
 def test_no_connected_producer_with_the_store_is_unavailable_naming_both(world: World) -> None:

@@ -47,18 +47,30 @@ def audit_records(store: Store, action: str) -> list[AuditRecordRow]:
     )
 
 
-def add_agent(store: Store, agent_id: str, environment: str, labels: dict[str, str]) -> AgentSlot:
-    """Enroll and connect one more agent; its free slots as the dispatcher would pass them."""
+def add_agent(
+    store: Store,
+    agent_id: str,
+    environment: str,
+    labels: dict[str, str],
+    pinned: dict[str, str] | None = None,
+) -> AgentSlot:
+    """Enroll (its join token pinning ``pinned``) and connect one more agent; its free slots
+    as the dispatcher would pass them."""
     store.run_sync(
         lambda s: s.add(
             AgentRow(id=agent_id, name=agent_id, environment=environment, labels={},
-                     providers=[], capacity=0, status="disconnected", cert_fingerprint="",
-                     enrolled_at=T0, last_applied_seq=0)
+                     pinned_labels=pinned or {}, providers=[], capacity=0,
+                     status="disconnected", cert_fingerprint="", enrolled_at=T0,
+                     last_applied_seq=0)
         )
     )  # fmt: skip
     hello = HelloIn("0.1", labels, ("process",), 2, {}, "host", False)
-    run_at(store, T0, agent_connected, agent_id, "", hello)
-    return AgentSlot(agent_id, agent_id, environment, labels, frozenset({"process"}), 2, 0)
+    connected, _ = run_at(store, T0, agent_connected, agent_id, "", hello)
+    assert connected.pinned_labels == (pinned or {})
+    return AgentSlot(
+        agent_id, agent_id, environment, connected.labels, frozenset({"process"}), 2, 0,
+        pinned_labels=connected.pinned_labels,
+    )  # fmt: skip
 
 
 def test_an_admin_sets_a_rule_that_is_validated_canonical_and_audited(store: Store) -> None:
@@ -77,7 +89,9 @@ def test_an_admin_sets_a_rule_that_is_validated_canonical_and_audited(store: Sto
     assert json.loads(record.details) == {
         "environment": "aws-demo",
         "rule": EU_RULE,
+        "pinned_labels_only": False,
         "previous": "",
+        "previous_pinned_labels_only": False,
         "reason": "gdpr",
     }
     with pytest.raises(ValidationError, match="residency rule of environment 'aws-demo'"):
@@ -195,3 +209,33 @@ def test_a_changed_rule_applies_to_attempts_queued_after_the_change(store: Store
     retry = attempts(store, assign.step_run_id)[1]
     assert retry.state == AttemptState.QUEUED
     assert [(e.attempt_id, e.residency) for e in effects.queued] == [(retry.id, (rule,))]
+
+
+def test_a_pinned_labels_only_rule_ignores_the_labels_an_agent_claims(store: Store) -> None:
+    produce(store, new_run(store))
+    policy, _ = run_at(
+        store, T0, set_residency, "aws-demo", EU_RULE, "gdpr", pinned_labels_only=True
+    )
+    assert policy.pinned_labels_only
+    (listed,) = [p for p in store.run_sync(environment_policies) if p.name == "aws-demo"]
+    assert listed.pinned_labels_only
+    (record,) = audit_records(store, "environment.residency_set")
+    assert json.loads(record.details)["pinned_labels_only"] is True
+    # An agent that merely claims the region (its token pinned nothing) may not read.
+    claims = add_agent(store, "x-claims", "gcp-eu", {"site": "x", "region": "eu-west-1"})
+    with pytest.raises(ResidencyRefusal, match="pinned labels only"):
+        run_at(store, T0, submit_steps, new_run(store), [consumer(target="site=x")])
+    # One whose join token pinned it may: the submission is accepted and only it is given
+    # the attempt, though the other is freer.
+    eu = {"site": "x", "region": "eu-west-1"}
+    pinned = add_agent(store, "x-pinned", "gcp-eu2", eu, pinned=eu)
+    run_id = new_run(store)
+    (answer,), _ = run_at(store, T0, submit_steps, run_id, [consumer(target="site=x")])
+    busy = AgentSlot(**{**pinned.__dict__, "in_use": 1})
+    _, effects = run_at(store, T0, scheduling_pass, [claims, busy])
+    (assign,) = effects.assigns
+    assert (assign.agent_id, assign.step_run_id) == ("x-pinned", answer.step_run_id)
+    # Set again without the flag, the same selector counts every label once more.
+    policy, _ = run_at(store, T0, set_residency, "aws-demo", EU_RULE, "relaxed")
+    assert not policy.pinned_labels_only
+    run_at(store, T0, submit_steps, new_run(store), [consumer("load#2", target="site=x")])

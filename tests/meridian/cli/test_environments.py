@@ -70,10 +70,13 @@ def test_admins_set_and_clear_rules_and_everyone_lists_them(
         "connected": 0,
         "result_stores": [],
         "default_result_store": "",
+        "residency_pinned_labels_only": False,
     }
     audit = json.loads(cli("audit", "list", "--json", *admin).out)
     (record,) = [r for r in audit if r["action"] == "environment.residency_set"]
     assert record["details"] == {"environment": "aws-eu", "rule": RULE, "previous": "",
+                                 "pinned_labels_only": False,
+                                 "previous_pinned_labels_only": False,
                                  "reason": "gdpr"}  # fmt: skip
 
     denied = cli("environments", "residency", "aws-eu", "--clear", *viewer)

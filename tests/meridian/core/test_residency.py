@@ -62,3 +62,30 @@ def test_invalid_rules_and_names() -> None:
         may_read(rule, "onprem", "", {})
     with pytest.raises(ValidationError, match="applied to a result of 'aws-eu'"):
         may_read(rule, "aws-eu", "aws-us", US)
+
+
+def test_a_pinned_labels_only_rule_counts_only_what_join_tokens_fixed() -> None:
+    rule = parse_rule("aws-eu", "region in (eu-west-1)", pinned_labels_only=True)
+    assert rule is not None and rule.pinned_labels_only
+    # A claimed label, however right, does not count; the same label pinned does.
+    claimed = may_read(rule, "aws-eu", "gcp-x", {"region": "eu-west-1"})
+    assert not claimed.allowed
+    assert "(pinned labels only)" in claimed.message
+    assert "with the labels its join tokens pinned" in claimed.message
+    pinned = {"region": "eu-west-1"}
+    assert may_read(rule, "aws-eu", "gcp-x", pinned, pinned).allowed
+    # Pinned labels the agent also reports differently cannot happen (the control plane
+    # refuses such a Hello); the judged set is the pinned one whatever the claimed one says.
+    assert not may_read(rule, "aws-eu", "gcp-x", {"region": "eu-west-1"}, {"site": "x"}).allowed
+    # The producing environment still reads without any label.
+    assert may_read(rule, "aws-eu", "aws-eu", {}).allowed
+    # The environment's own name always counts: the certificate fixes it.
+    by_name = parse_rule("aws-eu", "environment=gcp-eu", pinned_labels_only=True)
+    assert may_read(by_name, "aws-eu", "gcp-eu", {}, {}).allowed
+
+
+def test_the_same_selector_with_and_without_pinned_labels_only_are_different_rules() -> None:
+    loose = parse_rule("aws-eu", "region=eu-west-1")
+    strict = parse_rule("aws-eu", "region=eu-west-1", pinned_labels_only=True)
+    assert loose != strict and str(loose) == str(strict)
+    assert strict is not None and strict.described == "region=eu-west-1 (pinned labels only)"
