@@ -36,13 +36,13 @@ from control_plane.orchestration.planning import ReadyAttempt, plan
 from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
 from control_plane.orchestration.values import DecisionOut, Effects
 from control_plane.scheduler.registry import AgentRegistry, Reservation
+from control_plane.scheduler.schedule_firing import ScheduleFiring
 from control_plane.store.db import Store
 from control_plane.usecases.agents import expire_agent_leases
 from control_plane.usecases.approvals import expire_approvals
 from control_plane.usecases.limits import LEASE, HolderLiveness, sweep_limit_leases
 from control_plane.usecases.runners import RunnerEndpoint, assign_runners
 from control_plane.usecases.runs import crash_runs_with_lapsed_leases
-from control_plane.usecases.schedules import fire_due_schedule, next_schedule_due
 from control_plane.usecases.scheduling import (
     cached_selector,
     load_ready,
@@ -53,8 +53,6 @@ from control_plane.usecases.scheduling import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Schedules evaluated by one pass at most (one transaction each); more due: the next pass.
-MAX_SCHEDULES_PER_PASS = 50
 
 
 class Dispatcher:
@@ -86,6 +84,7 @@ class Dispatcher:
         self._next_sweep = self._store.clock()
         self._next_approval: dt.datetime | None = None  # known at the first sweep
         self._next_schedule: dt.datetime | None = None  # known at the first sweep too
+        self._schedules = ScheduleFiring(store, sweep_interval_s)
         self._passes = 0
         self._ready = ReadyQueue()
         # Changes to the ready queue noted by ``apply``, made by the loop between passes.
@@ -310,18 +309,11 @@ class Dispatcher:
     async def _fire_schedules(self, now: dt.datetime) -> None:
         """Fire the due slots of schedules (decision 0019), then learn the next fire time.
 
-        A schedule whose evaluation fails is logged and retried at the next sweep; it never
-        stops the pass that assigns work."""
+        A schedule whose evaluation fails is held back for a while and the others go on
+        (``ScheduleFiring``); a failure of the store itself is logged and retried at the next
+        sweep. Neither stops the pass that assigns work."""
         try:
-            for _ in range(MAX_SCHEDULES_PER_PASS):
-                self._next_schedule = await self._store.run(next_schedule_due)
-                if self._next_schedule is None or self._next_schedule > now:
-                    return
-                if await self._store.transact(fire_due_schedule) is None:
-                    # Another replica is evaluating the due ones: look again shortly.
-                    self._next_schedule = now + dt.timedelta(seconds=1)
-                    return
-            self._next_schedule = now  # more are due: the next pass goes on
+            self._next_schedule = await self._schedules.fire_due(now)
         except Exception:
             log.exception("evaluating schedules failed; retrying at the next sweep")
             self._next_schedule = now + dt.timedelta(seconds=self._sweep_interval_s)

@@ -1,7 +1,9 @@
 """Firing due schedules: each slot creates its run exactly once (decision 0019).
 
 The dispatcher wakes at the smallest ``next_fire_at`` of the active schedules
-(:func:`next_schedule_due`) and calls :func:`fire_due_schedule` until it answers None. Each call
+(:func:`next_schedule_due`), finds the earliest due one (:func:`due_schedule`) and fires it
+(:func:`fire_schedule`) until none is due. A schedule whose evaluation raises is held back by
+the dispatcher for a while (``held_back``) so the schedules after it still fire. Each firing
 is one transaction about one schedule: it claims the schedule row (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so replicas share schedules instead of queueing on them), asks
 ``orchestration.catchup.due_slots`` which slots to fire, and for each slot inserts its
@@ -23,7 +25,7 @@ Creating, editing, pausing and resuming schedules (and so their cursors) is
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,30 +82,63 @@ class Evaluation:
     problem: str = ""
 
 
-def next_schedule_due(session: Session) -> dt.datetime | None:
-    """The earliest nominal fire time of any active schedule: the dispatcher's timer (a read,
-    ``Store.run``)."""
-    return session.scalar(
-        select(func.min(ScheduleRow.next_fire_at)).where(
-            ScheduleRow.active.is_(True), ScheduleRow.next_fire_at.is_not(None)
-        )
+def next_schedule_due(session: Session, held_back: Collection[str] = ()) -> dt.datetime | None:
+    """The earliest nominal fire time of any active schedule not ``held_back``: the
+    dispatcher's timer (a read, ``Store.run``)."""
+    query = select(func.min(ScheduleRow.next_fire_at)).where(
+        ScheduleRow.active.is_(True), ScheduleRow.next_fire_at.is_not(None)
     )
+    if held_back:
+        query = query.where(ScheduleRow.id.not_in(sorted(held_back)))
+    return session.scalar(query)
 
 
-def fire_due_schedule(tx: Tx) -> Evaluation | None:
-    """Evaluate one due schedule (the earliest), or answer None when none is due now."""
+def due_schedule(session: Session, now: dt.datetime, held_back: Collection[str] = ()) -> str | None:
+    """The id of the earliest schedule due at ``now`` that is not ``held_back`` (a read)."""
+    query = select(ScheduleRow.id).where(
+        ScheduleRow.active.is_(True),
+        ScheduleRow.next_fire_at.is_not(None),
+        ScheduleRow.next_fire_at <= now,
+    )
+    if held_back:
+        query = query.where(ScheduleRow.id.not_in(sorted(held_back)))
+    return session.scalar(query.order_by(ScheduleRow.next_fire_at, ScheduleRow.id).limit(1))
+
+
+def fire_schedule(tx: Tx, schedule_id: str) -> Evaluation | None:
+    """Evaluate schedule ``schedule_id`` if it is still due; None when it is not, or another
+    replica is evaluating it (its row is locked)."""
     row = tx.session.scalars(
         select(ScheduleRow)
         .where(
+            ScheduleRow.id == schedule_id,
             ScheduleRow.active.is_(True),
             ScheduleRow.next_fire_at.is_not(None),
             ScheduleRow.next_fire_at <= tx.now,
         )
-        .order_by(ScheduleRow.next_fire_at, ScheduleRow.id)
-        .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
     return None if row is None else evaluate_schedule(tx, row)
+
+
+def fire_due_schedule(tx: Tx) -> Evaluation | None:
+    """Evaluate one due schedule (the earliest), or answer None when none is due now."""
+    schedule_id = due_schedule(tx.session, tx.now)
+    return None if schedule_id is None else fire_schedule(tx, schedule_id)
+
+
+def record_evaluation_failure(tx: Tx, schedule_id: str, error: str, retry_in_s: float) -> None:
+    """Audit that evaluating a schedule failed (``schedule.evaluation_failed``), in a
+    transaction of its own, so ``meridian audit list`` says why its slots wait."""
+    row = tx.session.get(ScheduleRow, schedule_id)
+    if row is not None:
+        _audit(
+            tx,
+            row,
+            "schedule.evaluation_failed",
+            reason=error[:1000],
+            retry_in_s=round(retry_in_s, 1),
+        )
 
 
 def evaluate_schedule(tx: Tx, row: ScheduleRow) -> Evaluation:
