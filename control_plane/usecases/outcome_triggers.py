@@ -17,14 +17,16 @@ stops the upstream run from ending: the refusal is undone in its savepoint and a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select, tuple_
 
 from control_plane import audit
-from control_plane.orchestration.deployment_specs import spec_from_json
+from control_plane.orchestration.deployment_specs import OutcomeTrigger, spec_from_json
 from control_plane.store.models import DeploymentRow, DeploymentVersionRow, FlowRunRow
 from control_plane.store.tx import Tx
 from control_plane.usecases.savepoints import attempt
@@ -32,6 +34,10 @@ from meridian.core.errors import MeridianError
 from meridian.core.states import TERMINAL_RUN
 
 DEFAULT_STATES = ("COMPLETED",)
+# Deployment versions are immutable, so their parsed triggers are kept per process: a run's end
+# then reads each live deployment's id, name and current version, not every spec.
+_KNOWN_VERSIONS = 4096
+_ID_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -116,23 +122,63 @@ def _fire(tx: Tx, rule: OutcomeRule, run: FlowRunRow) -> Fired:
     return Fired(rule.downstream, outcome.flow_run_id, outcome.existing)
 
 
+class _VersionTriggers:
+    """The outcome triggers of deployment versions already read, bounded (least recently used
+    out first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._known: OrderedDict[tuple[str, int], tuple[OutcomeTrigger, ...]] = OrderedDict()
+        self._lock = threading.Lock()  # several store threads on PostgreSQL
+
+    def of(
+        self, tx: Tx, versions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[OutcomeTrigger, ...]]:
+        found: dict[tuple[str, int], tuple[OutcomeTrigger, ...]] = {}
+        with self._lock:
+            for key in versions:
+                if key in self._known:
+                    self._known.move_to_end(key)
+                    found[key] = self._known[key]
+        missing = [key for key in versions if key not in found]
+        for start in range(0, len(missing), _ID_CHUNK):
+            chunk = missing[start : start + _ID_CHUNK]
+            rows = tx.session.execute(
+                select(
+                    DeploymentVersionRow.deployment_id,
+                    DeploymentVersionRow.version,
+                    DeploymentVersionRow.spec,
+                ).where(
+                    tuple_(DeploymentVersionRow.deployment_id, DeploymentVersionRow.version).in_(
+                        chunk
+                    )
+                )
+            )
+            for deployment_id, version, spec in rows:
+                found[(deployment_id, version)] = spec_from_json(spec).triggers
+        with self._lock:
+            for key in missing:
+                if key in found:
+                    self._known[key] = found[key]
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return found
+
+
+_VERSIONS = _VersionTriggers(_KNOWN_VERSIONS)
+
+
 def _rules_on(tx: Tx, upstream: str) -> Iterator[OutcomeRule]:
     """The outcome triggers on ``upstream`` of every live deployment's current version (a
     paused one answers SKIPPED and audits it: ``deployment_triggers``)."""
     rows = tx.session.execute(
-        select(DeploymentRow.name, DeploymentVersionRow.spec)
-        .join(
-            DeploymentVersionRow,
-            and_(
-                DeploymentVersionRow.deployment_id == DeploymentRow.id,
-                DeploymentVersionRow.version == DeploymentRow.current_version,
-            ),
-        )
+        select(DeploymentRow.id, DeploymentRow.name, DeploymentRow.current_version)
         .where(DeploymentRow.deleted_at.is_(None))
         .order_by(DeploymentRow.name)
     ).all()
-    for name, spec in rows:
-        for trigger in spec_from_json(spec).triggers:
+    triggers = _VERSIONS.of(tx, [(row.id, row.current_version) for row in rows])
+    for deployment_id, name, version in rows:
+        for trigger in triggers.get((deployment_id, version), ()):
             if trigger.upstream_deployment == upstream:
                 yield OutcomeRule(
                     downstream=name,

@@ -135,3 +135,22 @@ def test_a_downstream_refusal_is_audited_and_the_upstream_run_still_ends(store: 
     assert refused.actor == f"run:{upstream}" and "day" in json.loads(refused.details)["reason"]
     triggered = [r.subject for r in records(store) if r.action == "deployment.triggered"]
     assert triggered == [upstream]
+
+
+def test_only_the_downstream_deployments_current_version_counts(store: Store) -> None:
+    deploy(store, "extract")
+    on_failure = OutcomeTrigger("extract", ("FAILED",), run_id_parameter="failed_run")
+    deploy(store, "alert", ("failed_run",), on_failure)
+
+    def fail_upstream() -> None:
+        upstream = start_upstream(store)
+        run_at(store, T0, finish_run, upstream, succeeded=False, result_json="", error=FAILED)
+
+    fail_upstream()
+    assert len(runs_of(store, "alert")) == 1
+    deploy(store, "alert", ("failed_run",))  # version 2: no trigger
+    fail_upstream()
+    assert len(runs_of(store, "alert")) == 1
+    deploy(store, "alert", ("failed_run",), on_failure)  # version 3: the trigger again
+    fail_upstream()
+    assert len(runs_of(store, "alert")) == 2
