@@ -47,7 +47,7 @@ MAX_SECONDS = 30 * 24 * 3600.0
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.<>]{0,511}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# A cache key is a digest the SDK computes (meridian.core.cachekey: "ck1-<sha256 hex>"); the
+# A cache key is a digest the SDK computes (meridian.core.cachekey: "ck2-<sha256 hex>"); the
 # bound leaves room for other versions without letting a key carry arbitrary text.
 CACHE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 MAX_CACHE_EXPIRATION_S = 3650 * 24 * 3600.0

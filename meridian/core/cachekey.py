@@ -14,11 +14,15 @@ changing either runs the step again:
 * **Inputs**: the call's arguments bound to parameter names with defaults applied
   (:func:`bind_inputs`), so ``f(1)``, ``f(x=1)`` and ``f()`` with ``x=1`` share a key, then
   :func:`canonical_json`: keys sorted, no whitespace, refusing anything that is not JSON. A
-  stored result passed as an argument (a ``ResultRef`` or its marker) counts by its sha256
-  alone: the same bytes give the same key wherever they are stored.
+  stored result passed as an argument (a ``ResultRef`` or its marker) counts by what decides
+  the value the step receives: its sha256, its serializer and whether it is sealed. Where it
+  is stored (environment, store, URI) does not count: the same bytes read the same way give
+  the same key wherever they are stored.
 
 A user's ``cache_key`` callable receives a :class:`CacheKeyContext` and returns a string, or
-None for "do not cache this call". Every key is scoped to the step's name. With ``secret``
+None for "do not cache this call". Every key is scoped to the step's name, and starts with
+the version of its canonical form (``ck2-``; ``ck1-`` keys counted a reference by its sha256
+alone, so they never match a ``ck2-`` key and old entries simply miss). With ``secret``
 (derived from the sealing key when inputs are sealed) the digest is an HMAC, so the control
 plane can match equal keys without being able to test guesses of the inputs.
 
@@ -43,7 +47,7 @@ from meridian.core.resultref import REF_MARKER, ResultRef, marker_ref
 MAX_DEPTH = 100
 MAX_USER_KEY = 256
 MAX_EXPIRATION = dt.timedelta(days=3650)
-_VERSION = 1
+_VERSION = 2  # of the canonical form; also the keys' prefix (ck2-, ck2h-)
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,9 @@ def canonical_json(value: Any) -> str:
     """JSON text that is equal for equal values, whatever the order of dict keys.
 
     Tuples count as lists (what a step receives for ``*args``); a result reference counts by
-    its sha256. Raises :class:`ValidationError` naming the first part that is not JSON (a
-    set, a datetime, a non-string dict key, NaN) instead of letting ``json`` coerce it
-    silently.
+    its sha256, serializer and sealing (:func:`_ref_identity`). Raises
+    :class:`ValidationError` naming the first part that is not JSON (a set, a datetime, a
+    non-string dict key, NaN) instead of letting ``json`` coerce it silently.
     """
     value = _refs_by_digest(value, 0)
     found = find_non_json(value, MAX_DEPTH)
@@ -80,16 +84,23 @@ def canonical_json(value: Any) -> str:
     )
 
 
+def _ref_identity(ref: ResultRef) -> dict[str, Any]:
+    """What of a reference decides the value a step receives: the same bytes decoded by
+    another serializer (JSON ``[1, 2]`` vs the bytes ``b"[1, 2]"``), or ciphertext instead
+    of plaintext, are other values. Where the bytes are stored is left out on purpose."""
+    return {REF_MARKER: {"sha256": ref.sha256, "serializer": ref.serializer, "sealed": ref.sealed}}
+
+
 def _refs_by_digest(value: Any, depth: int) -> Any:
-    """``value`` with each ``ResultRef`` or reference marker replaced by its sha256 alone."""
+    """``value`` with each ``ResultRef`` or reference marker replaced by its identity."""
     if isinstance(value, ResultRef):
-        return {REF_MARKER: {"sha256": value.sha256}}
+        return _ref_identity(value)
     if depth > MAX_DEPTH:
         return value  # find_non_json reports the depth
     if isinstance(value, dict):
         ref = marker_ref(value)
         if ref is not None:
-            return {REF_MARKER: {"sha256": ref.sha256}}
+            return _ref_identity(ref)
         return {k: _refs_by_digest(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_refs_by_digest(v, depth + 1) for v in value]
@@ -204,10 +215,10 @@ def is_reusable(
 
 def _digest(text: str, secret: bytes | None) -> str:
     if secret is None:
-        return "ck1-" + hashlib.sha256(text.encode()).hexdigest()
+        return f"ck{_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()
     if len(secret) < 16:
         raise ValidationError("a cache key secret must be at least 16 bytes")
-    return "ck1h-" + hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+    return f"ck{_VERSION}h-" + hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -169,7 +169,7 @@ def test_cache_keys_digest_a_reference_by_its_sha256_alone() -> None:
         cached.submit(other)
     keys = [call[0].cache_key for call in submitter.calls]
     assert keys[0] == keys[1] == keys[2] != keys[3]
-    assert keys[0].startswith("ck1-")
+    assert keys[0].startswith("ck2-")
     code = cached.cache.code if cached.cache else ""
     direct = default_cache_key("cached", code, bind_inputs(cached.fn, [DIGEST], {}))
     assert direct != keys[0]  # the digest stands in as a reference, not as a plain string

@@ -72,7 +72,7 @@ def test_equal_bound_inputs_share_a_key_and_other_inputs_do_not() -> None:
     )
     keys = [s.cache_key for s in subs]
     assert keys[0] == keys[1] and len(set(keys)) == 3
-    assert all(k.startswith("ck1-") and len(k) == 68 for k in keys)
+    assert all(k.startswith("ck2-") and len(k) == 68 for k in keys)
     assert [s.cache_expires_after_s for s in subs] == [7200.0] * 4
     assert [s.key for s in subs] == ["load#1", "load#2", "load#3", "load#4"]
 

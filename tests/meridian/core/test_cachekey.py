@@ -24,6 +24,7 @@ from meridian.core.cachekey import (
     validate_expiration,
 )
 from meridian.core.errors import ValidationError
+from meridian.core.resultref import REF_MARKER, ResultRef
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SECRET = b"s" * 32
@@ -57,7 +58,10 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    # REF_MARKER is reserved for references (hypothesis draws string constants from the source).
+    lambda children: (
+        st.lists(children) | st.dictionaries(st.text().filter(lambda k: k != REF_MARKER), children)
+    ),
     max_leaves=25,
 )
 
@@ -150,7 +154,7 @@ def test_code_digest_falls_back_to_the_bundle() -> None:
 def test_default_key_changes_with_inputs_or_code_and_only_then() -> None:
     inputs = bind_inputs(load, (1,), {})
     key = default_cache_key("load", CODE, inputs)
-    assert key.startswith("ck1-") and len(key) == 4 + 64
+    assert key.startswith("ck2-") and len(key) == 4 + 64
     assert default_cache_key("load", CODE, dict(reversed(list(inputs.items())))) == key
     assert default_cache_key("load", CODE, bind_inputs(load, (), {"x": 1})) == key
     assert default_cache_key("load", CODE, bind_inputs(load, (2,), {})) != key
@@ -163,7 +167,7 @@ def test_a_secret_makes_the_key_an_hmac() -> None:
     inputs = {"x": 1}
     plain = default_cache_key("load", CODE, inputs)
     keyed = default_cache_key("load", CODE, inputs, SECRET)
-    assert keyed.startswith("ck1h-") and keyed != plain
+    assert keyed.startswith("ck2h-") and keyed != plain
     assert default_cache_key("load", CODE, inputs, SECRET) == keyed
     assert default_cache_key("load", CODE, inputs, b"t" * 32) != keyed
     with pytest.raises(ValidationError, match="at least 16 bytes"):
@@ -175,6 +179,33 @@ def test_default_key_refuses_non_json_inputs() -> None:
         default_cache_key("load", CODE, {"x": {1}})
 
 
+def stored(**changes: Any) -> ResultRef:
+    """A stored result of the bytes ``[1, 2]``, JSON-serialized, unless ``changes`` say so."""
+    fields: dict[str, Any] = {
+        "environment": "aws-prod",
+        "store": "s3-main",
+        "uri": "s3://bucket/runs/r1/as_json/1/result",
+        "size": 6,
+        "sha256": "ab" * 32,
+        "serializer": "json",
+        "sealed": False,
+    }
+    fields.update(changes)
+    return ResultRef(**fields)
+
+
+def test_a_reference_input_counts_by_how_its_bytes_are_read() -> None:
+    key = default_cache_key("kind", CODE, {"v": stored()})
+    # The same bytes decoded as another type, or sealed, are another value for the step.
+    assert default_cache_key("kind", CODE, {"v": stored(serializer="bytes")}) != key
+    assert default_cache_key("kind", CODE, {"v": stored(sealed=True)}) != key
+    assert default_cache_key("kind", CODE, {"v": stored(sha256="cd" * 32)}) != key
+    # Where the same bytes are stored does not count: a copy elsewhere still hits.
+    moved = stored(environment="gcp-prod", store="gcs-main", uri="gs://b/runs/r9/x/1/result")
+    assert default_cache_key("kind", CODE, {"v": moved}) == key
+    assert default_cache_key("kind", CODE, {"v": {REF_MARKER: stored().to_value()}}) == key
+
+
 def context(inputs: dict[str, Any] | None = None) -> CacheKeyContext:
     inputs = inputs or {"x": 1, "day": "2026-01-01"}
     return CacheKeyContext("load", inputs, CODE, default_cache_key("load", CODE, inputs))
@@ -182,7 +213,7 @@ def context(inputs: dict[str, Any] | None = None) -> CacheKeyContext:
 
 def test_user_keys_are_scoped_to_the_step() -> None:
     by_day = user_cache_key(lambda c: str(c.inputs["day"]), context())
-    assert by_day is not None and by_day.startswith("ck1-")
+    assert by_day is not None and by_day.startswith("ck2-")
     same_day = user_cache_key(
         lambda c: str(c.inputs["day"]), context({"x": 2, "day": "2026-01-01"})
     )
