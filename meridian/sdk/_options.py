@@ -22,6 +22,7 @@ from meridian.core.resultref import MAX_INLINE_THRESHOLD_BYTES, store_name_probl
 from meridian.core.sealing import check_key_group
 from meridian.core.secrets import check_secret_references
 from meridian.core.selectors import parse_selector
+from meridian.core.serializers import KNOWN_SERIALIZERS
 from meridian.core.spec import Isolation
 from meridian.sdk._jsonvalues import describe_non_json, dumps
 
@@ -196,10 +197,6 @@ def check_concurrency(value: Any, where: str) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
-# The serializers a step may ask for; pickle is an explicit opt-in (reading one runs code).
-SERIALIZERS = ("json", "parquet", "bytes", "pickle")
-
-
 def _check_result_store(value: Any, where: str) -> str:
     if value is None:
         return ""
@@ -227,14 +224,16 @@ def _check_inline_threshold(value: Any, where: str) -> int:
 
 
 def _check_serializer(value: Any, where: str) -> str:
+    """One of the known serializers (pickle is an explicit opt-in: reading one runs code), or
+    None / "" for automatic ("" is what the wire and step files say for automatic)."""
     if value is None or value == "":
         return ""
-    if value not in SERIALIZERS:
+    if not isinstance(value, str) or value not in KNOWN_SERIALIZERS:
+        accepted = ", ".join(repr(name) for name in sorted(KNOWN_SERIALIZERS))
         raise ValidationError(
-            f"{where}: serializer must be 'json', 'parquet' or 'pickle' (None: automatic), got "
-            f"{value!r}"
+            f"{where}: serializer must be one of {accepted}, or None (automatic), got {value!r}"
         )
-    return str(value)
+    return value
 
 
 def check_seal(value: Any, where: str, *, allow_false: bool) -> str | bool | None:

@@ -311,7 +311,7 @@ def step(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
             ``inline_threshold`` bytes go to the environment's default store.
         inline_threshold: bytes (1 .. 4 MiB; None = 256 KiB) from which a serialized result
             stays at its site and travels as a ``ResultRef`` instead of a value.
-        serializer: how the result is written when it stays at its site: None (automatic:
+        serializer: how the result is written when it stays at its site: None or "" (automatic:
             JSON; Parquet for pandas DataFrames and pyarrow Tables; raw bytes for ``bytes``,
             ``bytearray`` and ``memoryview``), "json", "parquet", "bytes", or
             "pickle" for any picklable object. Pickle is an explicit opt-in: loading a

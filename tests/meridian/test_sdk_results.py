@@ -96,7 +96,8 @@ def test_result_options_are_carried_in_the_spec() -> None:
         ({"inline_threshold": 4 * 1024 * 1024 + 1}, "from 1 to 4194304"),
         ({"inline_threshold": True}, "number of bytes"),
         ({"inline_threshold": 1.5}, "number of bytes"),
-        ({"serializer": "yaml"}, "'json', 'parquet' or 'pickle'"),
+        ({"serializer": "yaml"}, "one of 'bytes', 'json', 'parquet', 'pickle', or None"),
+        ({"serializer": ["json"]}, "one of 'bytes', 'json', 'parquet', 'pickle'"),
     ],
 )
 def test_bad_result_options_are_refused_at_decoration(options: dict[str, Any], match: str) -> None:
@@ -106,6 +107,11 @@ def test_bad_result_options_are_refused_at_decoration(options: dict[str, Any], m
     with pytest.raises(ValidationError, match=match) as info:
         step(**options)(fn)
     assert "step 'fn'" in str(info.value)
+
+
+def test_an_empty_serializer_means_automatic_like_none() -> None:
+    assert step(serializer="")(lambda: None).spec.serializer == ""
+    assert step(serializer=None)(lambda: None).spec.serializer == ""
 
 
 def test_pickle_is_an_explicit_opt_in_documented_on_the_decorator() -> None:
