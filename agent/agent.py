@@ -1,6 +1,7 @@
 """The site agent: configuration and lifecycle (docs/architecture.md, "Conventions").
 
-``Agent.run()`` loads the enrolled identity, opens the journal and handle store, loads the
+``Agent.run()`` loads the enrolled identity, locks the data dir (``agent.datadirlock``: a
+second agent on it refuses to start), opens the journal and handle store, loads the
 configured providers, re-attaches to attempts that survived a restart and keeps the connection
 worker running until ``shutdown(grace)``, or until the control plane refuses the agent for a
 reason reconnecting cannot fix (``AgentRefused``, raised from ``run()``). Beside the connection
@@ -30,6 +31,7 @@ from typing import Any
 from agent import convert
 from agent.bundles import BundleCache, RpcBundleSource
 from agent.connection import Connection
+from agent.datadirlock import DataDirLock
 from agent.endpoint import AgentEndpoint
 from agent.flowrunners import FlowRunners
 from agent.handles import HandleStore
@@ -142,6 +144,7 @@ class Agent:
         self._metrics: AgentMetrics | None = None
         self._result_stores: dict[str, ResultStore] = {}
         self._flow_runners: FlowRunners | None = None
+        self._lock: DataDirLock | None = None
         self.metrics_address: tuple[str, int] | None = None
 
     @property
@@ -192,6 +195,8 @@ class Agent:
     async def _start(self) -> None:
         cfg = self._config
         identity = load_identity(cfg.data_dir)
+        # One agent per data dir, before anything opens (agent.datadirlock).
+        self._lock = await asyncio.to_thread(DataDirLock.acquire, cfg.data_dir)
         _warn_if_expired(identity.cert_pem, cfg.data_dir)
         # Before anything opens: a bad secrets configuration must stop the agent at once.
         secrets = SecretStore.from_config(cfg.secrets)
@@ -345,6 +350,8 @@ class Agent:
         for store in (self._journal, self._handles):
             if store is not None:
                 store.close()
+        if self._lock is not None:
+            self._lock.release()  # last: everything under the data dir is closed
 
     async def _hello(self) -> HelloInfo:
         assert self._worker is not None

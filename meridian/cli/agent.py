@@ -4,6 +4,9 @@ Enrollment records ``identity.json`` ({"agent_id", "environment", "control_plane
 agent's data directory. ``agent start`` checks ``--environment`` against it so an operator who
 copies a command line to the wrong host gets an error instead of an agent advertising labels of
 another environment (the control plane would refuse its work anyway, but silently).
+
+One agent per data directory: ``agent start`` exits non-zero when another agent holds the
+directory's lock (``agent.datadirlock``), and ``agent enroll`` is refused while one runs there.
 """
 
 from __future__ import annotations
@@ -186,12 +189,20 @@ def write_identity(data_dir: Path, agent_id: str, environment: str, control_plan
 def enroll_agent(
     control_plane: str, ca_file: Path, token: str, data_dir: Path, name: str | None
 ) -> tuple[str, str]:
-    """Enroll and record the identity; returns (agent_id, environment). Used by ``dev`` too."""
+    """Enroll and record the identity; returns (agent_id, environment). Used by ``dev`` too.
+
+    Refused while an agent runs on ``data_dir`` (it holds the data dir's lock): a new key and
+    certificate must not replace the identity under it."""
     from agent import enroll
+    from agent.datadirlock import DataDirLock
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    result = enroll(control_plane, ca_file, token, data_dir, name=name)
-    write_identity(data_dir, result.agent_id, result.environment, control_plane)
+    lock = DataDirLock.acquire(data_dir, doing="enroll a new agent")
+    try:
+        result = enroll(control_plane, ca_file, token, data_dir, name=name)
+        write_identity(data_dir, result.agent_id, result.environment, control_plane)
+    finally:
+        lock.release()
     return result.agent_id, result.environment
 
 

@@ -82,3 +82,36 @@ def test_revoked_agent_is_disconnected_and_refused(estate: Estate) -> None:
     assert "agent.revoked" in actions and "agent.drained" in actions
     verify = estate.cli("audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_second_agent_on_a_data_dir_refuses_to_start_and_the_first_keeps_running(
+    estate: Estate,
+) -> None:
+    # Its own agent: the tests above drain and revoke edge-1.
+    estate.add_agent("edge", {"site": "edge"}, name="edge-lock")
+    first = estate.agents["edge-lock"]
+    data_dir = str(estate.root / "agents" / "edge-lock")
+    second = estate.cli(
+        "agent", "start", "--environment", "edge", "--data-dir", data_dir, "--drain-grace", "1"
+    )
+    assert second.returncode != 0
+    assert f"agent data dir {data_dir} is in use by pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    enroll = estate.cli(
+        "agent",
+        "enroll",
+        "--control-plane",
+        estate.address,
+        "--ca-file",
+        str(estate.ca_file),
+        "--token",
+        estate.new_token("edge"),
+        "--data-dir",
+        data_dir,
+    )
+    assert enroll.returncode != 0 and "is in use by pid" in enroll.stderr
+    # The first never lost its connection to a twin and still runs.
+    assert first.poll() is None
+    assert status_of(estate, "edge-lock") == "connected"
+    log = (estate.root / "agent-edge-lock.log").read_text(errors="replace")
+    assert "took over" not in log
