@@ -36,6 +36,9 @@ MAX_TAGS = 32
 MAX_TAG = 64
 MAX_SCHEDULES = 20
 MAX_TRIGGERS = 20
+# Outcome-triggered runs in one chain (each triggered by the previous one's end): beyond it a
+# trigger is refused, so a cycle that escaped the deploy-time check still stops.
+MAX_OUTCOME_CHAIN = 20
 MAX_CONCURRENCY = 10_000
 MAX_FLOW_LIMITS = 8  # named limits one flow may take (as for a step)
 DEFAULT_WINDOW_S = 86_400.0
@@ -265,3 +268,30 @@ def _trigger(spec: DeploymentSpec, t: OutcomeTrigger) -> OutcomeTrigger:
                 f"{param!r}, which the flow does not take (it takes: {', '.join(names) or 'none'})"
             )
     return dataclasses.replace(t, states=states)
+
+
+def trigger_cycle(name: str, upstreams: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle of outcome triggers through deployment ``name``, in the order runs would fire
+    (``["ping", "pong", "ping"]``: a run of ping ends, pong runs, its end runs ping), or None.
+
+    ``upstreams`` maps each deployment to the deployments whose runs' outcome triggers it."""
+    downstreams: dict[str, list[str]] = {}
+    for downstream, ups in upstreams.items():
+        for up in ups:
+            downstreams.setdefault(up, []).append(downstream)
+    # Iterative depth-first search (no recursion limit) for a path from name back to name.
+    path = [name]
+    pending = [iter(sorted(downstreams.get(name, ())))]
+    seen = {name}
+    while pending:
+        step = next(pending[-1], None)
+        if step is None:
+            pending.pop()
+            path.pop()
+        elif step == name:
+            return [*path, name]
+        elif step not in seen:
+            seen.add(step)
+            path.append(step)
+            pending.append(iter(sorted(downstreams.get(step, ()))))
+    return None

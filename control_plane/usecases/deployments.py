@@ -11,7 +11,8 @@
   older version that the new one does not list become inactive (their rows stay, so their
   fired slots keep their keys).
 * **Outcome triggers** must name deployments that exist when the version is created (a typo
-  would otherwise never fire, silently), and not the deployment itself.
+  would otherwise never fire, silently), and not close a cycle through the current versions
+  (the deployment itself, or ping → pong → ping).
 * **Pause/resume** the whole deployment or one schedule. Resuming sets the cursor of the
   schedules it re-activates to now: a pause never turns into a burst of catch-up runs.
 * **Delete** is soft: ``deleted_at`` is set, schedules become inactive and triggers are
@@ -36,6 +37,7 @@ from control_plane.orchestration.deployment_specs import (
     DeploymentSpec,
     ScheduleSpec,
     spec_from_json,
+    trigger_cycle,
     validate_name,
     validate_spec,
 )
@@ -47,6 +49,7 @@ from control_plane.store.models import (
     ScheduleRow,
 )
 from control_plane.store.tx import Tx
+from control_plane.usecases import outcome_triggers
 from control_plane.usecases.deployment_triggers import (
     TriggerOutcome,
     TriggerSource,
@@ -141,6 +144,24 @@ def _check_upstreams(tx: Tx, spec: DeploymentSpec) -> None:
                 f"deployment {spec.name} cannot be triggered by its own runs' outcome"
             )
         find_deployment(tx, trigger.upstream_deployment, what="upstream deployment")
+    if spec.triggers:
+        _check_cycle(tx, spec)
+
+
+def _check_cycle(tx: Tx, spec: DeploymentSpec) -> None:
+    """Refuse a version whose triggers would close a cycle through the current versions: its
+    runs would trigger one another for ever."""
+    upstreams = {
+        name: [t.upstream_deployment for t in triggers]
+        for name, triggers in outcome_triggers.live_triggers(tx).items()
+    }
+    upstreams[spec.name] = [t.upstream_deployment for t in spec.triggers]
+    cycle = trigger_cycle(spec.name, upstreams)
+    if cycle is not None:
+        raise ValidationError(
+            f"outcome triggers would form a cycle: {' → '.join(cycle)} "
+            "(each run would trigger the next for ever)"
+        )
 
 
 def find_deployment(tx: Tx, name: str, *, what: str = "deployment") -> DeploymentRow:

@@ -11,7 +11,9 @@ trigger names the upstream run.
 
 A downstream deployment that refuses (paused, deleted, parameters that do not validate) never
 stops the upstream run from ending: the refusal is undone in its savepoint and audited as
-``trigger.refused``.
+``trigger.refused``. Cycles are refused at deploy time; in case one exists anyway (two deploys
+at once), each outcome-triggered run records its ``chain_depth`` and a chain longer than
+``MAX_OUTCOME_CHAIN`` is refused the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from typing import Any
 from sqlalchemy import select, tuple_
 
 from control_plane import audit
-from control_plane.orchestration.deployment_specs import OutcomeTrigger, spec_from_json
+from control_plane.orchestration.deployment_specs import (
+    MAX_OUTCOME_CHAIN,
+    OutcomeTrigger,
+    spec_from_json,
+)
 from control_plane.store.models import DeploymentRow, DeploymentVersionRow, FlowRunRow
 from control_plane.store.tx import Tx
 from control_plane.usecases.savepoints import attempt
@@ -80,6 +86,13 @@ def _fire(tx: Tx, rule: OutcomeRule, run: FlowRunRow) -> Fired:
     # imports theirs (creating runs) — a module-level import would be a cycle.
     from control_plane.usecases import deployments
 
+    depth = chain_depth(run) + 1
+    if depth > MAX_OUTCOME_CHAIN:
+        why = (
+            f"run {run.id} ends a chain of {depth - 1} outcome-triggered runs: at most "
+            f"{MAX_OUTCOME_CHAIN} in a row (a cycle of outcome triggers?)"
+        )
+        return _refuse(tx, rule, run, why)
     parameters: dict[str, Any] = {}
     if rule.run_id_parameter:
         parameters[rule.run_id_parameter] = run.id
@@ -92,6 +105,7 @@ def _fire(tx: Tx, rule: OutcomeRule, run: FlowRunRow) -> Fired:
             "upstream_run_id": run.id,
             "upstream_deployment": rule.upstream,
             "state": str(run.state),
+            "chain_depth": depth,
         },
     )
     outcome = attempt(
@@ -103,23 +117,35 @@ def _fire(tx: Tx, rule: OutcomeRule, run: FlowRunRow) -> Fired:
         idempotency_key=f"outcome:{run.id}",
     )
     if isinstance(outcome, MeridianError):
-        audit.append(
-            tx.session,
-            actor=f"run:{run.id}",
-            action="trigger.refused",
-            subject=rule.downstream,
-            details={
-                "kind": "outcome",
-                "deployment": rule.downstream,
-                "upstream_run_id": run.id,
-                "upstream_deployment": rule.upstream,
-                "state": str(run.state),
-                "reason": str(outcome),
-            },
-            now=tx.now,
-        )
-        return Fired(rule.downstream, None, refused=str(outcome))
+        return _refuse(tx, rule, run, str(outcome))
     return Fired(rule.downstream, outcome.flow_run_id, outcome.existing)
+
+
+def chain_depth(run: FlowRunRow) -> int:
+    """How many outcome-triggered runs in a row led to ``run`` (0: it was not one)."""
+    if run.trigger != "outcome":
+        return 0
+    depth = ((run.trigger_detail or {}).get("detail") or {}).get("chain_depth", 1)
+    return depth if isinstance(depth, int) and depth > 0 else 1
+
+
+def _refuse(tx: Tx, rule: OutcomeRule, run: FlowRunRow, why: str) -> Fired:
+    audit.append(
+        tx.session,
+        actor=f"run:{run.id}",
+        action="trigger.refused",
+        subject=rule.downstream,
+        details={
+            "kind": "outcome",
+            "deployment": rule.downstream,
+            "upstream_run_id": run.id,
+            "upstream_deployment": rule.upstream,
+            "state": str(run.state),
+            "reason": why,
+        },
+        now=tx.now,
+    )
+    return Fired(rule.downstream, None, refused=why)
 
 
 class _VersionTriggers:
@@ -168,17 +194,22 @@ class _VersionTriggers:
 _VERSIONS = _VersionTriggers(_KNOWN_VERSIONS)
 
 
-def _rules_on(tx: Tx, upstream: str) -> Iterator[OutcomeRule]:
-    """The outcome triggers on ``upstream`` of every live deployment's current version (a
-    paused one answers SKIPPED and audits it: ``deployment_triggers``)."""
+def live_triggers(tx: Tx) -> dict[str, tuple[OutcomeTrigger, ...]]:
+    """The outcome triggers of every live deployment's current version, by its name."""
     rows = tx.session.execute(
         select(DeploymentRow.id, DeploymentRow.name, DeploymentRow.current_version)
         .where(DeploymentRow.deleted_at.is_(None))
         .order_by(DeploymentRow.name)
     ).all()
     triggers = _VERSIONS.of(tx, [(row.id, row.current_version) for row in rows])
-    for deployment_id, name, version in rows:
-        for trigger in triggers.get((deployment_id, version), ()):
+    return {name: triggers.get((key, version), ()) for key, name, version in rows}
+
+
+def _rules_on(tx: Tx, upstream: str) -> Iterator[OutcomeRule]:
+    """The outcome triggers on ``upstream`` of every live deployment's current version (a
+    paused one answers SKIPPED and audits it: ``deployment_triggers``)."""
+    for name, triggers in live_triggers(tx).items():
+        for trigger in triggers:
             if trigger.upstream_deployment == upstream:
                 yield OutcomeRule(
                     downstream=name,

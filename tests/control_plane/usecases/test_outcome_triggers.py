@@ -9,16 +9,23 @@ import datetime as dt
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from control_plane import audit
-from control_plane.orchestration.deployment_specs import DeploymentSpec, OutcomeTrigger
+from control_plane.orchestration.deployment_specs import (
+    MAX_OUTCOME_CHAIN,
+    DeploymentSpec,
+    OutcomeTrigger,
+)
 from control_plane.store.db import Store
 from control_plane.store.models import FlowRunRow
 from control_plane.store.tx import move_run
+from control_plane.usecases import deployments
 from control_plane.usecases.deployments import TriggerSource, create_deployment, trigger_deployment
 from control_plane.usecases.runs import cancel_run, crash_runs_with_lapsed_leases, finish_run
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
+from meridian.core.errors import ValidationError
 from meridian.core.states import RunState
 from tests.control_plane.usecases.helpers import T0, run_at
 
@@ -154,3 +161,50 @@ def test_only_the_downstream_deployments_current_version_counts(store: Store) ->
     deploy(store, "alert", ("failed_run",), on_failure)  # version 3: the trigger again
     fail_upstream()
     assert len(runs_of(store, "alert")) == 2
+
+
+def test_a_cycle_of_outcome_triggers_is_refused_at_deploy_time(store: Store) -> None:
+    deploy(store, "ping")
+    deploy(store, "pong", (), OutcomeTrigger("ping"))
+    deploy(store, "pang", (), OutcomeTrigger("pong"))
+    with pytest.raises(ValidationError, match="cycle: ping → pong → ping"):
+        deploy(store, "ping", (), OutcomeTrigger("pong"))
+    with pytest.raises(ValidationError, match="cycle: ping → pong → pang → ping"):
+        deploy(store, "ping", (), OutcomeTrigger("pang"))
+    deploy(store, "pong")  # pong no longer waits on ping: ping may now wait on pong
+    deploy(store, "ping", (), OutcomeTrigger("pong"))
+
+
+def test_a_cycle_that_exists_anyway_stops_after_max_outcome_chain_runs(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two deploys at once can each pass the deploy-time check: simulated by skipping it.
+    monkeypatch.setattr(deployments, "_check_cycle", lambda tx, spec: None)
+    deploy(store, "extract")
+    deploy(store, "ping", (), OutcomeTrigger("extract"))
+    deploy(store, "pong", (), OutcomeTrigger("ping"))
+    deploy(store, "ping", (), OutcomeTrigger("extract"), OutcomeTrigger("pong"))
+    run_id = start_upstream(store)
+    ended = 0
+    while run_id:
+        finish(store, run_id)
+        ended += 1
+        pending = [
+            r for r in runs_of(store, "ping") + runs_of(store, "pong") if r.state == "PENDING"
+        ]
+        assert len(pending) <= 1 and ended <= MAX_OUTCOME_CHAIN + 1
+        run_id = pending[0].id if pending else ""
+    assert ended == MAX_OUTCOME_CHAIN + 1  # extract's run, then the chain of 20
+    (refused,) = [r for r in records(store) if r.action == "trigger.refused"]
+    assert "chain of 20 outcome-triggered runs" in json.loads(refused.details)["reason"]
+
+
+def finish(store: Store, run_id: str) -> None:
+    def running(tx: Any) -> None:
+        run = tx.session.get(FlowRunRow, run_id)
+        if run.state == "PENDING":
+            run.runner_lease_expires_at = T0 + dt.timedelta(seconds=60)
+            move_run(tx, run, RunState.RUNNING)
+
+    run_at(store, T0, running)
+    run_at(store, T0, finish_run, run_id, succeeded=True, result_json="", error=None)
