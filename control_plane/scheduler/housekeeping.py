@@ -54,6 +54,7 @@ from control_plane.usecases.cleanup import (
     known_environments,
     live_runs,
     record_collection,
+    referenced_by_live_parameters,
     referenced_page,
     settle_deletions,
 )
@@ -95,6 +96,9 @@ class _Sweep:
     environment: str
     live_runs: set[str]
     referenced: set[int]
+    # Which stores of the listing this sweep judges, when several agents of the environment
+    # are swept (``covering_sweeps``); the default judges every store the agent lists.
+    part: SweepPart = field(default_factory=lambda: SweepPart())
     tallies: dict[str, StoreTally] = field(default_factory=dict)
     orphans: list[StoredObjectValue] = field(default_factory=list)
     overflow: bool = False
@@ -112,6 +116,8 @@ class _Sweep:
             self.fail(f"the agent listed more than {MAX_STORES_PER_SWEEP} stores")
             return
         for obj in page.objects:
+            if not self.part.judges(obj.store):
+                continue  # swept through another agent of the environment
             tally = self.tally(obj.store)
             tally.objects += 1
             if not is_orphan(obj, self.referenced, self.live_runs):
@@ -283,8 +289,10 @@ class Housekeeping:
         scope: Sequence[str],
         budget_s: float,
     ) -> CollectReport:
-        """Sweep one agent per environment (``environment``, or every one ``scope`` allows;
-        empty = all), find orphans and delete them unless ``dry_run``, within ``budget_s``."""
+        """Sweep each environment (``environment``, or every one ``scope`` allows; empty = all)
+        through the agents that together have all its advertised stores
+        (``covering_sweeps``), find orphans and delete them unless ``dry_run``, within
+        ``budget_s``."""
         deadline = asyncio.get_running_loop().time() + budget_s
         known = set(await self._store.run(known_environments))
         connected: dict[str, list[AgentSession]] = {}
@@ -294,18 +302,28 @@ class Housekeeping:
         if scope:
             targets = [e for e in targets if e in scope]
         skipped: list[str] = []
-        chosen: dict[str, AgentSession] = {}
+        chosen: dict[str, list[tuple[AgentSession, SweepPart]]] = {}
         for env in targets:
             free = [s for s in connected.get(env, []) if s.agent.agent_id not in self._sweeping]
             if free:
-                chosen[env] = max(free, key=lambda s: len(advertised_stores(s)))
+                chosen[env] = covering_sweeps(free)
+                missed = sorted(
+                    set().union(*(advertised_stores(s) for s in connected.get(env, [])))
+                    - set().union(*(advertised_stores(s) for s, _ in chosen[env]))
+                )
+                if missed:
+                    skipped.append(
+                        f"{env}: stores {', '.join(missed)}: their agents are sweeping already; "
+                        "try again later"
+                    )
             elif env in connected:
                 skipped.append(f"{env}: a sweep already runs on its agents; try again later")
             else:
                 skipped.append(f"{env}: no agent of this environment is connected")
         tallies: list[StoreTally] = []
-        if chosen:
-            for session in chosen.values():
+        sweeps = [pair for pairs in chosen.values() for pair in pairs]
+        if sweeps:
+            for session, _ in sweeps:
                 self._sweeping.add(session.agent.agent_id)
             try:
                 # Live runs first: an attempt ending after this read has recorded its
@@ -314,12 +332,12 @@ class Housekeeping:
                 referenced = await self._referenced(set(chosen))
                 swept = await asyncio.gather(
                     *(
-                        self._sweep(s, older_than_s, dry_run, live, referenced, deadline)
-                        for s in chosen.values()
+                        self._sweep(s, part, older_than_s, dry_run, live, referenced, deadline)
+                        for s, part in sweeps
                     )
                 )
             finally:
-                for session in chosen.values():
+                for session, _ in sweeps:
                     self._sweeping.discard(session.agent.agent_id)
             tallies = [t for found in swept for t in found]
         await self._store.transact(
@@ -335,7 +353,7 @@ class Housekeeping:
     async def _referenced(self, environments: set[str]) -> set[int]:
         """Digests of every URI of ``environments`` a step run refers to, read a page per
         store call so the store's thread is never held for the whole table."""
-        referenced: set[int] = set()
+        referenced: set[int] = await self._store.run(referenced_by_live_parameters, environments)
         after = ""
         while True:
             digests, after = await self._store.run(referenced_page, after, environments)
@@ -346,6 +364,7 @@ class Housekeeping:
     async def _sweep(
         self,
         session: AgentSession,
+        part: SweepPart,
         older_than_s: float,
         dry_run: bool,
         live: set[str],
@@ -353,7 +372,9 @@ class Housekeeping:
         deadline: float,
     ) -> list[StoreTally]:
         agent = session.agent
-        sweep = _Sweep(str(uuid.uuid4()), agent.agent_id, agent.environment, live, referenced)
+        sweep = _Sweep(
+            str(uuid.uuid4()), agent.agent_id, agent.environment, live, referenced, part
+        )
         self._sweeps[sweep.sweep_id] = sweep
         try:
             session.send(SweepResultsOut(sweep.sweep_id, older_than_s))
@@ -436,3 +457,31 @@ class Housekeeping:
 def advertised_stores(session: AgentSession) -> frozenset[str]:
     """The result stores the agent said it has (its Hello)."""
     return frozenset(session.result_stores)
+
+
+@dataclass(frozen=True)
+class SweepPart:
+    """The stores one agent's sweep judges: ``only`` those (None: every store it lists) but
+    never ``others``, which other agents' sweeps of the environment judge."""
+
+    only: frozenset[str] | None = None
+    others: frozenset[str] = frozenset()
+
+    def judges(self, store: str) -> bool:
+        return (self.only is None or store in self.only) and store not in self.others
+
+
+def covering_sweeps(free: Sequence[AgentSession]) -> list[tuple[AgentSession, SweepPart]]:
+    """The agents of one environment to sweep through, so every store one of them advertises
+    is swept once: the agent with the most stores judges everything it lists except the
+    stores only others have, which agents that have them judge (one agent per store)."""
+    ordered = sorted(free, key=lambda s: (-len(advertised_stores(s)), s.agent.agent_id))
+    first, covered = ordered[0], set(advertised_stores(ordered[0]))
+    extra: list[tuple[AgentSession, frozenset[str]]] = []
+    for session in ordered[1:]:
+        new = advertised_stores(session) - covered
+        if new:
+            extra.append((session, frozenset(new)))
+            covered |= new
+    others = frozenset().union(*(stores for _, stores in extra))
+    return [(first, SweepPart(others=others))] + [(s, SweepPart(only=new)) for s, new in extra]

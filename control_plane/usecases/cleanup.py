@@ -34,7 +34,7 @@ from control_plane.store.models import (
 from control_plane.store.queries import resolve_run_id
 from control_plane.store.tx import Tx
 from meridian.core.errors import ConflictError, NotFound, ValidationError
-from meridian.core.resultref import ResultRef
+from meridian.core.resultref import REF_MARKER, ResultRef, find_ref_markers
 from meridian.core.states import LIVE_ATTEMPT, TERMINAL_RUN
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,29 @@ def _inputs_of_live_runs(session: Session, run_id: str, wanted: set[str]) -> set
             uri = value.get("uri") if isinstance(value, dict) else None
             if uri in wanted:
                 used.add(uri)
+    used |= {ref.uri for ref in parameter_refs_of_live_runs(session, exclude=run_id)} & wanted
     return used
+
+
+def parameter_refs_of_live_runs(session: Session, exclude: str = "") -> Iterator[ResultRef]:
+    """The references that runs in progress take as parameters (``-p x=@result:RUN/STEP``):
+    their body may pass them to a step at any time, so the objects must outlive a deletion
+    of the producing run and a collection until those runs end. Only runs whose parameters
+    hold a marker are read and parsed."""
+    texts = session.scalars(
+        select(FlowRunRow.parameters_json)
+        .where(
+            FlowRunRow.state.not_in(list(TERMINAL_RUN)),
+            FlowRunRow.id != exclude,
+            FlowRunRow.parameters_json.contains(REF_MARKER, autoescape=True),
+        )
+        .execution_options(yield_per=REF_PAGE)
+    )
+    for text in texts:
+        try:
+            yield from find_ref_markers(json.loads(text or "{}"))
+        except (ValueError, RecursionError):
+            continue  # accepted when the run was created; unreadable now names no object
 
 
 # ---- the deletion queue -----------------------------------------------------------------
@@ -399,6 +421,16 @@ def referenced_page(
             if uri and environment in environments:
                 digests.add(uri_digest(uri))
     return digests, (rows[-1][0] if len(rows) == limit else "")
+
+
+def referenced_by_live_parameters(session: Session, environments: Collection[str]) -> set[int]:
+    """Digests of the URIs of ``environments`` that runs in progress take as parameters: not
+    orphans even when the run that produced them was deleted."""
+    return {
+        uri_digest(ref.uri)
+        for ref in parameter_refs_of_live_runs(session)
+        if ref.environment in environments
+    }
 
 
 def _input_places(text: str | None) -> list[tuple[str, str]]:

@@ -357,3 +357,78 @@ def test_a_listing_out_of_bounds_ends_the_sweep_with_why(
     [tally] = report.tallies
     assert tally.objects == 0 and tally.store == ""
     assert tally.errors[0].startswith(why)
+
+
+def test_every_store_of_an_environment_is_swept_once_through_an_agent_that_has_it(
+    store: Store,
+) -> None:
+    referenced, _, orphan = collect_setup(store)
+    spoof_orphan = uri(7, run_id="00000000-dead-beef-0000-000000000002")
+
+    async def scenario() -> tuple[CollectReport, list[tuple[str, DeleteResultsOut]]]:
+        registry = AgentRegistry()
+        first = session_of("a1", "aws-demo", (STORE,))
+        second = session_of("a2", "aws-demo", (STORE, "spoof"))  # the only one with "spoof"
+        registry.add(first)
+        registry.add(second)
+        keeper = Housekeeping(store, registry, interval_s=3600)
+        task = asyncio.ensure_future(
+            keeper.collect(
+                environment="aws-demo", older_than_s=60, dry_run=False, scope=(), budget_s=30
+            )
+        )
+        # a2 has the most stores: it judges both; a1 is not needed.
+        sweep = await next_frame(second)
+        assert isinstance(sweep, SweepResultsOut)
+        objects = (
+            StoredObjectValue(STORE, referenced, 5, OLD_MS),
+            StoredObjectValue(STORE, orphan, 7, OLD_MS),
+            StoredObjectValue("spoof", spoof_orphan, 3, OLD_MS),
+        )
+        keeper.on_listing("a2", ResultListingIn(sweep.sweep_id, objects, True))
+        request = await next_frame(second)
+        assert isinstance(request, DeleteResultsOut)
+        assert {o.uri for o in request.objects} == {orphan, spoof_orphan}
+        await keeper.on_results_deleted("a2", ResultsDeletedIn(request.request_id, 2, 10, ()))
+        report = await task
+        assert first.outbox.empty()
+        return report, [("a2", request)]
+
+    report, _ = run(scenario)
+    found = {t.store: t for t in report.tallies}
+    assert set(found) == {STORE, "spoof"} and found["spoof"].deleted == 1
+    assert report.skipped == []
+
+
+def test_a_store_only_a_second_agent_has_is_swept_through_that_agent(store: Store) -> None:
+    _, _, orphan = collect_setup(store)
+    spoof_orphan = uri(7, run_id="00000000-dead-beef-0000-000000000002")
+
+    async def scenario() -> CollectReport:
+        registry = AgentRegistry()
+        first = session_of("a1", "aws-demo", (STORE, "alt"))
+        second = session_of("a2", "aws-demo", ("spoof",))
+        registry.add(first)
+        registry.add(second)
+        keeper = Housekeeping(store, registry, interval_s=3600)
+        task = asyncio.ensure_future(
+            keeper.collect(
+                environment="aws-demo", older_than_s=60, dry_run=True, scope=(), budget_s=30
+            )
+        )
+        sweeps = {}
+        for agent in (first, second):
+            frame = await next_frame(agent)
+            assert isinstance(frame, SweepResultsOut)
+            sweeps[agent.agent.agent_id] = frame.sweep_id
+        # Each lists all it has; a store listed by both is judged once (by the first here).
+        both = StoredObjectValue(STORE, orphan, 7, OLD_MS)
+        keeper.on_listing("a1", ResultListingIn(sweeps["a1"], (both,), True))
+        spoof = StoredObjectValue("spoof", spoof_orphan, 3, OLD_MS)
+        keeper.on_listing("a2", ResultListingIn(sweeps["a2"], (spoof, both), True))
+        return await task
+
+    report = run(scenario)
+    found = {t.store: t for t in report.tallies}
+    assert (found[STORE].objects, found[STORE].orphans) == (1, 1)
+    assert (found["spoof"].objects, found["spoof"].orphans) == (1, 1)

@@ -37,13 +37,14 @@ from control_plane.usecases.cleanup import (
     delete_run,
     expire_runs,
     live_runs,
+    referenced_by_live_parameters,
     referenced_page,
     settle_deletions,
 )
-from control_plane.usecases.runs import finish_run
+from control_plane.usecases.runs import create_run, finish_run
 from control_plane.usecases.steps import submit_steps
 from meridian.core.errors import ConflictError
-from meridian.core.resultref import ResultRef
+from meridian.core.resultref import ResultRef, ref_marker
 from tests.control_plane.usecases.helpers import (
     T0,
     attempts,
@@ -346,3 +347,28 @@ def test_an_object_a_live_run_takes_as_an_input_is_kept(store: Store) -> None:
     # consumer's step names it as an input.
     digests, _ = store.run_sync(lambda s: referenced_page(s, "", {"aws-demo"}, 1000))
     assert uri_digest(given.uri) in digests and uri_digest(own.uri) not in digests
+
+
+def test_an_object_a_live_run_takes_as_a_parameter_is_kept(store: Store) -> None:
+    source = new_run(store)
+    given = produce(store, source, "extract#1")
+    own = produce(store, source, "load#1")
+    finish(store, source)
+    # A run in progress took extract#1's result as a parameter (``-p data=@result:...``);
+    # its body has not passed it to a step yet.
+    parameters = json.dumps({"data": [1, {"nested": ref_marker(given)}]})
+    waiting, _ = run_at(
+        store, T0 + HOUR, create_run, flow_name="etl", entrypoint="flows.py:etl",
+        parameters_json=parameters, bundle_sha256="b" * 64, trigger="manual",
+    )  # fmt: skip
+
+    deleted, _ = run_at(store, T0 + 2 * HOUR, delete_run, source, "")
+
+    assert (deleted.queued, deleted.kept) == (1, 1)
+    assert [r.uri for r in queued(store)] == [own.uri]
+    live = store.run_sync(lambda s: referenced_by_live_parameters(s, {"aws-demo"}))
+    assert live == {uri_digest(given.uri)}
+    assert store.run_sync(lambda s: referenced_by_live_parameters(s, {"gcp-demo"})) == set()
+    # Once that run ends, the object is an orphan like any other.
+    finish(store, waiting.id, T0 + 3 * HOUR)
+    assert store.run_sync(lambda s: referenced_by_live_parameters(s, {"aws-demo"})) == set()
