@@ -6,13 +6,15 @@ stores through a connected agent and removes the objects no run refers to.
 
 ``get`` reads the run (``GetRun``) to find the step: an inline result is printed (or written
 with ``-o``); a stored one is downloaded through the control plane (``FetchResult``, relayed
-from an agent of the producing environment, digest checked) to ``-o FILE``, or printed when it
-is small JSON.
+from an agent of the producing environment, digest checked) to ``-o FILE`` (``-o -``: stdout),
+or printed when it is small JSON. A sealed one is opened as ``ResultRef.load()`` opens it, with
+the key group from ``MERIDIAN_SEAL_KEYS``; without it the ciphertext is written, and said so.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,10 +25,13 @@ from meridian.cli.common import add_client_options, connect
 from meridian.cli.render import format_size, table, to_json
 from meridian.core.errors import ConflictError, NotFound, ValidationError
 from meridian.core.resultref import ResultRef
+from meridian.core.sealedfile import open_file, sealed_file_group
+from meridian.core.sealing import ENV_KEYS, KeyRing
 from meridian.core.serializers import JSON
 
 # A stored JSON result up to this size is printed; a larger one needs -o FILE.
 MAX_PRINTED_BYTES = 1024 * 1024
+STDOUT = "-"  # -o - writes the bytes to stdout
 _WITH_RESULT = frozenset({"COMPLETED", "CACHED"})
 
 
@@ -45,7 +50,12 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     get.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
     get.add_argument("step", metavar="STEP", help="the step's key, e.g. extract#1")
     get.add_argument(
-        "-o", "--output", metavar="FILE", type=Path, help="write the result's bytes to FILE"
+        "-o",
+        "--output",
+        metavar="FILE",
+        type=Path,
+        help="write the result's bytes to FILE (- for stdout); a sealed result is opened "
+        f"with ${ENV_KEYS} when it holds its key group, else written as ciphertext",
     )
     add_client_options(get)
     get.set_defaults(func=cmd_get)
@@ -102,29 +112,80 @@ def find_step(detail: models.RunDetail, key: str) -> models.StepRunDetail:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    output: Path | None = args.output
+    to_stdout = output is not None and str(output) == STDOUT
+    if output is not None and not to_stdout:
+        _check_writable(output)  # before anything is downloaded
     with connect(args) as client:
         detail = client.get_run(args.run)
         step = find_step(detail, args.step)
         if step.state not in _WITH_RESULT:
             raise ConflictError(f"step {step.key!r} has no result: it is {step.state}")
         if not step.result_ref_json:
-            return _inline(step, args.output)
+            return _inline(step, None if to_stdout else output)
         ref = ResultRef.from_json(step.result_ref_json)
-        if args.output is not None:
-            fetched = client.fetch_result(detail.flow_run_id, step.key, args.output, expected=ref)
-            print(
-                f"wrote {fetched.size} bytes ({ref.serializer}, sha256 {fetched.sha256}) to "
-                f"{fetched.path}",
-                file=sys.stderr,
-            )
-            return 0
-        _check_printable(step.key, ref)
+        if output is None:
+            _check_printable(step.key, ref)
         with tempfile.TemporaryDirectory(prefix="meridian-result-") as directory:
-            fetched = client.fetch_result(
-                detail.flow_run_id, step.key, Path(directory) / "result", expected=ref
-            )
-            sys.stdout.write(fetched.path.read_text(encoding="utf-8") + "\n")
+            # Printed or piped bytes are checked in full first; a file is written atomically
+            # next to its destination (by the download, or by opening the sealed bytes).
+            scratch = Path(directory) / "result"
+            dest = scratch if output is None or to_stdout else output
+            download = dest.with_name(f".{dest.name}.sealed") if ref.sealed else dest
+            try:
+                fetched = client.fetch_result(detail.flow_run_id, step.key, download, expected=ref)
+                note = _open_sealed(download, dest, ref) if ref.sealed else ""
+            finally:
+                if download != dest:
+                    download.unlink(missing_ok=True)
+            if output is None:
+                sys.stdout.write(dest.read_text(encoding="utf-8") + "\n")
+                return 0
+            size = dest.stat().st_size
+            if to_stdout:
+                _to_stdout(dest)
+    where = "stdout" if to_stdout else str(output)
+    digest = "" if note else f", sha256 {fetched.sha256}"
+    print(f"wrote {size} bytes ({ref.serializer}{digest}) to {where}", file=sys.stderr)
+    if note:
+        print(note, file=sys.stderr)
     return 0
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an ``-o FILE`` that cannot be written, naming what is wrong with it."""
+    parent = output.parent
+    if not parent.is_dir():
+        raise ValidationError(
+            f"cannot write {output}: the directory {parent} does not exist (create it first)"
+        )
+    if output.is_dir():
+        raise ValidationError(f"cannot write {output}: it is a directory; name a file")
+
+
+def _open_sealed(sealed: Path, dest: Path, ref: ResultRef) -> str:
+    """Open the sealed result ``sealed`` into ``dest`` with ``MERIDIAN_SEAL_KEYS``, as
+    ``ResultRef.load()`` does; without its key group write the ciphertext and say so."""
+    group = sealed_file_group(sealed)
+    keys = KeyRing.from_env()
+    if group not in keys:
+        sealed.replace(dest)
+        return (
+            f"sealed with key group {group!r}: the file holds ciphertext (sha256 {ref.sha256}), "
+            f"not the {ref.serializer} result; set {ENV_KEYS}={group}=file:KEY_FILE to open it"
+        )
+    # The bytes were checked against the reference's digest, so any producer the key group
+    # sealed is accepted (a cached result names another run), as in ResultRef.save().
+    info = open_file(keys, sealed, dest, None, None)
+    return f"opened the sealed result with key group {group!r} (sha256 {info.plaintext_sha256})"
+
+
+def _to_stdout(path: Path) -> None:
+    """Copy the file's bytes to stdout, unchanged (binary)."""
+    sys.stdout.flush()
+    with path.open("rb") as source:
+        shutil.copyfileobj(source, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 def _inline(step: models.StepRunDetail, output: Path | None) -> int:

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from meridian.cli.main import main
 from meridian.cli.profiles import ENV_CONFIG_DIR
+from meridian.core import sealing
+from meridian.core.sealedfile import seal_file
+from meridian.core.sealing import KeyRing
 from tests.meridian.cli.conftest import CliResult
 from tests.meridian.result_server import ResultServer, StoredResult, serve_results
 from tests.support.tls import make_tls
@@ -88,6 +92,75 @@ def test_a_corrupted_download_fails_and_leaves_no_file(
     result = _get(cli, served, "run-123456", "extract#1", "-o", str(out))
     assert result.code == 1 and "sha256" in result.err
     assert not out.exists()
+
+
+def test_dash_writes_the_bytes_to_stdout(
+    served: ResultServer, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    data = bytes(range(256)) * 40  # not text: must reach stdout unchanged
+    served.fake.stored["frame#1"] = StoredResult(data, "bytes")
+    flags = ("--control-plane", served.address, "--ca-file", str(served.ca_file))
+    assert main(["results", "get", "run-123456", "frame#1", "-o", "-", *flags]) == 0
+    captured = capsysbinary.readouterr()
+    assert captured.out == data
+    assert b"to stdout" in captured.err
+    assert not Path("-").exists()
+
+
+def test_a_missing_output_directory_is_named_before_downloading(
+    cli: Callable[..., CliResult], served: ResultServer, tmp_path: Path
+) -> None:
+    served.fake.stored["extract#1"] = StoredResult(os.urandom(500), "parquet")
+    missing = tmp_path / "nonexistent" / "dir"
+    result = _get(cli, served, "run-123456", "extract#1", "-o", str(missing / "x.bin"))
+    assert result.code == 1
+    assert f"the directory {missing} does not exist" in result.err
+    assert ".part" not in result.err and "unexpected" not in result.err
+    assert served.fake.requests == []
+
+
+def _sealed(served: ResultServer, tmp_path: Path, key: Path, plaintext: bytes) -> bytes:
+    """Store ``plaintext`` sealed with key group eu-sites as step s#1; returns the ciphertext."""
+    sealing.generate_key_file(key)
+    ring = KeyRing.from_references({"eu-sites": f"file:{key}"})
+    (tmp_path / "plain").write_bytes(plaintext)
+    seal_file(ring, "eu-sites", tmp_path / "plain", tmp_path / "sealed", "run-123456", "s#1")
+    ciphertext = (tmp_path / "sealed").read_bytes()
+    served.fake.stored["s#1"] = StoredResult(ciphertext, "json", sealed=True)
+    return ciphertext
+
+
+def test_a_sealed_result_is_opened_with_the_clients_keys(
+    cli: Callable[..., CliResult],
+    served: ResultServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = tmp_path / "eu.key"
+    _sealed(served, tmp_path, key, b'{"secret": 42}')
+    monkeypatch.setenv(sealing.ENV_KEYS, f"eu-sites=file:{key}")
+    out = tmp_path / "s.json"
+    result = _get(cli, served, "run-123456", "s#1", "-o", str(out))
+    assert result.code == 0, result.err
+    assert out.read_bytes() == b'{"secret": 42}'
+    assert "opened the sealed result with key group 'eu-sites'" in result.err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_sealed_result_without_its_key_is_written_as_ciphertext_and_said_so(
+    cli: Callable[..., CliResult],
+    served: ResultServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ciphertext = _sealed(served, tmp_path, tmp_path / "eu.key", b'{"secret": 42}')
+    monkeypatch.delenv(sealing.ENV_KEYS, raising=False)
+    out = tmp_path / "s.json"
+    result = _get(cli, served, "run-123456", "s#1", "-o", str(out))
+    assert result.code == 0, result.err
+    assert out.read_bytes() == ciphertext
+    assert "sealed with key group 'eu-sites': the file holds ciphertext" in result.err
+    assert f"{sealing.ENV_KEYS}=eu-sites=file:" in result.err
 
 
 def test_the_help_lists_results_as_a_network_command(cli: Callable[..., CliResult]) -> None:
