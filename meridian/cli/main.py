@@ -8,6 +8,7 @@ instead of calling ``sys.exit`` so tests (and ``meridian dev``'s own tests) can 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ WHERE = {
     "dev": "local: a throwaway estate",
     "completion": "local",
 }
+# What shells report for a process killed by SIGPIPE (128 + 13), as `cmd | head` expects.
+EXIT_BROKEN_PIPE = 141
 EPILOG = """\
 where commands act:
   local    on this host, on a control plane's data directory (--data-dir, default
@@ -151,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except SystemExit as exc:  # --help / --version from argparse
         return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:
+        # Whoever read the output stopped (``meridian runs logs RUN | head``): not an error,
+        # and the interpreter's last flush of stdout must not fail again at exit.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process exits
+        return EXIT_BROKEN_PIPE
     except BaseException as exc:
         message, code = _describe(exc, args)
         debug = getattr(args, "debug", False) or "--debug" in arguments

@@ -174,3 +174,21 @@ def test_debug_shows_traceback(cli, monkeypatch, where: str) -> None:
 def test_main_uses_sys_argv_when_none(monkeypatch, capsys) -> None:
     monkeypatch.setattr("sys.argv", ["meridian", "--help"])
     assert main_module.main() == 0
+
+
+def test_a_reader_that_stops_reading_is_not_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class ClosedPipe:
+        """stdout once ``| head`` has exited: every write fails."""
+
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    code = main_module.main(["completion", "bash"])
+    assert code == main_module.EXIT_BROKEN_PIPE
+    assert capsys.readouterr().err == ""
