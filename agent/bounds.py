@@ -2,8 +2,10 @@
 
 A step's result or error above the agent's limit (``agent.limits``) does not travel: the attempt
 fails *permanently* with an error that says how large it was, what the limit is and how to
-return a reference instead. Log chunks too large for one frame are split; any other report still
-too large raises ``ReportTooLarge`` (the runner turns that into an infrastructure failure).
+store it or return a reference instead (an agent with a result store never gets there for a
+result: the runner caps the step's inline threshold at ``inline_result_limit``). Log chunks
+too large for one frame are split; any other report still too large raises
+``ReportTooLarge`` (the runner turns that into an infrastructure failure).
 """
 
 from __future__ import annotations
@@ -28,12 +30,25 @@ def _size(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
+# Only reached without a store: with one, the runner lowers the step's inline threshold to
+# the inline limit, so a larger result is stored instead (``inline_result_limit``).
+HOW_TO_STORE_A_RESULT = (
+    "store it instead: name a result store with @step(result_store=...) or configure one on "
+    "this agent ([result_stores.NAME] with a default), which keeps results of any size; or "
+)
+
+
+def inline_result_limit(limits: AgentLimits, payload_limit: int) -> int:
+    """The largest result (JSON text, bytes) this agent sends inline."""
+    return min(limits.max_result_bytes, payload_limit)
+
+
 def oversize_failure(what: str, size: int, limit: int, detail: str = "") -> AttemptFinished:
     """The permanent failure that replaces an oversize result or error."""
     message = (
         f"the step's {what} is {size} bytes, over this agent's limit of {limit} bytes "
         f"(max_{what}_bytes, capped by the control plane's frame size), so it was not sent; "
-        f"{HOW_TO_RETURN_A_REFERENCE}"
+        f"{HOW_TO_STORE_A_RESULT if what == 'result' else ''}{HOW_TO_RETURN_A_REFERENCE}"
     )
     if detail:
         message += f". The {what} began: {detail}"
@@ -49,7 +64,7 @@ def bound_finished(
     body: AttemptFinished, limits: AgentLimits, payload_limit: int
 ) -> AttemptFinished:
     """``body`` itself when its result and error fit; otherwise the explained failure."""
-    result_limit = min(limits.max_result_bytes, payload_limit)
+    result_limit = inline_result_limit(limits, payload_limit)
     size = _size(body.result_json)
     if size > result_limit:
         failure = oversize_failure("result", size, result_limit)

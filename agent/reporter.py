@@ -21,7 +21,7 @@ import logging
 import time
 
 from agent import convert
-from agent.bounds import ReportTooLarge, bound_body, split_chunk
+from agent.bounds import ReportTooLarge, bound_body, inline_result_limit, split_chunk
 from agent.commits import GroupCommitter
 from agent.handles import StoredHandle
 from agent.health import Health
@@ -43,6 +43,11 @@ class Reporter:
         self.payload_limit = self.limits.payload_limit(journal.max_frame_bytes())
         self.appended = asyncio.Event()
         self.committer = GroupCommitter(journal, health, on_commit=self._committed)
+
+    @property
+    def inline_result_limit(self) -> int:
+        """The largest result this agent sends inline now (limits and negotiated frame)."""
+        return inline_result_limit(self.limits, self.payload_limit)
 
     def negotiated(self, max_frame_bytes: int) -> None:
         """Apply a Welcome's frame size (remembered in the journal for the next start)."""

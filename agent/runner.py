@@ -327,6 +327,12 @@ class Runner:
         except Exception as exc:  # StepFileError, UnknownResultStore: nothing was started
             await self._finish(store_failure(exc, spec.result_store))
             return None
+        if self._target.store:
+            # A result the step wanted inline but over what this agent sends inline is stored
+            # (as one over the threshold is) rather than failed at the bound.
+            above_inline = self._ctx.reporter.inline_result_limit + 1
+            if policy.inline_threshold > above_inline:
+                policy = dataclasses.replace(policy, inline_threshold=above_inline)
         return policy
 
     async def _prepare_work_dir(self, work_dir: Path) -> bool:

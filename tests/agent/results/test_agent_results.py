@@ -126,6 +126,7 @@ def assign(
     result_store: str = "",
     input_refs: tuple[str, ...] = (),
     step_key: str = "",
+    inline_threshold: int = 0,
 ) -> None:
     spec = common_pb2.StepSpec(
         name=function,
@@ -134,6 +135,7 @@ def assign(
         provider="process",
         options_json=json.dumps({"env": {"PYTHONPATH": str(step_dir)}}),
         result_store=result_store,
+        inline_threshold_bytes=inline_threshold,
     )
     inputs_json = inputs if isinstance(inputs, str) else json.dumps(inputs)
     assignment = agent_pb2.Assign(
@@ -323,6 +325,47 @@ def test_without_a_store_or_with_one_unavailable_the_attempt_fails_and_the_agent
 
     (tmp_path / "b").mkdir()
     run_async(no_stores)
+
+
+def test_a_result_under_the_steps_threshold_but_over_the_inline_limit_is_stored(
+    tmp_path: Path, step_dir: Path
+) -> None:
+    # @step(inline_threshold=4 MiB) allows a result the agent may not send inline (3 MiB).
+    threshold, n = 4 * 1024 * 1024, 4 * 1024 * 1024 - 3  # its JSON: 4,194,303 bytes
+    provider = RecordingProcessProvider()
+    stores = stores_config(scratch=FilesystemConfig(tmp_path / "results"))
+
+    async def with_store() -> None:
+        async with agent_with_cp(tmp_path, provider, stores) as (s, _):
+            assign(s, "p-1", "produce", {"args": [n], "kwargs": {}}, step_dir,
+                   inline_threshold=threshold)  # fmt: skip
+            ref = succeeded_ref(await finish(s, "p-1"))
+            assert (ref.store, ref.size) == ("scratch", n + 2)
+            assert ref.sha256 == expected_digest(n)
+            # One that fits (over the default threshold) travels inline as the step asked;
+            # the fake control plane's 1 MiB frame caps the inline limit here.
+            small = 512 * 1024
+            assign(s, "p-2", "produce", {"args": [small], "kwargs": {}}, step_dir,
+                   inline_threshold=threshold)  # fmt: skip
+            assert json.loads((await finish(s, "p-2")).result_json) == "x" * small
+
+    run_async(with_store)
+
+    async def without_store() -> None:
+        async with agent_with_cp(tmp_path / "b", provider, ResultStoresConfig({}, None)) as (
+            s,
+            _,
+        ):
+            assign(s, "p-3", "produce", {"args": [n], "kwargs": {}}, step_dir,
+                   inline_threshold=threshold)  # fmt: skip
+            failed = await finish(s, "p-3")
+            assert failed.error.error_class == "permanent"
+            assert failed.error.type == "meridian.ResultTooLarge"
+            assert f"step's result is {n + 2} bytes" in failed.error.message
+            assert "@step(result_store=...)" in failed.error.message
+
+    (tmp_path / "b").mkdir()
+    run_async(without_store)
 
 
 def test_a_sealed_steps_result_is_stored_sealed_and_opened_for_its_consumer(
