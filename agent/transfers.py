@@ -50,9 +50,10 @@ log = logging.getLogger("meridian.agent.transfers")
 
 CHUNK_BYTES = 1024 * 1024  # the relay's largest chunk
 # A transfer that made no progress this many times in a row fails the input (transient).
+# The waits (2, 4, 8, 16, 30 s: about a minute) outlast a producing agent's restart.
 MAX_RETRIES = 5
-RETRY_BACKOFF_S = 0.5
-MAX_RETRY_BACKOFF_S = 10.0
+RETRY_BACKOFF_S = 2.0
+MAX_RETRY_BACKOFF_S = 30.0
 # No chunk for this long: the stream is given up and resumed (the relay's own gap is 60 s).
 IDLE_TIMEOUT_S = 120.0
 # Pushes this agent runs at once (the control plane asks no more of one agent).
@@ -195,6 +196,13 @@ class ResultFetcher:
             return await self._receive(call, ref, progress, out, accept_url)
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.DATA_LOSS:
+                # The stored object is corrupt: a retry would relay the same wrong bytes.
+                raise InputError(
+                    "permanent",
+                    "meridian.ResultDigestMismatch",
+                    f"{_where(ref)}: DigestMismatch: {details}",
+                ) from None
             if code in REFUSED:
                 raise InputError(
                     "permanent",

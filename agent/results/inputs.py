@@ -271,8 +271,9 @@ def _classified(exc: Exception, ref: ResultRef, *, fetched: bool) -> InputError:
         return InputError("permanent", "meridian.core.errors.SealError", what)
     if isinstance(exc, ResultNotFound):
         return InputError("permanent", "meridian.ResultNotFound", f"{what} (deleted?)")
-    if isinstance(exc, DigestMismatch) and not fetched:
-        # Read from a store of this site: a retry would read the same wrong bytes.
+    if isinstance(exc, DigestMismatch):
+        # Read from a store of this site, or relayed bytes the relay checked: a retry would
+        # read the same wrong bytes.
         return InputError("permanent", "meridian.ResultDigestMismatch", what)
     if fault_reason(exc) is not None or (isinstance(exc, OSError) and not fetched):
         # This host's disk or work dir, not the store or the transfer.

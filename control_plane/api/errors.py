@@ -17,6 +17,7 @@ import grpc
 
 from control_plane.orchestration.machines import IllegalTransition
 from meridian.core.errors import (
+from control_plane.transfers.relay import ResultCorrupt
     ConflictError,
     LimitExceeded,
     NotFound,
@@ -50,6 +51,7 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
     (IllegalTransition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResultCorrupt, grpc.StatusCode.DATA_LOSS),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -40,12 +40,14 @@ from control_plane.transfers.chunks import (
     check_url_chunk,
 )
 from control_plane.transfers.relay import (
+    DIGEST_MISMATCH,
     END,
     Pipe,
     PipeClosed,
     PipeSpec,
     PresignedUrl,
     Relay,
+    ResultCorrupt,
 )
 from control_plane.usecases.transfers import (
     PRESIGNED,
@@ -194,9 +196,7 @@ class TransferBroker:
                     yield chunk
                 pipe.complete()
         except PipeClosed as exc:
-            failure = (
-                TransferUnavailable(exc.reason) if exc.retryable else ConflictError(exc.reason)
-            )
+            failure = _consumer_failure(exc)
         except BaseException:
             # The consumer's call was cancelled under us (or the relay broke): record the end
             # in a task of its own, which the cancellation cannot stop.
@@ -262,7 +262,7 @@ class TransferBroker:
             # The producer could not read the object: the consumer learns why, and retrying
             # will not help until someone fixes the store.
             reason = f"the producing agent could not read the result: {first.error[:1000]}"
-            pipe.fail(reason, retryable=False)
+            pipe.fail(reason, retryable=False, corrupt=first.error.startswith(DIGEST_MISMATCH))
             return
         try:
             if first.presigned_url:
@@ -277,7 +277,11 @@ class TransferBroker:
             pipe.fail("the consumer did not take the last chunks in time")
         except BaseException as exc:
             # A bad chunk, a cut call, cancellation: the consumer learns why.
-            pipe.fail(_push_failure(exc, agent_id), retryable=not isinstance(exc, ValidationError))
+            pipe.fail(
+                _push_failure(exc, agent_id),
+                retryable=not isinstance(exc, ValidationError),
+                corrupt=isinstance(exc, _Corrupt),
+            )
             raise
         if pipe.failure is not None:
             raise TransferUnavailable(pipe.failure.reason)
@@ -293,13 +297,15 @@ class TransferBroker:
         digest = hashlib.sha256() if spec.offset == 0 else None
         position, chunk = spec.offset, first
         while True:
+            if chunk.error.startswith(DIGEST_MISMATCH):  # its store read found the object bad
+                raise _Corrupt(f"the producer failed mid-way: {chunk.error[:1000]}")
             check_chunk(chunk, position, spec.size, first=chunk is first)
             if digest is not None:
                 await _hash(digest, chunk.data)
             position += len(chunk.data)
             if position == spec.size and digest is not None and digest.hexdigest() != spec.sha256:
                 # The last chunk is withheld: the consumer never gets all of a wrong object.
-                raise ValidationError(
+                raise _Corrupt(
                     f"the bytes sent hash to {digest.hexdigest()}, not the recorded {spec.sha256}"
                 )
             if chunk.data:
@@ -309,7 +315,9 @@ class TransferBroker:
                 break
             chunk = following
         if position < spec.size:
-            raise ValidationError(f"the producer ended after {position} of {spec.size} bytes")
+            # Its call ended early: the producing agent was stopped or lost its connection
+            # (a SIGKILL ends the stream so). Retryable: the consumer resumes from its offset.
+            raise _ProducerStopped(position, spec.size)
         await pipe.put(END, self._relay.gap_timeout_s)
 
     async def _feed_url(self, pipe: Pipe, first: Chunk, chunks: AsyncIterator[Chunk]) -> None:
@@ -359,9 +367,28 @@ async def _hash(digest: hashlib._Hash, data: bytes) -> None:
         digest.update(data)
 
 
+class _Corrupt(ValidationError):
+    """The producer's bytes do not match the recorded digest: the stored object is corrupt."""
+
+
+class _ProducerStopped(TransferUnavailable):
+    """The producer's call ended before the last byte."""
+
+    def __init__(self, position: int, size: int) -> None:
+        super().__init__(f"after {position} of {size} bytes")
+
+
+def _consumer_failure(exc: PipeClosed) -> MeridianError:
+    if exc.corrupt:
+        return ResultCorrupt(f"the stored object is corrupt: {exc.reason}")
+    return TransferUnavailable(exc.reason) if exc.retryable else ConflictError(exc.reason)
+
+
 def _push_failure(exc: BaseException, agent_id: str) -> str:
+    if isinstance(exc, _ProducerStopped):
+        return f"the producing agent {agent_id} disconnected or stopped {exc}"
     if isinstance(exc, ValidationError | TransferUnavailable):
         return f"agent {agent_id} pushed a bad stream: {exc}"
     if isinstance(exc, asyncio.CancelledError):
-        return f"agent {agent_id}'s PushResult call was cut"
+        return f"the producing agent {agent_id} disconnected (its PushResult call was cut)"
     return f"agent {agent_id}'s PushResult call failed: {exc!r}"

@@ -35,14 +35,26 @@ MAX_URL_LENGTH = 8 * 1024
 MAX_URL_TTL_S = 3600
 
 
+class ResultCorrupt(ConflictError):
+    """The stored object's bytes do not match its recorded digest (DATA_LOSS at the edge): the
+    consumer fails permanently instead of relaying the whole object again at every retry."""
+
+
+# How the producing agent names the error of a store read whose digest did not match
+# (``agent.transfers._why``: the exception's type name first).
+DIGEST_MISMATCH = "DigestMismatch:"
+
+
 class PipeClosed(Exception):
     """The other side of the transfer gave up; ``reason`` says why. ``retryable``: a cut or a
-    timeout (the consumer may try again); otherwise the object itself could not be served."""
+    timeout (the consumer may try again); otherwise the object itself could not be served.
+    ``corrupt``: its bytes do not match the recorded digest."""
 
-    def __init__(self, reason: str, *, retryable: bool = True) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True, corrupt: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.retryable = retryable
+        self.retryable = retryable and not corrupt
+        self.corrupt = corrupt
 
 
 class _End:
@@ -138,11 +150,11 @@ class Pipe:
         if self.failure is None:
             self.completed = True
 
-    def fail(self, reason: str, *, retryable: bool = True) -> None:
+    def fail(self, reason: str, *, retryable: bool = True, corrupt: bool = False) -> None:
         """Close the pipe (idempotent: the first reason stays) and wake both sides."""
         if self.failure is not None or self.completed:
             return
-        self.failure = PipeClosed(reason, retryable=retryable)
+        self.failure = PipeClosed(reason, retryable=retryable, corrupt=corrupt)
         # Free what is queued at once; the marker wakes a reader, the release a writer.
         while not self._queue.empty():
             self._queue.get_nowait()

@@ -387,6 +387,34 @@ def test_a_consumer_cut_mid_transfer_resumes_from_its_offset(tmp_path: Path, sit
     assert last.state == "COMPLETED" and last.bytes == len(DATA) - 3 * MiB
 
 
+def test_a_corrupt_stored_object_fails_the_consumer_permanently_as_locally(
+    tmp_path: Path, site: Site
+) -> None:
+    stored = Path(site.ref.uri.removeprefix("file://"))
+    stored.chmod(0o600)
+    with open(stored, "r+b") as f:  # one flipped byte in the middle: the producer's read sees it
+        f.seek(len(DATA) // 2)
+        f.write(bytes([DATA[len(DATA) // 2] ^ 0xFF]))
+
+    async def scenario() -> None:
+        agent = await producing_agent(tmp_path, site)
+        channel = channel_of(site.consumer, site.address)
+        try:
+            fetcher = ResultFetcher(agent_pb2_grpc.AgentServiceStub(channel), backoff_s=0.1)
+            with pytest.raises(InputError) as failed:
+                await fetcher.fetch(site.attempt_id, 1, site.ref, tmp_path / "input.bin")
+        finally:
+            await channel.close(None)
+            await agent.__aexit__(None, None, None)
+        # As the same-environment read: permanent, so retries do not relay it all again.
+        assert failed.value.error_class == "permanent"
+        assert failed.value.type_name == "meridian.ResultDigestMismatch"
+        assert "DigestMismatch" in str(failed.value) and site.ref.uri in str(failed.value)
+
+    run(scenario)
+    assert len(transfers(site)) == 1  # asked once, not once per retry
+
+
 # ---- presigned URLs (decision 0020, "Presigned URLs") -------------------------------------
 
 SECRET = "sig=very-secret-0123456789"

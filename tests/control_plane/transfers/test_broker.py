@@ -34,7 +34,7 @@ from control_plane.store.models import (
 )
 from control_plane.store.tx import acting_as
 from control_plane.transfers.broker import Chunk, TransferBroker, TransferUnavailable
-from control_plane.transfers.relay import Relay
+from control_plane.transfers.relay import Relay, ResultCorrupt
 from control_plane.usecases.agents import ConnectedAgent
 from control_plane.usecases.transfers import list_transfers
 from meridian.core.errors import ConflictError, LimitExceeded, PermissionDenied, ValidationError
@@ -393,12 +393,54 @@ def test_bytes_that_do_not_match_the_digest_never_arrive_whole(world: World) -> 
         asked = await serve_request(world)
         with pytest.raises(ValidationError, match="hash to"):
             await world.broker.push("a1", pieces(wrong, asked.transfer_id))
-        with pytest.raises(ConflictError, match="pushed a bad stream"):
+        # Corrupt: the consumer fails for good (DATA_LOSS) instead of relaying it again.
+        with pytest.raises(ResultCorrupt, match="the stored object is corrupt"):
             await consumer
 
     run(scenario)
     [row] = transfers(world.store)
     assert row.state == "FAILED" and row.bytes < len(DATA)
+
+
+def test_a_producer_whose_store_read_finds_a_digest_mismatch_fails_the_consumer_as_corrupt(
+    world: World,
+) -> None:
+    async def mismatching(transfer_id: str) -> AsyncIterator[Chunk]:
+        yield Chunk(0, DATA[:MiB], transfer_id, len(DATA), REF.sha256)
+        yield Chunk(MiB, b"", error="DigestMismatch: the object has other bytes")
+
+    async def scenario() -> None:
+        consumer = asyncio.ensure_future(consume(world))
+        asked = await serve_request(world)
+        with pytest.raises(ValidationError, match="DigestMismatch"):
+            await world.broker.push("a1", mismatching(asked.transfer_id))
+        with pytest.raises(ResultCorrupt, match="DigestMismatch: the object has other bytes"):
+            await consumer
+
+    run(scenario)
+
+
+def test_a_producer_that_stops_mid_way_is_a_retryable_disconnect(world: World) -> None:
+    async def cut(transfer_id: str) -> AsyncIterator[Chunk]:
+        async for chunk in pieces(DATA, transfer_id):
+            yield chunk
+            return  # a SIGKILLed agent's call ends so, after its first chunk
+
+    async def scenario() -> None:
+        consumer = asyncio.ensure_future(consume(world))
+        asked = await serve_request(world)
+        with pytest.raises(TransferUnavailable):
+            await world.broker.push("a1", cut(asked.transfer_id))
+        with pytest.raises(TransferUnavailable, match="disconnected or stopped after"):
+            await consumer
+
+    run(scenario)
+    [row] = transfers(world.store)
+    assert row.state == "FAILED"
+    assert f"producing agent a1 disconnected or stopped after {MiB} of {len(DATA)} bytes" in (
+        row.error
+    )
+    assert "bad stream" not in row.error
 
 
 def test_a_resumed_transfer_sends_only_the_rest(world: World) -> None:
