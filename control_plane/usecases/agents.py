@@ -23,6 +23,7 @@ from control_plane.store.tx import Tx
 from control_plane.usecases.attempts import assign_frame, finish_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import PermissionDenied
+from meridian.core.reconnect import RESTART_RECONNECT_ALLOWANCE
 from meridian.core.states import LIVE_RUN, SLOT_HOLDING, AttemptState
 
 
@@ -260,7 +261,11 @@ def _last_sign_of_life(
     here = live.get(agent.id)
     if here is not None and here.last_seen > stored:
         stored = here.last_seen
-    return max(stored, started_at)
+    if stored >= started_at:
+        return stored
+    # Not heard from since this control plane started: it may still be in the reconnect
+    # backoff the restart itself caused (``meridian.core.reconnect``).
+    return started_at + RESTART_RECONNECT_ALLOWANCE
 
 
 def _update_fleet(

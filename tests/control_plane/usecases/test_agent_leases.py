@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from agent.agent import AgentConfig
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow
 from control_plane.usecases.agents import LiveAgent, agent_disconnected, expire_agent_leases
+from meridian.core.reconnect import AGENT_MAX_RECONNECT_DELAY_S, RESTART_RECONNECT_ALLOWANCE
 from tests.control_plane.usecases.helpers import T0, attempts, new_run, run_at, schedule, submit
 
 
@@ -69,11 +71,30 @@ def test_after_a_restart_leases_count_from_the_restart(store: Store) -> None:
     step_id = submit(store, new_run(store))
     schedule(store)
     restarted = T0 + dt.timedelta(seconds=500)
-    # Nobody connected yet, the stored heartbeat is 500 s old: the lease runs from the restart.
-    sweep(store, 520.0, {}, started_at=restarted)
+    # Nobody connected yet, the stored heartbeat is 500 s old: the lease runs from the restart
+    # plus the longest reconnect backoff the restart put every agent in.
+    allowance = RESTART_RECONNECT_ALLOWANCE.total_seconds()
+    sweep(store, 529.0 + allowance, {}, started_at=restarted)
     assert [a.state for a in attempts(store, step_id)] == ["ASSIGNED"]
-    sweep(store, 531.0, {}, started_at=restarted)
+    sweep(store, 531.0 + allowance, {}, started_at=restarted)
     assert attempts(store, step_id)[0].state == "LOST"
+
+
+def test_an_agent_heard_from_since_the_restart_gets_no_allowance(store: Store) -> None:
+    step_id = submit(store, new_run(store))
+    schedule(store)
+    restarted = T0 + dt.timedelta(seconds=500)
+    # It reconnected 1 s after the restart, then went silent: 30 s from then, it is lost.
+    sweep(store, 531.0, {"a1": heard(501.0)}, started_at=restarted)
+    assert attempts(store, step_id)[0].state == "LOST"
+
+
+def test_the_agents_reconnect_backoff_fits_the_restart_allowance() -> None:
+    # The allowance is derived from the agents' default cap; both must move together.
+    assert AgentConfig.__dataclass_fields__["reconnect_max_backoff_s"].default == (
+        AGENT_MAX_RECONNECT_DELAY_S
+    )
+    assert RESTART_RECONNECT_ALLOWANCE.total_seconds() >= AGENT_MAX_RECONNECT_DELAY_S
 
 
 def test_a_disconnect_stores_when_the_agent_was_last_heard_from(store: Store) -> None:
