@@ -15,7 +15,7 @@ from control_plane.auth.join_tokens import new_join_token, parse_join_token, ver
 from control_plane.auth.rotation import record_issued
 from control_plane.store.models import AgentRow, JoinTokenRow
 from meridian.core.errors import NotFound, Unauthenticated, ValidationError
-from meridian.core.selectors import validate_key, validate_value
+from meridian.core.selectors import reserved_label_problem, validate_key, validate_value
 
 MAX_AGENT_NAME = 255
 MAX_PINNED_LABELS = 64
@@ -129,7 +129,7 @@ def _validate_labels(labels: Mapping[str, str]) -> None:
     if len(labels) > MAX_PINNED_LABELS:
         raise ValidationError(f"a join token may pin at most {MAX_PINNED_LABELS} labels")
     for key, value in labels.items():
-        problem = validate_key(key) or validate_value(value)
+        problem = reserved_label_problem(key) or validate_key(key) or validate_value(value)
         if problem:
             raise ValidationError(f"label {key[:80]!r}: {problem[:300]}")
 

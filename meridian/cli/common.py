@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from meridian.core.selectors import validate_key, validate_value
+from meridian.core.selectors import reserved_label_problem, validate_key, validate_value
 
 if TYPE_CHECKING:
     from meridian.client import ControlClient
@@ -100,7 +100,7 @@ def parse_labels(values: Iterable[str]) -> dict[str, str]:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise UsageError(f"invalid label {pair!r}: expected key=value, e.g. cloud=aws")
-            problem = validate_key(key) or validate_value(value)
+            problem = reserved_label_problem(key) or validate_key(key) or validate_value(value)
             if problem:
                 raise UsageError(f"invalid label {pair!r}: {problem}")
             labels[key] = value

@@ -102,6 +102,19 @@ def parse_selector(text: str) -> Selector:
     return Selector(tuple(ordered))
 
 
+def reserved_label_problem(key: str) -> str | None:
+    """Why an agent or a join token may not set label ``key`` (None: it may).
+
+    ``environment`` is set by the control plane from the agent's certificate; one claimed
+    next to it would only mislead whoever reads ``agents list``."""
+    if key == ENVIRONMENT_LABEL:
+        return (
+            f"label {ENVIRONMENT_LABEL!r} is reserved: the control plane sets it from the "
+            "environment the agent was enrolled in"
+        )
+    return None
+
+
 def validate_key(key: str) -> str | None:
     """Return why ``key`` is not a valid label key, or ``None`` if it is."""
     prefix, slash, name = key.rpartition("/")

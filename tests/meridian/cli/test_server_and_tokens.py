@@ -60,6 +60,11 @@ def test_tokens_can_pin_labels_and_list_them(cli, tmp_path) -> None:
         "--label", "Bad Key=x",
     )  # fmt: skip
     assert bad.code != 0 and "invalid label" in bad.err
+    reserved = cli(
+        "tokens", "create", "--data-dir", str(tmp_path), "--environment", "lab",
+        "--label", "environment=prod",
+    )  # fmt: skip
+    assert reserved.code != 0 and "'environment' is reserved" in reserved.err
 
 
 def test_server_start_serves_until_sigint(cli, tmp_path: Path) -> None:
