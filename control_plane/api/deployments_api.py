@@ -32,6 +32,7 @@ from control_plane.usecases.deployments import (
     set_paused,
 )
 from control_plane.usecases.subflows import trigger_child_deployment
+from meridian.core import jsondepth
 from meridian.core.convert import ms_from_time
 from meridian.core.errors import ValidationError
 from protos.meridian.v1 import control_pb2
@@ -173,7 +174,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     if len(text) > MAX_JSON_BYTES:
         raise ValidationError(f"{what} must be at most {MAX_JSON_BYTES} bytes")
     try:
-        value = json.loads(text)
+        value = jsondepth.loads(text, what)
     except ValueError:
         raise ValidationError(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):

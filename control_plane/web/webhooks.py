@@ -6,8 +6,9 @@ may do nothing but trigger its one deployment. Every answer is JSON:
 
 * 202 ``{"flow_run_id": ...}`` — a run was created (``"state": "SKIPPED"`` and no run id when
   the deployment's concurrency overflow or a pause skipped it);
-* 400 — no ``Idempotency-Key`` header (1-255 characters), a body that is not a JSON object,
-  or parameters the deployment's flow does not accept (the message says which);
+* 400 — no ``Idempotency-Key`` header (1-255 characters), a body that is not a JSON object
+  (or nests deeper than ``jsondepth.MAX_DEPTH`` levels), or parameters the deployment's flow
+  does not accept (the message says which);
 * 401 — unknown webhook, revoked or wrong token (audited as ``webhook.refused``, never the
   token itself);
 * 409 ``{"flow_run_id": ...}`` — the idempotency key was used before: that run, no new one;
@@ -18,7 +19,6 @@ may do nothing but trigger its one deployment. Every answer is JSON:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -38,6 +38,7 @@ from control_plane.usecases.webhooks import (
     trigger_by_webhook,
 )
 from control_plane.web.guard import console_of, status_of
+from meridian.core import jsondepth
 from meridian.core.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,8 @@ def _parameters(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = jsondepth.loads(body, "the body")
+    except ValueError as exc:  # not UTF-8 or not JSON
         raise ValidationError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValidationError(

@@ -19,6 +19,7 @@ from meridian import _deployments
 from meridian.cli.common import UsageError, add_client_options, connect, parse_params
 from meridian.cli.render import format_datetime
 from meridian.cli.run import check_entrypoint
+from meridian.core import jsondepth
 
 SCHEDULE_HELP = """\
 --schedule SPEC (repeatable), one of:
@@ -152,7 +153,11 @@ def convert_partial(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str,
         if name not in signature.parameters and not takes_any:
             known = ", ".join(signature.parameters) or "none"
             raise UsageError(f"unknown parameter {name!r} (the flow takes: {known})")
-        values[name] = convert(name, text, hints.get(name, inspect.Parameter.empty), rich=True)
+        try:
+            values[name] = convert(name, text, hints.get(name, inspect.Parameter.empty), rich=True)
+        except RecursionError:
+            raise jsondepth.too_deep(f"parameter {name!r}") from None
+        jsondepth.check_depth(values[name], f"parameter {name!r}")
     return encode_params(values)
 
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meridian.core.errors import ValidationError
+from meridian.core.jsondepth import MAX_DEPTH, check_depth
 
 SCHEMA_VERSION = 1
 MAX_PARAMS = 500
@@ -306,6 +307,7 @@ def validate(schema: Mapping[str, Any], values: Any) -> dict[str, Any]:
                 f"unknown parameter {str(name)[:_MAX_SHOWN]!r} (the flow takes: {known})"
             )
         kind = entry["type"] if entry is not None else {"kind": "any"}
+        check_depth(value, f"parameter {name!r}")
         try:
             result[name] = _check(value, kind)
         except ValueError as exc:
@@ -451,7 +453,7 @@ def from_text(schema: Mapping[str, Any], raw: Mapping[str, str]) -> dict[str, An
         kind = entry["type"] if entry is not None else {"kind": "any"}
         try:
             converted[name] = _from_text(text, kind)
-        except ValueError as exc:
+        except (ValueError, ValidationError) as exc:
             raise ValidationError(f"parameter {name!r}: {exc}") from None
     optional = {**schema, "parameters": [dict(e, required=False) for e in entries.values()]}
     return validate(optional, converted)
@@ -491,7 +493,7 @@ def _from_text(text: str, kind: Mapping[str, Any]) -> Any:
         return text if text in names else _json_or_text(text)
     if name in ("list", "dict", "pydantic"):
         try:
-            return json.loads(text)
+            return _loads(text)
         except ValueError:
             raise ValueError(f"expected JSON, got {_shown(text)}") from None
     return _json_or_text(text)
@@ -499,6 +501,14 @@ def _from_text(text: str, kind: Mapping[str, Any]) -> Any:
 
 def _json_or_text(text: str) -> Any:
     try:
-        return json.loads(text)
+        return _loads(text)
     except ValueError:
         return text
+
+
+def _loads(text: str) -> Any:
+    """JSON text whose nesting the parser cannot take is too deep, not text."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValidationError(f"value is nested deeper than {MAX_DEPTH} levels") from None

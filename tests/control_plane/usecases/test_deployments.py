@@ -164,6 +164,8 @@ def test_trigger_creates_a_pending_run_that_wants_a_runner(store: Store) -> None
         ({"day": "March"}, "parameter 'day': expected a date"),
         ({"day": "2026-03-01", "n": "x"}, "parameter 'n': expected an integer"),
         ({"day": "2026-03-01", "colour": 1}, "unknown parameter 'colour'"),
+        # Refused here, not when the run starts (it walks at most 200 levels).
+        ({"day": "2026-03-01", "n": json.loads("[" * 900 + "]" * 900)}, "'n' is nested deeper"),
     ],
 )
 def test_trigger_parameters_are_checked_against_the_schema(
@@ -250,6 +252,11 @@ def test_invalid_specs_are_refused_with_the_field_named(store: Store) -> None:
         ({"name": "bad name"}, "deployment name"),
         ({"runner_target": "pool in ("}, "selector"),
         ({"parameters": {"n": "five"}}, "default parameters: parameter 'n'"),
+        ({"parameters": {"n": json.loads("[" * 300 + "]" * 300)}}, "'n' is nested deeper"),
+        (
+            {"schedules": (hourly(parameters={"day": json.loads("[" * 300 + "]" * 300)}),)},
+            "'day' is nested deeper",
+        ),
         ({"on_runner_lost": "retry"}, "on_runner_lost"),
         ({"max_runner_resumes": 1000}, "max_runner_resumes"),
         ({"concurrency_overflow": "drop"}, "overflow"),

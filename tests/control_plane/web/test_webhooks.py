@@ -163,6 +163,9 @@ def test_an_oversize_body_is_refused_declared_or_streamed(
         (b"{not json", "not valid JSON"),
         (b'{"n": "many"}', "n"),
         (b'{"m": 1}', "m"),
+        # Deeper than the parser can go (was a 500), and deeper than a run may take.
+        (b'{"n": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 200 levels"),
+        (b'{"n": ' + b"[" * 900 + b"]" * 900 + b"}", "nested deeper than 200 levels"),
     ],
 )
 def test_a_body_that_is_no_parameters_is_a_400_naming_why(

@@ -13,7 +13,8 @@ import pytest
 
 from control_plane import ServerConfig, create_api_token
 from meridian.cli.common import UsageError
-from meridian.cli.deploy import parse_schedule
+from meridian.cli.deploy import convert_partial, parse_schedule
+from meridian.core.errors import ValidationError
 from tests.support.databases import DATABASES, postgres_database, postgres_server
 from tests.support.plane import ThreadedControlPlane
 
@@ -149,3 +150,12 @@ def test_the_schedule_grammar() -> None:
     for bad in ("hourly", "every=5 minutes", "cron=* * * * *;colour=red", "every=1h;max-runs=x"):
         with pytest.raises(UsageError):
             parse_schedule(bad)
+
+
+@pytest.mark.parametrize("levels", [300, 3000])
+def test_a_default_parameter_nested_too_deeply_is_a_clear_error(levels: int) -> None:
+    def etl(blob: list) -> None:  # type: ignore[type-arg]
+        return None
+
+    with pytest.raises(ValidationError, match="parameter 'blob' is nested deeper than 200"):
+        convert_partial(etl, {"blob": "[" * levels + "]" * levels})
