@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         StepFailed,
         ValidationError,
     )
+    from meridian.core.residency import ResidencyRefused
     from meridian.core.runcontext import NoRunContext, RunContext, context
     from meridian.core.runlog import get_logger
     from meridian.sdk.approval import Approval, approve
@@ -67,6 +68,7 @@ _HOMES = {
     "NotFound": _ERRORS,
     "Permanent": _ERRORS,
     "PermissionDenied": _ERRORS,
+    "ResidencyRefused": "meridian.core.residency",
     "ResultRef": "meridian.sdk.results",
     "RunContext": _RUN,
     "SealError": _ERRORS,
@@ -101,6 +103,7 @@ __all__ = [
     "NotFound",
     "Permanent",
     "PermissionDenied",
+    "ResidencyRefused",
     "ResultRef",
     "RunContext",
     "SealError",

@@ -1,11 +1,14 @@
 """The mapping of gRPC failures of the control API to ``meridian.core.errors``.
 
-Callers (CLI, flow runner) only ever see Meridian errors, with messages a user can act on.
+Callers (CLI, flow runner) only ever see Meridian errors, with messages a user can act on:
+the class its status code names, or the subclass the control plane named in the trailing
+metadata (``meridian.core.wireerrors``, e.g. ``ResidencyRefused``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -17,6 +20,7 @@ from meridian.core.errors import (
     PermissionDenied,
     ValidationError,
 )
+from meridian.core.wireerrors import ERROR_KIND_KEY, refine
 
 _TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "tsi_", "x509")
 
@@ -30,8 +34,21 @@ def _details(exc: grpc.RpcError) -> str:
     return details or str(exc)
 
 
+def _kind(exc: grpc.RpcError) -> str:
+    """The error kind the control plane named in the trailing metadata ("" if none)."""
+    trailers: Any = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailers or ():
+        if key == ERROR_KIND_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
 def map_rpc_error(exc: grpc.RpcError, address: str, ca_file: Path) -> MeridianError:
     """Turn a gRPC failure into the Meridian error a user can act on."""
+    return refine(_by_code(exc, address, ca_file), _kind(exc))
+
+
+def _by_code(exc: grpc.RpcError, address: str, ca_file: Path) -> MeridianError:
     code, details = _code(exc), _details(exc)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return _connection_error(code, details, address, ca_file)

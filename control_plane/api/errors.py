@@ -3,7 +3,8 @@
 Every handler goes through this one mapping: unary and client-streaming handlers with
 ``@rpc``, server-streaming ones (async generators) with ``@rpc_stream``. A handler raises
 domain errors (or the two protocol errors below) and never picks a status code itself, so
-one error always reaches the caller with one code.
+one error always reaches the caller with one code. The few subclasses a code does not tell
+apart (``meridian.core.wireerrors``) are also named in the trailing metadata.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from control_plane.orchestration.machines import IllegalTransition
-from meridian.core.errors import (
 from control_plane.transfers.relay import ResultCorrupt
+from meridian.core.errors import (
     ConflictError,
     LimitExceeded,
     NotFound,
@@ -25,6 +26,7 @@ from control_plane.transfers.relay import ResultCorrupt
     Unauthenticated,
     ValidationError,
 )
+from meridian.core.wireerrors import ERROR_KIND_KEY, kind_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -49,9 +51,9 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ResultCorrupt, grpc.StatusCode.DATA_LOSS),
     (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
     (IllegalTransition, grpc.StatusCode.FAILED_PRECONDITION),
-    (ResultCorrupt, grpc.StatusCode.DATA_LOSS),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -72,9 +74,13 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoRetu
     if code == grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
         await context.abort(code, "internal error in the control plane; see its log")
+    # A subclass the code does not tell apart (a residency refusal among PERMISSION_DENIED)
+    # travels by name in the trailing metadata, so clients raise that class again.
+    kind = kind_of(exc)
+    trailers = ((ERROR_KIND_KEY, kind),) if kind else ()
     # Bounded: a status message travels in gRPC metadata (8 KiB soft, 16 KiB hard limit), and
     # messages may quote the (hostile) input that caused them.
-    await context.abort(code, bounded(str(exc)))
+    await context.abort(code, bounded(str(exc)), trailers)
     raise AssertionError("unreachable")  # context.abort always raises
 
 

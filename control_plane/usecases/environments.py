@@ -23,8 +23,8 @@ from control_plane import audit
 from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency, residency_of
 from control_plane.store.models import AgentRow, EnvironmentRow, StepRunRow
 from control_plane.store.tx import Tx
-from meridian.core.errors import ConflictError, PermissionDenied, ValidationError
-from meridian.core.residency import ResidencyRule, parse_rule
+from meridian.core.errors import PermissionDenied, ValidationError
+from meridian.core.residency import ResidencyRefused, ResidencyRule, parse_rule
 from meridian.core.resultref import ResultRef
 from meridian.core.selectors import MAX_SELECTOR_LENGTH
 
@@ -33,8 +33,11 @@ MAX_REASON = 1000
 _ID_CHUNK = 500
 
 
-class ResidencyRefusal(ConflictError):
+class ResidencyRefusal(ResidencyRefused):
     """A submission refused because no agent that could run a step may read its inputs.
+
+    A ``ResidencyRefused`` like a refused download, so callers see one class (and one status
+    code) for every residency refusal; ``details`` are for the audit record.
 
     The submission's transaction rolls back; whoever ran it records the refusal with
     :func:`record_residency_refusal` in a transaction of its own, so the audit log keeps it.

@@ -52,6 +52,9 @@ def test_a_rule_refuses_the_cross_environment_read_and_clearing_it_lets_it_run(
     assert code != 0, output
     detail = estate.client().get_run(run_id)
     assert detail.state == "FAILED"
+    # The flow body saw the same class as a refused download (not a ConflictError).
+    assert detail.error is not None, detail
+    assert detail.error.type == "meridian.core.residency.ResidencyRefused", detail.error
     produced = next(s for s in detail.steps if s.key == "produce#1")
     assert produced.state == "COMPLETED" and produced.result_ref_json  # kept at its site
     assert not any(s.key == "measure#1" for s in detail.steps)  # never submitted

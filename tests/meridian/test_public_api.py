@@ -22,6 +22,7 @@ def test_meridian_all_is_pinned() -> None:
         "NotFound",
         "Permanent",
         "PermissionDenied",
+        "ResidencyRefused",
         "ResultRef",
         "RunContext",
         "SealError",
@@ -67,3 +68,4 @@ def test_error_tree() -> None:
     assert not issubclass(meridian.ApprovalRejected, meridian.StepFailed)
     assert not issubclass(meridian.Permanent, meridian.MeridianError)
     assert issubclass(meridian.NoRunContext, meridian.MeridianError)
+    assert issubclass(meridian.ResidencyRefused, meridian.PermissionDenied)

@@ -1,18 +1,23 @@
 """Stored results and data residency over a real control plane (gRPC, mutual TLS, SQLite and
 PostgreSQL) and real agent streams: an agent that advertised its result stores finishes a step
 with a reference, which watchers, the audit view and later assignments carry; a forged input
-reference is INVALID_ARGUMENT; a submission no agent may run under a residency rule is
-FAILED_PRECONDITION and leaves an audit record; environments list their rules, agents and
-stores, and only admins set rules."""
+reference is INVALID_ARGUMENT; a submission no agent may run under a residency rule, like a
+client's download of a result under one, is PERMISSION_DENIED naming the residency kind (the
+client raises ``ResidencyRefused`` for both) and the refusal leaves an audit record;
+environments list their rules, agents and stores, and only admins set rules."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 
 from control_plane import create_api_token
+from meridian.core.residency import ResidencyRefused
 from meridian.core.resultref import REF_MARKER, ResultRef
+from meridian.core.wireerrors import ERROR_KIND_KEY
+from meridian.rpcerrors import map_rpc_error
 from protos.meridian.v1 import agent_pb2, control_pb2, control_pb2_grpc
 from tests.control_plane.api.test_edges import (
     CALL_TIMEOUT_S,
@@ -160,12 +165,21 @@ def test_a_reference_into_another_environment_fails_the_attempt(
     assert any(e.kind == "report.rejected" for e in detail.events)
 
 
-def test_a_residency_refusal_is_failed_precondition_and_audited(
+def assert_residency_refused(error: grpc.RpcError, *needles: str) -> None:
+    """PERMISSION_DENIED naming the residency kind, which the client raises as its class."""
+    assert_status(error, grpc.StatusCode.PERMISSION_DENIED, *needles)
+    assert isinstance(error, grpc.Call)
+    assert (ERROR_KIND_KEY, "residency-refused") in tuple(error.trailing_metadata() or ())
+    mapped = map_rpc_error(error, "edge", Path("ca.pem"))
+    assert type(mapped) is ResidencyRefused and str(mapped) == error.details()
+
+
+def test_a_residency_refusal_is_one_class_for_submissions_and_downloads_and_audited(
     edge: Edge,  # noqa: F811
 ) -> None:
     producer = connect_agent(edge, "res-eu", {"site": "res-eu"}, ("s3-main",))
     ref = ref_of("res-eu", "c")
-    produce(edge, producer, "res-eu", ref)
+    produced = produce(edge, producer, "res-eu", ref)
     connect_agent(edge, "res-us", {"site": "res-us", "region": "us-east-1"})
     viewer = with_bearer(
         grpc.secure_channel(
@@ -185,9 +199,8 @@ def test_a_residency_refusal_is_failed_precondition_and_audited(
 
     run_id = new_run(edge)
     error = refused(lambda: submit(edge, run_id, consumer("site=res-us", ref)))
-    assert_status(
+    assert_residency_refused(
         error,
-        grpc.StatusCode.FAILED_PRECONDITION,
         "'load#1'",
         "'res-eu'",
         "region in (eu-west-1)",
@@ -200,6 +213,9 @@ def test_a_residency_refusal_is_failed_precondition_and_audited(
     assert len(refusals) == 1
     assert json.loads(refusals[0].details_json)["rules"] == {"res-eu": "region in (eu-west-1)"}
     assert edge.control.VerifyAudit(control_pb2.VerifyAuditRequest(), timeout=30).ok
+    download = control_pb2.FetchRunResultRequest(flow_run_id=produced, step_key="extract#1")
+    error = refused(lambda: edge.control.FetchResult(download, timeout=CALL_TIMEOUT_S))
+    assert_residency_refused(error, "a download to a client is outside every environment")
     listed = as_viewer.ListEnvironments(control_pb2.ListEnvironmentsRequest(), timeout=10)
     assert {e.name: e.residency for e in listed.environments}["res-eu"] == "region in (eu-west-1)"
     # A reader in the producing environment is allowed: the bytes do not move.
