@@ -15,10 +15,11 @@
   (the deployment itself, or ping → pong → ping).
 * **Pause/resume** the whole deployment or one schedule. Resuming sets the cursor of the
   schedules it re-activates to now: a pause never turns into a burst of catch-up runs.
-* **Delete** is soft: ``deleted_at`` is set, schedules become inactive and triggers are
-  refused; versions, runs and fired slots stay readable in the audit trail. Deploying the
-  same name again restores it as the same deployment with the next version number, so its
-  history stays in one place.
+* **Delete** is soft: ``deleted_at`` is set, schedules become inactive, triggers are
+  refused and its webhooks are revoked (audited; a redeploy of the name does not revive
+  them); versions, runs and fired slots stay readable in the audit trail. Deploying the same
+  name again restores it as the same deployment with the next version number, so its history
+  stays in one place.
 
 Reads are in ``deployment_views.py``; triggers in ``deployment_triggers.py`` (re-exported).
 """
@@ -49,7 +50,7 @@ from control_plane.store.models import (
     ScheduleRow,
 )
 from control_plane.store.tx import Tx
-from control_plane.usecases import outcome_triggers
+from control_plane.usecases import outcome_triggers, webhooks
 from control_plane.usecases.deployment_triggers import (
     TriggerOutcome,
     TriggerSource,
@@ -331,12 +332,17 @@ def delete_deployment(tx: Tx, name: str) -> DeploymentRow:
     for row in _all_schedules(tx, deployment.id):
         row.active = False
         row.next_fire_at = None
+    revoked = webhooks.revoke_deployment_webhooks(tx, deployment, "deployment deleted")
     audit.append(
         tx.session,
         actor=tx.actor,
         action="deployment.deleted",
         subject=deployment.id,
-        details={"deployment": name, "version": deployment.current_version},
+        details={
+            "deployment": name,
+            "version": deployment.current_version,
+            "webhooks_revoked": revoked,
+        },
         now=tx.now,
     )
     return deployment

@@ -7,7 +7,8 @@ constant time (:func:`authenticate_webhook`, a read), then triggers the deployme
 request's idempotency key (:func:`trigger_by_webhook`). A refused call leaves an audit record
 without the token (:func:`record_refusal`). ``ListWebhooks`` shows a deployment's webhooks
 (never a token); ``RevokeWebhook`` (operators, audited ``webhook.revoked``) makes its token
-answer 401 from then on.
+answer 401 from then on. Deleting a deployment revokes its webhooks the same way
+(:func:`revoke_deployment_webhooks`), so deploying the name again does not revive them.
 """
 
 from __future__ import annotations
@@ -231,6 +232,33 @@ def revoke_webhook(tx: Tx, deployment: str, webhook_id: str) -> WebhookView:
             now=tx.now,
         )
     return _view(hook, row.name)
+
+
+def revoke_deployment_webhooks(tx: Tx, deployment: DeploymentRow, why: str) -> list[str]:
+    """Revoke every live webhook of ``deployment`` (each audited ``webhook.revoked`` with
+    ``why``): a deleted deployment's tokens stay dead when its name is deployed again."""
+    hooks = tx.session.scalars(
+        select(WebhookRow)
+        .where(WebhookRow.deployment_id == deployment.id, WebhookRow.revoked_at.is_(None))
+        .order_by(WebhookRow.created_at, WebhookRow.id)
+        .with_for_update()
+    ).all()
+    for hook in hooks:
+        hook.revoked_at = tx.now
+        audit.append(
+            tx.session,
+            actor=tx.actor,
+            action="webhook.revoked",
+            subject=deployment.id,
+            details={
+                "webhook_id": hook.id,
+                "name": hook.name,
+                "deployment": deployment.name,
+                "reason": why,
+            },
+            now=tx.now,
+        )
+    return [hook.id for hook in hooks]
 
 
 def _deployment(session: Session, name: str) -> DeploymentRow:

@@ -19,8 +19,8 @@ from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.store.models import FlowRunRow
 from control_plane.telemetry.metrics import Metrics
-from control_plane.usecases.deployments import create_deployment
-from control_plane.usecases.webhooks import CreatedWebhook, create_webhook
+from control_plane.usecases.deployments import create_deployment, delete_deployment
+from control_plane.usecases.webhooks import CreatedWebhook, create_webhook, list_webhooks
 from control_plane.web.app import build_app
 from control_plane.web.guard import Console
 from control_plane.web.sessions import SessionTable
@@ -210,3 +210,24 @@ def test_create_webhook_checks_its_deployment_and_name(store: Store, hook: Creat
         run_as(store, "token:ops", T0, create_webhook, "ingest", "\n")
     other, _ = run_as(store, "token:ops", T0, create_webhook, "ingest", "")
     assert other.token != hook.token and other.token.startswith("mwh_")
+
+
+def test_a_deleted_deployments_tokens_stay_dead_when_its_name_is_deployed_again(
+    client: TestClient, store: Store, hook: CreatedWebhook
+) -> None:
+    run_as(store, "token:admin", T0, delete_deployment, "ingest")
+    assert call(client, hook, {}, key="after-delete").status_code == 401
+    (revoked,) = records(store, "webhook.revoked")
+    assert json.loads(revoked.details)["reason"] == "deployment deleted"
+    spec = DeploymentSpec(
+        name="ingest",
+        flow_name="ingest",
+        entrypoint="flows.py:ingest",
+        bundle_sha256="b" * 64,
+        parameter_schema=SCHEMA,
+    )
+    run_as(store, "token:ops", T0, create_deployment, spec)
+    assert call(client, hook, {}, key="after-redeploy").status_code == 401
+    (listed,) = store.run_sync(list_webhooks, "ingest")
+    assert listed.webhook_id == hook.webhook_id and listed.revoked_at is not None
+    assert runs(store) == []
