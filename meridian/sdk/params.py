@@ -22,6 +22,7 @@ The richer types (:func:`coerce_params`, :func:`validate_params`, :func:`encode_
 sends the values as JSON as they are; it refuses the richer annotations (as it always did).
 Deployments and triggers will use :func:`validate_params` on decoded JSON, and encode what
 they store with :func:`encode_params`.
+The runner converts a run's stored JSON parameters with :func:`call_arguments`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from meridian.core import resultref
 from meridian.core.errors import ValidationError
 from meridian.sdk._jsonvalues import describe_non_json
 from meridian.sdk.refparams import stored_param
@@ -74,6 +76,22 @@ def _from_cli(name: str, given: Any, hint: Any) -> Any:
     if isinstance(given, str):
         return convert(name, given, hint)
     return stored_param(name, given, hint)
+
+
+def call_arguments(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The flow body's keyword arguments from its run's stored JSON parameters: each value
+    converted to its annotation as :func:`validate_params` does (a pydantic model validated
+    here, so a bad one fails the run at its start naming the parameter). A stored result's
+    marker is checked and kept; the runner hands it to the body as a ``ResultRef``."""
+    if not isinstance(values, Mapping):
+        raise ValidationError(f"parameters must be a JSON object, got {type(values).__name__}")
+    return _bind(fn, values, _from_stored, cli=False)
+
+
+def _from_stored(name: str, value: Any, hint: Any) -> Any:
+    if isinstance(value, dict) and resultref.REF_MARKER in value:
+        return stored_param(name, value, hint)
+    return _from_json_named(name, value, hint)
 
 
 def coerce_params(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:
@@ -379,11 +397,8 @@ def _from_json(value: Any, annotation: Any) -> Any:
     if annotation is str:
         return _expect(value, str, "a string")
     container = origin or annotation
-    if container in (list, tuple):
-        items = _expect(value, list, "a JSON array")
-        return tuple(items) if container is tuple else items
-    if container is dict:
-        return _expect(value, dict, "a JSON object")
+    if container in (list, tuple, dict):
+        return _from_json_container(value, container, typing.get_args(annotation))
     if _is_model(annotation):
         return _to_model(annotation, value, from_text=False)
     if _is_rich(annotation):
@@ -391,6 +406,20 @@ def _from_json(value: Any, annotation: Any) -> Any:
             return _to_enum(value, annotation)
         return _rich_from_text(_expect(value, str, "a string"), annotation)
     raise ValueError(f"unsupported annotation {annotation!r}; {_RICH}")
+
+
+def _from_json_container(value: Any, container: type, args: tuple[Any, ...]) -> Any:
+    # Items of ``list[X]`` and values of ``dict[str, X]`` convert too, as the parameter
+    # schema checks them (``list[Colour]`` gives members); other forms stay as they are.
+    if container is dict:
+        data = _expect(value, dict, "a JSON object")
+        if len(args) != 2:
+            return data
+        return {key: _from_json(item, args[1]) for key, item in data.items()}
+    items = _expect(value, list, "a JSON array")
+    if container is tuple:
+        return tuple(items)
+    return [_from_json(item, args[0]) for item in items] if len(args) == 1 else items
 
 
 def _from_json_union(value: Any, members: tuple[Any, ...]) -> Any:

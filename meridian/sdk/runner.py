@@ -37,7 +37,7 @@ from meridian.sdk._watch import RunWatcher, UpdateCallback
 from meridian.sdk.context import FlowContext, activate
 from meridian.sdk.flow_limits import wait_until_started
 from meridian.sdk.loader import load_entrypoint, split_entrypoint
-from meridian.sdk.params import parse_params
+from meridian.sdk.params import call_arguments, parse_params
 from meridian.sdk.refparams import with_result_refs
 from meridian.sdk.results import with_markers
 
@@ -197,10 +197,13 @@ def execute_body(
     canceller: Canceller | None = None,
     flow_name: str | None = None,
     on_superseded: Callable[[str], None] | None = None,
+    typed_params: bool = False,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
     report the body's outcome. ``seal`` is the flow's key group; ``keys`` default to
-    ``MERIDIAN_SEAL_KEYS``.
+    ``MERIDIAN_SEAL_KEYS``. ``params`` are the run's JSON parameters, converted to the
+    annotated types as the body starts (a value that does not convert fails the run), or the
+    body's arguments themselves with ``typed_params`` (a subflow called in this process).
 
     A ``KeyboardInterrupt`` in the body cancels the run (with ``canceller``, the person's
     client: a runner token may not cancel) and waits, bounded, until its agents confirm; then
@@ -218,7 +221,7 @@ def execute_body(
         # deployment exists yet.
         run_context = RunContext(run_id=run_id, flow_name=flow_name or None)
         with activate(context), flow_scope(run_context):
-            succeeded, result, error, shared = _run_body(fn, params)
+            succeeded, result, error, shared = _run_body(fn, params, typed=typed_params)
     except BaseException as exc:  # Ctrl-C or SystemExit
         stopper = canceller or _canceller(client)
         if isinstance(exc, KeyboardInterrupt) and stopper is not None:
@@ -466,12 +469,15 @@ def fetch_bundle(client: ExecutingClient, sha256: str, cache_dir: Path) -> Path:
 _BodyEnd = tuple[bool, Any, models.ErrorInfo | None, models.ErrorInfo | None]
 
 
-def _run_body(fn: Any, params: dict[str, Any]) -> _BodyEnd:
+def _run_body(fn: Any, params: dict[str, Any], *, typed: bool = False) -> _BodyEnd:
     """(succeeded, result, error as shown here, error as the control plane may store it)."""
     try:
+        # Converted inside the try: a parameter that does not suit its annotation (a pydantic
+        # model's own validation) fails the run, reported like any error of the body.
+        arguments = params if typed else call_arguments(fn, params)
         # A stored result (ResultRef) in the flow's result is reported as its marker, and a
         # parameter given as one (-p NAME=@result:RUN/STEP) arrives as a ResultRef.
-        result = with_markers(fn(**with_result_refs(params)))
+        result = with_markers(fn(**with_result_refs(arguments)))
     except Exception as exc:
         return False, None, error_info(exc), error_info(exc, shared=True)
     problem = describe_non_json(result)

@@ -63,6 +63,7 @@ def run_subflow(
         watch_after_event_id=_resume_watermark(detail),
         seal=flow.seal,
         flow_name=flow.name,
+        typed_params=True,  # called here with Python values: no JSON to convert
     )
     if outcome.succeeded:
         return outcome.result

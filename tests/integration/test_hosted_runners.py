@@ -162,3 +162,39 @@ def test_with_on_runner_lost_fail_the_run_fails_with_the_reason(
     assert "the flow runner on agent host-a stopped renewing its lease" in detail.error.message
     assert "on_runner_lost=fail" in detail.error.message
     (work / "go").touch()
+
+
+def test_a_hosted_body_receives_its_deployment_parameters_as_their_declared_types(
+    estate: Estate,
+) -> None:
+    pytest.importorskip("pydantic")
+    probe = FLOWS / "param_type_flows.py"
+    estate.cli(
+        "deploy", f"{probe}:probe", "--name", "probe-dep", "--runner-target", "pool=hosted",
+        "-p", "n=1", "-p", "p=/tmp", "-p", "color=RED",  # a stored default, as JSON
+        check=True,
+    )  # fmt: skip
+    given = ["-p", "when=2026-03-01T10:00:00Z", "-p", "day=2026-03-01", "-p", "color=GREEN"]
+    good = estate.cli(
+        "deployments", "run", "probe-dep", *given, "-p", 'cfg={"name": "a", "size": 3}',
+        "-p", 'colors=["RED"]', "--wait",
+    )  # fmt: skip
+    assert good.returncode == 0, good.stdout + good.stderr + estate.logs()
+    client = estate.client()
+    detail = client.get_run(estate.latest_run_id("probe"))
+    assert json.loads(detail.result_json) == {
+        "n": "int", "when": "datetime", "day": "date", "color": "Color", "p": "PosixPath",
+        "cfg": "Cfg", "colors": ["Color"], "maybe": "NoneType", "is_member": True, "size": 3,
+    }  # fmt: skip
+    assert json.loads(detail.parameters_json)["day"] == "2026-03-01"  # the record stays JSON
+
+    # The control plane checks a model's required fields; the model itself checks the rest
+    # when the body starts, failing the run with pydantic's errors under the parameter's name.
+    bad = estate.cli(
+        "deployments", "run", "probe-dep", *given, "-p", 'cfg={"name": "a", "size": "notint"}',
+        "--wait",
+    )  # fmt: skip
+    assert bad.returncode != 0, bad.stdout + bad.stderr
+    failed = client.get_run(estate.latest_run_id("probe"))
+    assert failed.state == "FAILED" and failed.error is not None
+    assert failed.error.message.startswith("parameter 'cfg': not a valid Cfg: size: ")

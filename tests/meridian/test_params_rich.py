@@ -15,6 +15,7 @@ import pytest
 from meridian import ValidationError
 from meridian.sdk.params import (
     MAX_PARAMS,
+    call_arguments,
     coerce_params,
     encode_params,
     parse_params,
@@ -210,6 +211,22 @@ def test_encoded_parameters_validate_back_to_the_same_values() -> None:
 def test_encode_refuses_what_json_cannot_store() -> None:
     with pytest.raises(ValidationError, match="parameter 'x' cannot be stored as JSON: set"):
         encode_params({"x": {1, 2}})
+
+
+# --- the body's arguments from the run's stored JSON ----------------------------------------
+
+
+def test_call_arguments_give_the_body_its_declared_types() -> None:
+    def body(day: dt.date, colours: list[Colour], by_name: dict[str, Size], data: Any = None): ...
+
+    stored = {"day": "2026-03-01", "colours": ["GREEN", 1], "by_name": {"a": "l"}}
+    assert call_arguments(body, stored) == {
+        "day": dt.date(2026, 3, 1),
+        "colours": [Colour.GREEN, Colour.RED],
+        "by_name": {"a": Size.LARGE},
+    }
+    with pytest.raises(ValidationError, match="parameter 'colours': expected one of RED"):
+        call_arguments(body, {**stored, "colours": ["BLUE"]})
 
 
 # --- pydantic, only when the flow's module has it ----------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import meridian
 from meridian.core.errors import ValidationError
 from meridian.core.resultref import REF_MARKER, ResultRef, ref_marker
-from meridian.sdk.params import parse_params
+from meridian.sdk.params import call_arguments, parse_params
 from meridian.sdk.refparams import with_result_refs
 
 REF = ResultRef(
@@ -82,3 +82,13 @@ def test_a_parameter_reference_is_passed_to_steps_not_downloaded_in_the_body() -
 def test_a_malformed_marker_in_stored_parameters_fails_the_body() -> None:
     with pytest.raises(ValidationError, match="reserved for references"):
         with_result_refs({"data": {REF_MARKER: REF.to_value(), "extra": 1}})
+
+
+def test_the_body_arguments_keep_the_marker_for_the_runner_to_wrap() -> None:
+    assert call_arguments(takes_ref, {"data": MARKER, "n": 2}) == {"data": MARKER, "n": 2}
+    assert call_arguments(takes_anything, {"data": MARKER}) == {"data": MARKER}
+    with pytest.raises(ValidationError, match="annotate it ResultRef"):
+        call_arguments(_takes_int, {"data": MARKER})
+
+
+def _takes_int(data: int) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import itertools
 import textwrap
 import threading
@@ -14,9 +16,15 @@ import pytest
 from meridian.client import ControlClient
 from meridian.models import CancelResult, RunUpdate
 from meridian.sdk import runner as runner_module
-from meridian.sdk.runner import RunInterrupted, execute_body, run_flow
+from meridian.sdk.runner import RunInterrupted, _run_body, execute_body, run_flow
 from tests.meridian.test_client import FakeServer
 from tests.support.deadlines import DEADLINE_S
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
 
 FLOWS = """
 import time
@@ -195,6 +203,22 @@ def test_bad_parameters_fail_before_a_run_exists(
     with pytest.raises(ValidationError, match="parameter 'n'"):
         run_flow(client, f"{flows_file}:sequential", {"n": "many"})
     assert fake_server.fake.runs == {}
+
+
+def _typed_body(day: dt.date, colour: _Colour = _Colour.RED, n: int = 1) -> dict:
+    return {"day": type(day).__name__, "colour_is_member": isinstance(colour, _Colour), "n": n}
+
+
+def test_the_body_gets_its_json_parameters_as_declared_types() -> None:
+    succeeded, result, _, _ = _run_body(_typed_body, {"day": "2026-03-01", "colour": "GREEN"})
+    assert succeeded and result == {"day": "date", "colour_is_member": True, "n": 1}
+
+
+def test_a_parameter_that_does_not_convert_fails_the_run_naming_it() -> None:
+    succeeded, _, error, shared = _run_body(_typed_body, {"day": "2026-03-01", "colour": "BLUE"})
+    assert not succeeded and error is not None and shared is not None
+    assert error.type == "meridian.core.errors.ValidationError"
+    assert error.message.startswith("parameter 'colour': expected one of RED, GREEN")
 
 
 class _InterruptedClient:
