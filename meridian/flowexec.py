@@ -6,8 +6,9 @@ completed steps answer from the store, approvals keep their decisions.
 Everything comes from the environment, never the command line (``ps`` shows that):
 ``MERIDIAN_FLOWEXEC_RUN_ID``, ``_EPOCH``, ``_ADDRESS`` (the client listener), ``_CA_FILE``,
 ``_TOKEN`` (the run-scoped runner token, bound to the epoch), ``_BUNDLE_DIR`` (the run's
-bundle, unpacked by the agent) and ``_ENTRYPOINT``. The runner renews its run's lease itself
-(30 s, every 7.5 s, unless ``MERIDIAN_RUNNER_LEASE_S`` says otherwise).
+bundle, unpacked by the agent) and ``_ENTRYPOINT``; optionally ``_ENVIRONMENT``, the agent's
+environment, which the body sees as ``meridian.context().environment``. The runner renews
+its run's lease itself (30 s, every 7.5 s, unless ``MERIDIAN_RUNNER_LEASE_S`` says otherwise).
 
 Two ways in, one entry point (``main``): ``python -m meridian.flowexec`` (a fresh process), or a
 child forked by the agent's fork server (``meridian.flowzygote``), which imported all this
@@ -45,6 +46,7 @@ class FlowExecConfig:
     token: str
     bundle_dir: Path
     entrypoint: str
+    environment: str | None = None  # the agent's; None when the agent does not say
 
     def __repr__(self) -> str:  # never the token
         return f"FlowExecConfig(run_id={self.run_id!r}, epoch={self.epoch})"
@@ -71,6 +73,7 @@ def config_from_env(env: Mapping[str, str]) -> FlowExecConfig:
         token=env[PREFIX + "TOKEN"],  # popped by main: the body need not see it
         bundle_dir=bundle_dir,
         entrypoint=env[PREFIX + "ENTRYPOINT"],
+        environment=env.get(PREFIX + "ENVIRONMENT") or None,
     )
 
 
@@ -117,6 +120,7 @@ def run(config: FlowExecConfig) -> int:
                 watermark,
                 bundle_root=config.bundle_dir,
                 on_superseded=_superseded,
+                environment=config.environment,
             )
         except Exception as exc:
             if is_superseded_error(exc):

@@ -197,6 +197,7 @@ def execute_body(
     canceller: Canceller | None = None,
     flow_name: str | None = None,
     on_superseded: Callable[[str], None] | None = None,
+    environment: str | None = None,
     typed_params: bool = False,
 ) -> RunOutcome:
     """Run the body of an existing run here: watch its steps, hold its runner lease, and
@@ -204,6 +205,7 @@ def execute_body(
     ``MERIDIAN_SEAL_KEYS``. ``params`` are the run's JSON parameters, converted to the
     annotated types as the body starts (a value that does not convert fails the run), or the
     body's arguments themselves with ``typed_params`` (a subflow called in this process).
+    ``environment``: the hosted runner's agent's, for ``meridian.context()``.
 
     A ``KeyboardInterrupt`` in the body cancels the run (with ``canceller``, the person's
     client: a runner token may not cancel) and waits, bounded, until its agents confirm; then
@@ -217,9 +219,10 @@ def execute_body(
     lease.start()
     interrupted: BaseException | None = None
     try:
-        # meridian.context() in the body: a local runner has no environment, and no
-        # deployment exists yet.
-        run_context = RunContext(run_id=run_id, flow_name=flow_name or None)
+        # meridian.context() in the body: a local runner has no environment.
+        run_context = RunContext(
+            run_id=run_id, flow_name=flow_name or None, environment=environment or None
+        )
         with activate(context), flow_scope(run_context):
             succeeded, result, error, shared = _run_body(fn, params, typed=typed_params)
     except BaseException as exc:  # Ctrl-C or SystemExit
@@ -416,9 +419,11 @@ def _execute_stored(
     *,
     bundle_root: Path | None = None,
     on_superseded: Callable[[str], None] | None = None,
+    environment: str | None = None,
 ) -> RunOutcome:
     """Run a stored run's body from its own bundle (fetched, or ``bundle_root`` when the
-    caller has it unpacked already: a hosted runner's agent fetched it)."""
+    caller has it unpacked already: a hosted runner's agent fetched it; ``environment`` is
+    that agent's)."""
     # The run's own code bundle, not whatever is on disk now: resume runs the same code.
     root = bundle_root or fetch_bundle(
         client, target.bundle_sha256, cache_dir or default_cache_dir()
@@ -442,6 +447,7 @@ def _execute_stored(
         canceller=_canceller(client),
         flow_name=loaded.flow.name,
         on_superseded=on_superseded,
+        environment=environment,
     )
 
 

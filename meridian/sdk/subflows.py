@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from meridian.core.errors import MeridianError
+from meridian.core.runcontext import context
 from meridian.sdk.context import FlowContext
 from meridian.sdk.params import encode_params
 
@@ -63,6 +64,7 @@ def run_subflow(
         watch_after_event_id=_resume_watermark(detail),
         seal=flow.seal,
         flow_name=flow.name,
+        environment=context().environment,  # the parent's runner runs this body
         typed_params=True,  # called here with Python values: no JSON to convert
     )
     if outcome.succeeded:

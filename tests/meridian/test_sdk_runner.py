@@ -129,6 +129,22 @@ def test_the_flow_body_sees_its_run_and_flow_name(client: ControlClient, flows_f
         meridian.context()  # the body's context ended with it
 
 
+def test_a_hosted_body_sees_its_agents_environment(client: ControlClient, flows_file: Path) -> None:
+    from meridian.core.bundle import pack_directory
+    from meridian.models import RunToExecute
+    from meridian.sdk.runner import _execute_stored
+
+    bundle = pack_directory(flows_file.parent)
+    client.ensure_bundle(bundle)
+    entrypoint = f"{flows_file.name}:where"
+    run_id = client.create_run("where", entrypoint, {}, bundle.sha256)
+    target = RunToExecute(run_id, "where", entrypoint, "{}", bundle.sha256, "RUNNING")
+    outcome = _execute_stored(  # as meridian.flowexec calls it
+        client, target, None, None, 0, bundle_root=flows_file.parent, environment="dc1"
+    )
+    assert outcome.result["environment"] == "dc1" and outcome.result["run_id"] == run_id
+
+
 def test_submit_runs_steps_in_parallel(
     client: ControlClient, fake_server: FakeServer, flows_file: Path
 ) -> None:
