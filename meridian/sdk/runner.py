@@ -368,6 +368,7 @@ def resume_flow(
 
     A hosted run (a deployment's, ``run --remote``) goes back to a hosted runner and this
     follows it to its end; ``here`` runs its body in this process instead."""
+    _refuse_subflow_child(client, run_id, "resume")
     target = client.resume_run(run_id, here=here)
     if target.hosted:
         return _follow_hosted(client, target, on_update)
@@ -384,10 +385,24 @@ def retry_flow(
 ) -> RunOutcome:
     """Run the same flow version with the same parameters again, as a new run: hosted like
     the original (followed to its end) unless ``here``."""
+    _refuse_subflow_child(client, run_id, "retry")
     target = client.retry_run(run_id, here=here)
     if target.hosted:
         return _follow_hosted(client, target, on_update)
     return _execute_stored(client, target, on_update, cache_dir, 0)
+
+
+def _refuse_subflow_child(client: ExecutingClient, run_id: str, action: str) -> None:
+    """A subflow's child is driven by its parent's body (its entrypoint is a function in the
+    parent's bundle, not a flow file): refuse before touching it and name the run to act on.
+    A deployment's child (key ``deployment:...``) is a hosted run of its own: allowed."""
+    detail = client.get_run(run_id)
+    parent = detail.parent_run_id
+    if parent and not detail.parent_key.startswith("deployment:"):
+        raise ConflictError(
+            f"run {detail.flow_run_id} is a subflow of run {parent}; {action} the parent run "
+            f"{parent} (its body calls the subflow again)"
+        )
 
 
 def _follow_hosted(

@@ -46,6 +46,12 @@ def test_a_subflow_runs_as_a_linked_child_and_a_resumed_parent_reuses_it(
     assert f"Parent      {run_id} (subflow child#1)" in shown
     assert run_id[:8] in estate.cli("runs", "list", check=True).stdout  # the PARENT column
 
+    for action in ("resume", "retry"):  # the child's body belongs to its parent's runner
+        refused = estate.cli("runs", action, child.flow_run_id)
+        assert refused.returncode != 0
+        assert f"is a subflow of run {run_id}; {action} the parent run" in refused.stderr
+    assert estate.client().get_run(child.flow_run_id).state == "COMPLETED"  # untouched
+
     (work / "go").touch()
     resumed = estate.cli("runs", "resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

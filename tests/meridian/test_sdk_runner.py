@@ -341,9 +341,39 @@ def test_resuming_a_hosted_run_follows_it_and_never_shows_a_sealed_result() -> N
             ),
             watch_run=lambda run_id, after=0: iter(["update"]),
             get_run=lambda run_id, stored=stored: SimpleNamespace(
-                flow_run_id="r1", state="COMPLETED", result_json=stored, error=None
+                flow_run_id="r1",
+                state="COMPLETED",
+                result_json=stored,
+                error=None,
+                parent_run_id="",
+                parent_key="",
             ),
         )
         outcome = resume_flow(client, "r1", on_update=updates.append)  # type: ignore[arg-type]
         assert (outcome.flow_run_id, outcome.state, outcome.result) == ("r1", "COMPLETED", expected)
         assert updates == ["update"]
+
+
+@pytest.mark.parametrize("how", ["resume", "retry"])
+def test_a_subflow_child_is_refused_naming_its_parent(how: str) -> None:
+    from types import SimpleNamespace
+
+    from meridian.core.errors import ConflictError
+    from meridian.sdk.runner import resume_flow, retry_flow
+
+    touched: list[str] = []
+    client = SimpleNamespace(
+        get_run=lambda run_id: SimpleNamespace(
+            flow_run_id="child-1", parent_run_id="parent-1", parent_key="sub2#1"
+        ),
+        resume_run=lambda *a, **k: touched.append("resume"),
+        retry_run=lambda *a, **k: touched.append("retry"),
+    )
+    act = resume_flow if how == "resume" else retry_flow
+    with pytest.raises(ConflictError) as raised:
+        act(client, "child")  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        f"run child-1 is a subflow of run parent-1; {how} the parent run parent-1 "
+        "(its body calls the subflow again)"
+    )
+    assert touched == []
