@@ -50,6 +50,7 @@ from agent.rotation import CertificateRotator
 from agent.runner import RunnerContext
 from agent.secrets import SecretStore
 from agent.transfers import ResultFetcher, ResultServer
+from agent.workdirs import remove_stale_work_dirs
 from agent.worker import Worker
 from meridian.core.sealing import KeyRing
 from providers.base import Provider
@@ -245,6 +246,8 @@ class Agent:
         )
         # Re-attach before connecting so Hello already lists the attempts we still hold.
         await self._worker.recover(await asyncio.to_thread(self._handles.load_all))
+        held = {attempt.attempt_id for attempt in self._worker.held_attempts()}
+        await asyncio.to_thread(remove_stale_work_dirs, cfg.data_dir / "work", held)
         if cfg.runner_slots > 0:
             self._flow_runners = FlowRunners(
                 cfg.runner_slots,

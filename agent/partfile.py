@@ -1,9 +1,10 @@
 """The ``.part`` file of an input result on its way to this agent (``agent.transfers``).
 
 Bytes are appended and hashed as they arrive, from the relay or from a presigned URL; a part
-an earlier run left is hashed again and resumed; the part becomes the destination file only
-once its size and sha256 match the reference (fsynced, renamed, directory fsynced), so no run
-of crashes, cuts and fallbacks ever leaves a torn or wrong file under the destination's name.
+an earlier try of the same fetch left is hashed again and resumed; the part becomes the
+destination file only once its size and sha256 match the reference (fsynced, renamed,
+directory fsynced), so no run of crashes, cuts and fallbacks ever leaves a torn or wrong file
+under the destination's name.
 """
 
 from __future__ import annotations

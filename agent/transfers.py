@@ -6,8 +6,10 @@ Both directions are calls this agent makes to the control plane, which relays th
   environment. ``FetchResult`` streams it into ``<dest>.part``; a cut stream is resumed with
   ``offset`` = the bytes already written (a bounded number of times in a row without progress,
   with backoff), and the file is renamed to ``dest`` only once its size and sha256 match the
-  reference. A ``.part`` left by a killed agent is hashed again and resumed, so no run of
-  crashes and cuts ever leaves a torn or wrong ``dest``. When the agent accepts presigned URLs
+  reference. A ``.part`` an earlier try of the same fetch left is hashed again and resumed,
+  so no run of crashes and cuts ever leaves a torn or wrong ``dest``; one a killed agent left
+  goes with its attempt's work dir at the next start (``agent.workdirs``), since the control
+  plane retries that attempt as a new one. When the agent accepts presigned URLs
   (``[transfers]``, on by default) it says so; a producing site that opted in answers with one
   URL instead of the bytes, which ``agent.presigned`` downloads into the same ``.part`` (from
   the hosts its ``presigned_url_hosts`` allows only, on its own threads, at a minimum pace).

@@ -334,3 +334,19 @@ def test_restart_recovers_or_reports_lost(tmp_path: Path, reattach: bool) -> Non
                     assert "could not re-attach" in finished.finished.error.message
 
     run_async(scenario)
+
+
+def test_a_started_agent_removes_the_work_dirs_of_attempts_it_no_longer_holds(
+    tmp_path: Path,
+) -> None:
+    # What an agent killed while transferring an input leaves behind.
+    stale = tmp_path / "agent" / "work" / "9e8d7c6b-5a49-4837-a261-504f3e2d1c0b" / "inputs"
+    stale.mkdir(parents=True)
+    (stale / ("c" * 64 + ".part")).write_bytes(b"x" * 4096)
+
+    async def scenario() -> None:
+        async with running_agent(tmp_path) as h:
+            await connect(h)
+            assert not stale.parent.exists()
+
+    run_async(scenario)
