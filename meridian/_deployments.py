@@ -20,7 +20,7 @@ class ScheduleRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     catch_up: str = "skip"
     catch_up_window_s: float = 0.0
-    max_catch_up_runs: int = 0
+    max_catch_up_runs: int | None = None  # None: the server's default (10)
     jitter_s: float = 0.0
     schedule_id: str = ""
 
@@ -50,7 +50,7 @@ class DeploymentRequest:
     concurrency: int = 0
     concurrency_overflow: str = ""
     on_runner_lost: str = ""
-    max_runner_resumes: int = 0
+    max_runner_resumes: int | None = None  # None: the server's default (3); 0: fail when lost
     triggers: tuple[OutcomeTriggerRequest, ...] = ()
     flow_concurrency: tuple[str, ...] = ()  # @flow(concurrency=...): limits each run holds
 

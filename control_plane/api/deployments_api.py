@@ -14,7 +14,9 @@ from control_plane.api import views
 from control_plane.api.authz import CURRENT_PRINCIPAL
 from control_plane.api.errors import rpc
 from control_plane.api.services import Services
+from control_plane.orchestration import runners
 from control_plane.orchestration.deployment_specs import (
+    DEFAULT_MAX_CATCH_UP_RUNS,
     DeploymentSpec,
     OutcomeTrigger,
     ScheduleSpec,
@@ -141,7 +143,11 @@ def spec_from_proto(spec: control_pb2.DeploymentSpec) -> DeploymentSpec:
         concurrency=spec.concurrency,
         concurrency_overflow=spec.concurrency_overflow or "queue",
         on_runner_lost=spec.on_runner_lost or "resume",
-        max_runner_resumes=spec.max_runner_resumes or 3,
+        max_runner_resumes=(
+            spec.max_runner_resumes
+            if spec.HasField("max_runner_resumes")
+            else runners.DEFAULT_MAX_RUNNER_RESUMES  # 0 is a choice: fail when lost
+        ),
         triggers=tuple(
             OutcomeTrigger(
                 t.upstream_deployment,
@@ -162,7 +168,11 @@ def _schedule(s: control_pb2.ScheduleSpec) -> ScheduleSpec:
         parameters=_json_object(s.parameters_json, "schedule parameters_json"),
         catch_up=s.catch_up or "skip",
         catch_up_window_s=s.catch_up_window_s,
-        max_catch_up_runs=s.max_catch_up_runs,
+        max_catch_up_runs=(
+            s.max_catch_up_runs
+            if s.HasField("max_catch_up_runs")
+            else DEFAULT_MAX_CATCH_UP_RUNS  # an explicit 0 is refused by the spec's check
+        ),
         jitter_s=s.jitter_s,
         paused=s.paused,
     )

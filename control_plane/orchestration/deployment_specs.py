@@ -234,7 +234,7 @@ def _schedule(spec: DeploymentSpec, s: ScheduleSpec, defaults: Mapping[str, Any]
             definition=definition,
             catch_up=mode,
             catch_up_window_s=float(s.catch_up_window_s or DEFAULT_WINDOW_S),
-            max_catch_up_runs=int(s.max_catch_up_runs or DEFAULT_MAX_CATCH_UP_RUNS),
+            max_catch_up_runs=int(s.max_catch_up_runs),  # 0 is refused, not a default
             jitter_s=float(s.jitter_s),
         )
         catchup.validate_policy(normalized.policy())

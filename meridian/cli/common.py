@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -120,6 +120,30 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def int_between(text: str, low: int, high: int) -> int:
+    """``text`` as a whole number from ``low`` to ``high``, else ArgumentTypeError with a
+    message (never a value protobuf cannot carry, which would crash the call)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected a number from {low} to {high}, got {text[:40]!r}"
+        )
+    return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """argparse ``type=`` for a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        return int_between(text, low, high)
+
+    parse.__name__ = "number"  # argparse names the type in its error
+    return parse
 
 
 def positive_int(text: str) -> int:

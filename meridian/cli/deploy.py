@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meridian import _deployments
-from meridian.cli.common import UsageError, add_client_options, connect, parse_params
+from meridian.cli.common import (
+    UsageError,
+    add_client_options,
+    bounded_int,
+    connect,
+    int_between,
+    parse_params,
+)
 from meridian.cli.render import format_datetime
 from meridian.cli.run import check_entrypoint
 from meridian.core import jsondepth
@@ -30,7 +37,7 @@ SCHEDULE_HELP = """\
 each optionally followed by options separated by ';':
   ;catch-up=skip|latest|all    after downtime: fire none (default), the latest, or all
   ;window=DURATION             how far back catch-up reaches (default 1d)
-  ;max-runs=N                  catch-up runs per evaluation with 'all' (default 10)
+  ;max-runs=N                  catch-up runs per evaluation with 'all' (1-1000, default 10)
   ;jitter=DURATION             a random-looking but fixed delay per slot, below it
   ;param.NAME=VALUE            a parameter of this schedule's runs (over --param)
 DURATION: a number and a unit s, m, h or d (30s, 5m, 1h, 2d). Quote the whole SPEC.
@@ -39,6 +46,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Without an anchor, intervals are aligned to midnight UTC (every=1h fires on the hour).
 DEFAULT_ANCHOR = "2000-01-01T00:00:00+00:00"
+# The control plane's bounds (orchestration/runners.py, catchup.py), checked here first.
+MAX_RUNNER_RESUMES = 100
+MAX_CATCH_UP_RUNS = 1000
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -64,7 +74,10 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="at most N unfinished runs (0: unlimited)")  # fmt: skip
     deploy.add_argument("--concurrency-overflow", choices=("queue", "skip"), default="queue")
     deploy.add_argument("--on-runner-lost", choices=("resume", "fail"), default="resume")
-    deploy.add_argument("--max-runner-resumes", type=int, default=3, metavar="N")
+    deploy.add_argument("--max-runner-resumes", type=bounded_int(0, MAX_RUNNER_RESUMES),
+                        default=None, metavar="N",
+                        help="resume a run whose runner was lost at most N times (default 3; "
+                        "0: the first lost runner fails it)")  # fmt: skip
     deploy.add_argument("--description", default="")
     deploy.add_argument("--tag", action="append", default=[])
     deploy.add_argument("--on-completion-of", default="", metavar="DEPLOYMENT",
@@ -135,9 +148,9 @@ def _definition(head: str) -> dict[str, Any]:
 
 def _count(text: str) -> int:
     try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"max-runs {text!r} must be a whole number") from None
+        return int_between(text, 1, MAX_CATCH_UP_RUNS)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"max-runs: {exc} (catch-up runs per evaluation)") from None
 
 
 def convert_partial(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def test_deploy_show_pause_resume_and_run(cli, plane, tmp_path: Path) -> None:  
 
     bad = cli("deploy", entry, "--name", "nightly", "-p", "n=many", *operator)
     assert bad.code != 0 and "parameter 'n'" in bad.err
-    again = cli("deploy", entry, "--name", "nightly", "-p", "n=7", *operator)
+    again = cli("deploy", entry, "--name", "nightly", "-p", "n=7", "--max-runner-resumes", "0",
+                *operator)  # fmt: skip
     assert again.code == 0 and "version 2" in again.out, again.err
 
     listed = cli("deployments", "list", *viewer)
@@ -95,8 +96,10 @@ def test_deploy_show_pause_resume_and_run(cli, plane, tmp_path: Path) -> None:  
     assert [v["version"] for v in json.loads(versions.out)] == [2, 1]
     old = json.loads(cli("deployments", "show", "nightly", "--version", "1", "--json", *viewer).out)
     assert old["parameters"] == {"mode": "DELTA"} and len(old["schedules"]) == 2
+    assert old["max_runner_resumes"] == 3  # the default
     shown = cli("deployments", "show", "nightly", *viewer)
     assert "day: date (required)" in shown.out and '"n": 7' in shown.out
+    assert "at most 0 resumes" in shown.out  # 0 is kept: the first lost runner fails the run
 
     assert cli("deployments", "pause", "nightly", *viewer).code != 0  # viewers only read
     assert cli("deployments", "pause", "nightly", *operator).out.startswith("Paused nightly")
@@ -150,6 +153,10 @@ def test_the_schedule_grammar() -> None:
     for bad in ("hourly", "every=5 minutes", "cron=* * * * *;colour=red", "every=1h;max-runs=x"):
         with pytest.raises(UsageError):
             parse_schedule(bad)
+    for bad in ("every=5s;catch-up=all;max-runs=0", "cron=0 9 * * *;max-runs=-3"):
+        with pytest.raises(UsageError, match="max-runs: expected a number from 1 to 1000"):
+            parse_schedule(bad)
+    assert parse_schedule("every=5s")[0].max_catch_up_runs is None  # the server's default
 
 
 @pytest.mark.parametrize("levels", [300, 3000])
