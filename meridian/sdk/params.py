@@ -18,11 +18,11 @@ The richer types (:func:`coerce_params`, :func:`validate_params`, :func:`encode_
 * pydantic models, only when pydantic is already imported by the flow's module (this module
   never imports it): from a JSON object.
 
-:func:`parse_params` keeps its contract of returning only JSON values, because its caller
-sends the values as JSON as they are; it refuses the richer annotations (as it always did).
-Deployments and triggers will use :func:`validate_params` on decoded JSON, and encode what
-they store with :func:`encode_params`.
-The runner converts a run's stored JSON parameters with :func:`call_arguments`.
+:func:`parse_params` (``meridian run``) applies the same rules as a deploy's ``-p`` and
+returns their JSON form (what the run record stores). Whoever calls a flow body turns those
+stored JSON values into the annotated types with :func:`call_arguments` (the rules of
+:func:`validate_params`), so a body gets a ``datetime``, an ``Enum`` member or a validated
+model however its run was started.
 """
 
 from __future__ import annotations
@@ -65,16 +65,17 @@ def split_assignments(items: Sequence[str]) -> dict[str, str]:
 
 
 def parse_params(fn: Callable[..., Any], raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert raw strings to the JSON values ``fn`` expects; check names and required ones.
+    """Convert raw strings by ``fn``'s annotations (the richer types too) to their JSON form;
+    check names and required ones.
 
     A value that is not a string is a stored result's marker (``-p NAME=@result:RUN/STEP``,
     resolved by the CLI): checked and kept as it is (``meridian.sdk.refparams``)."""
-    return _bind(fn, raw, _from_cli, cli=True)
+    return encode_params(_bind(fn, raw, _from_cli, cli=True))
 
 
 def _from_cli(name: str, given: Any, hint: Any) -> Any:
     if isinstance(given, str):
-        return convert(name, given, hint)
+        return convert(name, given, hint, rich=True)
     return stored_param(name, given, hint)
 
 

@@ -107,11 +107,16 @@ def test_optional_rich_values_take_none() -> None:
     assert coerce_params(report, {**REQUIRED, "until": "null"})["until"] is None
 
 
-def test_parse_params_keeps_its_json_only_contract() -> None:
-    # Its caller sends the values as JSON as they are, so it still refuses what JSON cannot
-    # carry; the basic types convert exactly as before.
-    with pytest.raises(ValidationError, match="parameter 'day': unsupported annotation"):
-        parse_params(report, REQUIRED)
+def test_parse_params_takes_the_rich_types_and_returns_their_json() -> None:
+    # meridian run: the rules of a deploy's -p, in the form the run record stores.
+    assert parse_params(report, {**REQUIRED, "colour": "1", "out": "x/y"}) == {
+        "day": "2026-03-01",
+        "since": "2026-03-01T09:00:00+01:00",
+        "colour": "RED",
+        "out": "x/y",
+    }
+    with pytest.raises(ValidationError, match=r"parameter 'since': .* has no time zone"):
+        parse_params(report, {**REQUIRED, "since": "2026-03-01T09:00:00"})
 
     def basic(count: int, tags: list[str] | None = None) -> None: ...
 

@@ -27,6 +27,7 @@ class _Colour(enum.Enum):
 
 
 FLOWS = """
+import datetime
 import time
 from meridian import StepFailed, flow, step, wait
 
@@ -46,6 +47,10 @@ def boom(message: str) -> None:
 @step
 def square(x: int) -> int:
     return x * x
+
+@flow
+def on_day(day: datetime.date) -> str:
+    return type(day).__name__
 
 @flow(name="where")
 def where_flow() -> dict:
@@ -143,6 +148,14 @@ def test_a_hosted_body_sees_its_agents_environment(client: ControlClient, flows_
         client, target, None, None, 0, bundle_root=flows_file.parent, environment="dc1"
     )
     assert outcome.result["environment"] == "dc1" and outcome.result["run_id"] == run_id
+
+
+def test_meridian_run_takes_the_types_a_deployment_takes(
+    client: ControlClient, fake_server: FakeServer, flows_file: Path
+) -> None:
+    outcome = run_flow(client, f"{flows_file}:on_day", {"day": "2026-03-01"})
+    assert outcome.result == "date"
+    assert fake_server.fake.runs[outcome.flow_run_id].parameters_json == '{"day": "2026-03-01"}'
 
 
 def test_submit_runs_steps_in_parallel(
