@@ -176,6 +176,14 @@ def validate_spec(spec: DeploymentSpec) -> DeploymentSpec:
     triggers = tuple(_trigger(spec, t) for t in spec.triggers)
     if len(triggers) > MAX_TRIGGERS:
         raise ValidationError(f"at most {MAX_TRIGGERS} outcome triggers per deployment")
+    upstreams = [t.upstream_deployment for t in triggers]
+    repeated = sorted({u for u in upstreams if upstreams.count(u) > 1})
+    if repeated:
+        # One upstream run would fire both with the same key: the second would do nothing.
+        raise ValidationError(
+            f"outcome triggers name upstream deployment {repeated[0]} more than once: "
+            "give all its states in one trigger"
+        )
     return dataclasses.replace(
         spec,
         parameters=defaults,

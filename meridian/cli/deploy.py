@@ -80,8 +80,9 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
                         "0: the first lost runner fails it)")  # fmt: skip
     deploy.add_argument("--description", default="")
     deploy.add_argument("--tag", action="append", default=[])
-    deploy.add_argument("--on-completion-of", default="", metavar="DEPLOYMENT",
-                        help="also run when a run of DEPLOYMENT ends (see --on-state)")  # fmt: skip
+    deploy.add_argument("--on-completion-of", action="append", default=[], metavar="DEPLOYMENT",
+                        help="also run when a run of DEPLOYMENT ends (repeatable; --on-state "
+                        "and --upstream-*-param apply to each)")  # fmt: skip
     deploy.add_argument("--on-state", action="append", default=[], metavar="STATE",
                         help="end states that trigger (default COMPLETED; repeatable)")  # fmt: skip
     deploy.add_argument("--upstream-run-param", default="", metavar="NAME",
@@ -153,6 +154,24 @@ def _count(text: str) -> int:
         raise UsageError(f"max-runs: {exc} (catch-up runs per evaluation)") from None
 
 
+def outcome_triggers(args: argparse.Namespace) -> tuple[_deployments.OutcomeTriggerRequest, ...]:
+    """One trigger per ``--on-completion-of``; the states and parameters apply to each."""
+    upstreams: list[str] = args.on_completion_of
+    if not upstreams:
+        if args.on_state or args.upstream_run_param or args.upstream_result_param:
+            raise UsageError("--on-state and --upstream-*-param need --on-completion-of")
+        return ()
+    repeated = sorted({u for u in upstreams if upstreams.count(u) > 1})
+    if repeated:
+        raise UsageError(f"--on-completion-of {repeated[0]} is given more than once")
+    return tuple(
+        _deployments.OutcomeTriggerRequest(
+            upstream, tuple(args.on_state), args.upstream_run_param, args.upstream_result_param
+        )
+        for upstream in upstreams
+    )
+
+
 def convert_partial(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:
     """``-p`` texts converted by the flow's annotations (rich types) to their JSON form;
     required parameters may be left to schedules or triggers."""
@@ -191,18 +210,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 **{**request.__dict__, "parameters": convert_partial(fn, raw)}
             )
         )
-    triggers: tuple[_deployments.OutcomeTriggerRequest, ...] = ()
-    if args.on_completion_of:
-        triggers = (
-            _deployments.OutcomeTriggerRequest(
-                args.on_completion_of,
-                tuple(args.on_state),
-                args.upstream_run_param,
-                args.upstream_result_param,
-            ),
-        )
-    elif args.on_state or args.upstream_run_param or args.upstream_result_param:
-        raise UsageError("--on-state and --upstream-*-param need --on-completion-of")
+    triggers = outcome_triggers(args)
     with connect(args) as client:
         bundle = pack_directory(loaded.root)
         client.ensure_bundle(bundle)

@@ -208,3 +208,18 @@ def finish(store: Store, run_id: str) -> None:
 
     run_at(store, T0, running)
     run_at(store, T0, finish_run, run_id, succeeded=True, result_json="", error=None)
+
+
+def test_a_deployment_may_wait_on_several_upstreams_once_each(store: Store) -> None:
+    deploy(store, "extract")
+    deploy(store, "other")
+    both = (OutcomeTrigger("extract", run_id_parameter="up"), OutcomeTrigger("other", (), "up"))
+    deploy(store, "load", ("up",), *both)
+    extract = start_upstream(store)
+    finish(store, extract)
+    other, _ = run_at(store, T0, trigger_deployment, "other", {}, source=TriggerSource("api", "t"))
+    finish(store, str(other.flow_run_id))
+    ups = sorted(json.loads(r.parameters_json)["up"] for r in runs_of(store, "load"))
+    assert ups == sorted([extract, str(other.flow_run_id)])
+    with pytest.raises(ValidationError, match="upstream deployment extract more than once"):
+        deploy(store, "load", ("up",), *both, OutcomeTrigger("extract", ("FAILED",), "up"))

@@ -4,6 +4,7 @@ PENDING, recorded with its deployment version and trigger."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from control_plane import ServerConfig, create_api_token
 from meridian.cli.common import UsageError
-from meridian.cli.deploy import convert_partial, parse_schedule
+from meridian.cli.deploy import convert_partial, outcome_triggers, parse_schedule, register
 from meridian.core.errors import ValidationError
 from tests.support.databases import DATABASES, postgres_database, postgres_server
 from tests.support.plane import ThreadedControlPlane
@@ -166,3 +167,32 @@ def test_a_default_parameter_nested_too_deeply_is_a_clear_error(levels: int) -> 
 
     with pytest.raises(ValidationError, match="parameter 'blob' is nested deeper than 200"):
         convert_partial(etl, {"blob": "[" * levels + "]" * levels})
+
+
+def test_on_completion_of_is_repeatable_and_its_options_apply_to_each() -> None:
+    def parsed(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(), [])
+        return parser.parse_args(["deploy", "f.py:f", "--name", "d", *argv])
+
+    triggers = outcome_triggers(
+        parsed(
+            "--on-completion-of",
+            "a",
+            "--on-completion-of",
+            "b",
+            "--on-state",
+            "FAILED",
+            "--upstream-run-param",
+            "upstream",
+        )
+    )
+    assert [(t.upstream_deployment, t.states, t.run_id_parameter) for t in triggers] == [
+        ("a", ("FAILED",), "upstream"),
+        ("b", ("FAILED",), "upstream"),
+    ]
+    assert outcome_triggers(parsed()) == ()
+    with pytest.raises(UsageError, match="--on-completion-of a is given more than once"):
+        outcome_triggers(parsed("--on-completion-of", "a", "--on-completion-of", "a"))
+    with pytest.raises(UsageError, match="need --on-completion-of"):
+        outcome_triggers(parsed("--on-state", "FAILED"))
