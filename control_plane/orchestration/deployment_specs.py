@@ -275,7 +275,28 @@ def _trigger(spec: DeploymentSpec, t: OutcomeTrigger) -> OutcomeTrigger:
                 f"outcome trigger on {t.upstream_deployment}: the {label} goes to parameter "
                 f"{param!r}, which the flow does not take (it takes: {', '.join(names) or 'none'})"
             )
+    if t.run_id_parameter:
+        _check_takes_run_id(spec.parameter_schema, t)
     return dataclasses.replace(t, states=states)
+
+
+_SAMPLE_RUN_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _check_takes_run_id(schema: Mapping[str, Any], t: OutcomeTrigger) -> None:
+    """The run-id parameter must take a string: otherwise every trigger would be refused."""
+    entry = next((e for e in schema.get("parameters", ()) if e["name"] == t.run_id_parameter), None)
+    if entry is None:
+        return  # the flow takes **kwargs: any value
+    try:
+        paramschema.validate({**schema, "parameters": [dict(entry, required=False)]},
+                             {t.run_id_parameter: _SAMPLE_RUN_ID})  # fmt: skip
+    except ValidationError:
+        raise ValidationError(
+            f"outcome trigger on {t.upstream_deployment}: parameter {t.run_id_parameter!r} is "
+            f"{paramschema.type_name(entry['type'])}, so it cannot take the upstream run's id "
+            "(a string)"
+        ) from None
 
 
 def trigger_cycle(name: str, upstreams: Mapping[str, Sequence[str]]) -> list[str] | None:

@@ -280,5 +280,10 @@ def test_outcome_triggers_must_name_an_existing_other_deployment(store: Store) -
     deploy(store, name="extract")
     with pytest.raises(ValidationError, match="parameter 'upstream', which the flow does not"):
         deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "upstream"),))
-    stored = deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "day"),))
+    with pytest.raises(ValidationError, match="parameter 'n' is int, so it cannot take the up"):
+        deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "n"),))
+    # (A date parameter cannot take a run id: it may take the upstream result.)
+    with pytest.raises(ValidationError, match="parameter 'day' is date, so it cannot"):
+        deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "day"),))
+    stored = deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "", "day"),))
     assert stored.triggers[0].states == ("FAILED",)
