@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from control_plane import audit
@@ -309,6 +309,8 @@ def _stored_ref(step: StepRunRow) -> ResultRef:
 
 
 def _insert(tx: Tx, plan: TransferPlan) -> None:
+    if plan.offset > 0:
+        _credit_interrupted(tx, plan)
     tx.session.add(
         TransferRow(
             id=plan.transfer_id,
@@ -332,6 +334,30 @@ def _insert(tx: Tx, plan: TransferPlan) -> None:
             ended_at=None,
         )
     )
+
+
+def _credit_interrupted(tx: Tx, plan: TransferPlan) -> None:
+    """A control plane that stopped mid-transfer could not record the bytes it had relayed;
+    the consumer's resume offset says how many arrived. What the earlier rows of the same
+    fetch do not account for is credited to the last interrupted one, so the ledger's egress
+    counts every byte that crossed (the audit record of that row keeps what was known then)."""
+    who = (
+        TransferRow.attempt_id == plan.attempt_id
+        if plan.attempt_id
+        else TransferRow.requested_by == plan.requested_by
+    )
+    earlier = tx.session.scalars(
+        select(TransferRow)
+        .where(who, TransferRow.uri == plan.ref.uri, TransferRow.sha256 == plan.ref.sha256)
+        .order_by(TransferRow.started_at)
+    ).all()
+    deficit = plan.offset - sum(row.bytes for row in earlier)
+    interrupted = [r for r in earlier if r.state == FAILED and r.error == INTERRUPTED]
+    if deficit > 0 and interrupted:
+        interrupted[-1].bytes += deficit
+
+
+INTERRUPTED = "the control plane stopped during the transfer"
 
 
 def finish_transfer(
@@ -367,7 +393,7 @@ def fail_interrupted_transfers(
         if row.id in open_ids:
             continue
         row.state, row.ended_at = FAILED, tx.now
-        row.error = "the control plane stopped during the transfer"
+        row.error = INTERRUPTED
         audit.records.transfer_ended(tx.session, row, actor=audit.SYSTEM)
         ended += 1
     return ended
@@ -410,10 +436,11 @@ def list_transfers(
         select(
             TransferRow.from_environment,
             TransferRow.to_environment,
+            # Egress: every byte that crossed, a failed transfer's too; transfers: completed.
             func.coalesce(func.sum(TransferRow.bytes), 0),
-            func.count(),
+            func.coalesce(func.sum(case((TransferRow.state == COMPLETED, 1), else_=0)), 0),
         )
-        .where(TransferRow.state == COMPLETED, *conditions)
+        .where(TransferRow.state != RUNNING, *conditions)
         .group_by(TransferRow.from_environment, TransferRow.to_environment)
         .order_by(TransferRow.from_environment, TransferRow.to_environment)
     ).all()

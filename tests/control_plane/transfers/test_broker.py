@@ -562,7 +562,8 @@ def test_listing_sums_completed_bytes_per_pair(world: World) -> None:
     assert len(listing.transfers) == 3
     [total] = listing.totals
     assert (total.from_environment, total.to_environment) == ("aws-demo", "gcp-demo")
-    assert (total.bytes, total.transfers) == (2 * len(DATA) - MiB, 2)
+    # A failed transfer's bytes crossed too: they count as egress, not as a transfer.
+    assert (total.bytes, total.transfers) == (2 * len(DATA) - MiB + 5, 2)
     other = world.store.run_sync(lambda s: list_transfers(s, since=None, run_id="nope", limit=10))
     assert other.transfers == [] and other.totals == []
 
@@ -609,3 +610,30 @@ def _columns_of_new(w: World) -> dict[str, Any]:
         "started_at": T0,
         "ended_at": None,
     }
+
+
+def test_a_resume_after_a_control_plane_restart_credits_the_bytes_that_crossed_before(
+    world: World,
+) -> None:
+    """The stopped control plane could not record what it had relayed; the consumer's resume
+    offset says how much arrived, so the ledger still counts every byte that crossed."""
+    interrupted = {
+        **_columns_of_new(world),
+        "id": "cut-by-restart",
+        "state": "FAILED",
+        "error": "the control plane stopped during the transfer",
+        "ended_at": T0,
+    }
+    world.store.run_sync(lambda s: s.add(TransferRow(**interrupted)))
+    offset = MiB + 17
+
+    async def scenario() -> None:
+        producer = asyncio.ensure_future(produce(world))
+        data, _ = await consume(world, offset=offset)
+        await producer
+        assert data == DATA[offset:]
+
+    run(scenario)
+    rows = {row.id: row for row in transfers(world.store)}
+    assert rows["cut-by-restart"].bytes == offset
+    assert sum(row.bytes for row in rows.values()) == len(DATA)
