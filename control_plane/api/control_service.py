@@ -230,8 +230,15 @@ class ControlService(
         # should a scoped caller ever reach an unscoped run).
         targets = ((key, spec.target) for key, spec in submissions.specs())
         check_step_targets(targets, scope or caller)
+        # Stores are known only for connected agents (the registry, not the database): a call
+        # naming one is refused when every agent matching it is connected and lacks it.
+        names_store = any(spec.result_store for _, spec in submissions.specs())
+        stores = self._s.registry.advertised_stores() if names_store else None
         # Assigned in the same transaction when a matching agent has a free slot.
-        needs = ((call.spec.target, call.spec.provider) for call in submissions.calls)
+        needs = (
+            (call.spec.target, call.spec.provider, call.spec.result_store)
+            for call in submissions.calls
+        )
         try:
             submitted = await self._s.dispatcher.queue_and_assign(
                 needs,
@@ -241,6 +248,7 @@ class ControlService(
                 outcome_bytes=MAX_ANSWER_OUTCOME_BYTES,
                 full_answers=submissions.singles,  # older clients send only these
                 caller=caller,
+                result_stores=stores,
             )
         except ResidencyRefusal as refusal:
             # The submission rolled back; its refusal is kept in the audit log.

@@ -2,9 +2,11 @@
 
 An agent is eligible for an attempt when it is not draining, offers the step's provider, has a
 free slot and its labels satisfy the target selector; a step whose inputs name stored results
-must also go to an agent allowed to read them (``residency_check``). Every agent also carries
-the implicit label ``environment=<its environment>``, so ``target="environment=onprem-dc1"``
-works without anyone copying the environment name into the labels.
+must also go to an agent allowed to read them (``residency_check``), and a step that names a
+result store (``@step(result_store=...)``) to an agent that advertised that store. Every agent
+also carries the implicit label ``environment=<its environment>``, so
+``target="environment=onprem-dc1"`` works without anyone copying the environment name into the
+labels.
 
 When nothing is eligible for long enough, :func:`explain_no_match` writes the message the user
 sees, listing what the control plane knows about so the typo or missing agent is obvious.
@@ -40,6 +42,9 @@ class AgentSlot:
     degraded: bool = False
     # The labels the agent's join token fixed (residency rules with ``pinned_labels_only``).
     pinned_labels: Mapping[str, str] = field(default_factory=dict)
+    # The result stores the agent advertised in its Hello (names): a step that names a store
+    # runs only where it exists, or its result could not be kept.
+    result_stores: frozenset[str] = frozenset()
 
 
 def is_degraded(slot: AgentSlot) -> bool:
@@ -74,6 +79,39 @@ def may_read_inputs(residency: Residency, slot: AgentSlot) -> bool:
     return allows(residency, slot.environment, slot.labels, slot.pinned_labels)
 
 
+def has_result_store(result_store: str, slot: AgentSlot) -> bool:
+    """Whether the agent can keep the step's result (``""``: the step names no store, so any
+    agent can; the environment's default applies)."""
+    return not result_store or result_store in slot.result_stores
+
+
+def advertised_stores(slots: Sequence[AgentSlot]) -> str:
+    """The stores ``slots`` advertise, for messages: ``onprem-fs, scratch`` or ``none``."""
+    names = sorted({_clip(n) for s in slots for n in s.result_stores})
+    shown = ", ".join(names[:_MAX_LABELS_SHOWN])
+    more = f" and {len(names) - _MAX_LABELS_SHOWN} more" if len(names) > _MAX_LABELS_SHOWN else ""
+    return f"{shown}{more}" if names else "none"
+
+
+def store_refusal(step_key: str, result_store: str, candidates: Sequence[AgentSlot]) -> str | None:
+    """At submission: why the step cannot run when ``candidates`` (the agents matching its
+    target and provider, all connected, so their stores are known) exist and none advertised
+    the store it names; None when one did, or when there are no candidates (it waits then)."""
+    if not result_store or not candidates:
+        return None
+    if any(has_result_store(result_store, slot) for slot in candidates):
+        return None
+    names = sorted({_clip(slot.name) for slot in candidates})
+    shown = ", ".join(names[:_MAX_LABELS_SHOWN])
+    more = f" and {len(names) - _MAX_LABELS_SHOWN} more" if len(names) > _MAX_LABELS_SHOWN else ""
+    return (
+        f"step {_clip(step_key)!r} names result store {_clip(result_store)!r}, which no "
+        f"connected agent matching its target and provider has (agents: {shown}{more}; their "
+        f"stores: {advertised_stores(candidates)}); configure "
+        f"[result_stores.{_clip(result_store)}] on those agents or name one of their stores"
+    )
+
+
 def choose_agent(
     selector: Selector,
     provider: str,
@@ -81,9 +119,11 @@ def choose_agent(
     *,
     tiebreak: int = 0,
     residency: Residency = NO_RESIDENCY,
+    result_store: str = "",
 ) -> AgentSlot | None:
     """Pick the eligible agent with the most spare room, or ``None``. ``residency``: the
     rules of the step's referenced inputs; an agent that may not read them is never eligible.
+    ``result_store``: the store the step names; an agent without it is never eligible.
 
     Order: lowest ``in_use / capacity``, then fewest ``in_use``, then agent id; agents still
     tied are rotated by ``tiebreak`` so successive calls with an incrementing tiebreak spread
@@ -95,6 +135,7 @@ def choose_agent(
         if accepts_work(slot)
         and could_run(selector, provider, slot)
         and (not residency or may_read_inputs(residency, slot))
+        and has_result_store(result_store, slot)
     ]
     if not eligible:
         return None

@@ -27,6 +27,8 @@ class ReadyAttempt:
     residency: Residency = NO_RESIDENCY
     # Named concurrency limits it must hold a slot of before it is assigned (most: none).
     limits: tuple[str, ...] = ()
+    # The result store its step names (``StepSpec.result_store``; most: "", any agent).
+    result_store: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,10 @@ def plan(
     of work spreads over them instead of always landing on the first. An attempt no agent
     can take now is left out (it stays queued until a slot frees or its deadline passes).
     ``ready`` is read lazily and only until the free slots are used up, and once no agent can
-    take a (selector, provider, residency) the later attempts asking the same are skipped
-    unchecked (slots only fill up during a plan), so a long queue costs little. An attempt
-    whose inputs name stored results goes only to an agent allowed to read them.
+    take a (selector, provider, residency, result store) the later attempts asking the same
+    are skipped unchecked (slots only fill up during a plan), so a long queue costs little. An
+    attempt whose inputs name stored results goes only to an agent allowed to read them, one
+    whose step names a result store only to an agent that advertised it.
 
     An attempt that takes concurrency limits is assigned only if ``admit`` says it holds
     their slots, asked once an agent could take it (so no slot is taken for work no agent
@@ -62,11 +65,11 @@ def plan(
     """
     free = list(slots)
     assignments: list[Assignment] = []
-    hopeless: set[tuple[Selector, str, Residency]] = set()
+    hopeless: set[tuple[Selector, str, Residency, str]] = set()
     for i, attempt in enumerate(ready):
         if not has_free_slot(free):
             break
-        need = (attempt.selector, attempt.provider, attempt.residency)
+        need = (attempt.selector, attempt.provider, attempt.residency, attempt.result_store)
         if need in hopeless:
             continue
         slot = choose_agent(
@@ -75,6 +78,7 @@ def plan(
             free,
             tiebreak=tiebreak + i,
             residency=attempt.residency,
+            result_store=attempt.result_store,
         )
         if slot is None:
             hopeless.add(need)

@@ -13,7 +13,8 @@ stored state of what it assigns and drops such entries (``discard``).
 
 An entry of a step whose inputs name stored results carries their residency rules (as they
 were when it was queued); it is grouped apart from entries without them, since it may wait for
-another reason.
+another reason. So is one whose step names a result store (``StepSpec.result_store``): it
+waits for an agent that has it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from dataclasses import dataclass
 
 from control_plane.orchestration.residency_check import NO_RESIDENCY, Residency, describe
 
-# (run, target, provider, residency): the attempts a waiting reason is recorded for, once per
-# reason; residency is ``residency_check.describe``'s text ("" for most steps).
-GroupKey = tuple[str, str, str, str]
-# (run, target, provider, residency, reason) of an ``attempt.waiting`` event already recorded.
-ExplainedKey = tuple[str, str, str, str, str]
+# (run, target, provider, residency, result store): the attempts a waiting reason is recorded
+# for, once per reason; residency is ``residency_check.describe``'s text, the store the one the
+# step names ("" for most steps).
+GroupKey = tuple[str, str, str, str, str]
+# (run, target, provider, residency, result store, reason) of an ``attempt.waiting`` event
+# already recorded.
+ExplainedKey = tuple[str, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,13 @@ class ReadyEntry:
     residency: Residency = NO_RESIDENCY
     # Named concurrency limits the step takes (``StepSpec.concurrency``; none for most).
     limits: tuple[str, ...] = ()
+    # The result store the step names ("" for most: the environment's default, any agent).
+    result_store: str = ""
 
     @property
     def group(self) -> GroupKey:
         rules = describe(self.residency) if self.residency else ""
-        return (self.flow_run_id, self.target, self.provider, rules)
+        return (self.flow_run_id, self.target, self.provider, rules, self.result_store)
 
 
 class ReadyQueue:

@@ -11,7 +11,9 @@ run it but is not connected (``disconnected``); else the labels match somewhere 
 provider is not offered (``no_provider``); else nothing matches (``no_match``), or no agent is
 enrolled at all (``no_agents``). A step whose inputs name stored results counts only agents
 allowed to read them (``residency_check``); when agents match its target but none may read its
-inputs, it waits for ``residency`` and the message names the rule.
+inputs, it waits for ``residency`` and the message names the rule. Likewise a step that names a
+result store counts only agents that advertised it; when connected agents match its target but
+none has the store, it waits for ``result_store`` and the message names the store and theirs.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from enum import StrEnum
 
 from control_plane.orchestration.matching import (
     AgentSlot,
+    advertised_stores,
     could_run,
     effective_labels,
     explain_no_match,
+    has_result_store,
     is_degraded,
     may_read_inputs,
 )
@@ -51,6 +55,7 @@ class WaitReason(StrEnum):
     NO_MATCH = "no_match"
     NO_AGENTS = "no_agents"
     RESIDENCY = "residency"
+    RESULT_STORE = "result_store"
     CONCURRENCY_LIMIT = "concurrency_limit"  # decided by usecases.limits, not here
 
 
@@ -79,16 +84,21 @@ def classify_wait(
     connected: Sequence[AgentSlot],
     known: Sequence[KnownAgent],
     residency: Residency = NO_RESIDENCY,
+    result_store: str = "",
 ) -> Waiting:
     """Why an attempt with ``selector``/``provider`` was not assigned in this pass.
 
     ``connected``: the slots the scheduler planned with (agents heard from recently);
     ``known``: every enrolled agent that is not revoked, connected or not; ``residency``:
-    the rules of the step's referenced inputs.
+    the rules of the step's referenced inputs; ``result_store``: the store the step names.
     """
-    busy = classify_busy(selector, provider, connected, residency)
+    busy = classify_busy(selector, provider, connected, residency, result_store)
     if busy is not None:
         return busy
+    if result_store:
+        missing = _store_missing(selector, provider, connected, residency, result_store)
+        if missing is not None:
+            return missing
     if residency:
         blocked = _residency_blocked(selector, provider, connected, known, residency)
         if blocked is not None:
@@ -128,16 +138,51 @@ def classify_busy(
     provider: str,
     connected: Sequence[AgentSlot],
     residency: Residency = NO_RESIDENCY,
+    result_store: str = "",
 ) -> Waiting | None:
-    """``full`` / ``degraded`` / ``draining`` when a connected agent could run the step (and
-    may read its inputs), else None. Needs only the scheduler's slots: the common case (a
-    fan-out waiting for free slots) is answered without reading the stored agents."""
+    """``full`` / ``degraded`` / ``draining`` when a connected agent could run the step (may
+    read its inputs, has the store it names), else None. Needs only the scheduler's slots:
+    the common case (a fan-out waiting for free slots) is answered without reading the stored
+    agents."""
     capable = [
+        s
+        for s in _capable(selector, provider, connected, residency)
+        if has_result_store(result_store, s)
+    ]
+    return _busy(capable) if capable else None
+
+
+def _capable(
+    selector: Selector, provider: str, connected: Sequence[AgentSlot], residency: Residency
+) -> list[AgentSlot]:
+    return [
         s
         for s in connected
         if could_run(selector, provider, s) and (not residency or may_read_inputs(residency, s))
     ]
-    return _busy(capable) if capable else None
+
+
+def _store_missing(
+    selector: Selector,
+    provider: str,
+    connected: Sequence[AgentSlot],
+    residency: Residency,
+    result_store: str,
+) -> Waiting | None:
+    """``result_store`` when connected agents could run the step but none advertised the store
+    it names (asked after ``classify_busy``: none of them has it). Stores are known only for
+    connected agents, so one that is not connected may still have it: the other reasons say
+    why it waits then."""
+    capable = _capable(selector, provider, connected, residency)
+    if not capable:
+        return None
+    text = (
+        f"waiting for an agent with result store {_clip(result_store)!r}: no connected agent "
+        f"matching the target has it ({_names(s.name for s in capable)}; their stores: "
+        f"{advertised_stores(capable)}); configure [result_stores.{_clip(result_store)}] at "
+        "their site or name one of their stores"
+    )
+    return _waiting(WaitReason.RESULT_STORE, text)
 
 
 def _residency_blocked(
@@ -205,6 +250,8 @@ def _known_could_run(selector: Selector, provider: str, agent: KnownAgent) -> bo
 
 
 def _as_slot(agent: KnownAgent) -> AgentSlot:
+    # No result stores: they are known only for connected agents (their Hello), so a stored
+    # agent is never judged on them (``_store_missing`` looks at connected slots only).
     return AgentSlot(
         agent_id=agent.agent_id,
         name=agent.name,

@@ -189,14 +189,15 @@ class Dispatcher:
 
     async def queue_and_assign(
         self,
-        needs: Iterable[tuple[str, str]],
+        needs: Iterable[tuple[str, ...]],
         usecase: Callable[..., T],
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        """Run ``usecase`` (which queues attempts asking for ``needs``: (target, provider) per
-        attempt, in queue order) in a transaction that also assigns them to free slots
-        reserved for it now; what it cannot assign stays queued for the pass.
+        """Run ``usecase`` (which queues attempts asking for ``needs``: (target, provider) or
+        (target, provider, result store) per attempt, in queue order) in a transaction that
+        also assigns them to free slots reserved for it now; what it cannot assign stays
+        queued for the pass.
 
         The transaction runs as a task of its own, shielded from the caller's cancellation:
         once it may have committed assignments, their effects (the Assign frames) must be
@@ -224,7 +225,7 @@ class Dispatcher:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(task)
 
-    def _reserve(self, needs: Iterable[tuple[str, str]]) -> Reservation:
+    def _reserve(self, needs: Iterable[tuple[str, ...]]) -> Reservation:
         """Reserve the slots a plan of ``needs`` takes, among free slots no due queued attempt
         could use (fairness: waiting work goes first, through the pass). Nothing while a pass
         runs or before the queue was read from the store."""
@@ -243,8 +244,8 @@ class Dispatcher:
         if not free:
             return self._registry.reserve({})
         wanted = (
-            ReadyAttempt(str(i), cached_selector(target), provider)
-            for i, (target, provider) in enumerate(needs)
+            ReadyAttempt(str(i), cached_selector(need[0]), need[1], result_store=_store(need))
+            for i, need in enumerate(needs)
         )
         counts: dict[str, int] = {}
         for assignment in plan(wanted, free, tiebreak=self._passes):
@@ -369,3 +370,8 @@ class Dispatcher:
             self._on_runs_touched(effects.touched_runs)
         if effects.wake_scheduler:
             self.wake()
+
+
+def _store(need: tuple[str, ...]) -> str:
+    """The result store a need names (its third item; none when it has two)."""
+    return need[2] if len(need) > 2 else ""

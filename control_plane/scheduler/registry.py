@@ -147,6 +147,7 @@ class AgentSession:
             draining=self.draining,
             degraded=bool(self.degraded),
             pinned_labels=a.pinned_labels,
+            result_stores=frozenset(self.result_stores),
         )
 
     def send(self, item: Outgoing) -> None:
@@ -236,6 +237,10 @@ class AgentRegistry:
             agent_id: LiveAgent(now - dt.timedelta(seconds=session.silent_for()), session.draining)
             for agent_id, session in self._sessions.items()
         }
+
+    def advertised_stores(self) -> dict[str, tuple[str, ...]]:
+        """The result stores each connected agent advertised, by agent id."""
+        return {agent_id: s.result_stores for agent_id, s in self._sessions.items()}
 
     def sessions(self) -> list[AgentSession]:
         return list(self._sessions.values())

@@ -237,10 +237,13 @@ def announce_queued_rows(
     rows: Iterable[Mapping[str, Any]],
     targets: Mapping[str, str],
     limits: Mapping[str, tuple[str, ...]] | None = None,
+    result_stores: Mapping[str, str] | None = None,
 ) -> None:
     """``announce_queued`` for attempts inserted in bulk: their column values, the target of
-    each step run by id, and the concurrency limits of those that take some."""
+    each step run by id, and the concurrency limits and result store of those that name
+    some."""
     limits = limits or {}
+    result_stores = result_stores or {}
     tx.effects.queued.extend(
         ReadyEntry(
             attempt_id=row["id"],
@@ -252,6 +255,7 @@ def announce_queued_rows(
             not_before=row["not_before"],
             deadline=row["schedule_deadline"],
             limits=limits.get(row["step_run_id"], ()),
+            result_store=result_stores.get(row["step_run_id"], ""),
         )
         for row in rows
     )
@@ -271,6 +275,7 @@ def announce_queued(tx: Tx, attempt: AttemptRow, step: StepRunRow) -> None:
             not_before=attempt.not_before,
             deadline=attempt.schedule_deadline,
             limits=step.spec.concurrency,
+            result_store=step.spec.result_store,
         )
     )
     tx.effects.wake_scheduler = True

@@ -1,7 +1,7 @@
 """One scheduling pass inside one transaction: assign due attempts (as ``orchestration.planning``
 plans), say why the others wait (``orchestration.waiting``, an ``attempt.waiting`` event once
-per run, target, provider and reason), expire unschedulable ones, and say when the next stored
-timer (retry delay, schedule deadline) falls due.
+per run, target, provider, residency, result store and reason), expire unschedulable ones, and
+say when the next stored timer (retry delay, schedule deadline) falls due.
 
 The queued attempts come from the dispatcher's in-memory ``ReadyQueue`` (``load_ready`` rebuilds
 it from the store): a pass loads only the attempts it assigns (at most the free slots), the
@@ -17,6 +17,10 @@ Data residency: an attempt whose inputs name stored results carries the residenc
 their environments (``ReadyEntry.residency``, set when it was queued, or here when the queue is
 rebuilt); planning never gives it to an agent that may not read them, and its waiting reason
 names the rule when that is what it waits for.
+
+Result stores: an attempt whose step names a result store (``ReadyEntry.result_store``) is
+assigned only to an agent that advertised that store, and waits (reason ``result_store``)
+while the connected agents matching its target lack it.
 
 Concurrency limits: an attempt whose step names limits (``ReadyEntry.limits``) is assigned
 only once it holds a slot of each (``usecases.limits.acquire``, asked by the plan when an
@@ -37,7 +41,7 @@ from sqlalchemy import select
 
 from control_plane.orchestration.matching import AgentSlot
 from control_plane.orchestration.planning import Assignment, ReadyAttempt, has_free_slot, plan
-from control_plane.orchestration.ready import ReadyEntry, ReadyQueue
+from control_plane.orchestration.ready import ExplainedKey, ReadyEntry, ReadyQueue
 from control_plane.orchestration.residency_check import NO_RESIDENCY
 from control_plane.orchestration.waiting import (
     KnownAgent,
@@ -122,11 +126,7 @@ def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -
     """Assign attempts this transaction queued (``tx.effects.queued``, due now) to the
     ``reserved`` slots; the assigned ones leave ``tx.effects.queued`` (the ready queue never
     sees them). Returns the assignments made."""
-    due = (
-        ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits)
-        for e in tx.effects.queued
-        if e.not_before <= tx.now
-    )
+    due = (_ready_attempt(e) for e in tx.effects.queued if e.not_before <= tx.now)
     planned = plan(due, reserved, tiebreak=tiebreak)  # those taking limits wait for the pass
     if not planned:
         return []
@@ -134,6 +134,17 @@ def assign_queued(tx: Tx, reserved: Sequence[AgentSlot], *, tiebreak: int = 0) -
     assigned = {a.attempt_id for a in taken}
     tx.effects.queued[:] = [e for e in tx.effects.queued if e.attempt_id not in assigned]
     return taken
+
+
+def _ready_attempt(entry: ReadyEntry) -> ReadyAttempt:
+    return ReadyAttempt(
+        entry.attempt_id,
+        cached_selector(entry.target),
+        entry.provider,
+        entry.residency,
+        entry.limits,
+        entry.result_store,
+    )
 
 
 def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
@@ -171,6 +182,7 @@ def load_ready(tx: Tx, known: ReadyQueue | None = None) -> list[ReadyEntry]:
                 deadline=row.schedule_deadline,
                 residency=residency.get(row.step_run_id, NO_RESIDENCY),
                 limits=specs[row.step_run_id].concurrency,
+                result_store=specs[row.step_run_id].result_store,
             )
         entries.append(entry)
     return entries
@@ -194,10 +206,7 @@ def _assign(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot], tiebreak: int
     free, stale = list(slots), 0
     admit = _limit_gate(tx)
     while True:
-        due = (
-            ReadyAttempt(e.attempt_id, cached_selector(e.target), e.provider, e.residency, e.limits)
-            for e in ready.due(tx.now)
-        )
+        due = (_ready_attempt(e) for e in ready.due(tx.now))
         planned = plan(due, free, tiebreak=tiebreak, admit=admit)
         if not planned:
             return False
@@ -274,9 +283,9 @@ def _assign_planned(tx: Tx, planned: Sequence[Assignment]) -> list[Assignment]:
 
 def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> bool:
     """Record why unassigned attempts wait: one ``attempt.waiting`` event per run, target,
-    provider, residency rules and distinct reason (on the oldest such attempt), so a fan-out
-    of thousands waiting for free slots writes one event, not thousands. Returns whether some
-    groups were left for the next pass."""
+    provider, residency rules, result store and distinct reason (on the oldest such attempt),
+    so a fan-out of thousands waiting for free slots writes one event, not thousands. Returns
+    whether some groups were left for the next pass."""
     groups = list(ready.groups(tx.now))
     if not groups:
         return False
@@ -288,10 +297,11 @@ def _explain_waiting(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> b
         if first.limits and (*group, WaitReason.CONCURRENCY_LIMIT.value) in ready.explained:
             continue  # said once; its place in line is not re-read every pass
         why = _waiting_for_limit(tx, first) if first.limits else None
-        why = why or classify_busy(selector, first.provider, slots, first.residency)
+        store = first.result_store
+        why = why or classify_busy(selector, first.provider, slots, first.residency, store)
         if why is None:
             known = _known_agents(tx) if known is None else known
-            why = classify_wait(selector, first.provider, slots, known, first.residency)
+            why = classify_wait(selector, first.provider, slots, known, first.residency, store)
         if (*group, why.reason.value) in ready.explained:
             continue
         if len(to_write) >= MAX_WAITING_EVENTS_PER_PASS:
@@ -334,6 +344,8 @@ def _record_waiting(
     }
     if first.residency:
         details["residency"] = first.group[3]
+    if first.result_store:
+        details["result_store"] = first.result_store
     record_event(
         tx,
         kind=EventKind.ATTEMPT_WAITING,
@@ -355,10 +367,10 @@ def _learn_recorded_reasons(tx: Tx, ready: ReadyQueue, run_ids: set[str]) -> Non
         ready.explained_runs |= new
 
 
-def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str, str]]:
-    """(run, target, provider, residency, reason) of the waiting events already written: a
-    handful per run, so reading them all is cheap."""
-    found: set[tuple[str, str, str, str, str]] = set()
+def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[ExplainedKey]:
+    """(run, target, provider, residency, result store, reason) of the waiting events already
+    written: a handful per run, so reading them all is cheap."""
+    found: set[ExplainedKey] = set()
     ids = sorted(run_ids)
     for start in range(0, len(ids), _ID_CHUNK):
         rows = tx.session.execute(
@@ -370,7 +382,8 @@ def _recorded_reasons(tx: Tx, run_ids: set[str]) -> set[tuple[str, str, str, str
         for run_id, details in rows:
             d = details or {}
             key = (run_id or "", str(d.get("target", "")), str(d.get("provider", "")))
-            found.add((*key, str(d.get("residency", "")), str(d.get("reason", ""))))
+            constraints = (str(d.get("residency", "")), str(d.get("result_store", "")))
+            found.add((*key, *constraints, str(d.get("reason", ""))))
     return found
 
 
@@ -406,7 +419,9 @@ def _expire(tx: Tx, ready: ReadyQueue, slots: Sequence[AgentSlot]) -> None:
         step = steps[attempt.step_run_id]
         selector = cached_selector(step.spec.target)
         rules = residency.get(step.id, NO_RESIDENCY)
-        explanation = classify_wait(selector, attempt.provider, slots, known, rules).message
+        explanation = classify_wait(
+            selector, attempt.provider, slots, known, rules, step.spec.result_store
+        ).message
         waited = step.spec.schedule_timeout_s
         message = f"{explanation} (waited {waited:g}s; raise schedule_timeout to wait longer)"
         fail_unschedulable(tx, attempt, step, message)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from control_plane.store.tx import (
 from control_plane.usecases.environments import refs_text, residency_for_steps
 from control_plane.usecases.input_refs import check_recorded, check_residency, constrain_queued
 from control_plane.usecases.limits import check_limits_exist
+from control_plane.usecases.result_store_check import check_result_stores
 from meridian.core.errors import ConflictError, NotFound
 from meridian.core.kinds import EventKind
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, StepSpec
@@ -51,13 +52,16 @@ def submit_steps(
     outcome_bytes: int | None = None,
     full_answers: int = 0,
     caller: Sequence[str] = (),
+    result_stores: Mapping[str, Collection[str]] | None = None,
 ) -> list[SubmittedStep]:
     """Store each call as a new step run with its first attempt queued, or answer with the
     step run its key already names (a retried request, a resumed run).
 
     ``caller``: the submitter's environment scope (empty: unscoped); the references new calls
     name must come from runs that the run's scope (or else ``caller``) covers. A call refused
-    for data residency raises ``ResidencyRefusal`` (its caller audits it).
+    for data residency raises ``ResidencyRefusal`` (its caller audits it). ``result_stores``:
+    the stores each connected agent advertised (by agent id; None: unknown), to refuse a call
+    naming a store that no agent matching it has (``usecases.result_store_check``).
 
     New step runs, their attempts and their events are inserted in bulk (one executemany per
     table): a 10,000-call fan-out is one transaction of a few statements. The stored outcomes
@@ -76,7 +80,9 @@ def submit_steps(
     check_recorded(tx, tuple(run.scope) or tuple(caller), unseen)
     check_limits_exist(tx, {name for s in unseen for name in s.spec.concurrency})
     hits = _cache_hits(tx, scope, [s for s in unseen if s.cache_key])
-    residency = check_residency(tx, run_id, [s for s in unseen if s.key not in hits])
+    to_run = [s for s in unseen if s.key not in hits]
+    check_result_stores(tx, to_run, result_stores)
+    residency = check_residency(tx, run_id, to_run)
     fresh: dict[str, _NewStep] = {}
     ids = iter(new_ids(2 * (len(submissions) - len(known))))  # a step run and its attempt
     result = []
@@ -370,6 +376,7 @@ def _insert_new_steps(tx: Tx, run_id: str, scope: str, new: list[_NewStep]) -> N
             attempt_rows,
             {i.step_id: i.sub.spec.target for i in new},
             {i.step_id: i.sub.spec.concurrency for i in new if i.sub.spec.concurrency},
+            {i.step_id: i.sub.spec.result_store for i in new if i.sub.spec.result_store},
         )
         tx.effects.wake_scheduler = True
     record_events(tx, pending + queued)  # the order single submissions always had

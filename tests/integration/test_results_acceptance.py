@@ -185,6 +185,17 @@ def test_the_step_outside_the_residency_rule_is_refused_before_it_runs(
     assert any(r.subject == run_id or r.details.get("flow_run_id") == run_id for r in refused)
 
 
+def test_a_step_naming_a_store_its_agents_lack_is_refused_before_it_runs(
+    estate: Estate, big_run: tuple[str, dict[str, Any], int, int]
+) -> None:
+    run_id, outcome, _, _ = big_run
+    refusal = str(outcome["no_store"])
+    assert refusal.startswith("ValidationError"), refusal
+    assert "'scratch'" in refusal and "onprem-agent" in refusal, refusal
+    detail = estate.client().get_run(run_id)
+    assert "kept_on_prem#1" not in {s.key for s in detail.steps}
+
+
 def test_the_control_plane_holds_no_whole_object_in_memory(
     big_run: tuple[str, dict[str, Any], int, int],
 ) -> None:

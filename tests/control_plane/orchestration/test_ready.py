@@ -45,14 +45,14 @@ def test_discard_and_add_keep_groups_with_their_oldest_entry() -> None:
     later = T0 + dt.timedelta(seconds=10)
     groups = {key: (first.attempt_id, size) for key, first, size in queue.groups(later)}
     assert groups == {
-        ("r1", "cloud=aws", "process", ""): ("a1", 2),
-        ("r2", "cloud=aws", "process", ""): ("a3", 1),
+        ("r1", "cloud=aws", "process", "", ""): ("a1", 2),
+        ("r2", "cloud=aws", "process", "", ""): ("a3", 1),
     }
     queue.discard(["a1", "a3", "unknown"])
     queue.add([entry(2), entry(4)])  # a known entry is not added twice
     assert len(queue) == 2
     groups = {key: (first.attempt_id, size) for key, first, size in queue.groups(later)}
-    assert groups == {("r1", "cloud=aws", "process", ""): ("a2", 2)}
+    assert groups == {("r1", "cloud=aws", "process", "", ""): ("a2", 2)}
 
 
 def test_next_timer_is_the_next_start_or_deadline_of_what_is_queued() -> None:
@@ -77,7 +77,7 @@ def test_pop_expired_takes_out_only_entries_past_their_deadline_up_to_a_limit() 
 
 def test_replace_rebuilds_from_the_store_and_keeps_known_waiting_reasons() -> None:
     queue = ReadyQueue([entry(1), entry(2)])
-    queue.explained.add(("r1", "cloud=aws", "process", "no_free_slot"))
+    queue.explained.add(("r1", "cloud=aws", "process", "", "", "no_free_slot"))
     queue.replace([entry(2), entry(3)])  # a1 was assigned elsewhere, a3 queued elsewhere
     assert ids(queue.due(T0 + dt.timedelta(seconds=10))) == ["a2", "a3"]
-    assert queue.explained == {("r1", "cloud=aws", "process", "no_free_slot")}
+    assert queue.explained == {("r1", "cloud=aws", "process", "", "", "no_free_slot")}

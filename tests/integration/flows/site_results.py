@@ -4,6 +4,7 @@
 same agent (straight from its store), ``on_prem`` in another environment that the residency
 rule allows (relayed through the control plane), and ``outside`` in an environment the rule
 does not allow: its submission is refused before anything runs, and the flow reports why.
+``kept_on_prem`` names a result store the onprem agent does not have: refused the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def outside(data: bytes) -> dict[str, object]:
     return describe(data)
 
 
+@step(target="environment=onprem", result_store="scratch")
+def kept_on_prem() -> int:
+    return 1
+
+
 @flow
 def site_results(size: int = 1024) -> dict[str, object]:
     ref = produce(size)
@@ -59,4 +65,9 @@ def site_results(size: int = 1024) -> dict[str, object]:
         outcome["outside"] = "ran"
     except Exception as exc:  # the refusal, with the rule it names
         outcome["outside"] = f"{type(exc).__name__}: {exc}"
+    try:
+        kept_on_prem()
+        outcome["no_store"] = "ran"
+    except Exception as exc:  # the refusal, naming the store
+        outcome["no_store"] = f"{type(exc).__name__}: {exc}"
     return outcome
