@@ -255,6 +255,7 @@ class Agent:
                 bundles.get,
                 cfg.control_plane.rsplit(":", 1)[0] or "127.0.0.1",
                 fork_server=cfg.runner_fork_server,
+                environment=identity.environment,
             )
             self._worker.flow_runners = self._flow_runners
         self._connection = Connection(

@@ -87,16 +87,19 @@ class FlowRunners:
         command: Sequence[str] = (),
         fork_server: bool = True,
         fork_server_command: Sequence[str] = (),
+        environment: str = "",
     ) -> None:
         """``command``: what a fresh runner runs (default ``python -m meridian.flowexec``).
         ``fork_server``: fork runners from a pre-imported server (``python -m
         meridian.flowzygote``, or ``fork_server_command``); a custom ``command`` without a
-        ``fork_server_command`` turns it off (the default server runs ``meridian.flowexec``)."""
+        ``fork_server_command`` turns it off (the default server runs ``meridian.flowexec``).
+        ``environment``: this agent's, what ``meridian.context()`` says in the bodies."""
         self.slots = slots
         self._data_dir = Path(data_dir)
         self._state = RunnerStateFile(self._data_dir / STATE_FILE)
         self._bundle_dir = bundle_dir
         self._control_host = control_host
+        self._environment = environment
         self._env = dict(os.environ if env is None else env)
         self._command = tuple(command) or (sys.executable, "-m", "meridian.flowexec")
         server_command = tuple(fork_server_command) or (
@@ -271,6 +274,7 @@ class FlowRunners:
             MERIDIAN_FLOWEXEC_CA_FILE=str(ca_file),
             MERIDIAN_FLOWEXEC_BUNDLE_DIR=str(bundle),
             MERIDIAN_FLOWEXEC_ENTRYPOINT=a.entrypoint,
+            MERIDIAN_FLOWEXEC_ENVIRONMENT=self._environment,
         )
         log_path = work / "runner.log"
         proc = await self._fork(a, env, work, log_path)

@@ -94,6 +94,7 @@ def runners(
         command=(sys.executable, str(script)),
         fork_server=forked,
         fork_server_command=fork_server or (sys.executable, str(server), str(script)),
+        environment="dc1",
     )
 
 
@@ -145,6 +146,7 @@ async def _a_runner_starts_in_its_own_group_with_its_settings_in_the_environment
     assert env["MERIDIAN_FLOWEXEC_TOKEN"] == "mat_secret"
     assert env["MERIDIAN_FLOWEXEC_ADDRESS"] == "10.0.0.5:7000"
     assert env["MERIDIAN_FLOWEXEC_EPOCH"] == "1"
+    assert env["MERIDIAN_FLOWEXEC_ENVIRONMENT"] == "dc1"  # meridian.context().environment
     assert Path(env["MERIDIAN_FLOWEXEC_CA_FILE"]).read_bytes() == b"CA"
     assert fr.held() == (("run-1", 1),)
     (tmp_path / "stop").write_text("3")
