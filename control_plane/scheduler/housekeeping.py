@@ -372,9 +372,7 @@ class Housekeeping:
         deadline: float,
     ) -> list[StoreTally]:
         agent = session.agent
-        sweep = _Sweep(
-            str(uuid.uuid4()), agent.agent_id, agent.environment, live, referenced, part
-        )
+        sweep = _Sweep(str(uuid.uuid4()), agent.agent_id, agent.environment, live, referenced, part)
         self._sweeps[sweep.sweep_id] = sweep
         try:
             session.send(SweepResultsOut(sweep.sweep_id, older_than_s))
