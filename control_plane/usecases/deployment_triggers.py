@@ -12,7 +12,9 @@ outcome, a parent flow (subflow) — comes through :func:`trigger_deployment`, w
   already unfinished, no run is created and the outcome is ``SKIPPED`` (``queue`` creates the
   run; the hosted-runner assignment holds it back until a place is free);
 * refuses automatic triggers (schedule, outcome, webhook) of a paused deployment with a
-  ``SKIPPED`` outcome; people (API/CLI) and parent flows may still start runs of it;
+  ``SKIPPED`` outcome that leaves the idempotency key unused (a webhook delivery retried
+  after the resume starts its run; an overflow ``skip`` does use it: that call is dropped);
+  people (API/CLI) and parent flows may still start runs of it;
 * creates the run ``PENDING`` with ``wants_runner`` and the version's runner target and
   runner-lost policy copied onto it (editing the deployment later never changes it), and
 * writes one audit record, ``deployment.triggered`` (or ``deployment.trigger_skipped``),
@@ -102,7 +104,8 @@ def trigger_deployment(
             return found
     if deployment.paused and source.kind in AUTOMATIC:
         why = f"deployment {name} is paused: its {source.kind} trigger started no run"
-        return _skip(tx, deployment, version.version, source, key, why)
+        # The key stays free: the same delivery after the resume starts its run.
+        return _skip(tx, deployment, version.version, source, key, why, consume_key=False)
     if spec.concurrency and spec.concurrency_overflow == "skip":
         active = _unfinished_runs(tx, deployment.id)
         if active >= spec.concurrency:
@@ -280,8 +283,10 @@ def _skip(
     source: TriggerSource,
     key: str | None,
     why: str,
+    *,
+    consume_key: bool = True,
 ) -> TriggerOutcome:
-    if key is not None:
+    if key is not None and consume_key:
         _claim_key(tx, deployment.id, key, None)
     _audit(
         tx, "deployment.trigger_skipped", deployment.id, deployment, version, source, key, None, why

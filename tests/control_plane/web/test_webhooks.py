@@ -19,7 +19,7 @@ from control_plane.scheduler.registry import AgentRegistry
 from control_plane.store.db import Store
 from control_plane.store.models import FlowRunRow
 from control_plane.telemetry.metrics import Metrics
-from control_plane.usecases.deployments import create_deployment, delete_deployment
+from control_plane.usecases.deployments import create_deployment, delete_deployment, set_paused
 from control_plane.usecases.webhooks import CreatedWebhook, create_webhook, list_webhooks
 from control_plane.web.app import build_app
 from control_plane.web.guard import Console
@@ -231,3 +231,18 @@ def test_a_deleted_deployments_tokens_stay_dead_when_its_name_is_deployed_again(
     (listed,) = store.run_sync(list_webhooks, "ingest")
     assert listed.webhook_id == hook.webhook_id and listed.revoked_at is not None
     assert runs(store) == []
+
+
+def test_a_call_skipped_while_paused_leaves_its_key_for_after_the_resume(
+    client: TestClient, store: Store, hook: CreatedWebhook
+) -> None:
+    run_as(store, "token:ops", T0, set_paused, "ingest", True)
+    skipped = call(client, hook, {}, key="paused1")
+    assert skipped.status_code == 202 and skipped.json()["state"] == "SKIPPED"
+    assert runs(store) == []
+    run_as(store, "token:ops", T0, set_paused, "ingest", False)
+    resumed = call(client, hook, {}, key="paused1")
+    assert resumed.status_code == 202, resumed.text
+    (run,) = runs(store)
+    assert resumed.json()["flow_run_id"] == run.id
+    assert call(client, hook, {}, key="paused1").status_code == 409  # now it is used
