@@ -112,7 +112,13 @@ def _version_view(row: DeploymentRow, version: DeploymentVersionRow) -> Deployme
 def _view(
     session: Session, row: DeploymentRow, version: int, now: dt.datetime, *, recent: int
 ) -> DeploymentView:
-    stored = session.get(DeploymentVersionRow, (row.id, version))
+    # A number above the newest is no version; not asked of the store (an INTEGER column on
+    # PostgreSQL would fail on a value past 2**31 - 1).
+    stored = (
+        session.get(DeploymentVersionRow, (row.id, version))
+        if 0 < version <= row.current_version
+        else None
+    )
     if stored is None:
         raise NotFound(f"deployment {row.name} has no version {version}")
     base = _version_view(row, stored)

@@ -111,6 +111,21 @@ def expand_path(text: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def bounded_seconds(high: float) -> Callable[[str], float]:
+    """argparse ``type=`` for a positive duration in seconds of at most ``high``."""
+
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if not value <= high:  # also NaN and infinity
+            raise argparse.ArgumentTypeError(
+                f"expected at most {high:g} seconds, got {text[:40]!r}"
+            )
+        return value
+
+    parse.__name__ = "duration"
+    return parse
+
+
 def positive_float(text: str) -> float:
     """argparse ``type=`` for durations."""
     try:
@@ -120,6 +135,9 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+UINT32_MAX = 2**32 - 1  # the largest count a request can carry
 
 
 def int_between(text: str, low: int, high: int) -> int:
@@ -147,13 +165,15 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 
 
 def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts."""
+    """argparse ``type=`` for counts (at most what the protocol's uint32 fields carry)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    if value > UINT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a number <= {UINT32_MAX}, got {text[:40]!r}")
     return value
 
 

@@ -48,6 +48,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DEFAULT_ANCHOR = "2000-01-01T00:00:00+00:00"
 # The control plane's bounds (orchestration/runners.py, catchup.py), checked here first.
 MAX_RUNNER_RESUMES = 100
+MAX_CONCURRENCY = 10_000
 MAX_CATCH_UP_RUNS = 1000
 
 
@@ -70,7 +71,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
                         help="a default parameter (repeatable)")  # fmt: skip
     deploy.add_argument("--schedule", action="append", default=[], metavar="SPEC",
                         help="a schedule (repeatable; grammar below)")  # fmt: skip
-    deploy.add_argument("--concurrency", type=int, default=0, metavar="N",
+    deploy.add_argument("--concurrency", type=bounded_int(0, MAX_CONCURRENCY), default=0,
+                        metavar="N",
                         help="at most N unfinished runs (0: unlimited)")  # fmt: skip
     deploy.add_argument("--concurrency-overflow", choices=("queue", "skip"), default="queue")
     deploy.add_argument("--on-runner-lost", choices=("resume", "fail"), default="resume")

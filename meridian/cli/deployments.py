@@ -8,7 +8,7 @@ from typing import Any
 
 from meridian import _deployments
 from meridian.cli import runs, webhooks
-from meridian.cli.common import add_client_options, connect, parse_params
+from meridian.cli.common import UINT32_MAX, add_client_options, bounded_int, connect, parse_params
 from meridian.cli.deploy import schedule_lines
 from meridian.cli.render import format_datetime, table, to_json
 from meridian.cli.run import add_progress_option
@@ -34,7 +34,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     listing = action("list", "deployments and their state", cmd_list, named=False)
     listing.add_argument("--json", action="store_true")
     show = action("show", "one deployment: spec, schedules, next fire times, recent runs", cmd_show)
-    show.add_argument("--version", type=int, default=0, help="an older version (default current)")
+    show.add_argument("--version", type=bounded_int(0, UINT32_MAX), default=0,
+                      help="an older version (default current)")  # fmt: skip
     show.add_argument("--json", action="store_true")
     versions = action("versions", "every version of a deployment, newest first", cmd_versions)
     versions.add_argument("--json", action="store_true")

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from meridian._limits import LimitInfo
-from meridian.cli.common import add_client_options, connect
+from meridian.cli.common import add_client_options, bounded_int, connect
 from meridian.cli.render import table, to_json
 
 HEADERS = ("LIMIT", "SIZE", "HELD", "WAITING", "HOLDERS")
 MAX_SHOWN_HOLDERS = 3
+MAX_LIMIT = 10_000  # the control plane's bound (orchestration/limits.py)
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -35,7 +36,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         parents=parents,
     )
     setting.add_argument("name", metavar="NAME")
-    setting.add_argument("limit", metavar="N", type=int)
+    setting.add_argument("limit", metavar="N", type=bounded_int(0, MAX_LIMIT),
+                         help=f"0 (nothing starts: a pause) to {MAX_LIMIT}")  # fmt: skip
     add_client_options(setting)
     setting.set_defaults(func=cmd_set)
 

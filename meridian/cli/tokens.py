@@ -19,11 +19,13 @@ from meridian.cli.common import (
     DEFAULT_SERVER_DIR,
     CliError,
     UsageError,
+    bounded_seconds,
     expand_path,
     parse_labels,
-    positive_float,
 )
 from meridian.cli.render import format_datetime, iso, table, to_json
+
+MAX_TTL_S = 10 * 365 * 86_400.0  # ten years: beyond it a time cannot always be represented
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -49,7 +51,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     create.add_argument(
         "--ttl",
         metavar="SECONDS",
-        type=positive_float,
+        type=bounded_seconds(MAX_TTL_S),
         default=3600.0,
         help="how long the token stays valid (default 3600)",
     )

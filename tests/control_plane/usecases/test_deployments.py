@@ -259,6 +259,7 @@ def test_invalid_specs_are_refused_with_the_field_named(store: Store) -> None:
         ),
         ({"on_runner_lost": "retry"}, "on_runner_lost"),
         ({"max_runner_resumes": 1000}, "max_runner_resumes"),
+        ({"concurrency": 2**32 - 1}, "concurrency must be between 0 .unlimited. and 10000"),
         ({"concurrency_overflow": "drop"}, "overflow"),
         ({"schedules": (hourly(catch_up="some"),)}, "catch-up"),
         ({"schedules": (hourly(definition={"kind": "cron", "cron": "61 * * * *"}),)}, "cron"),
@@ -287,3 +288,10 @@ def test_outcome_triggers_must_name_an_existing_other_deployment(store: Store) -
         deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "day"),))
     stored = deploy(store, triggers=(OutcomeTrigger("extract", ("failed",), "", "day"),))
     assert stored.triggers[0].states == ("FAILED",)
+
+
+def test_a_version_out_of_range_is_not_found(store: Store) -> None:
+    deploy(store)
+    for version in (2, 2**31, 2**32 - 1):  # past PostgreSQL's INTEGER too: no store error
+        with pytest.raises(NotFound, match=f"has no version {version}"):
+            store.run_sync(get_deployment, "nightly", version, T0)
