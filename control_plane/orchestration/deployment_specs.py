@@ -150,6 +150,12 @@ def validate_spec(spec: DeploymentSpec) -> DeploymentSpec:
         raise ValidationError("bundle_sha256 must be 64 lowercase hex digits")
     if len(spec.description) > MAX_DESCRIPTION:
         raise ValidationError(f"description must be at most {MAX_DESCRIPTION} characters")
+    bad = next((c for c in spec.description if c != "\n" and not c.isprintable()), None)
+    if bad is not None:
+        # As for tags and webhook names: what is shown on a terminal must not drive it.
+        raise ValidationError(
+            f"description must be printable text and newlines, not {bad!r} (a control character)"
+        )
     _check_tags(spec.tags)
     if spec.runner_target:
         parse_selector(spec.runner_target)

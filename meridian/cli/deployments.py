@@ -85,6 +85,12 @@ def render_list(found: list[_deployments.DeploymentInfo]) -> str:
     return table(("NAME", "VERSION", "FLOW", "STATE", "SCHEDULES", "RUNS", "RUNNER TARGET"), rows)
 
 
+def shown(text: str) -> str:
+    """``text`` for a terminal: characters that are not printable (escape sequences from
+    versions stored before descriptions were checked) appear escaped, never raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render_info(info: _deployments.DeploymentInfo) -> str:
     lines = [
         f"Deployment  {info.name} (version {info.version}){'  PAUSED' if info.paused else ''}",
@@ -97,9 +103,11 @@ def render_info(info: _deployments.DeploymentInfo) -> str:
         + _flow_limits(info),
     ]
     if info.description:
-        lines.append(f"About       {info.description}")
+        about = [shown(line) for line in info.description.split("\n")]
+        lines.append(f"About       {about[0] if about else ''}")
+        lines += [f"            {line}" for line in about[1:]]
     if info.tags:
-        lines.append(f"Tags        {', '.join(info.tags)}")
+        lines.append(f"Tags        {shown(', '.join(info.tags))}")
     lines.append("Parameters")
     defaults = info.parameters
     for line in paramschema.describe(info.parameter_schema):
@@ -145,7 +153,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [str(v.version), format_datetime(v.created_at), v.created_by or "-", v.bundle_sha256[:12],
-         str(len(v.schedules)), v.description[:60] or "-"]
+         str(len(v.schedules)), shown(v.description.partition("\n")[0])[:60] or "-"]
         for v in found
     ]  # fmt: skip
     print(table(("VERSION", "CREATED", "BY", "BUNDLE", "SCHEDULES", "DESCRIPTION"), rows))

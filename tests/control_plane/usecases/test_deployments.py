@@ -259,6 +259,7 @@ def test_invalid_specs_are_refused_with_the_field_named(store: Store) -> None:
         ),
         ({"on_runner_lost": "retry"}, "on_runner_lost"),
         ({"max_runner_resumes": 1000}, "max_runner_resumes"),
+        ({"description": "line1\nline2\x1b[31mRED"}, "description must be printable text"),
         ({"concurrency": 2**32 - 1}, "concurrency must be between 0 .unlimited. and 10000"),
         ({"concurrency_overflow": "drop"}, "overflow"),
         ({"schedules": (hourly(catch_up="some"),)}, "catch-up"),

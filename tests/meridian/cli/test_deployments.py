@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from control_plane import ServerConfig, create_api_token
+from meridian import _deployments
 from meridian.cli.common import UsageError
 from meridian.cli.deploy import convert_partial, outcome_triggers, parse_schedule, register
+from meridian.cli.deployments import render_info
 from meridian.core.errors import ValidationError
+from protos.meridian.v1 import control_pb2
 from tests.support.databases import DATABASES, postgres_database, postgres_server
 from tests.support.plane import ThreadedControlPlane
 
@@ -196,3 +199,13 @@ def test_on_completion_of_is_repeatable_and_its_options_apply_to_each() -> None:
         outcome_triggers(parsed("--on-completion-of", "a", "--on-completion-of", "a"))
     with pytest.raises(UsageError, match="need --on-completion-of"):
         outcome_triggers(parsed("--on-state", "FAILED"))
+
+
+def test_show_and_versions_never_print_raw_control_characters() -> None:
+    spec = control_pb2.DeploymentSpec(
+        name="d", flow_name="etl", entrypoint="f.py:etl", description="line1\nline2\x1b[31mRED"
+    )
+    info = _deployments.info_from_proto(control_pb2.DeploymentInfo(spec=spec, version=1))
+    text = render_info(info)
+    assert "\x1b" not in text and "line2\\x1b[31mRED" in text
+    assert "About       line1\n            line2" in text  # a newline stays a line
