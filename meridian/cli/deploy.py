@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -250,7 +251,29 @@ def schedule_lines(info: _deployments.DeploymentInfo) -> list[str]:
     lines = ["Schedules"]
     for s in info.schedules:
         state = " (paused)" if s.paused or info.paused else ""
-        lines.append(f"  {s.schedule_id}  {s.description}  catch-up {s.catch_up}{state}")
+        lines.append(f"  {s.schedule_id}  {s.description}  {_options(s)}{state}")
+        if s.parameters:
+            lines.append(f"      params: {json.dumps(s.parameters, sort_keys=True)}")
         for moment in s.next_fires:
             lines.append(f"      next: {format_datetime(moment)}")
     return lines
+
+
+def _options(s: _deployments.ScheduleInfo) -> str:
+    """The schedule's catch-up policy and jitter, in the ``--schedule`` words."""
+    text = f"catch-up {s.catch_up}"
+    if s.catch_up == "latest":
+        text += f" (window {format_duration(s.catch_up_window_s)})"
+    elif s.catch_up == "all":
+        text += f" (window {format_duration(s.catch_up_window_s)}, max-runs {s.max_catch_up_runs})"
+    if s.jitter_s:
+        text += f", jitter {format_duration(s.jitter_s)}"
+    return text
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the largest unit that holds them whole: 86400 -> 1d, 300 -> 5m, 7.5 -> 7.5s."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"

@@ -5,6 +5,7 @@ PENDING, recorded with its deployment version and trigger."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import textwrap
 from collections.abc import Iterator
@@ -15,7 +16,13 @@ import pytest
 from control_plane import ServerConfig, create_api_token
 from meridian import _deployments
 from meridian.cli.common import UsageError
-from meridian.cli.deploy import convert_partial, outcome_triggers, parse_schedule, register
+from meridian.cli.deploy import (
+    convert_partial,
+    outcome_triggers,
+    parse_schedule,
+    register,
+    schedule_lines,
+)
 from meridian.cli.deployments import render_info
 from meridian.core.errors import ValidationError
 from protos.meridian.v1 import control_pb2
@@ -87,6 +94,8 @@ def test_deploy_show_pause_resume_and_run(cli, plane, tmp_path: Path) -> None:  
     assert "Deployed nightly version 1 (nightly" in deployed.out
     assert "cron '30 2 * * *' in Europe/Berlin" in deployed.out
     assert deployed.out.count("next: ") == 10
+    assert "catch-up latest (window 1d), jitter 5m" in deployed.out
+    assert 'params: {"day": "2026-01-02"}' in deployed.out
 
     bad = cli("deploy", entry, "--name", "nightly", "-p", "n=many", *operator)
     assert bad.code != 0 and "parameter 'n'" in bad.err
@@ -209,3 +218,17 @@ def test_show_and_versions_never_print_raw_control_characters() -> None:
     text = render_info(info)
     assert "\x1b" not in text and "line2\\x1b[31mRED" in text
     assert "About       line1\n            line2" in text  # a newline stays a line
+
+
+def test_schedule_lines_show_the_catch_up_window_max_runs_jitter_and_params() -> None:
+    schedule = _deployments.ScheduleInfo(
+        "sch_1", "every 5m", {}, {"day": "x"}, "all", 7200.0, 5, 7.5, False, []
+    )
+    info = dataclasses.replace(
+        _deployments.info_from_proto(control_pb2.DeploymentInfo()), schedules=[schedule]
+    )
+    assert schedule_lines(info) == [
+        "Schedules",
+        "  sch_1  every 5m  catch-up all (window 2h, max-runs 5), jitter 7.5s",
+        '      params: {"day": "x"}',
+    ]
