@@ -11,11 +11,12 @@ from typing import Any
 
 from meridian.cli.common import (
     DEFAULT_SERVER_DIR,
+    MAX_TTL_S,
     CliError,
     add_client_options,
+    bounded_seconds,
     connect,
     expand_path,
-    positive_float,
 )
 from meridian.cli.render import format_datetime, iso, table, to_json
 
@@ -40,7 +41,7 @@ def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     create.add_argument("--name", default="", help="who or what it is for")
     create.add_argument("--environment", action="append", default=[], metavar="NAME",
                         help="scope the token to this environment (repeatable)")  # fmt: skip
-    create.add_argument("--ttl", metavar="SECONDS", type=positive_float, default=None)
+    create.add_argument("--ttl", metavar="SECONDS", type=bounded_seconds(MAX_TTL_S), default=None)
     listing = actions.add_parser("list", help="API tokens and their state", parents=parents)
     listing.add_argument("--json", action="store_true")
     revoke = actions.add_parser("revoke", help="revoke an API token", parents=parents)

@@ -111,6 +111,10 @@ def expand_path(text: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+# The longest a token may live: beyond ten years a time cannot always be represented.
+MAX_TTL_S = 10 * 365 * 86_400.0
+
+
 def bounded_seconds(high: float) -> Callable[[str], float]:
     """argparse ``type=`` for a positive duration in seconds of at most ``high``."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from meridian.cli.common import (
     DEFAULT_SERVER_DIR,
+    MAX_TTL_S,
     CliError,
     UsageError,
     bounded_seconds,
@@ -24,8 +25,6 @@ from meridian.cli.common import (
     parse_labels,
 )
 from meridian.cli.render import format_datetime, iso, table, to_json
-
-MAX_TTL_S = 10 * 365 * 86_400.0  # ten years: beyond it a time cannot always be represented
 
 
 def register(commands: Any, parents: list[argparse.ArgumentParser]) -> None:

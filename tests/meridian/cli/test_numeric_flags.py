@@ -27,3 +27,12 @@ def test_out_of_range_numbers_are_refused_clearly(cli, argv: list[str], message:
     result = cli(*argv)
     assert result.code != 0
     assert message in result.err and "unexpected" not in result.err, result.err
+
+
+def test_an_api_token_ttl_beyond_ten_years_is_refused(cli, tmp_path) -> None:
+    result = cli(
+        "api-tokens", "create", "--data-dir", str(tmp_path), "--role", "admin",
+        "--ttl", "99999999999999",
+    )  # fmt: skip
+    assert result.code == 2 and "expected at most" in result.err
+    assert "unexpected" not in result.err
