@@ -222,15 +222,7 @@ def revoke_webhook(tx: Tx, deployment: str, webhook_id: str) -> WebhookView:
     if hook is None or hook.deployment_id != row.id:
         raise NotFound(f"deployment {deployment!r} has no webhook {webhook_id[:40]!r}")
     if hook.revoked_at is None:
-        hook.revoked_at = tx.now
-        audit.append(
-            tx.session,
-            actor=tx.actor,
-            action="webhook.revoked",
-            subject=row.id,
-            details={"webhook_id": hook.id, "name": hook.name, "deployment": deployment},
-            now=tx.now,
-        )
+        _revoke(tx, hook, row)
     return _view(hook, row.name)
 
 
@@ -244,21 +236,20 @@ def revoke_deployment_webhooks(tx: Tx, deployment: DeploymentRow, why: str) -> l
         .with_for_update()
     ).all()
     for hook in hooks:
-        hook.revoked_at = tx.now
-        audit.append(
-            tx.session,
-            actor=tx.actor,
-            action="webhook.revoked",
-            subject=deployment.id,
-            details={
-                "webhook_id": hook.id,
-                "name": hook.name,
-                "deployment": deployment.name,
-                "reason": why,
-            },
-            now=tx.now,
-        )
+        _revoke(tx, hook, deployment, reason=why)
     return [hook.id for hook in hooks]
+
+
+def _revoke(tx: Tx, hook: WebhookRow, deployment: DeploymentRow, **why: str) -> None:
+    hook.revoked_at = tx.now
+    audit.append(
+        tx.session,
+        actor=tx.actor,
+        action="webhook.revoked",
+        subject=deployment.id,
+        details={"webhook_id": hook.id, "name": hook.name, "deployment": deployment.name, **why},
+        now=tx.now,
+    )
 
 
 def _deployment(session: Session, name: str) -> DeploymentRow:
