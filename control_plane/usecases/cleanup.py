@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -33,8 +34,8 @@ from control_plane.store.models import (
 )
 from control_plane.store.queries import resolve_run_id
 from control_plane.store.tx import Tx
-from meridian.core.errors import ConflictError, NotFound, ValidationError
-from meridian.core.resultref import REF_MARKER, ResultRef, find_ref_markers
+from meridian.core.errors import ConflictError, MeridianError, NotFound, ValidationError
+from meridian.core.resultref import MAX_MARKER_DEPTH, REF_MARKER, ResultRef, marker_ref
 from meridian.core.states import LIVE_ATTEMPT, TERMINAL_RUN
 
 log = logging.getLogger(__name__)
@@ -281,9 +282,31 @@ def parameter_refs_of_live_runs(session: Session, exclude: str = "") -> Iterator
     )
     for text in texts:
         try:
-            yield from find_ref_markers(json.loads(text or "{}"))
+            parameters = json.loads(text or "{}")
         except (ValueError, RecursionError):
-            continue  # accepted when the run was created; unreadable now names no object
+            continue  # unreadable: names no object
+        yield from _markers_tolerantly(parameters)
+
+
+def _markers_tolerantly(value: Any) -> Iterator[ResultRef]:
+    """The references ``value`` marks; a malformed marker (run parameters are not checked for
+    them) is skipped on its own, so one bad run never stops a deletion or a collection and the
+    good references next to it stay protected."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_MARKER_DEPTH or not isinstance(item, dict | list):
+            continue
+        if isinstance(item, dict) and REF_MARKER in item:
+            try:
+                ref = marker_ref(item)
+            except MeridianError:
+                continue
+            if ref is not None:
+                yield ref
+            continue
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children)
 
 
 # ---- the deletion queue -----------------------------------------------------------------

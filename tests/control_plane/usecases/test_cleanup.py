@@ -372,3 +372,22 @@ def test_an_object_a_live_run_takes_as_a_parameter_is_kept(store: Store) -> None
     # Once that run ends, the object is an orphan like any other.
     finish(store, waiting.id, T0 + 3 * HOUR)
     assert store.run_sync(lambda s: referenced_by_live_parameters(s, {"aws-demo"})) == set()
+
+
+def test_a_malformed_marker_in_a_live_runs_parameters_stops_nothing(store: Store) -> None:
+    source = new_run(store)
+    given = produce(store, source, "extract#1")
+    finish(store, source)
+    # Run parameters are not checked for markers: one may be malformed next to a good one.
+    parameters = json.dumps(
+        {"bad": {"$meridian_ref": "junk"}, "odd": {"$meridian_ref": {}, "x": 1},
+         "good": ref_marker(given)}
+    )  # fmt: skip
+    run_at(
+        store, T0 + HOUR, create_run, flow_name="etl", entrypoint="flows.py:etl",
+        parameters_json=parameters, bundle_sha256="b" * 64, trigger="manual",
+    )  # fmt: skip
+    live = store.run_sync(lambda s: referenced_by_live_parameters(s, {"aws-demo"}))
+    assert live == {uri_digest(given.uri)}
+    deleted, _ = run_at(store, T0 + 2 * HOUR, delete_run, source, "")
+    assert (deleted.queued, deleted.kept) == (0, 1)
