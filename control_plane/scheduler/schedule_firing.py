@@ -46,10 +46,15 @@ class ScheduleFiring:
     async def fire_due(self, now: dt.datetime) -> dt.datetime | None:
         """Fire the schedules due at ``now``; the time the next one is due (None: none is)."""
         held_back = {sid for sid, f in self._failing.items() if f.retry_at > now}
+        busy: set[str] = set()  # locked by another replica, or fired by it just now
         for _ in range(MAX_SCHEDULES_PER_PASS):
-            schedule_id = await self._store.run(due_schedule, now, held_back)
+            schedule_id = await self._store.run(due_schedule, now, held_back | busy)
             if schedule_id is None:
-                return await self._next_due(held_back)
+                following = await self._next_due(held_back | busy)
+                if busy:  # look again shortly, in case that replica stopped half-way
+                    soon = now + dt.timedelta(seconds=1)
+                    return min(following, soon) if following is not None else soon
+                return following
             try:
                 evaluation = await self._store.transact(fire_schedule, schedule_id)
             except Exception as exc:
@@ -58,8 +63,9 @@ class ScheduleFiring:
                 continue
             self._failing.pop(schedule_id, None)
             if evaluation is None:
-                # Another replica is evaluating it: look again shortly.
-                return now + dt.timedelta(seconds=1)
+                # Another replica holds it: go on with the next due one (replicas share the
+                # due schedules instead of queueing on the same row).
+                busy.add(schedule_id)
         return now  # more are due: the next pass goes on
 
     async def _next_due(self, held_back: set[str]) -> dt.datetime | None:

@@ -117,3 +117,26 @@ def test_the_hold_back_grows_to_a_bound(store: Store, broken: set[str]) -> None:
     assert delays[:4] == [SWEEP_S, 2 * SWEEP_S, 4 * SWEEP_S, 8 * SWEEP_S]
     assert delays[-1] == MAX_HOLD_BACK.total_seconds() == max(delays)
     assert len(failures_audited(store)) == 1
+
+
+def test_a_schedule_another_replica_holds_is_passed_over_for_the_next_due_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = deploy(store, "a-first")
+    second = deploy(store, "b-second")
+    held, free = min(first, second), max(first, second)  # the store hands out `held` first
+    fire = schedules.fire_schedule
+
+    def locked_elsewhere(tx: Tx, schedule_id: str) -> schedules.Evaluation | None:
+        # What FOR UPDATE SKIP LOCKED answers for a row another replica is evaluating.
+        return None if schedule_id == held else fire(tx, schedule_id)
+
+    monkeypatch.setattr("control_plane.scheduler.schedule_firing.fire_schedule", locked_elsewhere)
+    firing = ScheduleFiring(store, SWEEP_S)
+    due = T0 + MINUTE
+    store.clock = lambda: due
+    next_due = asyncio.run(firing.fire_due(due))
+    assert slots_fired(store, free) == [due.isoformat()]
+    assert slots_fired(store, held) == []
+    # Looked at again shortly, in case the other replica stopped half-way.
+    assert next_due == due + dt.timedelta(seconds=1)
