@@ -27,12 +27,7 @@ from meridian.core.resultref import (
 )
 from meridian.core.sealing import sealed_inputs_problem
 from meridian.core.secrets import check_secret_references
-from meridian.core.selectors import (
-    parse_selector,
-    reserved_label_problem,
-    validate_key,
-    validate_value,
-)
+from meridian.core.selectors import parse_selector, validate_key, validate_value
 from meridian.core.serializers import KNOWN_SERIALIZERS
 from meridian.core.spec import DEFAULT_SCHEDULE_TIMEOUT_S, Isolation, OnAgentLost, StepSpec
 from meridian.core.states import RunState
@@ -435,7 +430,7 @@ def validate_hello(hello: HelloIn) -> None:
     if not 0 < hello.capacity <= 10_000:
         raise ValidationError("capacity must be between 1 and 10000")
     for key, value in hello.labels.items():
-        problem = reserved_label_problem(key) or validate_key(key) or validate_value(value)
+        problem = validate_key(key) or validate_value(value)
         if problem:
             # Bounded: a status message rides in gRPC metadata, limited to 16 KiB.
             raise ValidationError(f"label {key[:80]!r}: {problem[:300]}")

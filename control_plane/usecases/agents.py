@@ -7,6 +7,7 @@ agent are reconciled against what the agent says it still runs every time it con
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,10 @@ from control_plane.usecases.attempts import assign_frame, finish_attempt
 from meridian.core.errorinfo import ErrorClass, ErrorInfo
 from meridian.core.errors import PermissionDenied
 from meridian.core.reconnect import RESTART_RECONNECT_ALLOWANCE
+from meridian.core.selectors import ENVIRONMENT_LABEL
 from meridian.core.states import LIVE_RUN, SLOT_HOLDING, AttemptState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,17 @@ def agent_connected(tx: Tx, agent_id: str, fingerprint: str, hello: HelloIn) -> 
     problem = pinned_labels_problem(agent.pinned_labels or {}, hello.labels)
     if problem:
         raise PermissionDenied(problem)
-    labels = {**hello.labels, **(agent.pinned_labels or {})}
+    claimed = dict(hello.labels)
+    if claimed.pop(ENVIRONMENT_LABEL, None) is not None:
+        # Reserved (the enrollment sets it); refusing it would keep an agent an older CLI
+        # started with it from ever connecting, so it is dropped and said once per connect.
+        log.warning(
+            "agent %s claims the reserved label %r; it is ignored (its environment is %s)",
+            agent.name,
+            ENVIRONMENT_LABEL,
+            agent.environment,
+        )
+    labels = {**claimed, **(agent.pinned_labels or {})}
     # An operator's drain outlasts reconnects: the agent gets no new work until re-enrolled.
     draining = hello.draining or agent.drain_requested_at is not None
     agent.labels = labels

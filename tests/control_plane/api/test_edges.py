@@ -745,9 +745,8 @@ def test_connect_refuses_a_bad_first_frame(
             ),
             "Bad Provider!",
         ),
-        (hello("x", labels={"environment": "aws-prod"}), "'environment' is reserved"),
     ],
-    ids=["label-key", "label-value-size", "provider-type", "reserved-environment-label"],
+    ids=["label-key", "label-value-size", "provider-type"],
 )
 def test_connect_validates_hello_labels_and_providers(
     edge: Edge, first: agent_pb2.AgentFrame, needle: str

@@ -10,7 +10,13 @@ import datetime as dt
 from agent.agent import AgentConfig
 from control_plane.store.db import Store
 from control_plane.store.models import AgentRow
-from control_plane.usecases.agents import LiveAgent, agent_disconnected, expire_agent_leases
+from control_plane.usecases.agents import (
+    HelloIn,
+    LiveAgent,
+    agent_connected,
+    agent_disconnected,
+    expire_agent_leases,
+)
 from meridian.core.reconnect import AGENT_MAX_RECONNECT_DELAY_S, RESTART_RECONNECT_ALLOWANCE
 from tests.control_plane.usecases.helpers import T0, attempts, new_run, run_at, schedule, submit
 
@@ -108,3 +114,12 @@ def test_a_disconnect_stores_when_the_agent_was_last_heard_from(store: Store) ->
     assert [a.state for a in attempts(store, step_id)] == ["ASSIGNED"]
     sweep(store, 81.0, {})
     assert attempts(store, step_id)[0].state == "LOST"
+
+
+def test_a_claimed_environment_label_is_dropped_not_refused(store: Store) -> None:
+    # An agent started by an older CLI with --label environment=...: it still connects (a
+    # refusal would keep it away for good), and the label it claims is not kept.
+    hello = HelloIn("0.1", {"environment": "prod", "site": "x"}, ("process",), 2, {}, "h", False)
+    connected, _ = run_at(store, T0, agent_connected, "a1", "", hello)
+    assert connected.labels == {"site": "x"}
+    assert agent(store).labels == {"site": "x"}
