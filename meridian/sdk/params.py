@@ -92,7 +92,14 @@ def call_arguments(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[st
 def _from_stored(name: str, value: Any, hint: Any) -> Any:
     if isinstance(value, dict) and resultref.REF_MARKER in value:
         return stored_param(name, value, hint)
-    return _from_json_named(name, value, hint)
+    try:
+        return _from_json(value, hint)
+    except UnsupportedAnnotation:
+        # Deploys refuse such annotations; a subflow child or a resumed local run may have
+        # one: its body gets the JSON value, as it always did.
+        return value
+    except ValueError as exc:
+        raise ValidationError(f"parameter {name!r}: {exc}") from None
 
 
 def coerce_params(fn: Callable[..., Any], raw: Mapping[str, str]) -> dict[str, Any]:
@@ -406,7 +413,11 @@ def _from_json(value: Any, annotation: Any) -> Any:
         if issubclass(annotation, enum.Enum):
             return _to_enum(value, annotation)
         return _rich_from_text(_expect(value, str, "a string"), annotation)
-    raise ValueError(f"unsupported annotation {annotation!r}; {_RICH}")
+    raise UnsupportedAnnotation(f"unsupported annotation {annotation!r}; {_RICH}")
+
+
+class UnsupportedAnnotation(ValueError):
+    """An annotation the parameter rules do not cover (``Literal``, ``set``, ...)."""
 
 
 def _from_json_container(value: Any, container: type, args: tuple[Any, ...]) -> Any:

@@ -8,7 +8,7 @@ import enum
 import pathlib
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -275,3 +275,18 @@ def test_params_never_import_pydantic() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+def _child(mode: Literal["a", "b"], seen: set[int], n: int) -> None: ...
+
+
+def test_a_stored_parameter_of_an_unsupported_annotation_reaches_the_body_as_json() -> None:
+    # A subflow child or a resumed local run: deploys refuse these annotations, a body that
+    # ran before with its JSON values must still start.
+    assert call_arguments(_child, {"mode": "a", "seen": [1], "n": 2}) == {
+        "mode": "a",
+        "seen": [1],
+        "n": 2,
+    }
+    with pytest.raises(ValidationError, match="parameter 'n'"):
+        call_arguments(_child, {"mode": "a", "seen": [1], "n": "two"})
