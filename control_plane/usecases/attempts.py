@@ -24,7 +24,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from control_plane import audit
 from control_plane.orchestration.decisions import (
@@ -359,18 +359,17 @@ def _queue_refused(tx: Tx, attempt: AttemptRow, step: StepRunRow, report: Report
 
 
 def _refusals(tx: Tx, attempt: AttemptRow) -> int:
-    """How often agents refused ``attempt`` before: its ASSIGNED -> QUEUED events."""
-    query = (
-        select(func.count())
-        .select_from(EventRow)
-        .where(
+    """How often agents refused ``attempt`` before: its ASSIGNED -> QUEUED events that say
+    so (an attempt queued again for another reason does not use up its refusals)."""
+    details = tx.session.scalars(
+        select(EventRow.details).where(
             EventRow.flow_run_id == attempt.flow_run_id,
             EventRow.attempt_id == attempt.id,
             EventRow.kind == EventKind.ATTEMPT_QUEUED.value,
             EventRow.from_state == AttemptState.ASSIGNED.value,
         )
     )
-    return tx.session.scalar(query) or 0
+    return sum(1 for d in details if isinstance(d, dict) and "refusal" in d)
 
 
 def _finish_with_reference(
