@@ -351,6 +351,11 @@ def _credit_interrupted(tx: Tx, plan: TransferPlan) -> None:
         .where(who, TransferRow.uri == plan.ref.uri, TransferRow.sha256 == plan.ref.sha256)
         .order_by(TransferRow.started_at)
     ).all()
+    # Only this fetch's rows: those after the last one that completed (an earlier download
+    # of the same object by the same client is another fetch).
+    completed = [i for i, row in enumerate(earlier) if row.state == COMPLETED]
+    if completed:
+        earlier = earlier[completed[-1] + 1 :]
     deficit = plan.offset - sum(row.bytes for row in earlier)
     interrupted = [r for r in earlier if r.state == FAILED and r.error == INTERRUPTED]
     if deficit > 0 and interrupted:

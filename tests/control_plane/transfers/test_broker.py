@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
@@ -637,3 +638,30 @@ def test_a_resume_after_a_control_plane_restart_credits_the_bytes_that_crossed_b
     rows = {row.id: row for row in transfers(world.store)}
     assert rows["cut-by-restart"].bytes == offset
     assert sum(row.bytes for row in rows.values()) == len(DATA)
+
+
+def test_the_credit_counts_only_the_current_fetch(world: World) -> None:
+    """An earlier complete download of the same object is another fetch: it does not cancel
+    the credit of this one's interrupted row."""
+    done_before = {
+        **_columns_of_new(world), "id": "earlier-whole", "state": "COMPLETED",
+        "bytes": len(DATA), "ended_at": T0,
+    }  # fmt: skip
+    interrupted = {
+        **_columns_of_new(world), "id": "cut-by-restart", "state": "FAILED",
+        "error": "the control plane stopped during the transfer", "ended_at": T0,
+        "started_at": T0 + dt.timedelta(seconds=1),
+    }  # fmt: skip
+    world.store.run_sync(
+        lambda s: s.add_all([TransferRow(**done_before), TransferRow(**interrupted)])
+    )
+    offset = MiB + 17
+
+    async def scenario() -> None:
+        producer = asyncio.ensure_future(produce(world))
+        await consume(world, offset=offset)
+        await producer
+
+    run(scenario)
+    rows = {row.id: row for row in transfers(world.store)}
+    assert rows["cut-by-restart"].bytes == offset
