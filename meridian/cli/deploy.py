@@ -119,7 +119,13 @@ def parse_schedule(text: str) -> tuple[_deployments.ScheduleRequest, dict[str, s
         elif key == "catch-up":
             fields["catch_up"] = value.strip()
         elif key == "window":
-            fields["catch_up_window_s"] = parse_duration(value, "window")
+            window = parse_duration(value, "window")
+            if window <= 0:
+                # On the wire 0 means "the default window" (1d): say so instead of widening it.
+                raise UsageError(
+                    "window must be longer than 0 (to fire no missed slot, use catch-up=skip)"
+                )
+            fields["catch_up_window_s"] = window
         elif key == "max-runs":
             fields["max_catch_up_runs"] = _count(value)
         elif key == "jitter":

@@ -170,6 +170,10 @@ def test_the_schedule_grammar() -> None:
         with pytest.raises(UsageError, match="max-runs: expected a number from 1 to 1000"):
             parse_schedule(bad)
     assert parse_schedule("every=5s")[0].max_catch_up_runs is None  # the server's default
+    # A window of 0 would reach the server as "the default window" (1 day): refused instead.
+    with pytest.raises(UsageError, match=r"window must be longer than 0.*catch-up=skip"):
+        parse_schedule("every=5s;catch-up=all;window=0s")
+    assert parse_schedule("every=5s;window=90s")[0].catch_up_window_s == 90
 
 
 @pytest.mark.parametrize("levels", [300, 3000])
