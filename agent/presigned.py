@@ -150,7 +150,9 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+class _ReportsSocket(http.client.HTTPConnection):
+    """A connection that tells its transfer the socket it opened (to shut it on a stall)."""
+
     def __init__(self, *args: Any, transfer: Transfer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._transfer = transfer
@@ -160,14 +162,12 @@ class _HTTPConnection(http.client.HTTPConnection):
         self._transfer.connected(self.sock)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, transfer: Transfer, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._transfer = transfer
+class _HTTPConnection(_ReportsSocket):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self._transfer.connected(self.sock)
+
+class _HTTPSConnection(_ReportsSocket, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
