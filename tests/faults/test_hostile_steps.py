@@ -371,21 +371,7 @@ def test_a_full_disk_fails_the_attempt_degrades_the_agent_and_it_recovers(
 def test_an_agent_refused_for_its_labels_exits_with_the_reason(estate: Estate) -> None:
     data_dir = estate.root / "agents" / "refused"
     token = estate.new_token("pinned", "--label", "site=pinned")
-    estate.cli(
-        "agent",
-        "enroll",
-        "--control-plane",
-        estate.address,
-        "--ca-file",
-        str(estate.ca_file),
-        "--token",
-        token,
-        "--data-dir",
-        str(data_dir),
-        "--name",
-        "refused",
-        check=True,
-    )
+    estate.enroll(token, data_dir, "--name", "refused", check=True)
     started = subprocess.run(
         meridian_cmd(
             "agent",

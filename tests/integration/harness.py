@@ -122,6 +122,16 @@ class Estate:
             )
         return result
 
+    def enroll(
+        self, token: str, data_dir: Path | str, *args: str, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``meridian agent enroll`` with ``token`` into ``data_dir`` against this estate."""
+        return self.cli(
+            "agent", "enroll", "--control-plane", self.address,
+            "--ca-file", str(self.ca_file), "--token", token, "--data-dir", str(data_dir),
+            *args, check=check,
+        )  # fmt: skip
+
     def cli_background(
         self, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
@@ -232,22 +242,7 @@ class Estate:
     ) -> str:
         name = name or f"{environment}-agent"
         data_dir = self.root / "agents" / name
-        token = self.new_token(environment)
-        self.cli(
-            "agent",
-            "enroll",
-            "--control-plane",
-            self.address,
-            "--ca-file",
-            str(self.ca_file),
-            "--token",
-            token,
-            "--data-dir",
-            str(data_dir),
-            "--name",
-            name,
-            check=True,
-        )
+        self.enroll(self.new_token(environment), data_dir, "--name", name, check=True)
         if runner_slots:
             self.start_agent(
                 name, environment, labels, capacity=capacity, runner_slots=runner_slots

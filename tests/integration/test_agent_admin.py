@@ -39,18 +39,7 @@ def test_tokens_list_shows_states_and_revoked_tokens_cannot_enroll(
     revoked = estate.cli("tokens", "revoke", token_id, "--data-dir", str(estate.server_dir))
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     assert sorted(t["state"] for t in tokens(estate)) == ["revoked", "used"]
-    enroll = estate.cli(
-        "agent",
-        "enroll",
-        "--control-plane",
-        estate.address,
-        "--ca-file",
-        str(estate.ca_file),
-        "--token",
-        token,
-        "--data-dir",
-        str(tmp_path / "agent"),
-    )
+    enroll = estate.enroll(token, tmp_path / "agent")
     assert enroll.returncode != 0 and "revoked" in enroll.stderr
     assert "Traceback" not in enroll.stderr
 
@@ -97,18 +86,7 @@ def test_a_second_agent_on_a_data_dir_refuses_to_start_and_the_first_keeps_runni
     assert second.returncode != 0
     assert f"agent data dir {data_dir} is in use by pid {first.pid}" in second.stderr
     assert "Traceback" not in second.stderr
-    enroll = estate.cli(
-        "agent",
-        "enroll",
-        "--control-plane",
-        estate.address,
-        "--ca-file",
-        str(estate.ca_file),
-        "--token",
-        estate.new_token("edge"),
-        "--data-dir",
-        data_dir,
-    )
+    enroll = estate.enroll(estate.new_token("edge"), data_dir)
     assert enroll.returncode != 0 and "is in use by pid" in enroll.stderr
     # The first never lost its connection to a twin and still runs.
     assert first.poll() is None

@@ -40,16 +40,18 @@ def store(db_url: str) -> Iterator[Store]:
     yield from make_store(db_url)
 
 
+INGEST = DeploymentSpec(
+    name="ingest",
+    flow_name="ingest",
+    entrypoint="flows.py:ingest",
+    bundle_sha256="b" * 64,
+    parameter_schema=SCHEMA,
+)
+
+
 @pytest.fixture
 def hook(store: Store) -> CreatedWebhook:
-    spec = DeploymentSpec(
-        name="ingest",
-        flow_name="ingest",
-        entrypoint="flows.py:ingest",
-        bundle_sha256="b" * 64,
-        parameter_schema=SCHEMA,
-    )
-    run_as(store, "token:ops", T0, create_deployment, spec)
+    run_as(store, "token:ops", T0, create_deployment, INGEST)
     created, _ = run_as(store, "token:ops", T0, create_webhook, "ingest", "github")
     return created
 
@@ -219,14 +221,7 @@ def test_a_deleted_deployments_tokens_stay_dead_when_its_name_is_deployed_again(
     assert call(client, hook, {}, key="after-delete").status_code == 401
     (revoked,) = records(store, "webhook.revoked")
     assert json.loads(revoked.details)["reason"] == "deployment deleted"
-    spec = DeploymentSpec(
-        name="ingest",
-        flow_name="ingest",
-        entrypoint="flows.py:ingest",
-        bundle_sha256="b" * 64,
-        parameter_schema=SCHEMA,
-    )
-    run_as(store, "token:ops", T0, create_deployment, spec)
+    run_as(store, "token:ops", T0, create_deployment, INGEST)
     assert call(client, hook, {}, key="after-redeploy").status_code == 401
     (listed,) = store.run_sync(list_webhooks, "ingest")
     assert listed.webhook_id == hook.webhook_id and listed.revoked_at is not None
