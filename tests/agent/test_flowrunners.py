@@ -595,12 +595,17 @@ async def _a_request_waiting_to_be_written_is_not_timed_out(tmp_path: Path) -> N
         await client.close()
 
 
+async def stuck_client(tmp_path: Path) -> ForkServerClient:
+    """A client of a fork server that reads requests and never answers nor exits."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_SERVER)
+    return await up_client((sys.executable, str(script)))
+
+
 async def _a_server_that_fell_silent_is_down_at_once(tmp_path: Path) -> None:
     # After a timeout the server is killed: the next request must not be written to it (it
     # would be "uncertain" too, a lost runner) but start fresh.
-    script = tmp_path / "stuck.py"
-    script.write_text(STUCK_SERVER)
-    client = await up_client((sys.executable, str(script)))
+    client = await stuck_client(tmp_path)
     work = str(tmp_path)
     try:
         with pytest.raises(ForkUncertain):
@@ -612,9 +617,7 @@ async def _a_server_that_fell_silent_is_down_at_once(tmp_path: Path) -> None:
 
 
 async def _close_kills_a_server_that_does_not_exit(tmp_path: Path) -> None:
-    script = tmp_path / "stuck.py"
-    script.write_text(STUCK_SERVER)
-    client = await up_client((sys.executable, str(script)))
+    client = await stuck_client(tmp_path)
     pid = client.pid
     assert pid is not None
     try:
