@@ -235,10 +235,6 @@ class ProviderConformance:
     returns_result_files: ClassVar[bool] = True
     #: grace the suite passes to cancel()
     cancel_grace_s: ClassVar[float] = 0.5
-    # How long a stopped step may still be seen running after ``wait`` said it ended: 0 where
-    # the provider watches the process itself; an emulator whose control API reports the end
-    # before its stand-in runtime has killed the process sets the seconds that takes.
-    stop_settle_s: ClassVar[float] = 0.0
     #: a timeout must be reported within timeout + this many seconds
     #: per-step options the provider must accept / reject (besides an unknown key)
     valid_options: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
@@ -344,16 +340,11 @@ class ProviderConformance:
         if path is None:
             return
         tick_file = Path(path)
-        deadline = time.monotonic() + self.stop_settle_s
-        while True:
-            # Killed before its first tick (a slow start under load) is stopped too, if it
-            # stays so.
-            before = tick_file.stat().st_size if tick_file.exists() else -1
-            await asyncio.sleep(0.4)  # the step ticks every 50 ms: 8 missed ticks: it is gone
-            after = tick_file.stat().st_size if tick_file.exists() else -1
-            if after == before:
-                return
-            assert time.monotonic() < deadline, "the step is still running"
+        # Killed before its first tick (a slow start under load) is stopped too, if it stays so.
+        before = tick_file.stat().st_size if tick_file.exists() else -1
+        await asyncio.sleep(0.4)  # the step ticks every 50 ms: 8 missed ticks means it is gone
+        after = tick_file.stat().st_size if tick_file.exists() else -1
+        assert after == before, "the step is still running"
 
     # ---- checks --------------------------------------------------------------------------
 

@@ -186,6 +186,8 @@ class LocalContainerRuntime:
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running: dict[str, subprocess.Popen[bytes]] = {}  # task ARN -> its process
+        self._stop_task: Any = None
         self._watcher = threading.Thread(target=self._watch, name="ecs-runtime", daemon=True)
 
     def __enter__(self) -> LocalContainerRuntime:
@@ -195,6 +197,10 @@ class LocalContainerRuntime:
         # Tasks that existed before belong to other tests: never run them.
         self._seen.update(backend.tasks.get(CLUSTER, {}))
         self.env.freeze()
+        # moto's StopTask reports the task STOPPED at once; ECS does only once the container
+        # exited, and the provider relies on that. Tasks this runtime runs stop as on ECS.
+        self._stop_task = backend.stop_task
+        backend.stop_task = self._stop_task_as_ecs
         self._watcher.start()
         return self
 
@@ -203,7 +209,23 @@ class LocalContainerRuntime:
         self._watcher.join(5)
         for thread in self._threads:
             thread.join(10)
+        from moto.ecs.models import ecs_backends
+
+        del ecs_backends[ACCOUNT][REGION].stop_task  # moto's own method again
         self.env.set_transition(None)
+
+    def _stop_task_as_ecs(self, cluster_str: str, task_str: str, reason: str) -> Any:
+        arn = next((a for a in self._running if a.endswith(task_str.split("/")[-1])), None)
+        proc = self._running.get(arn) if arn else None
+        if arn is None or proc is None or proc.poll() is not None:
+            return self._stop_task(cluster_str, task_str, reason)
+        from moto.ecs.models import ecs_backends
+
+        task = ecs_backends[ACCOUNT][REGION].tasks[CLUSTER][arn]
+        # The runtime stops the process, then reports STOPPED (``_run``).
+        task.desired_status, task.stopped_reason = "STOPPED", reason
+        task.last_status = "DEACTIVATING"
+        return task
 
     def _watch(self) -> None:
         from moto.ecs.models import ecs_backends
@@ -232,6 +254,7 @@ class LocalContainerRuntime:
             env=env,
             start_new_session=True,
         )
+        self._running[arn] = proc
         killer = threading.Thread(target=self._stop_on_request, args=(task, proc), daemon=True)
         killer.start()
         assert proc.stdout is not None
@@ -249,6 +272,7 @@ class LocalContainerRuntime:
         container.exitCode = 128 - rc if rc < 0 else rc  # killed by a signal: 128 + signum
         if task.desired_status == "STOPPED":
             task.stop_code = "UserInitiated"  # what ECS reports after StopTask
+            task.last_status = "STOPPED"  # only now that the container exited
         else:  # the essential container exited on its own
             task.stop_code = "EssentialContainerExited"
             task.stopped_reason = "Essential container in task exited"

@@ -501,11 +501,6 @@ class TestEcsConformance(ProviderConformance):
     returns_result_files = False  # the outcome comes back in the task's logs
     invalid_options = ({"command": "not-a-list"}, {"cpu": -1}, {"env": {"A": 1}})
     valid_options = ({}, {"command": ["true"], "memory": 1024})
-    # moto moves a stopped task to STOPPED on its own, one state per DescribeTasks, while the
-    # stand-in runtime notices StopTask by polling and then signals the process: under load
-    # the provider can see STOPPED a moment before the process is gone (real ECS reports
-    # STOPPED only after the container exited).
-    stop_settle_s = 5.0
 
     @pytest.fixture
     def provider(self, moto: MotoEcs) -> Iterator[Provider]:
